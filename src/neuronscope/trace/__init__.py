@@ -1,0 +1,22 @@
+"""Tracing and interventions on stock Hugging Face modules (forward hooks; no patched modeling files)."""
+
+from neuronscope.trace.capture import Capture, capture
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.intervene import (
+    Intervention,
+    ablate_heads,
+    amplify,
+    intervene,
+    patch_neurons,
+    scale_neurons,
+    set_neurons,
+    suppress,
+)
+from neuronscope.trace.positions import CallState, PositionSpec
+from neuronscope.trace.sites import NEURON_SITES, SITES, SiteHandle, resolve_site
+
+__all__ = [
+    "CallState", "Capture", "HookSet", "Intervention", "NEURON_SITES", "PositionSpec", "SITES", "SiteHandle",
+    "ablate_heads", "amplify", "capture", "intervene", "patch_neurons", "resolve_site", "scale_neurons",
+    "set_neurons", "suppress",
+]

@@ -1,0 +1,115 @@
+"""Forward hooks on stock modules, always removed, that read or rewrite one site's tensor.
+
+A :class:`HookSet` installs a watcher on the decoder (to know each call's offset, length and padding) and, per
+site, one hook that hands ``(site tensor [batch, T, width], call state)`` to a callback. A callback returns None to
+leave the tensor as it is, or a replacement of the site slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.models.adapter import ModelAdapter
+from neuronscope.trace.positions import CallState
+from neuronscope.trace.sites import SiteHandle
+
+SiteCallback = Callable[[torch.Tensor, CallState], "torch.Tensor | None"]
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+class HookSet:
+    """Hooks installed on one model; use as a context manager so they are removed even when the forward raises."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.adapter = adapter
+        self.call = CallState()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._watch_decoder()
+
+    # -- call tracking ---------------------------------------------------------------------------------------
+    def _watch_decoder(self) -> None:
+        call = self.call
+
+        def before_decoder(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            cache = kwargs.get("past_key_values")
+            offset = 0
+            if cache is not None and hasattr(cache, "get_seq_length"):
+                offset = int(cache.get_seq_length())
+            tokens = kwargs.get("input_ids")
+            if tokens is None and args:
+                tokens = args[0]
+            if tokens is None:
+                tokens = kwargs.get("inputs_embeds")
+            call.offset = offset
+            call.batch, call.seq_len = int(tokens.shape[0]), int(tokens.shape[1])
+            call.calls += 1
+            if offset == 0:
+                call.prompt_len = call.seq_len
+                mask = kwargs.get("attention_mask")
+                call.right_padded = bool(
+                    isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool((mask[:, -1] == 0).any())
+                )
+
+        self._handles.append(self.adapter.decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
+
+    # -- site hooks ------------------------------------------------------------------------------------------
+    def add(self, handle: SiteHandle, callback: SiteCallback) -> None:
+        """Call ``callback(site_tensor, call)`` whenever ``handle``'s module runs; a returned tensor replaces the
+        site slice (moved to the module's device and dtype)."""
+        call = self.call
+        start, width = handle.start, handle.width
+
+        def rewrite(tensor: torch.Tensor) -> torch.Tensor | None:
+            view = tensor[..., start:start + width] if (start or width != tensor.shape[-1]) else tensor
+            new = callback(view, call)
+            if new is None:
+                return None
+            new = new.to(device=tensor.device, dtype=tensor.dtype)
+            if view is tensor:
+                return new
+            return torch.cat([tensor[..., :start], new, tensor[..., start + width:]], dim=-1)
+
+        if handle.kind == "input":
+
+            def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+                if args:
+                    new = rewrite(args[0])
+                    return None if new is None else ((new, *args[1:]), kwargs)
+                new = rewrite(kwargs["hidden_states"])
+                return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+            self._handles.append(handle.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        else:
+
+            def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+                tensor = _first_tensor(output)
+                new = rewrite(tensor)
+                if new is None:
+                    return None
+                if isinstance(output, torch.Tensor):
+                    return new
+                return type(output)((new, *output[1:])) if isinstance(output, tuple) else [new, *output[1:]]
+
+            self._handles.append(handle.module.register_forward_hook(post_hook))
+
+    def remove(self) -> None:
+        for hook_handle in self._handles:
+            hook_handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> HookSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -1,0 +1,185 @@
+"""Interventions as context managers: set, scale (suppress = ×0, amplify = ×2), add, or patch activations at
+chosen sites, layers, neurons/heads and positions, during a forward or ``generate``.
+
+Example:
+    >>> neurons = torch.tensor([[3, 17], [5, 2]])          # (layer, index) rows
+    >>> with intervene(model, suppress(neurons)):          # zero them at the last position of every call
+    ...     out = model.generate(**batch, max_new_tokens=5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.positions import CallState, PositionSpec, normalise, select
+from neuronscope.trace.sites import resolve_site
+
+OPS = ("set", "scale", "add", "patch")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One change at one site of one layer.
+
+    Attributes:
+        site: a site name (``"neuron"``, ``"attn"``, ``"resid_post"``, ...).
+        layer: the decoder layer.
+        op: ``"set"`` (replace by ``value``), ``"scale"`` (multiply by ``value``), ``"add"`` (add ``value``),
+            ``"patch"`` (replace by ``value [batch, P, n]``, e.g. captured from another run, P = selected positions).
+        value: a number, or a tensor broadcastable to ``[batch, P, n]`` (``[n]`` for one value per coordinate).
+        neurons: coordinates of the site to change ``[n]``; None = all of them.
+        positions: a position spec (see :mod:`neuronscope.trace.positions`); default ``"last"``.
+    """
+
+    site: str
+    layer: int
+    op: str
+    value: float | torch.Tensor
+    neurons: torch.Tensor | None = None
+    positions: PositionSpec = "last"
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise NeuronscopeError(f"unknown intervention op '{self.op}': use one of {', '.join(OPS)}")
+        value = self.value
+        finite = math.isfinite(value) if isinstance(value, (int, float)) else bool(torch.isfinite(value).all())
+        if not finite:
+            raise NeuronscopeError(f"intervention value must be finite, got {value}")
+
+
+def _apply(tensor: torch.Tensor, item: Intervention, index: torch.Tensor | None, call: CallState) -> torch.Tensor:
+    selection = select(normalise(item.positions), call)
+    if selection.empty:
+        return tensor
+    device = tensor.device
+    out = tensor.clone()
+    rows, cols = (selection.valid.nonzero(as_tuple=True))
+    positions = selection.local[rows, cols].to(device)
+    rows_dev = rows.to(device)
+    coords = torch.arange(tensor.shape[-1], device=device) if index is None else index.to(device)
+    current = out[rows_dev[:, None], positions[:, None], coords[None, :]]  # [N, n]
+    value = item.value
+    if isinstance(value, torch.Tensor):
+        value = value.to(device=device, dtype=tensor.dtype)
+        if value.dim() == 3:  # [batch, P, n] aligned with the selection
+            value = value[rows_dev, cols.to(device)]
+        elif value.dim() == 2:  # [batch, n]
+            value = value[rows_dev]
+    if item.op == "set" or item.op == "patch":
+        new = torch.broadcast_to(torch.as_tensor(value, device=device, dtype=tensor.dtype), current.shape)
+    elif item.op == "scale":
+        new = current * value
+    else:
+        new = current + value
+    out[rows_dev[:, None], positions[:, None], coords[None, :]] = new
+    return out
+
+
+def install(hooks: HookSet, adapter: ModelAdapter, interventions: Sequence[Intervention]) -> None:
+    """Add the hooks of ``interventions`` to an open :class:`HookSet` (one hook per site and layer)."""
+    grouped: dict[tuple[str, int], list[Intervention]] = {}
+    for item in interventions:
+        normalise(item.positions)  # fail early on a bad spec
+        grouped.setdefault((item.site, adapter.check_layer(item.layer)), []).append(item)
+    for (site, layer), items in grouped.items():
+        handle = resolve_site(adapter, site, layer)
+        indices = []
+        for item in items:
+            index = None if item.neurons is None else torch.as_tensor(item.neurons, dtype=torch.long).reshape(-1)
+            if index is not None and index.numel() and (int(index.max()) >= handle.width or int(index.min()) < 0):
+                raise NeuronscopeError(
+                    f"neuron index out of range for site '{site}' at layer {layer}: width is {handle.width}"
+                )
+            indices.append(index)
+
+        def change(tensor: torch.Tensor, call: CallState, items=items, indices=indices) -> torch.Tensor:
+            for item, index in zip(items, indices):
+                tensor = _apply(tensor, item, index, call)
+            return tensor
+
+        hooks.add(handle, change)
+
+
+@contextmanager
+def intervene(model: nn.Module, interventions: Intervention | Sequence[Intervention]) -> Iterator[None]:
+    """Apply ``interventions`` to every forward run inside the block; hooks are removed on exit, also on error."""
+    adapter = get_adapter(model)
+    items = [interventions] if isinstance(interventions, Intervention) else list(interventions)
+    with HookSet(adapter) as hooks:
+        install(hooks, adapter, items)
+        yield
+
+
+def _by_layer(neurons: torch.Tensor) -> dict[int, torch.Tensor]:
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    if neurons.dim() != 2 or neurons.shape[1] != 2:
+        raise NeuronscopeError(f"neurons must be a [n, 2] tensor of (layer, index) rows, got {tuple(neurons.shape)}")
+    return {int(layer): neurons[neurons[:, 0] == layer, 1] for layer in neurons[:, 0].unique().tolist()}
+
+
+def scale_neurons(
+    neurons: torch.Tensor, factor: float, positions: PositionSpec = "last", site: str = "neuron"
+) -> list[Intervention]:
+    """Multiply neurons ``[n, 2]`` (layer, index) by ``factor`` at ``positions``."""
+    return [Intervention(site, layer, "scale", float(factor), index, positions)
+            for layer, index in _by_layer(neurons).items()]
+
+
+def suppress(neurons: torch.Tensor, positions: PositionSpec = "last", site: str = "neuron") -> list[Intervention]:
+    """Zero neurons ``[n, 2]`` at ``positions`` (the papers' suppression)."""
+    return scale_neurons(neurons, 0.0, positions, site)
+
+
+def amplify(
+    neurons: torch.Tensor, factor: float = 2.0, positions: PositionSpec = "last", site: str = "neuron"
+) -> list[Intervention]:
+    """Multiply neurons ``[n, 2]`` by ``factor`` (default ×2, the papers' boosting) at ``positions``."""
+    return scale_neurons(neurons, factor, positions, site)
+
+
+def set_neurons(
+    neurons: torch.Tensor, values: float | torch.Tensor, positions: PositionSpec = "last", site: str = "neuron"
+) -> list[Intervention]:
+    """Set neurons ``[n, 2]`` to ``values`` (a number, or one per neuron ``[n]`` in the given order)."""
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    out = []
+    for layer in neurons[:, 0].unique().tolist():
+        rows = neurons[:, 0] == layer
+        value = values[rows] if isinstance(values, torch.Tensor) and values.dim() > 0 else values
+        out.append(Intervention(site, layer, "set", value, neurons[rows, 1], positions))
+    return out
+
+
+def patch_neurons(
+    neurons: torch.Tensor, source: torch.Tensor, positions: PositionSpec = "last", site: str = "neuron"
+) -> list[Intervention]:
+    """Replace neurons ``[n, 2]`` by values from another run: ``source [batch, P, n]`` in the order of ``neurons``."""
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    out = []
+    for layer in neurons[:, 0].unique().tolist():
+        rows = (neurons[:, 0] == layer).nonzero(as_tuple=True)[0]
+        out.append(Intervention(site, layer, "patch", source[..., rows], neurons[rows, 1], positions))
+    return out
+
+
+def ablate_heads(
+    model: nn.Module, heads: torch.Tensor | Sequence[tuple[int, int]], positions: PositionSpec = "all"
+) -> list[Intervention]:
+    """Zero attention heads ``[n, 2]`` (layer, head) at the attention output projection's input."""
+    adapter = get_adapter(model)
+    heads = torch.as_tensor(heads, dtype=torch.long).reshape(-1, 2)
+    out = []
+    for layer in heads[:, 0].unique().tolist():
+        columns = [torch.arange(adapter.head_slice(int(h)).start, adapter.head_slice(int(h)).stop)
+                   for h in heads[heads[:, 0] == layer, 1].tolist()]
+        out.append(Intervention("attn", layer, "scale", 0.0, torch.cat(columns), positions))
+    return out
