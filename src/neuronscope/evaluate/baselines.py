@@ -1,0 +1,112 @@
+"""Random-neuron baselines: sets of the same size and layer distribution as a located set.
+
+A located set of neurons is only meaningful if intervening on it does more than intervening on random
+neurons drawn the same way. Both Pan et al. 2024 (causal effect against random neurons) and Chen, Dejl &
+Toni 2024 (PCR of key vs. random neurons) compare with such baselines. Matching the layer distribution
+matters: late-layer neurons move the output more than early ones, whatever their identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from neuronscope.aggregate.select import check_neurons, neurons_to_flat
+from neuronscope.errors import InputError, NeuronscopeError
+from neuronscope.evaluate.metrics import Summary, summarise
+
+__all__ = ["random_neurons_like", "summarise_draws"]
+
+
+def random_neurons_like(
+    neurons: Tensor,
+    d_ff: int,
+    *,
+    n_draws: int = 1,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    exclude: Tensor | None = None,
+    exclude_given: bool = False,
+    n_layers: int | None = None,
+) -> Tensor:
+    """Random neuron sets with the same number of neurons in each layer as ``neurons``.
+
+    Each draw picks, in every layer l, as many distinct indices as ``neurons`` has in l, uniformly among the
+    layer's indices that are not excluded. Draws are independent of each other.
+
+    Args:
+        neurons: ``[n, 2]`` (layer, index) rows of the located set.
+        d_ff: FFN width (indices are drawn from ``0 .. d_ff - 1``).
+        n_draws: how many random sets. Default 1.
+        seed: seed of a fresh CPU generator (default 0: reproducible). Ignored when ``generator`` is given.
+        generator: a `torch.Generator` to draw from (advances it).
+        exclude: ``[m, 2]`` neurons never to draw (e.g. all key neurons of every query).
+        exclude_given: also exclude ``neurons`` themselves. Default False.
+        n_layers: number of layers, only to validate ``neurons``.
+
+    Returns:
+        ``LongTensor [n_draws, n, 2]``; within a draw, rows are ordered by layer, then index (not in the
+        order of ``neurons``).
+
+    Raises:
+        InputError: bad neuron sets. NeuronscopeError: a layer has fewer allowed indices than it needs.
+
+    Example:
+        >>> located = torch.tensor([[3, 10], [3, 11], [5, 0]])
+        >>> draws = random_neurons_like(located, d_ff=64, n_draws=4, seed=1, exclude_given=True)
+        >>> draws.shape, draws[0, :, 0].tolist()
+        (torch.Size([4, 3, 2]), [3, 3, 5])
+    """
+    check_neurons(neurons, n_layers=n_layers, d_ff=d_ff)
+    if isinstance(n_draws, bool) or not isinstance(n_draws, int) or n_draws < 0:
+        raise NeuronscopeError(f"n_draws must be a non-negative integer, got {n_draws!r}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(int(seed))
+    neurons = neurons.long().cpu()
+    n = int(neurons.shape[0])
+    if n == 0 or n_draws == 0:
+        return torch.empty(n_draws, n, 2, dtype=torch.long)
+
+    excluded_flat: list[Tensor] = []
+    if exclude is not None:
+        check_neurons(exclude, d_ff=d_ff, name="exclude")
+        excluded_flat.append(neurons_to_flat(exclude.long().cpu(), d_ff))
+    if exclude_given:
+        excluded_flat.append(neurons_to_flat(neurons, d_ff))
+
+    layer_counts = torch.bincount(neurons[:, 0])
+    blocks = []
+    for layer in torch.nonzero(layer_counts, as_tuple=False).squeeze(1).tolist():
+        count = int(layer_counts[layer])
+        blocked = torch.zeros(d_ff, dtype=torch.bool)
+        for flat in excluded_flat:
+            in_layer = flat[torch.div(flat, d_ff, rounding_mode="floor") == layer] % d_ff
+            blocked[in_layer] = True
+        available = d_ff - int(blocked.sum())
+        if count > available:
+            raise NeuronscopeError(
+                f"layer {layer} needs {count} random neurons but only {available} of its {d_ff} are not "
+                "excluded; exclude fewer neurons or compare with a smaller set"
+            )
+        # Uniform sample without replacement: the `count` smallest of i.i.d. uniform keys; excluded keys are 2.
+        keys = torch.rand(n_draws, d_ff, generator=generator)
+        keys[:, blocked] = 2.0
+        picked = keys.topk(count, dim=-1, largest=False).indices.sort(dim=-1).values  # [n_draws, count]
+        layers = torch.full_like(picked, layer)
+        blocks.append(torch.stack((layers, picked), dim=-1))
+    return torch.cat(blocks, dim=1)
+
+
+def summarise_draws(values: Tensor | Sequence[float]) -> Summary:
+    """Mean, std (sample), min, max and n of a metric measured once per random draw.
+
+    Example:
+        >>> summarise_draws([0.1, 0.3]).as_dict()["mean"]
+        0.2
+    """
+    values = torch.as_tensor(values, dtype=torch.float64)
+    if values.dim() > 1:
+        raise InputError(f"give one value per draw ([n_draws]), got shape {tuple(values.shape)}")
+    return summarise(values)
