@@ -67,6 +67,7 @@ def load_model(
     device_map: str | dict | None = None,
     revision: str | None = None,
     trust_remote_code: bool = False,
+    with_processor: bool = True,
 ) -> LoadedModel:
     """Load a causal LM (with its tokenizer) or a vision-language model (with its processor), in eval mode.
 
@@ -76,6 +77,7 @@ def load_model(
         dtype: ``"float32"``, ``"bf16"``, ``"fp16"``, ``"auto"`` or None (float32 on CPU).
         device_map: passed to transformers, e.g. ``"auto"`` to spread a big model over GPUs.
         revision: a hub revision, recorded in results.
+        with_processor: also load the tokenizer / processor (False for a folder holding only weights).
 
     Example:
         >>> loaded = load_model("path/to/smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -108,11 +110,17 @@ def load_model(
     model_kwargs = dict(kwargs, dtype=torch_dtype)
     if device_map is not None:
         model_kwargs["device_map"] = device_map
-    if _is_vision_config(config):
-        model = AutoModelForImageTextToText.from_pretrained(source, **model_kwargs)
-        processor = AutoProcessor.from_pretrained(source, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(source, **model_kwargs)
-        processor = AutoTokenizer.from_pretrained(source, **kwargs)
+    vision = _is_vision_config(config)
+    auto_model = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto_model.from_pretrained(source, **model_kwargs)
+    processor = None
+    if with_processor:
+        try:
+            processor = (AutoProcessor if vision else AutoTokenizer).from_pretrained(source, **kwargs)
+        except (OSError, ValueError) as err:
+            raise NeuronscopeError(
+                f"'{source}' has no usable {'processor' if vision else 'tokenizer'} ({err}); save one beside the "
+                "weights, or load with with_processor=False"
+            ) from err
     model.eval()
     return LoadedModel(model, processor, source, gguf_file, revision)

@@ -1,0 +1,272 @@
+"""Persistent edits of value vectors ``w_i`` (columns of the FFN output projection), with exact revert.
+
+An edit is data: the neurons ``[n, 2]`` (layer, index), one delta per neuron ``[n, d_model]`` (``w_i += delta_i``),
+what it is for and how it was made, and a fingerprint of the weights it was made against. It is saved as
+``<name>.safetensors`` (neurons, deltas) + ``<name>.json`` (everything else), applied to a model (refusing, before
+writing anything, when the model is not the one it was made for), reverted bit for bit (the original columns are
+kept and copied back: subtracting the delta again would not restore every bit in floating point), and exported
+with ``save_pretrained``.
+
+Example:
+    >>> edit = ValueVectorEdit.erase(model, neurons, reason="remove 'red'")
+    >>> with edit.applied(model):
+    ...     model.generate(...)
+    >>> edit.save("runs/erase_red")           # later: ValueVectorEdit.load("runs/erase_red").apply(fresh_model)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from neuronscope.errors import EditMismatchError, NeuronscopeError
+from neuronscope.models.adapter import ModelAdapter, get_adapter
+
+FORMAT_VERSION = 1
+
+
+def _check_neurons(adapter: ModelAdapter, neurons: torch.Tensor) -> torch.Tensor:
+    neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    for layer, index in neurons.tolist():
+        adapter.check_layer(layer)
+        if not 0 <= index < adapter.d_ff:
+            raise NeuronscopeError(f"neuron index {index} is out of range: layers have {adapter.d_ff} neurons")
+    if len({tuple(row) for row in neurons.tolist()}) != len(neurons):
+        raise NeuronscopeError("an edit lists the same neuron twice: merge its deltas into one row")
+    return neurons
+
+
+def _columns(adapter: ModelAdapter, neurons: torch.Tensor) -> torch.Tensor:
+    """The current value vectors of ``neurons`` ``[n, d_model]`` (copied, on CPU, original dtype)."""
+    rows = []
+    for layer, index in neurons.tolist():
+        vectors = adapter.value_vectors(layer)
+        if vectors.device.type == "meta":
+            raise NeuronscopeError(
+                f"layer {layer}'s weights are offloaded (on 'meta'): load the model with its weights on real "
+                "devices (a device_map over GPUs/CPU without disk offload) to edit them"
+            )
+        rows.append(vectors[index].detach().to("cpu", copy=True))
+    return torch.stack(rows)
+
+
+def fingerprint(columns: torch.Tensor) -> str:
+    """SHA-256 of the exact bytes of some weights (dtype included)."""
+    digest = hashlib.sha256(str(columns.dtype).encode())
+    digest.update(columns.contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class ValueVectorEdit:
+    """``w_i += delta_i`` for each listed neuron; see the module docstring."""
+
+    neurons: torch.Tensor  # [n, 2] (layer, index)
+    deltas: torch.Tensor  # [n, d_model], float32
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    model: dict[str, Any] = field(default_factory=dict)  # architecture + fingerprint of the original columns
+
+    def __post_init__(self) -> None:
+        if self.deltas.dim() != 2 or self.deltas.shape[0] != self.neurons.shape[0]:
+            raise NeuronscopeError(f"deltas must be [n, d_model] with n = {self.neurons.shape[0]} neurons")
+        if not bool(torch.isfinite(self.deltas).all()):
+            raise NeuronscopeError("an edit's deltas must be finite (check lambda / sigma)")
+
+    # -- making ----------------------------------------------------------------------------------------------
+    @classmethod
+    def from_deltas(
+        cls, model: nn.Module, neurons: torch.Tensor, deltas: torch.Tensor, method: str,
+        params: dict[str, Any] | None = None, reason: str = "",
+    ) -> ValueVectorEdit:
+        """An edit of ``model``'s value vectors; records the model's architecture and weight fingerprint."""
+        adapter = get_adapter(model)
+        neurons = _check_neurons(adapter, neurons)
+        originals = _columns(adapter, neurons)
+        info = {**adapter.describe(), "fingerprint": fingerprint(originals), "dtype": str(originals.dtype)}
+        name = getattr(model.config, "_name_or_path", "")
+        if name:
+            info["name_or_path"] = name
+        return cls(neurons, deltas.detach().float().cpu(), method, dict(params or {}), reason, info)
+
+    @classmethod
+    def erase(cls, model: nn.Module, neurons: torch.Tensor, reason: str = "") -> ValueVectorEdit:
+        """Zero the value vectors (``w_i ← 0``)."""
+        neurons = _check_neurons(get_adapter(model), neurons)
+        return cls.from_deltas(model, neurons, -_columns(get_adapter(model), neurons).float(), "erase", {}, reason)
+
+    @classmethod
+    def noise(
+        cls, model: nn.Module, neurons: torch.Tensor, sigma: float, seed: int = 0, reason: str = ""
+    ) -> ValueVectorEdit:
+        """Add Gaussian noise ``sigma · N(0, I)`` (Pan et al.'s released perturbation)."""
+        _finite(sigma=sigma)
+        adapter = get_adapter(model)
+        neurons = _check_neurons(adapter, neurons)
+        generator = torch.Generator().manual_seed(seed)
+        deltas = sigma * torch.randn(len(neurons), adapter.d_model, generator=generator)
+        return cls.from_deltas(model, neurons, deltas, "noise", {"sigma": sigma, "seed": seed}, reason)
+
+    @classmethod
+    def token_shift(
+        cls, model: nn.Module, neurons: torch.Tensor, source: int, target: int, strength: float,
+        reason: str = "",
+    ) -> ValueVectorEdit:
+        """Closed-form shift from token ``source`` to ``target``: ``w_i ← w_i + λ (u_t − u_s)`` with the
+        unembedding rows ``u`` (DESIGN §3.1 (a)). ``source = -1`` for no source (pure promotion)."""
+        _finite(strength=strength)
+        adapter = get_adapter(model)
+        neurons = _check_neurons(adapter, neurons)
+        unembed = adapter.unembedding().detach().float().cpu()
+        direction = unembed[target] - (unembed[source] if source >= 0 else 0.0)
+        deltas = strength * direction.expand(len(neurons), -1).clone()
+        params = {"source": source, "target": target, "lambda": strength}
+        return cls.from_deltas(model, neurons, deltas, "token_shift", params, reason)
+
+    @classmethod
+    def knowledge_neuron(
+        cls, model: nn.Module, neurons: torch.Tensor, source: int, target: int, lambda_source: float,
+        lambda_target: float, reason: str = "",
+    ) -> ValueVectorEdit:
+        """Dai et al.'s knowledge-neuron edit ``w_i ← w_i − λ1 e(s) + λ2 e(t)`` with the input word embeddings
+        ``e`` (``model.get_input_embeddings()``)."""
+        _finite(lambda_source=lambda_source, lambda_target=lambda_target)
+        adapter = get_adapter(model)
+        neurons = _check_neurons(adapter, neurons)
+        embed = model.get_input_embeddings().weight.detach().float().cpu()
+        if embed.shape[1] != adapter.d_model:
+            raise NeuronscopeError("the input embeddings' width differs from the FFN output width")
+        direction = lambda_target * embed[target] - (lambda_source * embed[source] if source >= 0 else 0.0)
+        deltas = direction.expand(len(neurons), -1).clone()
+        params = {"source": source, "target": target, "lambda1": lambda_source, "lambda2": lambda_target}
+        return cls.from_deltas(model, neurons, deltas, "knowledge_neuron", params, reason)
+
+    # -- applying --------------------------------------------------------------------------------------------
+    def check(self, model: nn.Module) -> ModelAdapter:
+        """Refuse (raise :class:`EditMismatchError`) unless ``model`` is the one this edit was made for."""
+        adapter = get_adapter(model)
+        mine = self.model
+        for key in ("model_type", "n_layers", "d_model", "d_ff"):
+            theirs = adapter.describe()[key]
+            if key in mine and mine[key] != theirs:
+                raise EditMismatchError(
+                    f"this edit was made for a model with {key} = {mine[key]}, but this model has {theirs}: "
+                    "apply it to the model it was made for (see the edit's .json)"
+                )
+        if "fingerprint" in mine:
+            current = fingerprint(_columns(adapter, self.neurons))
+            if current != mine["fingerprint"]:
+                raise EditMismatchError(
+                    "the value vectors this edit changes differ from those it was made against (another "
+                    "checkpoint, another dtype, or an edit already applied): nothing was changed"
+                )
+        return adapter
+
+    def apply(self, model: nn.Module) -> AppliedEdit:
+        """Write ``w_i + delta_i`` into ``model`` (after :meth:`check`); returns a handle that reverts exactly."""
+        adapter = self.check(model)
+        originals = []
+        with torch.no_grad():
+            for (layer, index), delta in zip(self.neurons.tolist(), self.deltas):
+                vectors = adapter.value_vectors(layer)
+                originals.append(vectors[index].detach().clone())
+            for (layer, index), delta, original in zip(self.neurons.tolist(), self.deltas, originals):
+                vectors = adapter.value_vectors(layer)
+                new = original.float() + delta.to(original.device)
+                vectors[index].copy_(new.to(vectors.dtype))
+        return AppliedEdit(adapter, self.neurons.clone(), originals)
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[AppliedEdit]:
+        """Apply for the duration of a block; revert on exit, also on error."""
+        handle = self.apply(model)
+        try:
+            yield handle
+        finally:
+            handle.revert()
+
+    # -- files -----------------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write ``path.safetensors`` and ``path.json`` atomically; returns the JSON path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"neurons": self.neurons.contiguous(), "deltas": self.deltas.contiguous()}
+        meta = {
+            "format": "neuronscope.value_vector_edit", "version": FORMAT_VERSION, "method": self.method,
+            "params": self.params, "reason": self.reason, "model": self.model,
+            "n_neurons": int(len(self.neurons)),
+        }
+        _atomic(path.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
+        json_path = path.with_suffix(".json")
+        _atomic(json_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
+        return json_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ValueVectorEdit:
+        path = Path(path)
+        json_path, tensor_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+        if not json_path.exists() or not tensor_path.exists():
+            raise NeuronscopeError(f"an edit needs both {json_path} and {tensor_path}")
+        meta = json.loads(json_path.read_text())
+        if meta.get("format") != "neuronscope.value_vector_edit":
+            raise NeuronscopeError(f"{json_path} is not a neuronscope edit file")
+        tensors = load_file(str(tensor_path))
+        return cls(tensors["neurons"], tensors["deltas"], meta["method"], meta.get("params", {}),
+                   meta.get("reason", ""), meta.get("model", {}))
+
+
+@dataclass
+class AppliedEdit:
+    """An applied edit; :meth:`revert` copies the original columns back (bit for bit)."""
+
+    adapter: ModelAdapter
+    neurons: torch.Tensor
+    originals: list[torch.Tensor]
+    reverted: bool = False
+
+    def revert(self) -> None:
+        if self.reverted:
+            return
+        with torch.no_grad():
+            for (layer, index), original in zip(self.neurons.tolist(), self.originals):
+                self.adapter.value_vectors(layer)[index].copy_(original)
+        self.reverted = True
+
+
+def export_edited(model: nn.Module, edit: ValueVectorEdit, out_dir: str | Path, processor: Any = None) -> Path:
+    """Apply ``edit``, write the edited model with ``save_pretrained`` (and its processor), then revert."""
+    out_dir = Path(out_dir)
+    with edit.applied(model):
+        model.save_pretrained(out_dir)
+    if processor is not None:
+        processor.save_pretrained(out_dir)
+    edit.save(out_dir / "neuronscope_edit")
+    return out_dir
+
+
+def _finite(**values: float) -> None:
+    for name, value in values.items():
+        if not math.isfinite(value):
+            raise NeuronscopeError(f"{name} must be a finite number, got {value}")
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
