@@ -6,6 +6,38 @@
 """
 
 from neuronscope.vision.grid import Box, ImageLayout, Tile
+from neuronscope.vision.heatmap import (
+    TOP_KS,
+    grid_on_image,
+    image_heatmap,
+    mask_above_percentile,
+    mask_overlay,
+    neuron_heatmap,
+    overlay,
+    save_png,
+    top_neurons_mean,
+    values_on_grid,
+)
 from neuronscope.vision.layout import SUPPORTED_FAMILIES, image_layout
+from neuronscope.vision.shuffle import shuffle_image_embeddings, shuffle_plan, shuffled_image_tokens
 
-__all__ = ["Box", "ImageLayout", "SUPPORTED_FAMILIES", "Tile", "image_layout"]
+__all__ = [
+    "Box",
+    "ImageLayout",
+    "SUPPORTED_FAMILIES",
+    "TOP_KS",
+    "Tile",
+    "grid_on_image",
+    "image_heatmap",
+    "image_layout",
+    "mask_above_percentile",
+    "mask_overlay",
+    "neuron_heatmap",
+    "overlay",
+    "save_png",
+    "shuffle_image_embeddings",
+    "shuffle_plan",
+    "shuffled_image_tokens",
+    "top_neurons_mean",
+    "values_on_grid",
+]
