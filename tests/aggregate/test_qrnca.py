@@ -12,11 +12,11 @@ import torch
 from neuronscope.aggregate.qrnca import (
     QRNCAConfig,
     QRNCAResult,
-    qrnca,
     qrnca_from_clusters,
     qrnca_na_only,
     qrnca_without_common_removal,
     query_cluster,
+    run_qrnca,
 )
 from neuronscope.errors import InputError, NeuronscopeError
 
@@ -63,7 +63,7 @@ def as_dict(neurons: torch.Tensor, values: torch.Tensor) -> dict[tuple[int, int]
 
 
 def test_case1_clusters_occurrences_ica_by_hand():
-    result = qrnca(CASE1, query_ids=["A", "B", "C"], common_threshold=0.5)
+    result = run_qrnca(CASE1, query_ids=["A", "B", "C"], common_threshold=0.5)
     a, b, c = result.clusters
     assert a.neurons.tolist() == [[0, 0], [0, 2], [1, 0], [1, 3]]
     assert a.summed.tolist() == pytest.approx([3.0, 0.5, 0.3, 1.0])
@@ -88,7 +88,7 @@ def test_case1_clusters_occurrences_ica_by_hand():
 
 
 def test_case1_common_and_key_neurons_by_hand():
-    result = qrnca(CASE1, query_ids=["A", "B", "C"], common_threshold=0.5)
+    result = run_qrnca(CASE1, query_ids=["A", "B", "C"], common_threshold=0.5)
     # occ > 0.5 * 3 = 1.5: the two neurons with occ 2, equally frequent -> ascending (layer, index).
     assert result.common_neurons.tolist() == [[0, 0], [1, 0]]
     # Key: NAICA > 0, common removed, best first.
@@ -97,12 +97,12 @@ def test_case1_common_and_key_neurons_by_hand():
     assert result.key_neurons_of("B").tolist() == [[1, 2]]
     assert result.key_neurons_of("C").tolist() == [[0, 1]]
     # top_v truncates.
-    assert qrnca(CASE1, common_threshold=0.5, top_v=1).key_neurons[0].tolist() == [[1, 3]]
+    assert run_qrnca(CASE1, common_threshold=0.5, top_v=1).key_neurons[0].tolist() == [[1, 3]]
 
 
 def test_case1_default_common_threshold_makes_every_clustered_neuron_common():
     # u = 0.3, N = 3: occ > 0.9, so every neuron of any cluster is common and no key neuron survives.
-    result = qrnca(CASE1)
+    result = run_qrnca(CASE1)
     assert sorted(map(tuple, result.common_neurons.tolist())) == [
         (0, 0),
         (0, 1),
@@ -140,7 +140,7 @@ CASE2 = [
 
 
 def test_case2_common_removal_and_its_ablation():
-    result = qrnca(CASE2)
+    result = run_qrnca(CASE2)
     assert result.common_neurons.tolist() == [[0, 2], [0, 0]]
     assert [k.tolist() for k in result.key_neurons] == [[[0, 1]], [], [], [], []]
     assert result.key_scores[0].tolist() == pytest.approx([1 / 3 * math.log(5 / 2)])
@@ -159,7 +159,7 @@ def test_case2_common_removal_and_its_ablation():
 
 
 def test_single_query_has_no_key_neurons():
-    result = qrnca([NA_A])
+    result = run_qrnca([NA_A])
     assert result.ica.max().item() == pytest.approx(math.log(1 / 1))  # occ 0 -> ln(1/1) = 0
     assert result.key_neurons[0].numel() == 0
 
@@ -173,14 +173,14 @@ def test_streaming_clusters_equal_batch_run():
     clusters = [query_cluster(na) for na in CASE1]
     config = QRNCAConfig(common_threshold=0.5)
     streamed = qrnca_from_clusters(clusters, query_ids=["A", "B", "C"], config=config)
-    batch = qrnca(CASE1, query_ids=["A", "B", "C"], common_threshold=0.5)
+    batch = run_qrnca(CASE1, query_ids=["A", "B", "C"], common_threshold=0.5)
     assert torch.equal(streamed.occurrences, batch.occurrences)
     for left, right in zip(streamed.key_neurons, batch.key_neurons, strict=True):
         assert torch.equal(left, right)
 
 
 def test_save_writes_separate_files_and_round_trips(tmp_path):
-    result = qrnca(CASE2, query_ids=[f"q{i}" for i in range(5)])
+    result = run_qrnca(CASE2, query_ids=[f"q{i}" for i in range(5)])
     out = result.save(tmp_path / "qrnca")
     names = sorted(p.name for p in out.iterdir())
     assert names == sorted(
@@ -217,20 +217,20 @@ def test_save_writes_separate_files_and_round_trips(tmp_path):
 
 def test_errors_are_actionable(tmp_path):
     with pytest.raises(InputError, match="unsqueeze"):
-        qrnca([torch.zeros(2, 4)])
+        run_qrnca([torch.zeros(2, 4)])
     with pytest.raises(InputError, match="one \\[variants, layers, d_ff\\] tensor per query"):
-        qrnca(torch.zeros(3, 2, 2, 4))
+        run_qrnca(torch.zeros(3, 2, 2, 4))
     with pytest.raises(InputError, match="same model"):
-        qrnca([torch.zeros(1, 2, 4), torch.zeros(1, 2, 5)])
+        run_qrnca([torch.zeros(1, 2, 4), torch.zeros(1, 2, 5)])
     with pytest.raises(InputError, match="unique"):
-        qrnca(CASE2, query_ids=["a", "a", "b", "c", "d"])
+        run_qrnca(CASE2, query_ids=["a", "a", "b", "c", "d"])
     with pytest.raises(InputError, match="one id per query"):
-        qrnca(CASE2, query_ids=["a"])
+        run_qrnca(CASE2, query_ids=["a"])
     with pytest.raises(NeuronscopeError, match="top_v"):
-        qrnca(CASE2, top_v=0)
+        run_qrnca(CASE2, top_v=0)
     with pytest.raises(NeuronscopeError, match="common_threshold"):
-        qrnca(CASE2, common_threshold=1.2)
+        run_qrnca(CASE2, common_threshold=1.2)
     with pytest.raises(InputError, match="not a QRNCA result folder"):
         QRNCAResult.load(tmp_path)
     with pytest.raises(InputError, match="unknown query id"):
-        qrnca(CASE2).key_neurons_of("nope")
+        run_qrnca(CASE2).key_neurons_of("nope")

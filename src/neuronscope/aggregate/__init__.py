@@ -8,11 +8,11 @@ from neuronscope.aggregate.qrnca import (
     QRNCAConfig,
     QRNCAResult,
     QueryCluster,
-    qrnca,
     qrnca_from_clusters,
     qrnca_na_only,
     qrnca_without_common_removal,
     query_cluster,
+    run_qrnca,
 )
 from neuronscope.aggregate.select import (
     SparseTopK,
@@ -45,7 +45,7 @@ __all__ = [
     "mask_to_neurons",
     "neurons_to_flat",
     "neurons_to_mask",
-    "qrnca",
+    "run_qrnca",
     "qrnca_from_clusters",
     "qrnca_na_only",
     "qrnca_without_common_removal",

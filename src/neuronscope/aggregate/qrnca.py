@@ -47,7 +47,7 @@ __all__ = [
     "QRNCAConfig",
     "QRNCAResult",
     "QueryCluster",
-    "qrnca",
+    "run_qrnca",
     "qrnca_from_clusters",
     "qrnca_na_only",
     "qrnca_without_common_removal",
@@ -428,7 +428,7 @@ def qrnca_from_clusters(
     )
 
 
-def qrnca(
+def run_qrnca(
     na_per_query: Sequence[Tensor],
     *,
     query_ids: Sequence[str] | None = None,
@@ -454,7 +454,7 @@ def qrnca(
 
     Example:
         >>> na = list(torch.eye(4).reshape(4, 1, 1, 4))  # 4 queries, 1 variant, each fires its own neuron
-        >>> result = qrnca(na, query_ids=["q1", "q2", "q3", "q4"])
+        >>> result = run_qrnca(na, query_ids=["q1", "q2", "q3", "q4"])
         >>> [k.tolist() for k in result.key_neurons], result.common_neurons.tolist()
         ([[[0, 0]], [[0, 1]], [[0, 2]], [[0, 3]]], [])
     """
@@ -471,17 +471,17 @@ def qrnca(
 def qrnca_na_only(na_per_query: Sequence[Tensor], **options) -> QRNCAResult:
     """Ablation "NA without ICA": key neurons = top-v of the normalised cluster, no common-neuron removal.
 
-    Takes the arguments of `qrnca` (``use_ica`` and ``remove_common`` are fixed to False).
+    Takes the arguments of `run_qrnca` (``use_ica`` and ``remove_common`` are fixed to False).
     """
-    return qrnca(na_per_query, **{**options, "use_ica": False, "remove_common": False})
+    return run_qrnca(na_per_query, **{**options, "use_ica": False, "remove_common": False})
 
 
 def qrnca_without_common_removal(na_per_query: Sequence[Tensor], **options) -> QRNCAResult:
     """Ablation "ICA without common-neuron removal": NAICA ranking, common neurons may be key neurons.
 
-    Takes the arguments of `qrnca` (``remove_common`` is fixed to False).
+    Takes the arguments of `run_qrnca` (``remove_common`` is fixed to False).
     """
-    return qrnca(na_per_query, **{**options, "use_ica": True, "remove_common": False})
+    return run_qrnca(na_per_query, **{**options, "use_ica": True, "remove_common": False})
 
 
 # --------------------------------------------------------------------------------------------------- files

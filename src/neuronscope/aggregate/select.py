@@ -228,8 +228,11 @@ def _top_k_rows(rows: Tensor, k: int, *, largest: bool, absolute: bool) -> tuple
     above = key > kth
     need = k - above.sum(dim=-1, keepdim=True)  # how many ties at the k-th value each row still takes
     tie = key == kth
-    tie_rank = tie.cumsum(dim=-1)  # 1-based rank among ties, by ascending index
-    chosen = above | (tie & (tie_rank <= need))
+    if bool((tie.sum(dim=-1, keepdim=True) == need).all()):
+        chosen = above | tie  # the usual case: no surplus ties at the k-th value
+    else:
+        tie_rank = tie.cumsum(dim=-1)  # 1-based rank among ties, by ascending index
+        chosen = above | (tie & (tie_rank <= need))
     index = torch.nonzero(chosen, as_tuple=False)[:, 1].view(batch, k)  # ascending index within each row
     chosen_key = key.gather(-1, index)
     order = torch.sort(chosen_key, dim=-1, descending=True, stable=True).indices

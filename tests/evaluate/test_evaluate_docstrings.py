@@ -1,0 +1,20 @@
+"""The examples in the evaluate modules' docstrings run and print what they claim."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+import torch
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["neuronscope.evaluate.metrics", "neuronscope.evaluate.baselines", "neuronscope.evaluate.prediction"],
+)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
