@@ -42,19 +42,19 @@ class FinalNorm:
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """The normaliser sigma of ``x [..., d]`` (RMS, or the standard deviation for LayerNorm): ``[..., 1]``."""
-        x = x.float()
+        x = x if x.dtype == torch.float64 else x.float()
         if self.kind == "layer":
             return (x.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt()
         return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
 
     def frozen(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Apply the norm with its scale frozen at ``scale`` (Yu & Ananiadou's frozen final norm)."""
-        x = x.float()
+        x = x if x.dtype == torch.float64 else x.float()
         if self.kind == "layer":
             x = x - x.mean(-1, keepdim=True)
-        out = self.gain.float().to(x.device) * x / scale.to(x.device)
+        out = self.gain.to(x.device, x.dtype) * x / scale.to(x.device, x.dtype)
         if self.bias is not None:
-            out = out + self.bias.float().to(x.device)
+            out = out + self.bias.to(x.device, x.dtype)
         return out
 
 
@@ -257,10 +257,12 @@ class ModelAdapter:
         with torch.no_grad():
             # Probe the gain with x = 1 (mean-free probe e_0 - e_1 pattern for LayerNorm).
             if is_layer_norm:
-                gain = weight.detach().float() if weight is not None else torch.ones(self.d_model, device=device)
-                return FinalNorm("layer", gain, None if bias is None else bias.detach().float(), eps)
+                keep = torch.float64 if dtype == torch.float64 else torch.float32
+                gain = weight.detach().to(keep) if weight is not None else torch.ones(self.d_model, device=device)
+                return FinalNorm("layer", gain, None if bias is None else bias.detach().to(keep), eps)
             ones = torch.ones(1, self.d_model, device=device, dtype=dtype)
-            gain = module(ones).float()[0] * math.sqrt(1.0 + eps)
+            out = module(ones)[0]
+            gain = (out if out.dtype == torch.float64 else out.float()) * math.sqrt(1.0 + eps)
         return FinalNorm("rms", gain, None, eps)
 
     def logits_from_residual(self, residual: torch.Tensor) -> torch.Tensor:

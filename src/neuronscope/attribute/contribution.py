@@ -1,0 +1,123 @@
+"""Gradient-free contribution score of Pan et al. (2024), "Finding and Editing Multi-Modal Neurons in
+Pre-Trained Transformers": ``s[l, i] = a[l, i] · <w_i, u_t>``, the raw logit contribution of neuron i of layer l to
+token t at the position that produces t (no final norm, no softmax, no gradient). Optionally scaled by the final
+norm frozen at that position (``final_norm=True``: ``<w_i, g_f ⊙ u_t> / σ``, LayerNorm's centring included).
+
+``W_out^T u_t`` is computed for the needed targets only — never the ``d_ff × V`` table of the reference code.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.registry import register
+from neuronscope.attribute.targets import TargetSet
+from neuronscope.errors import NeuronscopeError
+from neuronscope.inputs import Batch
+from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.results import NeuronScores
+from neuronscope.trace import capture
+
+CONTRIBUTION_SITES = ("neuron", "act")
+
+
+def contribution_scores(
+    activations: torch.Tensor, value_projections: torch.Tensor, target_index: torch.Tensor
+) -> torch.Tensor:
+    """Pure math: ``scores [batch, n, layers, d_ff] = a[b, j, l, i] · proj[l, i, target_index[b, j]]``.
+
+    Args:
+        activations: ``[batch, n, layers, d_ff]`` activations at each target's position.
+        value_projections: ``[layers, d_ff, m]`` = ``<w_i, u_t>`` for ``m`` distinct targets.
+        target_index: ``[batch, n]`` which of the ``m`` targets each (row, target) is.
+    """
+    proj = value_projections.permute(2, 0, 1)[target_index]  # [batch, n, layers, d_ff]
+    return activations * proj.to(activations.dtype)
+
+
+def score_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Scores are float32, or float64 for float64 models (tests compare to 1e-10 there)."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def value_projections(
+    adapter: ModelAdapter, token_ids: torch.Tensor, layers: list[int], directions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``<w_i, u_t>`` for the given tokens: ``[layers, d_ff, m]`` in float32 (float64 for float64 models; one
+    matmul per layer).
+
+    ``directions [m, d_model]`` replaces the unembedding rows (e.g. the final-norm-scaled ones).
+    """
+    if directions is None:
+        directions = adapter.unembedding()[token_ids.to(adapter.unembedding().device)]
+    out = []
+    for layer in layers:
+        weights = adapter.value_vectors(layer)  # [d_ff, d_model]
+        out.append((weights @ directions.to(weights.device, weights.dtype).T).to(score_dtype(weights)).cpu())
+    return torch.stack(out)
+
+
+@register("contribution", "a·<w_i, u_t>: gradient-free logit contribution", "Pan et al. 2024 (multimodal neurons)")
+@torch.no_grad()
+def contribution(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet,
+    *,
+    site: str = "neuron",
+    layers: list[int] | None = None,
+    final_norm: bool = False,
+) -> NeuronScores:
+    """Score every neuron's contribution to each target token.
+
+    Args:
+        model: a causal LM or a vision-language model.
+        batch: left-padded inputs (:mod:`neuronscope.inputs`).
+        targets: target tokens and the positions that produce them (:mod:`neuronscope.attribute.targets`).
+        site: ``"neuron"`` (default: the input of the FFN output projection, where the identity
+            ``Σ_i s[l, i] = <ffn_out_l, u_t>`` holds) or ``"act"`` (the activation function's output alone,
+            which Pan et al.'s released code hooks).
+        layers: layers to score; default all.
+        final_norm: scale by the final norm frozen at the target position (``g_f / σ``).
+
+    Returns:
+        NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets).
+
+    Example:
+        >>> targets = word_targets(tokenizer, batch, "Paris")
+        >>> scores = contribution(model, batch, targets)
+        >>> scores.top_k(10)
+    """
+    if site not in CONTRIBUTION_SITES:
+        raise NeuronscopeError(f"contribution is defined at sites {CONTRIBUTION_SITES}, not '{site}'")
+    adapter = get_adapter(model)
+    layer_list = adapter.resolve_layers(layers)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    sites = [site] + (["resid_post"] if final_norm else [])
+    capture_layers = sorted(set(layer_list) | ({adapter.n_layers - 1} if final_norm else set()))
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    with capture(model, sites=sites, layers=capture_layers, positions=positions, to="cpu") as acts:
+        model(**batch.inputs)
+    activations = torch.stack([acts.get(site, layer) for layer in layer_list], dim=2)  # [B, n, L, d_ff]
+    activations = activations.to(score_dtype(activations))
+    unique, target_index = targets.token_ids.unique(return_inverse=True)
+    if final_norm:
+        norm = adapter.final_norm()
+        residual = acts.get("resid_post", adapter.n_layers - 1).to(activations.dtype)  # [B, n, d]
+        sigma = norm.scale(residual)  # [B, n, 1]
+        unembed = adapter.unembedding()
+        directions = unembed[unique.to(unembed.device)].to(activations.dtype) * norm.gain.to(
+            unembed.device, activations.dtype)
+        proj = value_projections(adapter, unique, layer_list, directions)
+        if norm.kind == "layer":  # <w - mean(w), g ⊙ u>: the centring is linear, so it moves onto w
+            mean_w = torch.stack([adapter.value_vectors(layer).to(activations.dtype).mean(-1).cpu()
+                                  for layer in layer_list])
+            proj = proj - mean_w[:, :, None] * directions.sum(-1).cpu()[None, None, :]
+        scores = contribution_scores(activations, proj, target_index) / sigma[:, :, :, None]
+    else:
+        scores = contribution_scores(activations, value_projections(adapter, unique, layer_list), target_index)
+    scores = scores * targets.valid[:, :, None, None]
+    meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
+            "targets": targets.describe(), "model": adapter.describe()}
+    return NeuronScores(scores, meta=meta)
