@@ -156,6 +156,8 @@ def test_case2_common_removal_and_its_ablation():
     assert kept.key_scores[0].tolist() == pytest.approx([2 / 3 * math.log(5 / 3), 1 / 3 * math.log(5 / 2)])
     # The common neurons are still reported in their own field.
     assert kept.common_neurons.tolist() == [[0, 2], [0, 0]]
+    assert kept.all_key_neurons().tolist() == [[0, 0], [0, 1], [0, 2]]
+    assert result.all_key_neurons().tolist() == [[0, 1]]
 
 
 def test_single_query_has_no_key_neurons():

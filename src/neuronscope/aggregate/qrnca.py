@@ -196,6 +196,16 @@ class QRNCAResult:
                 f"unknown query id {query_id!r}; known ids start with {self.query_ids[:5]}"
             ) from None
 
+    def all_key_neurons(self) -> Tensor:
+        """The union of every query's key neurons, ``[n, 2]`` in ascending (layer, index) order.
+
+        Handy as ``exclude=`` of `neuronscope.evaluate.baselines.random_neurons_like`.
+        """
+        if not self.key_neurons:
+            return torch.empty(0, 2, dtype=torch.long)
+        flat = torch.cat([n[:, 0] * self.d_ff + n[:, 1] for n in self.key_neurons])
+        return flat_to_neurons(torch.unique(flat), self.d_ff)
+
     # ---------------------------------------------------------------------------------------------- files
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
