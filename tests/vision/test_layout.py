@@ -44,6 +44,10 @@ def unnormalize(pixels: torch.Tensor, processor) -> np.ndarray:
     return (pixels.numpy() * std + mean) * 255
 
 
+def unnormalize_tensor(pixels: torch.Tensor, processor) -> torch.Tensor:
+    return torch.from_numpy(unnormalize(pixels, processor)).float()
+
+
 def expected_red(x: float, width: int) -> float:
     """Red value of gradient_image at original x (pixel centres at 0..width-1)."""
     return 255 * min(max(x, 0.0), width - 1) / (width - 1)
@@ -199,6 +203,31 @@ def test_llava_next_anyres_matches_processor_and_model_packing(vlms, size):
     cols = torch.arange(high.cols)[None, :].expand_as(canvas_col)
     assert len(set((canvas_row - rows).flatten().tolist())) == 1
     assert len(set((canvas_col - cols).flatten().tolist())) == 1
+
+    # The high-res box against the pixels: stitch the crops back into the canvas and read each kept cell's
+    # centre; where that centre falls inside the image its colour must match the box's original x / y.
+    best_h, best_w = select_best_resolution([height, width], vlm.numbers["pinpoints"])
+    n_h, n_w = best_h // 32, best_w // 32
+    crops = torch.stack(
+        [unnormalize_tensor(p, vlm.processor) for p in batch["pixel_values"][0, 1 : 1 + n_h * n_w]]
+    )
+    canvas = crops.view(n_h, n_w, 3, 32, 32).permute(2, 0, 3, 1, 4).reshape(3, n_h * 32, n_w * 32)
+    row0, col0 = int((canvas_row - rows)[0, 0]), int((canvas_col - cols)[0, 0])
+    left, top, right, bottom = high.box
+    checked = 0
+    for r in range(high.rows):
+        for c in range(high.cols):
+            x = left + (c + 0.5) * (right - left) / high.cols - 0.5
+            y = top + (r + 0.5) * (bottom - top) / high.rows - 0.5
+            if not (1 <= x <= width - 2 and 1 <= y <= height - 2):
+                continue
+            pixel = canvas[
+                :, (row0 + r) * 8 + 3 : (row0 + r) * 8 + 5, (col0 + c) * 8 + 3 : (col0 + c) * 8 + 5
+            ]
+            assert abs(float(pixel[0].mean()) - expected_red(x, width)) < 8
+            assert abs(float(pixel[1].mean()) - expected_red(y, height)) < 8
+            checked += 1
+    assert checked > 0
     with torch.no_grad():
         vlm.model(**batch)
 
