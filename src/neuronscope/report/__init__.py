@@ -14,6 +14,7 @@ Example:
 """
 
 from neuronscope.report.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from neuronscope.report.html import build_report
 from neuronscope.report.rundir import RunDir, example_key, run_metadata
 from neuronscope.report.shards import (
     MergedExamples,
@@ -31,6 +32,7 @@ __all__ = [
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
+    "build_report",
     "detect_rank_world",
     "example_key",
     "for_each_example",

@@ -1,0 +1,470 @@
+"""A self-contained HTML report of a run folder: one file, readable offline, nothing fetched from anywhere.
+
+`build_report(run_dir)` writes `report.html` into the folder. CSS is inline, images are embedded as base64
+`data:` URIs, there is no JavaScript, and a Content-Security-Policy forbids any network request, so the file can
+be mailed, archived or opened on an air-gapped machine.
+
+Which files the report picks up (a section appears only when its files exist; names are relative to the run
+folder):
+
+| file | section |
+| --- | --- |
+| `summary.txt` | a paragraph under the title |
+| `config.json` | "How this run was made": the options (nested keys flattened as `a.b`) |
+| `meta.json` | same section: versions, time, host, command line, resumes |
+| `metrics.json` | "Metrics": scalars in one table; `{row: {column: value}}` mappings and lists of flat objects as 2-D tables; any `skipped_inputs` lists go to "Skipped inputs" |
+| `neurons.csv` | "Top neurons": the first `max_rows` rows; a column "top tokens" is added from `top_tokens.json` |
+| `top_tokens.json` | `{"<layer>:<index>": tokens}` or `[{"layer", "index", "tokens"}]`; tokens are strings, `[token, score]` pairs or `{"token", "score"}` objects |
+| `captions.json` | "Captions before / after": `[{"id"?, "image"?, "before", "after", ...}]`; changed words of "after" highlighted; "image" (a path inside the run folder) shown as a thumbnail |
+| `tables/*.csv` | "Tables": each CSV, first `max_rows` rows |
+| `plots/*.png` | "Plots" |
+| `heatmaps/*.png` | "Heatmaps" |
+| `*.png` (top level) | "Figures" |
+| `skipped.json` | "Skipped inputs": `[{"source", "record", "image"?, "reason"}]` (e.g. `ImageDataset.summary()["skipped_inputs"]`) |
+
+Example:
+    >>> from neuronscope.report import RunDir, build_report
+    >>> run = RunDir("runs/demo", overwrite=True)  # doctest: +SKIP
+    >>> run.write_json("metrics.json", {"pcr": {"boost": 0.31, "suppress": -0.52}})  # doctest: +SKIP
+    >>> build_report(run.path)  # doctest: +SKIP
+    PosixPath('runs/demo/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup, escape
+
+from neuronscope.errors import InputError
+from neuronscope.report.atomic import atomic_write_text
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+TEMPLATE_NAME = "report.html.j2"
+REPORT_NAME = "report.html"
+#: Images larger than this are listed, not embedded, to keep the report openable.
+MAX_EMBED_BYTES = 25 * 1024 * 1024
+_THUMBNAIL_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
+                       ".webp": "image/webp"}
+
+
+@dataclass
+class Table:
+    """A table ready for the template: header cells and rows of (already escaped or plain) cells."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    note: str = ""
+
+
+@dataclass
+class Figure:
+    title: str
+    data_uri: str | None
+    note: str = ""
+
+
+@dataclass
+class Section:
+    id: str
+    title: str
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    text: str = ""
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    title: str | None = None,
+    out_name: str = REPORT_NAME,
+    max_rows: int = 200,
+) -> Path:
+    """Write the run's self-contained HTML report and return its path.
+
+    Args:
+        run_dir: the run folder (see the module docstring for the files it reads).
+        title: page title (default: config "title", else "neuronscope run · <folder name>").
+        out_name: file name of the report inside the folder (default "report.html").
+        max_rows: rows shown per table (default 200; the table says how many were left out).
+
+    Raises:
+        InputError: the folder does not exist, or one of its files is damaged (the message names it).
+
+    Example:
+        >>> build_report("runs/demo")  # doctest: +SKIP
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise InputError(f"{run}: run folder not found; pass the folder a run wrote its results into")
+    config = _read_json(run / "config.json")
+    meta = _read_json(run / "meta.json")
+    metrics = _read_json(run / "metrics.json")
+    sections = [
+        _made_section(config, meta),
+        _metrics_section(metrics, max_rows),
+        _neurons_section(run, max_rows),
+        _captions_section(run, max_rows),
+        _tables_section(run, max_rows),
+        _figures_section(run, "plots", "Plots", sorted((run / "plots").glob("*.png"))),
+        _figures_section(run, "heatmaps", "Heatmaps", sorted((run / "heatmaps").glob("*.png"))),
+        _figures_section(run, "figures", "Figures",
+                         sorted(path for path in run.glob("*.png") if path.name not in _caption_images(run))),
+        _skipped_section(run, metrics, max_rows),
+    ]
+    sections = [section for section in sections if section is not None]
+    if title is None:
+        title = str(config.get("title")) if isinstance(config, dict) and config.get("title") else \
+            f"neuronscope run · {run.resolve().name}"
+    summary = (run / "summary.txt").read_text(encoding="utf-8") if (run / "summary.txt").is_file() else ""
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    import neuronscope
+
+    html = environment.get_template(TEMPLATE_NAME).render(
+        title=title,
+        summary=summary,
+        subtitle=_subtitle(config, meta),
+        sections=sections,
+        built=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        version=neuronscope.__version__,
+    )
+    return atomic_write_text(run / out_name, html)
+
+
+# ---------------------------------------------------------------------------------------------------- sections
+def _made_section(config: Any, meta: Any) -> Section | None:
+    if config is None and meta is None:
+        return None
+    section = Section("how", "How this run was made")
+    if isinstance(config, dict):
+        rows = [[key, _cell(value)] for key, value in _flatten(config)]
+        section.tables.append(Table("Config (config.json)", ["option", "value"], rows))
+    if isinstance(meta, dict):
+        meta = dict(meta)
+        versions = meta.pop("versions", None)
+        resumes = meta.pop("resumes", None)
+        rows = [[key, _cell(value)] for key, value in _flatten(meta)]
+        if isinstance(versions, dict):
+            rows = [[f"{name} version", _cell(value)] for name, value in versions.items()] + rows
+        section.tables.append(Table("Environment (meta.json)", ["", "value"], rows))
+        if isinstance(resumes, list) and resumes:
+            section.tables.append(_records_table("Resumed", resumes, 1000))
+    return section
+
+
+def _metrics_section(metrics: Any, max_rows: int) -> Section | None:
+    if metrics is None:
+        return None
+    section = Section("metrics", "Metrics")
+    if not isinstance(metrics, dict):
+        section.text = json.dumps(metrics, indent=2, ensure_ascii=False)
+        return section
+    scalars: list[list[Any]] = []
+    for key, value in metrics.items():
+        if key == "skipped_inputs":
+            continue
+        if _is_matrix(value):
+            columns = list(dict.fromkeys(column for row in value.values() for column in row))
+            rows = [[row_name, *(_cell(row.get(column, "")) for column in columns)]
+                    for row_name, row in value.items()]
+            section.tables.append(Table(key, ["", *columns], rows))
+        elif _is_records(value):
+            section.tables.append(_records_table(key, value, max_rows))
+        else:
+            scalars.extend([name, _cell(leaf)] for name, leaf in _flatten({key: value}, skip="skipped_inputs"))
+    if scalars:
+        section.tables.insert(0, Table("Values", ["metric", "value"], scalars))
+    return section if section.tables else None
+
+
+def _neurons_section(run: Path, max_rows: int) -> Section | None:
+    neurons_file = run / "neurons.csv"
+    tokens = _top_tokens(run / "top_tokens.json")
+    if not neurons_file.is_file() and not tokens:
+        return None
+    section = Section("neurons", "Top neurons")
+    if neurons_file.is_file():
+        columns, raw_rows, total = _read_csv(neurons_file, max_rows)
+        rows = [[_cell(_number(value)) for value in row] for row in raw_rows]
+        if tokens and "layer" in columns and "index" in columns:
+            layer, index = columns.index("layer"), columns.index("index")
+            columns = [*columns, "top tokens"]
+            rows = [[*row, tokens.get(f"{raw[layer].strip()}:{raw[index].strip()}", "")]
+                    for row, raw in zip(rows, raw_rows, strict=True)]
+        section.tables.append(Table("neurons.csv", columns, rows, _left_out(total, len(rows))))
+    elif tokens:
+        items = list(tokens.items())
+        rows = [[*key.split(":"), value] for key, value in items[:max_rows]]
+        section.tables.append(Table("top_tokens.json", ["layer", "index", "top tokens"], rows,
+                                    _left_out(len(items), len(rows))))
+    return section
+
+
+def _captions_section(run: Path, max_rows: int) -> Section | None:
+    captions = _read_json(run / "captions.json")
+    if captions is None:
+        return None
+    if not isinstance(captions, list) or not all(isinstance(item, dict) for item in captions):
+        raise InputError(f"{run / 'captions.json'}: expected a list of objects {{\"before\", \"after\", ...}}; "
+                         "rewrite it in that shape")
+    columns = list(dict.fromkeys(key for item in captions for key in item))
+    ordered = [key for key in ("id", "image", "before", "after") if key in columns]
+    columns = ordered + [key for key in columns if key not in ordered]
+    rows = []
+    for item in captions[:max_rows]:
+        row = []
+        for column in columns:
+            value = item.get(column, "")
+            if column == "image" and isinstance(value, str):
+                row.append(_thumbnail(run, value))
+            elif column == "after" and isinstance(item.get("before"), str) and isinstance(value, str):
+                row.append(_word_diff(item["before"], value))
+            else:
+                row.append(_cell(value))
+        rows.append(row)
+    section = Section("captions", "Captions before / after")
+    section.tables.append(Table("captions.json", columns, rows, _left_out(len(captions), len(rows))))
+    return section
+
+
+def _caption_images(run: Path) -> set[str]:
+    """Top-level image names that captions.json shows as thumbnails (not repeated under "Figures")."""
+    captions = _read_json(run / "captions.json")
+    if not isinstance(captions, list):
+        return set()
+    return {Path(item["image"]).name for item in captions
+            if isinstance(item, dict) and isinstance(item.get("image"), str) and "/" not in item["image"]}
+
+
+def _tables_section(run: Path, max_rows: int) -> Section | None:
+    files = sorted((run / "tables").glob("*.csv"))
+    if not files:
+        return None
+    section = Section("tables", "Tables")
+    for path in files:
+        columns, raw_rows, total = _read_csv(path, max_rows)
+        rows = [[_cell(_number(value)) for value in row] for row in raw_rows]
+        section.tables.append(Table(path.name, columns, rows, _left_out(total, len(rows))))
+    return section
+
+
+def _figures_section(run: Path, section_id: str, title: str, files: list[Path]) -> Section | None:
+    if not files:
+        return None
+    section = Section(section_id, title)
+    for path in files:
+        size = path.stat().st_size
+        if size > MAX_EMBED_BYTES:
+            section.figures.append(Figure(path.stem, None, f"{path.relative_to(run)} is {size / 2**20:.0f} MiB: "
+                                          "too large to embed; open it next to this report"))
+        else:
+            section.figures.append(Figure(_label(path.stem), _data_uri(path.read_bytes(), "image/png")))
+    return section
+
+
+def _skipped_section(run: Path, metrics: Any, max_rows: int) -> Section | None:
+    skipped: list[Any] = []
+    from_file = _read_json(run / "skipped.json")
+    if from_file is not None:
+        if not isinstance(from_file, list):
+            raise InputError(f"{run / 'skipped.json'}: expected a list of skipped inputs; rewrite it as [{{...}}]")
+        skipped.extend(from_file)
+    skipped.extend(_find_skipped(metrics))
+    if not skipped:
+        return None
+    section = Section("skipped", f"Skipped inputs ({len(skipped)})")
+    section.tables.append(_records_table("Inputs left out of this run, with the reason", skipped, max_rows))
+    return section
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: line {error.lineno}: invalid JSON ({error.msg}); fix or rewrite the file, then "
+                         "build the report again") from None
+
+
+def _read_csv(path: Path, max_rows: int) -> tuple[list[str], list[list[str]], int]:
+    """Header, the first `max_rows` rows as text, and the total number of rows."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        columns = next(reader, [])
+        rows, total = [], 0
+        for row in reader:
+            total += 1
+            if len(rows) < max_rows:
+                rows.append(row)
+    return columns, rows, total
+
+
+def _number(text: str) -> Any:
+    """CSV text as a number when it is one (so floats get the report's formatting)."""
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _top_tokens(path: Path) -> dict[str, Markup]:
+    data = _read_json(path)
+    if data is None:
+        return {}
+    entries: list[tuple[str, Any]] = []
+    if isinstance(data, dict):
+        entries = [(str(key), value) for key, value in data.items()]
+    elif isinstance(data, list) and all(isinstance(item, dict) and {"layer", "index", "tokens"} <= set(item)
+                                        for item in data):
+        entries = [(f"{item['layer']}:{item['index']}", item["tokens"]) for item in data]
+    else:
+        raise InputError(f"{path}: expected {{\"<layer>:<index>\": tokens}} or [{{\"layer\", \"index\", "
+                         "\"tokens\"}]; rewrite it in one of these shapes")
+    return {key: _tokens_markup(tokens) for key, tokens in entries}
+
+
+def _tokens_markup(tokens: Any) -> Markup:
+    if not isinstance(tokens, list):
+        tokens = [tokens]
+    parts = []
+    for token in tokens:
+        score = None
+        if isinstance(token, (list, tuple)) and len(token) == 2:
+            token, score = token
+        elif isinstance(token, dict):
+            token, score = token.get("token", ""), token.get("score")
+        label = escape(str(token))
+        score_text = Markup(f' <span class="score">{escape(_format(score))}</span>') if score is not None else ""
+        parts.append(Markup('<span class="tok">{}</span>{}').format(label, score_text))
+    return Markup(" ").join(parts)
+
+
+def _thumbnail(run: Path, image: str) -> Any:
+    candidate = (run / image).resolve()
+    inside = candidate.is_relative_to(run.resolve())
+    mime = _THUMBNAIL_SUFFIXES.get(candidate.suffix.lower())
+    if inside and mime and candidate.is_file() and candidate.stat().st_size <= MAX_EMBED_BYTES:
+        uri = _data_uri(candidate.read_bytes(), mime)
+        return Markup('<img class="thumb" alt="{}" src="{}">').format(image, uri)
+    return image
+
+
+def _word_diff(before: str, after: str) -> Markup:
+    """`after` with the words that are not in `before` (in order) highlighted."""
+    old, new = before.split(), after.split()
+    pieces = []
+    for tag, _, _, start, end in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
+        words = escape(" ".join(new[start:end]))
+        if not words:
+            continue
+        pieces.append(Markup("<mark>{}</mark>").format(words) if tag != "equal" else words)
+    return Markup(" ").join(pieces)
+
+
+def _data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _records_table(title: str, records: list[Any], max_rows: int) -> Table:
+    columns = list(dict.fromkeys(key for record in records if isinstance(record, dict) for key in record))
+    rows = [[_cell(record.get(column, "")) for column in columns] if isinstance(record, dict) else [_cell(record)]
+            for record in records[:max_rows]]
+    return Table(title, columns or ["value"], rows, _left_out(len(records), len(rows)))
+
+
+def _find_skipped(value: Any) -> list[Any]:
+    found: list[Any] = []
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "skipped_inputs" and isinstance(inner, list):
+                found.extend(inner)
+            else:
+                found.extend(_find_skipped(inner))
+    return found
+
+
+def _flatten(mapping: dict[str, Any], prefix: str = "", skip: str | None = None) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        if key == skip:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            items.extend(_flatten(value, f"{name}.", skip))
+        else:
+            items.append((name, value))
+    return items
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _is_matrix(value: Any) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(row, dict) and row and all(_is_scalar(v) for v in row.values())
+                    for row in value.values()))
+
+
+def _is_records(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(row, dict) and all(_is_scalar(v) for v in row.values()) for row in value))
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, (list, dict)):
+        if isinstance(value, list) and all(_is_scalar(v) for v in value) and len(value) <= 20:
+            return ", ".join(_format(v) for v in value)
+        return Markup('<code class="json">{}</code>').format(json.dumps(value, ensure_ascii=False))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return Markup('<span class="num">{}</span>').format(_format(value))
+    return _format(value)
+
+
+def _left_out(total: int, shown: int) -> str:
+    return f"showing the first {shown} of {total} rows" if total > shown else ""
+
+
+def _label(stem: str) -> str:
+    return stem.replace("_", " ").replace("-", " ")
+
+
+def _subtitle(config: Any, meta: Any) -> str:
+    parts = []
+    if isinstance(config, dict):
+        for key in ("model", "method", "site", "dataset"):
+            if key in config and _is_scalar(config[key]):
+                parts.append(f"{key}: {config[key]}")
+    if isinstance(meta, dict) and meta.get("time"):
+        parts.append(f"run {meta['time']}")
+    return " · ".join(parts)
