@@ -161,3 +161,30 @@ def test_variable_length_tensors_are_concatenated(tmp_path):
     assert merged.tensors["tokens"].tolist() == [0, 0, 1, 0, 1, 2]
     assert merged.tensors["tokens.offsets"].tolist() == [0, 1, 3, 6]
     assert json.loads((run.path / "merged.json").read_text())["layout"] == {"tokens": "concatenated"}
+
+
+def test_folder_with_only_the_marker_counts_as_empty(tmp_path):
+    RunDir(tmp_path / "run")
+    RunDir(tmp_path / "run")  # nothing was written: reopening is safe
+
+
+def test_write_skipped_from_dataset(tmp_path):
+    from neuronscope.data import SkippedInput
+
+    run = RunDir(tmp_path / "run")
+    run.write_skipped([SkippedInput("c.json", "3", "a.png", "image file not found"),
+                       {"source": "v.jsonl", "record": "9", "reason": "bad"}])
+    assert run.read_json("skipped.json") == [
+        {"source": "c.json", "record": "3", "image": "a.png", "reason": "image file not found"},
+        {"source": "v.jsonl", "record": "9", "reason": "bad"},
+    ]
+
+
+def test_pending_indices_for_batched_loops(tmp_path):
+    from neuronscope.report import pending_indices
+
+    run = RunDir(tmp_path / "run", rank=1, world=2)
+    for index in (1, 5):
+        run.write_example(index, {"x": torch.tensor([index])})
+    assert pending_indices(run, 9) == [3, 7]
+    assert pending_indices(run, 9, rank=0, world=2) == [0, 2, 4, 6, 8]

@@ -22,6 +22,7 @@ from neuronscope.report.shards import (
     detect_rank_world,
     for_each_example,
     merge_shards,
+    pending_indices,
     shard_indices,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "example_key",
     "for_each_example",
     "merge_shards",
+    "pending_indices",
     "run_metadata",
     "shard_indices",
 ]

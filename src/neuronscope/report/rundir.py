@@ -135,7 +135,8 @@ class RunDir:
     def _prepare_as_rank_zero(self, overwrite: bool) -> None:
         if not self.path.is_dir():
             return
-        entries = list(self.path.iterdir())
+        # A folder holding only the marker (a run that stopped before writing anything) counts as empty.
+        entries = [entry for entry in self.path.iterdir() if entry.name != RUN_MARKER]
         if self.world > 1:
             # Ranks > 0 may already be writing their examples and ledgers into a fresh folder.
             entries = [entry for entry in entries if entry.name not in (EXAMPLES_DIR, PROGRESS_DIR)]
@@ -292,6 +293,15 @@ class RunDir:
         else:
             raise TypeError(f"write_png takes a matplotlib Figure or a PIL image, got {type(image).__name__}")
         return atomic_write_bytes(self.file(name), buffer.getvalue())
+
+    def write_skipped(self, skipped: Iterable[Any]) -> Path:
+        """Write the inputs left out of the run to `skipped.json` (shown in the report's "Skipped inputs").
+
+        Args:
+            skipped: `SkippedInput`s (e.g. `ImageDataset.skipped`) or dicts {"source", "record", "reason", ...}.
+        """
+        items = [item.to_dict() if hasattr(item, "to_dict") else item for item in skipped]
+        return self.write_json("skipped.json", items)
 
     # ------------------------------------------------------------------ config and metadata
     def write_config(self, config: Mapping[str, Any]) -> Path:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+from tqdm.auto import tqdm
 
 from neuronscope.errors import InputError
 from neuronscope.report.rundir import RunDir, example_key
@@ -92,6 +93,21 @@ def detect_rank_world(env: Mapping[str, str] | None = None) -> ProcessInfo:
     return ProcessInfo(rank, world, local_rank)
 
 
+def pending_indices(run: RunDir, n: int, rank: int | None = None, world: int | None = None) -> list[int]:
+    """This process's example indices that are not done yet (for loops that batch several examples).
+
+    Example:
+        >>> for batch in chunks(pending_indices(run, len(prompts)), 8):  # doctest: +SKIP
+        ...     scores = score_batch([prompts[i] for i in batch])
+        ...     for i, s in zip(batch, scores):
+        ...         run.write_example(i, {"scores": s})
+    """
+    rank = run.rank if rank is None else rank
+    world = run.world if world is None else world
+    done = run.done_keys()
+    return [index for index in shard_indices(n, rank, world) if example_key(index) not in done]
+
+
 def for_each_example(
     run: RunDir,
     examples: Sequence[Example],
@@ -99,6 +115,7 @@ def for_each_example(
     *,
     rank: int | None = None,
     world: int | None = None,
+    progress: bool = False,
 ) -> list[int]:
     """Compute and store this process's share of `examples`, skipping those already done; resumable.
 
@@ -107,6 +124,7 @@ def for_each_example(
         examples: the dataset (indexable).
         compute: `compute(index, example) -> (tensors or None, JSON-able record)`.
         rank, world: this process's shard (default: `run.rank`, `run.world`).
+        progress: show a tqdm progress bar (default False).
 
     Returns:
         The indices computed in this call (not those skipped as done).
@@ -114,13 +132,9 @@ def for_each_example(
     Example:
         >>> for_each_example(run, prompts, lambda i, p: ({"scores": score(p)}, {"prompt": p}))  # doctest: +SKIP
     """
-    rank = run.rank if rank is None else rank
-    world = run.world if world is None else world
-    done = run.done_keys()
+    todo = pending_indices(run, len(examples), rank, world)
     computed = []
-    for index in shard_indices(len(examples), rank, world):
-        if example_key(index) in done:
-            continue
+    for index in tqdm(todo, desc=f"examples (rank {run.rank})", disable=not progress, leave=False):
         tensors, record = compute(index, examples[index])
         run.write_example(index, tensors, record)
         computed.append(index)
