@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tests.helpers.tiny_vlms import build_tiny_vlm, gradient_image
 
+from helpers.tiny_vlms import build_tiny_vlm, gradient_image
 from neuronscope.errors import InputError
 from neuronscope.vision import (
     grid_on_image,

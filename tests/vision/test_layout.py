@@ -7,13 +7,15 @@ content of the processed image (a gradient image whose red channel encodes x and
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
-from tests.helpers.tiny_vlms import build_tiny_vlm, gradient_image, tiny_llava
 from transformers import LlamaConfig, LlavaImageProcessorPil, LlavaProcessor
 from transformers.image_processing_utils import select_best_resolution
 
+from helpers.tiny_vlms import build_tiny_vlm, gradient_image, tiny_llava
 from neuronscope.errors import InputError, NeuronscopeError, UnsupportedModelError
 from neuronscope.vision import image_layout, values_on_grid
 from neuronscope.vision.families.llava_next import tokens_per_image
@@ -368,3 +370,97 @@ def test_row_without_image_is_a_clear_error(vlms):
     image_layout(vlm.model, batch, 0)
     with pytest.raises(NeuronscopeError, match="row 1 .*no image tokens"):
         image_layout(vlm.model, batch, 1)
+
+
+# ------------------------------------------------------------- real checkpoint sizes, hand-built batches
+
+
+def hand_batch(*segments: list[int]) -> dict:
+    ids = torch.tensor([sum(segments, [])])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_llava_1_5_documented_grids():
+    from transformers import LlavaConfig
+
+    config = LlavaConfig()  # CLIP ViT-L/14 at 336 px, like llava-1.5
+    image = config.image_token_id
+    layout = image_layout(config, hand_batch([1, 5, 6], [image] * 576, [7]), original_sizes=[(640, 480)])
+    assert (layout.tiles[0].rows, layout.tiles[0].cols) == (24, 24)
+    assert layout.tiles[0].positions[0] == 3
+    # shortest edge 480 -> 336: 448 x 336, center crop starts 56 resized px = 80 original px from the left
+    assert layout.tiles[0].box == pytest.approx((80.0, 0.0, 560.0, 480.0))
+
+    config_224 = LlavaConfig(
+        vision_config={"model_type": "clip_vision_model", "image_size": 224, "patch_size": 14}
+    )
+    layout = image_layout(config_224, hand_batch([1], [image] * 256))
+    assert (layout.tiles[0].rows, layout.tiles[0].cols) == (16, 16)
+
+
+def test_llava_next_documented_anyres_numbers():
+    from transformers import LlavaNextConfig, LlavaNextImageProcessorPil, LlavaNextProcessor
+
+    config = LlavaNextConfig()  # 336 px tiles, patch 14, llava-v1.6 pinpoints
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": 336},
+            crop_size={"height": 336, "width": 336},
+            image_grid_pinpoints=config.image_grid_pinpoints,
+        ),
+        tokenizer=tiny_llava().processor.tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    # 640x480: best pinpoint 672x672 (2x2 crops, 48x48 canvas); unpadding keeps 36 of 48 rows.
+    count = processor._get_num_multimodal_tokens(image_sizes=[(480, 640)])["num_image_tokens"][0]
+    assert count == 576 + 36 * 48 + 36 == 2340
+    batch = hand_batch([1, 2], [config.image_token_id] * count, [3])
+    batch["image_sizes"] = torch.tensor([[480, 640]])
+    layout = image_layout(config, batch)
+    base, high = layout.tiles
+    assert (base.rows, base.cols, high.rows, high.cols) == (24, 24, 36, 48)
+    assert layout.newline_positions.numel() == 36
+    assert layout.image_size == (640, 480)
+    assert json.loads(json.dumps(layout.to_dict()))["tiles"][1]["rows"] == 36
+
+
+def test_qwen2_vl_documented_grid():
+    from transformers import Qwen2VLConfig
+
+    config = Qwen2VLConfig()
+    batch = hand_batch([1, 151652], [config.image_token_id] * 391, [151653, 5])
+    batch["image_grid_thw"] = torch.tensor([[1, 34, 46]])  # patches of 14 px: a 476 x 644 resized image
+    layout = image_layout(config, batch)
+    assert (layout.tiles[0].rows, layout.tiles[0].cols) == (17, 23)
+
+
+@pytest.mark.parametrize(
+    "crop_rows, crop_cols",
+    [(0, 0), (1, 2), (2, 1), (2, 3)],
+)
+def test_idefics3_documented_crops_from_token_layout(crop_rows, crop_cols):
+    from transformers import Idefics3Config
+
+    config = Idefics3Config(vision_config={"image_size": 364, "patch_size": 14}, scale_factor=2)
+    image, fake, global_img, newline = config.image_token_id, 10, 11, 12
+    run = [image] * 169  # (364 / 14 / 2) ** 2
+
+    segments: list[list[int]] = [[1, 2]]
+    for r in range(crop_rows):
+        for c in range(crop_cols):
+            segments += [[fake, 100 + 6 * r + c], run]
+        segments.append([newline])
+    segments += [[newline] if crop_rows else [], [fake, global_img], run, [fake, 5]]
+    layout = image_layout(config, hand_batch(*segments), original_sizes=[(600, 400)])
+    crops = [t for t in layout.tiles if t.kind == "tile"]
+    assert [(t.tile_row, t.tile_col) for t in crops] == [
+        (r, c) for r in range(crop_rows) for c in range(crop_cols)
+    ]
+    assert all((t.rows, t.cols) == (13, 13) for t in layout.tiles)
+    if crops:
+        assert crops[-1].box == pytest.approx(
+            (600 * (crop_cols - 1) / crop_cols, 400 * (crop_rows - 1) / crop_rows, 600, 400)
+        )
+    assert layout.tiles[-1].kind == "global" and layout.tiles[-1].box == (0.0, 0.0, 600.0, 400.0)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.helpers.tiny_vlms import build_tiny_vlm, gradient_image
 
+from helpers.tiny_vlms import build_tiny_vlm, gradient_image
 from neuronscope.errors import InputError
 from neuronscope.vision import image_layout, shuffle_image_embeddings, shuffle_plan, shuffled_image_tokens
 from neuronscope.vision.shuffle import find_language_model

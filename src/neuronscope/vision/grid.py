@@ -100,6 +100,32 @@ class ImageLayout:
             raise InputError("some positions are not image tokens of this row; take them from the layout")
         return index
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description (positions as lists), for a results folder's metadata."""
+        return {
+            "family": self.family,
+            "row": self.row,
+            "positions": self.positions.tolist(),
+            "newline_positions": self.newline_positions.tolist(),
+            "extra_positions": self.extra_positions.tolist(),
+            "has_spatial_map": self.has_spatial_map,
+            "reason": self.reason,
+            "image_sizes": [list(size) if size is not None else None for size in self.image_sizes],
+            "tiles": [
+                {
+                    "rows": tile.rows,
+                    "cols": tile.cols,
+                    "positions": tile.positions.tolist(),
+                    "image_index": tile.image_index,
+                    "kind": tile.kind,
+                    "box": list(tile.box) if tile.box is not None else None,
+                    "tile_row": tile.tile_row,
+                    "tile_col": tile.tile_col,
+                }
+                for tile in self.tiles
+            ],
+        }
+
     def tiles_of(self, image_index: int) -> list[Tile]:
         """The tiles of one image of the row, in sequence order."""
         return [t for t in self.tiles if t.image_index == image_index]
@@ -123,7 +149,8 @@ class LayoutRequest:
         value = self.batch.get(key)
         if value is None:
             return None
-        return value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        # Layouts live on the CPU: indexing a device tensor with CPU positions works everywhere.
+        return value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(value)
 
     @property
     def input_ids(self) -> torch.Tensor:
