@@ -161,3 +161,28 @@ def test_variants_all_pairs_and_limit():
     assert {(v.template_index, v.order) for v in variants} == set(itertools.product(range(3), [(0, 1), (1, 0)]))
     with pytest.raises(InputError, match="choose 1..6"):
         render_prompt_variants(item, 7)
+
+
+def test_variants_many_options_are_drawn_not_listed():
+    item = MCQAItem("big", "q", tuple(f"o{i}" for i in range(12)), 5, None)  # 12! orders: never listed
+    variants = render_prompt_variants(item, 4, seed=0)
+    assert variants == render_prompt_variants(item, 4, seed=0)
+    assert len({(v.template_index, v.order) for v in variants}) == 4
+    for variant in variants:
+        assert variant.answer_letter == "ABCDEFGHIJKL"[variant.order.index(5)]
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_bytes('\ufeff{"question": "q", "options": ["a", "b"], "answer": "A"}\n'.encode())
+    assert read_mcqa_jsonl(path)[0].question == "q"
+
+
+def test_bad_template():
+    with pytest.raises(InputError, match="lacks {question} or {options}"):
+        render_prompt_variants(ITEM, 1, templates=("{question}",))
+    with pytest.raises(InputError, match="has a field other than {question} and {options} \\('lang'\\)"):
+        render_prompt_variants(ITEM, 1, templates=("{lang} {question} {options}",))
+    braces = render_prompt_variants(MCQAItem("b", "f({x})?", ("1", "2"), 0, None), 1,
+                                    templates=("{{json}} {question}\n{options}",))
+    assert braces[0].prompt.startswith("{json} f({x})?")

@@ -97,7 +97,8 @@ def read_text(path: str | Path) -> str:
     if path.is_dir():
         fail(path, "is a folder, expected a file; pass the file inside it")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: files saved with a byte-order mark (common on Windows) read the same.
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as error:
         fail(path, f"not UTF-8 text (byte {error.start}); save the file as UTF-8")
     except OSError as error:

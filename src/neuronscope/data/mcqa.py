@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 import string
@@ -43,6 +44,8 @@ from neuronscope.errors import InputError
 
 LETTERS = string.ascii_uppercase
 _LETTER = re.compile(r"^[A-Z]$")
+#: Up to this many (wording, order) pairs are listed and sampled exactly; beyond, pairs are drawn at random.
+_ENUMERATE_UP_TO = 5040
 
 
 @dataclass(frozen=True)
@@ -189,22 +192,38 @@ def render_prompt_variants(
         if "{question}" not in template or "{options}" not in template:
             raise InputError(f"prompt template {index} lacks {{question}} or {{options}}; add both fields")
     identity = tuple(range(n_options))
-    # Enumerating all pairs is fine: MCQA has few options (4! × 3 = 72 pairs).
-    others = [
-        (template_index, order)
-        for template_index in range(len(templates))
-        for order in itertools.permutations(identity)
-        if (template_index, order) != (0, identity)
-    ]
-    if n_variants < 1 or n_variants > len(others) + 1:
-        raise InputError(f"n_variants={n_variants} for question '{item.id}': choose 1..{len(others) + 1} "
+    total = len(templates) * math.factorial(n_options)
+    if n_variants < 1 or n_variants > total:
+        raise InputError(f"n_variants={n_variants} for question '{item.id}': choose 1..{total} "
                          f"({len(templates)} wordings × {n_options}! option orders)")
     rng = random.Random(f"{seed}:{item.id}")
-    chosen = [(0, identity), *rng.sample(others, n_variants - 1)]
+    chosen = [(0, identity)]
+    if total <= _ENUMERATE_UP_TO:
+        others = [
+            (template_index, order)
+            for template_index in range(len(templates))
+            for order in itertools.permutations(identity)
+            if (template_index, order) != (0, identity)
+        ]
+        chosen += rng.sample(others, n_variants - 1)
+    else:
+        # Too many pairs to list (10 options: 3.6 million orders): draw until enough distinct ones.
+        seen = set(chosen)
+        while len(chosen) < n_variants:
+            order = list(identity)
+            rng.shuffle(order)
+            pair = (rng.randrange(len(templates)), tuple(order))
+            if pair not in seen:
+                seen.add(pair)
+                chosen.append(pair)
     variants = []
     for template_index, order in chosen:
         option_lines = "\n".join(f"{LETTERS[slot]}. {item.options[source]}" for slot, source in enumerate(order))
-        prompt = templates[template_index].format(question=item.question, options=option_lines)
+        try:
+            prompt = templates[template_index].format(question=item.question, options=option_lines)
+        except (KeyError, IndexError, ValueError) as error:
+            raise InputError(f"prompt template {template_index} has a field other than {{question}} and "
+                             f"{{options}} ({error}); write literal braces as {{{{ and }}}}") from None
         answer_letter = LETTERS[order.index(item.answer_index)]
         variants.append(PromptVariant(prompt, answer_letter, template_index, order))
     return variants
