@@ -55,3 +55,12 @@ def test_png_failure_keeps_old_file(tmp_path):
     with pytest.raises(OSError, match="renderer crashed"):
         run.write_png("plots/x.png", BrokenFigure())
     assert (run.path / "plots/x.png").read_bytes() == before
+
+
+def test_unwritable_place_is_a_clear_error(tmp_path):
+    from neuronscope.errors import NeuronscopeError
+
+    (tmp_path / "plain_file").write_text("x")
+    with pytest.raises(NeuronscopeError, match="cannot write .*plain_file/a.json: .*check that its folder is "
+                                               "writable"):
+        atomic_write_text(tmp_path / "plain_file" / "a.json", "{}")
