@@ -1,0 +1,289 @@
+"""Knowledge-neuron integrated gradients (Dai et al. 2022; NA of Chen, Dejl & Toni 2024):
+
+``NA(l, i) = a_i · (1/m) Σ_k ∂P(y | a_l ← α_k·a_l) / ∂a_i``
+
+IG at ONE layer ``l`` and ONE position (each target's position, usually the last): the whole neuron vector
+``a_l`` at that position is scaled by ``α_k`` from a zero baseline, the other layers and positions are untouched,
+and ``P`` is the softmax probability (not the log) of the target token at that position. The gradient is the
+gradient of ``P`` with respect to the scaled site (as in Captum's ``IntegratedGradients``).
+
+Grids (``m = steps``, default 20):
+- ``"dai"``: ``α_k = k/m, k = 1..m`` (Dai et al.; Captum's ``"riemann_right"``);
+- ``"linspace"``: ``α = linspace(0, 1, m)``, both ends, uniform weights ``1/m`` (EleutherAI knowledge-neurons
+  and qrneuron). Completeness holds up to the Riemann error: ``Σ_i NA(l, i) ≈ P(y) − P(y | a_l = 0)``.
+
+Sites: ``"neuron"`` (default, the FFN output projection's input), ``"act"`` and ``"up"`` (gated FFNs). Scaling
+``act`` (or ``up``) by α scales ``neuron = act ⊙ up`` by the same α, and ``act_i ∂P/∂act_i = neuron_i ∂P/∂neuron_i``,
+so the three sites give the same scores (up to rounding); ``gate`` / ``pre`` sit before a non-linearity, where
+a zero baseline means something else, and are refused.
+
+Two paths compute the same numbers:
+- ``method="packed"`` (default): per (example, target) the prompt prefix (positions before the scored one) is run
+  once with a KV cache; then rows ``r = (layer l_r, step k_r)`` are packed into batches of ``batch_size``, the
+  cache is expanded over them and only the scored position is run, row ``r`` scaling layer ``l_r``'s site by
+  ``α_{k_r}``. The scaled site is a fresh autograd leaf, so the backward never goes below the scored layer
+  (``torch.autograd.grad`` on those leaves only). Causality makes the prefix reuse exact.
+- ``method="plain"``: per (example, target, layer) the full example sequence is run as ``m`` rows (chunked by
+  ``batch_size``), without a cache; the slow reference.
+
+Text models only: vision-language inputs (``pixel_values`` ...) raise an error.
+
+Example:
+    >>> targets = word_targets(tokenizer, batch, "Paris")
+    >>> scores = integrated_gradients(model, batch, targets, steps=20)   # [examples, 1, layers, d_ff]
+    >>> scores.top_k(10)
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.registry import register
+from neuronscope.attribute.targets import TargetSet
+from neuronscope.errors import NeuronscopeError, PositionError
+from neuronscope.inputs import Batch
+from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.results import NeuronScores
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.positions import CallState
+from neuronscope.trace.sites import resolve_site
+
+IG_SITES = ("neuron", "act", "up")
+GRIDS = ("dai", "linspace")
+METHODS = ("packed", "plain")
+_TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
+
+
+def alpha_grid(steps: int, grid: str = "dai") -> torch.Tensor:
+    """The scaling factors ``α [steps]`` (float64) of an IG grid; the NA weights are ``1/steps`` for each.
+
+    Example:
+        >>> alpha_grid(4).tolist(), alpha_grid(3, "linspace").tolist()
+        ([0.25, 0.5, 0.75, 1.0], [0.0, 0.5, 1.0])
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise NeuronscopeError(f"integrated gradients needs steps >= 1 (got {steps!r}); the papers use 20")
+    if grid == "dai":
+        return torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    if grid == "linspace":
+        return torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    raise NeuronscopeError(f"unknown IG grid '{grid}': use 'dai' (k/m, k=1..m) or 'linspace' (linspace(0, 1, m))")
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """At least float32 for probabilities and sums (bf16 models), float64 kept."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+@dataclass
+class _RowScaler:
+    """Per-row scaling of one position of a site, with the scaled values as autograd leaves.
+
+    ``plan[layer] = (rows [r], alphas [r])``: in the running forward, row ``rows[j]`` gets layer ``layer``'s site
+    at ``position`` (None = the call's last position) replaced by ``alphas[j] · a``, a leaf requiring grad.
+    After the forward, ``leaves[layer]`` are those leaves and ``activations[layer]`` the unscaled ``a [r, d_ff]``.
+    """
+
+    position: int | None = None
+    plan: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    leaves: dict[int, torch.Tensor] = field(default_factory=dict)
+    activations: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def start(self, plan: dict[int, tuple[torch.Tensor, torch.Tensor]], position: int | None = None) -> None:
+        self.plan, self.position = plan, position
+        self.leaves, self.activations = {}, {}
+
+    def stop(self) -> None:
+        self.plan = {}
+
+    def callback(self, layer: int):
+        def scale(tensor: torch.Tensor, call: CallState) -> torch.Tensor | None:
+            if layer not in self.plan:
+                return None
+            rows, alphas = self.plan[layer]
+            rows = rows.to(tensor.device)
+            position = tensor.shape[1] - 1 if self.position is None else self.position
+            original = tensor[rows, position].detach()  # [r, d_ff]
+            leaf = (original * alphas.to(tensor.device, tensor.dtype)[:, None]).requires_grad_(True)
+            self.activations[layer], self.leaves[layer] = original, leaf
+            return tensor.index_put((rows, torch.full_like(rows, position)), leaf)
+
+        return scale
+
+
+def _check_text_inputs(batch: Batch) -> None:
+    extra = sorted(set(batch.inputs) - set(_TEXT_KEYS) - {"token_type_ids"})
+    if extra:
+        raise NeuronscopeError(
+            f"integrated_gradients runs on text inputs; this batch also has {', '.join(extra)} (a vision-language "
+            "batch?). Use 'gradient_x_activation' or 'contribution' for such inputs"
+        )
+
+
+def _example(batch: Batch, row: int, position: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Row ``row`` without its padding: ``ids [n]``, ``position_ids [n]`` and the scored position among them."""
+    ids = batch.input_ids[row]
+    mask = batch.inputs.get("attention_mask")
+    real = torch.arange(ids.shape[0], device=ids.device) if mask is None else mask[row].nonzero()[:, 0].to(ids.device)
+    hits = (real == position).nonzero()
+    if hits.numel() == 0:
+        raise PositionError(
+            f"target position {position} (row {row}) is a padding position: targets must sit on real tokens"
+        )
+    position_ids = batch.inputs.get("position_ids")
+    positions = torch.arange(real.numel(), device=ids.device) if position_ids is None else position_ids[row, real]
+    return ids[real], positions, int(hits[0, 0])
+
+
+def _target_probability(logits: torch.Tensor, token: int) -> torch.Tensor:
+    """``P(token)`` of each row of ``logits [rows, vocab]`` in at least float32."""
+    return logits.to(_work_dtype(logits.dtype)).softmax(-1)[:, token]
+
+
+def _accumulate(scaler: _RowScaler, probability: torch.Tensor, grad_sums: dict[int, torch.Tensor],
+                activations: dict[int, torch.Tensor]) -> None:
+    """Backward of ``Σ P`` to this chunk's leaves only; add each layer's gradients over its rows."""
+    layers = list(scaler.leaves)
+    grads = torch.autograd.grad(probability.sum(), [scaler.leaves[layer] for layer in layers])
+    for layer, grad in zip(layers, grads, strict=True):
+        grad = grad.to(_work_dtype(grad.dtype)).sum(0).cpu()
+        grad_sums[layer] = grad_sums[layer] + grad if layer in grad_sums else grad
+        activations.setdefault(layer, scaler.activations[layer][0].to(grad.dtype).cpu())
+
+
+def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
+               token: int, layers: list[int], alphas: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """NA ``[layers, d_ff]`` of one (example, target): prefix once (KV cache), then packed (layer, step) rows."""
+    ids, positions = ids[: scored + 1], positions[: scored + 1]
+    cache = None
+    if scored > 0:
+        with torch.no_grad():
+            out = model(input_ids=ids[None, :scored], attention_mask=torch.ones_like(ids[None, :scored]),
+                        position_ids=positions[None, :scored], use_cache=True)
+        cache = getattr(out, "past_key_values", None)
+    steps = alphas.numel()
+    row_layer = torch.tensor(layers).repeat_interleave(steps)  # layer-major rows: (l0, k0..), (l1, k0..), ...
+    row_alpha = alphas.repeat(len(layers))
+    grad_sums: dict[int, torch.Tensor] = {}
+    activations: dict[int, torch.Tensor] = {}
+    for start in range(0, row_layer.numel(), batch_size):
+        chunk_layer, chunk_alpha = row_layer[start:start + batch_size], row_alpha[start:start + batch_size]
+        rows = chunk_layer.numel()
+        plan = {}
+        for layer in chunk_layer.unique().tolist():
+            where = (chunk_layer == layer).nonzero()[:, 0]
+            plan[layer] = (where, chunk_alpha[where])
+        if cache is not None:  # only the scored position runs; the prefix comes from the expanded cache
+            step_cache = copy.deepcopy(cache)
+            step_cache.batch_repeat_interleave(rows)
+            kwargs: dict[str, Any] = dict(input_ids=ids[None, scored:].expand(rows, -1),
+                                          position_ids=positions[None, scored:].expand(rows, -1),
+                                          past_key_values=step_cache, use_cache=True)
+        else:  # no cache available (or nothing before the scored position): run the truncated prompt
+            kwargs = dict(input_ids=ids[None].expand(rows, -1), position_ids=positions[None].expand(rows, -1))
+        kwargs["attention_mask"] = torch.ones(rows, scored + 1, dtype=torch.long, device=ids.device)
+        scaler.start(plan)
+        try:
+            with torch.enable_grad():
+                logits = model(**kwargs).logits[:, -1]
+                _accumulate(scaler, _target_probability(logits, token), grad_sums, activations)
+        finally:
+            scaler.stop()
+    return torch.stack([activations[layer] * grad_sums[layer] / steps for layer in layers])
+
+
+def _ig_plain(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
+              token: int, layers: list[int], alphas: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """NA ``[layers, d_ff]`` of one (example, target): per layer, ``m`` scaled full forwards (no cache)."""
+    steps = alphas.numel()
+    out = []
+    for layer in layers:
+        grad_sums: dict[int, torch.Tensor] = {}
+        activations: dict[int, torch.Tensor] = {}
+        for start in range(0, steps, batch_size):
+            chunk_alpha = alphas[start:start + batch_size]
+            rows = chunk_alpha.numel()
+            scaler.start({layer: (torch.arange(rows), chunk_alpha)}, position=scored)
+            try:
+                with torch.enable_grad():
+                    logits = model(input_ids=ids[None].expand(rows, -1),
+                                   attention_mask=torch.ones(rows, ids.numel(), dtype=torch.long, device=ids.device),
+                                   position_ids=positions[None].expand(rows, -1)).logits[:, scored]
+                    _accumulate(scaler, _target_probability(logits, token), grad_sums, activations)
+            finally:
+                scaler.stop()
+        out.append(activations[layer] * grad_sums[layer] / steps)
+    return torch.stack(out)
+
+
+@register("integrated_gradients", "a · mean_k ∂P(y | a_l ← α_k a_l)/∂a: knowledge-neuron IG at one layer",
+          "Dai et al. 2022 (knowledge neurons); Chen et al. 2024 (NA-ICA / QRNCA)", uses_gradients=True)
+def integrated_gradients(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet,
+    *,
+    steps: int = 20,
+    grid: str = "dai",
+    site: str = "neuron",
+    layers: list[int] | None = None,
+    batch_size: int = 64,
+    method: str = "packed",
+) -> NeuronScores:
+    """Knowledge-neuron integrated gradients of every neuron of the chosen layers, for each target.
+
+    Args:
+        model: a causal language model (text inputs).
+        batch: left-padded inputs (:mod:`neuronscope.inputs`); padding is stripped per example.
+        targets: target tokens and the positions whose probabilities they are (:mod:`neuronscope.attribute.targets`).
+        steps: ``m``, the number of IG steps (default 20).
+        grid: ``"dai"`` (``α_k = k/m``, default) or ``"linspace"`` (``linspace(0, 1, m)``); see module docstring.
+        site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).
+        layers: layers to score; default all. Each layer is attributed separately (other layers untouched).
+        batch_size: rows per forward: (layer, step) rows for ``"packed"``, steps for ``"plain"`` (default 64).
+        method: ``"packed"`` (default; prefix KV cache, layer × step rows, backward cut at the layer) or
+            ``"plain"`` (the reference: one layer at a time, full sequence, no cache). Both give the same scores.
+
+    Returns:
+        NeuronScores ``[examples, targets, layers, d_ff]`` (float32, float64 for float64 models; zeros where a
+        row has fewer targets).
+
+    Example:
+        >>> targets = token_targets(batch, [5, 9])
+        >>> scores = integrated_gradients(model, batch, targets, steps=20, grid="linspace")
+        >>> scores.values.shape                     # [2, 1, n_layers, d_ff]
+    """
+    alphas = alpha_grid(steps, grid)
+    if site not in IG_SITES:
+        raise NeuronscopeError(
+            f"integrated_gradients is defined at sites {', '.join(IG_SITES)} (they give the same scores), "
+            f"not '{site}'"
+        )
+    if method not in METHODS:
+        raise NeuronscopeError(f"unknown integrated_gradients method '{method}': use 'packed' or 'plain'")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise NeuronscopeError(f"batch_size must be a positive number of rows, got {batch_size!r}")
+    _check_text_inputs(batch)
+    adapter: ModelAdapter = get_adapter(model)
+    layer_list = adapter.resolve_layers(layers)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    path = _ig_packed if method == "packed" else _ig_plain
+    dtype = _work_dtype(next(model.parameters()).dtype)
+    scores = torch.zeros(len(batch), targets.n_targets, len(layer_list), adapter.d_ff, dtype=dtype)
+    scaler = _RowScaler()
+    with HookSet(adapter) as hooks:
+        for layer in layer_list:
+            hooks.add(resolve_site(adapter, site, layer), scaler.callback(layer))
+        embed_device = model.get_input_embeddings().weight.device
+        for row, column in targets.valid.nonzero().tolist():
+            ids, positions, scored = _example(batch, row, int(targets.positions[row, column]))
+            scores[row, column] = path(model, scaler, ids.to(embed_device), positions.to(embed_device), scored,
+                                       int(targets.token_ids[row, column]), layer_list, alphas, batch_size)
+    meta = {"method": "integrated_gradients", "site": site, "layers": layer_list, "steps": steps, "grid": grid,
+            "path": method, "targets": targets.describe(), "model": adapter.describe()}
+    return NeuronScores(scores, meta=meta)
