@@ -464,3 +464,58 @@ def test_idefics3_documented_crops_from_token_layout(crop_rows, crop_cols):
             (600 * (crop_cols - 1) / crop_cols, 400 * (crop_rows - 1) / crop_rows, 600, 400)
         )
     assert layout.tiles[-1].kind == "global" and layout.tiles[-1].box == (0.0, 0.0, 600.0, 400.0)
+
+
+def test_smolvlm_uses_the_idefics3_layout_and_runs():
+    """SmolVLM's processor needs the num2words package (not installed here): the batch is built by hand
+    in the processor's documented text format, tokenized with a local tokenizer."""
+    from transformers import SmolVLMConfig, SmolVLMForConditionalGeneration
+
+    from helpers.tiny_vlms import char_tokenizer
+
+    markers = [f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tok = char_tokenizer(["<fake_token_around_image>", "<image>", "<global-img>", *markers])
+    fake, run = "<fake_token_around_image>", "<image>" * 16
+    text = (
+        "Hi "
+        + f"{fake}<row_1_col_1>{run}{fake}<row_1_col_2>{run}\n"
+        + f"\n{fake}<global-img>{run}{fake}"
+        + "ok"
+    )
+    batch = tok([text], return_tensors="pt")
+    config = SmolVLMConfig(
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 4,
+        },
+        text_config={
+            "model_type": "llama",
+            "vocab_size": len(tok),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+        },
+        scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = SmolVLMForConditionalGeneration(config).eval()
+    layout = image_layout(model, batch, original_sizes=[(64, 32)])
+    assert [(t.kind, t.tile_row, t.tile_col) for t in layout.tiles] == [
+        ("tile", 0, 0),
+        ("tile", 0, 1),
+        ("global", None, None),
+    ]
+    assert layout.tiles[1].box == (32.0, 0.0, 64.0, 32.0)
+    assert torch.equal(layout.positions, placeholder_positions(batch, config.image_token_id))
+    batch["pixel_values"] = torch.rand(1, 3, 3, 32, 32)
+    batch["pixel_attention_mask"] = torch.ones(1, 3, 32, 32, dtype=torch.bool)
+    with torch.no_grad():
+        model(**batch)

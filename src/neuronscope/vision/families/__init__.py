@@ -22,8 +22,10 @@ LAYOUT_READERS: dict[str, Callable[[LayoutRequest], ImageLayout]] = {
     "qwen2_vl": qwen2_vl_layout,
     "qwen2_5_vl": qwen2_vl_layout,
     "idefics3": idefics3_layout,
+    "smolvlm": idefics3_layout,  # same crops, markers and pixel shuffle as Idefics3
     "instructblip": blip_layout,
     "blip-2": blip_layout,
+    "blip_2": blip_layout,
 }
 
 __all__ = ["LAYOUT_READERS"]

@@ -1,4 +1,4 @@
-"""Idefics3 (``model_type="idefics3"``): pixel-shuffled crops plus the global image.
+"""Idefics3 and SmolVLM (``model_type="idefics3"`` / ``"smolvlm"``): pixel-shuffled crops plus the global image.
 
 Module tree (transformers 5): ``Idefics3ForConditionalGeneration.model`` holds ``vision_model`` (SigLIP),
 ``connector`` (pixel shuffle by ``scale_factor``, then a linear map) and ``text_model``. Each crop of
@@ -15,7 +15,8 @@ Unsplit images have the global part only. Crops and their ``(row, col)`` are rea
 front of each run of image tokens: decoded with the processor's tokenizer when given, otherwise from the
 token layout (the run whose marker matches the row's last run is the global image; two tokens between runs
 mean the same crop row, more mean a new crop row). Both need ``<global-img>`` and ``<row_i_col_j>`` to be
-single tokens, as in the released tokenizers.
+single tokens, as in the released tokenizers. SmolVLM's processor writes the same text and its connector
+shuffles the same way (``SmolVLMForConditionalGeneration.model.connector``).
 """
 
 from __future__ import annotations
