@@ -68,6 +68,15 @@ class Batch:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def select(self, rows: Sequence[int] | torch.Tensor) -> Batch:
+        """The sub-batch of ``rows`` (still left-padded to the full width, so positions stay valid)."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        size = len(self)
+        picked = {k: v[index] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
+                  for k, v in self.inputs.items()}
+        images = [self.images[i] for i in index.tolist()] if self.images is not None else None
+        return Batch(picked, [self.texts[i] for i in index.tolist()], self.lengths[index], images, self.meta)
+
 
 def _with_position_ids(inputs: dict[str, Any], model: nn.Module | None) -> dict[str, Any]:
     """Text models: position ids that skip left padding (multimodal models compute their own)."""
