@@ -188,3 +188,14 @@ def test_pending_indices_for_batched_loops(tmp_path):
         run.write_example(index, {"x": torch.tensor([index])})
     assert pending_indices(run, 9) == [3, 7]
     assert pending_indices(run, 9, rank=0, world=2) == [0, 2, 4, 6, 8]
+
+
+def test_views_and_shared_memory_are_stored(tmp_path):
+    run = RunDir(tmp_path / "run")
+    whole = torch.arange(12.0).reshape(3, 4)
+    run.write_tensors("t", {"whole": whole, "row": whole[1], "column": whole[:, 2], "again": whole})
+    loaded, _ = run.read_tensors("t")
+    assert torch.equal(loaded["whole"], whole) and torch.equal(loaded["again"], whole)
+    assert loaded["row"].tolist() == [4.0, 5.0, 6.0, 7.0] and loaded["column"].tolist() == [2.0, 6.0, 10.0]
+    with pytest.raises(InputError, match="tensor 'bad' is a list"):
+        run.write_tensors("u", {"bad": [1, 2]})

@@ -262,7 +262,7 @@ class RunDir:
         if not name.endswith(".safetensors"):
             name += ".safetensors"
         data = save_safetensors(
-            {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()},
+            _own_storage(tensors),
             metadata={_METADATA_KEY: to_json(dict(metadata or {}), indent=None)},
         )
         return atomic_write_bytes(self.file(name), data)
@@ -428,6 +428,24 @@ class RunDir:
             handle.write((json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8"))
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def _own_storage(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU, contiguous tensors; views into another tensor's memory are copied (safetensors refuses shared memory)."""
+    prepared: dict[str, torch.Tensor] = {}
+    storages: set[int] = set()
+    for key, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"tensor '{key}' is a {type(value).__name__}; write_tensors stores torch tensors only")
+        value = value.detach().to("cpu").contiguous()
+        if value.numel():
+            storage = value.untyped_storage()
+            partial = storage.nbytes() != value.numel() * value.element_size()
+            if partial or storage.data_ptr() in storages:
+                value = value.clone()
+            storages.add(value.untyped_storage().data_ptr())
+        prepared[key] = value
+    return prepared
 
 
 def run_metadata(world: int = 1) -> dict[str, Any]:
