@@ -105,6 +105,10 @@ def test_planted_cell_is_the_grid_argmax_and_the_image_hot_spot(llava):
     assert picture.size == image.size
     brightness = torch.from_numpy(np.asarray(picture, dtype=np.float32).mean(axis=2))
     assert inside(argmax_pixel(brightness.masked_fill(torch.isnan(heat), -1)), region)
+    # The same through image_heatmap (all tiles of image 0, already on the image's pixels).
+    whole = overlay(image, image_heatmap(acts[:, 3], layout), alpha=1.0, cmap="gray")
+    whole_brightness = torch.from_numpy(np.asarray(whole, dtype=np.float32).mean(axis=2))
+    assert inside(argmax_pixel(whole_brightness.masked_fill(torch.isnan(heat), -1)), region)
     # Pixels outside the box keep the original image.
     original = torch.from_numpy(np.asarray(image, dtype=np.float32).mean(axis=2))
     assert torch.equal(brightness[:, :10], original[:, :10])

@@ -3,6 +3,15 @@
 - :func:`image_layout` -> :class:`ImageLayout` (positions, :class:`Tile` grids, newline / extra tokens).
 - :mod:`neuronscope.vision.heatmap`: values on the grid, upsampled overlays, percentile masks, PNGs.
 - :mod:`neuronscope.vision.shuffle`: seeded shuffles of image-token features (region-invariance tests).
+
+Example::
+
+    batch = processor(text=[prompt], images=[image], return_tensors="pt")
+    layout = image_layout(model, batch, processor=processor, original_sizes=[image.size])
+    values = acts[0, layout.positions, neuron]          # acts: [batch, seq, d_ff] at one layer
+    heat = image_heatmap(values, layout)                 # [H, W] on the original image, NaN where unseen
+    save_png(overlay(image, heat), "neuron.png")
+    save_png(mask_overlay(image, mask_above_percentile(heat, 95)), "neuron_mask.png")
 """
 
 from neuronscope.vision.grid import Box, ImageLayout, Tile
