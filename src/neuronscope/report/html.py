@@ -68,7 +68,9 @@ class Table:
 
 
 @dataclass
-class Figure:
+class EmbeddedImage:
+    """A PNG for the template: caption, `data:` URI (None when too large to embed) and a note."""
+
     title: str
     data_uri: str | None
     note: str = ""
@@ -76,10 +78,12 @@ class Figure:
 
 @dataclass
 class Section:
+    """One report section (anchor id, heading, tables, images, preformatted text)."""
+
     id: str
     title: str
     tables: list[Table] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
+    figures: list[EmbeddedImage] = field(default_factory=list)
     text: str = ""
 
 
@@ -271,10 +275,10 @@ def _figures_section(run: Path, section_id: str, title: str, files: list[Path]) 
     for path in files:
         size = path.stat().st_size
         if size > MAX_EMBED_BYTES:
-            section.figures.append(Figure(path.stem, None, f"{path.relative_to(run)} is {size / 2**20:.0f} MiB: "
-                                          "too large to embed; open it next to this report"))
+            note = f"{path.relative_to(run)} is {size / 2**20:.0f} MiB: too large to embed; open it next to this report"
+            section.figures.append(EmbeddedImage(_label(path.stem), None, note))
         else:
-            section.figures.append(Figure(_label(path.stem), _data_uri(path.read_bytes(), "image/png")))
+            section.figures.append(EmbeddedImage(_label(path.stem), _data_uri(path.read_bytes(), "image/png")))
     return section
 
 
