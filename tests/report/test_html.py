@@ -143,3 +143,25 @@ def test_static_checker_flags_external_references():
         "CSS url(http://example.com/bg.png) points outside the file; embed it as a data: URI",
     ]
     assert json.dumps(problems)  # plain strings
+
+
+def test_large_images_listed_not_embedded(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import neuronscope.report.html as report_html
+
+    run = RunDir(tmp_path / "run")
+    run.write_png("plots/big", Image.new("RGB", (64, 64), (10, 200, 30)))
+    monkeypatch.setattr(report_html, "MAX_EMBED_BYTES", 10)
+    html, page = parse(build_report(run.path))
+    assert page.images == [] and "plots/big.png is 0 MiB: too large to embed" in html
+
+
+def test_caption_images_outside_the_run_are_not_read(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "outside.png")
+    run = RunDir(tmp_path / "run")
+    run.write_json("captions.json", [{"image": "../outside.png", "before": "a", "after": "b"}])
+    html, page = parse(build_report(run.path))
+    assert page.images == [] and "<td>../outside.png</td>" in html
