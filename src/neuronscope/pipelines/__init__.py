@@ -1,0 +1,28 @@
+"""The papers' recipes end to end.
+
+- :mod:`~neuronscope.pipelines.multimodal`: multimodal neurons of Pan et al. (2024): captions -> nouns ->
+  contribution scores -> neurons per concept -> heatmaps (:func:`find_multimodal_neurons`).
+- :mod:`~neuronscope.pipelines.nouns`: target words of a caption (nouns through a tagger, or a concept list).
+- :mod:`~neuronscope.pipelines.invariance`: region / cross-image invariance and semantic sensitivity.
+- :mod:`~neuronscope.pipelines.patches`: important image patches for an answer (Yu & Ananiadou 2024).
+"""
+
+from neuronscope.pipelines.multimodal import (
+    HeatmapResult,
+    MultimodalNeurons,
+    find_multimodal_neurons,
+    load_results,
+    neuron_heatmaps,
+)
+from neuronscope.pipelines.nouns import (
+    TaggedWord,
+    TaggerUnavailable,
+    TargetWord,
+    select_targets,
+    spacy_tagger,
+)
+
+__all__ = [
+    "HeatmapResult", "MultimodalNeurons", "TaggedWord", "TaggerUnavailable", "TargetWord",
+    "find_multimodal_neurons", "load_results", "neuron_heatmaps", "select_targets", "spacy_tagger",
+]
