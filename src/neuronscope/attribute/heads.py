@@ -1,0 +1,339 @@
+"""Attention heads and attention neurons: where their writes into the residual stream come from.
+
+Definitions (DESIGN §2, §3.3), for decoder layer ``l``, query head ``h`` (key/value head ``kv(h) = h // (H / KV)``),
+scored position ``t`` and source position ``s``:
+
+- **head output** ``o_h = x_attn[t, slice_h] @ W_O[slice_h]``: the head's slice of the attention output
+  projection's input (site ``attn``) times its rows of ``W_O [H * d_head, d_model]``. The heads' outputs plus the
+  projection's bias sum to the attention output (site ``attn_out``).
+- **per-source contribution** ``c_{h,s} = A_h[t, s] · (v_s[kv(h)] @ W_O[slice_h])``, with ``A_h`` the head's
+  attention probabilities and ``v_s`` the value states. ``Σ_s c_{h,s} = o_h``.
+- **attention neuron** ``(l, h, n, s)``: coordinate ``n`` of the head's weighted value vector from source ``s``,
+  ``A_h[t, s] · v_s[kv(h), n]``; its write is that number times row ``n`` of ``W_O[slice_h]``.
+  ``Σ_n`` of the writes is ``c_{h,s}``.
+
+Families that normalise the attention output before the residual add (Gemma-2/3, OLMo-2:
+``post_attention_layernorm``) write ``post_norm(attn_out)``, which is not a sum of head outputs. There every write
+above is read through that norm *frozen* at the attention output's own scale ``σ_a``: ``g_a ⊙ o_h / σ_a``, the same
+linearisation as the frozen final norm; then the writes sum to ``post_norm(attn_out)`` exactly (no o_proj bias in
+those families).
+
+Attention probabilities come from the model's own eager attention (the decoder is switched to ``"eager"`` for the
+one forward and switched back), value states from a hook on the value projection (``v_proj``, or the value part of a
+fused ``qkv_proj`` / ``c_attn`` / ``query_key_value``). Every use checks ``Σ_s A_h[t, s] v_s = x_attn[t, slice_h]``
+against the captured head site and raises if a family computes its heads differently.
+
+Example:
+    >>> with attention_probe(model, layers=[1]) as probe:
+    ...     model(**batch.inputs)
+    >>> probe.weights[1].shape, probe.values[1].shape   # [B, H, T, T], [B, T, KV, d_head]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.errors import NeuronscopeError, UnsupportedModelError
+from neuronscope.models.adapter import FinalNorm, ModelAdapter
+
+_INPUT_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm")
+
+
+# -- norms -------------------------------------------------------------------------------------------------------
+def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
+    """Any RMSNorm- or LayerNorm-like module as ``gain * normalise(x) + bias`` (gain probed, so Gemma's
+    ``1 + weight`` is handled), reusing :class:`~neuronscope.models.adapter.FinalNorm` for ``scale`` / ``frozen``."""
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
+    if isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
+        gain = weight.detach().float() if weight is not None else torch.ones(d_model)
+        return FinalNorm("layer", gain, None if bias is None else bias.detach().float(), eps)
+    device = weight.device if weight is not None else torch.device("cpu")
+    dtype = weight.dtype if weight is not None else torch.float32
+    with torch.no_grad():
+        ones = torch.ones(1, d_model, device=device, dtype=dtype)
+        gain = module(ones).float()[0] * math.sqrt(1.0 + eps)
+    return FinalNorm("rms", gain, None, eps)
+
+
+def post_attention_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
+    """The norm applied to the attention output before the residual add, or None (pre-norm families).
+
+    Families with a post-FFN norm (Gemma-2/3, OLMo-2) name it ``post_attention_layernorm``; elsewhere (Llama, Gemma)
+    that name is the *pre*-FFN norm, so the family's ``post_ffn_norm`` decides.
+    """
+    name = adapter.family.extra.get("post_attn_norm")
+    if name is None and adapter.family.post_ffn_norm is not None:
+        name = "post_attention_layernorm"
+    return None if name is None else norm_affine(adapter.module(layer, name), adapter.d_model)
+
+
+def post_ffn_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
+    """The norm applied to the FFN output before the residual add (Gemma-2/3, OLMo-2), or None."""
+    name = adapter.family.post_ffn_norm
+    return None if name is None else norm_affine(adapter.module(layer, name), adapter.d_model)
+
+
+def attention_input_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
+    """The norm the attention reads the residual through (``input_layernorm``, ``ln_1``), or None (OLMo-2 reads
+    the residual directly)."""
+    block = adapter.layers[adapter.check_layer(layer)]
+    for name in _INPUT_NORM_NAMES:
+        module = getattr(block, name, None)
+        if isinstance(module, nn.Module):
+            return norm_affine(module, adapter.d_model)
+    return None
+
+
+# -- head writes -------------------------------------------------------------------------------------------------
+def attention_module(adapter: ModelAdapter, layer: int) -> nn.Module:
+    """The attention module of ``layer`` (the parent of its output projection)."""
+    return adapter.module(layer, adapter.family.attn_out.rsplit(".", 1)[0])
+
+
+def head_output_rows(adapter: ModelAdapter, layer: int) -> torch.Tensor:
+    """``W_O`` rows ``[H * d_head, d_model]`` as the residual sees them: times the post-attention norm's gain where
+    the family has one (the ``1 / σ_a`` is per position and applied by the caller)."""
+    rows = adapter.attn_output_weight(layer)
+    post = post_attention_norm(adapter, layer)
+    if post is not None:
+        rows = rows.float() * post.gain.to(rows.device)
+    return rows
+
+
+def head_outputs(adapter: ModelAdapter, layer: int, head_site: torch.Tensor) -> torch.Tensor:
+    """Each head's output ``[..., H, d_model]`` from the head site ``[..., H * d_head]`` (no bias, no post norm).
+
+    Example:
+        >>> outs = head_outputs(adapter, 0, acts.get("attn", 0))      # [B, P, H, d]
+        >>> outs.sum(-2) + o_proj_bias                                 # == acts.get("attn_out", 0)
+    """
+    weight = adapter.attn_output_weight(layer)
+    per_head = head_site.reshape(*head_site.shape[:-1], adapter.n_heads, adapter.head_dim)
+    rows = weight.reshape(adapter.n_heads, adapter.head_dim, -1).to(per_head.device, per_head.dtype)
+    return torch.einsum("...hk,hkd->...hd", per_head, rows)
+
+
+def kv_head(adapter: ModelAdapter, head: int) -> int:
+    """The key/value head that query head ``head`` reads (grouped-query attention)."""
+    return head // max(1, adapter.n_heads // max(1, adapter.n_kv_heads))
+
+
+# -- value states and value weights ------------------------------------------------------------------------------
+def _value_layout(adapter: ModelAdapter, layer: int) -> tuple[str, nn.Module]:
+    attention = attention_module(adapter, layer)
+    if hasattr(attention, "v_norm"):
+        raise UnsupportedModelError(
+            f"family '{adapter.family.name}' normalises its value states (v_norm); attention neurons are not "
+            "supported for it: use head-level scores"
+        )
+    for kind in ("v_proj", "qkv_proj", "c_attn", "query_key_value"):
+        module = getattr(attention, kind, None)
+        if isinstance(module, nn.Module):
+            return kind, module
+    raise UnsupportedModelError(
+        f"no value projection found in the attention of family '{adapter.family.name}' (looked for v_proj, "
+        "qkv_proj, c_attn, query_key_value): attention neurons need one; head-level scores still work"
+    )
+
+
+def value_states_from_projection(adapter: ModelAdapter, kind: str, output: torch.Tensor) -> torch.Tensor:
+    """The value states ``[B, T, KV, d_head]`` from the output of a value (or fused q/k/v) projection."""
+    heads, kv, head_dim = adapter.n_heads, adapter.n_kv_heads, adapter.head_dim
+    batch, length = output.shape[:2]
+    if kind == "v_proj":
+        values = output
+    elif kind == "qkv_proj":  # [q (H d) | k (KV d) | v (KV d)]
+        values = output[..., (heads + kv) * head_dim:]
+    elif kind == "c_attn":  # GPT-2: [q | k | v], each d_model wide
+        values = output[..., 2 * heads * head_dim:]
+    else:  # GPT-NeoX: per head [q | k | v]
+        values = output.reshape(batch, length, heads, 3 * head_dim)[..., 2 * head_dim:]
+    return values.reshape(batch, length, -1, head_dim)
+
+
+def value_weight(adapter: ModelAdapter, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The value projection as rows ``[KV * d_head, d_model]`` (row ``kv * d_head + n`` makes value coordinate
+    ``n`` of key/value head ``kv``) and its bias ``[KV * d_head]`` or None."""
+    kind, module = _value_layout(adapter, layer)
+    heads, kv, head_dim, d_model = adapter.n_heads, adapter.n_kv_heads, adapter.head_dim, adapter.d_model
+    weight, bias = module.weight, getattr(module, "bias", None)
+    if kind == "c_attn":  # Conv1D [in, out]
+        return weight[:, 2 * d_model:].t(), None if bias is None else bias[2 * d_model:]
+    if kind == "v_proj":
+        return weight, bias
+    if kind == "qkv_proj":
+        start = (heads + kv) * head_dim
+        return weight[start:], None if bias is None else bias[start:]
+    rows = weight.reshape(heads, 3 * head_dim, d_model)[:, 2 * head_dim:].reshape(heads * head_dim, d_model)
+    return rows, None if bias is None else bias.reshape(heads, 3 * head_dim)[:, 2 * head_dim:].reshape(-1)
+
+
+# -- capture of attention probabilities and value states ---------------------------------------------------------
+@dataclass
+class AttentionProbe:
+    """What :func:`attention_probe` recorded, per layer: ``weights[l] [B, H, T, T]`` (query × key probabilities)
+    and ``values[l] [B, T, KV, d_head]``."""
+
+    weights: dict[int, torch.Tensor] = field(default_factory=dict)
+    values: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@contextmanager
+def eager_attention(model: nn.Module, adapter: ModelAdapter) -> Iterator[None]:
+    """Run the language model with eager attention inside the block (the only implementation that returns the
+    attention probabilities), restoring the previous implementation after."""
+    owner = adapter.decoder if hasattr(adapter.decoder, "set_attn_implementation") else model
+    before = owner.config._attn_implementation
+    if before == "eager":
+        yield
+        return
+    owner.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        owner.set_attn_implementation(before)
+
+
+@contextmanager
+def attention_probe(model: nn.Module, layers: list[int], adapter: ModelAdapter | None = None) -> Iterator[AttentionProbe]:
+    """Record attention probabilities and value states of ``layers`` while the block runs one forward.
+
+    Example:
+        >>> with attention_probe(model, [0]) as probe:
+        ...     model(**batch.inputs)
+        >>> probe.weights[0].sum(-1)            # ones (rows of probabilities)
+    """
+    from neuronscope.models.adapter import get_adapter
+
+    adapter = adapter or get_adapter(model)
+    probe = AttentionProbe()
+    handles = []
+    try:
+        for layer in layers:
+            kind, projection = _value_layout(adapter, layer)
+
+            def keep_values(module: nn.Module, args: tuple, output: Any, layer: int = layer, kind: str = kind) -> None:
+                probe.values[layer] = value_states_from_projection(adapter, kind, output.detach())
+
+            def keep_weights(module: nn.Module, args: tuple, output: Any, layer: int = layer) -> None:
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is None:
+                    raise NeuronscopeError(
+                        f"the attention of layer {layer} returned no probabilities even in eager mode: this family "
+                        "does not expose them, so attention neurons cannot be scored"
+                    )
+                probe.weights[layer] = weights.detach()
+
+            handles.append(projection.register_forward_hook(keep_values))
+            handles.append(attention_module(adapter, layer).register_forward_hook(keep_weights))
+        with eager_attention(model, adapter):
+            yield probe
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def weighted_values(
+    weights: torch.Tensor, values: torch.Tensor, positions: torch.Tensor, heads: torch.Tensor, kv_heads: torch.Tensor
+) -> torch.Tensor:
+    """Pure math: ``A_h[t, s] · v_s[kv(h), n]`` for each row's scored positions.
+
+    Args:
+        weights: ``[B, H, T, T]`` attention probabilities.
+        values: ``[B, T, KV, d_head]`` value states.
+        positions: ``[B, n]`` scored (query) positions.
+        heads: ``[k]`` query heads; ``kv_heads``: ``[k]`` their key/value heads.
+
+    Returns:
+        ``[B, n, k, T, d_head]``: summed over ``T`` it is each head's slice of the head site at ``positions``.
+    """
+    batch = torch.arange(weights.shape[0], device=weights.device)[:, None]
+    rows = weights[:, heads.to(weights.device)]  # [B, k, T, T]
+    probs = rows.permute(0, 2, 1, 3)[batch, positions.to(weights.device)]  # [B, n, k, T]
+    per_head = values[:, :, kv_heads.to(values.device)].permute(0, 2, 1, 3)  # [B, k, T, d_head]
+    return probs.float()[..., None] * per_head.float()[:, None]
+
+
+def check_weighted_values(weighted: torch.Tensor, head_site: torch.Tensor, where: str) -> None:
+    """Raise unless ``Σ_s weighted = head_site`` (``[B, n, k, T, d]`` vs ``[B, n, k, d]``), i.e. unless the model
+    computes each head as probabilities times value states."""
+    total = weighted.sum(-2)
+    target = head_site.float().to(total.device)
+    error = (total - target).norm() / (target.norm() + 1e-6)
+    tolerance = 1e-3 if head_site.dtype == torch.float32 else 5e-2
+    if float(error) > tolerance:
+        raise NeuronscopeError(
+            f"{where}: attention probabilities × value states do not reproduce the heads' outputs (relative error "
+            f"{float(error):.2g}): this family computes attention differently, so attention-neuron scores would be "
+            "wrong; use head-level scores"
+        )
+
+
+# -- results -----------------------------------------------------------------------------------------------------
+@dataclass
+class HeadSourceScores:
+    """Scores of chosen heads per source position (and per value coordinate for attention neurons).
+
+    Attributes:
+        values: ``[examples, targets, k, S]`` (per-source contributions) or ``[examples, targets, k, S, d_head]``
+            (attention neurons).
+        heads: ``[k, 2]`` (layer, head) rows in the order of ``values``' third dimension.
+        sources: ``[examples, S]`` absolute source positions of ``values``' fourth dimension.
+        meta: how they were made.
+
+    Example:
+        >>> patches = scores.normalised()[0, 0, 0]     # min-max over the sources of the first head: [S]
+    """
+
+    values: torch.Tensor
+    heads: torch.Tensor
+    sources: torch.Tensor
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def normalised(self) -> torch.Tensor:
+        """Min-max normalised over the sources (and coordinates) of each (example, target, head): ``values``'
+        shape, in ``[0, 1]`` (zeros where all are equal)."""
+        flat = self.values.flatten(3)
+        low, high = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
+        span = torch.where(high > low, high - low, torch.ones_like(high))
+        return ((flat - low) / span).view_as(self.values)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``path.safetensors`` and ``path.json``."""
+        import json
+
+        from safetensors.torch import save
+
+        from neuronscope.report.atomic import atomic_write_bytes, atomic_write_text
+
+        path = Path(path)
+        tensors = {"values": self.values.contiguous().cpu(), "heads": self.heads.contiguous().cpu(),
+                   "sources": self.sources.contiguous().cpu()}
+        atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors))
+        meta = {"format": "neuronscope.head_source_scores", "meta": self.meta}
+        return atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
+
+    @classmethod
+    def load(cls, path: str | Path) -> HeadSourceScores:
+        import json
+
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.with_suffix(".json").exists():
+            raise NeuronscopeError(f"no head-source scores at {path}: expected {path.with_suffix('.json')}")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if meta.get("format") != "neuronscope.head_source_scores":
+            raise NeuronscopeError(f"{path.with_suffix('.json')} does not hold head-source scores")
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        return cls(tensors["values"], tensors["heads"], tensors["sources"], meta["meta"])

@@ -1,0 +1,429 @@
+"""Log-probability increase (LPI) of Yu & Ananiadou (2024), "Neuron-Level Knowledge Attribution in Large Language
+Models": how much a vector written into the residual stream raises the log-probability of the target token.
+
+The final norm is frozen at the scale ``σ`` of the final residual (the last layer's output) at the scored position,
+so that the readout is affine in the residual::
+
+    bs(x) = W_U (g_f ⊙ C(x) / σ + b_f) + b_U          (then the model's logit soft-cap, if any)
+    LPI(v | r) = log softmax(bs(r + v))[w] − log softmax(bs(r))[w]
+
+``C`` centres (LayerNorm models) or is the identity (RMSNorm); ``b_f`` is the LayerNorm bias — kept here, the
+reference code drops it; ``w`` is the target (default: the model's own prediction). The log-softmax is over the full
+vocabulary (exact; chunked over neurons so that no more than ``chunk_size × V`` logits exist at a time), or over a
+candidate set (``candidates=``: exact log-softmax over ``candidates ∪ targets``).
+
+What ``v`` and ``r`` are:
+
+- FFN neuron ``(l, i)``: ``v = a_i · w_i``, ``r`` = the residual the FFN reads (site ``ffn_in``; for
+  parallel-residual GPT-NeoX the layer input plus the attention output). Families with a post-FFN norm
+  (Gemma-2/3, OLMo-2) add ``post_norm(ffn_out)``, not ``Σ a_i w_i``: there the neuron's write is ``a_i w_i`` read
+  through that norm frozen at ``ffn_out``'s own scale, ``g_p ⊙ a_i w_i / σ_p`` (the writes then sum to the FFN's
+  real write exactly).
+- Attention head ``(l, h)``: ``v`` = the head output (:mod:`neuronscope.attribute.heads`), ``r`` = the layer input.
+- Per source position / attention neuron of a head: ``v`` = the head's contribution from source ``s``
+  (``A_h[t, s] · v_s W_O[slice_h]``) or one coordinate of it; ``r`` = the layer input
+  (:func:`head_source_log_probability_increase`; this is what ranks image patches for the top head).
+
+Biases of the output projections belong to no neuron or head and are not scored.
+
+Example:
+    >>> scores = log_probability_increase(model, batch, prediction_targets(model, batch), layers=[10])
+    >>> scores.top_k(10)                              # (layer, neuron) rows, LPI values
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.heads import (
+    HeadSourceScores,
+    attention_probe,
+    check_weighted_values,
+    head_output_rows,
+    kv_head,
+    post_attention_norm,
+    post_ffn_norm,
+    weighted_values,
+)
+from neuronscope.attribute.registry import register
+from neuronscope.attribute.targets import TargetSet, prediction_targets
+from neuronscope.errors import NeuronscopeError
+from neuronscope.inputs import Batch
+from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.results import NeuronScores
+from neuronscope.trace import Capture, capture
+
+DEFAULT_CHUNK = 1024
+
+
+# -- pure math ---------------------------------------------------------------------------------------------------
+def log_probability_increase_from_logits(
+    base_logits: torch.Tensor, delta_logits: torch.Tensor, target: int, softcap: float | None = None
+) -> torch.Tensor:
+    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``.
+
+    Args:
+        base_logits: ``[V]`` logits of the residual alone (before any soft-cap).
+        delta_logits: ``[N, V]`` what each vector adds to them (the readout is affine).
+        target: index of the target token in the last dimension.
+        softcap: the model's final logit soft-cap ``c`` (``c · tanh(z / c)``), or None.
+
+    Returns:
+        ``[N]`` log-probability increases.
+
+    Example:
+        >>> log_probability_increase_from_logits(torch.zeros(3), torch.tensor([[1.0, 0, 0]]), 0)
+        tensor([0.4519])
+    """
+    base = base_logits.float()
+    new = base + delta_logits.float()
+    if softcap:
+        base = torch.tanh(base / softcap) * softcap
+        new = torch.tanh(new / softcap) * softcap
+    return (new[:, target] - new.logsumexp(-1)) - (base[target] - base.logsumexp(-1))
+
+
+@dataclass
+class FrozenReadout:
+    """The model's readout with the final norm frozen: ``z(x) = G C(x) / σ + offset`` over a vocabulary subset.
+
+    Attributes:
+        directions: ``G [V', d]`` = unembedding rows times the final norm's gain (``V'`` = full vocabulary or the
+            candidate set).
+        offset: ``[V']`` = ``W_U b_f + b_U`` (final-norm bias and unembedding bias).
+        centre: LayerNorm (subtract the mean of ``x``) or RMSNorm.
+        softcap: the model's final logit soft-cap, or None.
+        token_ids: ``[V']`` vocabulary ids of the columns, or None for the full vocabulary.
+    """
+
+    directions: torch.Tensor
+    offset: torch.Tensor
+    centre: bool
+    softcap: float | None
+    token_ids: torch.Tensor | None
+
+    @classmethod
+    def from_adapter(
+        cls, adapter: ModelAdapter, token_ids: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+    ) -> FrozenReadout:
+        """Build it from a model's final norm and unembedding (restricted to ``token_ids`` if given)."""
+        unembedding = adapter.unembedding()
+        device = unembedding.device
+        rows = unembedding if token_ids is None else unembedding[token_ids.to(device)]
+        norm = adapter.final_norm()
+        directions = rows.to(dtype) * norm.gain.to(device, dtype)
+        offset = torch.zeros(rows.shape[0], device=device, dtype=torch.float32)
+        if norm.bias is not None:
+            offset = offset + rows.float() @ norm.bias.to(device).float()
+        bias = adapter.unembedding_bias()
+        if bias is not None:
+            offset = offset + (bias if token_ids is None else bias[token_ids.to(device)]).float()
+        return cls(directions, offset, norm.kind == "layer", adapter.logit_softcap, token_ids)
+
+    @property
+    def device(self) -> torch.device:
+        return self.directions.device
+
+    def delta(self, writes: torch.Tensor) -> torch.Tensor:
+        """The linear part ``G C(v)`` for vectors ``[..., d]`` → ``[..., V']`` (divide by ``σ`` yourself)."""
+        writes = writes.to(self.device, self.directions.dtype)
+        if self.centre:
+            writes = writes - writes.mean(-1, keepdim=True)
+        return writes @ self.directions.T
+
+    def logits(self, residual: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """``z(x) = G C(x) / σ + offset`` for residuals ``[..., d]`` and scales ``[..., 1]`` → ``[..., V']`` (no
+        soft-cap)."""
+        return self.delta(residual).float() / sigma.to(self.device).float() + self.offset
+
+    def column(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Columns of ``token_ids`` (any shape) in this readout."""
+        if self.token_ids is None:
+            return token_ids.clone()
+        index = torch.searchsorted(self.token_ids.cpu(), token_ids.cpu())
+        return index.clamp(max=self.token_ids.numel() - 1)
+
+
+# -- model plumbing ----------------------------------------------------------------------------------------------
+def _readout(
+    adapter: ModelAdapter, targets: TargetSet, candidates: Sequence[int] | torch.Tensor | None, dtype: torch.dtype
+) -> FrozenReadout:
+    if candidates is None:
+        return FrozenReadout.from_adapter(adapter, None, dtype)
+    ids = torch.as_tensor(candidates, dtype=torch.long).reshape(-1)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= adapter.vocab_size):
+        raise NeuronscopeError(f"candidate token ids must be in [0, {adapter.vocab_size}): got {ids.tolist()[:10]}")
+    ids = torch.cat([ids, targets.token_ids[targets.valid]]).unique()  # the targets always take part
+    return FrozenReadout.from_adapter(adapter, ids, dtype)
+
+
+def _targets_or_prediction(model: nn.Module, batch: Batch, targets: TargetSet | None) -> TargetSet:
+    return prediction_targets(model, batch) if targets is None else targets
+
+
+def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, sites: list[str],
+         layers: list[int], device: torch.device) -> tuple[Capture, torch.Tensor]:
+    """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]``."""
+    last = adapter.n_layers - 1
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    with capture(model, sites=sites, layers=sorted(set(layers) | {last}), positions=positions, to=device) as acts:
+        model(**batch.inputs)
+    sigma = adapter.final_norm().scale(acts.get("resid_post", last))
+    return acts, sigma
+
+
+def _rows(targets: TargetSet) -> Iterator[tuple[int, int]]:
+    """(example, target) pairs that hold a real target."""
+    yield from (tuple(pair) for pair in targets.valid.nonzero().tolist())
+
+
+def _ffn_residual(adapter: ModelAdapter, acts: Capture, layer: int) -> torch.Tensor:
+    if adapter.family.parallel_residual:  # x + attn(x) + ffn(x): the FFN's write lands on x + attn(x)
+        return acts.get("resid_pre", layer).float() + acts.get("attn_out", layer).float()
+    return acts.get("ffn_in", layer).float()
+
+
+def _meta(method: str, adapter: ModelAdapter, targets: TargetSet, readout: FrozenReadout, **extra) -> dict:
+    return {"method": method, "targets": targets.describe(), "model": adapter.describe(),
+            "vocabulary": "full" if readout.token_ids is None else readout.token_ids.tolist(),
+            "final_norm": "frozen at the final residual's scale", **extra}
+
+
+@register("log_probability_increase", "log p(w | r + v) − log p(w | r) with the final norm frozen",
+          "Yu & Ananiadou 2024 (neuron-level knowledge attribution)")
+@torch.no_grad()
+def log_probability_increase(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet | None = None,
+    *,
+    layers: list[int] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    candidates: Sequence[int] | torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+    unit: str = "neuron",
+) -> NeuronScores:
+    """Exact LPI of every FFN neuron of ``layers`` for each target.
+
+    Args:
+        model: a causal LM or a vision-language model.
+        batch: left-padded inputs (:mod:`neuronscope.inputs`).
+        targets: target tokens and their positions; default the model's own prediction at the last position.
+        layers: layers to score; default all.
+        chunk_size: neurons scored at once; peak memory is about ``2 × chunk_size × V`` logits of
+            ``compute_dtype`` (default 1024: ~260 MB for V = 32k in float32).
+        candidates: token ids; if given the log-softmax is exact over ``candidates ∪ targets`` instead of the whole
+            vocabulary.
+        compute_dtype: dtype of the ``value vectors × unembedding`` products (float32 default; bfloat16 is faster
+            and approximate). Log-sum-exps are always float32.
+        unit: ``"neuron"`` (default) or ``"head"`` (same as :func:`head_log_probability_increase`).
+
+    Returns:
+        NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets).
+
+    Example:
+        >>> scores = log_probability_increase(model, batch, layers=[-1], chunk_size=2048)
+        >>> neurons, values = scores.top_k(5)
+    """
+    if unit == "head":
+        return head_log_probability_increase(model, batch, targets, layers=layers, chunk_size=chunk_size,
+                                             candidates=candidates, compute_dtype=compute_dtype)
+    if unit != "neuron":
+        raise NeuronscopeError(f"unit must be 'neuron' or 'head', not '{unit}'")
+    if chunk_size < 1:
+        raise NeuronscopeError(f"chunk_size must be at least 1, got {chunk_size}")
+    adapter = get_adapter(model)
+    targets = _targets_or_prediction(model, batch, targets)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    layer_list = adapter.resolve_layers(layers)
+    readout = _readout(adapter, targets, candidates, compute_dtype)
+    columns = readout.column(targets.token_ids)
+    has_post = adapter.family.post_ffn_norm is not None
+    sites = ["neuron", "resid_post"] + (["resid_pre", "attn_out"] if adapter.family.parallel_residual else ["ffn_in"])
+    sites += ["ffn_out"] if has_post else []
+    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+
+    scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff)
+    for slot, layer in enumerate(layer_list):
+        base = readout.logits(_ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
+        coefficients = acts.get("neuron", layer).float() / sigma  # [B, n, d_ff]
+        vectors = adapter.value_vectors(layer)  # [d_ff, d]
+        post = post_ffn_norm(adapter, layer) if has_post else None
+        if post is not None:  # the FFN's write is post_norm(ffn_out), frozen at ffn_out's scale
+            coefficients = coefficients / post.scale(acts.get("ffn_out", layer))
+            vectors = vectors.float() * post.gain.to(vectors.device)
+        for start in range(0, adapter.d_ff, chunk_size):
+            stop = min(start + chunk_size, adapter.d_ff)
+            directions = readout.delta(vectors[start:stop])  # [c, V']
+            for row, col in _rows(targets):
+                delta = coefficients[row, col, start:stop, None].to(directions.dtype) * directions
+                scores[row, col, slot, start:stop] = log_probability_increase_from_logits(
+                    base[row, col], delta, int(columns[row, col]), readout.softcap).cpu()
+    meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
+                 layers=layer_list, post_ffn_norm="frozen at ffn_out's scale" if has_post else None)
+    return NeuronScores(scores, meta=meta)
+
+
+@torch.no_grad()
+def head_log_probability_increase(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet | None = None,
+    *,
+    layers: list[int] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    candidates: Sequence[int] | torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> NeuronScores:
+    """Exact LPI of every attention head's output, with ``r`` = the layer input.
+
+    Args: as :func:`log_probability_increase` (``chunk_size`` counts value coordinates, ``heads × d_head``).
+
+    Returns:
+        NeuronScores ``[examples, targets, layers, heads]`` with ``meta["unit"] == "head"``; ``top_k`` gives
+        (layer, head) rows.
+
+    Example:
+        >>> heads = head_log_probability_increase(model, batch)
+        >>> (layer, head), = heads.top_k(1)[0].tolist()
+    """
+    adapter = get_adapter(model)
+    targets = _targets_or_prediction(model, batch, targets)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    layer_list = adapter.resolve_layers(layers)
+    readout = _readout(adapter, targets, candidates, compute_dtype)
+    columns = readout.column(targets.token_ids)
+    has_post = post_attention_norm(adapter, 0) is not None
+    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
+    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+
+    n_heads, head_dim = adapter.n_heads, adapter.head_dim
+    per_chunk = max(1, chunk_size // head_dim)
+    scores = torch.zeros(*targets.token_ids.shape, len(layer_list), n_heads)
+    for slot, layer in enumerate(layer_list):
+        base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
+        coefficients = acts.get("attn", layer).float() / sigma  # [B, n, H * d_head]
+        if has_post:
+            coefficients = coefficients / post_attention_norm(adapter, layer).scale(acts.get("attn_out", layer))
+        rows = head_output_rows(adapter, layer)
+        for first in range(0, n_heads, per_chunk):
+            last = min(first + per_chunk, n_heads)
+            directions = readout.delta(rows[first * head_dim:last * head_dim])  # [k * d_head, V']
+            directions = directions.view(last - first, head_dim, -1)
+            for row, col in _rows(targets):
+                weights = coefficients[row, col, first * head_dim:last * head_dim].view(last - first, head_dim)
+                delta = torch.einsum("hk,hkv->hv", weights.to(directions.dtype), directions)
+                scores[row, col, slot, first:last] = log_probability_increase_from_logits(
+                    base[row, col], delta, int(columns[row, col]), readout.softcap).cpu()
+    meta = _meta("log_probability_increase", adapter, targets, readout, unit="head", site="attn",
+                 layers=layer_list, post_attention_norm="frozen at attn_out's scale" if has_post else None)
+    return NeuronScores(scores, meta=meta)
+
+
+def _sources(sources: torch.Tensor | Sequence[int] | None, batch: Batch) -> torch.Tensor:
+    if sources is None:
+        return torch.arange(batch.seq_len)[None].expand(len(batch), -1)
+    sources = torch.as_tensor(sources, dtype=torch.long)
+    sources = sources[None].expand(len(batch), -1) if sources.dim() == 1 else sources
+    if sources.shape[0] != len(batch) or int(sources.min()) < 0 or int(sources.max()) >= batch.seq_len:
+        raise NeuronscopeError(
+            f"sources must be positions in [0, {batch.seq_len}) given once [S] or per row [{len(batch)}, S], got "
+            f"shape {tuple(sources.shape)}"
+        )
+    return sources
+
+
+@torch.no_grad()
+def head_source_log_probability_increase(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet | None = None,
+    *,
+    heads: torch.Tensor | Sequence[tuple[int, int]],
+    sources: torch.Tensor | Sequence[int] | None = None,
+    coordinates: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    candidates: Sequence[int] | torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float32,
+) -> HeadSourceScores:
+    """LPI of chosen heads' contributions from each source position (or of each attention neuron).
+
+    For head ``h`` of layer ``l``, scored position ``t`` and source ``s``: ``v = A_h[t, s] · v_s W_O[slice_h]``
+    (``coordinates=False``), or the attention neuron ``v = A_h[t, s] · v_s[n] · W_O[slice_h][n]`` for each value
+    coordinate ``n`` (``coordinates=True``); ``r`` = the layer input at ``t``. Padding sources get 0.
+
+    Args:
+        heads: ``[k, 2]`` (layer, head) rows, e.g. the top heads of :func:`head_log_probability_increase`.
+        sources: source positions ``[S]`` or ``[examples, S]`` (e.g. the image-token positions); default all.
+        coordinates: score each value coordinate separately (attention neurons).
+        chunk_size: vectors scored at once (peak memory about ``2 × chunk_size × V`` logits).
+        Others: as :func:`log_probability_increase`.
+
+    Returns:
+        :class:`HeadSourceScores` ``[examples, targets, k, S]`` (or ``[..., S, d_head]``).
+
+    Example:
+        >>> top = head_log_probability_increase(model, batch).top_k(1)[0]
+        >>> patches = head_source_log_probability_increase(model, batch, heads=top, sources=image_positions)
+        >>> patches.normalised()[0, 0, 0]          # [S] in [0, 1], ready for the vision grid
+    """
+    adapter = get_adapter(model)
+    targets = _targets_or_prediction(model, batch, targets)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    head_rows = torch.as_tensor(heads, dtype=torch.long).reshape(-1, 2)
+    head_rows = torch.stack([torch.tensor([adapter.check_layer(int(layer)), int(head)]) for layer, head in head_rows])
+    for head in head_rows[:, 1].tolist():
+        adapter.head_slice(head)  # range check
+    layer_list = sorted(set(head_rows[:, 0].tolist()))
+    source_positions = _sources(sources, batch)
+    readout = _readout(adapter, targets, candidates, compute_dtype)
+    columns = readout.column(targets.token_ids)
+    has_post = post_attention_norm(adapter, 0) is not None
+    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    with attention_probe(model, layer_list, adapter) as probe:
+        acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+
+    head_dim = adapter.head_dim
+    shape = (*targets.token_ids.shape, len(head_rows), source_positions.shape[1])
+    scores = torch.zeros(*shape, head_dim) if coordinates else torch.zeros(shape)
+    for slot, (layer, head) in enumerate(head_rows.tolist()):
+        weighted = weighted_values(probe.weights[layer], probe.values[layer], positions, torch.tensor([head]),
+                                   torch.tensor([kv_head(adapter, head)]))[:, :, 0]  # [B, n, T, d_head]
+        head_site = acts.get("attn", layer)[..., adapter.head_slice(head)]
+        check_weighted_values(weighted[:, :, None], head_site[:, :, None], f"layer {layer}, head {head}")
+        weighted = weighted.to(readout.device) / sigma[..., None]
+        if has_post:
+            weighted = weighted / post_attention_norm(adapter, layer).scale(acts.get("attn_out", layer))[..., None]
+        base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
+        directions = readout.delta(head_output_rows(adapter, layer)[adapter.head_slice(head)])  # [d_head, V']
+        for row, col in _rows(targets):
+            alpha = weighted[row, col, source_positions[row].to(weighted.device)]  # [S, d_head]
+            scores[row, col, slot] = _source_scores(alpha, directions, base[row, col], int(columns[row, col]),
+                                                    readout.softcap, coordinates, chunk_size)
+    meta = _meta("log_probability_increase", adapter, targets, readout,
+                 unit="attention_neuron" if coordinates else "head_source", heads=head_rows.tolist(),
+                 post_attention_norm="frozen at attn_out's scale" if has_post else None)
+    return HeadSourceScores(scores, head_rows, source_positions.clone(), meta)
+
+
+def _source_scores(alpha: torch.Tensor, directions: torch.Tensor, base: torch.Tensor, column: int,
+                   softcap: float | None, coordinates: bool, chunk_size: int) -> torch.Tensor:
+    """LPIs of ``alpha [S, d_head] ⊗ directions [d_head, V']``: per source ``[S]`` (summed over coordinates) or
+    per (source, coordinate) ``[S, d_head]``."""
+    n_sources, head_dim = alpha.shape
+    alpha = alpha.to(directions.dtype)
+    if not coordinates:
+        out = [log_probability_increase_from_logits(base, alpha[start:start + chunk_size] @ directions, column,
+                                                    softcap).cpu() for start in range(0, n_sources, chunk_size)]
+        return torch.cat(out)
+    step = max(1, chunk_size // head_dim)
+    out = []
+    for start in range(0, n_sources, step):
+        delta = (alpha[start:start + step, :, None] * directions[None]).flatten(0, 1)  # [s * d_head, V']
+        out.append(log_probability_increase_from_logits(base, delta, column, softcap).view(-1, head_dim).cpu())
+    return torch.cat(out)
