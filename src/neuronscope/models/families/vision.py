@@ -8,7 +8,7 @@ FAMILIES = (
     VisionFamily("llava_next", ("llava_next",), notes="LLaVA-NeXT: any-res tiles plus newline tokens"),
     VisionFamily("qwen2_vl", ("qwen2_vl",), notes="Qwen2-VL: dynamic grid from image_grid_thw, 2x2 merge"),
     VisionFamily("qwen2_5_vl", ("qwen2_5_vl",), notes="Qwen2.5-VL: as Qwen2-VL"),
-    VisionFamily("idefics3", ("idefics3",), notes="Idefics3: pixel-shuffled tiles plus a global image"),
+    VisionFamily("idefics3", ("idefics3", "smolvlm"), notes="Idefics3 / SmolVLM: pixel-shuffled tiles plus a global image"),
     VisionFamily(
         "instructblip",
         ("instructblip", "blip-2", "blip_2"),
