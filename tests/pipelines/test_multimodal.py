@@ -8,10 +8,10 @@ import json
 
 import pytest
 import torch
-from conftest import chat_vlm
-from helpers.tiny_vlms import gradient_image
 from PIL import Image
 
+from conftest import chat_vlm
+from helpers.tiny_vlms import gradient_image
 from neuronscope.attribute.contribution import contribution
 from neuronscope.attribute.targets import TargetSet
 from neuronscope.inputs import Batch
