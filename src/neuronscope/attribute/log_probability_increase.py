@@ -9,8 +9,8 @@ so that the readout is affine in the residual::
 
 ``C`` centres (LayerNorm models) or is the identity (RMSNorm); ``b_f`` is the LayerNorm bias — kept here, the
 reference code drops it; ``w`` is the target (default: the model's own prediction). The log-softmax is over the full
-vocabulary (exact; chunked over neurons so that no more than ``chunk_size × V`` logits exist at a time), or over a
-candidate set (``candidates=``: exact log-softmax over ``candidates ∪ targets``).
+vocabulary (exact; chunked over neurons so that only a few ``chunk_size × V`` blocks of logits exist at a time), or
+over a candidate set (``candidates=``: exact log-softmax over ``candidates ∪ targets``).
 
 What ``v`` and ``r`` are:
 
@@ -214,8 +214,8 @@ def log_probability_increase(
         batch: left-padded inputs (:mod:`neuronscope.inputs`).
         targets: target tokens and their positions; default the model's own prediction at the last position.
         layers: layers to score; default all.
-        chunk_size: neurons scored at once; peak memory is about ``2 × chunk_size × V`` logits of
-            ``compute_dtype`` (default 1024: ~260 MB for V = 32k in float32).
+        chunk_size: neurons scored at once; peak extra memory is about ``3 × chunk_size × V`` float32 logits
+            (default 1024: ~400 MB for V = 32k).
         candidates: token ids; if given the log-softmax is exact over ``candidates ∪ targets`` instead of the whole
             vocabulary.
         compute_dtype: dtype of the ``value vectors × unembedding`` products (float32 default; bfloat16 is faster
@@ -360,7 +360,7 @@ def head_source_log_probability_increase(
         heads: ``[k, 2]`` (layer, head) rows, e.g. the top heads of :func:`head_log_probability_increase`.
         sources: source positions ``[S]`` or ``[examples, S]`` (e.g. the image-token positions); default all.
         coordinates: score each value coordinate separately (attention neurons).
-        chunk_size: vectors scored at once (peak memory about ``2 × chunk_size × V`` logits).
+        chunk_size: vectors scored at once (peak extra memory about ``3 × chunk_size × V`` float32 logits).
         Others: as :func:`log_probability_increase`.
 
     Returns:
