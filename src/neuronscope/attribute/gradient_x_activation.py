@@ -1,0 +1,115 @@
+"""Gradient × activation: ``s[l, i] = a_i · ∂log P(y) / ∂a_i`` at the target's position, every layer at once.
+
+The first-order (Taylor) estimate of what zeroing neuron ``i`` of layer ``l`` at that position does to the target's
+log-probability. One forward per batch, one backward per target column, batched over examples: each layer's site
+gets a zero tensor ``δ [batch, targets, d_ff]`` added at the target positions (``a + δ``), and
+``∂log P / ∂δ = ∂log P / ∂a`` without cutting any path through the other layers.
+
+Example:
+    >>> targets = word_targets(tokenizer, batch, "Paris")
+    >>> scores = gradient_x_activation(model, batch, targets)      # [examples, 1, layers, d_ff]
+    >>> scores.top_k(10)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.registry import register
+from neuronscope.attribute.targets import TargetSet
+from neuronscope.errors import NeuronscopeError
+from neuronscope.inputs import Batch
+from neuronscope.models.adapter import get_adapter
+from neuronscope.results import NeuronScores
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.positions import CallState
+from neuronscope.trace.sites import NEURON_SITES, resolve_site
+
+
+def _target_log_probability(logits: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """``log P(token_ids[b] | positions[b])`` per row: logits ``[batch, T, vocab]`` → ``[batch]`` (≥ float32)."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    picked = logits[rows, positions.to(logits.device)]
+    picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
+    return picked.log_softmax(-1)[rows, token_ids.to(logits.device)]
+
+
+@register("gradient_x_activation", "a · ∂log P(y)/∂a at the target position, all layers, one backward per target",
+          "first-order (Taylor) attribution; baseline of Dai et al. 2022 and Yu & Ananiadou 2024",
+          uses_gradients=True)
+def gradient_x_activation(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet,
+    *,
+    site: str = "neuron",
+    layers: list[int] | None = None,
+) -> NeuronScores:
+    """Gradient × activation of every neuron of the chosen layers, for each target.
+
+    Args:
+        model: a causal LM or a vision-language model.
+        batch: left-padded inputs (:mod:`neuronscope.inputs`), run as one forward.
+        targets: target tokens and the positions that produce them (:mod:`neuronscope.attribute.targets`).
+        site: a neuron site (``"neuron"`` default, ``"act"``, ``"up"``, ``"gate"``, ``"pre"``); the scores differ
+            between sites before and after a non-linearity.
+        layers: layers to score; default all.
+
+    Returns:
+        NeuronScores ``[examples, targets, layers, d_ff]`` (float32, float64 for float64 models; zeros where a
+        row has fewer targets).
+
+    Example:
+        >>> targets = token_targets(batch, [5, 9])
+        >>> scores = gradient_x_activation(model, batch, targets, layers=[0, 1])
+        >>> scores.values.shape                     # [2, 1, 2, d_ff]
+    """
+    if site not in NEURON_SITES:
+        raise NeuronscopeError(f"gradient_x_activation is defined at the neuron sites {', '.join(NEURON_SITES)}, "
+                               f"not '{site}'")
+    adapter = get_adapter(model)
+    layer_list = adapter.resolve_layers(layers)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    deltas: dict[int, torch.Tensor] = {}
+    activations: dict[int, torch.Tensor] = {}
+
+    def add_delta(layer: int):
+        def hook(tensor: torch.Tensor, call: CallState) -> torch.Tensor | None:
+            if call.offset != 0 or tensor.shape[1] != batch.seq_len:
+                return None  # only the batch's own forward
+            rows = torch.arange(tensor.shape[0], device=tensor.device)[:, None].expand_as(positions)
+            index = (rows, positions.to(tensor.device))
+            delta = torch.zeros(*positions.shape, tensor.shape[-1], dtype=tensor.dtype, device=tensor.device,
+                                requires_grad=True)
+            deltas[layer], activations[layer] = delta, tensor[index].detach()  # [batch, targets, d_ff]
+            # accumulate: two targets at one position each get their own δ, with the same gradient
+            return tensor.index_put(index, delta, accumulate=True)
+
+        return hook
+
+    with HookSet(adapter) as hooks:
+        for layer in layer_list:
+            hooks.add(resolve_site(adapter, site, layer), add_delta(layer))
+        with torch.enable_grad():
+            logits = model(**batch.inputs).logits
+    missing = [layer for layer in layer_list if layer not in deltas]
+    if missing:
+        raise NeuronscopeError(f"site '{site}' of layers {missing} did not run in the forward: check the model")
+    dtype = torch.promote_types(activations[layer_list[0]].dtype, torch.float32)
+    scores = torch.zeros(len(batch), targets.n_targets, len(layer_list), adapter.d_ff, dtype=dtype)
+    inputs = [deltas[layer] for layer in layer_list]
+    for column in range(targets.n_targets):
+        valid = targets.valid[:, column]
+        if not bool(valid.any()):
+            continue
+        log_p = _target_log_probability(logits, positions[:, column], targets.token_ids[:, column])
+        total = (log_p * valid.to(log_p.device, log_p.dtype)).sum()
+        grads = torch.autograd.grad(total, inputs, retain_graph=column < targets.n_targets - 1)
+        for index, (layer, grad) in enumerate(zip(layer_list, grads, strict=True)):
+            scores[:, column, index] = (activations[layer][:, column].to(dtype) * grad[:, column].to(dtype)).cpu()
+    scores = scores * targets.valid[:, :, None, None]
+    meta = {"method": "gradient_x_activation", "site": site, "layers": layer_list, "targets": targets.describe(),
+            "model": adapter.describe()}
+    return NeuronScores(scores, meta=meta)

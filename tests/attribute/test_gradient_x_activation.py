@@ -1,0 +1,141 @@
+"""Gradient × activation against per-neuron finite differences and a direct autograd computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.tiny_models import random_batch, tiny_text_model
+from neuronscope.attribute import get_method, token_targets
+from neuronscope.attribute.gradient_x_activation import gradient_x_activation
+from neuronscope.errors import NeuronscopeError, PositionError
+from neuronscope.inputs import Batch
+from neuronscope.models import get_adapter
+
+EXACT = dict(rtol=1e-7, atol=1e-12)
+
+
+def _batch(inputs: dict) -> Batch:
+    mask = inputs["attention_mask"]
+    return Batch({**inputs, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, [""] * len(mask), mask.sum(-1))
+
+
+def _finite_difference(model, batch, layer, row, position, token, epsilon=1e-5):
+    """Central differences ``∂log P(token at position) / ∂a_i`` for every neuron i of one row: the row is repeated
+    as 2·d_ff rows, each pushing one neuron by ±ε (raw pre-hook on the FFN output projection)."""
+    adapter = get_adapter(model)
+    d_ff = adapter.d_ff
+    push = torch.cat([torch.eye(d_ff), -torch.eye(d_ff)]).double() * epsilon  # [2 d_ff, d_ff]
+
+    def add(module, args):
+        hidden = args[0].clone()
+        hidden[:, position] += push
+        return (hidden,)
+
+    inputs = {key: value[row:row + 1].expand(2 * d_ff, -1) for key, value in batch.inputs.items()}
+    handle = adapter.module(layer, adapter.family.down).register_forward_pre_hook(add)
+    try:
+        with torch.no_grad():
+            log_p = model(**inputs).logits[:, position].log_softmax(-1)[:, token]
+    finally:
+        handle.remove()
+    return (log_p[:d_ff] - log_p[d_ff:]) / (2 * epsilon)
+
+
+def test_equals_finite_differences_on_every_neuron():
+    """Central differences of log P per neuron (float64, ε = 1e-5: error ~ε²), two targets per row, padding.
+
+    GPT-NeoX, not Llama: Llama's RMSNorm computes in float32 even in a float64 model, which makes finite
+    differences noisy at ~1e-3 relative (the autograd comparison below covers Llama)."""
+    model = tiny_text_model("gpt_neox", dtype=torch.float64)
+    adapter = get_adapter(model)
+    batch = _batch(random_batch(batch=2, length=5, seed=2, left_pad=(2, 0)))
+    targets = token_targets(batch, [[5, 9], [11, 13]])
+    targets.positions[1, 0] = 2  # an inner position for one target
+    scores = gradient_x_activation(model, batch, targets).values
+    assert scores.shape == (2, 2, adapter.n_layers, adapter.d_ff)
+    down_inputs = {}
+    hooks = [adapter.module(layer, adapter.family.down).register_forward_pre_hook(
+        lambda module, args, layer=layer: down_inputs.__setitem__(layer, args[0].detach())) for layer in range(2)]
+    with torch.no_grad():
+        model(**batch.inputs)
+    for hook in hooks:
+        hook.remove()
+    for row in range(2):
+        for column in range(2):
+            position, token = int(targets.positions[row, column]), int(targets.token_ids[row, column])
+            for layer in range(adapter.n_layers):
+                expected = _finite_difference(model, batch, layer, row, position, token)
+                expected = down_inputs[layer][row, position] * expected
+                tolerance = 1e-6 * float(expected.abs().max())
+                torch.testing.assert_close(scores[row, column, layer], expected, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("family, site", [("gpt2", "neuron"), ("gpt_neox", "act"), ("llama", "up"),
+                                          ("phi3", "up"), ("qwen2", "gate")])
+def test_equals_direct_autograd(family, site):
+    """retain_grad on the site tensor itself, one example at a time, vs. the batched method."""
+    model = tiny_text_model(family, dtype=torch.float64)
+    adapter = get_adapter(model)
+    inputs = random_batch(batch=3, length=6, seed=3, left_pad=(0, 2, 1))
+    batch = _batch(inputs)
+    tokens = [[4, 4], [8, 20], [12, 30]]  # two targets at the same (last) position
+    scores = gradient_x_activation(model, batch, token_targets(batch, tokens), site=site).values
+    spec = adapter.family
+    for row in range(3):
+        real = inputs["attention_mask"][row].bool()
+        ids = inputs["input_ids"][row, real][None]
+        for column, token in enumerate(tokens[row]):
+            seen = {}
+
+            def keep(module, args, output, layer, seen=seen):
+                tensor = output if isinstance(output, torch.Tensor) else args[0]
+                if site == "up" and spec.fused_gate_up is not None:
+                    tensor = output
+                tensor.retain_grad()
+                seen[layer] = tensor
+
+            handles = []
+            for layer in range(adapter.n_layers):
+                if site == "neuron":
+                    module = adapter.module(layer, spec.down)
+                    handles.append(module.register_forward_pre_hook(
+                        lambda m, args, layer=layer, seen=seen: (args[0].retain_grad(), seen.__setitem__(layer, args[0]))[0]))
+                    continue
+                name = {"act": spec.act, "up": spec.fused_gate_up or spec.up, "gate": spec.gate}[site]
+                handles.append(adapter.module(layer, name).register_forward_hook(
+                    lambda m, args, output, layer=layer: keep(m, args, output, layer)))
+            model.zero_grad()
+            model(input_ids=ids).logits[0, -1].log_softmax(-1)[token].backward()
+            for handle in handles:
+                handle.remove()
+            for layer in range(adapter.n_layers):
+                tensor = seen[layer]
+                values, grads = tensor.detach()[0, -1], tensor.grad[0, -1]
+                if site == "up" and spec.fused_gate_up is not None:
+                    values, grads = values[adapter.d_ff:], grads[adapter.d_ff:]
+                torch.testing.assert_close(scores[row, column, layer], values * grads, **EXACT)
+
+
+def test_layers_subset_and_invalid_targets_are_zero():
+    model = tiny_text_model("llama", dtype=torch.float64)
+    batch = _batch(random_batch(batch=2, length=4, seed=4))
+    targets = token_targets(batch, [[5, 6], [7, 8]])
+    full = gradient_x_activation(model, batch, targets).values
+    targets.valid[1, 1] = False
+    part = gradient_x_activation(model, batch, targets, layers=[1]).values
+    assert part.shape == (2, 2, 1, 24)
+    torch.testing.assert_close(part[:, :, 0][targets.valid], full[:, :, 1][targets.valid], **EXACT)
+    assert bool((part[1, 1] == 0).all())
+
+
+def test_registered_and_errors():
+    assert get_method("gradient_x_activation").function is gradient_x_activation
+    model = tiny_text_model("llama")
+    batch = _batch(random_batch(batch=1, length=4))
+    targets = token_targets(batch, 5)
+    with pytest.raises(NeuronscopeError, match="neuron sites"):
+        gradient_x_activation(model, batch, targets, site="attn")
+    targets.positions[0, 0] = 4
+    with pytest.raises(PositionError, match="outside the sequence"):
+        gradient_x_activation(model, batch, targets)
