@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip
 PIP_FLAGS := -q --disable-pip-version-check
 DEMO_OUT ?= neuronscope-demo
 
-.PHONY: install install-dev demo test lint clean
+.PHONY: install install-dev browser demo test lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,13 @@ install-dev: install
 demo: install
 	$(BIN)/neuronscope demo --out $(DEMO_OUT)
 
-test: install-dev
+# CI only: Debian's headless Chromium for the report rendering test (it skips where Chromium is absent).
+browser:
+	@if [ "$$CI" = "true" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will skip"; \
+	fi
+
+test: install-dev browser
 	$(BIN)/python -m pytest
 
 lint: install-dev
