@@ -7,6 +7,12 @@
 - :mod:`~neuronscope.pipelines.patches`: important image patches for an answer (Yu & Ananiadou 2024).
 """
 
+from neuronscope.pipelines.invariance import (
+    cross_image_invariance,
+    region_invariance,
+    semantic_sensitivity,
+    set_overlap,
+)
 from neuronscope.pipelines.multimodal import (
     HeatmapResult,
     MultimodalNeurons,
@@ -23,6 +29,8 @@ from neuronscope.pipelines.nouns import (
 )
 
 __all__ = [
-    "HeatmapResult", "MultimodalNeurons", "TaggedWord", "TaggerUnavailable", "TargetWord",
-    "find_multimodal_neurons", "load_results", "neuron_heatmaps", "select_targets", "spacy_tagger",
+    "HeatmapResult", "MultimodalNeurons", "PatchResult", "TaggedWord", "TaggerUnavailable", "TargetWord",
+    "cross_image_invariance", "find_multimodal_neurons", "important_patches", "load_results", "neuron_heatmaps",
+    "rank_correlation", "region_invariance", "select_targets", "semantic_sensitivity", "set_overlap",
+    "spacy_tagger",
 ]
