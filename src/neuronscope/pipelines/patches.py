@@ -101,8 +101,8 @@ def head_source_contributions(
         probabilities from ``position`` (default: the last position).
 
     Example:
-        >>> contributions, attention = head_source_contributions(model, batch, layer=1, head=0)
-        >>> contributions.sum(0)  # == the head's output at the last position
+        >>> contributions, attention = head_source_contributions(model, batch, 1, 0)  # doctest: +SKIP
+        >>> contributions.sum(0)  # the head's output at the last position  # doctest: +SKIP
     """
     adapter = get_adapter(model)
     layer = adapter.check_layer(layer)
