@@ -1,3 +1,68 @@
-"""neuronscope: find, explain and edit the neurons behind what a language model says."""
+"""neuronscope: find, explain and edit the neurons behind what a language model says.
+
+The public API, importable as ``import neuronscope as ns``::
+
+    loaded = ns.load_model("path/or/hub-id")                       # model + tokenizer/processor
+    batch = ns.encode_prompts(loaded.tokenizer, ["The capital of France is"], model=loaded.model)
+    targets = ns.word_targets(loaded.tokenizer, batch, "Paris")
+    scores = ns.attribute("contribution", loaded.model, batch, targets)
+    neurons, values = scores.top_k(20)
+    with ns.intervene(loaded.model, ns.suppress(neurons)):
+        ...
+
+Names are resolved lazily, so ``import neuronscope`` stays cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_model": "neuronscope.models",
+    "get_adapter": "neuronscope.models",
+    "supported_families": "neuronscope.models",
+    "smollm2_location": "neuronscope.models",
+    "encode_prompts": "neuronscope.inputs",
+    "encode_images": "neuronscope.inputs",
+    "generate": "neuronscope.inputs",
+    "capture": "neuronscope.trace",
+    "intervene": "neuronscope.trace",
+    "Intervention": "neuronscope.trace",
+    "suppress": "neuronscope.trace",
+    "amplify": "neuronscope.trace",
+    "set_neurons": "neuronscope.trace",
+    "patch_neurons": "neuronscope.trace",
+    "ablate_heads": "neuronscope.trace",
+    "token_targets": "neuronscope.attribute",
+    "word_targets": "neuronscope.attribute",
+    "prediction_targets": "neuronscope.attribute",
+    "continuation_targets": "neuronscope.attribute",
+    "list_methods": "neuronscope.attribute",
+    "NeuronScores": "neuronscope.results",
+    "top_tokens": "neuronscope.explain",
+    "ValueVectorEdit": "neuronscope.edit.weights",
+    "optimise_edit": "neuronscope.edit.optimise",
+    "pcr_experiment": "neuronscope.experiments",
+    "NeuronGroup": "neuronscope.experiments",
+    "NeuronscopeError": "neuronscope.errors",
+}
+
+
+def attribute(method: str, model: Any, batch: Any, targets: Any, **options: Any) -> Any:
+    """Run the attribution method registered as ``method`` (see ``neuronscope models``)."""
+    from neuronscope.attribute import get_method
+
+    return get_method(method).function(model, batch, targets, **options)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'neuronscope' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_EXPORTS, "attribute", "__version__"])
