@@ -1,4 +1,4 @@
-"""The top-level API resolves every exported name, and ``ns.attribute`` dispatches through the registry."""
+"""The top-level API resolves every exported name, and ``ns.locate`` dispatches through the registry."""
 
 from __future__ import annotations
 
@@ -20,5 +20,5 @@ def test_attribute_dispatches_by_name():
     inputs = random_batch(batch=1, length=4)
     batch = Batch(inputs, ["?"], torch.tensor([4]))
     targets = ns.token_targets(batch, 5)
-    assert torch.equal(ns.attribute("contribution", model, batch, targets).values,
+    assert torch.equal(ns.locate("contribution", model, batch, targets).values,
                        contribution(model, batch, targets).values)

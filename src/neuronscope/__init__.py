@@ -5,7 +5,7 @@ The public API, importable as ``import neuronscope as ns``::
     loaded = ns.load_model("path/or/hub-id")                       # model + tokenizer/processor
     batch = ns.encode_prompts(loaded.tokenizer, ["The capital of France is"], model=loaded.model)
     targets = ns.word_targets(loaded.tokenizer, batch, "Paris")
-    scores = ns.attribute("contribution", loaded.model, batch, targets)
+    scores = ns.locate("contribution", loaded.model, batch, targets)
     neurons, values = scores.top_k(20)
     with ns.intervene(loaded.model, ns.suppress(neurons)):
         ...
@@ -51,7 +51,7 @@ _EXPORTS = {
 }
 
 
-def attribute(method: str, model: Any, batch: Any, targets: Any, **options: Any) -> Any:
+def locate(method: str, model: Any, batch: Any, targets: Any, **options: Any) -> Any:
     """Run the attribution method registered as ``method`` (see ``neuronscope models``)."""
     from neuronscope.attribute import get_method
 
@@ -65,4 +65,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*_EXPORTS, "attribute", "__version__"])
+    return sorted([*_EXPORTS, "locate", "__version__"])
