@@ -139,3 +139,37 @@ def test_registered_and_errors():
     targets.positions[0, 0] = 4
     with pytest.raises(PositionError, match="outside the sequence"):
         gradient_x_activation(model, batch, targets)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_vision_language_batch_equals_direct_autograd(family):
+    """A left-padded image + text batch runs as one forward; retain_grad on the site is the oracle."""
+    from PIL import Image
+
+    from helpers.tiny_vlms import build_tiny_vlm
+
+    vlm = build_tiny_vlm(family)
+    model = vlm.model.double()
+    inputs = dict(vlm.inputs([Image.new("RGB", (40, 32), "red"), Image.new("RGB", (24, 48), "blue")],
+                             texts=[vlm.prompt(1, "A long question?"), vlm.prompt(1, "Hi")]))
+    batch = Batch(inputs, ["", ""], inputs["attention_mask"].sum(-1))
+    targets = token_targets(batch, [[5, 7], [9, 11]])
+    scores = gradient_x_activation(model, batch, targets).values
+    adapter = get_adapter(model)
+    seen = {}
+    handles = [adapter.module(layer, adapter.family.down).register_forward_pre_hook(
+        lambda m, args, layer=layer: (args[0].retain_grad(), seen.__setitem__(layer, args[0]))[0])
+        for layer in range(adapter.n_layers)]
+    try:
+        for column in range(2):
+            model.zero_grad()
+            seen.clear()
+            log_p = model(**inputs).logits[:, -1].log_softmax(-1)
+            log_p[[0, 1], targets.token_ids[:, column]].sum().backward()
+            for layer in range(adapter.n_layers):
+                site = seen[layer]
+                expected = site.detach()[:, -1] * site.grad[:, -1]
+                torch.testing.assert_close(scores[:, column, layer], expected, **EXACT)
+    finally:
+        for handle in handles:
+            handle.remove()
