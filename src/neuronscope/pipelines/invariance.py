@@ -36,7 +36,7 @@ from neuronscope.errors import InputError
 from neuronscope.explain.top_tokens import top_tokens
 from neuronscope.inputs import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, Batch
 from neuronscope.models.adapter import get_adapter
-from neuronscope.pipelines.multimodal import MultimodalNeurons, _encode, _input_device, image_sources
+from neuronscope.pipelines.multimodal import MultimodalNeurons, _encode, image_sources, to_model
 from neuronscope.vision.layout import image_layout
 from neuronscope.vision.shuffle import shuffled_image_tokens
 
@@ -236,7 +236,7 @@ def region_invariance(
         if not layout.has_spatial_map:
             out.skipped.append({"index": index, "reason": layout.reason})
             continue
-        forced = teacher_forced_batch(batch, caption["generated_ids"]).to(_input_device(model))
+        forced = to_model(teacher_forced_batch(batch, caption["generated_ids"]), model)
         target_set = TargetSet(
             torch.tensor([[t["token_id"] for t in targets]]),
             torch.tensor([[batch.seq_len - 1 + t["step"] for t in targets]]),

@@ -288,7 +288,7 @@ def caption_and_score(
     if site not in CONTRIBUTION_SITES:
         raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
     adapter = get_adapter(model)
-    batch = _encode(processor, images, prompt, assistant_prefix).to(_input_device(model))
+    batch = to_model(_encode(processor, images, prompt, assistant_prefix), model)
     layers = list(range(adapter.n_layers))
     sites = [site] + (["resid_post"] if final_norm else [])
     with capture(model, sites=sites, layers=layers, positions="last", to="cpu") as acts:
@@ -340,6 +340,17 @@ def _input_device(model: nn.Module) -> torch.device:
         return model.get_input_embeddings().weight.device
     except AttributeError:
         return next(model.parameters()).device
+
+
+def to_model(batch: Batch, model: nn.Module) -> Batch:
+    """Move a batch to the model's input device and its floating-point inputs (pixel values) to the model's dtype
+    (a bf16 model is fed bf16 pixels)."""
+    moved = batch.to(_input_device(model))
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        moved.inputs = {key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point()
+                        else value for key, value in moved.inputs.items()}
+    return moved
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
@@ -622,7 +633,7 @@ def image_token_activations(
         return layout, torch.zeros(layout.n_image_tokens, len(neurons))
     layers = sorted({int(layer) for layer in neurons[:, 0].tolist()})
     with capture(model, sites=site, layers=layers, positions=layout.positions[None, :], to="cpu") as acts:
-        model(**batch.to(_input_device(model)).inputs)
+        model(**to_model(batch, model).inputs)
     columns = [acts.get(site, int(layer))[0, :, int(index)] for layer, index in neurons.tolist()]
     return layout, torch.stack(columns, dim=1).float()
 

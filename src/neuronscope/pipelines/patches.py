@@ -41,6 +41,7 @@ from neuronscope.attribute.targets import TargetSet, prediction_targets, token_t
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, encode_images
 from neuronscope.models.adapter import get_adapter
+from neuronscope.pipelines.multimodal import to_model
 from neuronscope.report.rundir import RunDir
 from neuronscope.vision.grid import ImageLayout
 from neuronscope.vision.heatmap import image_heatmap, mask_above_percentile, mask_overlay, overlay
@@ -206,7 +207,7 @@ def important_patches(
         raise InputError(f"top_heads must be at least 1, got {top_heads}")
     adapter = get_adapter(model)
     batch = encode_images(processor, [image], question, assistant_prefix=answer_prefix)
-    batch = batch.to(model.get_input_embeddings().weight.device)
+    batch = to_model(batch, model)
     layout = image_layout(model, batch.inputs, 0, processor=processor, original_sizes=[image.size])
     targets: TargetSet = (prediction_targets(model, batch, processor) if answer_token is None
                           else token_targets(batch, int(answer_token), processor))
