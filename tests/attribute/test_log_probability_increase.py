@@ -106,6 +106,8 @@ def test_pure_math_by_hand():
     got = log_probability_increase_from_logits(base, delta, 0)
     expected = torch.log(torch.tensor(torch.e / (torch.e + 2))) - torch.log(torch.tensor(1 / 3))
     assert torch.allclose(got, torch.stack([expected, torch.tensor(0.0)]))
+    scaled = log_probability_increase_from_logits(base, delta, 0, scale=torch.tensor([3.0, 5.0]))
+    assert torch.allclose(scaled, log_probability_increase_from_logits(base, delta * 3, 0))
     capped = log_probability_increase_from_logits(base, delta * 100, 0, softcap=2.0)  # tanh saturates at the cap
     assert torch.allclose(capped[0], torch.log(torch.tensor(torch.e ** 2 / (torch.e ** 2 + 2) * 3)), atol=1e-6)
 

@@ -62,15 +62,22 @@ DEFAULT_CHUNK = 1024
 
 # -- pure math ---------------------------------------------------------------------------------------------------
 def log_probability_increase_from_logits(
-    base_logits: torch.Tensor, delta_logits: torch.Tensor, target: int, softcap: float | None = None
+    base_logits: torch.Tensor,
+    delta_logits: torch.Tensor,
+    target: int,
+    softcap: float | None = None,
+    *,
+    scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``.
+    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32.
 
     Args:
         base_logits: ``[V]`` logits of the residual alone (before any soft-cap).
         delta_logits: ``[N, V]`` what each vector adds to them (the readout is affine).
         target: index of the target token in the last dimension.
         softcap: the model's final logit soft-cap ``c`` (``c · tanh(z / c)``), or None.
+        scale: ``[N]``: row ``k`` adds ``scale[k] · delta_logits[k]`` instead (fused into one pass, so that a
+            neuron's activation times its direction is never stored on its own).
 
     Returns:
         ``[N]`` log-probability increases.
@@ -80,7 +87,10 @@ def log_probability_increase_from_logits(
         tensor([0.4519])
     """
     base = base_logits.float()
-    new = base + delta_logits.float()
+    if scale is None:
+        new = base + delta_logits.float()
+    else:
+        new = torch.addcmul(base[None], scale.float()[:, None], delta_logits)
     if softcap:
         base = torch.tanh(base / softcap) * softcap
         new = torch.tanh(new / softcap) * softcap
@@ -247,7 +257,7 @@ def log_probability_increase(
     sites += ["ffn_out"] if has_post else []
     acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
 
-    scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff)
+    scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
     for slot, layer in enumerate(layer_list):
         base = readout.logits(_ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
         coefficients = acts.get("neuron", layer).float() / sigma  # [B, n, d_ff]
@@ -260,12 +270,12 @@ def log_probability_increase(
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
             for row, col in _rows(targets):
-                delta = coefficients[row, col, start:stop, None].to(directions.dtype) * directions
                 scores[row, col, slot, start:stop] = log_probability_increase_from_logits(
-                    base[row, col], delta, int(columns[row, col]), readout.softcap).cpu()
+                    base[row, col], directions, int(columns[row, col]), readout.softcap,
+                    scale=coefficients[row, col, start:stop])
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
                  layers=layer_list, post_ffn_norm="frozen at ffn_out's scale" if has_post else None)
-    return NeuronScores(scores, meta=meta)
+    return NeuronScores(scores.cpu(), meta=meta)
 
 
 @torch.no_grad()
@@ -303,7 +313,7 @@ def head_log_probability_increase(
 
     n_heads, head_dim = adapter.n_heads, adapter.head_dim
     per_chunk = max(1, chunk_size // head_dim)
-    scores = torch.zeros(*targets.token_ids.shape, len(layer_list), n_heads)
+    scores = torch.zeros(*targets.token_ids.shape, len(layer_list), n_heads, device=readout.device)
     for slot, layer in enumerate(layer_list):
         base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
         coefficients = acts.get("attn", layer).float() / sigma  # [B, n, H * d_head]
@@ -318,10 +328,10 @@ def head_log_probability_increase(
                 weights = coefficients[row, col, first * head_dim:last * head_dim].view(last - first, head_dim)
                 delta = torch.einsum("hk,hkv->hv", weights.to(directions.dtype), directions)
                 scores[row, col, slot, first:last] = log_probability_increase_from_logits(
-                    base[row, col], delta, int(columns[row, col]), readout.softcap).cpu()
+                    base[row, col], delta, int(columns[row, col]), readout.softcap)
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="head", site="attn",
                  layers=layer_list, post_attention_norm="frozen at attn_out's scale" if has_post else None)
-    return NeuronScores(scores, meta=meta)
+    return NeuronScores(scores.cpu(), meta=meta)
 
 
 def _sources(sources: torch.Tensor | Sequence[int] | None, batch: Batch) -> torch.Tensor:
