@@ -340,3 +340,37 @@ def test_attention_implementation_is_restored_and_errors_are_clear():
         log_probability_increase(model, _batch(), candidates=[1000])
     with pytest.raises(NeuronscopeError, match="unit must be"):
         log_probability_increase(model, _batch(), unit="patch")
+
+
+def test_head_source_top_k_rows():
+    values = torch.zeros(2, 1, 2, 3, 4)
+    values[0, 0, 1, 2, 3] = 5.0  # head row 1, third source, coordinate 3
+    values[1, 0, 0, 0, 1] = 2.0
+    scores = HeadSourceScores(values, torch.tensor([[0, 2], [1, 3]]), torch.tensor([[4, 6, 8], [4, 6, 8]]))
+    rows, top = scores.top_k(2)
+    assert rows.tolist() == [[1, 3, 8, 3], [0, 2, 4, 1]] and top.tolist() == [5.0, 2.0]
+    ragged = HeadSourceScores(values[..., 1], scores.heads, torch.tensor([[4, 6, 8], [1, 2, 3]]))
+    with pytest.raises(NeuronscopeError, match="pass example="):
+        ragged.top_k(1)
+    assert ragged.top_k(1, example=1)[0].tolist() == [[0, 2, 1]]  # that example's own source positions
+
+
+def test_image_patches_of_the_top_head_on_a_tiny_llava():
+    """The VLM recipe: rank heads by LPI, then score the top head's contribution from each image token."""
+    from PIL import Image
+
+    from helpers.tiny_vlms import tiny_llava
+    from neuronscope.vision.layout import image_layout
+
+    vlm = tiny_llava()
+    image = Image.new("RGB", (48, 48), (200, 10, 10))
+    inputs = vlm.inputs([image, image])
+    batch = Batch(dict(inputs), ["a", "b"], inputs["attention_mask"].sum(-1))
+    before = vlm.model.config.get_text_config()._attn_implementation
+    heads = head_log_probability_increase(vlm.model, batch)
+    top = heads.top_k(1)[0]
+    positions = image_layout(vlm.model, inputs, 0).positions
+    patches = head_source_log_probability_increase(vlm.model, batch, heads=top, sources=positions)
+    assert patches.values.shape == (2, 1, 1, positions.numel())
+    assert torch.isfinite(patches.values).all() and patches.values.abs().max() > 0
+    assert vlm.model.config.get_text_config()._attn_implementation == before

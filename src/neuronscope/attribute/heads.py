@@ -308,6 +308,24 @@ class HeadSourceScores:
         span = torch.where(high > low, high - low, torch.ones_like(high))
         return ((flat - low) / span).view_as(self.values)
 
+    def top_k(self, k: int, example: int | None = None, target: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` of one (example, target), or of the sum over those not given: rows ``[k, 3]`` (layer, head,
+        source position) or ``[k, 4]`` (…, value coordinate) for attention neurons, and their values ``[k]``.
+
+        Example:
+            >>> rows, values = scores.top_k(5, example=0)      # e.g. the value neurons to trace query neurons for
+        """
+        values = self.values if example is None else self.values[example:example + 1]
+        values = values if target is None else values[:, target:target + 1]
+        sources = self.sources if example is None else self.sources[example:example + 1]
+        if not bool((sources == sources[:1]).all()):
+            raise NeuronscopeError("the examples have different source positions: pass example= to rank one of them")
+        grid = values.sum(dim=(0, 1))  # [heads, S] or [heads, S, d_head]
+        top_values, flat = grid.flatten().topk(min(k, grid.numel()))
+        index = torch.stack(torch.unravel_index(flat, grid.shape), dim=1)  # [k, 2 or 3]
+        rows = torch.cat([self.heads[index[:, 0]], sources[0][index[:, 1]][:, None], index[:, 2:]], dim=1)
+        return rows, top_values
+
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` and ``path.json``."""
         import json
