@@ -37,6 +37,7 @@ Example:
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,7 +102,9 @@ class _RowScaler:
     def stop(self) -> None:
         self.plan = {}
 
-    def callback(self, layer: int):
+    def callback(self, layer: int) -> Callable[[torch.Tensor, CallState], torch.Tensor | None]:
+        """The site hook of ``layer`` (for :meth:`HookSet.add`)."""
+
         def scale(tensor: torch.Tensor, call: CallState) -> torch.Tensor | None:
             if layer not in self.plan:
                 return None
