@@ -239,21 +239,23 @@ def pair_scores(
     """
     layers = list(range(adapter.n_layers))
     dtype = torch.float64 if activations.dtype == torch.float64 else torch.float32
+    device = activations.device
     activations = activations.to(dtype)
     unique, target_index = token_ids.unique(return_inverse=True)
+    target_index = target_index.to(device)
     if final_residual is None:
-        projections = value_projections(adapter, unique, layers)
+        projections = value_projections(adapter, unique, layers).to(device)
         return contribution_scores(activations[:, None], projections, target_index[:, None])[:, 0]
     norm = adapter.final_norm()
-    sigma = norm.scale(final_residual.to(dtype))  # [n, 1]
+    sigma = norm.scale(final_residual.to(dtype)).to(device)  # [n, 1]
     unembed = adapter.unembedding()
     directions = unembed[unique.to(unembed.device)].to(dtype) * norm.gain.to(unembed.device, dtype)
     projections = value_projections(adapter, unique, layers, directions)
     if norm.kind == "layer":  # the centring is linear: it moves onto w_i
         mean_w = torch.stack([adapter.value_vectors(layer).to(dtype).mean(-1).cpu() for layer in layers])
         projections = projections - mean_w[:, :, None] * directions.sum(-1).cpu()[None, None, :]
-    scores = contribution_scores(activations[:, None], projections, target_index[:, None])[:, 0]
-    return scores / sigma[:, :, None].cpu()
+    scores = contribution_scores(activations[:, None], projections.to(device), target_index[:, None])[:, 0]
+    return scores / sigma[:, :, None]
 
 
 @dataclass
@@ -291,10 +293,12 @@ def caption_and_score(
     batch = to_model(_encode(processor, images, prompt, assistant_prefix), model)
     layers = list(range(adapter.n_layers))
     sites = [site] + (["resid_post"] if final_norm else [])
-    with capture(model, sites=sites, layers=layers, positions="last", to="cpu") as acts:
+    # kept where computed (a few MB: batch x steps x layers x d_ff), scored there, only the top-k leave the device
+    with capture(model, sites=sites, layers=layers, positions="last") as acts:
         generation = generate(model, processor, batch, max_new_tokens=max_new_tokens)
-    stacked = torch.stack([acts.get(site, layer) for layer in layers], dim=2)  # [B, P, L, d_ff]
-    residual = acts.get("resid_post", adapter.n_layers - 1) if final_norm else None  # [B, P, d]
+    score_device = adapter.unembedding().device
+    stacked = acts.stack(site, device=score_device).transpose(1, 2)  # [B, P, L, d_ff]
+    residual = acts.get("resid_post", adapter.n_layers - 1).to(score_device) if final_norm else None  # [B, P, d]
     stop = _stop_ids(model, processor)
     tokens = generation.tokens.cpu()
     k = min(top_k, adapter.n_layers * adapter.d_ff)
@@ -306,12 +310,13 @@ def caption_and_score(
         record = {"caption": caption, "generated_ids": ids, "prompt_len": generation.prompt_len,
                   "targets": [_target_record(t, generation.prompt_len) for t in targets]}
         if targets:
-            steps = torch.tensor([t.step for t in targets])
+            steps = torch.tensor([t.step for t in targets], device=score_device)
             scores = pair_scores(
                 adapter, stacked[row, steps], torch.tensor([t.token_id for t in targets]),
                 final_residual=None if residual is None else residual[row, steps],
             )
             top = sparse_top_k(scores, k)
+            top = SparseTopK(top.values.float().cpu(), top.flat_indices.cpu(), top.n_layers, top.d_ff)
         else:
             top = SparseTopK(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), adapter.n_layers, adapter.d_ff)
         records.append(record)
