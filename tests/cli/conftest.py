@@ -1,4 +1,4 @@
-"""A tiny random Llama with a word-level tokenizer, saved to a folder the CLI loads like any local model."""
+"""Fixtures of the CLI tests: a tiny random Llama saved to a folder, a prompts file, an in-process runner."""
 
 from __future__ import annotations
 
@@ -6,40 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-SPECIALS = ["<unk>", "<pad>", "<s>", "</s>"]
-WORDS = ("the capital of france is paris rome berlin madrid city country a an and red blue green cat dog "
-         "sky grass colour animal answer A B C D question what which").split()
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per whitespace-separated word (so targets and positions are easy to predict by hand)."""
-    vocab = {token: i for i, token in enumerate(SPECIALS)}
-    for word in WORDS:
-        vocab.setdefault(word, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                   bos_token="<s>", eos_token="</s>")
-
-
-def save_tiny_llama(folder: Path, seed: int = 0) -> Path:
-    tokenizer = word_tokenizer()
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=24, max_position_embeddings=64,
-                         pad_token_id=1, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # larger weights than the default init, so that probabilities differ visibly
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+from cli_helpers import save_tiny_llama
 
 
 @pytest.fixture(scope="session")
@@ -57,3 +24,20 @@ def prompts_file(tmp_path: Path) -> Path:
             {"prompt": "grass is", "target": "green"}]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+@pytest.fixture()
+def cli():
+    """``cli(*args, env=None)`` runs the neuronscope app in-process and returns the result."""
+    from typer.testing import CliRunner
+
+    from neuronscope.cli.main import app
+
+    runner = CliRunner()
+
+    def invoke(*args: object, env: dict[str, str] | None = None):
+        return runner.invoke(app, [str(arg) for arg in args], env=env)
+
+    return invoke
+
+

@@ -17,10 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import torch
 import typer
-from click.core import ParameterSource
 
 from neuronscope.errors import InputError, NeuronscopeError
 
@@ -116,7 +114,7 @@ def settings(ctx: typer.Context, config: Path | None = None) -> dict[str, Any]:
             problems.append(f"{config}: option '{raw_key}': not an option of '{ctx.info_name}'; known: {known}")
             continue
         source = ctx.get_parameter_source(key)
-        if source not in (None, ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+        if getattr(source, "name", None) not in (None, "DEFAULT", "DEFAULT_MAP"):
             continue  # the command line wins
         param = params[key]
         if param.multiple and isinstance(value, dict):
@@ -124,9 +122,11 @@ def settings(ctx: typer.Context, config: Path | None = None) -> dict[str, Any]:
         elif param.multiple and isinstance(value, (str, int, float)):
             value = [value]
         try:
-            values[key] = param.type_cast_value(ctx, value) if value is not None else None
-        except click.BadParameter as error:
-            problems.append(f"{config}: option '{raw_key}': {error.message}; fix its value")
+            values[key] = param.process_value(ctx, value) if value is not None else None
+        except Exception as error:  # noqa: BLE001 - click's / typer's BadParameter, whichever click is in use
+            if not hasattr(error, "format_message"):
+                raise
+            problems.append(f"{config}: option '{raw_key}': {error.format_message()}; fix its value")
             continue
         if isinstance(values[key], tuple):
             values[key] = list(values[key])
@@ -180,6 +180,7 @@ def load(options: Mapping[str, Any], *, with_processor: bool = True, model: str 
     if not Path(str(source)).exists() and (str(source).startswith((".", "/", "~")) or Path(str(source)).suffix):
         raise InputError(f"model folder '{source}' not found; check the path")
     dtype = options.get("dtype") or "fp32"
+    quiet_transformers()
     parse_dtype(dtype)  # an unknown dtype fails before the slow load
     loaded = load_model(source, gguf_file=options.get("gguf_file"), dtype=dtype,
                         device_map=options.get("device_map"), with_processor=with_processor)
@@ -188,6 +189,13 @@ def load(options: Mapping[str, Any], *, with_processor: bool = True, model: str 
         if device.type != "cpu":
             loaded.model.to(device)
     return loaded
+
+
+def quiet_transformers() -> None:
+    """No per-shard progress bars from transformers: the CLI's stderr is for messages a user acts on."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def resolve_device(device: str) -> torch.device:
