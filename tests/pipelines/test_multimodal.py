@@ -203,3 +203,17 @@ def test_a_model_without_a_spatial_map_says_so(tmp_path):
     assert "no heatmap" in result.reason and "instructblip" in result.reason
     assert (tmp_path / "run" / "heatmaps" / "blip.txt").exists()
     assert not list((tmp_path / "run").glob("heatmaps/*.png"))
+
+
+def test_an_image_folder_with_an_unreadable_file(tmp_path):
+    from neuronscope.data.images import read_image_folder
+
+    IMAGES[0].save(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"\x89PNG broken")
+    IMAGES[1].save(tmp_path / "c.jpg")
+    vlm = chat_vlm("llava")
+    result = find_multimodal_neurons(vlm.model, vlm.processor, read_image_folder(tmp_path), concepts=["x"],
+                                     top_k=4, max_new_tokens=3, progress=False, heatmaps=0)
+    assert result.metrics["images_declared"] == 3 and result.metrics["images_skipped"] == 1
+    assert result.metrics["skipped_inputs"][0]["record"] == "b.png"
+    assert [c["id"] for c in result.captions] == ["a.png", "b.png", "c.jpg"]

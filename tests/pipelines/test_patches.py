@@ -123,3 +123,29 @@ def test_files_for_a_grid_model_and_a_reason_for_learned_queries(tmp_path):
     assert not found.drawn and "instructblip" in found.reason
     assert (tmp_path / "blip" / "heatmaps" / "patches.txt").exists()
     assert not list((tmp_path / "blip").glob("heatmaps/*.png"))
+
+
+def test_vqa_jsonl_run_counts_skipped_images_and_resumes(tmp_path, monkeypatch):
+    import json
+
+    from neuronscope.data.images import read_vqa_jsonl
+    from neuronscope.pipelines import patches
+
+    IMAGE.save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"nope")
+    lines = [{"image": "good.png", "question": "What?"}, {"image": "missing.png", "question": "Where?"},
+             {"image": "broken.png", "question": "Why?"}, {"image": "good.png", "question": "Which?"}]
+    (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    vlm = chat_vlm("llava")
+    metrics = patches.find_important_patches(vlm.model, vlm.processor, read_vqa_jsonl(tmp_path / "vqa.jsonl"),
+                                             run_dir=tmp_path / "run", progress=False)
+    assert metrics["questions_declared"] == 4
+    assert metrics["questions_done"] == 2 and metrics["questions_skipped"] == 2
+    assert sorted(s["record"] for s in metrics["skipped_inputs"]) == ["2", "3"]  # ids are line numbers
+    assert (tmp_path / "run" / "heatmaps" / "q0.patches.png").exists()
+    assert (tmp_path / "run" / "patches.csv").read_text().count("\n") == 3
+    calls = []
+    monkeypatch.setattr(patches, "important_patches", lambda *a, **k: calls.append(1))
+    again = patches.find_important_patches(vlm.model, vlm.processor, read_vqa_jsonl(tmp_path / "vqa.jsonl"),
+                                           run_dir=tmp_path / "run", resume=True, progress=False)
+    assert not calls and again == metrics

@@ -27,10 +27,16 @@ from neuronscope.pipelines.nouns import (
     select_targets,
     spacy_tagger,
 )
+from neuronscope.pipelines.patches import (
+    PatchResult,
+    find_important_patches,
+    important_patches,
+    rank_correlation,
+)
 
 __all__ = [
     "HeatmapResult", "MultimodalNeurons", "PatchResult", "TaggedWord", "TaggerUnavailable", "TargetWord",
-    "cross_image_invariance", "find_multimodal_neurons", "important_patches", "load_results", "neuron_heatmaps",
-    "rank_correlation", "region_invariance", "select_targets", "semantic_sensitivity", "set_overlap",
+    "cross_image_invariance", "find_important_patches", "find_multimodal_neurons", "important_patches",
+    "load_results", "neuron_heatmaps", "rank_correlation", "region_invariance", "select_targets", "semantic_sensitivity", "set_overlap",
     "spacy_tagger",
 ]

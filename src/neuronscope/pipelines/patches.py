@@ -24,6 +24,8 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from neuronscope.attribute.log_probability_increase import (
     head_source_log_probability_increase,
 )
 from neuronscope.attribute.targets import TargetSet, prediction_targets, token_targets
+from neuronscope.data.images import ImageDataset
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, encode_images
 from neuronscope.models.adapter import get_adapter
@@ -251,5 +254,98 @@ def _write(out: RunDir, name: str, image: Image.Image, result: PatchResult, perc
         result.files.append(out.write_png(f"heatmaps/{name}.{what}.mask.png", mask_overlay(image, mask)))
 
 
-__all__ = ["PatchResult", "head_output_rows", "head_source_contributions", "important_patches", "min_max",
-           "rank_correlation"]
+def find_important_patches(
+    model: nn.Module,
+    processor: Any,
+    questions: ImageDataset | Sequence[tuple[Image.Image | str, str]],
+    *,
+    run_dir: str | os.PathLike[str] | RunDir,
+    resume: bool = False,
+    overwrite: bool = False,
+    answer_prefix: str | None = None,
+    top_heads: int = 1,
+    percentile: float = 95.0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """:func:`important_patches` for every (image, question) of a VQA set, resumable, into one results folder.
+
+    Args:
+        questions: a VQA :class:`~neuronscope.data.images.ImageDataset` (``read_vqa_jsonl``), or
+            ``(image or path, question)`` pairs.
+        run_dir: the results folder: per question ``heatmaps/q<index>.*.png`` and ``q<index>.json``, the ledger,
+            ``patches.csv`` (answer, heads, top patch, rank correlation) and ``metrics.json``.
+        Others: as :func:`important_patches`; ``resume`` / ``overwrite`` as in :class:`RunDir`.
+
+    Returns:
+        The metrics: questions declared / done / skipped (missing or unreadable images, no question), the mean
+        rank correlation with the attention map.
+
+    Example:
+        >>> find_important_patches(model, processor, read_vqa_jsonl("vqa.jsonl"), run_dir="runs/patches")  # doctest: +SKIP
+    """
+    from neuronscope.pipelines.multimodal import ImageSource, _progress
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir, resume=resume, overwrite=overwrite)
+    skipped: list[dict[str, Any]] = []
+    items: list[tuple[ImageSource, str | None]] = []
+    if isinstance(questions, ImageDataset):
+        skipped.extend(skip.to_dict() for skip in questions.skipped)
+        items = [(ImageSource(r.id, path=Path(r.image_path)), r.question) for r in questions.records]
+    else:
+        for number, (image, question) in enumerate(questions):
+            source = (ImageSource(f"image-{number}", image=image) if isinstance(image, Image.Image)
+                      else ImageSource(str(image), path=Path(image)))
+            items.append((source, question))
+    run.write_config({"pipeline": "important_patches", "answer_prefix": answer_prefix, "top_heads": top_heads,
+                      "percentile": percentile, "questions": [[s.id, q] for s, q in items],
+                      "model": get_adapter(model).describe()})
+    run.write_meta()
+    done = run.done_indices()
+    bar = _progress(len(items), len(done), progress)
+    try:
+        for index, (source, question) in enumerate(items):
+            if index in done:
+                continue
+            try:
+                if not question:
+                    raise InputError("the record has no question")
+                image = source.load()
+            except Exception as error:  # reported, recorded, counted: never silently dropped
+                reason = str(error) or type(error).__name__
+                run.write_example(index, None, {"id": source.id, "skipped": reason})
+                bar.write(f"skipped {source.id}: {reason}")
+                bar.update(1)
+                continue
+            found = important_patches(model, processor, image, question, answer_prefix=answer_prefix,
+                                      top_heads=top_heads, percentile=percentile, out=run, name=f"q{index}")
+            run.write_example(index, {"scores": found.scores, "attention": found.attention, "raw": found.raw},
+                              {"id": source.id, "question": question, "skipped": None, **found.summary()})
+            bar.update(1)
+    finally:
+        bar.close()
+    rows, correlations = [], []
+    for entry in sorted(run.ledger_entries(), key=lambda e: int(e["index"])):
+        record = run.read_example(entry["key"])[1]
+        if record.get("skipped"):
+            skipped.append({"source": "questions", "record": record["id"], "reason": record["skipped"]})
+            continue
+        rows.append({"index": entry["index"], "id": record["id"], "question": record["question"],
+                     "answer": record["answer"], "heads": record["heads"],
+                     "top_patch_position": record["top_patch_position"],
+                     "rank_correlation": record["rank_correlation"]})
+        if record["rank_correlation"] == record["rank_correlation"]:  # not NaN
+            correlations.append(record["rank_correlation"])
+    run.write_csv("patches.csv", rows, ["index", "id", "question", "answer", "heads", "top_patch_position",
+                                        "rank_correlation"])
+    metrics = {"questions_declared": len(items) + (len(questions.skipped) if isinstance(questions, ImageDataset)
+                                                   else 0),
+               "questions_done": len(rows), "questions_skipped": len(skipped),
+               "mean_rank_correlation": sum(correlations) / len(correlations) if correlations else None,
+               "skipped_inputs": skipped}
+    run.write_json("metrics.json", metrics)
+    run.write_skipped(skipped)
+    return metrics
+
+
+__all__ = ["PatchResult", "find_important_patches", "head_output_rows", "head_source_contributions",
+           "important_patches", "min_max", "rank_correlation"]
