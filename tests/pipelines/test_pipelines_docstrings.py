@@ -15,3 +15,8 @@ def test_docstring_examples(name):
     result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_every_exported_name_exists():
+    package = importlib.import_module("neuronscope.pipelines")
+    assert [name for name in package.__all__ if not hasattr(package, name)] == []
