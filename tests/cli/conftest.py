@@ -41,3 +41,22 @@ def cli():
     return invoke
 
 
+
+
+@pytest.fixture(scope="session")
+def located_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished locate run (4 neurons) on three prompts; copy it before changing it."""
+    from typer.testing import CliRunner
+
+    from neuronscope.cli.main import app
+
+    folder = tmp_path_factory.mktemp("located") / "run"
+    prompts = folder.parent / "prompts.jsonl"
+    rows = [{"prompt": "the capital of france is", "target": "paris"},
+            {"prompt": "the colour of the sky is", "target": "blue"},
+            {"prompt": "grass is", "target": "green"}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = CliRunner().invoke(app, ["locate", "-m", str(tiny_model), "--prompts", str(prompts), "--top-k", "4",
+                                      "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    return folder

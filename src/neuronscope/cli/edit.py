@@ -139,7 +139,6 @@ def make(
     selected[:, 0] %= adapter.n_layers
     source_id = token_of(loaded.processor, options.get("source"), "source", adapter.vocab_size)
     target_id = token_of(loaded.processor, options.get("target"), "target", adapter.vocab_size)
-    results = RunDir(options["out"], overwrite=options["overwrite"])
     kind, model_ = options["kind"], loaded.model
     if kind == "erase":
         edit = ValueVectorEdit.erase(model_, selected, reason=options["reason"])
@@ -152,6 +151,7 @@ def make(
         edit = ValueVectorEdit.knowledge_neuron(model_, selected, source_id, target_id, options["lambda1"],
                                                 options["lambda2"], reason=options["reason"])
     edit.model["source"] = options["model"]
+    results = RunDir(options["out"], overwrite=options["overwrite"])  # after the edit is made: nothing half done
     results.write_config(common.recorded_config(options, "edit make"))
     results.write_meta({"runtime": common.runtime_record(options)})
     path = edit.save(results.file("edit"))

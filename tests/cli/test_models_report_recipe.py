@@ -1,0 +1,116 @@
+"""``neuronscope models``, ``report``, ``recipe`` and ``demo``; ``--help`` of every command shows an example."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from cli_helpers import assert_user_error
+
+import neuronscope.cli.recipe as recipe_module
+from neuronscope.attribute import list_methods
+from neuronscope.models import TEXT_SPECS, VISION_FAMILIES, supported_families
+
+COMMANDS = [["models"], ["locate"], ["explain"], ["intervene"], ["evaluate"], ["report"], ["demo"],
+            ["edit", "make"], ["edit", "apply"], ["edit", "revert"], ["edit", "export"],
+            ["recipe", "multimodal"], ["recipe", "qrnca"], ["recipe", "lpi"], ["recipe", "cna"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_help_shows_an_example(cli, command) -> None:
+    result = cli(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output and f"neuronscope {' '.join(command)}" in result.output
+
+
+def test_models_lists_every_family_and_method(cli) -> None:
+    result = cli("models")
+    assert result.exit_code == 0
+    for name in supported_families():
+        assert name in result.output
+    for info in list_methods():
+        assert info.name in result.output
+    data = json.loads(cli("models", "--json").output)
+    assert [f["name"] for f in data["text_families"]] == [spec.name for spec in TEXT_SPECS]
+    assert [f["name"] for f in data["vision_families"]] == [family.name for family in VISION_FAMILIES]
+    assert [m["name"] for m in data["methods"]] == [info.name for info in list_methods()]
+    blip = next(f for f in data["vision_families"] if f["name"] == "instructblip")
+    assert blip["spatial_map"] is False
+
+
+def test_report_is_rebuilt(cli, located_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(located_run, run)
+    (run / "report.html").unlink()
+    (run / "summary.txt").write_text("rebuilt summary\n")
+    result = cli("report", run)
+    assert result.exit_code == 0, result.output
+    html = (run / "report.html").read_text()
+    assert "rebuilt summary" in html and "Top neurons" in html
+    assert_user_error(cli("report", tmp_path / "nowhere"), "run folder not found")
+    (run / "metrics.json").write_text("{broken")
+    assert_user_error(cli("report", run), "metrics.json")
+
+
+def test_recipes_not_yet_available_say_so(cli, tiny_model, tmp_path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "the cat"}\n')
+    for recipe in ("qrnca", "lpi", "cna"):
+        try:
+            recipe_module.pipeline_function(recipe)
+        except Exception:  # noqa: BLE001 - not available: the CLI must say so clearly
+            result = cli("recipe", recipe, "-m", tiny_model, "--data", data, "--out", tmp_path / recipe)
+            assert_user_error(result, f"the '{recipe}' recipe", "not available")
+            assert not (tmp_path / recipe).exists()
+
+
+def test_recipe_passes_its_options_to_the_pipeline(cli, tiny_model, tmp_path, monkeypatch) -> None:
+    seen = {}
+
+    def fake_pipeline(model, processor, data, *, run_dir, resume, overwrite, batch_size, steps=10):
+        seen.update(model_type=model.config.model_type, data=data, run_dir=run_dir, resume=resume,
+                    batch_size=batch_size, steps=steps)
+        run_dir.mkdir(parents=True)
+        (run_dir / ".neuronscope-run").write_text("{}")
+
+    monkeypatch.setattr(recipe_module, "pipeline_function", lambda name: fake_pipeline)
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "the cat"}\n')
+    out = tmp_path / "lpi"
+    result = cli("recipe", "lpi", "-m", tiny_model, "--data", data, "--out", out, "--option", "steps=3",
+                 "--batch-size", 2)
+    assert result.exit_code == 0, result.output
+    assert seen == {"model_type": "llama", "data": data, "run_dir": out, "resume": False, "batch_size": 2,
+                    "steps": 3}
+    assert json.loads((out / "cli_config.json").read_text())["option"] == ["steps=3"]
+    assert_user_error(cli("recipe", "lpi", "-m", tiny_model, "--data", data, "--out", tmp_path / "x", "--option",
+                          "nope=1"), "no option nope")
+
+
+def test_demo_without_the_demo_module_says_so(cli, tmp_path, monkeypatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name, *args):
+        if name == "neuronscope.demo":
+            raise ModuleNotFoundError("No module named 'neuronscope.demo'", name="neuronscope.demo")
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
+    assert_user_error(cli("demo", "--out", tmp_path / "demo"), "demo is not part of this install")
+
+
+def test_demo_calls_run_demo(cli, tmp_path, monkeypatch) -> None:
+    import importlib
+    import types
+
+    calls = []
+    fake = types.SimpleNamespace(run_demo=lambda out, quick=False: calls.append((out, quick)) or out)
+    real = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *args: fake if name == "neuronscope.demo" else real(name, *args))
+    result = cli("demo", "--out", tmp_path / "demo", "--quick")
+    assert result.exit_code == 0, result.output
+    assert calls == [(tmp_path / "demo", True)]
