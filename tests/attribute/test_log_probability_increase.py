@@ -374,3 +374,15 @@ def test_image_patches_of_the_top_head_on_a_tiny_llava():
     assert patches.values.shape == (2, 1, 1, positions.numel())
     assert torch.isfinite(patches.values).all() and patches.values.abs().max() > 0
     assert vlm.model.config.get_text_config()._attn_implementation == before
+
+
+def test_pure_math_docstring_examples_run():
+    import doctest
+
+    from neuronscope.attribute.comparative import query_scores
+
+    for function in (log_probability_increase_from_logits, query_scores):
+        finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+        for test in finder.find(function, globs={"torch": torch, function.__name__: function}):
+            runner.run(test)
+        assert runner.failures == 0 and runner.tries > 0, function.__name__

@@ -84,7 +84,7 @@ def log_probability_increase_from_logits(
 
     Example:
         >>> log_probability_increase_from_logits(torch.zeros(3), torch.tensor([[1.0, 0, 0]]), 0)
-        tensor([0.4519])
+        tensor([0.5472])
     """
     base = base_logits.float()
     if scale is None:
@@ -200,7 +200,8 @@ def _ffn_residual(adapter: ModelAdapter, acts: Capture, layer: int) -> torch.Ten
 def _meta(method: str, adapter: ModelAdapter, targets: TargetSet, readout: FrozenReadout, **extra) -> dict:
     return {"method": method, "targets": targets.describe(), "model": adapter.describe(),
             "vocabulary": "full" if readout.token_ids is None else readout.token_ids.tolist(),
-            "final_norm": "frozen at the final residual's scale", **extra}
+            "final_norm": "frozen at the final residual's scale",
+            "compute_dtype": str(readout.directions.dtype).removeprefix("torch."), **extra}
 
 
 @register("log_probability_increase", "log p(w | r + v) − log p(w | r) with the final norm frozen",
