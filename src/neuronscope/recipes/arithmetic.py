@@ -1,0 +1,186 @@
+"""Experiment 4: arithmetic heads and CNA (Yu & Ananiadou 2024) on single-digit additions SmolLM2 gets right.
+
+1. Prompts ``"{prefix}{a}+{b}="`` for single digits with ``a + b <= 9``; the default prefix shows the format with two
+   two-digit sums (``"12+13=25, 30+41=71, "``: without it SmolLM2 gets 3 of 55 sums right, with it 33); keep the
+   ones the model answers right (top-1 = the sum's digit). Split them (seeded) into a dev half and a
+   test half: heads and neurons are chosen on dev, effects are measured on test.
+2. Ablate each head (zero its slice of the attention output projection's input) at the last position and rank
+   heads by the drop of the answer's mean probability on dev.
+3. Test: accuracy and answer probability with the top-1 / top-3 heads ablated vs random heads.
+4. CNA: LPI of every FFN neuron on dev, original model (A) vs the top head ablated (B), scored over the digit
+   tokens (``candidates``: the ten digits, an exact log-softmax over that set); the neurons whose LPI falls most
+   (most negative B − A, averaged over dev) are the top CNA neurons. Test: zero them at the last position, accuracy
+   drop vs random same-layer sets.
+
+Run: ``python -m neuronscope.recipes.arithmetic --out runs/arithmetic [--limit N]``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuronscope.attribute import token_targets
+from neuronscope.attribute.comparative import comparative
+from neuronscope.evaluate.baselines import random_neurons_like
+from neuronscope.inputs import encode_prompts
+from neuronscope.models.adapter import get_adapter
+from neuronscope.recipes.common import (
+    LastTokenScorer,
+    Stopwatch,
+    default_model,
+    finish_run,
+    model_name,
+    open_run,
+    recipe_main,
+    token_id,
+    write_table,
+)
+from neuronscope.trace import ablate_heads, suppress
+
+DEFAULT_PREFIX = "12+13=25, 30+41=71, "
+
+
+def addition_prompts(prefix: str = DEFAULT_PREFIX) -> list[tuple[str, str]]:
+    """``(prompt, answer digit)`` for every ``a + b <= 9`` with single digits ``a, b``.
+
+    Example:
+        >>> addition_prompts("")[:2]
+        [('0+0=', '0'), ('0+1=', '1')]
+    """
+    return [(f"{prefix}{a}+{b}=", str(a + b)) for a in range(10) for b in range(10) if a + b <= 9]
+
+
+def _accuracy(scorer: LastTokenScorer, rows: list[int], interventions: list) -> tuple[float, float]:
+    """(accuracy, mean answer probability) over ``rows``."""
+    logits = scorer.last_logits(rows, interventions)
+    targets = scorer.targets[rows]
+    accuracy = float((logits.argmax(-1) == targets).double().mean())
+    probability = float(logits.softmax(-1).gather(-1, targets[:, None]).mean())
+    return accuracy, probability
+
+
+def run_arithmetic(
+    out_dir: str | Path,
+    *,
+    model: Any = None,
+    limit: int | None = None,
+    seed: int = 0,
+    prefix: str = DEFAULT_PREFIX,
+    top_heads: tuple[int, ...] = (1, 3),
+    top_neurons: tuple[int, ...] = (10, 50),
+    n_random: int = 5,
+) -> dict[str, Any]:
+    """Run experiment 4 and write its results folder; returns the metrics (see the module docstring)."""
+    watch = Stopwatch()
+    loaded = model or default_model()
+    lm, tokenizer = loaded.model, loaded.tokenizer
+    adapter = get_adapter(lm)
+    config = {"experiment": "arithmetic_heads_cna", "model": model_name(loaded), "seed": seed, "prefix": prefix,
+              "top_heads": list(top_heads), "top_neurons": list(top_neurons), "n_random": n_random,
+              "head_ablation": "zero the head's o_proj input slice at the last position",
+              "cna_base": "LPI over the ten digit tokens", "selection": "dev half; effects on the test half"}
+    run = open_run(out_dir, config)
+    pairs = addition_prompts(prefix)
+    digit_ids = [token_id(tokenizer, str(d)) for d in range(10)]
+    everything = LastTokenScorer(lm, tokenizer, [p for p, _ in pairs], [token_id(tokenizer, a) for _, a in pairs],
+                                 batch_equal_lengths=True)
+    with watch("screen"):
+        logits = everything.last_logits()
+        right = (logits.argmax(-1) == everything.targets).tolist()
+    kept = [pair for pair, ok in zip(pairs, right, strict=True) if ok]
+    random.Random(seed).shuffle(kept)
+    if limit is not None:
+        kept = kept[: 2 * limit]
+    half = len(kept) // 2
+    dev, test = kept[:half], kept[half:]
+    run.write_json("split.json", {"dev": dev, "test": test, "screened": len(pairs), "right": len(kept)})
+    if len(dev) < 2 or len(test) < 2:
+        from neuronscope.errors import NeuronscopeError
+
+        raise NeuronscopeError(f"only {len(kept)} of {len(pairs)} sums answered right: try a few-shot prefix")
+
+    dev_scorer = LastTokenScorer(lm, tokenizer, [p for p, _ in dev], [token_id(tokenizer, a) for _, a in dev],
+                                 batch_equal_lengths=True)
+    test_scorer = LastTokenScorer(lm, tokenizer, [p for p, _ in test], [token_id(tokenizer, a) for _, a in test],
+                                  batch_equal_lengths=True)
+    dev_rows, test_rows = list(range(len(dev))), list(range(len(test)))
+    with watch("head_ablation"):
+        base_acc, base_p = _accuracy(dev_scorer, dev_rows, [])
+        head_rows = []
+        for layer in range(adapter.n_layers):
+            for head in range(adapter.n_heads):
+                acc, p = _accuracy(dev_scorer, dev_rows, ablate_heads(lm, [(layer, head)], positions="last"))
+                head_rows.append({"layer": layer, "head": head, "dev_accuracy": acc, "dev_probability": p,
+                                  "probability_drop": base_p - p, "accuracy_drop": base_acc - acc})
+    head_rows.sort(key=lambda r: -r["probability_drop"])
+    write_table(run, "tables/head_ablation_dev.csv", head_rows)
+
+    generator = torch.Generator().manual_seed(seed)
+    test_acc, test_p = _accuracy(test_scorer, test_rows, [])
+    heads_result = {}
+    for k in top_heads:
+        heads = [(r["layer"], r["head"]) for r in head_rows[:k]]
+        acc, p = _accuracy(test_scorer, test_rows, ablate_heads(lm, heads, positions="last"))
+        random_acc, random_p = [], []
+        for _ in range(n_random):
+            flat = torch.randperm(adapter.n_layers * adapter.n_heads, generator=generator)[:k]
+            draw = [(int(f) // adapter.n_heads, int(f) % adapter.n_heads) for f in flat]
+            a, q = _accuracy(test_scorer, test_rows, ablate_heads(lm, draw, positions="last"))
+            random_acc.append(a)
+            random_p.append(q)
+        heads_result[f"top{k}"] = {"heads": heads, "accuracy": acc, "probability": p,
+                                   "random_accuracy": sum(random_acc) / n_random,
+                                   "random_probability": sum(random_p) / n_random}
+
+    with watch("cna"):
+        top_head = [(head_rows[0]["layer"], head_rows[0]["head"])]
+        batch = encode_prompts(tokenizer, [p for p, _ in dev], model=lm)
+        targets = token_targets(batch, [token_id(tokenizer, a) for _, a in dev], tokenizer)
+        cna = comparative(lm, batch, targets, interventions_b=ablate_heads(lm, top_head, positions="last"),
+                          candidates=digit_ids)
+        difference = cna.dense()[:, 0].float().mean(0)  # [layers, d_ff], B - A averaged over dev
+    neurons_result = {}
+    flat = (-difference).reshape(-1)
+    for k in top_neurons:
+        index = flat.topk(k).indices
+        neurons = torch.stack([index // adapter.d_ff, index % adapter.d_ff], dim=1)
+        acc, p = _accuracy(test_scorer, test_rows, suppress(neurons, positions="last"))
+        draws = random_neurons_like(neurons, adapter.d_ff, n_draws=n_random, generator=generator,
+                                    exclude_given=True, n_layers=adapter.n_layers)
+        measured = [_accuracy(test_scorer, test_rows, suppress(draw, positions="last")) for draw in draws]
+        neurons_result[f"top{k}"] = {
+            "accuracy": acc, "probability": p,
+            "random_accuracy": sum(m[0] for m in measured) / n_random,
+            "random_probability": sum(m[1] for m in measured) / n_random,
+            "layer_counts": torch.bincount(neurons[:, 0], minlength=adapter.n_layers).tolist()}
+    from neuronscope.report.plots import layer_histogram_figure, save_png
+
+    index = flat.topk(max(top_neurons)).indices
+    save_png(layer_histogram_figure(torch.stack([index // adapter.d_ff, index % adapter.d_ff], dim=1),
+                                    adapter.n_layers, f"Top-{max(top_neurons)} CNA neurons (head {top_head[0]})"),
+             run.path / "plots" / "cna_layers.png")
+    metrics = {
+        "title": "Arithmetic heads and CNA on single-digit additions (SmolLM2-135M-Instruct)",
+        "n_sums": len(pairs), "n_right": len(kept), "n_dev": len(dev), "n_test": len(test),
+        "dev_base": {"accuracy": base_acc, "probability": base_p},
+        "test_base": {"accuracy": test_acc, "probability": test_p},
+        "top_dev_heads": head_rows[:10],
+        "heads": heads_result,
+        "cna_head": list(top_head[0]),
+        "cna_neurons": neurons_result,
+        "wall_time": watch.as_dict(),
+    }
+    return finish_run(run, metrics, f"{len(kept)} of {len(pairs)} single-digit sums right; heads and CNA neurons "
+                                    "chosen on the dev half, effects measured on the test half.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    recipe_main(run_arithmetic, "Arithmetic heads and CNA on single-digit additions", argv)
+
+
+if __name__ == "__main__":
+    main()
