@@ -1,0 +1,222 @@
+"""Bias editing with CNA (Yu & Ananiadou 2024): zero the neurons whose scores differ most between paired prompts.
+
+For pairs such as ("A woman works as a", "A man works as a") and words such as occupations, the **gap** of word w
+on pair p is ``P(w | prompt_a) − P(w | prompt_b)`` (next-token probabilities at the end of each prompt). The
+neurons are ranked by ``Σ_{p, w} |score_b − score_a|`` — comparative neuron analysis with a registered base score
+(LPI by default) for each word as target — and the top-k are zeroed (an intervention, at every position by default).
+The report gives the mean ``|gap|`` before and after, the same for random neurons of the same layer distribution,
+and what the change does to unrelated prompts (mean KL of next-token distributions and top-1 agreement).
+
+Example:
+    >>> report = bias_experiment(model, tok, [("A woman works as a", "A man works as a")],
+    ...                          ["nurse", "engineer", "doctor"], top_k=20, unrelated_prompts=["The sky is"])
+    >>> report.summary()["mean_abs_gap"]            # {"before": ..., "after": ..., "random_after": {...}}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.aggregate.select import top_k_neurons
+from neuronscope.attribute.registry import get_method
+from neuronscope.attribute.targets import token_targets, word_token
+from neuronscope.edit.usecases import as_batch, score_grid
+from neuronscope.errors import InputError, NeuronscopeError
+from neuronscope.evaluate.baselines import random_neurons_like
+from neuronscope.evaluate.metrics import kl_divergence, summarise
+from neuronscope.experiments.editing import last_logits
+from neuronscope.inputs import Batch
+from neuronscope.models.adapter import get_adapter
+from neuronscope.trace import PositionSpec, intervene, suppress
+
+
+def probability_gap(logits_a: torch.Tensor, logits_b: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+    """Pure math: ``P(w | a) − P(w | b)`` ``[pairs, words]`` from next-token logits ``[pairs, vocab]`` each.
+
+    Example:
+        >>> a, b = torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.2, 0.8]]))
+        >>> probability_gap(a, b, torch.tensor([0, 1])).tolist()
+        [[0.3, -0.30000001192092896]]
+    """
+    ids = torch.as_tensor(word_ids, dtype=torch.long)
+    return logits_a.softmax(-1)[:, ids] - logits_b.softmax(-1)[:, ids]
+
+
+@dataclass
+class BiasReport:
+    """Gaps ``[pairs][words]`` before / after zeroing the neurons, for random neurons, and locality."""
+
+    pairs: list[tuple[str, str]]
+    words: list[str]
+    neurons: list[list[int]]
+    gap_before: list[list[float]]
+    gap_after: list[list[float]]
+    random_gap_after: list[list[list[float]]] = field(default_factory=list)
+    random_neurons: list[list[list[int]]] = field(default_factory=list)
+    unrelated_kl: float | None = None
+    unrelated_top1_agreement: float | None = None
+    random_unrelated_kl: list[float] = field(default_factory=list)
+    random_unrelated_top1_agreement: list[float] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def mean_abs(gaps: list[list[float]]) -> float:
+        return float(torch.tensor(gaps, dtype=torch.float64).abs().mean())
+
+    def summary(self) -> dict[str, Any]:
+        """Mean ``|gap|`` before / after / for random neurons, its relative reduction, and locality."""
+        before, after = self.mean_abs(self.gap_before), self.mean_abs(self.gap_after)
+        out: dict[str, Any] = {
+            "mean_abs_gap": {"before": before, "after": after},
+            "relative_reduction": (before - after) / before if before > 0 else None,
+            "unrelated_kl": self.unrelated_kl, "unrelated_top1_agreement": self.unrelated_top1_agreement,
+        }
+        if self.random_gap_after:
+            random_after = [self.mean_abs(gaps) for gaps in self.random_gap_after]
+            out["mean_abs_gap"]["random_after"] = summarise(random_after).as_dict()
+            out["random_relative_reduction"] = (
+                summarise([(before - value) / before for value in random_after]).as_dict() if before > 0 else None)
+        if self.random_unrelated_kl:
+            out["random_unrelated_kl"] = summarise(self.random_unrelated_kl).as_dict()
+            out["random_unrelated_top1_agreement"] = summarise(self.random_unrelated_top1_agreement).as_dict()
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pairs": [list(pair) for pair in self.pairs], "words": self.words, "neurons": self.neurons,
+                "gap_before": self.gap_before, "gap_after": self.gap_after,
+                "random_gap_after": self.random_gap_after, "random_neurons": self.random_neurons,
+                "unrelated_kl": self.unrelated_kl,
+                "unrelated_top1_agreement": self.unrelated_top1_agreement,
+                "random_unrelated_kl": self.random_unrelated_kl,
+                "random_unrelated_top1_agreement": self.random_unrelated_top1_agreement,
+                "summary": self.summary(), "meta": self.meta}
+
+
+def bias_neurons(
+    model: nn.Module,
+    batch_a: Batch,
+    batch_b: Batch,
+    word_ids: torch.Tensor,
+    *,
+    top_k: int = 20,
+    method: str = "log_probability_increase",
+    layers: Sequence[int] | None = None,
+    method_options: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CNA between paired prompts: the ``top_k`` neurons ``[k, 2]`` with the largest ``Σ |score_b − score_a|`` over
+    pairs and words (each word a target at the last position), and that grid ``[n_layers, d_ff]``.
+
+    ``method`` is the base score (a registered name, or a callable with the method signature).
+    """
+    ids = torch.as_tensor(word_ids, dtype=torch.long)
+    targets = token_targets(batch_a, ids.expand(len(batch_a), -1))
+    comparative = get_method("comparative").function
+    options = dict(method_options or {})
+    if layers is not None:
+        options["layers"] = list(layers)
+    cna = comparative(model, batch_a, targets, batch_b=batch_b, method=method, **options)
+    grid = score_grid(cna, get_adapter(model).n_layers, absolute=True)
+    neurons, _ = top_k_neurons(grid, top_k)
+    return neurons, grid
+
+
+def _top1_agreement(original: torch.Tensor, edited: torch.Tensor) -> float:
+    return float((original.argmax(-1) == edited.argmax(-1)).double().mean())
+
+
+def bias_experiment(
+    model: nn.Module,
+    processor: Any,
+    pairs: Sequence[tuple[str, str]],
+    words: Sequence[str],
+    *,
+    neurons: torch.Tensor | None = None,
+    top_k: int = 20,
+    method: str = "log_probability_increase",
+    layers: Sequence[int] | None = None,
+    method_options: dict[str, Any] | None = None,
+    unrelated_prompts: Sequence[str] | Batch | None = None,
+    n_random: int = 3,
+    seed: int = 0,
+    positions: PositionSpec = "all",
+    chat: bool = False,
+) -> BiasReport:
+    """Zero the neurons that differ most between paired prompts and measure the paired-probability gap.
+
+    Args:
+        model, processor: the model and its tokenizer.
+        pairs: ``(prompt_a, prompt_b)`` pairs, e.g. ``("A woman works as a", "A man works as a")``.
+        words: the words whose gap is measured (first sub-token with a leading space), e.g. occupations.
+        neurons: ``[n, 2]`` neurons to zero; default the ``top_k`` of :func:`bias_neurons`.
+        method, layers, method_options: CNA's base score (default LPI), the layers scored, and its options
+            (e.g. ``{"candidates": ids}`` for LPI over a candidate set).
+        unrelated_prompts: prompts whose next-token distributions should not move (locality).
+        n_random, seed: random neuron sets with the same count per layer (never the chosen neurons).
+        positions: where the neurons are zeroed (default every position).
+
+    Returns:
+        :class:`BiasReport`.
+
+    Example:
+        >>> report = bias_experiment(model, tok, [("A woman works as a", "A man works as a")], ["nurse", "engineer"])
+        >>> report.summary()["relative_reduction"]
+    """
+    pairs = [tuple(pair) for pair in pairs]
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise InputError("give at least one pair of prompts (prompt_a, prompt_b)")
+    if not words:
+        raise InputError("give the words whose gap to measure (e.g. occupations)")
+    adapter = get_adapter(model)
+    batch_a = as_batch(processor, [a for a, _ in pairs], model, chat)
+    batch_b = as_batch(processor, [b for _, b in pairs], model, chat)
+    word_ids = torch.tensor([word_token(processor, word) for word in words], dtype=torch.long)
+    unrelated = None if unrelated_prompts is None else as_batch(processor, unrelated_prompts, model, chat)
+    if neurons is None:
+        neurons, _ = bias_neurons(model, batch_a, batch_b, word_ids, top_k=top_k, method=method, layers=layers,
+                                  method_options=method_options)
+        how = {"selected_by": "comparative", "base_method": method if isinstance(method, str) else "custom",
+               "top_k": top_k}
+    else:
+        neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+        how = {"selected_by": "given"}
+    if len(neurons) == 0:
+        raise NeuronscopeError("no neurons to zero: give neurons or a top_k of at least 1")
+
+    def gaps() -> torch.Tensor:
+        return probability_gap(last_logits(model, batch_a), last_logits(model, batch_b), word_ids)
+
+    base_unrelated = None if unrelated is None else last_logits(model, unrelated)
+    before = gaps()
+
+    def zeroed(chosen: torch.Tensor) -> tuple[torch.Tensor, float | None, float | None]:
+        with intervene(model, suppress(chosen, positions)):
+            after = gaps()
+            if unrelated is None:
+                return after, None, None
+            edited = last_logits(model, unrelated)
+        return after, float(kl_divergence(base_unrelated, edited).mean()), _top1_agreement(base_unrelated, edited)
+
+    after, kl, agreement = zeroed(neurons)
+    report = BiasReport(list(pairs), list(words), neurons.tolist(), before.tolist(), after.tolist(),
+                        unrelated_kl=kl, unrelated_top1_agreement=agreement,
+                        meta={**how, "positions": positions if isinstance(positions, str) else "explicit",
+                              "word_ids": word_ids.tolist(), "n_random": n_random, "seed": seed})
+    if n_random > 0:
+        draws = random_neurons_like(neurons, adapter.d_ff, n_draws=n_random, seed=seed, exclude_given=True,
+                                    n_layers=adapter.n_layers)
+        for draw in draws:
+            random_after, random_kl, random_agreement = zeroed(draw)
+            report.random_gap_after.append(random_after.tolist())
+            report.random_neurons.append(draw.tolist())
+            if random_kl is not None:
+                report.random_unrelated_kl.append(random_kl)
+                report.random_unrelated_top1_agreement.append(random_agreement)
+    return report
+
+
+__all__ = ["BiasReport", "bias_experiment", "bias_neurons", "probability_gap"]
