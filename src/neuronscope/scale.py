@@ -117,6 +117,7 @@ class AdaptiveBatcher:
         limit = simulated_limit()
         while start < len(items):
             chunk = list(items[start:start + self.batch_size])
+            out_of_memory = False
             try:
                 if limit is not None and len(chunk) > limit:
                     raise SimulatedOutOfMemory(f"simulated out of memory: batch of {len(chunk)} > {limit}")
@@ -124,7 +125,9 @@ class AdaptiveBatcher:
             except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
                 if not is_out_of_memory(error):
                     raise
-                del error  # drop the traceback's references to the failed batch's tensors before freeing
+                out_of_memory = True
+            if out_of_memory:
+                # Outside the except block, so the traceback no longer holds the failed batch's tensors.
                 free_memory()
                 self._halve(len(chunk))
                 continue

@@ -233,3 +233,19 @@ def test_two_process_gloo_run_equals_the_single_process_run(cli, tiny_model, pro
     assert torch.equal(NeuronScores.load(single / "scores").values, NeuronScores.load(parallel / "scores").values)
     assert (single / "neurons.csv").read_text() == (parallel / "neurons.csv").read_text()
     assert (single / "top_tokens.json").read_text() == (parallel / "top_tokens.json").read_text()
+
+
+def test_dtype_and_device_map_options(cli, tiny_model, tmp_path) -> None:
+    reference, bf16, spread = tmp_path / "fp32", tmp_path / "bf16", tmp_path / "auto"
+    args = ["locate", "-m", tiny_model, "--prompt", "the capital of france is", "--target", "paris", "--out"]
+    assert cli(*args, reference).exit_code == 0
+    assert cli(*args, bf16, "--dtype", "bf16").exit_code == 0
+    assert cli(*args, spread, "--device-map", "auto").exit_code == 0
+    exact = NeuronScores.load(reference / "scores")
+    half = NeuronScores.load(bf16 / "scores")
+    assert half.meta["model"]["dtype"] == "bfloat16"
+    assert json.loads((bf16 / "config.json").read_text())["dtype"] == "bf16"
+    scale = exact.values.abs().max()
+    torch.testing.assert_close(half.values, exact.values, atol=0.05 * float(scale), rtol=0.05)
+    torch.testing.assert_close(NeuronScores.load(spread / "scores").values, exact.values)
+    assert_user_error(cli(*args, tmp_path / "x", "--dtype", "fp8"), "unknown dtype 'fp8'")

@@ -114,3 +114,31 @@ def test_demo_calls_run_demo(cli, tmp_path, monkeypatch) -> None:
     result = cli("demo", "--out", tmp_path / "demo", "--quick")
     assert result.exit_code == 0, result.output
     assert calls == [(tmp_path / "demo", True)]
+
+
+@pytest.mark.slow
+def test_multimodal_recipe_on_a_tiny_llava(cli, tmp_path) -> None:
+    from helpers.tiny_vlms import build_tiny_vlm, gradient_image
+
+    vlm = build_tiny_vlm("llava")
+    vlm.processor.chat_template = (  # the tiny processor ships none
+        "{% for m in messages %}{% for c in m['content'] %}{% if c['type'] == 'image' %}" + vlm.image_placeholder
+        + "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}{% if add_generation_prompt %}\nA:{% endif %}")
+    model_dir = tmp_path / "llava"
+    vlm.model.save_pretrained(model_dir)
+    vlm.processor.save_pretrained(model_dir)
+    images = tmp_path / "images"
+    images.mkdir()
+    gradient_image(40, 30).save(images / "a.png")
+    gradient_image(50, 50).save(images / "b.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "mm"
+    result = cli("recipe", "multimodal", "-m", model_dir, "--images", images, "--concepts", "a,b", "--top-k", 20,
+                 "--max-new-tokens", 3, "--out", out)
+    assert result.exit_code == 0, result.output
+    captions = json.loads((out / "captions.json").read_text())
+    assert [c["id"] for c in captions if not c["skipped"]] == ["a.png", "b.png"]
+    assert [c["id"] for c in captions if c["skipped"]] == ["broken.png"]  # reported, not dropped
+    assert json.loads((out / "cli_config.json").read_text())["concepts"] == "a,b"
+    assert "broken.png" in (out / "skipped.json").read_text()
+    assert (out / "report.html").is_file()
