@@ -59,11 +59,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="rows per packed forward")
     parser.add_argument("--plain-batch-size", type=int, default=None, help="rows per plain forward (default: m)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (min is reported)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="model dtype on CUDA (float32 shows that packed and plain differ by rounding only)")
     parser.add_argument("--skip-plain", action="store_true", help="time the packed path only")
     args = parser.parse_args()
 
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    dtype = torch.float32 if device == "cpu" else getattr(torch, args.dtype)
     shapes = TINY if args.tiny else SEVEN_B
     layers = 2 if args.tiny else args.layers
     torch.manual_seed(0)
