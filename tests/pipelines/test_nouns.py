@@ -73,3 +73,29 @@ def test_no_tagger_says_how_to_install_one():
     with pytest.raises(TaggerUnavailable, match="pip install spacy"):
         resolve_tagger(None, None)
     assert resolve_tagger(["dog"], None) is None
+
+
+def test_spacy_adapter_reads_offsets_tags_and_lemmas_of_a_language_object():
+    from types import SimpleNamespace
+
+    from neuronscope.pipelines.nouns import spacy_tagger
+
+    class FakeLanguage:  # the parts of spacy.Language the adapter uses
+        pipe_names = ["tok2vec", "tagger", "attribute_ruler", "lemmatizer"]
+
+        def __call__(self, text):
+            tags = {"dogs": ("NOUN", "dog"), "run": ("VERB", "run")}
+            out, position = [], 0
+            for word in text.split():
+                start = text.index(word, position)
+                position = start + len(word)
+                pos, lemma = tags.get(word, ("X", word))
+                out.append(SimpleNamespace(idx=start, text=word, pos_=pos, lemma_=lemma))
+            return out
+
+    tok = metaspace_tokenizer()
+    ids = _ids(tok, "big dogs run")
+    text, targets = select_targets(tok, ids, tagger=spacy_tagger(FakeLanguage()))
+    assert [(t.concept, t.word, t.char_start) for t in targets] == [("dog", "dogs", 4)]
+    with pytest.raises(TaggerUnavailable, match="no part-of-speech tagger"):
+        spacy_tagger(SimpleNamespace(pipe_names=["ner"]))
