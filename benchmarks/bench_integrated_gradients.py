@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (min is reported)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="model dtype on CUDA (float32 shows that packed and plain differ by rounding only)")
+    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one packed run")
     parser.add_argument("--skip-plain", action="store_true", help="time the packed path only")
     args = parser.parse_args()
 
@@ -88,6 +90,14 @@ def main() -> None:
     if device == "cuda":
         report["packed_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     report["packed_rows_per_s"] = layers * args.steps / report["packed_s"]
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=activities) as prof:
+            run_packed()
+        sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
     if not args.skip_plain:
         plain_batch = args.plain_batch_size or args.steps
 
