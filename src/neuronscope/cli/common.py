@@ -177,7 +177,9 @@ def load(options: Mapping[str, Any], *, with_processor: bool = True, model: str 
     source = model or options.get("model")
     if not source:
         raise InputError("no model given: pass --model PATH (a local folder or hub id)")
-    if not Path(str(source)).exists() and (str(source).startswith((".", "/", "~")) or Path(str(source)).suffix):
+    text = str(source)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
+    if looks_local and not Path(text).expanduser().exists():  # a hub id is "name" or "org/name"
         raise InputError(f"model folder '{source}' not found; check the path")
     dtype = options.get("dtype") or "fp32"
     quiet_transformers()
