@@ -18,11 +18,13 @@ when both are given; 20 when neither is).
 from __future__ import annotations
 
 import inspect
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 import typer
+from tqdm import tqdm
 
 from neuronscope.cli import common
 from neuronscope.cli.common import (
@@ -278,10 +280,14 @@ def locate(
                    for index in shard_indices(len(items), proc.rank, proc.world) if index not in done]
         batcher = AdaptiveBatcher(options["batch_size"], on_backoff=lambda old, new: typer.echo(
             f"out of memory at batch size {old}; going on with {new}", err=True))
+        progress = tqdm(total=len(pending), desc=f"rank {proc.rank}" if proc.world > 1 else "prompts",
+                        unit="prompt", disable=not sys.stderr.isatty())
         for chunk, results in batcher.map(pending, lambda chunk: score_chunk(
                 loaded.model, loaded.processor, info.function, kwargs, chunk, options["chat"])):
             for (index, _, _), (tensors, record) in zip(chunk, results, strict=True):
                 run.write_example(index, tensors, record)
+            progress.update(len(chunk))
+        progress.close()
         barrier()
         if proc.rank != 0:
             return
