@@ -6,8 +6,8 @@ out-of-memory back-off, on a random Llama built locally (no downloads). Run it o
 Steps (each a separate process, as a user would run them):
 1. ``locate`` in one process (bf16, batch 16) on GPU 0;
 2. ``torchrun --nproc-per-node G`` with G = the visible GPUs (2 processes sharing GPU 0 on a one-GPU machine):
-   each rank scores its shard on its own GPU, rank 0 merges; the scores must equal step 1's (to bf16 rounding: batches are composed
-   differently);
+   each rank scores its shard on its own GPU, rank 0 merges; the scores must equal step 1's up to the rounding
+   of the dtype (the batches are composed differently, so padding and matmul shapes differ);
 3. ``locate`` with batch 64 in a process whose CUDA allocator may use only the model plus ``--headroom-gb``:
    a real ``torch.OutOfMemoryError`` must halve the batch until it fits, and the scores must equal step 1's.
 
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--d-ff", type=int, default=8192)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--headroom-gb", type=float, default=2.0)
+    parser.add_argument("--dtype", default="bf16", help="dtype the CLI loads the model in (bf16, fp32)")
     args = parser.parse_args()
 
     import torch
@@ -103,10 +104,11 @@ def main() -> None:
     write_prompts(prompts, args.prompts, args.words, args.vocab)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "neuronscope.cli.main"]
-    common = ["locate", "-m", str(model_dir), "--prompts", str(prompts), "--dtype", "bf16", "--top-k", "50"]
+    common = ["locate", "-m", str(model_dir), "--prompts", str(prompts), "--dtype", args.dtype, "--top-k", "50"]
     summary: dict = {"gpus": torch.cuda.device_count(), "device": torch.cuda.get_device_name(0),
                      "model": {"hidden": args.hidden, "layers": args.layers, "d_ff": args.d_ff,
-                               "vocab": args.vocab}, "prompts": args.prompts, "words": args.words}
+                               "vocab": args.vocab}, "prompts": args.prompts, "words": args.words,
+                     "dtype": args.dtype}
 
     seconds, _ = run(cli + common + ["--batch-size", "16", "--out", str(args.out / "single")], env)
     summary["single_process_s"] = round(seconds, 2)
@@ -129,7 +131,8 @@ def main() -> None:
         summary["data_parallel_vs_single"] = compare("parallel")
         summary["ledgers"] = sorted(p.name for p in (args.out / "parallel" / "progress").iterdir())
 
-    model_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9
+    model_gb = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) / 1e9  # saved in bf16
+    model_gb *= 2 if args.dtype in ("fp32", "float32") else 1
     cap = model_gb + args.headroom_gb
     seconds, stderr = run([sys.executable, __file__, "--limited-cli", str(cap)] + common
                           + ["--batch-size", "64", "--out", str(args.out / "small_gpu")], env)
