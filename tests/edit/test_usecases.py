@@ -8,6 +8,8 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from neuronscope.attribute import token_targets
+from neuronscope.attribute.contribution import contribution
 from neuronscope.edit.usecases import (
     continued_batch,
     find_word,
@@ -124,6 +126,22 @@ def test_located_neurons_are_the_hand_computed_top_contributions(tiny):
     values, flat = grid.flatten().topk(5)
     expected = {(int(f) // 24, int(f) % 24) for f in flat}
     assert {tuple(row) for row in where.neurons.tolist()} == expected
+
+
+def test_contrast_ranks_by_word_score_minus_positive_contrast_scores(tiny):
+    model, tokenizer = tiny
+    generation, word = _first_answer_word(model, tokenizer, PROMPTS[:1])
+    batch = encode_prompts(tokenizer, PROMPTS[:1], model=model)
+    contrast = encode_prompts(tokenizer, UNRELATED, model=model)
+    where = locate_word(model, tokenizer, batch, word, top_k=6, generation=generation, contrast=contrast)
+    plain = locate_word(model, tokenizer, batch, word, top_k=6, generation=generation)
+    word_scores = contribution(model, where.batch, where.targets).values.sum(dim=(0, 1)) / where.occurrences
+    with torch.no_grad():
+        own = model(**contrast.inputs).logits[:, -1].argmax(-1)
+    against = contribution(model, contrast, token_targets(contrast, own)).values.clamp(min=0).sum(dim=(0, 1)) / 2
+    flat = (word_scores - against).flatten().topk(6).indices
+    assert where.neurons.tolist() == [[int(f) // 24, int(f) % 24] for f in flat]
+    assert where.neurons.tolist() != plain.neurons.tolist()
 
 
 def test_locate_refuses_a_word_the_model_never_says(tiny):

@@ -34,7 +34,7 @@ from torch import nn
 
 from neuronscope.aggregate.select import top_k_neurons
 from neuronscope.attribute.registry import get_method
-from neuronscope.attribute.targets import TargetSet, _stack
+from neuronscope.attribute.targets import TargetSet, _stack, prediction_targets
 from neuronscope.edit.optimise import optimise_edit
 from neuronscope.edit.weights import ValueVectorEdit, _check_neurons
 from neuronscope.errors import InputError, NeuronscopeError
@@ -240,6 +240,7 @@ def locate_word(
     max_new_tokens: int = 16,
     locate_method: str = "contribution",
     generation: Generation | None = None,
+    contrast: Batch | None = None,
     **method_options: Any,
 ) -> WordLocation:
     """Generate greedily, find where the model says ``word`` and return the top-``top_k`` neurons behind it.
@@ -251,6 +252,9 @@ def locate_word(
         max_new_tokens: length of the greedy answers.
         locate_method: a registered attribution method (default ``"contribution"``, Pan et al.).
         generation: reuse an existing greedy generation of ``batch``.
+        contrast: prompts whose own answers the neurons should not carry (e.g. other facts): neurons are ranked by
+            ``mean score for the word − max(0, mean score for each contrast prompt's own next token)``, so that
+            neurons writing a whole class of answers (every capital city) rank below those specific to the word.
         **method_options: passed to the method (``layers=``, ``site=`` …).
 
     Raises:
@@ -275,8 +279,16 @@ def locate_word(
     keep = [r for r, row in enumerate(steps) if row]
     sub_targets = TargetSet(targets.token_ids[keep], targets.positions[keep], targets.valid[keep],
                             [targets.labels[r] for r in keep])
-    scores = get_method(locate_method).function(model, full.select(keep), sub_targets, **method_options)
-    neurons, _ = top_k_neurons(score_grid(scores, get_adapter(model).n_layers), top_k)
+    function = get_method(locate_method).function
+    n_layers = get_adapter(model).n_layers
+    scores = function(model, full.select(keep), sub_targets, **method_options)
+    grid = score_grid(scores, n_layers) / int(sub_targets.valid.sum())
+    if contrast is not None:
+        own = prediction_targets(model, contrast)
+        against = function(model, contrast, own, **method_options)
+        positive = NeuronScores(against.dense().clamp(min=0), meta={"layers": against.meta.get("layers")})
+        grid = grid - score_grid(positive, n_layers) / len(contrast)
+    neurons, _ = top_k_neurons(grid, top_k)
     return WordLocation(neurons, full, targets, steps, generation)
 
 
@@ -356,6 +368,7 @@ def remove_word(
     max_new_tokens: int = 16,
     chat: bool = False,
     locate_method: str = "contribution",
+    specific: bool = True,
     plurals: bool = False,
     optimise_options: dict[str, Any] | None = None,
     reason: str = "",
@@ -374,6 +387,8 @@ def remove_word(
         strength: λ of ``token_shift``.
         max_new_tokens: length of the greedy answers.
         locate_method: the attribution method used to locate (default ``"contribution"``).
+        specific: rank neurons against the unrelated prompts' own answers (``contrast`` of :func:`locate_word`),
+            so that neurons shared by every similar answer are left alone. Default True (when ``unrelated`` given).
         plurals: also count "-s"/"-es" forms of the word in the rates.
         optimise_options: passed to :func:`optimise_edit` (``lr``, ``steps``, ``kl_weight``, ``demote_below`` …).
 
@@ -394,7 +409,7 @@ def remove_word(
     location = None
     if neurons is None or method == "optimised":
         location = locate_word(model, processor, batch, word, top_k=top_k, locate_method=locate_method,
-                               generation=generation)
+                               generation=generation, contrast=unrelated_batch if specific else None)
     chosen = location.neurons if neurons is None else _given_neurons(model, neurons)
     reason = reason or f"remove {word!r} from answers"
     if method == "erase":
@@ -408,7 +423,8 @@ def remove_word(
         edit = ValueVectorEdit.from_deltas(model, chosen, deltas, "token_shift",
                                            {"source": source, "target": -1, "lambda": float(strength)}, reason)
     else:
-        options = {"demote_below": 0.05, "lr": 0.05, "steps": 100, **(optimise_options or {})}
+        # small steps: Adam moves every coordinate by about lr at first, and value vectors have norms of a few units
+        options = {"demote_below": 0.05, "lr": 0.002, "steps": 100, **(optimise_options or {})}
         edit = optimise_edit(model, chosen, location.batch, location.targets, goal="demote",
                              unrelated=unrelated_batch, reason=reason, **options)
     report = UseCaseReport("remove_word", method, {"word": word}, chosen.tolist(),
@@ -435,6 +451,7 @@ def replace_word(
     max_new_tokens: int = 16,
     chat: bool = False,
     locate_method: str = "contribution",
+    specific: bool = True,
     plurals: bool = False,
     optimise_options: dict[str, Any] | None = None,
     reason: str = "",
@@ -468,7 +485,7 @@ def replace_word(
     location = None
     if neurons is None or method == "optimised":
         location = locate_word(model, processor, batch, source_word, top_k=top_k, locate_method=locate_method,
-                               generation=generation)
+                               generation=generation, contrast=unrelated_batch if specific else None)
     chosen = location.neurons if neurons is None else _given_neurons(model, neurons)
     reason = reason or f"replace {source_word!r} by {target_word!r}"
     if method == "token_shift":
@@ -482,7 +499,7 @@ def replace_word(
         promote = TargetSet(torch.where(targets.valid, torch.full_like(targets.token_ids, target_id),
                                         targets.token_ids), targets.positions, targets.valid,
                             [[target_word] * len(row) for row in targets.labels])
-        options = {"lr": 0.05, "steps": 100, **(optimise_options or {})}
+        options = {"lr": 0.002, "steps": 100, **(optimise_options or {})}
         edit = optimise_edit(model, chosen, location.batch, promote, goal="promote", unrelated=unrelated_batch,
                              reason=reason, **options)
     report = UseCaseReport("replace_word", method, {"source": source_word, "target": target_word}, chosen.tolist(),
