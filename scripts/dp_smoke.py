@@ -116,8 +116,10 @@ def main() -> None:
 
     def compare(name: str) -> dict:
         other = load_file(str(args.out / name / "scores.safetensors"))["values"].float()
-        same_neurons = (args.out / "single" / "neurons.csv").read_text().splitlines()[1:11] == \
-            (args.out / name / "neurons.csv").read_text().splitlines()[1:11]
+        def top10(run: str) -> list[list[str]]:  # (layer, index) of the 10 best; the score column is compared above
+            return [line.split(",")[1:3] for line in (args.out / run / "neurons.csv").read_text().splitlines()[1:11]]
+
+        same_neurons = top10("single") == top10(name)
         scale = single.abs().max().item()
         return {"max_abs_diff": (other - single).abs().max().item(), "max_abs_score": scale,
                 "top10_same": same_neurons}
