@@ -59,15 +59,20 @@ def _probs(model, tokenizer, prompts):
         return model(**encode_prompts(tokenizer, prompts, model=model).inputs).logits[:, -1].softmax(-1)
 
 
-def _gap_by_hand(model, tokenizer, ids):
-    return (_probs(model, tokenizer, [a for a, _ in PAIRS])[:, ids]
-            - _probs(model, tokenizer, [b for _, b in PAIRS])[:, ids])
+def _gap_by_hand(model, tokenizer, ids, within=False):
+    a, b = (_probs(model, tokenizer, [pair[i] for pair in PAIRS])[:, ids] for i in (0, 1))
+    if within:  # renormalised over the words
+        a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    return a - b
 
 
 def test_probability_gap_by_hand():
     a = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
     b = torch.log(torch.tensor([[0.125, 0.125, 0.75]]))
     torch.testing.assert_close(probability_gap(a, b, torch.tensor([0, 2])), torch.tensor([[0.375, -0.5]]))
+    # within the words: a → (2/3, 1/3), b → (1/7, 6/7)
+    torch.testing.assert_close(probability_gap(a, b, torch.tensor([0, 2]), within_words=True),
+                               torch.tensor([[2 / 3 - 1 / 7, 1 / 3 - 6 / 7]]))
 
 
 def test_gaps_and_locality_equal_a_zeroed_copy(tiny):
@@ -78,6 +83,10 @@ def test_gaps_and_locality_equal_a_zeroed_copy(tiny):
     torch.testing.assert_close(torch.tensor(report.gap_before, dtype=torch.float64), _gap_by_hand(model, tokenizer, ids))
     zeroed = _zeroed(model, neurons)
     torch.testing.assert_close(torch.tensor(report.gap_after, dtype=torch.float64), _gap_by_hand(zeroed, tokenizer, ids))
+    torch.testing.assert_close(torch.tensor(report.within_before, dtype=torch.float64),
+                               _gap_by_hand(model, tokenizer, ids, within=True))
+    torch.testing.assert_close(torch.tensor(report.within_after, dtype=torch.float64),
+                               _gap_by_hand(zeroed, tokenizer, ids, within=True))
     with torch.no_grad():
         base = model(**encode_prompts(tokenizer, UNRELATED, model=model).inputs).logits[:, -1]
         edited = zeroed(**encode_prompts(tokenizer, UNRELATED, model=model).inputs).logits[:, -1]
@@ -95,6 +104,8 @@ def test_gaps_and_locality_equal_a_zeroed_copy(tiny):
     assert summary["mean_abs_gap"]["before"] == pytest.approx(before)
     assert summary["relative_reduction"] == pytest.approx((before - after) / before)
     assert summary["mean_abs_gap"]["random_after"]["n"] == 2
+    within = float(_gap_by_hand(model, tokenizer, ids, within=True).abs().mean())
+    assert summary["within_words_mean_abs_gap"]["before"] == pytest.approx(within)
     assert report.as_dict()["meta"]["selected_by"] == "given"
 
 

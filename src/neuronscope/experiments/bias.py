@@ -1,7 +1,9 @@
 """Bias editing with CNA (Yu & Ananiadou 2024): zero the neurons whose scores differ most between paired prompts.
 
 For pairs such as ("A woman works as a", "A man works as a") and words such as occupations, the **gap** of word w
-on pair p is ``P(w | prompt_a) − P(w | prompt_b)`` (next-token probabilities at the end of each prompt). The
+on pair p is ``P(w | prompt_a) − P(w | prompt_b)`` (next-token probabilities at the end of each prompt), also
+within the words (probabilities renormalised over them: zeroing neurons that make every word unlikely shrinks the
+raw gap without making the model any fairer). The
 neurons are ranked by ``Σ_{p, w} |score_b − score_a|`` — comparative neuron analysis with a registered base score
 (LPI by default) for each word as target — and the top-k are zeroed (an intervention, at every position by default).
 The report gives the mean ``|gap|`` before and after, the same for random neurons of the same layer distribution,
@@ -35,8 +37,12 @@ from neuronscope.models.adapter import get_adapter
 from neuronscope.trace import PositionSpec, intervene, suppress
 
 
-def probability_gap(logits_a: torch.Tensor, logits_b: torch.Tensor, word_ids: torch.Tensor) -> torch.Tensor:
+def probability_gap(logits_a: torch.Tensor, logits_b: torch.Tensor, word_ids: torch.Tensor,
+                    within_words: bool = False) -> torch.Tensor:
     """Pure math: ``P(w | a) − P(w | b)`` ``[pairs, words]`` from next-token logits ``[pairs, vocab]`` each.
+
+    ``within_words``: probabilities renormalised over the words only (``softmax`` of their logits), so that a change
+    that makes every word unlikely does not pass for a fairer model.
 
     Example:
         >>> a, b = torch.log(torch.tensor([[0.5, 0.5]])), torch.log(torch.tensor([[0.2, 0.8]]))
@@ -44,6 +50,8 @@ def probability_gap(logits_a: torch.Tensor, logits_b: torch.Tensor, word_ids: to
         [[0.3, -0.30000001192092896]]
     """
     ids = torch.as_tensor(word_ids, dtype=torch.long)
+    if within_words:
+        return logits_a[:, ids].softmax(-1) - logits_b[:, ids].softmax(-1)
     return logits_a.softmax(-1)[:, ids] - logits_b.softmax(-1)[:, ids]
 
 
@@ -56,7 +64,10 @@ class BiasReport:
     neurons: list[list[int]]
     gap_before: list[list[float]]
     gap_after: list[list[float]]
+    within_before: list[list[float]] = field(default_factory=list)
+    within_after: list[list[float]] = field(default_factory=list)
     random_gap_after: list[list[list[float]]] = field(default_factory=list)
+    random_within_after: list[list[list[float]]] = field(default_factory=list)
     random_neurons: list[list[list[int]]] = field(default_factory=list)
     unrelated_kl: float | None = None
     unrelated_top1_agreement: float | None = None
@@ -69,18 +80,24 @@ class BiasReport:
         return float(torch.tensor(gaps, dtype=torch.float64).abs().mean())
 
     def summary(self) -> dict[str, Any]:
-        """Mean ``|gap|`` before / after / for random neurons, its relative reduction, and locality."""
-        before, after = self.mean_abs(self.gap_before), self.mean_abs(self.gap_after)
-        out: dict[str, Any] = {
-            "mean_abs_gap": {"before": before, "after": after},
-            "relative_reduction": (before - after) / before if before > 0 else None,
-            "unrelated_kl": self.unrelated_kl, "unrelated_top1_agreement": self.unrelated_top1_agreement,
-        }
-        if self.random_gap_after:
-            random_after = [self.mean_abs(gaps) for gaps in self.random_gap_after]
-            out["mean_abs_gap"]["random_after"] = summarise(random_after).as_dict()
-            out["random_relative_reduction"] = (
-                summarise([(before - value) / before for value in random_after]).as_dict() if before > 0 else None)
+        """Mean ``|gap|`` (raw, and within the words) before / after / for random neurons, the relative reductions,
+        and locality."""
+        out: dict[str, Any] = {"unrelated_kl": self.unrelated_kl,
+                               "unrelated_top1_agreement": self.unrelated_top1_agreement}
+        for name, before_gaps, after_gaps, random_gaps in (
+                ("", self.gap_before, self.gap_after, self.random_gap_after),
+                ("within_words_", self.within_before, self.within_after, self.random_within_after)):
+            if not before_gaps:
+                continue
+            before, after = self.mean_abs(before_gaps), self.mean_abs(after_gaps)
+            out[f"{name}mean_abs_gap"] = {"before": before, "after": after}
+            out[f"{name}relative_reduction"] = (before - after) / before if before > 0 else None
+            if random_gaps:
+                random_after = [self.mean_abs(gaps) for gaps in random_gaps]
+                out[f"{name}mean_abs_gap"]["random_after"] = summarise(random_after).as_dict()
+                out[f"{name}random_relative_reduction"] = (
+                    summarise([(before - value) / before for value in random_after]).as_dict() if before > 0
+                    else None)
         if self.random_unrelated_kl:
             out["random_unrelated_kl"] = summarise(self.random_unrelated_kl).as_dict()
             out["random_unrelated_top1_agreement"] = summarise(self.random_unrelated_top1_agreement).as_dict()
@@ -88,8 +105,9 @@ class BiasReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"pairs": [list(pair) for pair in self.pairs], "words": self.words, "neurons": self.neurons,
-                "gap_before": self.gap_before, "gap_after": self.gap_after,
-                "random_gap_after": self.random_gap_after, "random_neurons": self.random_neurons,
+                "gap_before": self.gap_before, "gap_after": self.gap_after, "within_before": self.within_before,
+                "within_after": self.within_after, "random_gap_after": self.random_gap_after,
+                "random_within_after": self.random_within_after, "random_neurons": self.random_neurons,
                 "unrelated_kl": self.unrelated_kl,
                 "unrelated_top1_agreement": self.unrelated_top1_agreement,
                 "random_unrelated_kl": self.random_unrelated_kl,
@@ -187,13 +205,15 @@ def bias_experiment(
     if len(neurons) == 0:
         raise NeuronscopeError("no neurons to zero: give neurons or a top_k of at least 1")
 
-    def gaps() -> torch.Tensor:
-        return probability_gap(last_logits(model, batch_a), last_logits(model, batch_b), word_ids)
+    def gaps() -> tuple[torch.Tensor, torch.Tensor]:
+        logits_a, logits_b = last_logits(model, batch_a), last_logits(model, batch_b)
+        return (probability_gap(logits_a, logits_b, word_ids),
+                probability_gap(logits_a, logits_b, word_ids, within_words=True))
 
     base_unrelated = None if unrelated is None else last_logits(model, unrelated)
     before = gaps()
 
-    def zeroed(chosen: torch.Tensor) -> tuple[torch.Tensor, float | None, float | None]:
+    def zeroed(chosen: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], float | None, float | None]:
         with intervene(model, suppress(chosen, positions)):
             after = gaps()
             if unrelated is None:
@@ -202,8 +222,8 @@ def bias_experiment(
         return after, float(kl_divergence(base_unrelated, edited).mean()), _top1_agreement(base_unrelated, edited)
 
     after, kl, agreement = zeroed(neurons)
-    report = BiasReport(list(pairs), list(words), neurons.tolist(), before.tolist(), after.tolist(),
-                        unrelated_kl=kl, unrelated_top1_agreement=agreement,
+    report = BiasReport(list(pairs), list(words), neurons.tolist(), before[0].tolist(), after[0].tolist(),
+                        before[1].tolist(), after[1].tolist(), unrelated_kl=kl, unrelated_top1_agreement=agreement,
                         meta={**how, "positions": positions if isinstance(positions, str) else "explicit",
                               "word_ids": word_ids.tolist(), "n_random": n_random, "seed": seed})
     if n_random > 0:
@@ -211,7 +231,8 @@ def bias_experiment(
                                     n_layers=adapter.n_layers)
         for draw in draws:
             random_after, random_kl, random_agreement = zeroed(draw)
-            report.random_gap_after.append(random_after.tolist())
+            report.random_gap_after.append(random_after[0].tolist())
+            report.random_within_after.append(random_after[1].tolist())
             report.random_neurons.append(draw.tolist())
             if random_kl is not None:
                 report.random_unrelated_kl.append(random_kl)
