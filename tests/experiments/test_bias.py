@@ -126,15 +126,19 @@ def test_selection_ranks_the_summed_absolute_difference(tiny):
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(job) for job in JOBS])
     batch_a = encode_prompts(tokenizer, [a for a, _ in PAIRS], model=model)
     batch_b = encode_prompts(tokenizer, [b for _, b in PAIRS], model=model)
-    neurons, grid = bias_neurons(model, batch_a, batch_b, ids, top_k=3, method=planted_scores)
+    neurons, grid = bias_neurons(model, batch_a, batch_b, ids, top_k=3, method=planted_scores, centre_words=False)
     # |0 − 5|·4 words = 20 > |0 + 4|·4 = 16 > 3·4 = 12
     assert neurons.tolist() == [[1, 7], [0, 3], [1, 20]]
     assert float(grid[1, 7]) == 20.0 and float(grid.sum()) == 48.0
+    # centred over the words, a difference shared by every word counts for nothing
+    _, centred = bias_neurons(model, batch_a, batch_b, ids, top_k=3, method=planted_scores)
+    assert float(centred.abs().sum()) == 0.0
     # with a real base score: Σ |contribution_b − contribution_a| over pairs and words
     neurons, _ = bias_neurons(model, batch_a, batch_b, ids, top_k=5, method="contribution")
     targets = token_targets(batch_a, ids.expand(2, -1))
     targets_b = token_targets(batch_b, ids.expand(2, -1))
     by_hand = (contribution(model, batch_b, targets_b).values - contribution(model, batch_a, targets).values)
+    by_hand = by_hand - by_hand.mean(dim=1, keepdim=True)  # [pairs, words, layers, d_ff] centred over words
     flat = by_hand.abs().sum(dim=(0, 1)).flatten().topk(5).indices
     assert neurons.tolist() == [[int(f) // D_FF, int(f) % D_FF] for f in flat]
     report = bias_experiment(model, tokenizer, PAIRS, JOBS, top_k=5, method="contribution", n_random=0)

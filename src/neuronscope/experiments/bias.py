@@ -34,6 +34,7 @@ from neuronscope.evaluate.metrics import kl_divergence, summarise
 from neuronscope.experiments.editing import last_logits
 from neuronscope.inputs import Batch
 from neuronscope.models.adapter import get_adapter
+from neuronscope.results import NeuronScores
 from neuronscope.trace import PositionSpec, intervene, suppress
 
 
@@ -125,11 +126,15 @@ def bias_neurons(
     method: str = "log_probability_increase",
     layers: Sequence[int] | None = None,
     method_options: dict[str, Any] | None = None,
+    centre_words: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CNA between paired prompts: the ``top_k`` neurons ``[k, 2]`` with the largest ``Σ |score_b − score_a|`` over
     pairs and words (each word a target at the last position), and that grid ``[n_layers, d_ff]``.
 
-    ``method`` is the base score (a registered name, or a callable with the method signature).
+    ``method`` is the base score (a registered name, or a callable with the method signature). With
+    ``centre_words`` (default) each neuron's differences are centred over the words first (``d_w − mean_w d``):
+    a neuron that moves every word alike (e.g. one that makes "an occupation comes next" likelier) does not
+    decide which occupation, and zeroing it harms unrelated prompts without touching the bias.
     """
     ids = torch.as_tensor(word_ids, dtype=torch.long)
     targets = token_targets(batch_a, ids.expand(len(batch_a), -1))
@@ -138,6 +143,9 @@ def bias_neurons(
     if layers is not None:
         options["layers"] = list(layers)
     cna = comparative(model, batch_a, targets, batch_b=batch_b, method=method, **options)
+    if centre_words:
+        differences = cna.dense()
+        cna = NeuronScores(differences - differences.mean(dim=1, keepdim=True), meta={"layers": cna.meta.get("layers")})
     grid = score_grid(cna, get_adapter(model).n_layers, absolute=True)
     neurons, _ = top_k_neurons(grid, top_k)
     return neurons, grid
@@ -162,6 +170,7 @@ def bias_experiment(
     n_random: int = 3,
     seed: int = 0,
     positions: PositionSpec = "all",
+    centre_words: bool = True,
     chat: bool = False,
 ) -> BiasReport:
     """Zero the neurons that differ most between paired prompts and measure the paired-probability gap.
@@ -176,6 +185,7 @@ def bias_experiment(
         unrelated_prompts: prompts whose next-token distributions should not move (locality).
         n_random, seed: random neuron sets with the same count per layer (never the chosen neurons).
         positions: where the neurons are zeroed (default every position).
+        centre_words: rank by differences centred over the words (see :func:`bias_neurons`).
 
     Returns:
         :class:`BiasReport`.
@@ -196,9 +206,9 @@ def bias_experiment(
     unrelated = None if unrelated_prompts is None else as_batch(processor, unrelated_prompts, model, chat)
     if neurons is None:
         neurons, _ = bias_neurons(model, batch_a, batch_b, word_ids, top_k=top_k, method=method, layers=layers,
-                                  method_options=method_options)
+                                  method_options=method_options, centre_words=centre_words)
         how = {"selected_by": "comparative", "base_method": method if isinstance(method, str) else "custom",
-               "top_k": top_k}
+               "top_k": top_k, "centre_words": centre_words}
     else:
         neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
         how = {"selected_by": "given"}
