@@ -383,6 +383,7 @@ def find_multimodal_neurons(
     rank_by: str = "sum",
     heatmaps: int = 1,
     heatmap_neurons: int = 3,
+    heatmap_concepts: int = 10,
 ) -> MultimodalNeurons:
     """Find multimodal neurons (Pan et al. 2024) for a set of images; see the module docstring for the steps.
 
@@ -408,6 +409,7 @@ def find_multimodal_neurons(
         rank_by: ``"sum"`` (default) or ``"frequency"``: how concept neurons are ranked in the files.
         heatmaps: images per concept to draw heatmaps for (default 1; 0 for none; needs ``run_dir``).
         heatmap_neurons: single top neurons drawn per heatmap image (default 3), besides the top-k means.
+        heatmap_concepts: heatmaps for the concepts with the most pairs only (default 10).
 
     Returns:
         :class:`MultimodalNeurons`.
@@ -474,7 +476,7 @@ def find_multimodal_neurons(
         if heatmaps > 0:
             draw_concept_heatmaps(model, processor, result, sources, run, images_per_concept=heatmaps,
                                   single_neurons=heatmap_neurons, prompt=prompt, assistant_prefix=assistant_prefix,
-                                  rank_by=rank_by)
+                                  rank_by=rank_by, max_concepts=heatmap_concepts)
     return result
 
 
@@ -712,11 +714,13 @@ def draw_concept_heatmaps(
     assistant_prefix: str | None = DEFAULT_CAPTION_PREFIX,
     rank_by: str = "sum",
     max_neurons: int = max(TOP_KS),
+    max_concepts: int | None = None,
 ) -> dict[str, list[HeatmapResult]]:
-    """For each concept, heatmaps of its top neurons on its first ``images_per_concept`` images."""
+    """For each concept (the ``max_concepts`` with the most pairs), heatmaps of its top neurons on its first
+    ``images_per_concept`` images."""
     out: dict[str, list[HeatmapResult]] = {}
     site = str(result.meta.get("site", "neuron"))
-    for concept in result.concepts:
+    for concept in result.concepts[:max_concepts]:
         neurons = result.concept_neurons(concept, max_neurons, rank_by)
         indices = list(dict.fromkeys(result.pairs[row]["index"] for row in result.pair_rows(concept)))
         for index in indices[:images_per_concept]:
@@ -734,7 +738,7 @@ def draw_concept_heatmaps(
 
 def _safe(text: str) -> str:
     cleaned = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text.strip())
-    return cleaned[:60] or "concept"
+    return "concept-" + cleaned[:60]  # never starts with "-" (shell-safe), never empty
 
 
 def load_results(path: str | os.PathLike[str]) -> MultimodalNeurons:
