@@ -14,7 +14,8 @@ from neuronscope.models import TEXT_SPECS, VISION_FAMILIES, supported_families
 
 COMMANDS = [["models"], ["locate"], ["explain"], ["intervene"], ["evaluate"], ["report"], ["demo"],
             ["edit", "make"], ["edit", "apply"], ["edit", "revert"], ["edit", "export"],
-            ["recipe", "multimodal"], ["recipe", "qrnca"], ["recipe", "lpi"], ["recipe", "cna"]]
+            ["recipe", "multimodal"], ["recipe", "qrnca"], ["recipe", "knowledge-neurons"], ["recipe", "lpi"],
+            ["recipe", "cna"], ["recipe", "bias"], ["recipe", "fact-editing"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -53,39 +54,48 @@ def test_report_is_rebuilt(cli, located_run, tmp_path) -> None:
     assert_user_error(cli("report", run), "metrics.json")
 
 
-def test_recipes_not_yet_available_say_so(cli, tiny_model, tmp_path) -> None:
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"prompt": "the cat"}\n')
+def test_a_missing_pipeline_says_so(cli, tmp_path, monkeypatch) -> None:
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name, *args):
+        if name.startswith("neuronscope.recipes"):
+            raise ModuleNotFoundError(f"No module named '{name}'", name=name)
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", missing)
     for recipe in ("qrnca", "lpi", "cna"):
-        try:
-            recipe_module.pipeline_function(recipe)
-        except Exception:  # noqa: BLE001 - not available: the CLI must say so clearly
-            result = cli("recipe", recipe, "-m", tiny_model, "--data", data, "--out", tmp_path / recipe)
-            assert_user_error(result, f"the '{recipe}' recipe", "not available")
-            assert not (tmp_path / recipe).exists()
+        result = cli("recipe", recipe, "--out", tmp_path / recipe)
+        assert_user_error(result, f"the '{recipe}' recipe", "not available")
+        assert not (tmp_path / recipe).exists()
 
 
-def test_recipe_passes_its_options_to_the_pipeline(cli, tiny_model, tmp_path, monkeypatch) -> None:
+def test_text_recipe_gets_the_model_and_options(cli, tiny_model, tmp_path, monkeypatch) -> None:
     seen = {}
 
-    def fake_pipeline(model, processor, data, *, run_dir, resume, overwrite, batch_size, steps=10):
-        seen.update(model_type=model.config.model_type, data=data, run_dir=run_dir, resume=resume,
-                    batch_size=batch_size, steps=steps)
-        run_dir.mkdir(parents=True)
-        (run_dir / ".neuronscope-run").write_text("{}")
+    def fake_recipe(out_dir, *, model=None, limit=None, seed=0, steps=10):
+        seen.update(model_type=model.model.config.model_type, out_dir=out_dir, limit=limit, seed=seed, steps=steps)
+        from neuronscope.report import RunDir
 
-    monkeypatch.setattr(recipe_module, "pipeline_function", lambda name: fake_pipeline)
-    data = tmp_path / "data.jsonl"
-    data.write_text('{"prompt": "the cat"}\n')
-    out = tmp_path / "lpi"
-    result = cli("recipe", "lpi", "-m", tiny_model, "--data", data, "--out", out, "--option", "steps=3",
-                 "--batch-size", 2)
+        RunDir(out_dir, overwrite=True).write_json("metrics.json", {"pcr": -0.5})
+        return {"pcr": -0.5, "per_query": [1, 2]}
+
+    monkeypatch.setattr(recipe_module, "pipeline_function", lambda name: fake_recipe)
+    out = tmp_path / "cna"
+    result = cli("recipe", "cna", "-m", tiny_model, "--out", out, "--option", "steps=3", "--limit", 2, "--seed", 4)
     assert result.exit_code == 0, result.output
-    assert seen == {"model_type": "llama", "data": data, "run_dir": out, "resume": False, "batch_size": 2,
-                    "steps": 3}
+    assert seen == {"model_type": "llama", "out_dir": out, "limit": 2, "seed": 4, "steps": 3}
+    assert "pcr: -0.5" in result.output
     assert json.loads((out / "cli_config.json").read_text())["option"] == ["steps=3"]
-    assert_user_error(cli("recipe", "lpi", "-m", tiny_model, "--data", data, "--out", tmp_path / "x", "--option",
-                          "nope=1"), "no option nope")
+    assert_user_error(cli("recipe", "cna", "--out", out), "already holds results", "--overwrite")
+    assert_user_error(cli("recipe", "cna", "-m", tiny_model, "--out", tmp_path / "x", "--option", "nope=1"),
+                      "no option nope")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "mine.txt").write_text("keep")
+    assert_user_error(cli("recipe", "cna", "--out", busy, "--overwrite"), "not a neuronscope run folder")
+    assert (busy / "mine.txt").read_text() == "keep"
 
 
 def test_demo_without_the_demo_module_says_so(cli, tmp_path, monkeypatch) -> None:

