@@ -185,6 +185,10 @@ def test_malformed_inputs_give_one_line_per_problem(cli, tiny_model, tmp_path) -
                           tmp_path / "r"), "--layers")
     assert_user_error(cli("locate", "-m", tiny_model, "--prompt", "x", "--option", "bogus=1", "--out",
                           tmp_path / "r"), "bogus")
+    assert_user_error(cli("locate", "-m", tiny_model, "--prompt", "x", "--site", "elbow", "--out", tmp_path / "r"),
+                      "--site 'elbow'")
+    assert_user_error(cli("locate", "-m", tiny_model, "--prompt", "x", "--chat", "--out", tmp_path / "r"),
+                      "no chat template")
     assert_user_error(cli("locate", "--prompt", "x", "--out", tmp_path / "r"), "--model")
     assert_user_error(cli("locate", "-m", tmp_path / "no-model", "--prompt", "x", "--out", tmp_path / "r"),
                       "not found")

@@ -41,6 +41,7 @@ from neuronscope.cli.common import (
 )
 from neuronscope.cli.prompts import PromptItem, encode, read_items, resolve_targets, target_set
 from neuronscope.errors import InputError
+from neuronscope.trace import NEURON_SITES
 
 DEFAULT_TOP_K = 20
 
@@ -264,6 +265,9 @@ def locate(
     adapter = get_adapter(loaded.model)
     layer_list = adapter.resolve_layers(layer_request)
     token_ids = resolve_targets(loaded.processor, items, adapter.vocab_size, options["leading_space"])
+    if options["site"] not in NEURON_SITES:
+        raise InputError(f"--site {options['site']!r}: use one of {', '.join(NEURON_SITES)}")
+    encode(loaded.processor, [items[0].prompt], loaded.model, options["chat"], common.model_device(loaded.model))
     with process_group() as proc:
         if proc.rank > 0:
             barrier()  # rank 0 checks and prepares the folder first
