@@ -65,7 +65,7 @@ def run_lpi_facts(
     model: Any = None,
     limit: int | None = None,
     seed: int = 0,
-    n_facts: int = 20,
+    n_facts: int = 40,
     top_ks: tuple[int, ...] = (10, 100, 300),
     top_heads: tuple[int, ...] = (1, 5),
     n_random: int = 3,
