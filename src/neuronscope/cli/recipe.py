@@ -195,6 +195,7 @@ def _text_recipe(recipe: str) -> Callable[..., None]:
         if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / ".neuronscope-run").exists():
             raise InputError(f"{out_dir} is not a neuronscope run folder; refusing to replace its files: choose a "
                              "new or empty folder")
+        common.quiet_transformers()
         loaded = common.load(options) if options.get("model") else None
         metrics = call_with(function, out_dir, model=loaded, limit=options.get("limit"), seed=options["seed"],
                             **extra)
