@@ -253,3 +253,23 @@ def test_dtype_and_device_map_options(cli, tiny_model, tmp_path) -> None:
     torch.testing.assert_close(half.values, exact.values, atol=0.05 * float(scale), rtol=0.05)
     torch.testing.assert_close(NeuronScores.load(spread / "scores").values, exact.values)
     assert_user_error(cli(*args, tmp_path / "x", "--dtype", "fp8"), "unknown dtype 'fp8'")
+
+
+def test_keep_top_stores_sparse_scores_and_selects_from_their_mean(cli, tiny_model, prompts_file, tmp_path) -> None:
+    dense_run, sparse_run = tmp_path / "dense", tmp_path / "sparse"
+    args = ["locate", "-m", tiny_model, "--prompts", prompts_file, "--batch-size", 1, "--top-k", 4, "--out"]
+    assert cli(*args, dense_run).exit_code == 0
+    result = cli(*args, sparse_run, "--keep-top", 5)
+    assert result.exit_code == 0, result.output
+    dense = NeuronScores.load(dense_run / "scores").values  # [5, 1, 2, 24]
+    sparse = NeuronScores.load(sparse_run / "scores")
+    assert sparse.sparse and sparse.values.shape == (5, 1, 5) and sparse.shape == (2, 24)
+    # By hand: keep each prompt's 5 best scores, zero elsewhere, average over prompts.
+    flat = dense.flatten(2)
+    kept = torch.zeros_like(flat).scatter(-1, flat.topk(5, dim=-1).indices, flat.topk(5, dim=-1).values)
+    torch.testing.assert_close(sparse.dense(), kept.view_as(dense))
+    mean = kept.double().mean(dim=(0, 1))
+    order = mean.topk(4).indices
+    rows = read_csv(sparse_run / "neurons.csv")
+    assert [(int(r["layer"]), int(r["index"])) for r in rows] == [(int(i) // 24, int(i) % 24) for i in order]
+    assert all(p.stat().st_size <= 1024 for p in (sparse_run / "examples").glob("*.safetensors"))

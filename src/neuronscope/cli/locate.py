@@ -95,21 +95,32 @@ def method_kwargs(function: Any, site: str, layers: list[int] | None, options: d
 
 def score_chunk(
     model: torch.nn.Module, processor: Any, method: Any, kwargs: dict[str, Any],
-    chunk: list[tuple[int, PromptItem, int | None]], chat: bool,
+    chunk: list[tuple[int, PromptItem, int | None]], chat: bool, keep_top: int | None = None,
 ) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-    """Score one batch of prompts; per prompt, its tensors ``{"scores": [1, layers, d_ff]}`` and its record."""
+    """Score one batch of prompts; per prompt, its tensors and its record.
+
+    Tensors: ``{"scores": [1, layers, d_ff]}``, or with ``keep_top`` only the ``keep_top`` best (signed) neurons:
+    ``{"values": [1, k], "indices": [1, k]}`` (flat indices ``layer_row * d_ff + i``).
+    """
     device = common.model_device(model)
     batch = encode(processor, [item.prompt for _, item, _ in chunk], model, chat, device)
     targets = target_set(model, processor, batch, [token for _, _, token in chunk],
                          [item.target for _, item, _ in chunk])
     scores = method(model, batch, targets, **kwargs)
     dense = scores.dense().detach().cpu()
+    if keep_top is not None:
+        flat = dense.flatten(2)
+        top = flat.topk(min(keep_top, flat.shape[-1]), dim=-1)
     out = []
     for row, (_index, item, _) in enumerate(chunk):
         record = {"id": item.id, "prompt": item.prompt, "target": item.target,
                   "token_id": int(targets.token_ids[row, 0]), "token": targets.labels[row][0],
                   "layers": scores.meta.get("layers")}
-        out.append(({"scores": dense[row].contiguous()}, record))
+        if keep_top is None:
+            tensors = {"scores": dense[row].contiguous()}
+        else:
+            tensors = {"values": top.values[row].contiguous(), "indices": top.indices[row].contiguous()}
+        out.append((tensors, record))
     return out
 
 
@@ -179,15 +190,24 @@ def finish(run: Any, options: dict[str, Any], items: list[PromptItem], loaded: A
     merged_tensors = run.file("merged.safetensors")
     if merged_tensors.exists():
         merged_tensors.unlink()  # scores.safetensors below holds the same values
-    values = merged.tensors["scores"]  # [N, 1, layers, d_ff]
     adapter = get_adapter(loaded.model)
     meta = {"method": options["method"], "site": options["site"], "layers": layer_list,
             "model": {**loaded.describe(), **adapter.describe()},
             "targets": [{"id": r["id"], "target": r["target"], "token_id": r["token_id"], "token": r["token"]}
                         for r in merged.records],
             "method_options": common.parse_key_values(options.get("option") or [])}
-    NeuronScores(values, meta=meta).save(run.file("scores"))
-    mean_scores = values.double().mean(dim=(0, 1))
+    grid = (len(layer_list), adapter.d_ff)
+    if "scores" in merged.tensors:
+        values = merged.tensors["scores"]  # [N, 1, layers, d_ff]
+        scores = NeuronScores(values, meta=meta)
+        mean_scores = values.double().mean(dim=(0, 1))
+    else:  # --keep-top: a neuron outside an example's top-k counts as 0 in the mean
+        values, indices = merged.tensors["values"], merged.tensors["indices"]  # [N, 1, k]
+        scores = NeuronScores(values, indices, grid, {**meta, "top_k_kept": options["keep_top"]})
+        total = torch.zeros(grid[0] * grid[1], dtype=torch.float64)
+        total.index_add_(0, indices.reshape(-1), values.reshape(-1).double())
+        mean_scores = (total / (values.shape[0] * values.shape[1])).view(grid)
+    scores.save(run.file("scores"))
     neurons, chosen = select_neurons(mean_scores, layer_list, options.get("threshold"), options.get("top_k"))
     rows = write_selection(run, loaded.model, loaded.processor, neurons, chosen, adapter.n_layers,
                            options["explain_k"])
@@ -226,6 +246,8 @@ def locate(
     option: Annotated[list[str] | None, typer.Option(
         "--option", help="Method option name=value (repeatable), e.g. --option steps=20.")] = None,
     explain_k: Annotated[int, typer.Option(min=1, help="Top tokens shown per selected neuron.")] = 10,
+    keep_top: Annotated[int | None, typer.Option(
+        min=1, help="Store only each prompt's k best neurons (sparse; for big models and datasets).")] = None,
     gguf_file: GgufOpt = None,
     dtype: DtypeOpt = "fp32",
     device_map: DeviceMapOpt = None,
@@ -287,7 +309,8 @@ def locate(
         progress = tqdm(total=len(pending), desc=f"rank {proc.rank}" if proc.world > 1 else "prompts",
                         unit="prompt", disable=not sys.stderr.isatty())
         for chunk, results in batcher.map(pending, lambda chunk: score_chunk(
-                loaded.model, loaded.processor, info.function, kwargs, chunk, options["chat"])):
+                loaded.model, loaded.processor, info.function, kwargs, chunk, options["chat"],
+                options.get("keep_top"))):
             for (index, _, _), (tensors, record) in zip(chunk, results, strict=True):
                 run.write_example(index, tensors, record)
             progress.update(len(chunk))
