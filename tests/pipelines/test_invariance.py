@@ -127,3 +127,14 @@ def test_token_matches_rules():
     assert not token_matches("dogs", ["dog"])
     assert token_matches(" gir", ["giraffe"], first_pieces=[" gir"])
     assert not token_matches("  ", ["dog"])
+
+
+def test_a_caption_holding_the_image_token_is_skipped_with_the_reason():
+    vlm = chat_vlm("llava")
+    token = vlm.model.config.image_token_id
+    caption = {"index": 0, "id": "image-0", "skipped": None, "caption": "?", "generated_ids": [5, token, 6],
+               "targets": [{"concept": "x", "token_id": 5, "step": 0}]}
+    result = MultimodalNeurons([caption], [], torch.zeros(0, 3), torch.zeros(0, 3, dtype=torch.long), 2, 64,
+                               meta={"prompt": "Describe.", "assistant_prefix": "An image of"})
+    found = region_invariance(vlm.model, vlm.processor, result, IMAGES[:1], k=3)
+    assert not found.records and "placeholder" in found.skipped[0]["reason"]

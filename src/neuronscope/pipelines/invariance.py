@@ -37,6 +37,7 @@ from neuronscope.explain.top_tokens import top_tokens
 from neuronscope.inputs import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, Batch
 from neuronscope.models.adapter import get_adapter
 from neuronscope.pipelines.multimodal import MultimodalNeurons, _encode, image_sources, to_model
+from neuronscope.vision.grid import image_token_id
 from neuronscope.vision.layout import image_layout
 from neuronscope.vision.shuffle import shuffled_image_tokens
 
@@ -235,6 +236,10 @@ def region_invariance(
         layout = image_layout(model, batch.inputs, 0, processor=processor, original_sizes=[image.size])
         if not layout.has_spatial_map:
             out.skipped.append({"index": index, "reason": layout.reason})
+            continue
+        if image_token_id(model.config) in caption["generated_ids"]:  # only untrained models say it
+            out.skipped.append({"index": index, "reason": "the caption holds the image placeholder token, so it "
+                                "cannot be fed back as text"})
             continue
         forced = to_model(teacher_forced_batch(batch, caption["generated_ids"]), model)
         target_set = TargetSet(
