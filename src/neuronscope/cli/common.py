@@ -83,6 +83,8 @@ def handle_errors(function: F) -> F:
             fail(f"{error.filename or error}: file not found; check the path")
         except IsADirectoryError as error:
             fail(f"{error.filename or error}: is a folder, expected a file")
+        except PermissionError as error:
+            fail(f"{error.filename or error}: permission denied; choose a path you can write to")
 
     return wrapper  # type: ignore[return-value]
 
