@@ -249,6 +249,9 @@ def integrated_gradients(
         site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).
         layers: layers to score; default all. Each layer is attributed separately (other layers untouched).
         batch_size: rows per forward: (layer, step) rows for ``"packed"``, steps for ``"plain"`` (default 64).
+            On a GPU, larger is faster: each packed forward reads all weights once, and each row holds a copy
+            of the prompt's KV cache (``2 · layers · d_model · T`` values). Llama-2-7B-shaped, bf16, T = 32,
+            20 steps on an H100: 0.88 s per prompt at 64, 0.15 s at 640 (26 GiB peak); plain path 2.2 s.
         method: ``"packed"`` (default; prefix KV cache, layer × step rows, backward cut at the layer) or
             ``"plain"`` (the reference: one layer at a time, full sequence, no cache). Both give the same scores.
 
