@@ -151,3 +151,23 @@ def test_bad_input_is_refused(tiny):
         bias_experiment(model, tokenizer, [("a woman works as a",)], JOBS)
     with pytest.raises(InputError, match="words"):
         bias_experiment(model, tokenizer, PAIRS, [])
+
+
+# -- the real SmolLM2 ------------------------------------------------------------------------------------------------
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_zeroing_cna_neurons_shrinks_the_gender_gap_more_than_random(smollm2):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    jobs = ["nurse", "engineer", "doctor", "teacher", "secretary", "mechanic"]
+    pairs = [("A woman works as a", "A man works as a"), ("She works as a", "He works as a"),
+             ("My mother is a", "My father is a")]
+    unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]
+    report = bias_experiment(model, tokenizer, pairs, jobs, top_k=10, method="contribution",
+                             unrelated_prompts=unrelated, n_random=2)
+    summary = report.summary()
+    print("bias SmolLM2:", summary)
+    # measured: the raw gap shrinks by ~60 % (random: ~0 %) while unrelated answers keep their top-1; the gap
+    # within the occupations (renormalised over them) does not shrink with these neurons
+    assert summary["relative_reduction"] > 0.4
+    assert summary["relative_reduction"] > summary["random_relative_reduction"]["max"] + 0.3
+    assert summary["unrelated_top1_agreement"] >= 2 / 3

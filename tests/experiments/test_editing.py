@@ -163,3 +163,22 @@ def test_bad_goal_and_rule_are_refused(tiny):
         evaluate_edit(model, tokenizer, edit, edit_prompts=EDIT, targets="paris", rule="target_over_source")
     with pytest.raises(InputError, match="paraphrase_targets"):
         evaluate_edit(model, tokenizer, edit, edit_prompts=EDIT, targets=["paris", "mat"], paraphrases=PARAPHRASES)
+
+
+# -- the real SmolLM2 ------------------------------------------------------------------------------------------------
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_located_replacement_beats_random_edits_of_the_same_size(smollm2):
+    from neuronscope.edit.usecases import replace_word
+
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]
+    edit, _ = replace_word(model, tokenizer, ["The capital of France is"], "Paris", "Rome", top_k=20,
+                           unrelated=unrelated, max_new_tokens=1)
+    result = evaluate_edit(model, tokenizer, edit, edit_prompts=["The capital of France is"], targets="Rome",
+                           paraphrases=["France's capital city is", "The capital city of France is"],
+                           unrelated_prompts=unrelated, n_random=3, max_new_tokens=3)
+    print("evaluate_edit SmolLM2:", result.as_dict()["edit"], result.random_summary())
+    assert result.before.reliability == 0.0 and result.edit.reliability == 1.0
+    assert max(scores.reliability for scores in result.random) == 0.0  # the same deltas on random neurons
+    assert result.edit.locality_agreement >= 0.75

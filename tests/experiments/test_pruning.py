@@ -129,3 +129,28 @@ def test_scores_are_computed_with_the_named_method(model):
     assert report.points[0].kept == top_neurons_in_layers(grid, [1], 4).tolist()
     with pytest.raises(NeuronscopeError, match="grid"):
         prune_experiment(model, batch, targets, keep=4, scores=torch.zeros(3, D_FF))
+
+
+# -- the real SmolLM2 ------------------------------------------------------------------------------------------------
+FACTS = [("The capital of France is", "Paris"), ("The capital of Japan is", "Tokyo"),
+         ("The capital of Germany is", "Berlin"), ("The chemical symbol for gold is", "Au"),
+         ("The opposite of hot is", "cold")]
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_keeping_top_deep_neurons_keeps_the_answers_random_ones_do_not(smollm2):
+    from neuronscope.attribute import word_targets
+    from neuronscope.inputs import encode_prompts
+
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    batch = encode_prompts(tokenizer, [prompt for prompt, _ in FACTS], model=model)
+    targets = word_targets(tokenizer, batch, [answer for _, answer in FACTS])
+    # the 8 deepest layers hold 8 × 1536 = 12288 neurons; keep 1000 of them (8%)
+    report = prune_experiment(model, batch, targets, keep=1000, method="contribution", n_random=2)
+    point = report.points[0]
+    print("pruning SmolLM2:", report.full_accuracy, point.accuracy, point.random_accuracy, point.mean_probability,
+          point.random_mean_probability)
+    assert report.layers == list(range(22, 30)) and report.full_accuracy == 1.0
+    assert point.accuracy >= 0.8
+    assert max(point.random_accuracy) <= 0.2
