@@ -42,19 +42,21 @@ def score_dtype(tensor: torch.Tensor) -> torch.dtype:
 
 
 def value_projections(
-    adapter: ModelAdapter, token_ids: torch.Tensor, layers: list[int], directions: torch.Tensor | None = None
+    adapter: ModelAdapter, token_ids: torch.Tensor, layers: list[int], directions: torch.Tensor | None = None,
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """``<w_i, u_t>`` for the given tokens: ``[layers, d_ff, m]`` in float32 (float64 for float64 models; one
     matmul per layer).
 
-    ``directions [m, d_model]`` replaces the unembedding rows (e.g. the final-norm-scaled ones).
+    ``directions [m, d_model]`` replaces the unembedding rows (e.g. the final-norm-scaled ones). The result is
+    gathered on ``device`` (default CPU).
     """
     if directions is None:
         directions = adapter.unembedding()[token_ids.to(adapter.unembedding().device)]
     out = []
     for layer in layers:
         weights = adapter.value_vectors(layer)  # [d_ff, d_model]
-        out.append((weights @ directions.to(weights.device, weights.dtype).T).to(score_dtype(weights)).cpu())
+        out.append((weights @ directions.to(weights.device, weights.dtype).T).to(score_dtype(weights)).to(device))
     return torch.stack(out)
 
 
@@ -97,26 +99,30 @@ def contribution(
     sites = [site] + (["resid_post"] if final_norm else [])
     capture_layers = sorted(set(layer_list) | ({adapter.n_layers - 1} if final_norm else set()))
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
-    with capture(model, sites=sites, layers=capture_layers, positions=positions, to="cpu") as acts:
+    # Everything stays on the device of the unembedding; only the final scores come back to the CPU.
+    device = adapter.unembedding().device
+    with capture(model, sites=sites, layers=capture_layers, positions=positions) as acts:
         model(**batch.inputs)
-    activations = torch.stack([acts.get(site, layer) for layer in layer_list], dim=2)  # [B, n, L, d_ff]
+    activations = torch.stack([acts.get(site, layer).to(device) for layer in layer_list], dim=2)  # [B, n, L, d_ff]
     activations = activations.to(score_dtype(activations))
     unique, target_index = targets.token_ids.unique(return_inverse=True)
+    target_index = target_index.to(device)
     if final_norm:
         norm = adapter.final_norm()
-        residual = acts.get("resid_post", adapter.n_layers - 1).to(activations.dtype)  # [B, n, d]
+        residual = acts.get("resid_post", adapter.n_layers - 1).to(device, activations.dtype)  # [B, n, d]
         sigma = norm.scale(residual)  # [B, n, 1]
         unembed = adapter.unembedding()
-        directions = unembed[unique.to(unembed.device)].to(activations.dtype) * norm.gain.to(
-            unembed.device, activations.dtype)
-        proj = value_projections(adapter, unique, layer_list, directions)
+        directions = unembed[unique.to(device)].to(activations.dtype) * norm.gain.to(device, activations.dtype)
+        proj = value_projections(adapter, unique, layer_list, directions, device=device)
         if norm.kind == "layer":  # <w - mean(w), g ⊙ u>: the centring is linear, so it moves onto w
-            mean_w = torch.stack([adapter.value_vectors(layer).to(activations.dtype).mean(-1).cpu()
+            mean_w = torch.stack([adapter.value_vectors(layer).to(device, activations.dtype).mean(-1)
                                   for layer in layer_list])
-            proj = proj - mean_w[:, :, None] * directions.sum(-1).cpu()[None, None, :]
+            proj = proj - mean_w[:, :, None] * directions.sum(-1)[None, None, :]
         scores = contribution_scores(activations, proj, target_index) / sigma[:, :, :, None]
     else:
-        scores = contribution_scores(activations, value_projections(adapter, unique, layer_list), target_index)
+        proj = value_projections(adapter, unique, layer_list, device=device)
+        scores = contribution_scores(activations, proj, target_index)
+    scores = scores.cpu()
     scores = scores * targets.valid[:, :, None, None]
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
             "targets": targets.describe(), "model": adapter.describe()}

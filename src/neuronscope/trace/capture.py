@@ -46,9 +46,11 @@ class Capture:
             self._chunks[key] = [buffer]
             self._filled[key] = torch.zeros(values.shape[0], slots.numel(), dtype=torch.bool)
         buffer = self._chunks[key][0]
-        mask_dev = mask.to(values.device)
-        self._chunks[key][0] = torch.where(mask_dev[..., None], values, buffer)
-        self._filled[key] |= mask.cpu()
+        if bool(mask.all()):  # the usual case: every position in this call (a plain forward)
+            self._chunks[key][0] = values
+        else:
+            self._chunks[key][0] = torch.where(mask.to(values.device)[..., None], values, buffer)
+        self._filled[key] |= mask
 
     def get(self, site: str = "neuron", layer: int | None = None) -> torch.Tensor:
         if layer is None:
@@ -122,19 +124,32 @@ def capture(
                 f"neuron index {int(neuron_index.max())} is out of range for site '{handle.site}' "
                 f"(width {handle.width})"
             )
+    # The selection depends only on the call, not on the layer: resolve it once per call (and its index
+    # tensors once per device), so that a forward costs no per-layer host work or host-to-device copies.
+    per_call: dict[tuple[int, str], tuple] = {}
+
+    def selection_on(call: CallState, device: torch.device) -> tuple:
+        key = (call.calls, str(device))
+        if key not in per_call:
+            if per_call and next(iter(per_call))[0] != call.calls:
+                per_call.clear()
+            selection = select(spec, call)
+            rows = torch.arange(call.batch, device=device)[:, None]
+            index = None if neuron_index is None else neuron_index.to(device)
+            per_call[key] = (selection, rows, selection.local.to(device), index)
+        return per_call[key]
+
     with HookSet(adapter) as hooks:
         for handle in handles:
             key = (handle.site, handle.layer)
 
             def record(tensor: torch.Tensor, call: CallState, key: tuple[str, int] = key) -> None:
-                selection = select(spec, call)
+                selection, rows, local, index = selection_on(call, tensor.device)
                 if selection.empty:
                     return None
-                values = tensor if selection.everything else tensor[
-                    torch.arange(call.batch, device=tensor.device)[:, None], selection.local.to(tensor.device)
-                ]
-                if neuron_index is not None:
-                    values = values[..., neuron_index.to(values.device)]
+                values = tensor if selection.everything else tensor[rows, local]
+                if index is not None:
+                    values = values[..., index]
                 values = values if keep_grad else values.detach().clone()
                 if to is not None:
                     values = values.to(to)
