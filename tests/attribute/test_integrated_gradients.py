@@ -188,3 +188,20 @@ def test_errors():
     with pytest.raises(NeuronscopeError, match="vision-language"):
         integrated_gradients(model, Batch({**batch.inputs, "pixel_values": torch.zeros(2, 3)}, batch.texts,
                                           batch.lengths), token_targets(batch, 5))
+
+
+def test_out_of_memory_back_off_gives_the_same_scores(monkeypatch):
+    """A (simulated) out-of-memory chunk is retried at half the size; the scores do not change."""
+    from helpers.tiny_models import random_batch, tiny_text_model
+
+    from neuronscope.attribute.targets import token_targets
+    from neuronscope.inputs import Batch
+
+    model = tiny_text_model("llama", dtype=torch.float64)
+    inputs = random_batch(batch=1, length=5)
+    batch = Batch(inputs, ["?"], torch.tensor([5]))
+    targets = token_targets(batch, 7)
+    whole = integrated_gradients(model, batch, targets, steps=6, batch_size=12).values
+    monkeypatch.setenv("NEURONSCOPE_SIMULATE_OOM_ABOVE", "5")
+    backed_off = integrated_gradients(model, batch, targets, steps=6, batch_size=12).values
+    torch.testing.assert_close(backed_off, whole, rtol=1e-12, atol=1e-14)

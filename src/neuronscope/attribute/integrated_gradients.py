@@ -50,6 +50,7 @@ from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.results import NeuronScores
+from neuronscope.scale import AdaptiveBatcher
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.positions import CallState
 from neuronscope.trace.sites import resolve_site
@@ -174,8 +175,10 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
     row_alpha = alphas.repeat(len(layers))
     grad_sums: dict[int, torch.Tensor] = {}
     activations: dict[int, torch.Tensor] = {}
-    for start in range(0, row_layer.numel(), batch_size):
-        chunk_layer, chunk_alpha = row_layer[start:start + batch_size], row_alpha[start:start + batch_size]
+
+    def run_chunk(chunk: list[int]) -> None:
+        start, stop = chunk[0], chunk[-1] + 1  # chunks are consecutive rows
+        chunk_layer, chunk_alpha = row_layer[start:stop], row_alpha[start:stop]
         rows = chunk_layer.numel()
         plan = {}
         for layer in chunk_layer.unique().tolist():
@@ -194,9 +197,17 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
         try:
             with torch.enable_grad():
                 logits = model(**kwargs).logits[:, -1]
-                _accumulate(scaler, _target_probability(logits, token), grad_sums, activations)
+                probability = _target_probability(logits, token)
+                chunk_sums: dict[int, torch.Tensor] = {}
+                _accumulate(scaler, probability, chunk_sums, activations)
         finally:
             scaler.stop()
+        for layer, grads in chunk_sums.items():  # added only once the chunk succeeded (OOM back-off retries it)
+            grad_sums[layer] = grads if layer not in grad_sums else grad_sums[layer] + grads
+
+    # On out-of-memory the chunk is retried at half the size (neuronscope.scale); results are the same.
+    for _ in AdaptiveBatcher(min(batch_size, row_layer.numel())).map(list(range(row_layer.numel())), run_chunk):
+        pass
     return torch.stack([activations[layer] * grad_sums[layer] / steps for layer in layers])
 
 
@@ -235,7 +246,7 @@ def integrated_gradients(
     grid: str = "dai",
     site: str = "neuron",
     layers: list[int] | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     method: str = "packed",
 ) -> NeuronScores:
     """Knowledge-neuron integrated gradients of every neuron of the chosen layers, for each target.
@@ -248,7 +259,8 @@ def integrated_gradients(
         grid: ``"dai"`` (``α_k = k/m``, default) or ``"linspace"`` (``linspace(0, 1, m)``); see module docstring.
         site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).
         layers: layers to score; default all. Each layer is attributed separately (other layers untouched).
-        batch_size: rows per forward: (layer, step) rows for ``"packed"``, steps for ``"plain"`` (default 64).
+        batch_size: rows per forward: (layer, step) rows for ``"packed"``, steps for ``"plain"``. Default: on a
+            GPU all ``layers × steps`` rows of a prompt at once (halved automatically on out-of-memory), on a CPU 64.
             On a GPU, larger is faster: each packed forward reads all weights once, and each row holds a copy
             of the prompt's KV cache (``2 · layers · d_model · T`` values). Llama-2-7B-shaped, bf16, T = 32,
             20 steps on an H100: 0.88 s per prompt at 64, 0.15 s at 640 (26 GiB peak); plain path 2.2 s.
@@ -272,6 +284,9 @@ def integrated_gradients(
         )
     if method not in METHODS:
         raise NeuronscopeError(f"unknown integrated_gradients method '{method}': use 'packed' or 'plain'")
+    if batch_size is None:
+        on_gpu = next(model.parameters()).device.type == "cuda"
+        batch_size = max(1, len(layers or []) or get_adapter(model).n_layers) * steps if on_gpu else 64
     if not isinstance(batch_size, int) or batch_size < 1:
         raise NeuronscopeError(f"batch_size must be a positive number of rows, got {batch_size!r}")
     _check_text_inputs(batch)
