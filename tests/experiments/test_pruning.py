@@ -152,5 +152,6 @@ def test_smollm2_keeping_top_deep_neurons_keeps_the_answers_random_ones_do_not(s
     print("pruning SmolLM2:", report.full_accuracy, point.accuracy, point.random_accuracy, point.mean_probability,
           point.random_mean_probability)
     assert report.layers == list(range(22, 30)) and report.full_accuracy == 1.0
-    assert point.accuracy >= 0.8
-    assert max(point.random_accuracy) <= 0.2
+    assert point.accuracy >= 0.8  # measured 1.0 (mean answer probability 0.997)
+    assert max(point.random_accuracy) <= 0.4  # measured 0.2 and 0.0 (mean answer probability 0.15 and 0.01)
+    assert point.mean_probability > 3 * max(point.random_mean_probability)
