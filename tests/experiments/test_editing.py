@@ -169,15 +169,19 @@ def test_bad_goal_and_rule_are_refused(tiny):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_located_replacement_beats_random_edits_of_the_same_size(smollm2):
-    from neuronscope.edit.usecases import replace_word
+    from neuronscope.attribute import word_targets
+    from neuronscope.edit.optimise import optimise_edit
+    from neuronscope.edit.usecases import as_batch, locate_word
 
     model, tokenizer = smollm2.model, smollm2.tokenizer
     unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]
-    edit, _ = replace_word(model, tokenizer, ["The capital of France is"], "Paris", "Rome", top_k=20,
-                           unrelated=unrelated, max_new_tokens=1)
-    result = evaluate_edit(model, tokenizer, edit, edit_prompts=["The capital of France is"], targets="Rome",
+    batch, others = as_batch(tokenizer, ["The capital of France is"], model), as_batch(tokenizer, unrelated, model)
+    where = locate_word(model, tokenizer, batch, "Paris", top_k=20, max_new_tokens=1, contrast=others)
+    edit = optimise_edit(model, where.neurons, batch, word_targets(tokenizer, batch, "Rome"), unrelated=others,
+                         lr=0.002)
+    result = evaluate_edit(model, tokenizer, edit, edit_prompts=batch, targets="Rome",
                            paraphrases=["France's capital city is", "The capital city of France is"],
-                           unrelated_prompts=unrelated, n_random=3, max_new_tokens=3)
+                           unrelated_prompts=others, n_random=2, max_new_tokens=3)
     print("evaluate_edit SmolLM2:", result.as_dict()["edit"], result.random_summary())
     assert result.before.reliability == 0.0 and result.edit.reliability == 1.0
     assert max(scores.reliability for scores in result.random) == 0.0  # the same deltas on random neurons
