@@ -73,14 +73,19 @@ def run_arithmetic(
     top_heads: tuple[int, ...] = (1, 3),
     top_neurons: tuple[int, ...] = (10, 50),
     n_random: int = 5,
+    head_layers: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Run experiment 4 and write its results folder; returns the metrics (see the module docstring)."""
+    """Run experiment 4 and write its results folder; returns the metrics (see the module docstring).
+
+    ``head_layers`` restricts the head search to these layers (default all; a quick run searches fewer).
+    """
     watch = Stopwatch()
     loaded = model or default_model()
     lm, tokenizer = loaded.model, loaded.tokenizer
     adapter = get_adapter(lm)
     config = {"experiment": "arithmetic_heads_cna", "model": model_name(loaded), "seed": seed, "prefix": prefix,
               "top_heads": list(top_heads), "top_neurons": list(top_neurons), "n_random": n_random,
+              "head_layers": head_layers or "all",
               "head_ablation": "zero the head's o_proj input slice at the last position",
               "cna_base": "LPI over the ten digit tokens", "selection": "dev half; effects on the test half"}
     run = open_run(out_dir, config)
@@ -111,7 +116,7 @@ def run_arithmetic(
     with watch("head_ablation"):
         base_acc, base_p = _accuracy(dev_scorer, dev_rows, [])
         head_rows = []
-        for layer in range(adapter.n_layers):
+        for layer in adapter.resolve_layers(head_layers):
             for head in range(adapter.n_heads):
                 acc, p = _accuracy(dev_scorer, dev_rows, ablate_heads(lm, [(layer, head)], positions="last"))
                 head_rows.append({"layer": layer, "head": head, "dev_accuracy": acc, "dev_probability": p,
