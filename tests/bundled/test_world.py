@@ -63,9 +63,14 @@ def test_vqa_answers_agree_with_the_scene():
     for example in world.vqa_dataset(300, seed=2, split="test"):
         scene, question, answer = example.scene, example.question, example.answer
         if question.startswith("What colour is the "):
-            assert scene.object_with_shape(question.removeprefix("What colour is the ").rstrip("?")).colour == answer
+            assert (
+                scene.object_with_shape(question.removeprefix("What colour is the ").rstrip("?")).colour
+                == answer
+            )
         elif question.startswith("What shape is "):
-            assert scene.object_with_colour(question.removeprefix("What shape is ").rstrip("?")).shape == answer
+            assert (
+                scene.object_with_colour(question.removeprefix("What shape is ").rstrip("?")).shape == answer
+            )
         elif question.startswith("How many"):
             assert answer == ["zero", "one", "two"][len(scene.objects)]
         elif question.startswith("Is there a "):

@@ -1,24 +1,32 @@
-"""Train the bundled shapes vision-language model from scratch, deterministically, on a laptop CPU.
+"""Train the bundled shapes vision-language model from scratch, deterministically (CPU or one GPU).
 
 The model is a stock Hugging Face ``LlavaForConditionalGeneration``: a 2-layer CLIP vision tower (64 x 64 px,
 8 px patches, an 8 x 8 grid of image tokens), LLaVA's two-layer projector and a 4-layer Llama language model,
 with a real ``LlavaProcessor`` (``CLIPImageProcessorPil``, which needs no torchvision, and a word-level
-``PreTrainedTokenizerFast`` with a chat template). It learns, all at once, from batches drawn fresh every step:
+``PreTrainedTokenizerFast`` with a chat template). Training has three stages, with batches drawn fresh every step:
 
-- captions (``USER: <image>\\nDescribe the image in few words.\\nASSISTANT: An image of a red circle and ...``),
-- visual questions (``What colour is the circle?`` -> ``red``),
-- cloze facts (``The capital of Zorbia is`` -> ``Mirel``), MCQA prompts (-> answer letter) and sums (``3+5=`` -> ``8``).
+1. vision: the CLIP tower alone learns per-patch shape and colour labels through a throwaway linear head
+   (standing in for the pretrained CLIP that a real LLaVA starts from);
+2. text: the Llama alone learns cloze facts (``The capital of Zorbia is`` -> ``Mirel``), MCQA prompts
+   (-> answer letter), option matching (``Which option is yellow?`` -> letter) and sums (``3+5=`` -> ``8``);
+3. joint: everything, with image batches of captions
+   (``USER: <image>\nDescribe the image in few words.\nASSISTANT: An image of a red circle and ...``) and visual
+   questions (``What colour is the circle?`` -> ``red``) next to text batches.
 
 Only answer tokens (the assistant turn, or what follows a text prompt) count in the loss.
 
-Command (what made the shipped weights)::
+Command that made the shipped weights (one H100, torch 2.11, deterministic algorithms; see MODEL_CARD.md)::
 
-    python -m neuronscope.bundled.train --out src/neuronscope/bundled/shapes_vlm
+    python -m neuronscope.bundled.train --out src/neuronscope/bundled/shapes_vlm --device cuda
 
-Example (a 3-step smoke run)::
+The same command without ``--device cuda`` trains on the CPU with 2 threads (about 13 minutes on 2 uncontended
+cores; numerically not bit-identical to the GPU run).
+
+Example (a smoke run of a few steps)::
 
     >>> from neuronscope.bundled.train import TrainConfig, train  # doctest: +SKIP
-    >>> summary = train(TrainConfig(steps=3), "/tmp/shapes_vlm_smoke")  # doctest: +SKIP
+    >>> config = TrainConfig(steps=3, vision_pretrain_steps=3, text_pretrain_steps=3)  # doctest: +SKIP
+    >>> summary = train(config, "/tmp/shapes_vlm_smoke")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -571,11 +579,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_pretrain_steps)
+    parser.add_argument("--text-steps", type=int, default=TrainConfig.text_pretrain_steps)
+    parser.add_argument("--text-mix", type=float, nargs=4, default=list(TrainConfig.text_mix),
+                        metavar=("CLOZE", "MCQA", "MATCH", "SUMS"), help="shares of the text tasks")  # fmt: skip
     parser.add_argument("--device", default=TrainConfig.device, help='"cpu" (default) or "cuda"')
     parser.add_argument("--eval-images", type=int, default=200, help="held-out images to score (0: skip)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config = TrainConfig(steps=args.steps, threads=args.threads, seed=args.seed, device=args.device)
+    config = TrainConfig(
+        steps=args.steps,
+        threads=args.threads,
+        seed=args.seed,
+        device=args.device,
+        vision_pretrain_steps=args.vision_steps,
+        text_pretrain_steps=args.text_steps,
+        text_mix=tuple(args.text_mix),
+    )
     summary = train(config, args.out)
     if args.eval_images > 0:
         from transformers import AutoProcessor, LlavaForConditionalGeneration

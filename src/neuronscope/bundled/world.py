@@ -371,7 +371,7 @@ DOMAINS: tuple[str, ...] = ("colours", "shapes", "arithmetic", "geography", "ani
 
 
 def facts_dataset(domain: str | None = None) -> list[Fact]:
-    """All facts (about 125), or those of one ``domain`` from ``DOMAINS``; the model was trained on all of them.
+    """All 97 facts, or those of one ``domain`` from ``DOMAINS``; the model was trained on all of them.
 
     Example:
         >>> next(f for f in facts_dataset("geography") if f.subject == "Zorbia").answer
