@@ -318,7 +318,9 @@ def test_smollm2_suppress_located_concept(smollm2):
     edit, report = suppress_concept(model, where.neurons, processor=tokenizer, prompts=batch, words=["Paris"],
                                     unrelated=OTHER_FACTS[:2], max_new_tokens=4)
     print("suppress_concept SmolLM2:", report.rates, report.unrelated_agreement, report.answers)
-    assert report.rates["Paris"]["before"] == 1.0
+    assert report.rates["Paris"] == {"before": 1.0, "after": 0.0}
+    # measured: erasing 50 neurons located without contrast also changes the other answers (agreement 0.0):
+    # remove_word's contrast + optimised edit is the local way
     assert report.unrelated_agreement is not None
     snapshot = {name: p.clone() for name, p in model.state_dict().items() if "down_proj" in name}
     with edit.applied(model):
