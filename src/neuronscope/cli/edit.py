@@ -304,3 +304,7 @@ def export(
 
 for _command in (make, apply, revert, export):
     app.command(_command.__name__)(common.handle_errors(_command))
+
+from neuronscope.cli import usecases as _usecases  # noqa: E402  (the use cases live in their own module)
+
+_usecases.register(app)
