@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from helpers.tiny_models import random_batch, tiny_text_model
 
 import neuronscope as ns
+from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute.contribution import contribution
 from neuronscope.inputs import Batch
 

@@ -109,7 +109,7 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
         neurons = located.concept_neurons(concept, 3)
         explained = top_tokens(model, neurons, processor, k=5)
         shown = []
-        for (layer, index), tokens in zip(neurons.tolist(), explained.tokens):
+        for (layer, index), tokens in zip(neurons.tolist(), explained.tokens, strict=True):
             token_table[f"{layer}:{index}"] = [t.strip() for t in tokens]
             top_rows.append({"concept": concept, "layer": layer, "neuron": index,
                              "top tokens": " ".join(t.strip() for t in tokens)})

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
 
+from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
 from neuronscope.attribute import get_method, token_targets
 from neuronscope.attribute.contribution import contribution
 from neuronscope.attribute.targets import TargetSet

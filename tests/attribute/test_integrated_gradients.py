@@ -193,7 +193,6 @@ def test_errors():
 def test_out_of_memory_back_off_gives_the_same_scores(monkeypatch):
     """A (simulated) out-of-memory chunk is retried at half the size; the scores do not change."""
     from helpers.tiny_models import random_batch, tiny_text_model
-
     from neuronscope.attribute.targets import token_targets
     from neuronscope.inputs import Batch
 

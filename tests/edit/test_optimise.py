@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny_models import random_batch, tiny_text_model
 
+from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute import token_targets
 from neuronscope.edit.optimise import _add_delta_hooks, optimise_edit
 from neuronscope.errors import NeuronscopeError

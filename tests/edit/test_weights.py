@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.tiny_models import random_batch, tiny_text_model
 
+from helpers.tiny_models import random_batch, tiny_text_model
+from neuronscope.edit.weights import ValueVectorEdit, export_edited
 from neuronscope.errors import EditMismatchError, NeuronscopeError
 from neuronscope.models import get_adapter, load_model
-from neuronscope.edit.weights import ValueVectorEdit, export_edited
 
 NEURONS = torch.tensor([[0, 1], [1, 4], [1, 7]])
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from helpers.tiny_models import tiny_text_model
 
+from helpers.tiny_models import tiny_text_model
 from neuronscope.explain import top_tokens
 from neuronscope.models import get_adapter
 

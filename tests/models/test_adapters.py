@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
 from helpers.tiny_vlms import FAMILIES as VLM_FAMILIES
 from helpers.tiny_vlms import build_tiny_vlm, gradient_image
-
 from neuronscope.errors import UnsupportedModelError
 from neuronscope.models import ModelAdapter, get_adapter, supported_families
 from neuronscope.trace import capture

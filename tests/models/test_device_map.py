@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from helpers.tiny_models import random_batch, tiny_text_model
 
+from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.models import load_model
 from neuronscope.trace import capture, intervene, suppress
 
@@ -25,5 +25,5 @@ def test_split_model_captures_the_same_values(tmp_path):
         with torch.no_grad(), intervene(m, suppress(neurons)):
             suppressed = m(**batch).logits
         results.append((acts.stack("neuron"), acts.stack("resid_post"), logits, suppressed))
-    for ours, theirs in zip(*results):
+    for ours, theirs in zip(*results, strict=True):
         torch.testing.assert_close(ours, theirs)

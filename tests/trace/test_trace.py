@@ -6,8 +6,8 @@ import gc
 
 import pytest
 import torch
-from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
 
+from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
 from neuronscope.errors import NeuronscopeError, PositionError, SiteError
 from neuronscope.models import get_adapter
 from neuronscope.trace import Intervention, capture, intervene, suppress

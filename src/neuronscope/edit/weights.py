@@ -179,10 +179,10 @@ class ValueVectorEdit:
         adapter = self.check(model)
         originals = []
         with torch.no_grad():
-            for (layer, index), delta in zip(self.neurons.tolist(), self.deltas):
+            for layer, index in self.neurons.tolist():
                 vectors = adapter.value_vectors(layer)
                 originals.append(vectors[index].detach().clone())
-            for (layer, index), delta, original in zip(self.neurons.tolist(), self.deltas, originals):
+            for (layer, index), delta, original in zip(self.neurons.tolist(), self.deltas, originals, strict=True):
                 vectors = adapter.value_vectors(layer)
                 new = original.float() + delta.to(original.device)
                 vectors[index].copy_(new.to(vectors.dtype))
@@ -240,7 +240,7 @@ class AppliedEdit:
         if self.reverted:
             return
         with torch.no_grad():
-            for (layer, index), original in zip(self.neurons.tolist(), self.originals):
+            for (layer, index), original in zip(self.neurons.tolist(), self.originals, strict=True):
                 self.adapter.value_vectors(layer)[index].copy_(original)
         self.reverted = True
 

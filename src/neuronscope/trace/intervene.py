@@ -102,7 +102,7 @@ def install(hooks: HookSet, adapter: ModelAdapter, interventions: Sequence[Inter
             indices.append(index)
 
         def change(tensor: torch.Tensor, call: CallState, items=items, indices=indices) -> torch.Tensor:
-            for item, index in zip(items, indices):
+            for item, index in zip(items, indices, strict=True):
                 tensor = _apply(tensor, item, index, call)
             return tensor
 
