@@ -191,6 +191,9 @@ def test_heatmap_values_are_the_neurons_activations_at_the_image_tokens(tmp_path
             assert written.format == "PNG" and written.size == image.size
     mask = result.masks["top1.L1N5"]
     assert 0 < mask.float().mean() <= 0.06  # above the 95th percentile
+    absolute = neuron_heatmaps(model, processor, image, neurons, single_neurons=0, ks=(3,), absolute=True)
+    torch.testing.assert_close(absolute.heat["mean_top3"], image_heatmap(acts.abs().mean(1), layout, 0, image.size),
+                               equal_nan=True)
 
 
 def test_a_model_without_a_spatial_map_says_so(tmp_path):

@@ -384,6 +384,7 @@ def find_multimodal_neurons(
     heatmaps: int = 1,
     heatmap_neurons: int = 3,
     heatmap_concepts: int = 10,
+    heatmap_absolute: bool = False,
 ) -> MultimodalNeurons:
     """Find multimodal neurons (Pan et al. 2024) for a set of images; see the module docstring for the steps.
 
@@ -410,6 +411,7 @@ def find_multimodal_neurons(
         heatmaps: images per concept to draw heatmaps for (default 1; 0 for none; needs ``run_dir``).
         heatmap_neurons: single top neurons drawn per heatmap image (default 3), besides the top-k means.
         heatmap_concepts: heatmaps for the concepts with the most pairs only (default 10).
+        heatmap_absolute: draw ``|activation|`` (see :func:`neuron_heatmaps`; default False: signed, as the paper).
 
     Returns:
         :class:`MultimodalNeurons`.
@@ -476,7 +478,7 @@ def find_multimodal_neurons(
         if heatmaps > 0:
             draw_concept_heatmaps(model, processor, result, sources, run, images_per_concept=heatmaps,
                                   single_neurons=heatmap_neurons, prompt=prompt, assistant_prefix=assistant_prefix,
-                                  rank_by=rank_by, max_concepts=heatmap_concepts)
+                                  rank_by=rank_by, max_concepts=heatmap_concepts, absolute=heatmap_absolute)
     return result
 
 
@@ -659,6 +661,7 @@ def neuron_heatmaps(
     prompt: str = DEFAULT_CAPTION_PROMPT,
     assistant_prefix: str | None = DEFAULT_CAPTION_PREFIX,
     site: str = "neuron",
+    absolute: bool = False,
 ) -> HeatmapResult:
     """Heatmaps of ranked neurons over an image: the top ``single_neurons`` one by one, and the mean of the top-k
     for each ``k`` in ``ks`` (those not larger than the number of neurons).
@@ -669,6 +672,8 @@ def neuron_heatmaps(
 
     Args:
         neurons: ``[m, 2]`` (layer, index) ranked best first.
+        absolute: draw ``|activation|`` instead of the signed activation (default False, as Pan et al.): gated
+            FFNs' activations are signed, and a neuron may mark the object by a strongly negative value.
 
     Example:
         >>> maps = neuron_heatmaps(model, processor, image, result.concept_neurons("dog", 1000), out=run)  # doctest: +SKIP
@@ -678,6 +683,7 @@ def neuron_heatmaps(
         raise InputError("no neurons to draw: pass at least one (layer, index) row")
     layout, acts = image_token_activations(model, processor, image, neurons, prompt=prompt,
                                            assistant_prefix=assistant_prefix, site=site)
+    acts = acts.abs() if absolute else acts
     if not layout.has_spatial_map:
         reason = f"no heatmap for model type {layout.family!r}: {layout.reason}"
         if out is not None:
@@ -715,6 +721,7 @@ def draw_concept_heatmaps(
     rank_by: str = "sum",
     max_neurons: int = max(TOP_KS),
     max_concepts: int | None = None,
+    absolute: bool = False,
 ) -> dict[str, list[HeatmapResult]]:
     """For each concept (the ``max_concepts`` with the most pairs), heatmaps of its top neurons on its first
     ``images_per_concept`` images."""
@@ -731,7 +738,7 @@ def draw_concept_heatmaps(
             name = f"{_safe(concept)}.image{index}"
             drawn = neuron_heatmaps(model, processor, image, neurons, out=run, name=name,
                                     single_neurons=single_neurons, prompt=prompt,
-                                    assistant_prefix=assistant_prefix, site=site)
+                                    assistant_prefix=assistant_prefix, site=site, absolute=absolute)
             out.setdefault(concept, []).append(drawn)
     return out
 
