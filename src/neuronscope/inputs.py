@@ -23,6 +23,20 @@ def _tokenizer(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
+def _render_chat(templater: Any, messages: list[dict[str, Any]], assistant_prefix: str | None,
+                 content: Any = None) -> str:
+    """The chat template's text with the generation prompt, and the assistant's answer started with
+    ``assistant_prefix`` through ``continue_final_message`` (so the template decides the spacing)."""
+    if not assistant_prefix:
+        return templater.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    answer = [{"type": "text", "text": assistant_prefix}] if content == "parts" else assistant_prefix
+    try:
+        return templater.apply_chat_template(messages + [{"role": "assistant", "content": answer}], tokenize=False,
+                                             continue_final_message=True)
+    except (ValueError, TypeError):  # templates that cannot continue a message: append the prefix to the prompt
+        return templater.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + assistant_prefix
+
+
 @dataclass
 class Batch:
     """A left-padded batch ready for the model.
@@ -126,8 +140,7 @@ def encode_prompts(
             messages = ([{"role": "system", "content": system}] if system else []) + [
                 {"role": "user", "content": prompt}
             ]
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            texts.append(text + (assistant_prefix or ""))
+            texts.append(_render_chat(tokenizer, messages, assistant_prefix))
         add_special_tokens = False if add_special_tokens is None else add_special_tokens
     else:
         texts = prompts
@@ -178,8 +191,7 @@ def encode_images(
         texts = []
         for prompt in prompts:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-            text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            texts.append(text + (assistant_prefix or ""))
+            texts.append(_render_chat(processor, messages, assistant_prefix, content="parts"))
     else:
         texts = [prompt + (assistant_prefix or "") for prompt in prompts]
     tokenizer = _tokenizer(processor)
