@@ -1,0 +1,29 @@
+"""The demo, short version (CI): runs end to end on the bundled model, writes its report, and the located neurons'
+edit removes the colour where the same edit of random neurons does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from neuronscope.bundled import SHAPES_VLM_PATH
+
+
+@pytest.mark.integration
+def test_quick_demo(tmp_path):
+    if not (SHAPES_VLM_PATH / "model.safetensors").is_file():
+        pytest.skip("bundled model missing")
+    from neuronscope.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", quick=True)
+    metrics = json.loads((out / "metrics.json").read_text())
+    concept = metrics["concept"]
+    located = next(v for k, v in metrics.items() if k.startswith("edit to") and "located" in k)
+    random = next(v for k, v in metrics.items() if k.startswith("edit to") and "random" in k)
+    assert metrics[f"'{concept}' rate in their captions, before"] > 0.8
+    assert located < random - 0.5, metrics
+    assert metrics["edit: other words, mean absolute change in rate (specificity)"] < 0.2
+    report = (out / "report.html").read_text()
+    assert "data:image/png;base64" in report and "http://" not in report and "https://" not in report
+    assert (out / "edit.safetensors").is_file() and any((out / "heatmaps").glob("*.png"))
