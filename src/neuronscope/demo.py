@@ -67,7 +67,8 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
         out_dir: the output folder (an earlier demo folder there is replaced; any other non-empty folder is refused).
         quick: fewer images and random draws (CI's short version).
         n_images: held-out images to caption (default 24, quick 8).
-        suppress_concept: the colour to suppress (default: the colour seen in most images).
+        suppress_concept: the colour whose neurons are suppressed and edited in detail (default "red"); every
+            colour's edit is also measured, in the metrics' "edit, every colour" table.
         n_neurons: how many of the concept's top neurons to suppress and to edit (default 10).
         n_random: random neuron sets for the baseline (default 3, quick 1).
         seed: seed of the held-out images and random draws.
@@ -128,7 +129,7 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
     _say(f"      {len(heatmaps)} heatmaps in {out / 'locate' / 'heatmaps'}")
 
     colours_in = [{obj.colour for obj in scene.objects} for scene in scenes]
-    concept = suppress_concept or max(COLOURS, key=lambda c: sum(c in cs for cs in colours_in))
+    concept = suppress_concept or "red"
     replacement = next(c for c in COLOURS if c not in (concept, "white"))
     with_concept = [i for i, cs in enumerate(colours_in) if concept in cs]
     neurons = located.concept_neurons(concept, n_neurons)
@@ -194,6 +195,26 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
     rows = [{"id": i, "image": f"images/image_{i:02d}.png", "before": captions[i], "after": edited[i],
              "suppressed": suppressed[i], "after random edit": random_edited[0][i]} for i in range(n_images)]
     run.write_json("captions.json", rows)
+    every = {}
+    for colour in COLOURS:  # the same edit for every colour (towards the next one), located vs one random set
+        images_with = [i for i, cs in enumerate(colours_in) if colour in cs]
+        if not images_with or colour not in located.concepts:
+            continue
+        new = COLOURS[(COLOURS.index(colour) + 1) % len(COLOURS)]
+        chosen = located.concept_neurons(colour, n_neurons)
+        draw = random_neurons_like(chosen, adapter.d_ff, n_draws=1, seed=seed, exclude_given=True)[0]
+        row = {"images": len(images_with), "before": concept_rate([captions[i] for i in images_with], colour)}
+        for name, which in (("located", chosen), ("random", draw)):
+            shift = ValueVectorEdit.token_shift(model, which, word_token(processor, colour), word_token(processor, new),
+                                                strength=1.0)
+            with shift.applied(model):
+                texts = caption_images(model, processor, [images[i] for i in images_with])
+            row[f"after edit ({name} neurons)"] = concept_rate(texts, colour)
+        every[f"{colour} -> {new}"] = {key: round(value, 3) for key, value in row.items()}
+    metrics["edit, every colour: rate of the colour in its images' captions"] = every
+    _say("      every colour, the same edit: " + "; ".join(
+        f"{pair} {row['before']:.0%}->{row['after edit (located neurons)']:.0%} "
+        f"(random {row['after edit (random neurons)']:.0%})" for pair, row in every.items()))
     for i in with_concept[:3]:
         _say(f"      image {i}: '{captions[i]}'  ->  edited: '{edited[i]}'")
 
