@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import chat_vlm
+from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.models import get_adapter
 from neuronscope.pipelines.invariance import (

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import chat_vlm
+from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.attribute.contribution import contribution
 from neuronscope.attribute.targets import TargetSet

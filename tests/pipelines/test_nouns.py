@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from conftest import metaspace_tokenizer
+from helpers.pipeline_vlms import metaspace_tokenizer
 from neuronscope.pipelines.nouns import (
     TaggedWord,
     TaggerUnavailable,

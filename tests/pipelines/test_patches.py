@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import chat_vlm
+from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.inputs import encode_images
 from neuronscope.models import get_adapter

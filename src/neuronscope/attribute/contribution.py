@@ -60,6 +60,41 @@ def value_projections(
     return torch.stack(out)
 
 
+def scores_from_activations(
+    adapter: ModelAdapter,
+    activations: torch.Tensor,
+    token_ids: torch.Tensor,
+    layers: list[int],
+    final_residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Contribution scores from captured activations, on their device: ``[..., n, layers, d_ff]``.
+
+    Args:
+        adapter: the model's adapter.
+        activations: ``[..., n, layers, d_ff]`` the neuron site at each target's producing position.
+        token_ids: ``[..., n]`` the target tokens.
+        layers: the layers of ``activations``' layer axis.
+        final_residual: ``[..., n, d_model]`` the last layer's output at those positions; when given, scores are
+            scaled by the final norm frozen there (``<w_i, g ⊙ u_t> / σ``, LayerNorm's centring included).
+    """
+    device = activations.device
+    activations = activations.to(score_dtype(activations))
+    unique, target_index = token_ids.unique(return_inverse=True)
+    target_index = target_index.to(device)
+    if final_residual is None:
+        return contribution_scores(activations, value_projections(adapter, unique, layers, device=device),
+                                   target_index)
+    norm = adapter.final_norm()
+    sigma = norm.scale(final_residual.to(device, activations.dtype))  # [..., n, 1]
+    directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, activations.dtype)
+    directions = directions * norm.gain.to(device, activations.dtype)
+    proj = value_projections(adapter, unique, layers, directions, device=device)
+    if norm.kind == "layer":  # <w - mean(w), g ⊙ u>: the centring is linear, so it moves onto w
+        mean_w = torch.stack([adapter.value_vectors(layer).to(device, activations.dtype).mean(-1) for layer in layers])
+        proj = proj - mean_w[:, :, None] * directions.sum(-1)[None, None, :]
+    return contribution_scores(activations, proj, target_index) / sigma[..., None]
+
+
 @register("contribution", "a·<w_i, u_t>: gradient-free logit contribution", "Pan et al. 2024 (multimodal neurons)")
 @torch.no_grad()
 def contribution(
@@ -104,24 +139,8 @@ def contribution(
     with capture(model, sites=sites, layers=capture_layers, positions=positions) as acts:
         model(**batch.inputs)
     activations = torch.stack([acts.get(site, layer).to(device) for layer in layer_list], dim=2)  # [B, n, L, d_ff]
-    activations = activations.to(score_dtype(activations))
-    unique, target_index = targets.token_ids.unique(return_inverse=True)
-    target_index = target_index.to(device)
-    if final_norm:
-        norm = adapter.final_norm()
-        residual = acts.get("resid_post", adapter.n_layers - 1).to(device, activations.dtype)  # [B, n, d]
-        sigma = norm.scale(residual)  # [B, n, 1]
-        unembed = adapter.unembedding()
-        directions = unembed[unique.to(device)].to(activations.dtype) * norm.gain.to(device, activations.dtype)
-        proj = value_projections(adapter, unique, layer_list, directions, device=device)
-        if norm.kind == "layer":  # <w - mean(w), g ⊙ u>: the centring is linear, so it moves onto w
-            mean_w = torch.stack([adapter.value_vectors(layer).to(device, activations.dtype).mean(-1)
-                                  for layer in layer_list])
-            proj = proj - mean_w[:, :, None] * directions.sum(-1)[None, None, :]
-        scores = contribution_scores(activations, proj, target_index) / sigma[:, :, :, None]
-    else:
-        proj = value_projections(adapter, unique, layer_list, device=device)
-        scores = contribution_scores(activations, proj, target_index)
+    residual = acts.get("resid_post", adapter.n_layers - 1) if final_norm else None  # [B, n, d]
+    scores = scores_from_activations(adapter, activations, targets.token_ids, layer_list, final_residual=residual)
     scores = scores.cpu()
     scores = scores * targets.valid[:, :, None, None]
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,

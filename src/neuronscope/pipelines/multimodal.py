@@ -47,7 +47,7 @@ from PIL import Image
 from torch import nn
 
 from neuronscope.aggregate.select import SparseTopK, flat_to_neurons, sparse_top_k
-from neuronscope.attribute.contribution import CONTRIBUTION_SITES, contribution_scores, value_projections
+from neuronscope.attribute.contribution import CONTRIBUTION_SITES, scores_from_activations
 from neuronscope.data.images import ImageDataset, ImageRecord, load_image
 from neuronscope.errors import InputError
 from neuronscope.inputs import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, Batch, encode_images, generate
@@ -237,25 +237,8 @@ def pair_scores(
         final_residual: ``[n, d_model]`` the last layer's output at those positions; when given, scores are
             scaled by the final norm frozen there (``<w_i, g ⊙ u_t> / σ``, LayerNorm's centring included).
     """
-    layers = list(range(adapter.n_layers))
-    dtype = torch.float64 if activations.dtype == torch.float64 else torch.float32
-    device = activations.device
-    activations = activations.to(dtype)
-    unique, target_index = token_ids.unique(return_inverse=True)
-    target_index = target_index.to(device)
-    if final_residual is None:
-        projections = value_projections(adapter, unique, layers).to(device)
-        return contribution_scores(activations[:, None], projections, target_index[:, None])[:, 0]
-    norm = adapter.final_norm()
-    sigma = norm.scale(final_residual.to(dtype)).to(device)  # [n, 1]
-    unembed = adapter.unembedding()
-    directions = unembed[unique.to(unembed.device)].to(dtype) * norm.gain.to(unembed.device, dtype)
-    projections = value_projections(adapter, unique, layers, directions)
-    if norm.kind == "layer":  # the centring is linear: it moves onto w_i
-        mean_w = torch.stack([adapter.value_vectors(layer).to(dtype).mean(-1).cpu() for layer in layers])
-        projections = projections - mean_w[:, :, None] * directions.sum(-1).cpu()[None, None, :]
-    scores = contribution_scores(activations[:, None], projections.to(device), target_index[:, None])[:, 0]
-    return scores / sigma[:, :, None]
+    return scores_from_activations(adapter, activations, token_ids, list(range(adapter.n_layers)),
+                                   final_residual=final_residual)
 
 
 @dataclass
