@@ -77,7 +77,7 @@ def test_suppressing_a_colours_neurons_removes_it_from_captions_more_than_random
     print(f"caption drop, top {N_CAPTION} vs random: {figures}")
     for colour, (_, rate_before, drop, random_drops) in figures.items():
         assert rate_before > 0.9, colour
-        assert drop >= 0.2 and drop > max(random_drops), (colour, drop, random_drops)
+        assert drop >= 0.2 - 1e-9 and drop > max(random_drops), (colour, drop, random_drops)  # 3/15 = 0.2 in floats
 
 
 @torch.no_grad()

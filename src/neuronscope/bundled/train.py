@@ -71,7 +71,7 @@ class TrainConfig:
     """Sizes, schedule and seed of a training run (the defaults made the shipped model)."""
 
     seed: int = 0
-    steps: int = 1500  # stage 3 (joint)
+    steps: int = 1000  # stage 3 (joint)
     image_batch: int = 24
     text_batch: int = 32
     lr: float = 1e-3
@@ -85,11 +85,11 @@ class TrainConfig:
     vision_layers: int = 2
     vision_intermediate: int = 512
     caption_fraction: float = 0.6  # of image examples; the rest are VQA
-    vision_pretrain_steps: int = 800  # stage 1: vision tower alone on per-patch shape/colour labels
+    vision_pretrain_steps: int = 1000  # stage 1: vision tower alone on per-patch shape/colour labels
     vision_pretrain_batch: int = 64
     text_pretrain_steps: int = 600  # stage 2: language model alone on the text tasks
     text_pretrain_batch: int = 64
-    text_mix: tuple[float, float, float, float] = (0.15, 0.4, 0.3, 0.15)  # cloze, MCQA, option match, sums
+    text_mix: tuple[float, float, float, float] = (0.2, 0.45, 0.15, 0.2)  # cloze, MCQA, option match, sums
     threads: int = 2
     device: str = "cpu"
 
