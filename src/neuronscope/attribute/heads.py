@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,29 +41,12 @@ import torch
 from torch import nn
 
 from neuronscope.errors import NeuronscopeError, UnsupportedModelError
-from neuronscope.models.adapter import FinalNorm, ModelAdapter
+from neuronscope.models.adapter import FinalNorm, ModelAdapter, norm_affine
 
 _INPUT_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm")
 
 
 # -- norms -------------------------------------------------------------------------------------------------------
-def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
-    """Any RMSNorm- or LayerNorm-like module as ``gain * normalise(x) + bias`` (gain probed, so Gemma's
-    ``1 + weight`` is handled), reusing :class:`~neuronscope.models.adapter.FinalNorm` for ``scale`` / ``frozen``."""
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
-    eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
-    if isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
-        gain = weight.detach().float() if weight is not None else torch.ones(d_model)
-        return FinalNorm("layer", gain, None if bias is None else bias.detach().float(), eps)
-    device = weight.device if weight is not None else torch.device("cpu")
-    dtype = weight.dtype if weight is not None else torch.float32
-    with torch.no_grad():
-        ones = torch.ones(1, d_model, device=device, dtype=dtype)
-        gain = module(ones).float()[0] * math.sqrt(1.0 + eps)
-    return FinalNorm("rms", gain, None, eps)
-
-
 def post_attention_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
     """The norm applied to the attention output before the residual add, or None (pre-norm families).
 

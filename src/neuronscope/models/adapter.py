@@ -58,6 +58,27 @@ class FinalNorm:
         return out
 
 
+def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
+    """Any RMSNorm- or LayerNorm-like module as ``gain * normalise(x) + bias``.
+
+    The RMS gain is probed from the module itself (``module(1) · sqrt(1 + eps)``), so Gemma's ``1 + weight`` is
+    handled; values stay float64 for float64 modules, float32 otherwise.
+    """
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
+    device = weight.device if weight is not None else torch.device("cpu")
+    dtype = weight.dtype if weight is not None else torch.float32
+    keep = torch.float64 if dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        if isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
+            gain = weight.detach().to(keep) if weight is not None else torch.ones(d_model, device=device)
+            return FinalNorm("layer", gain, None if bias is None else bias.detach().to(keep), eps)
+        out = module(torch.ones(1, d_model, device=device, dtype=dtype))[0]
+        gain = out.to(keep) * math.sqrt(1.0 + eps)
+    return FinalNorm("rms", gain, None, eps)
+
+
 def _get(module: nn.Module, dotted: str) -> nn.Module | None:
     for part in dotted.split("."):
         module = getattr(module, part, None)
@@ -245,25 +266,8 @@ class ModelAdapter:
         return getattr(self.unembed_module, "bias", None)
 
     def final_norm(self) -> FinalNorm:
-        """The final norm as ``gain * normalise(x) + bias``, probed from the module itself (handles Gemma's
-        ``1 + weight``); raises for norms that are neither RMSNorm- nor LayerNorm-like."""
-        module = self.final_norm_module
-        weight = getattr(module, "weight", None)
-        bias = getattr(module, "bias", None)
-        eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
-        is_layer_norm = isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__
-        device = weight.device if weight is not None else torch.device("cpu")
-        dtype = weight.dtype if weight is not None else torch.float32
-        with torch.no_grad():
-            # Probe the gain with x = 1 (mean-free probe e_0 - e_1 pattern for LayerNorm).
-            if is_layer_norm:
-                keep = torch.float64 if dtype == torch.float64 else torch.float32
-                gain = weight.detach().to(keep) if weight is not None else torch.ones(self.d_model, device=device)
-                return FinalNorm("layer", gain, None if bias is None else bias.detach().to(keep), eps)
-            ones = torch.ones(1, self.d_model, device=device, dtype=dtype)
-            out = module(ones)[0]
-            gain = (out if out.dtype == torch.float64 else out.float()) * math.sqrt(1.0 + eps)
-        return FinalNorm("rms", gain, None, eps)
+        """The final norm as ``gain * normalise(x) + bias`` (see :func:`norm_affine`)."""
+        return norm_affine(self.final_norm_module, self.d_model)
 
     def logits_from_residual(self, residual: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., vocab]`` of a final residual ``[..., d_model]``: final norm, unembedding, soft-cap."""
