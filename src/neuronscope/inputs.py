@@ -226,11 +226,29 @@ class Generation:
         return torch.arange(self.tokens.shape[1]) + self.prompt_len - 1
 
 
+def _input_device(model: nn.Module) -> torch.device:
+    try:
+        return model.get_input_embeddings().weight.device
+    except AttributeError:
+        return next(model.parameters()).device
+
+
+def to_model(batch: Batch, model: nn.Module) -> Batch:
+    """Move a batch to the model's input device and its floating-point inputs (pixel values) to the model's dtype
+    (a bf16 model is fed bf16 pixels)."""
+    moved = batch.to(_input_device(model))
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        moved.inputs = {key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point()
+                        else value for key, value in moved.inputs.items()}
+    return moved
+
+
 @torch.no_grad()
 def generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int = 20, **kwargs: Any) -> Generation:
     """Greedy decoding of a left-padded batch; returns the new tokens, their texts and their positions."""
     tokenizer = _tokenizer(processor)
-    inputs = {k: v for k, v in batch.inputs.items() if k != "position_ids"}
+    inputs = {k: v for k, v in to_model(batch, model).inputs.items() if k != "position_ids"}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sequences = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
                                **kwargs)

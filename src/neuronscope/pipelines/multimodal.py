@@ -50,7 +50,14 @@ from neuronscope.aggregate.select import SparseTopK, flat_to_neurons, sparse_top
 from neuronscope.attribute.contribution import CONTRIBUTION_SITES, scores_from_activations
 from neuronscope.data.images import ImageDataset, ImageRecord, load_image
 from neuronscope.errors import InputError
-from neuronscope.inputs import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, Batch, encode_images, generate
+from neuronscope.inputs import (
+    DEFAULT_CAPTION_PREFIX,
+    DEFAULT_CAPTION_PROMPT,
+    Batch,
+    encode_images,
+    generate,
+    to_model,
+)
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.pipelines.nouns import ConceptSpec, Tagger, TargetWord, resolve_tagger, select_targets
 from neuronscope.report.rundir import RunDir, example_key
@@ -321,24 +328,6 @@ def _encode(processor: Any, images: Sequence[Image.Image], prompt: str, prefix: 
                 "image placeholder in the user turn), or load a processor that ships one"
             ) from None
         raise
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    try:
-        return model.get_input_embeddings().weight.device
-    except AttributeError:
-        return next(model.parameters()).device
-
-
-def to_model(batch: Batch, model: nn.Module) -> Batch:
-    """Move a batch to the model's input device and its floating-point inputs (pixel values) to the model's dtype
-    (a bf16 model is fed bf16 pixels)."""
-    moved = batch.to(_input_device(model))
-    dtype = getattr(model, "dtype", None)
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
-        moved.inputs = {key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point()
-                        else value for key, value in moved.inputs.items()}
-    return moved
 
 
 # ---------------------------------------------------------------------------------------------------- pipeline
