@@ -47,6 +47,28 @@ def test_edit_values_are_what_the_formulas_say():
     torch.testing.assert_close(adapter.value_vectors(1)[4], w, rtol=0, atol=0)
 
 
+def test_signed_token_shift_flips_the_shift_of_negative_neurons_and_checks_its_signs():
+    model = tiny_text_model("llama")
+    adapter = get_adapter(model)
+    u = adapter.unembedding().detach()
+    before = [adapter.value_vectors(int(layer))[int(index)].detach().clone() for layer, index in NEURONS]
+    signs = torch.tensor([1.0, -1.0, 1.0])
+    edit = ValueVectorEdit.token_shift(model, NEURONS, source=5, target=9, strength=0.5, signs=signs)
+    assert edit.params["signed_by_activation"] is True
+    with edit.applied(model):
+        for (layer, index), w, sign in zip(NEURONS.tolist(), before, signs.tolist(), strict=True):
+            torch.testing.assert_close(adapter.value_vectors(layer)[index], w + sign * 0.5 * (u[9] - u[5]))
+    with pytest.raises(NeuronscopeError, match="one \\+1 or -1 per neuron"):
+        ValueVectorEdit.token_shift(model, NEURONS, 5, 9, 0.5, signs=torch.tensor([1.0, 0.0, 1.0]))
+    with pytest.raises(NeuronscopeError, match="per neuron"):
+        ValueVectorEdit.token_shift(model, NEURONS, 5, 9, 0.5, signs=torch.tensor([1.0, -1.0]))
+    by_source = ValueVectorEdit.token_shift(model, NEURONS, 5, 9, 0.5, signs="source")
+    expected = torch.tensor([1.0 if float(w @ u[5]) >= 0 else -1.0 for w in before])
+    torch.testing.assert_close(by_source.deltas, expected[:, None] * 0.5 * (u[9] - u[5]).float().expand(3, -1))
+    with pytest.raises(NeuronscopeError, match="'source'"):
+        ValueVectorEdit.token_shift(model, NEURONS, -1, 9, 0.5, signs="source")
+
+
 def test_saved_edit_applies_to_a_fresh_model_and_refuses_others(tmp_path):
     model = tiny_text_model("llama", seed=0)
     edit = ValueVectorEdit.noise(model, NEURONS, sigma=0.5, seed=3, reason="test")

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from neuronscope.errors import EditMismatchError, NeuronscopeError
+from neuronscope.errors import EditMismatchError, InputError, NeuronscopeError
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 
 FORMAT_VERSION = 1
@@ -122,17 +122,36 @@ class ValueVectorEdit:
     @classmethod
     def token_shift(
         cls, model: nn.Module, neurons: torch.Tensor, source: int, target: int, strength: float,
-        reason: str = "",
+        reason: str = "", signs: torch.Tensor | str | None = None,
     ) -> ValueVectorEdit:
         """Closed-form shift from token ``source`` to ``target``: ``w_i ← w_i + λ (u_t − u_s)`` with the
-        unembedding rows ``u`` (DESIGN §3.1 (a)). ``source = -1`` for no source (pure promotion)."""
+        unembedding rows ``u`` (DESIGN §3.1 (a)). ``source = -1`` for no source (pure promotion).
+
+        ``signs`` (``[n]`` of ±1, e.g. the sign of each neuron's activation on the edit prompt) gives the signed
+        form ``w_i ← w_i + λ · sign_i · (u_t − u_s)``: a gated FFN neuron can fire negatively (SiLU(gate) · up < 0),
+        and then the unsigned shift pushes its output towards the *source*; signed, every neuron pushes the same way.
+        ``signs="source"`` takes ``sign(⟨w_i, u_s⟩)``, which equals the activation's sign for every neuron located
+        by a positive contribution to the source token (``a_i ⟨w_i, u_s⟩ > 0``), so no activations are needed.
+        """
         _finite(strength=strength)
         adapter = get_adapter(model)
         neurons = _check_neurons(adapter, neurons)
         unembed = adapter.unembedding().detach().float().cpu()
         direction = unembed[target] - (unembed[source] if source >= 0 else 0.0)
         deltas = strength * direction.expand(len(neurons), -1).clone()
-        params = {"source": source, "target": target, "lambda": strength}
+        params: dict[str, Any] = {"source": source, "target": target, "lambda": strength}
+        if isinstance(signs, str):
+            if signs != "source" or source < 0:
+                raise InputError(f"signs must be a tensor of ±1 or 'source' (with a source token), got {signs!r}")
+            values = torch.stack([adapter.value_vectors(int(layer))[int(index)].detach().float().cpu()
+                                  for layer, index in neurons.tolist()])  # fmt: skip
+            signs = torch.where(values @ unembed[source] < 0, -1.0, 1.0)
+        if signs is not None:
+            signs = torch.as_tensor(signs, dtype=deltas.dtype).flatten()
+            if signs.shape[0] != len(neurons) or not bool(((signs == 1) | (signs == -1)).all()):
+                raise InputError(f"signs must hold one +1 or -1 per neuron ({len(neurons)}), got {signs.tolist()}")
+            deltas = deltas * signs[:, None]
+            params["signed_by_activation"] = True
         return cls.from_deltas(model, neurons, deltas, "token_shift", params, reason)
 
     @classmethod

@@ -68,10 +68,7 @@ def signed_token_shift(model: Any, neurons: torch.Tensor, signs: torch.Tensor, o
     Args:
         neurons: ``[n, 2]``; signs: ``[n]`` of ±1 (activation signs at the edit prompt's last position).
     """
-    base = ValueVectorEdit.token_shift(model, neurons, old, new, strength, reason)
-    deltas = base.deltas * signs.to(base.deltas.dtype)[:, None]
-    params = {"source": old, "target": new, "lambda": strength, "signed_by_activation": True}
-    return ValueVectorEdit.from_deltas(model, base.neurons, deltas, "token_shift", params, reason)
+    return ValueVectorEdit.token_shift(model, neurons, old, new, strength, reason, signs=signs)
 
 
 def _activation_signs(model: Any, batch: Any, neurons: torch.Tensor) -> torch.Tensor:
