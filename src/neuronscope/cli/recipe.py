@@ -3,7 +3,7 @@
 | recipe | runs | paper |
 | --- | --- | --- |
 | multimodal | ``neuronscope.pipelines.find_multimodal_neurons`` on your images | Pan et al. 2024 |
-| qrnca | ``neuronscope.recipes.run_qrnca_domains`` (MMLU domains) | Chen, Dejl & Toni 2024 |
+| qrnca | ``neuronscope.recipes.run_qrnca_domains`` (MMLU domains; the bundled model's with ``--option source=shapes``) | Chen, Dejl & Toni 2024 |
 | knowledge-neurons | ``neuronscope.recipes.run_knowledge_neurons`` (ROME facts) | Dai et al. 2022 |
 | lpi | ``neuronscope.recipes.run_lpi_facts`` (ROME facts) | Yu & Ananiadou 2024 |
 | cna | ``neuronscope.recipes.run_arithmetic`` (arithmetic heads, CNA vs a head-ablated model) | Yu & Ananiadou 2024 |

@@ -126,25 +126,42 @@ def screen_queries(
     Returns:
         ``(queries, stats)``: kept queries (only their correct variants) and accuracy statistics per domain.
     """
-    rendered = [render_prompt_variants(item, n_variants, seed=seed) for item in items]
-    flat = [variant.prompt for variants in rendered for variant in variants]
+    candidates = [(item.id, str(item.domain), [(v.prompt, v.answer_letter)
+                                               for v in render_prompt_variants(item, n_variants, seed=seed)])
+                  for item in items]  # fmt: skip
+    return screen_variants(model, tokenizer, candidates, min_correct=min_correct, leading_space=leading_space)
+
+
+def screen_variants(
+    model: nn.Module, tokenizer: Any, candidates: Sequence[tuple[str, str, Sequence[tuple[str, str]]]], *,
+    min_correct: int = 2, leading_space: bool = True,
+) -> tuple[list[DomainQuery], dict[str, Any]]:
+    """Keep the questions the model answers right in ``min_correct`` prompt variants or more.
+
+    Args:
+        candidates: ``(id, domain, [(prompt, answer letter), ...])`` per question.
+
+    Returns:
+        ``(queries, stats)``: kept queries (only their correct variants) and accuracy statistics per domain.
+    """
+    flat = [prompt for _, _, variants in candidates for prompt, _ in variants]
     answers = answer_letters(model, tokenizer, flat, leading_space)
     queries, stats = [], {}
     cursor = 0
-    for item, variants in zip(items, rendered, strict=True):
+    for query_id, domain, variants in candidates:
         mine = answers[cursor:cursor + len(variants)]
         cursor += len(variants)
-        right = [v for v, a in zip(variants, mine, strict=True) if a == v.answer_letter]
-        domain_stats = stats.setdefault(item.domain, {"questions": 0, "variants": 0, "variants_right": 0,
-                                                      "all_right": 0, "kept": 0})
+        right = [(prompt, letter) for (prompt, letter), a in zip(variants, mine, strict=True) if a == letter]
+        domain_stats = stats.setdefault(domain, {"questions": 0, "variants": 0, "variants_right": 0,
+                                                 "all_right": 0, "kept": 0})
         domain_stats["questions"] += 1
         domain_stats["variants"] += len(variants)
         domain_stats["variants_right"] += len(right)
         domain_stats["all_right"] += len(right) == len(variants)
         if len(right) >= min_correct:
             domain_stats["kept"] += 1
-            queries.append(DomainQuery(item.id, str(item.domain), tuple(v.prompt for v in right),
-                                       tuple(v.answer_letter for v in right), len(variants)))
+            queries.append(DomainQuery(query_id, domain, tuple(p for p, _ in right), tuple(a for _, a in right),
+                                       len(variants)))
     for domain_stats in stats.values():
         domain_stats["variant_accuracy"] = domain_stats["variants_right"] / max(domain_stats["variants"], 1)
     return queries, stats

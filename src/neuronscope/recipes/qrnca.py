@@ -28,6 +28,7 @@ import torch
 
 from neuronscope.aggregate.qrnca import qrnca_na_only, qrnca_without_common_removal, run_qrnca
 from neuronscope.attribute import get_method, word_targets
+from neuronscope.bundled.world import DOMAINS as SHAPES_DOMAINS
 from neuronscope.evaluate.prediction import domain_specific_neurons, neuron_based_prediction
 from neuronscope.inputs import encode_prompts
 from neuronscope.models.adapter import get_adapter
@@ -42,9 +43,35 @@ from neuronscope.recipes.common import (
     recipe_main,
     write_table,
 )
-from neuronscope.recipes.mmlu_domains import DOMAINS, read_domain_items, screen_queries
+from neuronscope.recipes.mmlu_domains import DOMAINS, read_domain_items, screen_queries, screen_variants
 
 VARIANTS = {"qrnca": run_qrnca, "na_only": qrnca_na_only, "no_common_removal": qrnca_without_common_removal}
+SOURCES: dict[str, tuple[str, ...]] = {"mmlu": tuple(DOMAINS), "shapes": SHAPES_DOMAINS}
+TITLES = {"mmlu": "MMLU domains", "shapes": "the shapes world's domains"}
+
+
+def shapes_model() -> Any:
+    """The bundled shapes model as a ``LoadedModel`` (its language model answers text-only prompts)."""
+    from neuronscope.bundled import SHAPES_VLM_PATH, load_shapes_vlm
+    from neuronscope.models.loading import LoadedModel
+
+    model, processor = load_shapes_vlm()
+    return LoadedModel(model, processor, source=str(SHAPES_VLM_PATH))
+
+
+def shapes_candidates(per_domain: int, *, n_variants: int = 3, seed: int = 0,
+                      domains: Any = None) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """``per_domain`` multiple-choice questions per domain of the bundled world, drawn at random (seeded), each with
+    ``n_variants`` prompt variants in the held-out wordings (``world.mcqa_dataset("test")``)."""
+    from neuronscope.bundled import mcqa_dataset
+
+    records = mcqa_dataset("test", n_variants=n_variants, seed=seed)
+    rng = random.Random(seed)
+    chosen = []
+    for domain in domains or SOURCES["shapes"]:
+        mine = [r for r in records if r.domain == domain]
+        chosen += rng.sample(mine, min(per_domain, len(mine)))
+    return [(r.id, r.domain, list(zip(r.sentences, r.obj_label, strict=True))) for r in chosen]
 
 
 def _attribute(model: Any, tokenizer: Any, prompt: str, letter: str, method: str, steps: int,
@@ -98,6 +125,7 @@ def run_qrnca_domains(
     n_unrelated: int = 4,
     leading_space: bool = True,
     domains: list[str] | None = None,
+    source: str = "mmlu",
 ) -> dict[str, Any]:
     """Run experiment 1 and write its results folder; returns the metrics.
 
@@ -115,17 +143,26 @@ def run_qrnca_domains(
         n_random: random neuron sets per query for the PCR baseline.
         n_unrelated: prompts of other domains per query for the "unrelated" PCR.
         leading_space: target the letter token as written after "Answer:" (``" A"``); False: bare ``"A"``.
-        domains: a subset of the six domains.
+        domains: a subset of the domains (MMLU: six; shapes: ``neuronscope.bundled.DOMAINS``).
+        source: ``"mmlu"`` (default: MMLU test questions from ``../shared``, SmolLM2 by default) or ``"shapes"``
+            (the bundled shapes model's own multiple-choice questions in five domains, on its held-out wordings;
+            default model: the bundled model).
     """
+    if source not in SOURCES:
+        from neuronscope.errors import InputError
+
+        raise InputError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
     watch = Stopwatch()
-    loaded = model or default_model()
+    loaded = model or (default_model() if source == "mmlu" else shapes_model())
     lm, tokenizer = loaded.model, loaded.tokenizer
+    if source == "shapes":
+        leading_space = False  # its word-level tokenizer has one token per letter
     adapter = get_adapter(lm)
     cap = limit if limit is not None else max_per_domain
     if limit is not None:
         per_domain_screened = min(per_domain_screened, 2 * limit)
-    domain_list = list(domains or DOMAINS)
-    config = {"experiment": "qrnca_domains", "model": model_name(loaded), "seed": seed,
+    domain_list = list(domains or SOURCES[source])
+    config = {"experiment": "qrnca_domains", "source": source, "model": model_name(loaded), "seed": seed,
               "per_domain_screened": per_domain_screened, "max_per_domain": cap, "n_variants": n_variants,
               "min_correct": min_correct, "method": method, "steps": steps, "grid": "dai", "top_v": top_v,
               "attr_threshold": 0.2, "common_threshold": 0.3, "n_random": n_random, "n_unrelated": n_unrelated,
@@ -134,9 +171,14 @@ def run_qrnca_domains(
     run = open_run(out_dir, config)
 
     with watch("screen"):
-        items = read_domain_items(per_domain_screened, seed=seed, domains=domain_list)
-        queries, screen_stats = screen_queries(lm, tokenizer, items, n_variants=n_variants,
-                                               min_correct=min_correct, seed=seed, leading_space=leading_space)
+        if source == "mmlu":
+            items = read_domain_items(per_domain_screened, seed=seed, domains=domain_list)
+            queries, screen_stats = screen_queries(lm, tokenizer, items, n_variants=n_variants,
+                                                   min_correct=min_correct, seed=seed, leading_space=leading_space)
+        else:
+            candidates = shapes_candidates(per_domain_screened, n_variants=n_variants, seed=seed, domains=domain_list)
+            queries, screen_stats = screen_variants(lm, tokenizer, candidates, min_correct=min_correct,
+                                                    leading_space=leading_space)
         kept: list = []
         for domain in domain_list:
             kept += [q for q in queries if q.domain == domain][:cap]
@@ -214,7 +256,7 @@ def run_qrnca_domains(
         table[key] = {kind: (report[kind]["mean"] if report[kind] else None)
                       for kind in ("own", "unrelated", "random_own", "random_unrelated")}
     metrics = {
-        "title": "QRNCA / NA-ICA on MMLU domains (SmolLM2-135M-Instruct)",
+        "title": f"QRNCA / NA-ICA on {TITLES[source]} ({model_name(loaded)})",
         "n_queries": len(kept), "n_prompts": len(prompts),
         "queries_per_domain": dict(Counter(labels)),
         "screening": screen_stats,
@@ -225,7 +267,7 @@ def run_qrnca_domains(
         "layer_counts": layer_counts,
         "wall_time": watch.as_dict(),
     }
-    summary = (f"{len(kept)} MMLU questions SmolLM2 answers right in >= {min_correct} of {n_variants} variants; "
+    summary = (f"{len(kept)} {TITLES[source]} questions the model answers right in >= {min_correct} of {n_variants} variants; "
                f"QRNCA key neurons (top-{top_v}); PCR under boost x2 / suppress x0 vs random same-layer sets.")
     return finish_run(run, metrics, summary)
 
