@@ -7,9 +7,11 @@ with a real ``LlavaProcessor`` (``CLIPImageProcessorPil``, which needs no torchv
 
 1. vision: the CLIP tower alone learns per-patch shape and colour labels through a throwaway linear head
    (standing in for the pretrained CLIP that a real LLaVA starts from);
-2. text: the Llama alone learns cloze facts (``The capital of Zorbia is`` -> ``Mirel``), MCQA prompts
-   (-> answer letter), option matching (``Which option is yellow?`` -> letter) and sums (``3+5=`` -> ``8``);
-3. joint: everything, with image batches of captions
+2. text: the Llama alone learns cloze facts (``The capital of Zorbia is`` -> ``Mirel``), the same facts as
+   questions answered in words (``Question: What colour is the banana?`` -> ``yellow``), MCQA prompts (-> answer
+   letter), option matching (``Which option is yellow?`` -> letter) and sums (``3+5=`` -> ``8``);
+3. joint: the projector and the Llama (the vision tower stays as stage 1 left it, as LLaVA keeps its CLIP), with
+   image batches of captions
    (``USER: <image>\nDescribe the image in few words.\nASSISTANT: An image of a red circle and ...``) and visual
    questions (``What colour is the circle?`` -> ``red``) next to text batches.
 
@@ -70,7 +72,7 @@ CHAT_TEMPLATE = (
 class TrainConfig:
     """Sizes, schedule and seed of a training run (the defaults made the shipped model)."""
 
-    seed: int = 0
+    seed: int = 1
     steps: int = 1000  # stage 3 (joint)
     image_batch: int = 24
     text_batch: int = 32
@@ -87,9 +89,12 @@ class TrainConfig:
     caption_fraction: float = 0.6  # of image examples; the rest are VQA
     vision_pretrain_steps: int = 1000  # stage 1: vision tower alone on per-patch shape/colour labels
     vision_pretrain_batch: int = 64
-    text_pretrain_steps: int = 600  # stage 2: language model alone on the text tasks
+    text_pretrain_steps: int = 3000  # stage 2: language model alone on the text tasks
     text_pretrain_batch: int = 64
-    text_mix: tuple[float, float, float, float] = (0.2, 0.45, 0.15, 0.2)  # cloze, MCQA, option match, sums
+    text_mix: tuple[float, ...] = (0.1, 0.3, 0.3, 0.1, 0.2)  # cloze, MCQA, option match, sums[, question]
+    hidden_act: str = "silu"  # the Llama FFN's activation ("silu" as in Llama, or "relu")
+    activation_l1: float = 0.0  # weight of mean |FFN neuron activation| in the language model's loss
+    freeze_vision: bool = True  # stage 3 keeps the vision tower fixed (as LLaVA keeps its CLIP)
     threads: int = 2
     device: str = "cpu"
 
@@ -183,6 +188,7 @@ def build_model(tokenizer: Any, config: TrainConfig) -> Any:
         num_key_value_heads=config.heads,
         max_position_embeddings=256,
         rms_norm_eps=1e-5,
+        hidden_act=config.hidden_act,
         tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -268,11 +274,12 @@ def image_batch(
 
 
 def text_example(
-    rng: random.Random, facts: list[world.Fact], mix: tuple[float, float, float, float] = TrainConfig.text_mix
+    rng: random.Random, facts: list[world.Fact], mix: tuple[float, ...] = TrainConfig.text_mix
 ) -> tuple[str, str]:
     """One training text task, drawn with probabilities ``mix``: a cloze fact, an MCQA variant in a trained
     wording, an option-matching question ("Which option is yellow?" -> its letter, which teaches the letter
-    look-up MCQA needs) or a sum."""
+    look-up MCQA needs), a sum, or (a fifth share, if given) the fact's question answered in words
+    (``Question: What colour is the banana?\nAnswer:`` -> ``yellow``, the recall MCQA needs)."""
     draw = rng.random() * sum(mix)
     bounds = [sum(mix[: k + 1]) for k in range(len(mix))]
     if draw < bounds[0]:
@@ -287,13 +294,16 @@ def text_example(
         _, letter, options = world.mcqa_variant(fact, rng, 0, facts)
         template = rng.choice(world.TRAIN_TEMPLATES)
         return world.mcqa_prompt(f"Which option is {fact.answer}?", options, template), letter
-    a, b = rng.randrange(10), rng.randrange(10)
-    return f"{a}+{b}=", str(a + b)
+    if len(mix) < 5 or draw < bounds[3]:
+        a, b = rng.randrange(10), rng.randrange(10)
+        return f"{a}+{b}=", str(a + b)
+    fact = rng.choice(facts)
+    return world.question_prompt(fact.question), fact.answer
 
 
 def text_batch(
     tokenizer: Any, rng: random.Random, size: int, facts: list[world.Fact],
-    mix: tuple[float, float, float, float] = TrainConfig.text_mix,
+    mix: tuple[float, ...] = TrainConfig.text_mix,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """``size`` text-only examples: input_ids, labels, attention_mask."""
     rows = [_encode(tokenizer, *text_example(rng, facts, mix)) for _ in range(size)]
@@ -340,6 +350,33 @@ def _optimizer(params: list[tuple[str, torch.nn.Parameter]], config: TrainConfig
         lr=config.lr,
         betas=(0.9, 0.98),
     )
+
+
+class ActivationPenalty:
+    """Mean |activation| of the language model's FFN neurons (inputs of every ``down_proj``) over the calls made
+    while it is ``active``: an L1 pressure towards few active neurons per token (``--activation-l1``).
+
+    Tried for the shipped model and left off: with ReLU and this penalty, zeroing a colour's located neurons
+    changed its captions *less* (the model moved the work to attention); see MODEL_CARD.md."""
+
+    def __init__(self, language_model: torch.nn.Module):
+        self.active = False
+        self._terms: list[torch.Tensor] = []
+        self._handles = [layer.mlp.down_proj.register_forward_pre_hook(self._record)
+                         for layer in language_model.layers]  # fmt: skip
+
+    def _record(self, module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if self.active:
+            self._terms.append(args[0].abs().mean())
+
+    def take(self) -> torch.Tensor:
+        """The mean of the terms recorded since the last call (0 if none)."""
+        terms, self._terms = self._terms, []
+        return torch.stack(terms).mean() if terms else torch.zeros(())
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
 
 
 def _run_steps(name: str, steps: int, config: TrainConfig, optimizer: torch.optim.Optimizer,
@@ -412,18 +449,27 @@ def train(config: TrainConfig, out_dir: str | Path, log_every: int = 50) -> dict
         history.append({"stage": "vision", "held_out_patch_shape_accuracy": round(accuracy, 4)})
         print(json.dumps(history[-1]), flush=True)
 
+    penalty = ActivationPenalty(model.model.language_model)
+    penalty.active = config.activation_l1 > 0
+
+    def with_penalty(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if penalty.active:
+            losses["activation_l1"] = config.activation_l1 * penalty.take()
+        return losses
+
     # stage 2: the language model alone on the text tasks
     text_params = list(model.model.language_model.named_parameters()) + list(model.lm_head.named_parameters())
     optimizer = _optimizer(text_params, config)
 
     def text_losses() -> dict[str, torch.Tensor]:
         texts = text_batch(processor.tokenizer, rng, config.text_pretrain_batch, facts, config.text_mix)
-        return {"text_loss": answer_loss(model, {k: v.to(device) for k, v in texts.items()})}
+        return with_penalty({"text_loss": answer_loss(model, {k: v.to(device) for k, v in texts.items()})})
 
     _run_steps("text", config.text_pretrain_steps, config, optimizer, [p for _, p in text_params],
                text_losses, log_every, history, start)  # fmt: skip
 
     model.eval()
+    penalty.active = False
     records = world.mcqa_dataset("test", n_variants=3, seed=config.seed)
     predicted = next_token_answers(model, processor.tokenizer, [s for r in records for s in r.sentences])
     letters = [label for r in records for label in r.obj_label]
@@ -431,20 +477,25 @@ def train(config: TrainConfig, out_dir: str | Path, log_every: int = 50) -> dict
     history.append({"stage": "text", "held_out_mcqa_accuracy": round(accuracy, 4)})
     print(json.dumps(history[-1]), flush=True)
     model.train()
+    penalty.active = config.activation_l1 > 0
 
     # stage 3: everything together, image and text batches in every step
-    all_params = list(model.named_parameters())
+    if config.freeze_vision:
+        vision.requires_grad_(False)
+    all_params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = _optimizer(all_params, config)
 
     def joint_losses() -> dict[str, torch.Tensor]:
         images = image_batch(processor, rng, config.image_batch, config.caption_fraction)
         texts = text_batch(processor.tokenizer, rng, config.text_batch, facts, config.text_mix)
-        return {"image_loss": answer_loss(model, {k: v.to(device) for k, v in images.items()}),
-                "text_loss": answer_loss(model, {k: v.to(device) for k, v in texts.items()})}  # fmt: skip
+        return with_penalty({"image_loss": answer_loss(model, {k: v.to(device) for k, v in images.items()}),
+                             "text_loss": answer_loss(model, {k: v.to(device) for k, v in texts.items()})})
 
     _run_steps("joint", config.steps, config, optimizer, [p for _, p in all_params], joint_losses, log_every,
                history, start)  # fmt: skip
     wall = time.time() - start
+    penalty.remove()
+    vision.requires_grad_(True)
 
     model.eval().to("cpu")
     out = Path(out_dir)
@@ -566,6 +617,12 @@ def evaluate(
     facts = world.facts_dataset()
     predicted = next_token_answers(model, tokenizer, [f.prompt for f in facts])
     metrics["facts_cloze"] = sum(p == f.answer for p, f in zip(predicted, facts, strict=False)) / len(facts)
+    predicted = next_token_answers(model, tokenizer, [world.question_prompt(f.question) for f in facts])
+    metrics["facts_question"] = sum(p == f.answer for p, f in zip(predicted, facts, strict=False)) / len(facts)
+    matching = [(world.mcqa_prompt(f"Which option is {r.answer}?", options, world.TEST_TEMPLATES[k % 2]), letter)
+                for r in records for k, (options, letter) in enumerate(zip(r.options, r.obj_label, strict=True))]
+    predicted = next_token_answers(model, tokenizer, [prompt for prompt, _ in matching])
+    metrics["option_matching"] = sum(p == t for p, (_, t) in zip(predicted, matching, strict=True)) / len(matching)
     sums = world.sums_dataset()
     predicted = next_token_answers(model, tokenizer, [s.prompt for s in sums])
     metrics["sums"] = sum(p == s.answer for p, s in zip(predicted, sums, strict=False)) / len(sums)
@@ -581,8 +638,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--vision-steps", type=int, default=TrainConfig.vision_pretrain_steps)
     parser.add_argument("--text-steps", type=int, default=TrainConfig.text_pretrain_steps)
-    parser.add_argument("--text-mix", type=float, nargs=4, default=list(TrainConfig.text_mix),
-                        metavar=("CLOZE", "MCQA", "MATCH", "SUMS"), help="shares of the text tasks")  # fmt: skip
+    parser.add_argument("--text-mix", type=float, nargs="+", default=list(TrainConfig.text_mix),
+                        help="shares of the text tasks: CLOZE MCQA MATCH SUMS [QUESTION]")
+    parser.add_argument("--hidden-act", default=TrainConfig.hidden_act, help='FFN activation: "silu" or "relu"')
+    parser.add_argument("--activation-l1", type=float, default=TrainConfig.activation_l1,
+                        help="weight of the L1 penalty on FFN activations (0: none)")
+    parser.add_argument("--train-vision", dest="freeze_vision", action="store_false",
+                        help="also train the vision tower in stage 3 (default: fixed, as LLaVA keeps its CLIP)")
+    parser.add_argument("--text-batch", type=int, default=TrainConfig.text_pretrain_batch, help="stage 2 batch size")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--device", default=TrainConfig.device, help='"cpu" (default) or "cuda"')
     parser.add_argument("--eval-images", type=int, default=200, help="held-out images to score (0: skip)")
     args = parser.parse_args(argv)
@@ -595,7 +659,14 @@ def main(argv: list[str] | None = None) -> None:
         vision_pretrain_steps=args.vision_steps,
         text_pretrain_steps=args.text_steps,
         text_mix=tuple(args.text_mix),
+        hidden_act=args.hidden_act,
+        activation_l1=args.activation_l1,
+        freeze_vision=args.freeze_vision,
+        text_pretrain_batch=args.text_batch,
+        lr=args.lr,
     )
+    if len(config.text_mix) not in (4, 5):
+        parser.error("--text-mix takes 4 or 5 shares: CLOZE MCQA MATCH SUMS [QUESTION]")
     summary = train(config, args.out)
     if args.eval_images > 0:
         from transformers import AutoProcessor, LlavaForConditionalGeneration

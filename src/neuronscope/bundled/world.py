@@ -449,6 +449,14 @@ def mcqa_prompt(question: str, options: list[str], template: int = 0) -> str:
     return MCQA_TEMPLATES[template].format(question=question, options=lines)
 
 
+QUESTION_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def question_prompt(question: str) -> str:
+    """A fact's question to be answered in words (no options): ``Question: ...\nAnswer:`` -> ``yellow``."""
+    return QUESTION_TEMPLATE.format(question=question)
+
+
 def mcqa_variant(
     fact: Fact, rng: random.Random, template: int, facts: list[Fact]
 ) -> tuple[str, str, list[str]]:

@@ -1,0 +1,85 @@
+"""The bundled model's ground truth, as written in MODEL_CARD.md and the README (CPU, a few minutes).
+
+1. locate each colour's and shape's neurons by contribution on held-out captions (``find_multimodal_neurons``);
+2. suppress each concept's top-k neurons while captioning (``concept_removal``), against random neurons with the
+   same number per layer: the concept's rate in the captions of its images, and the other words' rates;
+3. QRNCA on the model's own multiple-choice questions in five domains (``run_qrnca_domains(source="shapes")``).
+
+    python scripts/bundled_ground_truth.py --out results/bundled [--model DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from neuronscope.bundled import (
+        CAPTION_PREFIX,
+        CAPTION_PROMPT,
+        COLOURS,
+        SHAPES,
+        SHAPES_VLM_PATH,
+        render_scene,
+        sample_scenes,
+    )  # fmt: skip
+    from neuronscope.experiments.captions import concept_removal, removal_records
+    from neuronscope.models import get_adapter
+    from neuronscope.models.loading import LoadedModel
+    from neuronscope.pipelines.multimodal import find_multimodal_neurons
+    from neuronscope.recipes.qrnca import run_qrnca_domains
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--model", default=str(SHAPES_VLM_PATH))
+    parser.add_argument("--images", type=int, default=48)
+    parser.add_argument("--ks", type=int, nargs="+", default=[10, 30, 100, 300])
+    parser.add_argument("--random", type=int, default=3)
+    parser.add_argument("--qrnca-per-domain", type=int, default=8)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    scenes = sample_scenes(args.images, seed=0, split="test")
+    images = [render_scene(scene) for scene in scenes]
+    located = find_multimodal_neurons(model, processor, images, concepts=[*COLOURS, *SHAPES], top_k=1000,
+                                      progress=False, heatmaps=0, max_new_tokens=12, batch_size=16)
+    shows = {c: [i for i, s in enumerate(scenes) if c in {o.colour for o in s.objects}] for c in COLOURS}
+    shows.update({c: [i for i, s in enumerate(scenes) if c in {o.shape for o in s.objects}] for c in SHAPES})
+    shows = {c: rows for c, rows in shows.items() if rows and c in located.concepts}
+    neurons = {c: located.concept_neurons(c, max(args.ks)) for c in shows}
+    rows = concept_removal(model, processor, images, shows, neurons, args.ks, prompt=CAPTION_PROMPT,
+                           assistant_prefix=CAPTION_PREFIX, d_ff=get_adapter(model).d_ff,
+                           words=[*COLOURS, *SHAPES], n_random=args.random, seed=0)  # fmt: skip
+    records = removal_records(rows)
+    (out / "suppression.json").write_text(json.dumps(records, indent=1) + "\n")
+    for record in records:
+        print(record, flush=True)
+    seconds_removal = time.time() - started
+
+    loaded = LoadedModel(model, processor, source=args.model)
+    metrics = run_qrnca_domains(out / "qrnca_run", model=loaded, source="shapes", limit=args.qrnca_per_domain,
+                                per_domain_screened=2 * args.qrnca_per_domain, min_correct=2, n_random=3,
+                                n_unrelated=4)  # fmt: skip
+    summary = {"model": args.model, "images": args.images, "ks": args.ks, "random_draws": args.random,
+               "seconds_suppression": round(seconds_removal, 1), "qrnca": {
+                   "n_queries": metrics["n_queries"], "queries_per_domain": metrics["queries_per_domain"],
+                   "screening": metrics["screening"], "pcr_mean": metrics["pcr_mean"],
+                   "prediction": metrics["prediction"], "wall_time": metrics["wall_time"]},
+               "seconds": round(time.time() - started, 1), "torch": torch.__version__}  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    print(json.dumps(summary["qrnca"], indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

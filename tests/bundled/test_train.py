@@ -1,0 +1,57 @@
+"""The training script, in a few steps: deterministic, stage 3 leaves the vision tower as stage 1 made it (LLaVA
+keeps its CLIP) unless asked to train it, and the optional L1 penalty on FFN activations is logged."""
+
+from __future__ import annotations
+
+import pytest
+from safetensors.torch import load_file
+
+from neuronscope.bundled import world
+from neuronscope.bundled.train import TrainConfig, text_example, train
+
+pytestmark = pytest.mark.slow
+
+TINY = {"vision_pretrain_steps": 2, "text_pretrain_steps": 2, "image_batch": 2, "text_batch": 2,
+        "vision_pretrain_batch": 2, "text_pretrain_batch": 2, "warmup": 1, "hidden": 32, "intermediate": 64,
+        "vision_hidden": 32, "vision_intermediate": 64, "threads": 1}
+
+
+def _weights(tmp_path, name, **options):
+    train(TrainConfig(**{**TINY, **options}), tmp_path / name, log_every=1)
+    return load_file(tmp_path / name / "model.safetensors")
+
+
+def _split(weights):
+    vision = {k: v for k, v in weights.items() if "vision_tower" in k}
+    return vision, {k: v for k, v in weights.items() if "language_model" in k}
+
+
+def test_training_is_deterministic_and_stage_3_keeps_the_vision_tower(tmp_path):
+    no_joint = _weights(tmp_path, "no_joint", steps=0)
+    joint = _weights(tmp_path, "joint", steps=2)
+    again = _weights(tmp_path, "again", steps=2)
+    trained_vision = _weights(tmp_path, "trained_vision", steps=2, freeze_vision=False)
+    assert all((joint[k] == again[k]).all() for k in joint)
+    vision_before, lm_before = _split(no_joint)
+    vision_after, lm_after = _split(joint)
+    assert vision_before and all((vision_before[k] == vision_after[k]).all() for k in vision_before)
+    assert any((lm_before[k] != lm_after[k]).any() for k in lm_before)
+    assert any((vision_before[k] != trained_vision[k]).any() for k in vision_before)
+
+
+def test_activation_penalty_is_logged_and_relu_is_the_configs_activation(tmp_path):
+    summary = train(TrainConfig(**TINY, steps=1, hidden_act="relu", activation_l1=0.5), tmp_path / "l1", log_every=1)
+    logged = [h["activation_l1"] for h in summary["history"] if h.get("stage") in ("text", "joint")
+              and "step" in h]
+    assert logged and all(value > 0 for value in logged)
+    assert '"hidden_act": "relu"' in (tmp_path / "l1" / "config.json").read_text()
+
+
+def test_text_tasks_include_answering_the_question_in_words():
+    import random
+
+    rng = random.Random(0)
+    facts = world.facts_dataset()
+    examples = [text_example(rng, facts, (0, 0, 0, 0, 1)) for _ in range(5)]
+    by_question = {world.question_prompt(f.question): f.answer for f in facts}
+    assert all(by_question[prompt] == answer for prompt, answer in examples)
