@@ -24,6 +24,12 @@ def test_quick_demo(tmp_path):
     assert metrics[f"'{concept}' rate in their captions, before"] > 0.8
     assert located < random - 0.5, metrics
     assert metrics["edit: other words, mean absolute change in rate (specificity)"] < 0.2
+    rows = metrics["suppression, every colour"]  # every colour shown, at k = 10 and 300, located and random
+    assert {row["k"] for row in rows} == {10, 300} and concept in {row["concept"] for row in rows}
+    top = [row for row in rows if row["k"] == 300]
+    assert sum(r["after_located"] for r in top) / len(top) < sum(r["after_random"] for r in top) / len(top) - 0.3
+    assert all(0 <= row[key] <= 1 for row in rows for key in ("before", "after_located", "after_random"))
+    assert (out / "suppression.csv").is_file()
     report = (out / "report.html").read_text()
     assert "data:image/png;base64" in report and "http://" not in report and "https://" not in report
     assert (out / "edit.safetensors").is_file() and any((out / "heatmaps").glob("*.png"))

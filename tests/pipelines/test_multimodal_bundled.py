@@ -1,16 +1,11 @@
 """Integration on the bundled shapes VLM: the neurons found for a colour word matter for that word, more than random
 neurons of the same number and layers.
 
-Measured on the first shipped model (48 held-out scenes, top-1000 per pair, captions suppressed at every generated
-step with ``positions="last"``): the colour words are said with margins of 7-9 logits and spread over many
-neurons, so 20 neurons change no caption (located or random); the top 300 of 2,048 removed "purple" from 33 % and
-"white" from 27 % of the captions of images that have them (random 300: 0 %). On the current (CPU-retrained) model
-the same test measures 22 % and 20 % (random 0 %); it prints its figures. At the producing position, suppressing
-the top 100 lowered log p(colour) by 0.07-0.17 on average; random 100 by < 0.01. Heatmaps of the top-100 neurons'
-mean |activation|: 44 % of the 95th-percentile mask lay on the colour's object (object area 8 %); the signed
-activation (the paper's choice) was at chance (8 %). Important patches for "What colour is the <shape>?": the top
-patch lay on that shape in 67 % of images (chance 12 %).
-Skipped until the bundled model is in the package."""
+Measured on the shipped model (``results/bundled/suppression.json``: 48 held-out scenes, top-1000 per pair, captions
+suppressed at every generated step with ``positions="last"``): zeroing a colour's top 300 of 2,048 neurons removes
+it from 0 % of its images' captions for red, green, yellow and purple, 20 % left for white and 77 % for blue (random
+300: 100 % left for all); top 100: 22-100 % left; top 10: no change. This test uses other scenes and prints its
+figures. Skipped until the bundled model is in the package."""
 
 from __future__ import annotations
 
@@ -110,6 +105,10 @@ def test_suppression_lowers_the_colour_log_probability_more_than_random_neurons(
         assert located_mean < random_mean - 0.03, (colour, located_mean, random_mean)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "known limit of the shipped model (MODEL_CARD.md, Limits): its colour neurons act at the text position and do "
+    "not fire on the object's image tokens, so their heatmaps do not localise (0.7 % of mask pixels on the object, "
+    "area 8 %); the previous model's did (44 %). Strict: it fails loudly if a retrained model localises again."))
 def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
     import numpy as np
 
