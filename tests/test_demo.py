@@ -29,7 +29,7 @@ def test_quick_demo(tmp_path):
     top = [row for row in rows if row["k"] == 300]
     assert sum(r["after_located"] for r in top) / len(top) < sum(r["after_random"] for r in top) / len(top) - 0.3
     assert all(0 <= row[key] <= 1 for row in rows for key in ("before", "after_located", "after_random"))
-    assert (out / "suppression.csv").is_file()
+    assert (out / "tables" / "suppression.csv").is_file() and "after_located" in (out / "report.html").read_text()
     report = (out / "report.html").read_text()
     assert "data:image/png;base64" in report and "http://" not in report and "https://" not in report
     assert (out / "edit.safetensors").is_file() and any((out / "heatmaps").glob("*.png"))

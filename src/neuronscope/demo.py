@@ -157,7 +157,7 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
     removal = concept_removal(model, processor, images, shows, {c: located.concept_neurons(c, max(ks)) for c in shows},
                               ks, prompt=CAPTION_PROMPT, assistant_prefix=CAPTION_PREFIX, d_ff=adapter.d_ff,
                               words=[*COLOURS, *SHAPES], n_random=n_random, seed=seed)  # fmt: skip
-    run.write_csv("suppression.csv", removal_records(removal), list(removal_records(removal[:1])[0]))
+    run.write_csv("tables/suppression.csv", removal_records(removal), list(removal_records(removal[:1])[0]))
     _say("      colour  images  before  " + "  ".join(f"top-{k:<3d}" for k in ks) + f"  random-{ks[-1]}")
     for colour in shows:
         mine = [row for row in removal if row.concept == colour]
@@ -245,7 +245,7 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
         f"{moved(edited_rates, unrelated):.1%} on average. Zeroing the activations of its top "
         + ", ".join(f"{row.k} neurons took it to {row.after_located:.0%}" for row in suppressed_rows)
         + f" (random {ks[-1]}: {suppressed_rows[-1].after_random:.0%}). Every colour's figures are in "
-        "suppression.csv and metrics.json; MODEL_CARD.md explains why zeroing needs more neurons than editing."
+        "tables/suppression.csv and metrics.json; MODEL_CARD.md explains why zeroing needs more neurons than editing."
     ))
     report = build_report(out)
     _say(f"done in {metrics['seconds']} s. Open {report} (a self-contained HTML report); "
