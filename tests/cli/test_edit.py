@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from cli_helpers import assert_user_error, load_tiny, save_tiny_llama
@@ -70,6 +72,26 @@ def test_shift_deltas_equal_the_formulas(cli, tiny_model, tmp_path, kind) -> Non
             embed = model.model.embed_tokens.weight
             want = 1.5 * embed[target] - 0.5 * embed[source]
     torch.testing.assert_close(deltas, want.expand(2, -1))
+
+
+def test_signed_token_shift_flips_the_neurons_whose_value_vector_opposes_the_source(cli, tiny_model, tmp_path):
+    model, tokenizer = load_tiny(tiny_model)
+    source, target = tokenizer.convert_tokens_to_ids("paris"), tokenizer.convert_tokens_to_ids("rome")
+    out = tmp_path / "signed"
+    result = cli("edit", "make", "-m", tiny_model, "--neurons", NEURONS, "--kind", "token-shift", "--source", "paris",
+                 "--target", "rome", "--signed", "--out", out)
+    assert result.exit_code == 0, result.output
+    deltas = load_file(str(out / "edit.safetensors"))["deltas"]
+    with torch.no_grad():
+        unembed = model.lm_head.weight
+        values = torch.stack([model.model.layers[int(layer)].mlp.down_proj.weight[:, int(index)]
+                              for layer, index in (pair.split(":") for pair in NEURONS.split(","))])
+        signs = torch.where(values @ unembed[source] < 0, -1.0, 1.0)
+        want = signs[:, None] * (unembed[target] - unembed[source])
+    torch.testing.assert_close(deltas, want)
+    assert json.loads((out / "edit.json").read_text())["params"]["signed_by_activation"] is True
+    assert_user_error(cli("edit", "make", "-m", tiny_model, "--neurons", NEURONS, "--kind", "token-shift",
+                          "--target", "rome", "--signed", "--out", tmp_path / "z"), "--signed needs --source")
 
 
 def test_refusals_leave_nothing_half_done(cli, tiny_model, tmp_path) -> None:

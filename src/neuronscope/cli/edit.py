@@ -1,7 +1,8 @@
 """``neuronscope edit make|apply|revert|export``: persistent edits of value vectors (``neuronscope.edit.weights``).
 
 - ``make``: an edit folder (``edit.safetensors`` + ``edit.json``, plus ``config.json``) for some neurons: erase
-  (``w_i ← 0``), noise (``+σ·N(0, I)``), token-shift (``+λ(u_t − u_s)``) or knowledge-neuron
+  (``w_i ← 0``), noise (``+σ·N(0, I)``), token-shift (``+λ(u_t − u_s)``, with ``--signed``
+  ``+λ·sign(⟨w_i, u_s⟩)(u_t − u_s)``) or knowledge-neuron
   (``−λ1·e(s) + λ2·e(t)``).
 - ``apply``: write the edited model (``save_pretrained``, with its tokenizer) into a folder that also keeps the
   original columns (``neuronscope_originals.safetensors``), so that ``revert`` restores every bit.
@@ -99,6 +100,9 @@ def make(
     target: Annotated[str | None, typer.Option(help="Target token (word or id:N) for token-shift / knowledge-neuron.")]
     = None,
     strength: Annotated[float, typer.Option(help="lambda of token-shift.")] = 1.0,
+    signed: Annotated[bool, typer.Option(help="token-shift signed per neuron by sign(<w_i, u_source>), for gated FFN "
+                                              "neurons that fire negatively (see ValueVectorEdit.token_shift).")]
+    = False,
     lambda1: Annotated[float, typer.Option(help="lambda1 (source) of knowledge-neuron.")] = 1.0,
     lambda2: Annotated[float, typer.Option(help="lambda2 (target) of knowledge-neuron.")] = 1.0,
     sigma: Annotated[float, typer.Option(help="Noise scale of noise.")] = 1.0,
@@ -145,8 +149,10 @@ def make(
     elif kind == "noise":
         edit = ValueVectorEdit.noise(model_, selected, options["sigma"], options["seed"], reason=options["reason"])
     elif kind == "token-shift":
+        if options.get("signed") and source_id < 0:
+            raise InputError("--signed needs --source (the signs are those of <w_i, u_source>)")
         edit = ValueVectorEdit.token_shift(model_, selected, source_id, target_id, options["strength"],
-                                           reason=options["reason"])
+                                           reason=options["reason"], signs="source" if options.get("signed") else None)
     else:
         edit = ValueVectorEdit.knowledge_neuron(model_, selected, source_id, target_id, options["lambda1"],
                                                 options["lambda2"], reason=options["reason"])
