@@ -19,21 +19,11 @@ import torch
 
 
 def main() -> None:
+    from bundled_sweep import score_neurons  # scripts/ is on the path when run as ``python scripts/...``
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from neuronscope.bundled import (
-        CAPTION_PREFIX,
-        CAPTION_PROMPT,
-        COLOURS,
-        SHAPES,
-        SHAPES_VLM_PATH,
-        render_scene,
-        sample_scenes,
-    )  # fmt: skip
-    from neuronscope.experiments.captions import concept_removal, removal_records
-    from neuronscope.models import get_adapter
+    from neuronscope.bundled import SHAPES_VLM_PATH
     from neuronscope.models.loading import LoadedModel
-    from neuronscope.pipelines.multimodal import find_multimodal_neurons
     from neuronscope.recipes.qrnca import run_qrnca_domains
 
     parser = argparse.ArgumentParser()
@@ -50,18 +40,7 @@ def main() -> None:
     started = time.time()
     model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    scenes = sample_scenes(args.images, seed=0, split="test")
-    images = [render_scene(scene) for scene in scenes]
-    located = find_multimodal_neurons(model, processor, images, concepts=[*COLOURS, *SHAPES], top_k=1000,
-                                      progress=False, heatmaps=0, max_new_tokens=12, batch_size=16)
-    shows = {c: [i for i, s in enumerate(scenes) if c in {o.colour for o in s.objects}] for c in COLOURS}
-    shows.update({c: [i for i, s in enumerate(scenes) if c in {o.shape for o in s.objects}] for c in SHAPES})
-    shows = {c: rows for c, rows in shows.items() if rows and c in located.concepts}
-    neurons = {c: located.concept_neurons(c, max(args.ks)) for c in shows}
-    rows = concept_removal(model, processor, images, shows, neurons, args.ks, prompt=CAPTION_PROMPT,
-                           assistant_prefix=CAPTION_PREFIX, d_ff=get_adapter(model).d_ff,
-                           words=[*COLOURS, *SHAPES], n_random=args.random, seed=0)  # fmt: skip
-    records = removal_records(rows)
+    records = score_neurons(model, processor, args.images, args.ks, n_random=args.random)
     (out / "suppression.json").write_text(json.dumps(records, indent=1) + "\n")
     for record in records:
         print(record, flush=True)

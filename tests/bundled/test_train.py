@@ -55,3 +55,17 @@ def test_text_tasks_include_answering_the_question_in_words():
     examples = [text_example(rng, facts, (0, 0, 0, 0, 1)) for _ in range(5)]
     by_question = {world.question_prompt(f.question): f.answer for f in facts}
     assert all(by_question[prompt] == answer for prompt, answer in examples)
+
+
+def test_command_line_options_map_onto_the_config_and_defaults_are_the_shipped_recipe():
+    from neuronscope.bundled.train import config_from, config_parser
+
+    parser = config_parser()
+    assert config_from(parser, parser.parse_args([])) == TrainConfig()
+    args = parser.parse_args(["--seed", "3", "--text-steps", "7", "--text-mix", "1", "2", "3", "4", "--train-vision",
+                              "--text-batch", "5", "--lr", "0.01", "--hidden-act", "relu", "--activation-l1", "0.2"])
+    assert config_from(parser, args) == TrainConfig(seed=3, text_pretrain_steps=7, text_mix=(1.0, 2.0, 3.0, 4.0),
+                                                    freeze_vision=False, text_pretrain_batch=5, lr=0.01,
+                                                    hidden_act="relu", activation_l1=0.2)
+    with pytest.raises(SystemExit):
+        config_from(parser, parser.parse_args(["--text-mix", "1", "2"]))

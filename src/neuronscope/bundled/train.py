@@ -631,10 +631,9 @@ def evaluate(
     return {k: round(v, 4) for k, v in metrics.items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m neuronscope.bundled.train --out DIR [--steps N] [--threads T] [--eval-images N]``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="folder for weights, config, tokenizer and processor")
+def config_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The command-line options of a :class:`TrainConfig` (defaults = the shipped model's); see :func:`config_from`."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--threads", type=int, default=TrainConfig.threads)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
@@ -650,10 +649,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text-batch", type=int, default=TrainConfig.text_pretrain_batch, help="stage 2 batch size")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--device", default=TrainConfig.device, help='"cpu" (default) or "cuda"')
-    parser.add_argument("--eval-images", type=int, default=200, help="held-out images to score (0: skip)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config = TrainConfig(
+    return parser
+
+
+def config_from(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of options parsed by :func:`config_parser` (a usage error for a bad --text-mix)."""
+    if len(args.text_mix) not in (4, 5):
+        parser.error("--text-mix takes 4 or 5 shares: CLOZE MCQA MATCH SUMS [QUESTION]")
+    return TrainConfig(
         steps=args.steps,
         threads=args.threads,
         seed=args.seed,
@@ -667,8 +670,16 @@ def main(argv: list[str] | None = None) -> None:
         text_pretrain_batch=args.text_batch,
         lr=args.lr,
     )
-    if len(config.text_mix) not in (4, 5):
-        parser.error("--text-mix takes 4 or 5 shares: CLOZE MCQA MATCH SUMS [QUESTION]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: ``python -m neuronscope.bundled.train --out DIR [--steps N] [--threads T] [--eval-images N]``."""
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for weights, config, tokenizer and processor")
+    parser.add_argument("--eval-images", type=int, default=200, help="held-out images to score (0: skip)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config = config_from(parser, args)
     summary = train(config, args.out)
     if args.eval_images > 0:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
