@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.inputs import encode_prompts
 from neuronscope.models.adapter import get_adapter
-from neuronscope.recipes.fact_editing import _activation_signs, signed_token_shift
+from neuronscope.recipes.fact_editing import _activation_signs
 from neuronscope.trace import capture
 
 
@@ -35,8 +36,8 @@ def test_signed_shift_moves_towards_the_new_token_for_negative_and_positive_neur
     for wanted in (-1.0, 1.0):
         index = int(values.argmin() if wanted < 0 else values.argmax())
         neuron = all_neurons[index:index + 1]
-        signed = signed_token_shift(model, neuron, signs[index:index + 1], old, new, strength=0.5)
-        unsigned = signed_token_shift(model, neuron, torch.ones(1), old, new, strength=0.5)
+        signed = ValueVectorEdit.token_shift(model, neuron, old, new, 0.5, signs=signs[index:index + 1])
+        unsigned = ValueVectorEdit.token_shift(model, neuron, old, new, 0.5, signs=torch.ones(1))
         with signed.applied(model):
             after_signed = _margin(model, batch, new, old)
         with unsigned.applied(model):

@@ -4,7 +4,7 @@ For each edit (``EDITS``: a prompt, its true answer, a new answer, paraphrases):
 1. locate the ``k`` neurons with the largest contribution to the true answer at the last position of the edit
    prompt (``contribution`` method: activation × ⟨value vector, unembedding row⟩);
 2. closed-form edit ``w_i ← w_i + λ · sign(a_i) · (u_new − u_old)`` (signed by the neuron's activation on the edit
-   prompt: gated FFN neurons can fire negatively, see :func:`signed_token_shift`): λ is the smallest of ``LAMBDAS`` that makes the new answer
+   prompt: gated FFN neurons can fire negatively, see ``ValueVectorEdit.token_shift(signs=...)``): λ is the smallest of ``LAMBDAS`` that makes the new answer
    top-1 on the edit prompt itself (the edit's own objective; paraphrases and other facts are never looked at);
 3. optimised edit (Adam on the same neurons: target NLL + KL on other prompts + norm penalty);
 4. reliability (edit prompt), generalisation (paraphrases), locality (other facts: greedy-answer agreement and KL)
@@ -57,20 +57,6 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def signed_token_shift(model: Any, neurons: torch.Tensor, signs: torch.Tensor, old: int, new: int,
-                       strength: float, reason: str = "") -> ValueVectorEdit:
-    """``w_i ← w_i + λ · sign(a_i) · (u_new − u_old)``: the closed-form shift, signed by each neuron's activation.
-
-    A gated FFN neuron can fire negatively (SiLU(gate) · up < 0); then adding ``u_new − u_old`` to its value vector
-    moves the output towards the OLD answer. Multiplying by the sign of the activation on the edit prompt makes
-    every neuron push the same way.
-
-    Args:
-        neurons: ``[n, 2]``; signs: ``[n]`` of ±1 (activation signs at the edit prompt's last position).
-    """
-    return ValueVectorEdit.token_shift(model, neurons, old, new, strength, reason, signs=signs)
-
-
 def _activation_signs(model: Any, batch: Any, neurons: torch.Tensor) -> torch.Tensor:
     from neuronscope.trace import capture
 
@@ -86,7 +72,7 @@ def _choose_lambda(model: Any, tokenizer: Any, neurons: torch.Tensor, signs: tor
     """The smallest λ in ``LAMBDAS`` that makes ``new`` top-1 on ``prompt`` (the largest if none does)."""
     scorer = LastTokenScorer(model, tokenizer, [prompt], [new])
     for strength in LAMBDAS:
-        edit = signed_token_shift(model, neurons, signs, old, new, strength)
+        edit = ValueVectorEdit.token_shift(model, neurons, old, new, strength, signs=signs)
         with edit.applied(model):
             scorer.release()
             if int(scorer.ranks()[0]) == 0:
@@ -132,7 +118,8 @@ def run_fact_editing(
         with watch("closed_form"):
             signs = _activation_signs(lm, batch, neurons)
             strength = _choose_lambda(lm, tokenizer, neurons, signs, spec["prompt"], old, new)
-            closed = signed_token_shift(lm, neurons, signs, old, new, strength, reason=f"edit {number}")
+            closed = ValueVectorEdit.token_shift(lm, neurons, old, new, strength, reason=f"edit {number}",
+                                                 signs=signs)
         with watch("optimise"):
             optimised = optimise_edit(lm, neurons, batch, token_targets(batch, [new], tokenizer),
                                       unrelated=unrelated, steps=optimise_steps)
