@@ -15,10 +15,10 @@ import torch
 from neuronscope.errors import InputError
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.evaluate.metrics import causal_effect
-from neuronscope.inputs import encode_images, generate
+from neuronscope.experiments.captions import caption_images
 from neuronscope.models import get_adapter
 from neuronscope.pipelines.invariance import teacher_forced_batch
-from neuronscope.pipelines.multimodal import _encode, find_multimodal_neurons, to_model
+from neuronscope.pipelines.multimodal import _encode, find_multimodal_neurons
 from neuronscope.trace import intervene, suppress
 
 pytestmark = pytest.mark.slow
@@ -44,10 +44,9 @@ def found():
 
 
 def _captions(model, processor, images, prefix, neurons=None):
-    batch = to_model(encode_images(processor, images, "Describe the image in few words.", assistant_prefix=prefix),
-                     model)
-    with intervene(model, [] if neurons is None else suppress(neurons, positions="last")):
-        return generate(model, processor, batch, max_new_tokens=12).texts
+    interventions = None if neurons is None else suppress(neurons, positions="last")
+    return caption_images(model, processor, images, "Describe the image in few words.", assistant_prefix=prefix,
+                          interventions=interventions)
 
 
 def test_the_pipeline_captions_every_image_and_finds_colour_pairs(found):
