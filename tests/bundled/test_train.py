@@ -69,3 +69,28 @@ def test_command_line_options_map_onto_the_config_and_defaults_are_the_shipped_r
                                                     hidden_act="relu", activation_l1=0.2)
     with pytest.raises(SystemExit):
         config_from(parser, parser.parse_args(["--text-mix", "1", "2"]))
+
+
+def test_activation_penalty_is_the_mean_absolute_ffn_activation_over_layers():
+    import torch
+
+    from helpers.tiny_models import random_batch, tiny_text_model
+    from neuronscope.bundled.train import ActivationPenalty
+    from neuronscope.trace import capture
+
+    model = tiny_text_model("llama")
+    batch = random_batch()
+    penalty = ActivationPenalty(model.model)
+    with torch.no_grad():
+        model(**batch)  # inactive: nothing recorded
+        assert float(penalty.take()) == 0.0
+        penalty.active = True
+        with capture(model, "neuron", positions="all") as acts:
+            model(**batch)
+    by_hand = torch.stack([acts.get("neuron", layer).abs().mean() for layer in acts.layers]).mean()
+    torch.testing.assert_close(penalty.take(), by_hand)
+    assert float(penalty.take()) == 0.0  # taken terms are cleared
+    penalty.remove()
+    with torch.no_grad():
+        model(**batch)
+    assert float(penalty.take()) == 0.0
