@@ -21,7 +21,7 @@ import transformers as T
 
 from neuronscope.attribute.gradient_x_activation import gradient_x_activation
 from neuronscope.attribute.integrated_gradients import integrated_gradients
-from neuronscope.attribute.targets import token_targets
+from neuronscope.inputs.targets import token_targets
 from neuronscope.inputs import Batch
 
 SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,

@@ -21,7 +21,7 @@ from neuronscope.attribute.log_probability_increase import (
     head_log_probability_increase,
     log_probability_increase,
 )
-from neuronscope.attribute.targets import token_targets
+from neuronscope.inputs.targets import token_targets
 from neuronscope.inputs import Batch
 
 SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,

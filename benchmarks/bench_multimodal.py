@@ -30,7 +30,7 @@ from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
 from neuronscope.attribute.contribution import contribution
-from neuronscope.attribute.targets import TargetSet
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.inputs import encode_images
 from neuronscope.pipelines.multimodal import caption_and_score
 from neuronscope.pipelines.nouns import TaggedWord

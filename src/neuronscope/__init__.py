@@ -18,16 +18,16 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+from neuronscope._version import __version__ as __version__
 
 _EXPORTS = {
     "load_model": "neuronscope.models",
     "get_adapter": "neuronscope.models",
     "supported_families": "neuronscope.models",
     "smollm2_location": "neuronscope.models",
-    "encode_prompts": "neuronscope.inputs",
-    "encode_images": "neuronscope.inputs",
-    "generate": "neuronscope.inputs",
+    "encode_prompts": "neuronscope.inputs.batch",
+    "encode_images": "neuronscope.inputs.batch",
+    "generate": "neuronscope.inputs.batch",
     "capture": "neuronscope.trace",
     "intervene": "neuronscope.trace",
     "Intervention": "neuronscope.trace",
@@ -36,12 +36,13 @@ _EXPORTS = {
     "set_neurons": "neuronscope.trace",
     "patch_neurons": "neuronscope.trace",
     "ablate_heads": "neuronscope.trace",
-    "token_targets": "neuronscope.attribute",
-    "word_targets": "neuronscope.attribute",
-    "prediction_targets": "neuronscope.attribute",
-    "continuation_targets": "neuronscope.attribute",
+    "token_targets": "neuronscope.inputs.targets",
+    "word_targets": "neuronscope.inputs.targets",
+    "prediction_targets": "neuronscope.inputs.targets",
+    "continuation_targets": "neuronscope.inputs.targets",
     "list_methods": "neuronscope.attribute",
-    "NeuronScores": "neuronscope.results",
+    "NeuronScores": "neuronscope.results.scores",
+    "load_result": "neuronscope.results.base",
     "top_tokens": "neuronscope.explain",
     "ValueVectorEdit": "neuronscope.edit.weights",
     "optimise_edit": "neuronscope.edit.optimise",

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from neuronscope.attribute import word_token
 from neuronscope.bundled import (
     CAPTION_PREFIX,
     CAPTION_PROMPT,
@@ -38,8 +37,10 @@ from neuronscope.evaluate.metrics import concept_rate
 from neuronscope.experiments.captions import caption_images as captions_of
 from neuronscope.experiments.captions import concept_removal, removal_records
 from neuronscope.explain import top_tokens
+from neuronscope.inputs.targets import word_token
 from neuronscope.models import get_adapter
-from neuronscope.report import RunDir, build_report
+from neuronscope.report import build_report
+from neuronscope.runs import RunDir
 from neuronscope.trace import suppress
 
 #: λ of the demo's signed token shift (chosen among 0.2, 0.3, 0.5 and 1 on the demo's own 24 images: 1 also

@@ -17,17 +17,17 @@ from neuronscope.attribute.comparative import (
     shift_targets,
     value_key,
 )
-from neuronscope.attribute.heads import attention_module, value_states_from_projection
 from neuronscope.attribute.log_probability_increase import (
     head_log_probability_increase,
     head_source_log_probability_increase,
     log_probability_increase,
 )
 from neuronscope.attribute.registry import get_method, list_methods
-from neuronscope.attribute.targets import token_targets
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
+from neuronscope.models.attention import attention_module, value_states_from_projection
 from neuronscope.trace import ablate_heads, capture, intervene, suppress
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
-from neuronscope.attribute import get_method, token_targets
+from neuronscope.attribute import get_method
 from neuronscope.attribute.contribution import contribution
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet, token_targets
 from neuronscope.models import get_adapter
 from neuronscope.trace import capture, intervene, suppress
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
-from neuronscope.attribute import get_method, token_targets
+from neuronscope.attribute import get_method
 from neuronscope.attribute.gradient_x_activation import gradient_x_activation
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
 
 EXACT = dict(rtol=1e-7, atol=1e-12)

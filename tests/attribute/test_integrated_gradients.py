@@ -7,10 +7,11 @@ import torch
 from captum.attr import InputXGradient, IntegratedGradients
 
 from helpers.tiny_models import random_batch, tiny_text_model
-from neuronscope.attribute import get_method, token_targets
+from neuronscope.attribute import get_method
 from neuronscope.attribute.integrated_gradients import alpha_grid, integrated_gradients
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
 
 EXACT = dict(rtol=1e-7, atol=1e-13)  # float64: scores are ~1e-5, so the relative tolerance is what bites
@@ -193,8 +194,8 @@ def test_errors():
 def test_out_of_memory_back_off_gives_the_same_scores(monkeypatch):
     """A (simulated) out-of-memory chunk is retried at half the size; the scores do not change."""
     from helpers.tiny_models import random_batch, tiny_text_model
-    from neuronscope.attribute.targets import token_targets
     from neuronscope.inputs import Batch
+    from neuronscope.inputs.targets import token_targets
 
     model = tiny_text_model("llama", dtype=torch.float64)
     inputs = random_batch(batch=1, length=5)

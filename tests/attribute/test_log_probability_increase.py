@@ -7,12 +7,7 @@ import pytest
 import torch
 
 from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
-from neuronscope.attribute.heads import (
-    HeadSourceScores,
-    attention_module,
-    head_outputs,
-    value_states_from_projection,
-)
+from neuronscope.attribute.heads import HeadSourceScores, head_outputs
 from neuronscope.attribute.log_probability_increase import (
     FrozenReadout,
     head_log_probability_increase,
@@ -21,10 +16,11 @@ from neuronscope.attribute.log_probability_increase import (
     log_probability_increase_from_logits,
 )
 from neuronscope.attribute.registry import get_method
-from neuronscope.attribute.targets import token_targets
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
+from neuronscope.models.attention import attention_module, value_states_from_projection
 from neuronscope.trace import capture
 
 TOL = dict(rtol=1e-4, atol=2e-5)
@@ -360,7 +356,7 @@ def test_image_patches_of_the_top_head_on_a_tiny_llava():
     from PIL import Image
 
     from helpers.tiny_vlms import tiny_llava
-    from neuronscope.vision.layout import image_layout
+    from neuronscope.models.image_layout import image_layout
 
     vlm = tiny_llava()
     image = Image.new("RGB", (48, 48), (200, 10, 10))

@@ -16,7 +16,7 @@ import torch
 from cli_helpers import assert_user_error, contribution_by_hand, load_tiny
 
 import neuronscope.cli.locate as locate_module
-from neuronscope.results import NeuronScores
+from neuronscope.results.scores import NeuronScores
 
 PROMPTS = ["the capital of france is", "the colour of the sky is", "the capital of a country is a",
            "the cat and the dog", "grass is"]

@@ -76,7 +76,7 @@ def test_text_recipe_gets_the_model_and_options(cli, tiny_model, tmp_path, monke
 
     def fake_recipe(out_dir, *, model=None, limit=None, seed=0, steps=10):
         seen.update(model_type=model.model.config.model_type, out_dir=out_dir, limit=limit, seed=seed, steps=steps)
-        from neuronscope.report import RunDir
+        from neuronscope.runs import RunDir
 
         RunDir(out_dir, overwrite=True).write_json("metrics.json", {"pcr": -0.5})
         return {"pcr": -0.5, "per_query": [1, 2]}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neuronscope.errors import NeuronscopeError
-from neuronscope.scale import (
+from neuronscope.runs.batching import (
     SIMULATE_ENV,
     AdaptiveBatcher,
     SimulatedOutOfMemory,

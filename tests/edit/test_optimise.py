@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
-from neuronscope.attribute import token_targets
 from neuronscope.edit.optimise import _add_delta_hooks, optimise_edit
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
 
 NEURONS = torch.tensor([[0, 1], [0, 5], [1, 2], [1, 9], [1, 11]])

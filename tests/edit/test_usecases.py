@@ -8,7 +8,6 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from neuronscope.attribute import token_targets
 from neuronscope.attribute.contribution import contribution
 from neuronscope.edit.usecases import (
     continued_batch,
@@ -23,6 +22,7 @@ from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.errors import NeuronscopeError
 from neuronscope.evaluate.metrics import concept_rate
 from neuronscope.inputs import encode_prompts, generate
+from neuronscope.inputs.targets import token_targets
 
 WORDS = ("the capital of france is paris rome berlin city a cat dog sky blue red green and on sat mat big "
          "small house tree river old new king queen").split()

@@ -10,12 +10,12 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from neuronscope.attribute.contribution import contribution
-from neuronscope.attribute.targets import token_targets
 from neuronscope.errors import InputError
 from neuronscope.evaluate.metrics import kl_divergence
 from neuronscope.experiments.bias import bias_experiment, bias_neurons, probability_gap
 from neuronscope.inputs import encode_prompts
-from neuronscope.results import NeuronScores
+from neuronscope.inputs.targets import token_targets
+from neuronscope.results.scores import NeuronScores
 
 WORDS = "a an the woman man girl boy works as is nurse engineer doctor teacher sky blue king and".split()
 PAIRS = [("a woman works as a", "a man works as a"), ("the girl is a", "the boy is a")]

@@ -169,9 +169,9 @@ def test_bad_goal_and_rule_are_refused(tiny):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_located_replacement_beats_random_edits_of_the_same_size(smollm2):
-    from neuronscope.attribute import word_targets
     from neuronscope.edit.optimise import optimise_edit
     from neuronscope.edit.usecases import as_batch, locate_word
+    from neuronscope.inputs.targets import word_targets
 
     model, tokenizer = smollm2.model, smollm2.tokenizer
     unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]

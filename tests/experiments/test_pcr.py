@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
-from neuronscope.attribute import token_targets
 from neuronscope.experiments import NeuronGroup, pcr_experiment, target_probabilities
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
 from neuronscope.trace import intervene, scale_neurons
 
 

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
-from neuronscope.attribute import token_targets
 from neuronscope.attribute.contribution import contribution
 from neuronscope.edit.usecases import score_grid
 from neuronscope.errors import NeuronscopeError
@@ -20,7 +19,8 @@ from neuronscope.experiments.pruning import (
     top_neurons_in_layers,
 )
 from neuronscope.inputs import Batch
-from neuronscope.results import NeuronScores
+from neuronscope.inputs.targets import token_targets
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import intervene
 
 D_FF = 24
@@ -140,8 +140,8 @@ FACTS = [("The capital of France is", "Paris"), ("The capital of Japan is", "Tok
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_keeping_top_deep_neurons_keeps_the_answers_random_ones_do_not(smollm2):
-    from neuronscope.attribute import word_targets
     from neuronscope.inputs import encode_prompts
+    from neuronscope.inputs.targets import word_targets
 
     model, tokenizer = smollm2.model, smollm2.tokenizer
     batch = encode_prompts(tokenizer, [prompt for prompt, _ in FACTS], model=model)

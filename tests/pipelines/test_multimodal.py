@@ -13,8 +13,8 @@ from PIL import Image
 from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.attribute.contribution import contribution
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models import get_adapter
 from neuronscope.pipelines import multimodal
 from neuronscope.pipelines.multimodal import (
@@ -165,7 +165,7 @@ def test_missing_and_unreadable_images_are_reported_and_counted(tmp_path):
 
 
 def test_heatmap_values_are_the_neurons_activations_at_the_image_tokens(tmp_path):
-    from neuronscope.report import RunDir
+    from neuronscope.runs import RunDir
 
     vlm = chat_vlm("llava")
     model, processor = vlm.model, vlm.processor
@@ -197,7 +197,7 @@ def test_heatmap_values_are_the_neurons_activations_at_the_image_tokens(tmp_path
 
 
 def test_a_model_without_a_spatial_map_says_so(tmp_path):
-    from neuronscope.report import RunDir
+    from neuronscope.runs import RunDir
 
     vlm = chat_vlm("instructblip")
     run = RunDir(tmp_path / "run")
@@ -209,7 +209,7 @@ def test_a_model_without_a_spatial_map_says_so(tmp_path):
 
 
 def test_an_image_folder_with_an_unreadable_file(tmp_path):
-    from neuronscope.data.images import read_image_folder
+    from neuronscope.inputs.images import read_image_folder
 
     IMAGES[0].save(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"\x89PNG broken")

@@ -11,15 +11,15 @@ from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.inputs import encode_images
 from neuronscope.models import get_adapter
+from neuronscope.models.image_layout import image_layout
 from neuronscope.pipelines.patches import (
     head_source_contributions,
     important_patches,
     min_max,
     rank_correlation,
 )
-from neuronscope.report import RunDir
+from neuronscope.runs import RunDir
 from neuronscope.trace import capture
-from neuronscope.vision.layout import image_layout
 
 IMAGE = gradient_image(40, 30)
 
@@ -128,7 +128,7 @@ def test_files_for_a_grid_model_and_a_reason_for_learned_queries(tmp_path):
 def test_vqa_jsonl_run_counts_skipped_images_and_resumes(tmp_path, monkeypatch):
     import json
 
-    from neuronscope.data.images import read_vqa_jsonl
+    from neuronscope.inputs.images import read_vqa_jsonl
     from neuronscope.pipelines import patches
 
     IMAGE.save(tmp_path / "good.png")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from neuronscope.report import RunDir
 from neuronscope.report.plots import bar_chart_figure, layer_histogram_figure, score_histogram_figure
+from neuronscope.runs import RunDir
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from neuronscope.errors import InputError
-from neuronscope.report import RunDir, build_report
+from neuronscope.report import build_report
+from neuronscope.runs import RunDir
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "check_report_in_chromium.py"
 

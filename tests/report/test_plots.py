@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from neuronscope.report import RunDir
 from neuronscope.report.plots import (
     bar_chart_figure,
     layer_histogram_figure,
-    save_png,
     score_histogram_figure,
 )
+from neuronscope.results.io import write_png
+from neuronscope.runs import RunDir
 
 
 def bar_heights(figure, container=0):
@@ -56,7 +56,7 @@ def test_bar_chart_values_and_orientation():
 
 def test_png_written(tmp_path):
     figure = score_histogram_figure(np.arange(10.0))
-    path = save_png(figure, tmp_path / "h.png")
+    path = write_png(tmp_path / "h.png", figure)
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size[0] > 100
     run = RunDir(tmp_path / "run")

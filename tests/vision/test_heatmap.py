@@ -11,19 +11,19 @@ from PIL import Image
 
 from helpers.tiny_vlms import build_tiny_vlm, gradient_image
 from neuronscope.errors import InputError
+from neuronscope.models.image_grid import ImageLayout, Tile
+from neuronscope.models.image_layout import image_layout
+from neuronscope.results.io import write_png
 from neuronscope.vision import (
     grid_on_image,
     image_heatmap,
-    image_layout,
     mask_above_percentile,
     mask_overlay,
     neuron_heatmap,
     overlay,
-    save_png,
     top_neurons_mean,
     values_on_grid,
 )
-from neuronscope.vision.grid import ImageLayout, Tile
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ def test_mask_overlay_dims_outside_and_png_round_trip(tmp_path):
     pixels = np.asarray(shown)
     assert (pixels[~mask.numpy()] == 0).all()
     assert (pixels[mask.numpy()] == np.asarray(image)[mask.numpy()]).all()
-    path = save_png(shown, tmp_path / "sub" / "mask.png")
+    path = write_png(tmp_path / "sub" / "mask.png", shown)
     assert path.exists() and not list(path.parent.glob("*.tmp"))
     assert (np.asarray(Image.open(path)) == pixels).all()
     with pytest.raises(InputError, match="mask is"):

@@ -7,8 +7,9 @@ import torch
 
 from helpers.tiny_vlms import build_tiny_vlm, gradient_image
 from neuronscope.errors import InputError
-from neuronscope.vision import image_layout, shuffle_image_embeddings, shuffle_plan, shuffled_image_tokens
-from neuronscope.vision.shuffle import find_language_model
+from neuronscope.models.adapter import get_adapter
+from neuronscope.models.image_layout import image_layout
+from neuronscope.vision import shuffle_image_embeddings, shuffle_plan, shuffled_image_tokens
 
 
 def capture_inputs_embeds(model) -> tuple[list[torch.Tensor], torch.utils.hooks.RemovableHandle]:
@@ -17,7 +18,7 @@ def capture_inputs_embeds(model) -> tuple[list[torch.Tensor], torch.utils.hooks.
     def hook(_module, _args, kwargs):
         seen.append(kwargs["inputs_embeds"].detach().clone())
 
-    handle = find_language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
+    handle = get_adapter(model).decoder.register_forward_pre_hook(hook, with_kwargs=True)
     return seen, handle
 
 

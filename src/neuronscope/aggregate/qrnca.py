@@ -28,14 +28,11 @@ common-neuron removal) and `qrnca_without_common_removal` (NAICA ranking, common
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -54,13 +51,6 @@ __all__ = [
     "query_cluster",
 ]
 
-FORMAT_VERSION = 1
-CONFIG_FILE = "qrnca_config.json"
-COMMON_FILE = "common_neurons.json"
-KEY_FILE = "key_neurons.json"
-KEY_TABLE = "key_neurons.csv"
-CLUSTER_TABLE = "clusters.csv"
-OCCURRENCE_TABLE = "occurrences.csv"
 
 
 @dataclass(frozen=True)
@@ -170,6 +160,8 @@ class QRNCAResult:
         key_scores: per query, ``float64 [<= top_v]``: the ranking score (NAICA, or NA when ``use_ica=False``).
     """
 
+    format: ClassVar[str] = "neuronscope.qrnca"
+
     query_ids: list[str]
     config: QRNCAConfig
     n_layers: int
@@ -207,143 +199,30 @@ class QRNCAResult:
         return flat_to_neurons(torch.unique(flat), self.d_ff)
 
     # ---------------------------------------------------------------------------------------------- files
+    def as_dict(self) -> dict:
+        """Settings and per-query key neurons (JSON-ready)."""
+        return {"format": self.format, **asdict(self.config), "n_queries": self.n_queries,
+                "n_layers": self.n_layers, "d_ff": self.d_ff, "common_neurons": self.common_neurons.tolist(),
+                "key_neurons": {qid: neurons.tolist() for qid, neurons in zip(self.query_ids, self.key_neurons,
+                                                                               strict=True)}}
+
+    def summary(self) -> str:
+        kept = sum(len(neurons) for neurons in self.key_neurons)
+        return (f"QRNCA over {self.n_queries} queries: {len(self.common_neurons)} common neurons removed, "
+                f"{kept} key neurons kept ({kept / max(1, self.n_queries):.1f} per query)")
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the result as separate JSON / CSV files in ``directory`` (created if missing).
+        """Write the result as separate JSON / CSV files in ``directory`` (see :mod:`.qrnca_files`)."""
+        from neuronscope.aggregate.qrnca_files import save_qrnca
 
-        Files (each written atomically: a temporary file in the same folder, then ``os.replace``):
-        ``qrnca_config.json`` (settings, ids, grid), ``common_neurons.json``, ``key_neurons.json`` and
-        ``key_neurons.csv`` (query_id, rank, layer, index, score), ``clusters.csv`` (query_id, layer, index,
-        summed_na, na, ica, naica), ``occurrences.csv`` (layer, index, occurrences, ica; neurons with occ > 0).
-
-        Returns:
-            The directory path.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        n = self.n_queries
-        config = {
-            "format_version": FORMAT_VERSION,
-            "method": "qrnca",
-            "citation": "Chen, Dejl & Toni 2024, arXiv:2406.10868",
-            **asdict(self.config),
-            "n_queries": n,
-            "n_layers": self.n_layers,
-            "d_ff": self.d_ff,
-            "query_ids": list(self.query_ids),
-            "files": [COMMON_FILE, KEY_FILE, KEY_TABLE, CLUSTER_TABLE, OCCURRENCE_TABLE],
-            **({"extra": self.extra} if self.extra else {}),
-        }
-        _atomic_write_text(directory / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
-
-        common_occ = [int(self.occurrences[layer, index]) for layer, index in self.common_neurons.tolist()]
-        common = {
-            "common_threshold": self.config.common_threshold,
-            "rule": "occurrences > common_threshold * n_queries",
-            "n_queries": n,
-            "common_neurons": self.common_neurons.tolist(),
-            "occurrences": common_occ,
-        }
-        _atomic_write_text(directory / COMMON_FILE, json.dumps(common, indent=2) + "\n")
-
-        keys = {
-            "score": "na_ica" if self.config.use_ica else "na",
-            "queries": [
-                {"query_id": qid, "neurons": neurons.tolist(), "scores": scores.tolist()}
-                for qid, neurons, scores in zip(
-                    self.query_ids, self.key_neurons, self.key_scores, strict=True
-                )
-            ],
-        }
-        _atomic_write_text(directory / KEY_FILE, json.dumps(keys, indent=2) + "\n")
-
-        key_rows = [
-            [qid, rank, layer, index, score]
-            for qid, neurons, scores in zip(self.query_ids, self.key_neurons, self.key_scores, strict=True)
-            for rank, ((layer, index), score) in enumerate(
-                zip(neurons.tolist(), scores.tolist(), strict=True)
-            )
-        ]
-        _atomic_write_text(
-            directory / KEY_TABLE, _csv_text(["query_id", "rank", "layer", "index", "score"], key_rows)
-        )
-
-        cluster_rows = []
-        for qid, cluster, naica in zip(self.query_ids, self.clusters, self.naica, strict=True):
-            ica = self.ica.reshape(-1)[cluster.flat_indices()].tolist()
-            for (layer, index), summed, score, ica_n, naica_n in zip(
-                cluster.neurons.tolist(),
-                cluster.summed.tolist(),
-                cluster.scores.tolist(),
-                ica,
-                naica.tolist(),
-                strict=True,
-            ):
-                cluster_rows.append([qid, layer, index, summed, score, ica_n, naica_n])
-        _atomic_write_text(
-            directory / CLUSTER_TABLE,
-            _csv_text(["query_id", "layer", "index", "summed_na", "na", "ica", "naica"], cluster_rows),
-        )
-
-        occurring = torch.nonzero(self.occurrences > 0, as_tuple=False).tolist()
-        occ_rows = [
-            [layer, index, int(self.occurrences[layer, index]), float(self.ica[layer, index])]
-            for layer, index in occurring
-        ]
-        _atomic_write_text(
-            directory / OCCURRENCE_TABLE, _csv_text(["layer", "index", "occurrences", "ica"], occ_rows)
-        )
-        return directory
+        return save_qrnca(self, directory)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> QRNCAResult:
         """Read a result written by `save` (exact round trip of every field)."""
-        directory = Path(directory)
-        try:
-            config_json = json.loads((directory / CONFIG_FILE).read_text())
-            common_json = json.loads((directory / COMMON_FILE).read_text())
-            key_json = json.loads((directory / KEY_FILE).read_text())
-            cluster_rows = _read_csv(directory / CLUSTER_TABLE)
-        except FileNotFoundError as error:
-            raise InputError(
-                f"{error.filename} is missing: {directory} is not a QRNCA result folder (write one with save())"
-            ) from None
-        config = QRNCAConfig(**{name: config_json[name] for name in QRNCAConfig.__dataclass_fields__})
-        query_ids = list(config_json["query_ids"])
-        n_layers, d_ff = int(config_json["n_layers"]), int(config_json["d_ff"])
-        per_query: dict[str, list[list[str]]] = {qid: [] for qid in query_ids}
-        for row in cluster_rows:
-            per_query[row[0]].append(row)
-        clusters, naica = [], []
-        for qid in query_ids:
-            rows = per_query[qid]
-            neurons = torch.tensor([[int(r[1]), int(r[2])] for r in rows], dtype=torch.long).reshape(-1, 2)
-            summed = torch.tensor([float(r[3]) for r in rows], dtype=torch.float64)
-            scores = torch.tensor([float(r[4]) for r in rows], dtype=torch.float64)
-            clusters.append(QueryCluster(neurons, summed, scores, n_layers, d_ff))
-            naica.append(torch.tensor([float(r[6]) for r in rows], dtype=torch.float64))
-        occurrences = _count_occurrences(clusters, n_layers, d_ff)
-        ica = _inverse_cluster_attribution(occurrences, len(query_ids))
-        keys = {entry["query_id"]: entry for entry in key_json["queries"]}
-        key_neurons = [
-            torch.tensor(keys[qid]["neurons"], dtype=torch.long).reshape(-1, 2) for qid in query_ids
-        ]
-        key_scores = [torch.tensor(keys[qid]["scores"], dtype=torch.float64) for qid in query_ids]
-        common = torch.tensor(common_json["common_neurons"], dtype=torch.long).reshape(-1, 2)
-        return cls(
-            query_ids=query_ids,
-            config=config,
-            n_layers=n_layers,
-            d_ff=d_ff,
-            clusters=clusters,
-            occurrences=occurrences,
-            ica=ica,
-            naica=naica,
-            common_neurons=common,
-            key_neurons=key_neurons,
-            key_scores=key_scores,
-            extra=dict(config_json.get("extra", {})),
-        )
+        from neuronscope.aggregate.qrnca_files import load_qrnca
+
+        return load_qrnca(directory)
 
 
 # ------------------------------------------------------------------------------------------------------ core
@@ -492,37 +371,3 @@ def qrnca_without_common_removal(na_per_query: Sequence[Tensor], **options) -> Q
     Takes the arguments of `run_qrnca` (``remove_common`` is fixed to False).
     """
     return run_qrnca(na_per_query, **{**options, "use_ica": True, "remove_common": False})
-
-
-# --------------------------------------------------------------------------------------------------- files
-
-
-def _csv_text(header: list[str], rows: list[list]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    # repr() of a Python float round-trips exactly, and csv writes floats with repr.
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _read_csv(path: Path) -> list[list[str]]:
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    return rows[1:]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old file or the complete new one."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False, encoding="utf-8"
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise

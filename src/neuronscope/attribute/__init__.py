@@ -1,4 +1,4 @@
-"""Attribution methods (one module each, registered by name) and their targets.
+"""Attribution methods (one module each, registered by name); their targets live in :mod:`neuronscope.inputs.targets`.
 
 Registered methods (``neuronscope models`` lists them): ``contribution`` (Pan et al.), ``integrated_gradients``
 (Dai et al.; NA of NA-ICA/QRNCA), ``gradient_x_activation`` (baseline), ``log_probability_increase`` (Yu &
@@ -16,18 +16,9 @@ from neuronscope.attribute.log_probability_increase import (
     log_probability_increase,
 )
 from neuronscope.attribute.registry import METHODS, MethodInfo, get_method, list_methods, register
-from neuronscope.attribute.targets import (
-    TargetSet,
-    continuation_targets,
-    prediction_targets,
-    token_targets,
-    word_targets,
-    word_token,
-)
 
 __all__ = [
-    "METHODS", "ComparativeScores", "HeadSourceScores", "MethodInfo", "TargetSet", "comparative", "contribution",
-    "continuation_targets", "get_method", "gradient_x_activation", "head_log_probability_increase",
-    "head_source_log_probability_increase", "integrated_gradients", "list_methods", "log_probability_increase",
-    "prediction_targets", "query_neuron_scores", "register", "token_targets", "word_targets", "word_token",
+    "METHODS", "ComparativeScores", "HeadSourceScores", "MethodInfo", "comparative", "contribution", "get_method",
+    "gradient_x_activation", "head_log_probability_increase", "head_source_log_probability_increase",
+    "integrated_gradients", "list_methods", "log_probability_increase", "query_neuron_scores", "register",
 ]

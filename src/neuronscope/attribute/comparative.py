@@ -34,14 +34,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.heads import attention_input_norm, kv_head, post_ffn_norm, value_weight
 from neuronscope.attribute.log_probability_increase import head_source_log_probability_increase
 from neuronscope.attribute.registry import get_method, register
-from neuronscope.attribute.targets import TargetSet, prediction_targets
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet, prediction_targets
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.models.attention import attention_input_norm, kv_head, post_ffn_norm, value_weight
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Intervention, capture, intervene
 
 

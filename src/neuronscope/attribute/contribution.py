@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.registry import register
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
 
 CONTRIBUTION_SITES = ("neuron", "act")
@@ -111,7 +111,7 @@ def contribution(
     Args:
         model: a causal LM or a vision-language model.
         batch: left-padded inputs (:mod:`neuronscope.inputs`).
-        targets: target tokens and the positions that produce them (:mod:`neuronscope.attribute.targets`).
+        targets: target tokens and the positions that produce them (:mod:`neuronscope.inputs.targets`).
         site: ``"neuron"`` (default: the input of the FFN output projection, where the identity
             ``Σ_i s[l, i] = <ffn_out_l, u_t>`` holds) or ``"act"`` (the activation function's output alone,
             which Pan et al.'s released code hooks).

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.registry import register
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.positions import CallState
 from neuronscope.trace.sites import NEURON_SITES, resolve_site
@@ -51,7 +51,7 @@ def gradient_x_activation(
     Args:
         model: a causal LM or a vision-language model.
         batch: left-padded inputs (:mod:`neuronscope.inputs`), run as one forward.
-        targets: target tokens and the positions that produce them (:mod:`neuronscope.attribute.targets`).
+        targets: target tokens and the positions that produce them (:mod:`neuronscope.inputs.targets`).
         site: a neuron site (``"neuron"`` default, ``"act"``, ``"up"``, ``"gate"``, ``"pre"``); the scores differ
             between sites before and after a non-linearity.
         layers: layers to score; default all.

@@ -35,63 +35,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from neuronscope.errors import NeuronscopeError, UnsupportedModelError
-from neuronscope.models.adapter import FinalNorm, ModelAdapter, norm_affine
-
-_INPUT_NORM_NAMES = ("input_layernorm", "ln_1", "attention_norm")
-
-
-# -- norms -------------------------------------------------------------------------------------------------------
-def post_attention_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
-    """The norm applied to the attention output before the residual add, or None (pre-norm families).
-
-    Families with a post-FFN norm (Gemma-2/3, OLMo-2) name it ``post_attention_layernorm``; elsewhere (Llama, Gemma)
-    that name is the *pre*-FFN norm, so the family's ``post_ffn_norm`` decides.
-    """
-    name = adapter.family.extra.get("post_attn_norm")
-    if name is None and adapter.family.post_ffn_norm is not None:
-        name = "post_attention_layernorm"
-    return None if name is None else norm_affine(adapter.module(layer, name), adapter.d_model)
-
-
-def post_ffn_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
-    """The norm applied to the FFN output before the residual add (Gemma-2/3, OLMo-2), or None."""
-    name = adapter.family.post_ffn_norm
-    return None if name is None else norm_affine(adapter.module(layer, name), adapter.d_model)
-
-
-def attention_input_norm(adapter: ModelAdapter, layer: int) -> FinalNorm | None:
-    """The norm the attention reads the residual through (``input_layernorm``, ``ln_1``), or None (OLMo-2 reads
-    the residual directly)."""
-    block = adapter.layers[adapter.check_layer(layer)]
-    for name in _INPUT_NORM_NAMES:
-        module = getattr(block, name, None)
-        if isinstance(module, nn.Module):
-            return norm_affine(module, adapter.d_model)
-    return None
+from neuronscope.errors import NeuronscopeError, ResultFileError
+from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.attention import attention_module, value_layout, value_states_from_projection
 
 
 # -- head writes -------------------------------------------------------------------------------------------------
-def attention_module(adapter: ModelAdapter, layer: int) -> nn.Module:
-    """The attention module of ``layer`` (the parent of its output projection)."""
-    return adapter.module(layer, adapter.family.attn_out.rsplit(".", 1)[0])
-
-
-def head_output_rows(adapter: ModelAdapter, layer: int) -> torch.Tensor:
-    """``W_O`` rows ``[H * d_head, d_model]`` as the residual sees them: times the post-attention norm's gain where
-    the family has one (the ``1 / σ_a`` is per position and applied by the caller)."""
-    rows = adapter.attn_output_weight(layer)
-    post = post_attention_norm(adapter, layer)
-    if post is not None:
-        rows = rows.float() * post.gain.to(rows.device)
-    return rows
-
-
 def head_outputs(adapter: ModelAdapter, layer: int, head_site: torch.Tensor) -> torch.Tensor:
     """Each head's output ``[..., H, d_model]`` from the head site ``[..., H * d_head]`` (no bias, no post norm).
 
@@ -104,60 +58,6 @@ def head_outputs(adapter: ModelAdapter, layer: int, head_site: torch.Tensor) -> 
     rows = weight.reshape(adapter.n_heads, adapter.head_dim, -1).to(per_head.device, per_head.dtype)
     return torch.einsum("...hk,hkd->...hd", per_head, rows)
 
-
-def kv_head(adapter: ModelAdapter, head: int) -> int:
-    """The key/value head that query head ``head`` reads (grouped-query attention)."""
-    return head // max(1, adapter.n_heads // max(1, adapter.n_kv_heads))
-
-
-# -- value states and value weights ------------------------------------------------------------------------------
-def _value_layout(adapter: ModelAdapter, layer: int) -> tuple[str, nn.Module]:
-    attention = attention_module(adapter, layer)
-    if hasattr(attention, "v_norm"):
-        raise UnsupportedModelError(
-            f"family '{adapter.family.name}' normalises its value states (v_norm); attention neurons are not "
-            "supported for it: use head-level scores"
-        )
-    for kind in ("v_proj", "qkv_proj", "c_attn", "query_key_value"):
-        module = getattr(attention, kind, None)
-        if isinstance(module, nn.Module):
-            return kind, module
-    raise UnsupportedModelError(
-        f"no value projection found in the attention of family '{adapter.family.name}' (looked for v_proj, "
-        "qkv_proj, c_attn, query_key_value): attention neurons need one; head-level scores still work"
-    )
-
-
-def value_states_from_projection(adapter: ModelAdapter, kind: str, output: torch.Tensor) -> torch.Tensor:
-    """The value states ``[B, T, KV, d_head]`` from the output of a value (or fused q/k/v) projection."""
-    heads, kv, head_dim = adapter.n_heads, adapter.n_kv_heads, adapter.head_dim
-    batch, length = output.shape[:2]
-    if kind == "v_proj":
-        values = output
-    elif kind == "qkv_proj":  # [q (H d) | k (KV d) | v (KV d)]
-        values = output[..., (heads + kv) * head_dim:]
-    elif kind == "c_attn":  # GPT-2: [q | k | v], each d_model wide
-        values = output[..., 2 * heads * head_dim:]
-    else:  # GPT-NeoX: per head [q | k | v]
-        values = output.reshape(batch, length, heads, 3 * head_dim)[..., 2 * head_dim:]
-    return values.reshape(batch, length, -1, head_dim)
-
-
-def value_weight(adapter: ModelAdapter, layer: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The value projection as rows ``[KV * d_head, d_model]`` (row ``kv * d_head + n`` makes value coordinate
-    ``n`` of key/value head ``kv``) and its bias ``[KV * d_head]`` or None."""
-    kind, module = _value_layout(adapter, layer)
-    heads, kv, head_dim, d_model = adapter.n_heads, adapter.n_kv_heads, adapter.head_dim, adapter.d_model
-    weight, bias = module.weight, getattr(module, "bias", None)
-    if kind == "c_attn":  # Conv1D [in, out]
-        return weight[:, 2 * d_model:].t(), None if bias is None else bias[2 * d_model:]
-    if kind == "v_proj":
-        return weight, bias
-    if kind == "qkv_proj":
-        start = (heads + kv) * head_dim
-        return weight[start:], None if bias is None else bias[start:]
-    rows = weight.reshape(heads, 3 * head_dim, d_model)[:, 2 * head_dim:].reshape(heads * head_dim, d_model)
-    return rows, None if bias is None else bias.reshape(heads, 3 * head_dim)[:, 2 * head_dim:].reshape(-1)
 
 
 # -- capture of attention probabilities and value states ---------------------------------------------------------
@@ -202,7 +102,7 @@ def attention_probe(model: nn.Module, layers: list[int], adapter: ModelAdapter |
     handles = []
     try:
         for layer in layers:
-            kind, projection = _value_layout(adapter, layer)
+            kind, projection = value_layout(adapter, layer)
 
             def keep_values(module: nn.Module, args: tuple, output: Any, layer: int = layer, kind: str = kind) -> None:
                 probe.values[layer] = value_states_from_projection(adapter, kind, output.detach())
@@ -277,6 +177,8 @@ class HeadSourceScores:
         >>> patches = scores.normalised()[0, 0, 0]     # min-max over the sources of the first head: [S]
     """
 
+    format: ClassVar[str] = "neuronscope.head_source_scores"
+
     values: torch.Tensor
     heads: torch.Tensor
     sources: torch.Tensor
@@ -308,32 +210,31 @@ class HeadSourceScores:
         rows = torch.cat([self.heads[index[:, 0]], sources[0][index[:, 1]][:, None], index[:, 2:]], dim=1)
         return rows, top_values
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"format": self.format, "shape": list(self.values.shape), "heads": self.heads.tolist(),
+                "meta": self.meta}
+
+    def summary(self) -> str:
+        examples, targets, heads, sources = self.values.shape[:4]
+        return (f"{self.meta.get('method', 'head-source')} scores of {heads} heads x {sources} source positions "
+                f"({examples} examples x {targets} targets)")
+
     def save(self, path: str | Path) -> Path:
-        """Write ``path.safetensors`` and ``path.json``."""
-        import json
-
-        from safetensors.torch import save
-
-        from neuronscope.report.atomic import atomic_write_bytes, atomic_write_text
+        """Write ``path.safetensors`` and ``path.json`` atomically; returns the JSON path."""
+        from neuronscope.results.io import write_json, write_safetensors
 
         path = Path(path)
-        tensors = {"values": self.values.contiguous().cpu(), "heads": self.heads.contiguous().cpu(),
-                   "sources": self.sources.contiguous().cpu()}
-        atomic_write_bytes(path.with_suffix(".safetensors"), save(tensors))
-        meta = {"format": "neuronscope.head_source_scores", "meta": self.meta}
-        return atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, default=str))
+        write_safetensors(path.with_suffix(".safetensors"),
+                          {"values": self.values, "heads": self.heads, "sources": self.sources})
+        return write_json(path.with_suffix(".json"), self.as_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> HeadSourceScores:
-        import json
-
-        from safetensors.torch import load_file
+        from neuronscope.results.io import read_json, read_safetensors
 
         path = Path(path)
-        if not path.with_suffix(".json").exists():
-            raise NeuronscopeError(f"no head-source scores at {path}: expected {path.with_suffix('.json')}")
-        meta = json.loads(path.with_suffix(".json").read_text())
-        if meta.get("format") != "neuronscope.head_source_scores":
-            raise NeuronscopeError(f"{path.with_suffix('.json')} does not hold head-source scores")
-        tensors = load_file(str(path.with_suffix(".safetensors")))
+        meta = read_json(path.with_suffix(".json"), what="head-source scores metadata")
+        if not isinstance(meta, dict) or meta.get("format") != cls.format:
+            raise ResultFileError(f"{path.with_suffix('.json')} does not hold head-source scores")
+        tensors, _ = read_safetensors(path.with_suffix(".safetensors"), what="head-source scores")
         return cls(tensors["values"], tensors["heads"], tensors["sources"], meta["meta"])

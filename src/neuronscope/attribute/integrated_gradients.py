@@ -45,12 +45,12 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.registry import register
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.results import NeuronScores
-from neuronscope.scale import AdaptiveBatcher
+from neuronscope.results.scores import NeuronScores
+from neuronscope.runs.batching import AdaptiveBatcher
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.positions import CallState
 from neuronscope.trace.sites import resolve_site
@@ -205,7 +205,7 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
         for layer, grads in chunk_sums.items():  # added only once the chunk succeeded (OOM back-off retries it)
             grad_sums[layer] = grads if layer not in grad_sums else grad_sums[layer] + grads
 
-    # On out-of-memory the chunk is retried at half the size (neuronscope.scale); results are the same.
+    # On out-of-memory the chunk is retried at half the size (neuronscope.runs.batching); results are the same.
     for _ in AdaptiveBatcher(min(batch_size, row_layer.numel())).map(list(range(row_layer.numel())), run_chunk):
         pass
     return torch.stack([activations[layer] * grad_sums[layer] / steps for layer in layers])
@@ -254,7 +254,7 @@ def integrated_gradients(
     Args:
         model: a causal language model (text inputs).
         batch: left-padded inputs (:mod:`neuronscope.inputs`); padding is stripped per example.
-        targets: target tokens and the positions whose probabilities they are (:mod:`neuronscope.attribute.targets`).
+        targets: target tokens and the positions whose probabilities they are (:mod:`neuronscope.inputs.targets`).
         steps: ``m``, the number of IG steps (default 20).
         grid: ``"dai"`` (``α_k = k/m``, default) or ``"linspace"`` (``linspace(0, 1, m)``); see module docstring.
         site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).

@@ -43,18 +43,15 @@ from neuronscope.attribute.heads import (
     HeadSourceScores,
     attention_probe,
     check_weighted_values,
-    head_output_rows,
-    kv_head,
-    post_attention_norm,
-    post_ffn_norm,
     weighted_values,
 )
 from neuronscope.attribute.registry import register
-from neuronscope.attribute.targets import TargetSet, prediction_targets
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet, prediction_targets
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.models.attention import head_output_rows, kv_head, post_attention_norm, post_ffn_norm
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Capture, capture
 
 DEFAULT_CHUNK = 1024

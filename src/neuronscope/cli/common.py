@@ -101,7 +101,7 @@ def settings(ctx: typer.Context, config: Path | None = None) -> dict[str, Any]:
         >>> options["top_k"]  # doctest: +SKIP
         20
     """
-    from neuronscope.data import load_config
+    from neuronscope.inputs import load_config
 
     values = dict(ctx.params)
     if config is None:

@@ -76,7 +76,7 @@ def output_folder(path: Path, overwrite: bool) -> Path:
 
 def token_of(processor: Any, spec: str | None, name: str, vocab_size: int) -> int:
     """A token id from ``id:N`` or a word (with a leading space); ``-1`` when not given."""
-    from neuronscope.attribute import word_token
+    from neuronscope.inputs.targets import word_token
 
     if spec is None:
         return -1
@@ -126,7 +126,7 @@ def make(
     """
     from neuronscope.edit.weights import ValueVectorEdit
     from neuronscope.models import get_adapter
-    from neuronscope.report import RunDir
+    from neuronscope.runs import RunDir
 
     options = common.settings(ctx, config)
     selected, run_config = common.neurons_from(options)
@@ -179,8 +179,8 @@ def _model_for_edit(options: dict[str, Any], edit: Any) -> dict[str, Any]:
 
 
 def _write_record(out_dir: Path, options: dict[str, Any], command: str) -> None:
-    from neuronscope.report.atomic import atomic_write_text
-    from neuronscope.report.rundir import run_metadata
+    from neuronscope.results.io import atomic_write_text
+    from neuronscope.runs.folder import run_metadata
 
     record = {**common.recorded_config(options, command), "meta": run_metadata()}
     atomic_write_text(out_dir / CONFIG_RECORD, json.dumps(record, indent=2, default=str) + "\n")

@@ -56,8 +56,9 @@ def evaluate(
     """
     from neuronscope.evaluate import probability_change_ratio, random_neurons_like, summarise
     from neuronscope.models import get_adapter
-    from neuronscope.report import RunDir, build_report
+    from neuronscope.report import build_report
     from neuronscope.report.plots import bar_chart_figure
+    from neuronscope.runs import RunDir
 
     options = common.settings(ctx, config)
     selected, run_config = common.read_run_neurons(Path(options["run_dir"]))

@@ -60,8 +60,9 @@ def explain(
     """
     from neuronscope.explain import top_tokens
     from neuronscope.models import get_adapter
-    from neuronscope.report import RunDir, build_report
+    from neuronscope.report import build_report
     from neuronscope.report.plots import layer_histogram_figure
+    from neuronscope.runs import RunDir
 
     options = common.settings(ctx, config)
     selected, run_config = common.neurons_from(options)

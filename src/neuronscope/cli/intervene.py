@@ -43,7 +43,7 @@ def probabilities(
     ``prediction`` targets are the unmodified model's prediction: pass ``fixed_targets`` (the ids returned by the
     run without interventions) so that the same token is measured after the intervention.
     """
-    from neuronscope.scale import AdaptiveBatcher
+    from neuronscope.runs.batching import AdaptiveBatcher
     from neuronscope.trace import intervene as intervening
 
     model, processor = loaded.model, loaded.processor
@@ -136,7 +136,8 @@ def intervene(
           --target Paris --mode suppress
     """
     from neuronscope.models import get_adapter
-    from neuronscope.report import RunDir, build_report
+    from neuronscope.report import build_report
+    from neuronscope.runs import RunDir
 
     options = common.settings(ctx, config)
     selected, run_config = common.neurons_from(options)

@@ -182,9 +182,10 @@ def _close(figure: Any) -> None:
 def finish(run: Any, options: dict[str, Any], items: list[PromptItem], loaded: Any, layer_list: list[int]) -> None:
     """Rank 0, once every example is done: merge, save scores, select, explain, plot, report."""
     from neuronscope.models import get_adapter
-    from neuronscope.report import build_report, merge_shards
+    from neuronscope.report import build_report
     from neuronscope.report.plots import score_histogram_figure
-    from neuronscope.results import NeuronScores
+    from neuronscope.results.scores import NeuronScores
+    from neuronscope.runs import merge_shards
 
     merged = merge_shards(run, expected=len(items))
     merged_tensors = run.file("merged.safetensors")
@@ -271,10 +272,10 @@ def locate(
           --prompts prompts.jsonl --out runs/x
     """
     from neuronscope.attribute import get_method
-    from neuronscope.cli.parallel import barrier, process_group
     from neuronscope.models import get_adapter
-    from neuronscope.report import RunDir
-    from neuronscope.scale import AdaptiveBatcher
+    from neuronscope.runs import RunDir
+    from neuronscope.runs.batching import AdaptiveBatcher
+    from neuronscope.runs.parallel import barrier, process_group
 
     options = common.settings(ctx, config)
     common.require(options, "model", "out")
@@ -300,7 +301,7 @@ def locate(
         if proc.rank == 0:
             barrier()
         done = run.done_indices()
-        from neuronscope.report import shard_indices
+        from neuronscope.runs import shard_indices
 
         pending = [(index, items[index], token_ids[index])
                    for index in shard_indices(len(items), proc.rank, proc.world) if index not in done]

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.targets import TargetSet, word_token
 from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.inputs import Batch, encode_prompts
+from neuronscope.inputs.targets import TargetSet, word_token
 
 PREDICTION = "prediction"
 
@@ -62,7 +62,7 @@ def read_items(options: Mapping[str, Any], *, fallback: Mapping[str, Any] | None
 
     ``target`` may hold one spec for every prompt or one per prompt; a JSONL record's own target wins over it.
     """
-    from neuronscope.data import read_prompts_jsonl
+    from neuronscope.inputs import read_prompts_jsonl
 
     prompts_file, prompt_list = options.get("prompts"), list(options.get("prompt") or [])
     targets = list(options.get("target") or [])

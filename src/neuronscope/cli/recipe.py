@@ -94,13 +94,13 @@ def call_with(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def _record(out: Path, options: dict[str, Any], recipe: str) -> None:
-    from neuronscope.report import RunDir
+    from neuronscope.runs import RunDir
 
     RunDir.open(out).write_json("cli_config.json", common.recorded_config(options, f"recipe {recipe}"))
 
 
 def _images(options: dict[str, Any]) -> Any:
-    from neuronscope.data import read_coco_captions, read_image_folder, read_sbu_captions
+    from neuronscope.inputs import read_coco_captions, read_image_folder, read_sbu_captions
 
     path = Path(options["images"])
     if path.is_dir():

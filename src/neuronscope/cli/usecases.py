@@ -37,7 +37,7 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Results folder
 
 
 def _prompts(options: dict[str, Any]) -> list[str]:
-    from neuronscope.data.prompts import read_prompts_jsonl
+    from neuronscope.inputs.prompts import read_prompts_jsonl
 
     prompts = list(options.get("prompt") or [])
     if options.get("prompts"):
@@ -48,7 +48,8 @@ def _prompts(options: dict[str, Any]) -> list[str]:
 
 
 def _write(options: dict[str, Any], command: str, edit: Any, report: Any) -> None:
-    from neuronscope.report import RunDir, build_report
+    from neuronscope.report import build_report
+    from neuronscope.runs import RunDir
 
     results = RunDir(options["out"], overwrite=options["overwrite"])  # after the work: nothing half done
     results.write_config(common.recorded_config(options, command))

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.edit.weights import ValueVectorEdit, _check_neurons
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import get_adapter
 
 GOALS = ("promote", "demote")

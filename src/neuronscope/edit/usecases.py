@@ -34,14 +34,14 @@ from torch import nn
 
 from neuronscope.aggregate.select import top_k_neurons
 from neuronscope.attribute.registry import get_method
-from neuronscope.attribute.targets import TargetSet, _stack, prediction_targets
 from neuronscope.edit.optimise import optimise_edit
 from neuronscope.edit.weights import ValueVectorEdit, _check_neurons
 from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.evaluate.metrics import concept_rate, token_agreement
 from neuronscope.inputs import Batch, Generation, encode_prompts, generate
+from neuronscope.inputs.targets import TargetSet, _stack, prediction_targets
 from neuronscope.models.adapter import get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.results.scores import NeuronScores
 
 REMOVE_METHODS = ("optimised", "erase", "token_shift")
 REPLACE_METHODS = ("optimised", "token_shift", "knowledge_neuron")

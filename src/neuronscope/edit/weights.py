@@ -17,21 +17,19 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from neuronscope.errors import EditMismatchError, InputError, NeuronscopeError
+from neuronscope.errors import EditMismatchError, InputError, NeuronscopeError, ResultFileError
 from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.results.io import read_json, read_safetensors, write_json, write_safetensors
 
 FORMAT_VERSION = 1
 
@@ -71,6 +69,8 @@ def fingerprint(columns: torch.Tensor) -> str:
 @dataclass
 class ValueVectorEdit:
     """``w_i += delta_i`` for each listed neuron; see the module docstring."""
+
+    format: ClassVar[str] = "neuronscope.value_vector_edit"
 
     neurons: torch.Tensor  # [n, 2] (layer, index)
     deltas: torch.Tensor  # [n, d_model], float32
@@ -217,31 +217,34 @@ class ValueVectorEdit:
             handle.revert()
 
     # -- files -----------------------------------------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        """What the edit is (method, parameters, reason, the model it was made for), without the tensors."""
+        return {"format": self.format, "version": FORMAT_VERSION, "method": self.method, "params": self.params,
+                "reason": self.reason, "model": self.model, "n_neurons": int(len(self.neurons))}
+
+    def summary(self) -> str:
+        layers = sorted({int(layer) for layer in self.neurons[:, 0].tolist()})
+        return (f"{self.method} edit of {len(self.neurons)} value vectors in layers {layers}"
+                + (f" ({self.reason})" if self.reason else ""))
+
     def save(self, path: str | Path) -> Path:
         """Write ``path.safetensors`` and ``path.json`` atomically; returns the JSON path."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {"neurons": self.neurons.contiguous(), "deltas": self.deltas.contiguous()}
-        meta = {
-            "format": "neuronscope.value_vector_edit", "version": FORMAT_VERSION, "method": self.method,
-            "params": self.params, "reason": self.reason, "model": self.model,
-            "n_neurons": int(len(self.neurons)),
-        }
-        _atomic(path.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
-        json_path = path.with_suffix(".json")
-        _atomic(json_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2)))
-        return json_path
+        write_safetensors(path.with_suffix(".safetensors"), {"neurons": self.neurons, "deltas": self.deltas})
+        return write_json(path.with_suffix(".json"), self.as_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> ValueVectorEdit:
+        """Read an edit saved by :meth:`save`; a missing or damaged file is a ``ResultFileError`` naming it."""
         path = Path(path)
-        json_path, tensor_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
-        if not json_path.exists() or not tensor_path.exists():
-            raise NeuronscopeError(f"an edit needs both {json_path} and {tensor_path}")
-        meta = json.loads(json_path.read_text())
-        if meta.get("format") != "neuronscope.value_vector_edit":
-            raise NeuronscopeError(f"{json_path} is not a neuronscope edit file")
-        tensors = load_file(str(tensor_path))
+        json_path = path.with_suffix(".json")
+        meta = read_json(json_path, what="edit record")
+        if not isinstance(meta, dict) or meta.get("format") != cls.format:
+            raise ResultFileError(f"{json_path} is not a neuronscope edit file; pass a folder made by 'edit make'")
+        tensors, _ = read_safetensors(path.with_suffix(".safetensors"), what="edit tensors")
+        if "neurons" not in tensors or "deltas" not in tensors:
+            raise ResultFileError(f"{path.with_suffix('.safetensors')}: the edit's tensors are incomplete; make the "
+                                  "edit again")
         return cls(tensors["neurons"], tensors["deltas"], meta["method"], meta.get("params", {}),
                    meta.get("reason", ""), meta.get("model", {}))
 
@@ -279,13 +282,3 @@ def _finite(**values: float) -> None:
     for name, value in values.items():
         if not math.isfinite(value):
             raise NeuronscopeError(f"{name} must be a finite number, got {value}")
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()

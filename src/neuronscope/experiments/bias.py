@@ -26,15 +26,15 @@ from torch import nn
 
 from neuronscope.aggregate.select import top_k_neurons
 from neuronscope.attribute.registry import get_method
-from neuronscope.attribute.targets import token_targets, word_token
 from neuronscope.edit.usecases import as_batch, score_grid
 from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.evaluate.metrics import kl_divergence, summarise
 from neuronscope.experiments.editing import last_logits
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets, word_token
 from neuronscope.models.adapter import get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import PositionSpec, intervene, suppress
 
 

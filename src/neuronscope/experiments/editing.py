@@ -32,13 +32,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.targets import word_token
 from neuronscope.edit.usecases import as_batch
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.evaluate.metrics import edit_success, fluency, locality_kl, summarise, token_agreement
 from neuronscope.inputs import Batch, generate
+from neuronscope.inputs.targets import word_token
 from neuronscope.models.adapter import get_adapter
 
 GOALS = ("promote", "demote")

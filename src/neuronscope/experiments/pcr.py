@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.errors import NeuronscopeError
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.evaluate.metrics import probability_change_ratio, summarise
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace import PositionSpec, intervene, scale_neurons
 

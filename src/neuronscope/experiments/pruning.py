@@ -22,14 +22,14 @@ from torch import nn
 
 from neuronscope.aggregate.select import flat_to_neurons
 from neuronscope.attribute.registry import get_method
-from neuronscope.attribute.targets import TargetSet
 from neuronscope.edit.usecases import score_grid
 from neuronscope.errors import NeuronscopeError
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.evaluate.metrics import summarise
 from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import get_adapter
-from neuronscope.results import NeuronScores
+from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Intervention, PositionSpec, intervene
 
 

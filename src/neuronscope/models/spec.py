@@ -5,7 +5,9 @@ A :class:`FamilySpec` is pure data. The adapter (``adapter.py``) resolves it aga
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -54,9 +56,19 @@ class FamilySpec:
 
 @dataclass(frozen=True)
 class VisionFamily:
-    """A vision-language wrapper: its language model is adapted by the text family of ``config.text_config``."""
+    """A vision-language wrapper: its language model is adapted by the text family of ``config.text_config``.
+
+    Attributes:
+        name: short family name shown by ``neuronscope models``.
+        model_types: ``config.model_type`` values of the wrapper.
+        layout: ``LayoutRequest -> ImageLayout``: where a batch row's image tokens sit and which grid cell each
+            is (see :mod:`neuronscope.models.image_grid`), declared beside the family.
+        spatial_map: False where image tokens stand for no place in the image (learned queries).
+        notes: one line shown to users.
+    """
 
     name: str
     model_types: tuple[str, ...]
+    layout: Callable[[Any], Any]
     spatial_map: bool = True
     notes: str = ""

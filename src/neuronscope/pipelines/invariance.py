@@ -31,14 +31,14 @@ from torch import nn
 
 from neuronscope.aggregate.select import neurons_to_flat
 from neuronscope.attribute.contribution import contribution
-from neuronscope.attribute.targets import TargetSet, word_token
 from neuronscope.errors import InputError
 from neuronscope.explain.top_tokens import top_tokens
 from neuronscope.inputs import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, Batch
+from neuronscope.inputs.targets import TargetSet, word_token
 from neuronscope.models.adapter import get_adapter
+from neuronscope.models.image_grid import image_token_id
+from neuronscope.models.image_layout import image_layout
 from neuronscope.pipelines.multimodal import MultimodalNeurons, _encode, image_sources, to_model
-from neuronscope.vision.grid import image_token_id
-from neuronscope.vision.layout import image_layout
 from neuronscope.vision.shuffle import shuffled_image_tokens
 
 # ---------------------------------------------------------------------------------------------------- set overlap

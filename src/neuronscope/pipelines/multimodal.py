@@ -48,7 +48,6 @@ from torch import nn
 
 from neuronscope.aggregate.select import SparseTopK, flat_to_neurons, sparse_top_k
 from neuronscope.attribute.contribution import CONTRIBUTION_SITES, scores_from_activations
-from neuronscope.data.images import ImageDataset, ImageRecord, load_image
 from neuronscope.errors import InputError
 from neuronscope.inputs import (
     DEFAULT_CAPTION_PREFIX,
@@ -58,9 +57,11 @@ from neuronscope.inputs import (
     generate,
     to_model,
 )
+from neuronscope.inputs.images import ImageDataset, ImageRecord, load_image
 from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.models.image_layout import image_layout
 from neuronscope.pipelines.nouns import ConceptSpec, Tagger, TargetWord, resolve_tagger, select_targets
-from neuronscope.report.rundir import RunDir, example_key
+from neuronscope.runs.folder import RunDir, example_key
 from neuronscope.trace import capture
 from neuronscope.vision.heatmap import (
     TOP_KS,
@@ -69,7 +70,6 @@ from neuronscope.vision.heatmap import (
     mask_overlay,
     overlay,
 )
-from neuronscope.vision.layout import image_layout
 
 RANK_BY = ("sum", "frequency")
 
@@ -94,8 +94,8 @@ class ImageSource:
 def image_sources(images: Any) -> tuple[list[ImageSource], list[dict[str, str]]]:
     """Normalise the accepted image inputs to :class:`ImageSource`s.
 
-    Accepts an :class:`~neuronscope.data.images.ImageDataset` (its already-skipped records are returned as
-    the second value), or a sequence of PIL images, paths or :class:`~neuronscope.data.images.ImageRecord`.
+    Accepts an :class:`~neuronscope.inputs.images.ImageDataset` (its already-skipped records are returned as
+    the second value), or a sequence of PIL images, paths or :class:`~neuronscope.inputs.images.ImageRecord`.
     """
     skipped: list[dict[str, str]] = []
     if isinstance(images, ImageDataset):
@@ -116,7 +116,7 @@ def image_sources(images: Any) -> tuple[list[ImageSource], list[dict[str, str]]]
         else:
             raise InputError(
                 f"image {number} is a {type(item).__name__}: pass PIL images, image paths, ImageRecords or an "
-                "ImageDataset (neuronscope.data.images)"
+                "ImageDataset (neuronscope.inputs.images)"
             )
     if not sources and not skipped:
         raise InputError("no images given: pass at least one image")
@@ -362,7 +362,7 @@ def find_multimodal_neurons(
 
     Args:
         model, processor: a vision-language model and its processor (with a chat template).
-        images: PIL images, image paths, ``ImageRecord``s or an ``ImageDataset`` (:mod:`neuronscope.data.images`).
+        images: PIL images, image paths, ``ImageRecord``s or an ``ImageDataset`` (:mod:`neuronscope.inputs.images`).
         prompt: the user turn (default ``"Describe the image in few words."``).
         assistant_prefix: how the answer starts (default ``"An image of"``); None for none.
         concepts: words to look for (``["dog", "cat"]`` or ``{"dog": ["dog", "puppy"]}``). Default None: the

@@ -34,21 +34,22 @@ import torch
 from PIL import Image
 from torch import nn
 
-from neuronscope.attribute.heads import attention_probe, head_output_rows, kv_head, weighted_values
+from neuronscope.attribute.heads import attention_probe, weighted_values
 from neuronscope.attribute.log_probability_increase import (
     head_log_probability_increase,
     head_source_log_probability_increase,
 )
-from neuronscope.attribute.targets import TargetSet, prediction_targets, token_targets
-from neuronscope.data.images import ImageDataset
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, encode_images
+from neuronscope.inputs.images import ImageDataset
+from neuronscope.inputs.targets import TargetSet, prediction_targets, token_targets
 from neuronscope.models.adapter import get_adapter
+from neuronscope.models.attention import head_output_rows, kv_head
+from neuronscope.models.image_grid import ImageLayout
+from neuronscope.models.image_layout import image_layout
 from neuronscope.pipelines.multimodal import to_model
-from neuronscope.report.rundir import RunDir
-from neuronscope.vision.grid import ImageLayout
+from neuronscope.runs.folder import RunDir
 from neuronscope.vision.heatmap import image_heatmap, mask_above_percentile, mask_overlay, overlay
-from neuronscope.vision.layout import image_layout
 
 # ---------------------------------------------------------------------------------------------------- pure math
 
@@ -139,7 +140,7 @@ class PatchResult:
         scores: ``[S]`` min-max normalised (mean over the used heads of their normalised maps).
         attention: ``[S]`` the used heads' mean attention from the last position to the image tokens.
         rank_correlation: Spearman correlation of ``scores`` and ``attention``.
-        layout: the image's :class:`~neuronscope.vision.grid.ImageLayout`.
+        layout: the image's :class:`~neuronscope.models.image_grid.ImageLayout`.
         drawn: whether heatmaps could be drawn; ``reason``: why not.
         heat, attention_heat: ``[height, width]`` maps on the original image (None when not drawn).
         files: PNGs written.
@@ -270,7 +271,7 @@ def find_important_patches(
     """:func:`important_patches` for every (image, question) of a VQA set, resumable, into one results folder.
 
     Args:
-        questions: a VQA :class:`~neuronscope.data.images.ImageDataset` (``read_vqa_jsonl``), or
+        questions: a VQA :class:`~neuronscope.inputs.images.ImageDataset` (``read_vqa_jsonl``), or
             ``(image or path, question)`` pairs.
         run_dir: the results folder: per question ``heatmaps/q<index>.*.png`` and ``q<index>.json``, the ledger,
             ``patches.csv`` (answer, heads, top patch, rank correlation) and ``metrics.json``.

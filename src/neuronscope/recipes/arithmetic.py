@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from neuronscope.attribute import token_targets
 from neuronscope.attribute.comparative import comparative
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.inputs import encode_prompts
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models.adapter import get_adapter
 from neuronscope.recipes.common import (
     LastTokenScorer,
@@ -162,12 +162,11 @@ def run_arithmetic(
             "random_accuracy": sum(m[0] for m in measured) / n_random,
             "random_probability": sum(m[1] for m in measured) / n_random,
             "layer_counts": torch.bincount(neurons[:, 0], minlength=adapter.n_layers).tolist()}
-    from neuronscope.report.plots import layer_histogram_figure, save_png
+    from neuronscope.report.plots import layer_histogram_figure
 
     index = flat.topk(max(top_neurons)).indices
-    save_png(layer_histogram_figure(torch.stack([index // adapter.d_ff, index % adapter.d_ff], dim=1),
-                                    adapter.n_layers, f"Top-{max(top_neurons)} CNA neurons (head {top_head[0]})"),
-             run.path / "plots" / "cna_layers.png")
+    run.write_png("plots/cna_layers.png", layer_histogram_figure(torch.stack([index // adapter.d_ff, index % adapter.d_ff], dim=1),
+                                    adapter.n_layers, f"Top-{max(top_neurons)} CNA neurons (head {top_head[0]})"))
     metrics = {
         "title": "Arithmetic heads and CNA on single-digit additions (SmolLM2-135M-Instruct)",
         "n_sums": len(pairs), "n_right": len(kept), "n_dev": len(dev), "n_test": len(test),

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from neuronscope.attribute.targets import word_token
 from neuronscope.edit.usecases import as_batch
+from neuronscope.inputs.targets import word_token
 from neuronscope.models.adapter import get_adapter
 from neuronscope.recipes.common import (
     Stopwatch,

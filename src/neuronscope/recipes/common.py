@@ -67,7 +67,7 @@ def model_name(loaded: Any) -> str:
 
 def open_run(out_dir: str | Path, config: dict[str, Any]) -> Any:
     """A fresh results folder (an earlier run in it is replaced) with ``config.json`` and ``meta.json``."""
-    from neuronscope.report import RunDir
+    from neuronscope.runs import RunDir
 
     run = RunDir(out_dir, overwrite=True)
     run.write_config(config)

@@ -21,10 +21,11 @@ from typing import Any
 
 import torch
 
-from neuronscope.attribute import get_method, token_targets
+from neuronscope.attribute import get_method
 from neuronscope.edit.optimise import optimise_edit
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.inputs import encode_prompts
+from neuronscope.inputs.targets import token_targets
 from neuronscope.recipes.common import (
     LastTokenScorer,
     Stopwatch,

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from neuronscope.attribute import get_method, token_targets
+from neuronscope.attribute import get_method
 from neuronscope.inputs import encode_prompts
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models.adapter import get_adapter
 from neuronscope.recipes.common import (
     LastTokenScorer,
@@ -112,11 +113,10 @@ def run_knowledge_neurons(
         {"known_id": f["known_id"], "prompt": f["prompt"], "target": f["target"], "layer": int(n[0]),
          "index": int(n[1])} for f, neurons in zip(facts, located, strict=True) for n in neurons.tolist()])
     layer_counts = torch.bincount(everything[:, 0], minlength=adapter.n_layers).tolist() if len(everything) else []
-    from neuronscope.report.plots import layer_histogram_figure, save_png
+    from neuronscope.report.plots import layer_histogram_figure
 
     if len(everything):
-        save_png(layer_histogram_figure(everything, adapter.n_layers, "Knowledge neurons per layer"),
-                 run.path / "plots" / "layers.png")
+        run.write_png("plots/layers.png", layer_histogram_figure(everything, adapter.n_layers, "Knowledge neurons per layer"))
     metrics = {
         "title": "Knowledge neurons (Dai et al.) on ROME known facts (SmolLM2-135M-Instruct)",
         "n_facts": len(facts), "facts_screened": screened,

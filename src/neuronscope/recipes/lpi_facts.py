@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 
-from neuronscope.attribute import token_targets
 from neuronscope.attribute.log_probability_increase import (
     head_log_probability_increase,
     log_probability_increase,
@@ -28,6 +27,7 @@ from neuronscope.attribute.log_probability_increase import (
 from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.evaluate.metrics import summarise
 from neuronscope.inputs import encode_prompts
+from neuronscope.inputs.targets import token_targets
 from neuronscope.models.adapter import get_adapter
 from neuronscope.recipes.common import (
     LastTokenScorer,
@@ -157,12 +157,11 @@ def run_lpi_facts(
     for i in range(len(facts)):
         for layer, head in _top(head_scores[i], 1).tolist():
             top_head_counts[layer, head] += 1
-    from neuronscope.report.plots import layer_histogram_figure, save_png
+    from neuronscope.report.plots import layer_histogram_figure
 
     if len(everything):
-        save_png(layer_histogram_figure(everything, adapter.n_layers,
-                                        f"Top-{min(top_ks)} LPI FFN neurons per layer (all facts)"),
-                 run.path / "plots" / "layers.png")
+        run.write_png("plots/layers.png", layer_histogram_figure(everything, adapter.n_layers,
+                                        f"Top-{min(top_ks)} LPI FFN neurons per layer (all facts)"))
     write_table(run, "tables/top_neurons.csv", [
         {"known_id": f["known_id"], "rank": r, "layer": int(n[0]), "index": int(n[1]),
          "lpi": float(neuron_scores[i][n[0], n[1]])}

@@ -2,7 +2,7 @@
 
 Domains and the MMLU subjects grouped into each (``DOMAINS``): biology, physics, chemistry, mathematics, geography,
 computer science. Each question becomes several prompt variants (instruction wording × option order, the answer
-letter moving with its option: :func:`neuronscope.data.mcqa.render_prompt_variants`). A question is kept when the
+letter moving with its option: :func:`neuronscope.inputs.mcqa.render_prompt_variants`). A question is kept when the
 model answers it right in at least ``min_correct`` of its variants, reading the model's answer as the most likely
 of the option-letter tokens at the end of the prompt; only the variants it answers right are attributed (the
 paper attributes prompts the model gets right).
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.data.mcqa import MCQAItem, render_prompt_variants
 from neuronscope.errors import InputError
+from neuronscope.inputs.mcqa import MCQAItem, render_prompt_variants
 from neuronscope.recipes.common import shared_path
 
 DOMAINS: dict[str, tuple[str, ...]] = {

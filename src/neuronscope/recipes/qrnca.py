@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from neuronscope.aggregate.qrnca import qrnca_na_only, qrnca_without_common_removal, run_qrnca
-from neuronscope.attribute import get_method, word_targets
+from neuronscope.attribute import get_method
 from neuronscope.bundled.world import DOMAINS as SHAPES_DOMAINS
 from neuronscope.evaluate.prediction import domain_specific_neurons, neuron_based_prediction
 from neuronscope.inputs import encode_prompts
+from neuronscope.inputs.targets import word_targets
 from neuronscope.models.adapter import get_adapter
 from neuronscope.recipes.common import (
     LastTokenScorer,
@@ -242,10 +243,10 @@ def run_qrnca_domains(
                               or [torch.zeros(0, 2, dtype=torch.long)])
                  for d in domain_list}
     layer_counts = {d: torch.bincount(n[:, 0], minlength=adapter.n_layers).tolist() for d, n in by_domain.items()}
-    from neuronscope.report.plots import layer_histogram_figure, save_png
+    from neuronscope.report.plots import layer_histogram_figure
 
-    save_png(layer_histogram_figure({d: n for d, n in by_domain.items() if len(n)}, adapter.n_layers,
-                                    "QRNCA key neurons per layer, by domain"), run.path / "plots" / "layers.png")
+    run.write_png("plots/layers.png", layer_histogram_figure({d: n for d, n in by_domain.items() if len(n)}, adapter.n_layers,
+                                    "QRNCA key neurons per layer, by domain"))
     write_table(run, "tables/key_neurons.csv", [
         {"query": ids[q], "domain": labels[q], "rank": r, "layer": int(n[0]), "index": int(n[1]),
          "naica": float(results["qrnca"].key_scores[q][r])}

@@ -46,7 +46,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from neuronscope.errors import InputError
-from neuronscope.report.atomic import atomic_write_text
+from neuronscope.results.io import atomic_write_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "report.html.j2"

@@ -1,7 +1,7 @@
 """Plots as matplotlib `Figure`s, drawn with the Agg canvas: no display, no global pyplot state.
 
 Each function returns a `Figure`; write it with `RunDir.write_png("plots/<name>.png", figure)` (or
-`save_png`). Files under `plots/` appear in the HTML report.
+`neuronscope.results.io.write_png`). Files under `plots/` appear in the HTML report.
 
 Example:
     >>> import torch
@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from neuronscope.aggregate.select import layer_histogram
-from neuronscope.report.atomic import atomic_open
 
 _SIZE = (5.2, 3.2)
 _COLOURS = ("#3b6ea5", "#d9822b", "#4e9a55", "#b34a4a", "#7a5ea8", "#8c6d46")
@@ -152,10 +150,3 @@ def bar_chart_figure(
     zero_line(0, color="#888888", linewidth=0.8)
     _style(axes)
     return figure
-
-
-def save_png(figure: Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Write `figure` to `path` as PNG, atomically; returns the path."""
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=dpi, bbox_inches="tight")
-    return Path(path)

@@ -3,7 +3,7 @@
 Pipeline: ``values [n_image_tokens]`` (one per entry of ``layout.positions``) -> :func:`values_on_grid`
 (one ``[rows, cols]`` grid per tile) -> :func:`grid_on_image` (bilinear, onto the tile's ``box`` in original
 image pixels, ``NaN`` where the tile does not reach) -> :func:`overlay` / :func:`mask_above_percentile` /
-:func:`mask_overlay` -> :func:`save_png`.
+:func:`mask_overlay` -> :func:`neuronscope.results.io.write_png`.
 
 What "onto the original image" accounts for: the tile's ``box`` (set by :func:`~neuronscope.vision.image_layout`
 from the processor's settings and the original size) says which part of the original image the grid saw:
@@ -19,10 +19,7 @@ A tile with ``box=None`` (original size unknown) is drawn over the whole image.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from neuronscope.errors import InputError
-from neuronscope.vision.grid import Box, ImageLayout
+from neuronscope.models.image_grid import Box, ImageLayout
 
 TOP_KS: tuple[int, ...] = (1, 10, 50, 100, 500, 1000)
 
@@ -297,18 +294,3 @@ def mask_overlay(
     if color is not None:
         out = np.where(keep, 0.5 * out + 0.5 * np.asarray(color, dtype=np.float64), out)
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8), mode="RGB")
-
-
-def save_png(image: Image.Image, path: str | os.PathLike[str]) -> Path:
-    """Write ``image`` as PNG atomically (temporary file, then rename); creates parent folders."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".png.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return target

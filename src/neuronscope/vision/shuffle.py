@@ -5,7 +5,7 @@ features among the image-token positions of a row while every other input (text 
 M-RoPE grids, newline / CLS tokens) stays where it was.
 
 How it is applied: :func:`shuffled_image_tokens` registers a forward pre-hook on the model's language model
-(probed: ``model.language_model``, ``model.text_model``, ... see :func:`find_language_model`) that rewrites
+(the adapter's decoder: :attr:`neuronscope.models.adapter.ModelAdapter.decoder`) that rewrites
 its ``inputs_embeds`` argument, i.e. the sequence right after the processor's placeholders were replaced by
 the projected image features (``get_image_features`` -> ``masked_scatter``). This works for every grid family
 without knowing the projector's output layout (LLaVA-NeXT packs, unpads and adds newlines after the
@@ -23,19 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 import torch
 
 from neuronscope.errors import InputError, UnsupportedModelError
-from neuronscope.vision.grid import ImageLayout
-
-_LANGUAGE_MODEL_PATHS: tuple[str, ...] = (
-    "model.language_model",
-    "language_model",
-    "model.text_model",
-    "text_model",
-)
+from neuronscope.models.adapter import get_adapter
+from neuronscope.models.image_grid import ImageLayout
 
 
 def shuffle_plan(
@@ -89,22 +82,6 @@ def shuffle_image_embeddings(
     return out
 
 
-def find_language_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The decoder that receives ``inputs_embeds`` with the image features already scattered in."""
-    for path in _LANGUAGE_MODEL_PATHS:
-        module: Any = model
-        for name in path.split("."):
-            module = getattr(module, name, None)
-            if module is None:
-                break
-        if isinstance(module, torch.nn.Module):
-            return module
-    raise UnsupportedModelError(
-        f"{type(model).__name__} has none of {', '.join(_LANGUAGE_MODEL_PATHS)}; cannot find the language model "
-        "to shuffle image tokens in"
-    )
-
-
 @contextmanager
 def shuffled_image_tokens(
     model: torch.nn.Module,
@@ -128,7 +105,7 @@ def shuffled_image_tokens(
     """
     layouts = [layouts] if isinstance(layouts, ImageLayout) else list(layouts)
     plans = {layout.row: shuffle_plan(layout, seed + layout.row, scope) for layout in layouts}
-    language_model = find_language_model(model)
+    language_model = get_adapter(model).decoder  # the decoder that receives the scattered image features
 
     def hook(_module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
         embeds = kwargs.get("inputs_embeds")

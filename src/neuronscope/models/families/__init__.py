@@ -1,8 +1,21 @@
-"""One small spec per model family. Adding a family: a file here with a ``SPECS`` tuple, and one test."""
+"""One small file per model family: text specs (``SPECS``) and vision-language wrappers (``FAMILIES``, each with
+the layout reader of its image tokens). Adding a family: a file here, its entry below, and one test."""
 
 from __future__ import annotations
 
-from neuronscope.models.families import gemma, gpt2, gpt_neox, llama, olmo2, phi3, vision
+from neuronscope.models.families import (
+    blip,
+    gemma,
+    gpt2,
+    gpt_neox,
+    idefics3,
+    llama,
+    llava,
+    llava_next,
+    olmo2,
+    phi3,
+    qwen2_vl,
+)
 from neuronscope.models.spec import FamilySpec, VisionFamily
 
 TEXT_SPECS: tuple[FamilySpec, ...] = (
@@ -13,4 +26,12 @@ TEXT_SPECS: tuple[FamilySpec, ...] = (
     *gpt2.SPECS,
     *gpt_neox.SPECS,
 )
-VISION_FAMILIES: tuple[VisionFamily, ...] = vision.FAMILIES
+VISION_FAMILIES: tuple[VisionFamily, ...] = (
+    *llava.FAMILIES,
+    *llava_next.FAMILIES,
+    *qwen2_vl.FAMILIES,
+    *idefics3.FAMILIES,
+    *blip.FAMILIES,
+)
+#: ``config.model_type`` -> the layout reader of its image tokens.
+LAYOUT_READERS = {model_type: family.layout for family in VISION_FAMILIES for model_type in family.model_types}

@@ -1,0 +1,47 @@
+"""How a result was made: the versions of what made it, and the session (time, host, command line).
+
+Example:
+    >>> sorted(versions())
+    ['neuronscope', 'python', 'torch', 'transformers']
+"""
+
+from __future__ import annotations
+
+import platform
+import shlex
+import socket
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any
+
+from neuronscope._version import __version__
+
+
+def _installed(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of neuronscope, torch, transformers and python (read without importing torch)."""
+    return {
+        "neuronscope": __version__,
+        "torch": _installed("torch"),
+        "transformers": _installed("transformers"),
+        "python": platform.python_version(),
+    }
+
+
+def run_metadata(world: int = 1) -> dict[str, Any]:
+    """Versions, UTC time, host, platform, command line and number of processes of this session."""
+    return {
+        "versions": versions(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "command": shlex.join(sys.argv),
+        "world_size": world,
+    }
