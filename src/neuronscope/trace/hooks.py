@@ -42,7 +42,8 @@ class HookSet:
         call = self.call
 
         def before_decoder(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            cache = kwargs.get("past_key_values")
+            # transformers >= 5.24 names the KV cache "cache"; earlier releases "past_key_values".
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
             offset = 0
             if cache is not None and hasattr(cache, "get_seq_length"):
                 offset = int(cache.get_seq_length())
