@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
+from helpers.loops import each
 from neuronscope.errors import InputError
-from neuronscope.runs import RunDir, for_each_example, merge_shards
+from neuronscope.runs import RunDir, merge_shards
 
 
 def test_writers_round_trip(tmp_path):
@@ -49,8 +50,8 @@ def test_refuses_to_overwrite_results(tmp_path):
     run.write_json("metrics.json", {"pcr": 0.5})
     with pytest.raises(InputError) as excinfo:
         RunDir(tmp_path / "run")
-    assert str(excinfo.value) == (f"{tmp_path / 'run'} already holds results; resume the run, overwrite it, or "
-                                  "choose another folder")
+    assert str(excinfo.value) == (f"{tmp_path / 'run'} already holds results; pass --resume to continue that run, "
+                                  "--overwrite to replace it, or choose another folder")
     assert run.read_json("metrics.json") == {"pcr": 0.5}
     # Resume keeps the results, overwrite removes them.
     assert RunDir(tmp_path / "run", resume=True).read_json("metrics.json") == {"pcr": 0.5}
@@ -102,7 +103,7 @@ PROMPTS = [f"prompt number {i}" + "!" * i for i in range(7)]
 
 def test_resume_equals_uninterrupted(tmp_path):
     straight = RunDir(tmp_path / "straight")
-    assert for_each_example(straight, PROMPTS, score) == list(range(7))
+    assert each(straight, PROMPTS, score) == list(range(7))
     reference = merge_shards(straight, expected=7)
 
     calls = []
@@ -115,7 +116,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
     interrupted = RunDir(tmp_path / "interrupted")
     with pytest.raises(Boom):
-        for_each_example(interrupted, PROMPTS, crashing)
+        each(interrupted, PROMPTS, crashing)
     assert interrupted.done_indices() == {0, 1, 2, 3}
     with pytest.raises(InputError, match=r"3 of 7 examples are not done \(4, 5, 6\)"):
         merge_shards(interrupted, expected=7)
@@ -123,7 +124,7 @@ def test_resume_equals_uninterrupted(tmp_path):
         RunDir(tmp_path / "interrupted")
     calls.clear()
     resumed = RunDir(tmp_path / "interrupted", resume=True)
-    assert for_each_example(resumed, PROMPTS, lambda i, p: (calls.append(i), score(i, p))[1]) == [4, 5, 6]
+    assert each(resumed, PROMPTS, lambda i, p: (calls.append(i), score(i, p))[1]) == [4, 5, 6]
     assert calls == [4, 5, 6]
     merged = merge_shards(resumed, expected=7)
     assert merged.records == reference.records and merged.keys == reference.keys
@@ -137,26 +138,26 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_cut_ledger_line_is_ignored_and_repaired(tmp_path):
     run = RunDir(tmp_path / "run")
-    for_each_example(run, PROMPTS[:2], score)
+    each(run, PROMPTS[:2], score)
     ledger = next((run.path / "progress").glob("*.jsonl"))
     with open(ledger, "ab") as handle:
         handle.write(b'{"key":"00000002","ind')  # a crash in the middle of an append
     resumed = RunDir(tmp_path / "run", resume=True)
     assert resumed.done_indices() == {0, 1}
-    assert for_each_example(resumed, PROMPTS[:3], score) == [2]
+    assert each(resumed, PROMPTS[:3], score) == [2]
     assert resumed.done_indices() == {0, 1, 2}
 
 
 def test_example_whose_file_vanished_is_recomputed(tmp_path):
     run = RunDir(tmp_path / "run")
-    for_each_example(run, PROMPTS[:3], score)
+    each(run, PROMPTS[:3], score)
     (run.path / "examples/00000001.safetensors").unlink()
-    assert for_each_example(RunDir(tmp_path / "run", resume=True), PROMPTS[:3], score) == [1]
+    assert each(RunDir(tmp_path / "run", resume=True), PROMPTS[:3], score) == [1]
 
 
 def test_variable_length_tensors_are_concatenated(tmp_path):
     run = RunDir(tmp_path / "run")
-    for_each_example(run, PROMPTS[:3], lambda i, p: ({"tokens": torch.arange(i + 1)}, None))
+    each(run, PROMPTS[:3], lambda i, p: ({"tokens": torch.arange(i + 1)}, None))
     merged = merge_shards(run)
     assert merged.tensors["tokens"].tolist() == [0, 0, 1, 0, 1, 2]
     assert merged.tensors["tokens.offsets"].tolist() == [0, 1, 3, 6]
@@ -180,14 +181,16 @@ def test_write_skipped_from_dataset(tmp_path):
     ]
 
 
-def test_pending_indices_for_batched_loops(tmp_path):
-    from neuronscope.runs import pending_indices
+def test_the_loop_batches_only_this_shards_pending_examples(tmp_path):
+    from neuronscope.runs.loop import Example, run_loop
 
     run = RunDir(tmp_path / "run", rank=1, world=2)
     for index in (1, 5):
         run.write_example(index, {"x": torch.tensor([index])})
-    assert pending_indices(run, 9) == [3, 7]
-    assert pending_indices(run, 9, rank=0, world=2) == [0, 2, 4, 6, 8]
+    chunks = []
+    report = run_loop(run, list(range(9)), lambda chunk: chunks.append([i for i, _ in chunk]) or
+                      [Example({"x": torch.tensor([i])}, {}) for i, _ in chunk], batch_size=8)
+    assert chunks == [[3, 7]] and report.total == 4 and report.done_before == 2 and report.processed == 2
 
 
 def test_views_and_shared_memory_are_stored(tmp_path):

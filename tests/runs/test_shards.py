@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 
+from helpers.loops import each
 from neuronscope.errors import InputError
-from neuronscope.runs import ProcessInfo, RunDir, detect_rank_world, for_each_example, merge_shards, shard_indices
+from neuronscope.runs import ProcessInfo, RunDir, detect_rank_world, merge_shards, shard_indices
 
 
 def test_shard_indices_partition():
@@ -44,7 +45,7 @@ TEXTS = [f"example {i}" for i in range(11)]
 
 def single_process_reference(tmp_path):
     run = RunDir(tmp_path / "single")
-    for_each_example(run, TEXTS, compute)
+    each(run, TEXTS, compute)
     return merge_shards(run, expected=len(TEXTS))
 
 
@@ -54,7 +55,7 @@ def test_sharded_equals_single(tmp_path, world):
     # Start the higher ranks first: rank 0 must accept a fresh folder that they already write into.
     for rank in reversed(range(world)):
         run = RunDir(tmp_path / "sharded", rank=rank, world=world)
-        assert for_each_example(run, TEXTS, compute) == shard_indices(len(TEXTS), rank, world)
+        assert each(run, TEXTS, compute) == shard_indices(len(TEXTS), rank, world)
     ledgers = sorted(p.name for p in (tmp_path / "sharded/progress").iterdir())
     assert ledgers == [f"rank-{r:05d}-of-{world:05d}.jsonl" for r in range(world)]
     merged = merge_shards(tmp_path / "sharded", expected=len(TEXTS))
@@ -70,7 +71,7 @@ def _worker(path: str, rank: int, world: int) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
     info = detect_rank_world()
     run = RunDir(path, rank=info.rank, world=info.world)
-    for_each_example(run, TEXTS, compute)
+    each(run, TEXTS, compute)
 
 
 def test_real_processes_equal_single(tmp_path):
@@ -89,7 +90,7 @@ def test_real_processes_equal_single(tmp_path):
 def test_resume_with_another_world_size(tmp_path):
     reference = single_process_reference(tmp_path)
     # Two ranks; rank 1 dies after its first example.
-    for_each_example(RunDir(tmp_path / "run", rank=0, world=2), TEXTS, compute)
+    each(RunDir(tmp_path / "run", rank=0, world=2), TEXTS, compute)
 
     def dies(index, text):
         if index > 1:
@@ -97,11 +98,11 @@ def test_resume_with_another_world_size(tmp_path):
         return compute(index, text)
 
     with pytest.raises(RuntimeError):
-        for_each_example(RunDir(tmp_path / "run", rank=1, world=2), TEXTS, dies)
+        each(RunDir(tmp_path / "run", rank=1, world=2), TEXTS, dies)
     # Finish with three processes instead: only the missing odd examples are computed.
     computed = []
     for rank in range(3):
-        computed += for_each_example(RunDir(tmp_path / "run", resume=True, rank=rank, world=3), TEXTS, compute)
+        computed += each(RunDir(tmp_path / "run", resume=True, rank=rank, world=3), TEXTS, compute)
     assert sorted(computed) == [3, 5, 7, 9]
     merged = merge_shards(tmp_path / "run", expected=len(TEXTS))
     assert torch.equal(merged.tensors["scores"], reference.tensors["scores"])
@@ -109,7 +110,7 @@ def test_resume_with_another_world_size(tmp_path):
 
 def test_ranks_refuse_and_overwrite(tmp_path):
     for rank in range(2):
-        for_each_example(RunDir(tmp_path / "run", rank=rank, world=2), TEXTS[:4], compute)
+        each(RunDir(tmp_path / "run", rank=rank, world=2), TEXTS[:4], compute)
     for rank in range(2):
         with pytest.raises(InputError, match="already holds results"):
             RunDir(tmp_path / "run", rank=rank, world=2)

@@ -10,8 +10,7 @@ Names are imported lazily so that reading a JSON file does not import torch.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from neuronscope._lazy import lazy_exports
 
 _EXPORTS = {
     "NeuronScores": "neuronscope.results.scores",
@@ -33,10 +32,6 @@ _EXPORTS = {
     "to_json": "neuronscope.results.io",
 }
 
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'neuronscope.results' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

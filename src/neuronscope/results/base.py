@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import types
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -91,16 +92,18 @@ def load_result(path: str | Path) -> Any:
 
 
 class JsonResult:
-    """Mixin for dataclasses of plain fields: ``as_dict`` / ``save`` (one JSON file) / ``load`` / ``summary``.
+    """Mixin for dataclasses: ``as_dict`` / ``save`` (one JSON file) / ``load`` / ``summary``.
 
-    Subclasses set ``format`` and may override :meth:`summary`; fields must be JSON-able (numbers, strings,
-    lists, dicts, None) so that ``load(save(x)) == x``.
+    Subclasses set ``format`` and may override :meth:`summary` (and :meth:`as_dict`, keeping every field in it).
+    Fields may be numbers, strings, lists, dicts, None, tensors (written as nested lists, read back as tensors),
+    or dataclasses / lists of dataclasses of such fields (rebuilt from their annotations), so that
+    ``load(save(x)) == x`` field by field.
     """
 
     format: ClassVar[str] = "neuronscope.json_result"
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return _plain({field.name: getattr(self, field.name) for field in dataclasses.fields(self)})  # type: ignore[arg-type]
 
     def summary(self) -> str:
         scalars = [f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
@@ -116,5 +119,51 @@ class JsonResult:
         data = read_json(header_path(path), what=f"{cls.__name__} file")
         if not isinstance(data, dict) or data.pop("format", None) != cls.format:
             raise ResultFileError(f"{header_path(path)}: not a saved {cls.__name__}; pass a file it saved")
-        names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        return cls(**{key: value for key, value in data.items() if key in names})
+        return _rebuild(cls, data)
+
+
+def _plain(value: Any) -> Any:
+    """Tensors as nested lists, dataclasses as dicts, all the way down (JSON-ready)."""
+    if hasattr(value, "detach") and hasattr(value, "tolist"):
+        return value.detach().cpu().tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain({field.name: getattr(value, field.name) for field in dataclasses.fields(value)})
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _rebuild(cls: type, data: dict[str, Any]) -> Any:
+    """An instance of dataclass ``cls`` from its :func:`_plain` form, by the fields' annotations."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for spec in dataclasses.fields(cls):
+        if spec.name in data:
+            values[spec.name] = _value(hints.get(spec.name, Any), data[spec.name])
+    return cls(**values)
+
+
+def _value(annotation: Any, value: Any) -> Any:
+    import typing
+
+    if value is None:
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [arg for arg in args if arg is not type(None)]
+        return _value(inner[0], value) if len(inner) == 1 else value
+    if getattr(annotation, "__name__", "") == "Tensor" and getattr(annotation, "__module__", "").startswith("torch"):
+        import torch
+
+        return torch.tensor(value)
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and isinstance(value, dict):
+        return _rebuild(annotation, value)
+    if origin in (list, tuple) and args and isinstance(value, list):
+        item = args[0]
+        items = [_value(item, part) for part in value]
+        return tuple(items) if origin is tuple else items
+    return value

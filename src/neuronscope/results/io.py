@@ -253,6 +253,22 @@ def read_safetensors(path: str | Path, *, what: str = "tensor file") -> tuple[di
                               "it") from None
 
 
+def check_safetensors(path: str | Path, *, what: str = "tensor file") -> list[str]:
+    """The tensor names of a safetensors file whose header and size are consistent (no tensor is read); a missing,
+    cut or damaged file is a :class:`ResultFileError` that names it."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ResultFileError(f"{path}: not found; the {what} is missing (rerun the step that writes it)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ResultFileError(f"{path}: the {what} is damaged or cut short ({error}); rerun the step that writes "
+                              "it") from None
+
+
 def own_storage(tensors: Mapping[str, Any]) -> dict[str, Any]:
     """CPU, contiguous tensors; views into another tensor's memory are copied (safetensors refuses shared memory)."""
     import torch

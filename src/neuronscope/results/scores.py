@@ -80,6 +80,26 @@ class NeuronScores:
         """Sum over examples and targets ``[layers, d_ff]``."""
         return self.dense().sum(dim=(0, 1))
 
+    def grid(self, n_layers: int | None = None, absolute: bool = False) -> torch.Tensor:
+        """Scores summed over examples and targets on the model's full grid ``[n_layers, d_ff]`` (float32).
+
+        Methods run on some ``layers`` return those layers only (listed in ``meta["layers"]``); they are put back
+        in place here, other layers 0. ``absolute`` sums ``|score|`` (e.g. CNA differences of either sign).
+
+        Example:
+            >>> contribution(model, batch, targets, layers=[5, 6]).grid(n_layers=30)   # rows 5, 6 filled
+        """
+        dense = self.dense().float()
+        summed = (dense.abs() if absolute else dense).sum(dim=(0, 1))  # [listed layers, d_ff]
+        layers = self.meta.get("layers")
+        if layers is None:
+            layers = list(range(summed.shape[0]))
+        if len(layers) != summed.shape[0]:
+            raise NeuronscopeError(f"scores have {summed.shape[0]} layers but their meta lists {len(layers)}")
+        out = torch.zeros(n_layers if n_layers is not None else max(layers) + 1, summed.shape[1])
+        out[torch.as_tensor(layers, dtype=torch.long)] = summed.cpu()
+        return out
+
     def top_k(self, k: int, example: int | None = None, target: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` neurons ``[k, 2]`` (layer, index) and their values ``[k]`` of one (example, target) or of
         the sum over the ones not given."""

@@ -146,29 +146,3 @@ class AdaptiveBatcher:
         self.batch_size = new_size
         if self.on_backoff is not None:
             self.on_backoff(failed_size, new_size)
-
-
-def run_batched(
-    items: Sequence[Item],
-    function: Callable[[list[Item]], list[Result]],
-    batch_size: int,
-    *,
-    min_batch_size: int = 1,
-    on_backoff: Callable[[int, int], None] | None = None,
-) -> list[Result]:
-    """``function`` over ``items`` in batches with out-of-memory back-off; the per-item results, in order.
-
-    ``function(chunk)`` must return one result per item of the chunk.
-
-    Example:
-        >>> run_batched([1, 2, 3], lambda chunk: [2 * x for x in chunk], batch_size=2)
-        [2, 4, 6]
-    """
-    batcher = AdaptiveBatcher(batch_size, min_batch_size, on_backoff=on_backoff)
-    out: list[Result] = []
-    for chunk, results in batcher.map(items, function):
-        results = list(results)
-        if len(results) != len(chunk):
-            raise NeuronscopeError(f"the batched function returned {len(results)} results for {len(chunk)} items")
-        out.extend(results)
-    return out

@@ -38,7 +38,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
@@ -47,10 +46,11 @@ from typing import Any
 
 import torch
 
-from neuronscope.errors import InputError
+from neuronscope.errors import InputError, RunFolderError
 from neuronscope.results.io import (
     atomic_write_bytes,
     atomic_write_text,
+    check_safetensors,
     read_json,
     read_safetensors,
     to_json,
@@ -60,20 +60,13 @@ from neuronscope.results.io import (
     write_safetensors,
 )
 from neuronscope.results.provenance import run_metadata
+from neuronscope.runs.ledger import EXAMPLES_DIR, PROGRESS_DIR, Ledger
 
 RUN_MARKER = ".neuronscope-run"
-EXAMPLES_DIR = "examples"
-PROGRESS_DIR = "progress"
-_KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _LEDGER_PATTERN = re.compile(r"^rank-(\d+)-of-(\d+)\.jsonl$")
 
 
-def example_key(index: int) -> str:
-    """The default key of example `index`: zero-padded so that file names sort in example order."""
-    return f"{index:08d}"
-
-
-class RunDir:
+class RunDir(Ledger):
     """One run's results folder (see the module docstring for the layout and the safety rules).
 
     Args:
@@ -98,7 +91,7 @@ class RunDir:
         world: int = 1,
     ) -> None:
         if resume and overwrite:
-            raise InputError("choose either resume (continue the run) or overwrite (replace it), not both")
+            raise RunFolderError("choose either resume (continue the run) or overwrite (replace it), not both")
         if world < 1 or not 0 <= rank < world:
             raise InputError(f"rank {rank} of world {world} is impossible; need world >= 1 and 0 <= rank < world")
         self.path = Path(path)
@@ -107,7 +100,7 @@ class RunDir:
         self.resume = resume
         self._ledger_checked = False
         if self.path.exists() and not self.path.is_dir():
-            raise InputError(f"{self.path} is a file, not a folder; choose a folder for the run's results")
+            raise RunFolderError(f"{self.path} is a file, not a folder; choose a folder for the run's results")
         if rank == 0:
             self._prepare_as_rank_zero(overwrite)
         else:
@@ -130,8 +123,45 @@ class RunDir:
         run.path, run.rank, run.world, run.resume, run._ledger_checked = path, 0, 1, True, False
         return run
 
+    @classmethod
+    def check(cls, path: str | Path, *, resume: bool = False, overwrite: bool = False,
+              config: Mapping[str, Any] | None = None) -> None:
+        """Raise now what opening ``path`` would raise (an earlier run there, a foreign folder, a resumed run with
+        another ``config``), writing and deleting nothing: workflows call it before loading a model.
+
+        Example:
+            >>> RunDir.check("runs/paris", resume=False)  # doctest: +SKIP
+        """
+        if resume and overwrite:
+            raise RunFolderError("choose either resume (continue the run) or overwrite (replace it), not both")
+        run = cls.__new__(cls)
+        run.path, run.rank, run.world, run.resume, run._ledger_checked = Path(path), 0, 1, resume, False
+        if run.path.exists() and not run.path.is_dir():
+            raise RunFolderError(f"{run.path} is a file, not a folder; choose a folder for the run's results")
+        run._prepare_as_rank_zero(overwrite, dry_run=True)
+        if resume and config is not None and run.exists("config.json"):
+            run._compare_config(dict(config))
+
+    def validate(self) -> None:
+        """Check that the folder holds neuronscope results and that every JSON and safetensors file in it reads.
+
+        Raises:
+            RunFolderError: no neuronscope results here. ResultFileError: a damaged file (the message names it).
+        """
+        known = ("config.json", "metrics.json", "neurons.json", "scores.json", "edit.json")
+        if not (self.path / RUN_MARKER).exists() and not any((self.path / name).exists() for name in known):
+            raise RunFolderError(f"{self.path} holds no neuronscope results (no {RUN_MARKER}, config.json or "
+                                 "metrics.json); pass the folder a neuronscope command wrote")
+        for path in sorted(self.path.rglob("*")):
+            if not path.is_file() or path.name.startswith(".") or PROGRESS_DIR in path.relative_to(self.path).parts:
+                continue
+            if path.suffix == ".json":
+                read_json(path, what=f"run file {path.relative_to(self.path)}")
+            elif path.suffix == ".safetensors":
+                check_safetensors(path, what=f"run file {path.relative_to(self.path)}")
+
     # ------------------------------------------------------------------ safety on open
-    def _prepare_as_rank_zero(self, overwrite: bool) -> None:
+    def _prepare_as_rank_zero(self, overwrite: bool, dry_run: bool = False) -> None:
         if not self.path.is_dir():
             return
         # A folder holding only the marker (a run that stopped before writing anything) counts as empty.
@@ -145,16 +175,17 @@ class RunDir:
         is_run = (self.path / RUN_MARKER).exists()
         if overwrite:
             if not is_run:
-                raise InputError(f"{self.path} is not empty and is not a neuronscope run folder (no {RUN_MARKER}); "
-                                 "refusing to delete its files: choose a new or empty folder")
-            self._clear()
+                raise RunFolderError(f"{self.path} is not empty and is not a neuronscope run folder (no {RUN_MARKER}); "
+                                     "refusing to delete its files: choose a new or empty folder")
+            if not dry_run:
+                self._clear()
         elif self.resume:
             if not is_run:
-                raise InputError(f"{self.path} is not a neuronscope run folder (no {RUN_MARKER}); nothing to resume: "
+                raise RunFolderError(f"{self.path} is not a neuronscope run folder (no {RUN_MARKER}); nothing to resume: "
                                  "choose a new or empty folder")
         else:
-            raise InputError(f"{self.path} already holds results; resume the run, overwrite it, or choose "
-                             "another folder")
+            raise RunFolderError(f"{self.path} already holds results; pass --resume to continue that run, "
+                                 "--overwrite to replace it, or choose another folder")
 
     def _prepare_as_other_rank(self, overwrite: bool) -> None:
         ledger = self._ledger_path()
@@ -163,7 +194,7 @@ class RunDir:
         if overwrite:
             ledger.unlink()
         elif not self.resume:
-            raise InputError(f"{self.path} already holds results of rank {self.rank} ({ledger.name}); resume the "
+            raise RunFolderError(f"{self.path} already holds results of rank {self.rank} ({ledger.name}); resume the "
                              "run, overwrite it, or choose another folder")
 
     def _clear(self) -> None:
@@ -258,22 +289,25 @@ class RunDir:
         would not match the rest.
         """
         path = self.file("config.json")
-        text = to_json(dict(config)) + "\n"
         if path.exists():
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-            current = json.loads(text)
-            if recorded != current:
-                changes = [
-                    f"{key}: {recorded.get(key, '<absent>')!r} -> {current.get(key, '<absent>')!r}"
-                    for key in sorted(set(recorded) | set(current))
-                    if recorded.get(key, object()) != current.get(key, object())
-                ]
-                raise InputError(f"{path}: the run being resumed used another config ({'; '.join(changes)}); "
-                                 "resume with the same options, overwrite the run, or choose another folder")
+            self._compare_config(dict(config))
             return path
         if self.rank == 0:
-            atomic_write_text(path, text)
+            atomic_write_text(path, to_json(dict(config)) + "\n")
         return path
+
+    def _compare_config(self, config: dict[str, Any]) -> None:
+        path = self.file("config.json")
+        recorded = read_json(path, what="run config")
+        current = json.loads(to_json(config))
+        if recorded != current:
+            changes = [
+                f"{key}: {recorded.get(key, '<absent>')!r} -> {current.get(key, '<absent>')!r}"
+                for key in sorted(set(recorded) | set(current))
+                if recorded.get(key, object()) != current.get(key, object())
+            ]
+            raise RunFolderError(f"{path}: the run being resumed used another config ({'; '.join(changes)}); "
+                                 "resume with the same options, overwrite the run, or choose another folder")
 
     def write_meta(self, extra: Mapping[str, Any] | None = None) -> Path:
         """Record how the run was made in `meta.json`: versions, time, host, command line (rank 0 only).
@@ -291,90 +325,6 @@ class RunDir:
                 {key: session[key] for key in ("time", "host", "command", "world_size")})
             return self.write_json("meta.json", recorded)
         return self.write_json("meta.json", session)
-
-    # ------------------------------------------------------------------ per-example results
-    def write_example(
-        self,
-        index: int,
-        tensors: Mapping[str, torch.Tensor] | None = None,
-        record: Any = None,
-        *,
-        key: str | None = None,
-    ) -> str:
-        """Store example `index`'s results and mark it done; returns its key.
-
-        Writes `examples/<key>.safetensors` (if `tensors`), then `examples/<key>.json` with
-        {"key", "index", "record"}, then appends the ledger line; a crash before the ledger line means the
-        example is simply computed again on resume.
-
-        Args:
-            index: the example's position in the dataset (merge order).
-            tensors: name -> tensor for this example (optional).
-            record: JSON-able per-example data (optional).
-            key: file-name-safe key (default: `example_key(index)`).
-        """
-        key = example_key(index) if key is None else key
-        if not _KEY_PATTERN.match(key):
-            raise InputError(f"example key {key!r} is not a safe file name; use letters, digits, '.', '_', '-'")
-        files = []
-        if tensors:
-            self.write_tensors(f"{EXAMPLES_DIR}/{key}.safetensors", tensors, {"key": key, "index": index})
-            files.append(f"{EXAMPLES_DIR}/{key}.safetensors")
-        self.write_json(f"{EXAMPLES_DIR}/{key}.json", {"key": key, "index": index, "record": record})
-        files.append(f"{EXAMPLES_DIR}/{key}.json")
-        self._append_ledger({"key": key, "index": index, "files": files})
-        return key
-
-    def ledger_entries(self) -> list[dict[str, Any]]:
-        """Every finished example of every rank (later lines win for a repeated key), whose files exist."""
-        entries: dict[str, dict[str, Any]] = {}
-        progress = self.path / PROGRESS_DIR
-        if not progress.is_dir():
-            return []
-        for ledger in sorted(progress.glob("rank-*.jsonl")):
-            for line in ledger.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: that example is not done
-                if isinstance(entry, dict) and "key" in entry and "index" in entry:
-                    entries[entry["key"]] = entry
-        return [entry for entry in entries.values()
-                if all((self.path / name).exists() for name in entry.get("files", []))]
-
-    def done_keys(self) -> set[str]:
-        """Keys of the examples finished by any rank (a resumed run skips these)."""
-        return {entry["key"] for entry in self.ledger_entries()}
-
-    def done_indices(self) -> set[int]:
-        """Indices of the examples finished by any rank."""
-        return {int(entry["index"]) for entry in self.ledger_entries()}
-
-    def read_example(self, key: str) -> tuple[dict[str, torch.Tensor], Any]:
-        """The tensors and record stored for example `key`."""
-        info = self.read_json(f"{EXAMPLES_DIR}/{key}.json")
-        tensor_file = f"{EXAMPLES_DIR}/{key}.safetensors"
-        tensors = self.read_tensors(tensor_file)[0] if self.exists(tensor_file) else {}
-        return tensors, info.get("record")
-
-    def _ledger_path(self) -> Path:
-        return self.path / PROGRESS_DIR / f"rank-{self.rank:05d}-of-{self.world:05d}.jsonl"
-
-    def _append_ledger(self, entry: dict[str, Any]) -> None:
-        ledger = self._ledger_path()
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        with open(ledger, "a+b") as handle:
-            if not self._ledger_checked:
-                # A crash mid-append can leave a cut line; start ours on a fresh line.
-                handle.seek(0, os.SEEK_END)
-                if handle.tell() > 0:
-                    handle.seek(-1, os.SEEK_END)
-                    if handle.read(1) != b"\n":
-                        handle.write(b"\n")
-                self._ledger_checked = True
-            handle.write((json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
 
 
 def _with_suffix(name: str | Path, suffix: str) -> str:

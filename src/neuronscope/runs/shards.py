@@ -11,12 +11,12 @@ where each example's rows start and end. Examples that lack a tensor name are an
 
 Example:
     >>> import tempfile, torch
-    >>> run = RunDir(tempfile.mkdtemp() + "/run")
-    >>> squares = [float(i * i) for i in range(5)]
+    >>> folder = tempfile.mkdtemp() + "/run"
     >>> for rank in range(2):  # normally two processes, each with its own rank
-    ...     _ = for_each_example(run, squares, lambda i, x: ({"y": torch.tensor([x])}, {"i": i}),
-    ...                          rank=rank, world=2)
-    >>> merge_shards(run, expected=5).tensors["y"].flatten().tolist()
+    ...     run = RunDir(folder, rank=rank, world=2)
+    ...     for i in shard_indices(5, rank, 2):
+    ...         _ = run.write_example(i, {"y": torch.tensor([float(i * i)])})
+    >>> merge_shards(folder, expected=5).tensors["y"].flatten().tolist()
     [0.0, 1.0, 4.0, 9.0, 16.0]
 """
 
@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
 from neuronscope.errors import InputError
-from neuronscope.runs.folder import RunDir, example_key
+from neuronscope.runs.folder import RunDir
 
 Example = TypeVar("Example")
 
@@ -91,54 +90,6 @@ def detect_rank_world(env: Mapping[str, str] | None = None) -> ProcessInfo:
         raise InputError(f"RANK={rank} and WORLD_SIZE={world} from the environment are impossible; need "
                          "0 <= RANK < WORLD_SIZE")
     return ProcessInfo(rank, world, local_rank)
-
-
-def pending_indices(run: RunDir, n: int, rank: int | None = None, world: int | None = None) -> list[int]:
-    """This process's example indices that are not done yet (for loops that batch several examples).
-
-    Example:
-        >>> for batch in chunks(pending_indices(run, len(prompts)), 8):  # doctest: +SKIP
-        ...     scores = score_batch([prompts[i] for i in batch])
-        ...     for i, s in zip(batch, scores):
-        ...         run.write_example(i, {"scores": s})
-    """
-    rank = run.rank if rank is None else rank
-    world = run.world if world is None else world
-    done = run.done_keys()
-    return [index for index in shard_indices(n, rank, world) if example_key(index) not in done]
-
-
-def for_each_example(
-    run: RunDir,
-    examples: Sequence[Example],
-    compute: Callable[[int, Example], tuple[Mapping[str, torch.Tensor] | None, Any]],
-    *,
-    rank: int | None = None,
-    world: int | None = None,
-    progress: bool = False,
-) -> list[int]:
-    """Compute and store this process's share of `examples`, skipping those already done; resumable.
-
-    Args:
-        run: the run folder (open it with `resume=True` to continue an interrupted run).
-        examples: the dataset (indexable).
-        compute: `compute(index, example) -> (tensors or None, JSON-able record)`.
-        rank, world: this process's shard (default: `run.rank`, `run.world`).
-        progress: show a tqdm progress bar (default False).
-
-    Returns:
-        The indices computed in this call (not those skipped as done).
-
-    Example:
-        >>> for_each_example(run, prompts, lambda i, p: ({"scores": score(p)}, {"prompt": p}))  # doctest: +SKIP
-    """
-    todo = pending_indices(run, len(examples), rank, world)
-    computed = []
-    for index in tqdm(todo, desc=f"examples (rank {run.rank})", disable=not progress, leave=False):
-        tensors, record = compute(index, examples[index])
-        run.write_example(index, tensors, record)
-        computed.append(index)
-    return computed
 
 
 @dataclass
