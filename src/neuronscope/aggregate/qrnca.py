@@ -37,7 +37,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from neuronscope.aggregate.select import check_neurons, flat_to_neurons, threshold_relative_mask
+from neuronscope.aggregate.neurons import check_neurons, flat_to_neurons
+from neuronscope.aggregate.select import threshold_relative_mask
 from neuronscope.errors import InputError, NeuronscopeError
 
 __all__ = [
@@ -191,7 +192,7 @@ class QRNCAResult:
     def all_key_neurons(self) -> Tensor:
         """The union of every query's key neurons, ``[n, 2]`` in ascending (layer, index) order.
 
-        Handy as ``exclude=`` of `neuronscope.evaluate.baselines.random_neurons_like`.
+        Handy as ``exclude=`` of `neuronscope.measure.baselines.random_neurons_like`.
         """
         if not self.key_neurons:
             return torch.empty(0, 2, dtype=torch.long)

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.log_probability_increase import head_source_log_probability_increase
-from neuronscope.attribute.registry import get_method, register
+from neuronscope.attribute.registry import get_method
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet, prediction_targets
@@ -101,8 +101,6 @@ def _score(model: nn.Module, batch: Batch, targets: TargetSet, interventions: Se
         return function(model, batch, targets, **options)
 
 
-@register("comparative", "CNA: a score under condition B minus under condition A (prompts, ablations, models)",
-          "Yu & Ananiadou 2024 (comparative neuron analysis)")
 def comparative(
     model: nn.Module,
     batch: Batch,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuronscope.attribute.registry import register
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -95,7 +94,6 @@ def scores_from_activations(
     return contribution_scores(activations, proj, target_index) / sigma[..., None]
 
 
-@register("contribution", "a·<w_i, u_t>: gradient-free logit contribution", "Pan et al. 2024 (multimodal neurons)")
 @torch.no_grad()
 def contribution(
     model: nn.Module,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuronscope.attribute.registry import register
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -35,9 +34,6 @@ def _target_log_probability(logits: torch.Tensor, positions: torch.Tensor, token
     return picked.log_softmax(-1)[rows, token_ids.to(logits.device)]
 
 
-@register("gradient_x_activation", "a · ∂log P(y)/∂a at the target position, all layers, one backward per target",
-          "first-order (Taylor) attribution; baseline of Dai et al. 2022 and Yu & Ananiadou 2024",
-          uses_gradients=True)
 def gradient_x_activation(
     model: nn.Module,
     batch: Batch,

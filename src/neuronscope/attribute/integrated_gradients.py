@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.registry import register
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -235,8 +234,6 @@ def _ig_plain(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions
     return torch.stack(out)
 
 
-@register("integrated_gradients", "a · mean_k ∂P(y | a_l ← α_k a_l)/∂a: knowledge-neuron IG at one layer",
-          "Dai et al. 2022 (knowledge neurons); Chen et al. 2024 (NA-ICA / QRNCA)", uses_gradients=True)
 def integrated_gradients(
     model: nn.Module,
     batch: Batch,

@@ -45,7 +45,6 @@ from neuronscope.attribute.heads import (
     check_weighted_values,
     weighted_values,
 )
-from neuronscope.attribute.registry import register
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet, prediction_targets
@@ -201,8 +200,6 @@ def _meta(method: str, adapter: ModelAdapter, targets: TargetSet, readout: Froze
             "compute_dtype": str(readout.directions.dtype).removeprefix("torch."), **extra}
 
 
-@register("log_probability_increase", "log p(w | r + v) − log p(w | r) with the final norm frozen",
-          "Yu & Ananiadou 2024 (neuron-level knowledge attribution)")
 @torch.no_grad()
 def log_probability_increase(
     model: nn.Module,

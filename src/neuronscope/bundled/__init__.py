@@ -25,30 +25,32 @@ from typing import Any
 
 import torch
 
+from neuronscope.bundled.knowledge import (
+    DOMAINS,
+    Fact,
+    MCQARecord,
+    SumExample,
+    VQAExample,
+    facts_dataset,
+    mcqa_dataset,
+    mcqa_prompt,
+    sums_dataset,
+    vqa_dataset,
+)
 from neuronscope.bundled.world import (
     CAPTION_PREFIX,
     CAPTION_PROMPT,
     COLOURS,
-    DOMAINS,
     GRID_SIZE,
     IMAGE_SIZE,
     PATCH_SIZE,
     SHAPES,
     SIZES,
-    Fact,
-    MCQARecord,
     Scene,
     ShapeObject,
-    SumExample,
-    VQAExample,
     caption_for,
-    facts_dataset,
-    mcqa_dataset,
-    mcqa_prompt,
     render_scene,
     sample_scenes,
-    sums_dataset,
-    vqa_dataset,
 )
 from neuronscope.errors import InputError
 

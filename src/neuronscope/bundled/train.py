@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from neuronscope.bundled import world
+from neuronscope.bundled import knowledge, world
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 IMAGE_TOKEN = "<image>"
@@ -116,7 +116,7 @@ def build_tokenizer() -> Any:
 
     splitter = pre_tokenizers.Whitespace()
     words: set[str] = set()
-    for text in world.vocabulary_texts():
+    for text in knowledge.vocabulary_texts():
         words.update(piece for piece, _ in splitter.pre_tokenize_str(text))
     words.update(["USER", "ASSISTANT", "SYSTEM", ":"])
     vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
@@ -266,7 +266,7 @@ def image_batch(
         if rng.random() < caption_fraction:
             question, answer = world.CAPTION_PROMPT, world.caption_for(scene)
         else:
-            example = world.vqa_for(scene, rng)
+            example = knowledge.vqa_for(scene, rng)
             question, answer = example.question, example.answer
         rows.append(_encode(processor.tokenizer, _chat_prompt(processor, question), answer))
         images.append(world.render_scene(scene))
@@ -276,7 +276,7 @@ def image_batch(
 
 
 def text_example(
-    rng: random.Random, facts: list[world.Fact], mix: tuple[float, ...] = TrainConfig.text_mix
+    rng: random.Random, facts: list[knowledge.Fact], mix: tuple[float, ...] = TrainConfig.text_mix
 ) -> tuple[str, str]:
     """One training text task, drawn with probabilities ``mix``: a cloze fact, an MCQA variant in a trained
     wording, an option-matching question ("Which option is yellow?" -> its letter, which teaches the letter
@@ -289,22 +289,22 @@ def text_example(
         return fact.prompt, fact.answer
     if draw < bounds[1]:
         fact = rng.choice(facts)
-        prompt, letter, _ = world.mcqa_variant(fact, rng, rng.choice(world.TRAIN_TEMPLATES), facts)
+        prompt, letter, _ = knowledge.mcqa_variant(fact, rng, rng.choice(knowledge.TRAIN_TEMPLATES), facts)
         return prompt, letter
     if draw < bounds[2]:
         fact = rng.choice(facts)
-        _, letter, options = world.mcqa_variant(fact, rng, 0, facts)
-        template = rng.choice(world.TRAIN_TEMPLATES)
-        return world.mcqa_prompt(f"Which option is {fact.answer}?", options, template), letter
+        _, letter, options = knowledge.mcqa_variant(fact, rng, 0, facts)
+        template = rng.choice(knowledge.TRAIN_TEMPLATES)
+        return knowledge.mcqa_prompt(f"Which option is {fact.answer}?", options, template), letter
     if len(mix) < 5 or draw < bounds[3]:
         a, b = rng.randrange(10), rng.randrange(10)
         return f"{a}+{b}=", str(a + b)
     fact = rng.choice(facts)
-    return world.question_prompt(fact.question), fact.answer
+    return knowledge.question_prompt(fact.question), fact.answer
 
 
 def text_batch(
-    tokenizer: Any, rng: random.Random, size: int, facts: list[world.Fact],
+    tokenizer: Any, rng: random.Random, size: int, facts: list[knowledge.Fact],
     mix: tuple[float, ...] = TrainConfig.text_mix,
 ) -> dict[str, torch.Tensor]:  # fmt: skip
     """``size`` text-only examples: input_ids, labels, attention_mask."""
@@ -410,7 +410,7 @@ def train(config: TrainConfig, out_dir: str | Path, log_every: int = 50) -> dict
     processor = build_processor()
     model = build_model(processor.tokenizer, config).to(config.device)
     model.train()
-    facts = world.facts_dataset()
+    facts = knowledge.facts_dataset()
     rng = random.Random(f"neuronscope-train:{config.seed}")
     start = time.time()
     history: list[dict[str, Any]] = []
@@ -472,7 +472,7 @@ def train(config: TrainConfig, out_dir: str | Path, log_every: int = 50) -> dict
 
     model.eval()
     penalty.active = False
-    records = world.mcqa_dataset("test", n_variants=3, seed=config.seed)
+    records = knowledge.mcqa_dataset("test", n_variants=3, seed=config.seed)
     predicted = next_token_answers(model, processor.tokenizer, [s for r in records for s in r.sentences])
     letters = [label for r in records for label in r.obj_label]
     accuracy = sum(p == t for p, t in zip(predicted, letters, strict=False)) / len(letters)
@@ -587,7 +587,7 @@ def evaluate(
         captions += caption_scenes(model, processor, scenes[i : i + batch])
     metrics.update(caption_word_accuracy(captions, scenes))
 
-    vqa = world.vqa_dataset(n_images, seed=seed, split="test")
+    vqa = knowledge.vqa_dataset(n_images, seed=seed, split="test")
     answers: list[str] = []
     for i in range(0, n_images, batch):
         chunk = vqa[i : i + batch]
@@ -599,33 +599,33 @@ def evaluate(
         metrics[f"vqa_{kind}"] = sum(a == e.answer for a, e in pairs) / max(1, len(pairs))
 
     tokenizer = processor.tokenizer
-    records = world.mcqa_dataset("test", n_variants=3, seed=seed)
+    records = knowledge.mcqa_dataset("test", n_variants=3, seed=seed)
     prompts = [s for r in records for s in r.sentences]
     letters = [label for r in records for label in r.obj_label]
     predicted = next_token_answers(model, tokenizer, prompts)
     metrics["mcqa"] = sum(p == t for p, t in zip(predicted, letters, strict=False)) / len(letters)
-    for domain in world.DOMAINS:
+    for domain in knowledge.DOMAINS:
         pairs = [(p, t) for r, p, t in zip([r for r in records for _ in r.sentences], predicted, letters, strict=False)
                  if r.domain == domain]  # fmt: skip
         metrics[f"mcqa_{domain}"] = sum(p == t for p, t in pairs) / len(pairs)
 
-    seen = world.mcqa_dataset("train", n_variants=3, seed=seed)  # trained wordings, fresh option orders
+    seen = knowledge.mcqa_dataset("train", n_variants=3, seed=seed)  # trained wordings, fresh option orders
     predicted = next_token_answers(model, tokenizer, [s for r in seen for s in r.sentences])
     letters = [label for r in seen for label in r.obj_label]
     metrics["mcqa_seen_wordings"] = sum(p == t for p, t in zip(predicted, letters, strict=False)) / len(
         letters
     )
 
-    facts = world.facts_dataset()
+    facts = knowledge.facts_dataset()
     predicted = next_token_answers(model, tokenizer, [f.prompt for f in facts])
     metrics["facts_cloze"] = sum(p == f.answer for p, f in zip(predicted, facts, strict=False)) / len(facts)
-    predicted = next_token_answers(model, tokenizer, [world.question_prompt(f.question) for f in facts])
+    predicted = next_token_answers(model, tokenizer, [knowledge.question_prompt(f.question) for f in facts])
     metrics["facts_question"] = sum(p == f.answer for p, f in zip(predicted, facts, strict=False)) / len(facts)
-    matching = [(world.mcqa_prompt(f"Which option is {r.answer}?", options, world.TEST_TEMPLATES[k % 2]), letter)
+    matching = [(knowledge.mcqa_prompt(f"Which option is {r.answer}?", options, knowledge.TEST_TEMPLATES[k % 2]), letter)
                 for r in records for k, (options, letter) in enumerate(zip(r.options, r.obj_label, strict=True))]
     predicted = next_token_answers(model, tokenizer, [prompt for prompt, _ in matching])
     metrics["option_matching"] = sum(p == t for p, (_, t) in zip(predicted, matching, strict=True)) / len(matching)
-    sums = world.sums_dataset()
+    sums = knowledge.sums_dataset()
     predicted = next_token_answers(model, tokenizer, [s.prompt for s in sums])
     metrics["sums"] = sum(p == s.answer for p, s in zip(predicted, sums, strict=False)) / len(sums)
     return {k: round(v, 4) for k, v in metrics.items()}

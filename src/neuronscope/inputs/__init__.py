@@ -17,26 +17,23 @@ Names are imported lazily (``from neuronscope.inputs import read_prompts_jsonl``
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from neuronscope._lazy import lazy_exports
 
 _EXPORTS = {
     **dict.fromkeys(("Batch", "Generation", "encode_prompts", "encode_images", "generate", "to_model",
                      "DEFAULT_CAPTION_PROMPT", "DEFAULT_CAPTION_PREFIX"), "neuronscope.inputs.batch"),
-    **dict.fromkeys(("TargetSet", "word_token", "word_targets", "token_targets", "prediction_targets",
-                     "continuation_targets"), "neuronscope.inputs.targets"),
-    **dict.fromkeys(("PromptRecord", "read_prompts_jsonl"), "neuronscope.inputs.prompts"),
+    **dict.fromkeys(("TargetSet", "TargetSpec", "PREDICTION", "word_token", "word_pieces", "word_targets",
+                     "token_targets", "prediction_targets", "continuation_targets", "parse_target", "resolve_target",
+                     "resolve_targets", "last_position_targets", "first_token"), "neuronscope.inputs.targets"),
+    **dict.fromkeys(("PromptRecord", "read_prompts_jsonl", "prompt_records"), "neuronscope.inputs.prompts"),
     **dict.fromkeys(("IMAGE_EXTENSIONS", "ImageDataset", "ImageRecord", "SkippedInput", "read_coco_captions",
-                     "read_image_folder", "read_sbu_captions", "read_vqa_jsonl"), "neuronscope.inputs.images"),
+                     "read_image_folder", "read_sbu_captions", "read_vqa_jsonl", "read_images", "image_records",
+                     "load_image"), "neuronscope.inputs.images"),
     **dict.fromkeys(("MCQAItem", "PromptVariant", "QRNeuronQuery", "read_mcqa_jsonl", "read_qrneuron_mcqa",
                      "render_prompt_variants"), "neuronscope.inputs.mcqa"),
     "load_config": "neuronscope.inputs.config",
 }
 
+
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'neuronscope.inputs' has no attribute '{name}'")
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

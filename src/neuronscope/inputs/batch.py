@@ -255,3 +255,38 @@ def generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int
     prompt_len = batch.seq_len
     texts = tokenizer.batch_decode(sequences[:, prompt_len:], skip_special_tokens=True)
     return Generation(sequences, prompt_len, [text.strip() for text in texts])
+
+
+def prompt_batch(processor: Any, prompts: Sequence[str] | str | Batch, model: nn.Module, chat: bool = False) -> Batch:
+    """A :class:`Batch` on the model's input device: prompts are encoded (left-padded), batches are moved."""
+    batch = prompts if isinstance(prompts, Batch) else encode_prompts(processor, prompts, chat=chat, model=model)
+    return to_model(batch, model)
+
+
+def extend_batch(batch: Batch, tokens: torch.Tensor | Sequence[Sequence[int]]) -> Batch:
+    """``batch`` with ``tokens [batch, steps]`` appended to every row, ready for one teacher-forced forward.
+
+    The attention mask grows with ones; text position ids (where the batch has them) are recomputed so they skip
+    the left padding; other per-token inputs (Qwen2-VL's ``mm_token_type_ids`` ...) are extended with zeros, i.e.
+    as text. The appended token ``k`` of a row sits at position ``batch.seq_len + k``, so the logits that produce
+    it are at ``batch.seq_len - 1 + k`` (:meth:`Generation.producing_positions`).
+
+    Example:
+        >>> full = extend_batch(batch, generation.tokens)      # prompt + caption, one forward
+    """
+    ids = batch.input_ids
+    extra = torch.as_tensor(tokens, dtype=ids.dtype, device=ids.device).reshape(len(batch), -1)
+    inputs = dict(batch.inputs)
+    for key, value in batch.inputs.items():
+        if not isinstance(value, torch.Tensor) or value.shape[:2] != ids.shape or key == "position_ids":
+            continue
+        if key == "input_ids":
+            inputs[key] = torch.cat([value, extra], 1)
+        elif key == "attention_mask":
+            inputs[key] = torch.cat([value, torch.ones_like(extra, dtype=value.dtype)], 1)
+        else:
+            inputs[key] = torch.cat([value, value.new_zeros(len(batch), extra.shape[1])], 1)
+    mask = inputs["attention_mask"]
+    if "position_ids" in batch.inputs:
+        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return Batch(inputs, batch.texts, mask.sum(-1).cpu(), batch.images, batch.meta)

@@ -26,12 +26,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image, UnidentifiedImageError
 
+from neuronscope.errors import InputError
 from neuronscope.inputs.problems import (
     ProblemLog,
     fail,
@@ -48,13 +49,32 @@ ImageCheck = Literal["lazy", "eager"]
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image input: its path, reference captions (maybe none), and a VQA question/answer if any."""
+    """One image input: a path (or an image in memory), reference captions (maybe none), a VQA question/answer.
+
+    ``image`` holds a PIL image given in memory (then ``image_path`` is None); :meth:`load` returns the RGB
+    image either way, or raises with a reason that names the file.
+    """
 
     id: str
-    image_path: Path
+    image_path: Path | None = None
     captions: tuple[str, ...] = ()
     question: str | None = None
     answer: str | None = None
+    image: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def where(self) -> str:
+        """The file (or "in memory"), for messages."""
+        return str(self.image_path) if self.image_path is not None else f"image {self.id} (in memory)"
+
+    def load(self) -> Image.Image:
+        """The RGB image; raises :class:`InputError` naming the file and the reason when it cannot be used."""
+        if self.image is not None:
+            return self.image.convert("RGB")
+        try:
+            return load_image(self.image_path)
+        except _ImageUnusable as error:
+            raise InputError(f"{self.where}: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -324,3 +344,60 @@ def _root(path: str | Path, image_root: str | Path | None) -> Path:
 def _resolve(root: Path, image: str) -> Path:
     image_path = Path(image)
     return image_path if image_path.is_absolute() else root / image_path
+
+
+def read_images(path: str | Path, image_root: str | Path | None = None) -> ImageDataset:
+    """An image folder, or a captions JSON: COCO style (an object with "images") or SBU style (a list).
+
+    Raises:
+        InputError: the path does not exist, or the file is neither format.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return read_image_folder(path)
+    if not path.is_file():
+        fail(path, "not found; give an image folder or a captions JSON (COCO or SBU style)")
+    import json
+
+    try:
+        head = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        head = None
+    if isinstance(head, dict):
+        return read_coco_captions(path, image_root)
+    return read_sbu_captions(path, image_root)
+
+
+def image_records(images: Any) -> tuple[list[ImageRecord], list[dict[str, str]]]:
+    """The accepted image inputs as :class:`ImageRecord`s, and the inputs already skipped.
+
+    Accepts an :class:`ImageDataset` (its skipped records are returned as the second value), one image or path,
+    or a sequence of PIL images, paths or :class:`ImageRecord`.
+
+    Raises:
+        InputError: an input of another type, or no inputs at all.
+    """
+    import os
+
+    skipped: list[dict[str, str]] = []
+    if isinstance(images, ImageDataset):
+        skipped = [skip.to_dict() for skip in images.skipped]
+        items: list[Any] = list(images.records)
+    elif isinstance(images, (str, os.PathLike, Image.Image)):
+        items = [images]
+    else:
+        items = list(images)
+    records = []
+    for number, item in enumerate(items):
+        if isinstance(item, Image.Image):
+            records.append(ImageRecord(f"image-{number}", image=item))
+        elif isinstance(item, ImageRecord):
+            records.append(item)
+        elif isinstance(item, (str, os.PathLike)):
+            records.append(ImageRecord(str(item), Path(item)))
+        else:
+            raise InputError(f"image {number} is a {type(item).__name__}: pass PIL images, image paths, "
+                             "ImageRecords or an ImageDataset (neuronscope.inputs.images)")
+    if not records and not skipped:
+        raise InputError("no images given: pass at least one image")
+    return records, skipped

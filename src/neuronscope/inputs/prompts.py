@@ -11,10 +11,12 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neuronscope.errors import InputError
 from neuronscope.inputs.problems import ProblemLog, fail, get_record_id, get_string, load_jsonl
 
 
@@ -61,3 +63,46 @@ def read_prompts_jsonl(path: str | Path, *, require_target: bool = False) -> lis
         prompts.append(PromptRecord(record_id, prompt, target, extra))
     log.raise_if_any()
     return prompts
+
+
+def prompt_records(
+    prompts_file: str | Path | None = None,
+    prompts: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    *,
+    default_target: str = "prediction",
+) -> list[PromptRecord]:
+    """Prompt records from a JSONL file or a list of prompts, each with a target spec (word, ``id:N`` or
+    ``prediction``).
+
+    ``targets`` holds one spec for every prompt or one per prompt; a JSONL record's own target wins over it.
+
+    Raises:
+        InputError: both or neither source given, a wrong number of targets, empty prompts (one line each).
+
+    Example:
+        >>> [r.target for r in prompt_records(prompts=["The capital of France is", "2 + 2 ="], targets=["Paris"])]
+        ['Paris', 'Paris']
+    """
+    targets = list(targets)
+    if prompts_file and prompts:
+        raise InputError("give prompts either in a file (--prompts) or as --prompt flags, not both")
+    if prompts_file:
+        if len(targets) > 1:
+            raise InputError("with --prompts, --target gives one default target for records without one")
+        default = targets[0] if targets else default_target
+        records = [PromptRecord(r.id, r.prompt, r.target if r.target is not None else default, r.extra)
+                   for r in read_prompts_jsonl(Path(prompts_file))]
+    elif prompts:
+        if len(targets) not in (0, 1, len(prompts)):
+            raise InputError(f"{len(targets)} --target flags for {len(prompts)} --prompt flags: give one target for "
+                             "all prompts or one per prompt")
+        targets = targets * len(prompts) if len(targets) == 1 else targets or [default_target] * len(prompts)
+        records = [PromptRecord(str(i), text, spec) for i, (text, spec) in enumerate(zip(prompts, targets,
+                                                                                          strict=True))]
+    else:
+        raise InputError("no prompts given: pass --prompts FILE.jsonl or one or more --prompt TEXT")
+    empty = [record.id for record in records if not record.prompt.strip()]
+    if empty:
+        raise InputError(f"prompts {', '.join(empty[:10])} are empty; give text to run the model on")
+    return records

@@ -14,14 +14,15 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from neuronscope.errors import InputError, PositionError
+from neuronscope.errors import InputError, PositionError, TargetError
 from neuronscope.inputs.batch import Batch, Generation
 
 
@@ -67,25 +68,69 @@ def _tokenizer(processor: Any) -> Any:
     return getattr(processor, "tokenizer", processor)
 
 
-def word_token(processor: Any, word: str, leading_space: bool = True) -> int:
-    """The first sub-token of ``word`` (``" word"`` when ``leading_space``). Raises :class:`InputError` when the
-    tokenizer maps it to the unknown token."""
+#: The text a word is tokenised after, so that its pieces are the ones a model emits after some text (a word at
+#: the start of a string gets a sentencepiece dummy prefix it never has inside a sentence).
+ANCHOR = "Answer:"
+_MARKERS = ("▁", "Ġ", " ", "Ċ")
+_BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+
+def word_pieces(processor: Any, word: str, leading_space: bool = True) -> list[int]:
+    """The token ids a model emits for ``word`` after some text (``" word"`` when ``leading_space``).
+
+    Tokenised after :data:`ANCHOR` and cut where the anchor's tokens end, so the pieces are the ones that follow
+    text (no sentencepiece dummy prefix, no special tokens).
+
+    Example:
+        >>> word_pieces(smollm2_tokenizer, "0")      # doctest: +SKIP
+        [32]
+    """
     tokenizer = _tokenizer(processor)
     text = (" " + word.lstrip()) if leading_space else word
+    anchor = tokenizer(ANCHOR, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(ANCHOR + text, add_special_tokens=False)["input_ids"]
+    if ids[:len(anchor)] == anchor and len(ids) > len(anchor):
+        return [int(i) for i in ids[len(anchor):]]
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise InputError(f"target word {word!r} encodes to no token")
-    # Tokenizers that add a prefix-space marker as its own token (sentencepiece "▁") -> skip a lone marker.
-    first = ids[0]
-    if len(ids) > 1 and tokenizer.convert_ids_to_tokens(first) in ("▁", "Ġ", " "):
-        first = ids[1]
+    while len(ids) > 1 and tokenizer.convert_ids_to_tokens(ids[0]) in _MARKERS:
+        ids = ids[1:]  # a dummy prefix the tokenizer adds at the start of a string
+    return [int(i) for i in ids]
+
+
+def word_token(processor: Any, word: str, leading_space: bool = True, first_piece: bool = False) -> int:
+    """The one token a model emits for ``word`` (``" word"`` when ``leading_space``); see :func:`word_pieces`.
+
+    Args:
+        word: the word.
+        leading_space: the word follows a space (``" Paris"``); False for a bare token (the letter ``"A"`` right
+            after ``"Answer:"``).
+        first_piece: a word of several pieces is scored by its first piece (default False: refused).
+
+    Raises:
+        TargetError: the word encodes to nothing, to the unknown token or byte pieces (not in the vocabulary),
+            to a bare space token first (``" 0"`` -> ``'Ġ', '0'``), or to several pieces without ``first_piece``.
+    """
+    tokenizer = _tokenizer(processor)
+    pieces = word_pieces(tokenizer, word, leading_space)
+    shown = (" " + word.lstrip()) if leading_space else word
+    if not pieces:
+        raise TargetError(f"target word {word!r} encodes to no token; give a word or a token id (id:N)")
+    names = tokenizer.convert_ids_to_tokens(pieces)
     unk = getattr(tokenizer, "unk_token_id", None)
-    if unk is not None and first == unk and word.strip() != tokenizer.unk_token:
-        raise InputError(
-            f"target word {word!r} is not in the vocabulary (it maps to the unknown token): check its spelling "
-            "or use a token id"
-        )
-    return int(first)
+    if (unk is not None and unk in pieces and word.strip() != tokenizer.unk_token) or any(
+            _BYTE_PIECE.match(str(name)) for name in names):
+        raise TargetError(f"target word {word!r} is not in the vocabulary (it encodes to the unknown token or to "
+                          "raw bytes): check its spelling or give a token id (id:N)")
+    if str(names[0]) in _MARKERS:
+        hint = "--no-leading-space" if leading_space else "a token id"
+        raise TargetError(f"target {shown!r} is emitted as a bare space token {names[0]!r} followed by {names[1:]}: its "
+                          f"first token says nothing about the word; score it without the space ({hint}) or give "
+                          "a token id (id:N)")
+    if len(pieces) > 1 and not first_piece:
+        raise TargetError(f"target word {word!r} is {len(pieces)} tokens ({', '.join(map(repr, names))}): only its "
+                          f"first piece {names[0]!r} would be scored; pass --first-piece (first_piece=True) to "
+                          "score it, or give a word of one token or a token id (id:N)")
+    return int(pieces[0])
 
 
 def _stack(rows: list[list[tuple[int, int, str]]]) -> TargetSet:
@@ -114,9 +159,14 @@ def token_targets(batch: Batch, token_ids: int | Sequence[int] | torch.Tensor, p
 
 
 def word_targets(
-    processor: Any, batch: Batch, words: str | Sequence[str] | Sequence[Sequence[str]], leading_space: bool = True
+    processor: Any, batch: Batch, words: str | Sequence[str] | Sequence[Sequence[str]], leading_space: bool = True,
+    first_piece: bool = False,
 ) -> TargetSet:
-    """Words as targets at the last prompt position: one word for all rows, one per row, or a list per row."""
+    """Words as targets at the last prompt position: one word for all rows, one per row, or a list per row.
+
+    Each word must be one token (see :func:`word_token`); with ``first_piece`` a longer word is scored by its
+    first piece, and its label says so (``"girl" -> '▁g'``).
+    """
     if isinstance(words, str):
         words = [[words]] * len(batch)
     elif all(isinstance(word, str) for word in words):
@@ -124,8 +174,15 @@ def word_targets(
             raise InputError(f"{len(words)} target words for {len(batch)} prompts: give one per prompt")
         words = [[word] for word in words]
     last = batch.seq_len - 1
-    rows = [[(word_token(processor, word, leading_space), last, word) for word in row] for row in words]
+    rows = [[(token, last, target_label(processor, word, token)) for word in row
+             for token in [word_token(processor, word, leading_space, first_piece)]] for row in words]
     return _stack(rows)
+
+
+def target_label(processor: Any, word: str, token: int) -> str:
+    """The label of a word target: the word itself, or ``"word -> 'piece'"`` when only a piece of it is scored."""
+    piece = _tokenizer(processor).decode([token])
+    return word if piece.strip() == word.strip() else f"{word} -> {piece!r}"
 
 
 @torch.no_grad()
@@ -159,3 +216,98 @@ def continuation_targets(
             row.append((tokens[step], int(positions[step]), label))
         rows.append(row)
     return _stack(rows)
+
+
+# ---------------------------------------------------------------------------------------------------- target specs
+#: The target spec meaning "the model's own top-1 next token".
+PREDICTION = "prediction"
+
+
+class TargetSpec(NamedTuple):
+    """A parsed target spec: ``("prediction", None)``, ``("id", 17)`` or ``("word", " Paris")``."""
+
+    kind: str
+    value: Any
+
+
+def parse_target(spec: str) -> TargetSpec:
+    """``"prediction"`` -> ``("prediction", None)``; ``"id:5"`` -> ``("id", 5)``; ``"word:x"`` or ``"x"`` -> ``("word", x)``.
+
+    Example:
+        >>> parse_target("id:17"), parse_target("prediction"), parse_target(" Paris")
+        (TargetSpec(kind='id', value=17), TargetSpec(kind='prediction', value=None), TargetSpec(kind='word', value=' Paris'))
+    """
+    text = str(spec)
+    if text.strip().lower() == PREDICTION:
+        return TargetSpec(PREDICTION, None)
+    if text.startswith("id:"):
+        try:
+            return TargetSpec("id", int(text[3:]))
+        except ValueError:
+            raise TargetError(f"target {text!r}: 'id:' must be followed by a token id, e.g. id:123") from None
+    if text.startswith("word:"):
+        text = text[5:]
+    if not text.strip():
+        raise TargetError(f"target {spec!r} is empty; give a word, id:N or 'prediction'")
+    return TargetSpec("word", text)
+
+
+def resolve_target(processor: Any, spec: str, vocab_size: int, *, leading_space: bool = True,
+                   first_piece: bool = False) -> int | None:
+    """The token id of a target spec (None for ``prediction``); see :func:`word_token` for words."""
+    kind, value = parse_target(spec)
+    if kind == PREDICTION:
+        return None
+    if kind == "id":
+        if not 0 <= value < vocab_size:
+            raise TargetError(f"token id {value} is outside the vocabulary (0..{vocab_size - 1})")
+        return int(value)
+    return word_token(processor, value, leading_space, first_piece)
+
+
+def resolve_targets(processor: Any, records: Sequence[Any], vocab_size: int, *, leading_space: bool = True,
+                    first_piece: bool = False) -> list[int | None]:
+    """Token ids of the records' target specs (``record.id``, ``record.target``), checked up front.
+
+    Raises:
+        TargetError: one line per record whose target cannot be resolved, naming the record.
+    """
+    out: list[int | None] = []
+    problems = []
+    for record in records:
+        try:
+            out.append(resolve_target(processor, record.target or PREDICTION, vocab_size,
+                                      leading_space=leading_space, first_piece=first_piece))
+        except InputError as error:
+            problems.append(f"prompt {record.id}: target {record.target!r}: {error}")
+            out.append(None)
+    if problems:
+        raise TargetError("\n".join(problems))
+    return out
+
+
+@torch.no_grad()
+def last_position_targets(model: nn.Module, processor: Any, batch: Batch, token_ids: Sequence[int | None],
+                          labels: Sequence[str]) -> TargetSet:
+    """One target per row at the last position; rows whose token is ``None`` get the model's own prediction
+    (labelled with the predicted token's text)."""
+    ids = list(token_ids)
+    if any(token is None for token in ids):
+        predicted = model(**batch.inputs).logits[:, -1].argmax(-1).cpu().tolist()
+        ids = [predicted[row] if token is None else token for row, token in enumerate(ids)]
+    tokenizer = _tokenizer(processor)
+    n = len(ids)
+    names = [[tokenizer.decode([token]) if str(label).strip().lower() == PREDICTION else label]
+             for token, label in zip(ids, labels, strict=True)]
+    return TargetSet(torch.tensor(ids, dtype=torch.long).reshape(n, 1),
+                     torch.full((n, 1), batch.seq_len - 1, dtype=torch.long), torch.ones(n, 1, dtype=torch.bool),
+                     names)
+
+
+def first_token(processor: Any, text: str) -> int:
+    """The first token of ``text`` exactly as written (``" Paris"`` keeps its leading space): first-piece scoring,
+    as the papers score an answer by its first token."""
+    ids = _tokenizer(processor)(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TargetError(f"{text!r} encodes to no token")
+    return int(ids[0])

@@ -1,12 +1,19 @@
-"""Model loading and adapters: where the neurons, heads, final norm and unembedding are, per family."""
+"""Model loading and adapters: where the neurons, heads, final norm and unembedding are, per family.
 
-from neuronscope.models.adapter import FinalNorm, ModelAdapter, get_adapter, supported_families
-from neuronscope.models.families import TEXT_SPECS, VISION_FAMILIES
-from neuronscope.models.loading import LoadedModel, load_model, parse_dtype
-from neuronscope.models.sources import SMOLLM2_GGUF, smollm2_location
-from neuronscope.models.spec import FamilySpec, VisionFamily
+Names are imported lazily: the family declarations (:mod:`.spec`, :mod:`.families`) load without the adapter.
+"""
 
-__all__ = [
-    "FamilySpec", "FinalNorm", "LoadedModel", "ModelAdapter", "TEXT_SPECS", "VISION_FAMILIES", "VisionFamily",
-    "SMOLLM2_GGUF", "get_adapter", "load_model", "parse_dtype", "smollm2_location", "supported_families",
-]
+from __future__ import annotations
+
+from neuronscope._lazy import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(("FinalNorm", "ModelAdapter", "get_adapter", "supported_families"), "neuronscope.models.adapter"),
+    **dict.fromkeys(("TEXT_SPECS", "VISION_FAMILIES"), "neuronscope.models.families"),
+    **dict.fromkeys(("LoadedModel", "load_model", "parse_dtype"), "neuronscope.models.loading"),
+    **dict.fromkeys(("SMOLLM2_GGUF", "smollm2_location"), "neuronscope.models.sources"),
+    **dict.fromkeys(("FamilySpec", "VisionFamily"), "neuronscope.models.spec"),
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from neuronscope.errors import InputError, UnsupportedModelError
-from neuronscope.models.families import LAYOUT_READERS
+from neuronscope.models.families import VISION_BY_TYPE
 from neuronscope.models.image_grid import ImageLayout, LayoutRequest, image_token_id
 
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(LAYOUT_READERS)
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(VISION_BY_TYPE)
 
 
 def _config_of(model_or_config: Any) -> Any:
@@ -61,8 +61,8 @@ def image_layout(
     """
     config = _config_of(model_or_config)
     family = str(config.model_type)
-    reader = LAYOUT_READERS.get(family)
-    if reader is None:
+    vision_family = VISION_BY_TYPE.get(family)
+    if vision_family is None:
         if getattr(config, "vision_config", None) is None:
             raise UnsupportedModelError(
                 f"model type {family!r} is a text-only model: it has no image tokens to lay out; use a "
@@ -78,4 +78,4 @@ def image_layout(
             f"row {row} of the batch has no image tokens (id {image_token_id(config)}); put the image "
             "placeholder in the prompt and pass the image to the processor, or choose a row that has an image"
         )
-    return reader(request)
+    return vision_family.read_layout(request)

@@ -5,8 +5,8 @@ A :class:`FamilySpec` is pure data. The adapter (``adapter.py``) resolves it aga
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Any
 
 
@@ -61,14 +61,20 @@ class VisionFamily:
     Attributes:
         name: short family name shown by ``neuronscope models``.
         model_types: ``config.model_type`` values of the wrapper.
-        layout: ``LayoutRequest -> ImageLayout``: where a batch row's image tokens sit and which grid cell each
-            is (see :mod:`neuronscope.models.image_grid`), declared beside the family.
+        layout: ``"module:function"`` of the family's layout reader, ``LayoutRequest -> ImageLayout``: where a batch
+            row's image tokens sit and which grid cell each is (see :mod:`neuronscope.models.image_grid`); imported
+            only when used, so the declarations load without torch.
         spatial_map: False where image tokens stand for no place in the image (learned queries).
         notes: one line shown to users.
     """
 
     name: str
     model_types: tuple[str, ...]
-    layout: Callable[[Any], Any]
+    layout: str
     spatial_map: bool = True
     notes: str = ""
+
+    def read_layout(self, request: Any) -> Any:
+        """The family's :class:`~neuronscope.models.image_grid.ImageLayout` of one batch row."""
+        module, function = self.layout.split(":")
+        return getattr(import_module(module), function)(request)

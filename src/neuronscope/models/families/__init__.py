@@ -1,5 +1,5 @@
-"""One small file per model family: text specs (``SPECS``) and vision-language wrappers (``FAMILIES``, each with
-the layout reader of its image tokens). Adding a family: a file here, its entry below, and one test."""
+"""One small file per model family: text specs (``SPECS``) and vision-language wrappers (``FAMILIES``, each naming
+the layout reader of its image tokens in :mod:`neuronscope.models.layouts`). Pure data: importing it loads no torch. Adding a family: a file here, its entry below, and one test."""
 
 from __future__ import annotations
 
@@ -33,5 +33,5 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
     *idefics3.FAMILIES,
     *blip.FAMILIES,
 )
-#: ``config.model_type`` -> the layout reader of its image tokens.
-LAYOUT_READERS = {model_type: family.layout for family in VISION_FAMILIES for model_type in family.model_types}
+#: ``config.model_type`` -> its vision-language family (whose ``read_layout`` reads the image tokens' layout).
+VISION_BY_TYPE = {model_type: family for family in VISION_FAMILIES for model_type in family.model_types}
