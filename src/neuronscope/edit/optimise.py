@@ -116,31 +116,12 @@ def optimise_edit(
         valid = targets.valid.to(first_param.device)
         for step in range(steps):
             optimiser.zero_grad()
-            log_probs = _target_log_probs(model(**batch.inputs).logits, targets)
-            if goal == "promote":
-                target_loss = -(log_probs * valid).sum() / valid.sum()
-            else:
-                target_loss = -(torch.log1p(-log_probs.exp().clamp(max=1 - 1e-6)) * valid).sum() / valid.sum()
-            loss = target_loss + norm_weight * deltas.pow(2).sum()
-            if reference is not None and kl_weight > 0:
-                edited = model(**unrelated.inputs).logits.float().log_softmax(-1)
-                mask = unrelated.inputs["attention_mask"].to(edited.device).float()
-                kl = (reference.exp() * (reference - edited)).sum(-1)
-                loss = loss + kl_weight * (kl * mask).sum() / mask.sum()
+            loss = _loss(model, batch, targets, valid, goal, deltas, norm_weight, unrelated, reference, kl_weight)
             loss.backward()
             optimiser.step()
             log.losses.append(float(loss.detach()))
             log.steps = step + 1
-            with torch.no_grad():  # is the goal met after this step?
-                logits = model(**batch.inputs).logits
-                rows = torch.arange(logits.shape[0], device=logits.device)[:, None].expand_as(targets.positions)
-                at_targets = logits[rows, targets.positions.to(logits.device)].float()
-                if goal == "promote":
-                    met = bool(((at_targets.argmax(-1) == targets.token_ids.to(logits.device)) | ~valid).all())
-                else:
-                    probs = _target_log_probs(logits, targets).exp()
-                    met = bool(((probs < demote_below) | ~valid).all())
-            if met:
+            if _goal_met(model, batch, targets, valid, goal, demote_below):
                 log.stopped = "goal met"
                 break
             if log.losses[-1] < best - 1e-6:
@@ -161,3 +142,34 @@ def optimise_edit(
               "stopped": log.stopped, "final_loss": log.losses[-1] if log.losses else None,
               "targets": targets.describe()}
     return ValueVectorEdit.from_deltas(model, neurons, deltas.detach(), "optimised", params, reason)
+
+
+def _loss(model: nn.Module, batch: Batch, targets: TargetSet, valid: torch.Tensor, goal: str, deltas: torch.Tensor,
+          norm_weight: float, unrelated: Batch | None, reference: torch.Tensor | None,
+          kl_weight: float) -> torch.Tensor:
+    """Target NLL (promote) or -log(1 - p) (demote), plus the deltas' norm penalty and the KL on ``unrelated``."""
+    log_probs = _target_log_probs(model(**batch.inputs).logits, targets)
+    if goal == "promote":
+        target_loss = -(log_probs * valid).sum() / valid.sum()
+    else:
+        target_loss = -(torch.log1p(-log_probs.exp().clamp(max=1 - 1e-6)) * valid).sum() / valid.sum()
+    loss = target_loss + norm_weight * deltas.pow(2).sum()
+    if reference is not None and kl_weight > 0:
+        edited = model(**unrelated.inputs).logits.float().log_softmax(-1)
+        mask = unrelated.inputs["attention_mask"].to(edited.device).float()
+        kl = (reference.exp() * (reference - edited)).sum(-1)
+        loss = loss + kl_weight * (kl * mask).sum() / mask.sum()
+    return loss
+
+
+@torch.no_grad()
+def _goal_met(model: nn.Module, batch: Batch, targets: TargetSet, valid: torch.Tensor, goal: str,
+              demote_below: float) -> bool:
+    """After a step: is every target top-1 (promote), or below ``demote_below`` (demote)?"""
+    logits = model(**batch.inputs).logits
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None].expand_as(targets.positions)
+    at_targets = logits[rows, targets.positions.to(logits.device)].float()
+    if goal == "promote":
+        return bool(((at_targets.argmax(-1) == targets.token_ids.to(logits.device)) | ~valid).all())
+    probs = _target_log_probs(logits, targets).exp()
+    return bool(((probs < demote_below) | ~valid).all())

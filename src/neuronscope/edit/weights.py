@@ -32,6 +32,8 @@ from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.results.io import read_json, read_safetensors, write_json, write_safetensors
 
 FORMAT_VERSION = 1
+#: The edit record written beside an exported or applied model.
+EDIT_RECORD = "neuronscope_edit"
 
 
 def _check_neurons(adapter: ModelAdapter, neurons: torch.Tensor) -> torch.Tensor:
@@ -268,13 +270,14 @@ class AppliedEdit:
 
 
 def export_edited(model: nn.Module, edit: ValueVectorEdit, out_dir: str | Path, processor: Any = None) -> Path:
-    """Apply ``edit``, write the edited model with ``save_pretrained`` (and its processor), then revert."""
+    """Apply ``edit``, write the edited model as a plain Hugging Face folder (a GGUF model de-quantised; see
+    :func:`~neuronscope.models.loading.save_plain`) with its processor and the edit's record, then revert."""
+    from neuronscope.models.loading import save_plain
+
     out_dir = Path(out_dir)
     with edit.applied(model):
-        model.save_pretrained(out_dir)
-    if processor is not None:
-        processor.save_pretrained(out_dir)
-    edit.save(out_dir / "neuronscope_edit")
+        save_plain(model, out_dir, processor)
+    edit.save(out_dir / EDIT_RECORD)
     return out_dir
 
 

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from neuronscope.aggregate.select import check_neurons, neurons_to_flat
+from neuronscope.aggregate.neurons import check_neurons, neurons_to_flat
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.metrics import Summary, summarise
+from neuronscope.measure.metrics import Summary, summarise
 
 __all__ = ["random_neurons_like", "summarise_draws"]
 

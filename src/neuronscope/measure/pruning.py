@@ -20,14 +20,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.aggregate.select import flat_to_neurons
+from neuronscope.aggregate.neurons import flat_to_neurons
 from neuronscope.attribute.registry import get_method
-from neuronscope.edit.usecases import score_grid
 from neuronscope.errors import NeuronscopeError
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import summarise
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.metrics import summarise
 from neuronscope.models.adapter import get_adapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Intervention, PositionSpec, intervene
@@ -180,7 +179,7 @@ def prune_experiment(
     counts = [keep] if isinstance(keep, int) else list(keep)
     if scores is None:
         scores = get_method(method).function(model, batch, targets, layers=layer_list, **(method_options or {}))
-    grid = score_grid(scores, adapter.n_layers) if isinstance(scores, NeuronScores) else torch.as_tensor(scores)
+    grid = scores.grid(adapter.n_layers) if isinstance(scores, NeuronScores) else torch.as_tensor(scores)
     if tuple(grid.shape) != (adapter.n_layers, adapter.d_ff):
         raise NeuronscopeError(f"scores must cover the model's grid [{adapter.n_layers}, {adapter.d_ff}], got "
                                f"{tuple(grid.shape)}")

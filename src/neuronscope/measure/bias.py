@@ -26,13 +26,13 @@ from torch import nn
 
 from neuronscope.aggregate.select import top_k_neurons
 from neuronscope.attribute.registry import get_method
-from neuronscope.edit.usecases import as_batch, score_grid
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import kl_divergence, summarise
-from neuronscope.experiments.editing import last_logits
-from neuronscope.inputs import Batch
+from neuronscope.inputs.batch import Batch, prompt_batch
 from neuronscope.inputs.targets import token_targets, word_token
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.edit_metrics import kl_divergence
+from neuronscope.measure.metrics import summarise
+from neuronscope.measure.probability import last_logits
 from neuronscope.models.adapter import get_adapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import PositionSpec, intervene, suppress
@@ -80,7 +80,7 @@ class BiasReport:
     def mean_abs(gaps: list[list[float]]) -> float:
         return float(torch.tensor(gaps, dtype=torch.float64).abs().mean())
 
-    def summary(self) -> dict[str, Any]:
+    def headline(self) -> dict[str, Any]:
         """Mean ``|gap|`` (raw, and within the words) before / after / for random neurons, the relative reductions,
         and locality."""
         out: dict[str, Any] = {"unrelated_kl": self.unrelated_kl,
@@ -113,7 +113,13 @@ class BiasReport:
                 "unrelated_top1_agreement": self.unrelated_top1_agreement,
                 "random_unrelated_kl": self.random_unrelated_kl,
                 "random_unrelated_top1_agreement": self.random_unrelated_top1_agreement,
-                "summary": self.summary(), "meta": self.meta}
+                "summary": self.headline(), "meta": self.meta}
+
+    def summary(self) -> str:
+        found = self.headline()
+        gap = found.get("mean_abs_gap", {})
+        return (f"mean |gap| {gap.get('before', float('nan')):.4f} -> {gap.get('after', float('nan')):.4f} with "
+                f"{len(self.neurons)} neurons zeroed; unrelated top-1 kept {self.unrelated_top1_agreement}")
 
 
 def bias_neurons(
@@ -146,7 +152,7 @@ def bias_neurons(
     if centre_words:
         differences = cna.dense()
         cna = NeuronScores(differences - differences.mean(dim=1, keepdim=True), meta={"layers": cna.meta.get("layers")})
-    grid = score_grid(cna, get_adapter(model).n_layers, absolute=True)
+    grid = cna.grid(get_adapter(model).n_layers, absolute=True)
     neurons, _ = top_k_neurons(grid, top_k)
     return neurons, grid
 
@@ -200,10 +206,10 @@ def bias_experiment(
     if not words:
         raise InputError("give the words whose gap to measure (e.g. occupations)")
     adapter = get_adapter(model)
-    batch_a = as_batch(processor, [a for a, _ in pairs], model, chat)
-    batch_b = as_batch(processor, [b for _, b in pairs], model, chat)
+    batch_a = prompt_batch(processor, [a for a, _ in pairs], model, chat)
+    batch_b = prompt_batch(processor, [b for _, b in pairs], model, chat)
     word_ids = torch.tensor([word_token(processor, word) for word in words], dtype=torch.long)
-    unrelated = None if unrelated_prompts is None else as_batch(processor, unrelated_prompts, model, chat)
+    unrelated = None if unrelated_prompts is None else prompt_batch(processor, unrelated_prompts, model, chat)
     if neurons is None:
         neurons, _ = bias_neurons(model, batch_a, batch_b, word_ids, top_k=top_k, method=method, layers=layers,
                                   method_options=method_options, centre_words=centre_words)

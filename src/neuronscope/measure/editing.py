@@ -1,6 +1,6 @@
 """Evaluate a value-vector edit as the knowledge-editing literature does, against random edits of the same size.
 
-Metrics (definitions in :mod:`neuronscope.evaluate.metrics`; ROME, Meng et al. 2022, and EasyEdit, Wang et al. 2024):
+Metrics (definitions in :mod:`neuronscope.measure.metrics`; ROME, Meng et al. 2022, and EasyEdit, Wang et al. 2024):
 
 - **reliability**: on the edit prompts, the fraction where the edit succeeds at the next token. ``goal="promote"``
   (a new answer): the target is top-1 (``rule="top1"``, EasyEdit) or more likely than the old answer
@@ -32,13 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.edit.usecases import as_batch
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import edit_success, fluency, locality_kl, summarise, token_agreement
-from neuronscope.inputs import Batch, generate
+from neuronscope.inputs.batch import Batch, generate, prompt_batch
 from neuronscope.inputs.targets import word_token
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.edit_metrics import edit_success, locality_kl, token_agreement
+from neuronscope.measure.fluency import fluency
+from neuronscope.measure.metrics import summarise
+from neuronscope.measure.probability import last_logits
 from neuronscope.models.adapter import get_adapter
 
 GOALS = ("promote", "demote")
@@ -104,13 +106,6 @@ def token_ids(processor: Any, spec: TokenSpec, n: int, name: str = "targets") ->
         else:
             ids.append(int(item))
     return torch.tensor(ids, dtype=torch.long)
-
-
-@torch.no_grad()
-def last_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
-    """``[batch, vocab]`` float32 (or float64) next-token logits at the last prompt position, on CPU."""
-    logits = model(**batch.inputs).logits[:, -1]
-    return (logits if logits.dtype == torch.float64 else logits.float()).cpu()
 
 
 def success_rate(logits: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor | None, goal: str,
@@ -217,12 +212,12 @@ def evaluate_edit(
         raise NeuronscopeError(f"unknown goal {goal!r}: use one of {', '.join(GOALS)}")
     if rule == "target_over_source" and (sources is None or goal == "demote"):
         raise NeuronscopeError('rule "target_over_source" needs goal="promote" and sources (the old answers)')
-    edit_batch = as_batch(processor, edit_prompts, model, chat)
+    edit_batch = prompt_batch(processor, edit_prompts, model, chat)
     target_ids = token_ids(processor, targets, len(edit_batch))
     source_ids = None if sources is None else token_ids(processor, sources, len(edit_batch), "sources")
     para_batch = para_ids = para_sources = None
     if paraphrases is not None:
-        para_batch = as_batch(processor, paraphrases, model, chat)
+        para_batch = prompt_batch(processor, paraphrases, model, chat)
         spec = paraphrase_targets
         if spec is None:
             if isinstance(targets, (str, int)) or len(para_batch) == len(edit_batch):
@@ -233,7 +228,7 @@ def evaluate_edit(
         if rule == "target_over_source":
             source_spec = paraphrase_sources if paraphrase_sources is not None else sources
             para_sources = token_ids(processor, source_spec, len(para_batch), "paraphrase_sources")
-    unrelated = None if unrelated_prompts is None else as_batch(processor, unrelated_prompts, model, chat)
+    unrelated = None if unrelated_prompts is None else prompt_batch(processor, unrelated_prompts, model, chat)
     stop = _stop(processor)
     fluency_batches = [b for b in (edit_batch, para_batch) if b is not None]
 
@@ -268,5 +263,5 @@ def evaluate_edit(
     return evaluation
 
 
-__all__ = ["EditEvaluation", "EditScores", "evaluate_edit", "last_logits", "random_edits", "success_rate",
+__all__ = ["EditEvaluation", "EditScores", "evaluate_edit", "random_edits", "success_rate",
            "token_ids"]

@@ -16,9 +16,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from neuronscope.errors import InputError
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import concept_rate
 from neuronscope.inputs import encode_images, generate
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.metrics import concept_rate
 from neuronscope.trace import Intervention, intervene, suppress
 
 
@@ -46,7 +46,7 @@ class RemovalRow:
     before: float
     after_located: float
     after_random: float  # mean over the random draws
-    other_words_change_located: float  # mean |rate change| of the other words, over all images
+    other_words_change_located: float  # mean |rate change| of the other words (over all images, or each word's own)
     other_words_change_random: float
 
 
@@ -67,6 +67,7 @@ def concept_removal(
     make_interventions: Callable[[Tensor], list[Intervention]] | None = None,
     batch_size: int = 16,
     max_new_tokens: int = 12,
+    word_images: Mapping[str, Sequence[int]] | None = None,
 ) -> list[RemovalRow]:
     """Suppress each concept's top-k neurons while captioning, and measure the concept's and the others' rates.
 
@@ -81,6 +82,8 @@ def concept_removal(
         words: the words whose rates measure specificity (default: the concepts).
         n_random: random sets per concept and k (their rates are averaged).
         make_interventions: neurons → interventions (default: activation × 0 at every generated step).
+        word_images: word → indices of the images that show it: each other word's rate is then measured over the
+            images that show that word, as the concept's own rate is (default: over all images).
 
     Returns:
         One :class:`RemovalRow` per concept and k.
@@ -98,9 +101,13 @@ def concept_removal(
         return caption_images(model, processor, images, prompt, assistant_prefix=assistant_prefix,
                               interventions=interventions, batch_size=batch_size, max_new_tokens=max_new_tokens)  # fmt: skip
 
+    def rate(texts: list[str], word: str) -> float:
+        rows = (word_images or {}).get(word)
+        return concept_rate(texts if rows is None else [texts[i] for i in rows], word)
+
     def rates(texts: list[str], concept: str) -> tuple[float, dict[str, float]]:
         own = concept_rate([texts[i] for i in shows[concept]], concept)
-        return own, {w: concept_rate(texts, w) for w in words if w != concept}
+        return own, {w: rate(texts, w) for w in words if w != concept and (word_images is None or w in word_images)}
 
     base = run(None)
     rows = []

@@ -21,12 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from neuronscope.aggregate.select import (
-    check_neurons,
-    flat_to_neurons,
-    frequency_of_neuron_sets,
-    neurons_to_flat,
-)
+from neuronscope.aggregate.neurons import check_neurons, flat_to_neurons, neurons_to_flat
+from neuronscope.aggregate.select import frequency_of_neuron_sets
 from neuronscope.errors import InputError, NeuronscopeError
 
 __all__ = [
