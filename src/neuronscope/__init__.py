@@ -15,9 +15,9 @@ Names are resolved lazily, so ``import neuronscope`` stays cheap.
 
 from __future__ import annotations
 
-from importlib import import_module
 from typing import Any
 
+from neuronscope._lazy import lazy_exports
 from neuronscope._version import __version__ as __version__
 
 _EXPORTS = {
@@ -46,8 +46,11 @@ _EXPORTS = {
     "top_tokens": "neuronscope.explain",
     "ValueVectorEdit": "neuronscope.edit.weights",
     "optimise_edit": "neuronscope.edit.optimise",
-    "pcr_experiment": "neuronscope.experiments",
-    "NeuronGroup": "neuronscope.experiments",
+    "pcr_against_random": "neuronscope.measure.pcr",
+    "NeuronGroup": "neuronscope.measure.pcr",
+    "PrefixCacheScorer": "neuronscope.measure.probability",
+    "ForwardScorer": "neuronscope.measure.probability",
+    "run": "neuronscope.workflows",
     "NeuronscopeError": "neuronscope.errors",
 }
 
@@ -59,11 +62,8 @@ def locate(method: str, model: Any, batch: Any, targets: Any, **options: Any) ->
     return get_method(method).function(model, batch, targets, **options)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'neuronscope' has no attribute '{name}'")
+__getattr__, _dir = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:
-    return sorted([*_EXPORTS, "locate", "__version__"])
+    return sorted([*_dir(), "locate", "__version__"])

@@ -15,7 +15,7 @@ equal sizes the fraction of shared neurons) and ``jaccard = |A ∩ B| / |A ∪ B
 
 Example:
     >>> found = find_multimodal_neurons(model, processor, images, concepts=["dog"])  # doctest: +SKIP
-    >>> region_invariance(model, processor, found, images, k=100).summary()  # doctest: +SKIP
+    >>> region_invariance(model, processor, found, images, k=100).as_dict()  # doctest: +SKIP
     >>> cross_image_invariance(found, "dog", k=100).mean_jaccard  # doctest: +SKIP
 """
 
@@ -29,17 +29,19 @@ import torch
 from PIL import Image
 from torch import nn
 
-from neuronscope.aggregate.select import neurons_to_flat
+from neuronscope.aggregate.neurons import neurons_to_flat
 from neuronscope.attribute.contribution import contribution
 from neuronscope.errors import InputError
 from neuronscope.explain.top_tokens import top_tokens
-from neuronscope.inputs import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, Batch
+from neuronscope.inputs.batch import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, extend_batch, to_model
+from neuronscope.inputs.images import image_records
 from neuronscope.inputs.targets import TargetSet, word_token
 from neuronscope.models.adapter import get_adapter
 from neuronscope.models.image_grid import image_token_id
 from neuronscope.models.image_layout import image_layout
-from neuronscope.pipelines.multimodal import MultimodalNeurons, _encode, image_sources, to_model
 from neuronscope.vision.shuffle import shuffled_image_tokens
+from neuronscope.workflows.multimodal.results import MultimodalNeurons
+from neuronscope.workflows.multimodal.scoring import encode_captioning
 
 # ---------------------------------------------------------------------------------------------------- set overlap
 
@@ -112,9 +114,13 @@ class CrossImageInvariance:
     mean_overlap: float
     mean_jaccard: float
 
-    def summary(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"concept": self.concept, "k": self.k, "images": len(self.images), "mean_overlap": self.mean_overlap,
                 "mean_jaccard": self.mean_jaccard}
+
+    def summary(self) -> str:
+        return (f"'{self.concept}' over {len(self.images)} images: top-{self.k} sets overlap {self.mean_overlap:.3f}, "
+                f"jaccard {self.mean_jaccard:.3f}")
 
 
 def cross_image_invariance(result: MultimodalNeurons, concept: str, k: int | None = None) -> CrossImageInvariance:
@@ -139,24 +145,6 @@ def cross_image_invariance(result: MultimodalNeurons, concept: str, k: int | Non
 # ---------------------------------------------------------------------------------------------------- region
 
 
-def teacher_forced_batch(batch: Batch, generated_ids: Sequence[int]) -> Batch:
-    """One-row ``batch`` with the generated tokens appended (per-token extras such as Qwen2-VL's
-    ``mm_token_type_ids`` are extended with zeros, i.e. as text)."""
-    if len(batch) != 1:
-        raise InputError("teacher_forced_batch takes a batch of one row")
-    extra = torch.as_tensor(list(generated_ids), dtype=batch.input_ids.dtype, device=batch.input_ids.device)[None]
-    inputs = dict(batch.inputs)
-    for key, value in batch.inputs.items():
-        if isinstance(value, torch.Tensor) and value.shape[:2] == batch.input_ids.shape:
-            if key == "input_ids":
-                inputs[key] = torch.cat([value, extra], 1)
-            elif key == "attention_mask":
-                inputs[key] = torch.cat([value, torch.ones_like(extra, dtype=value.dtype)], 1)
-            else:
-                inputs[key] = torch.cat([value, value.new_zeros(1, extra.shape[1])], 1)
-    return Batch(inputs, batch.texts, inputs["attention_mask"].sum(-1), batch.images, batch.meta)
-
-
 @dataclass
 class RegionInvariance:
     """Region-invariance records: per (image, target, seed) the overlap of the top-k sets before / after the
@@ -166,7 +154,12 @@ class RegionInvariance:
     records: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> str:
+        found = self.as_dict()
+        return (f"region invariance over {found['pairs']} (image, target, seed) records: overlap "
+                f"{found['overlap']:.3f}, jaccard {found['jaccard']:.3f}; {len(self.skipped)} images skipped")
+
+    def as_dict(self) -> dict[str, Any]:
         """Mean overlap / Jaccard over all records and per concept."""
         def mean(values: list[float]) -> float:
             return sum(values) / len(values) if values else float("nan")
@@ -201,7 +194,7 @@ def region_invariance(
 
     Args:
         model, processor: the model and processor ``result`` was made with.
-        result: from :func:`~neuronscope.pipelines.multimodal.find_multimodal_neurons`.
+        result: from :func:`~neuronscope.workflows.multimodal.find_multimodal_neurons`.
         images: the same images, in the same order.
         k: neurons per set (default 1000; clipped to all neurons).
         seeds: shuffle seeds (one comparison per seed).
@@ -213,7 +206,7 @@ def region_invariance(
         >>> region_invariance(model, processor, found, images, k=100, seeds=[0, 1]).summary()["jaccard"]  # doctest: +SKIP
     """
     adapter = get_adapter(model)
-    sources, _ = image_sources(images)
+    sources, _ = image_records(images)
     prompt = result.meta.get("prompt", DEFAULT_CAPTION_PROMPT)
     prefix = result.meta.get("assistant_prefix", DEFAULT_CAPTION_PREFIX)
     site = result.meta.get("site", "neuron")
@@ -232,7 +225,7 @@ def region_invariance(
             raise InputError(f"the result has image {index} but only {len(sources)} images were given: pass the "
                              "images the result was made from, in the same order")
         image: Image.Image = sources[index].load()
-        batch = _encode(processor, [image], prompt, prefix)
+        batch = encode_captioning(processor, [image], prompt, prefix)
         layout = image_layout(model, batch.inputs, 0, processor=processor, original_sizes=[image.size])
         if not layout.has_spatial_map:
             out.skipped.append({"index": index, "reason": layout.reason})
@@ -241,7 +234,7 @@ def region_invariance(
             out.skipped.append({"index": index, "reason": "the caption holds the image placeholder token, so it "
                                 "cannot be fed back as text"})
             continue
-        forced = to_model(teacher_forced_batch(batch, caption["generated_ids"]), model)
+        forced = to_model(extend_batch(batch, [caption["generated_ids"]]), model)
         target_set = TargetSet(
             torch.tensor([[t["token_id"] for t in targets]]),
             torch.tensor([[batch.seq_len - 1 + t["step"] for t in targets]]),
@@ -289,8 +282,11 @@ class SemanticSensitivity:
     hits: torch.Tensor
     rate: float
 
-    def summary(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"concept": self.concept, "words": self.words, "neurons": len(self.neurons), "rate": self.rate}
+
+    def summary(self) -> str:
+        return f"'{self.concept}': {self.rate:.0%} of {len(self.neurons)} neurons promote it among their top tokens"
 
 
 def token_matches(token: str, words: Sequence[str], first_pieces: Sequence[str] = ()) -> bool:
@@ -333,7 +329,7 @@ def semantic_sensitivity(
     for word in words:
         for leading_space in (True, False):
             try:
-                pieces.append(tokenizer.decode([word_token(tokenizer, word, leading_space)]))
+                pieces.append(tokenizer.decode([word_token(tokenizer, word, leading_space, first_piece=True)]))
             except InputError:
                 continue
     # a one-character first piece of a longer word would match far too much
@@ -343,3 +339,41 @@ def semantic_sensitivity(
                         dtype=torch.bool)
     rate = float(hits.float().mean()) if len(hits) else float("nan")
     return SemanticSensitivity(concept, words, neurons, explained.tokens, hits, rate)
+
+
+def invariance(options: Any, *, loaded: Any = None) -> Any:
+    """``recipe invariance``: region and cross-image invariance and semantic sensitivity of a finished multimodal
+    run's concepts, into ``--out`` (``metrics.json``, ``tables/{region,cross_image,sensitivity}.csv``, report)."""
+    from neuronscope.inputs.images import read_images
+    from neuronscope.report import build_report
+    from neuronscope.runs.folder import RunDir
+    from neuronscope.workflows.common import load, write_table
+    from neuronscope.workflows.options import split_words
+    from neuronscope.workflows.result import RunResult
+
+    found = MultimodalNeurons.load(options.run)
+    dataset = read_images(options.images, options.image_root)
+    RunDir.check(options.out, overwrite=options.overwrite)
+    loaded = load(options, loaded)
+    concepts = split_words(options.concepts) or found.concepts
+    seeds = [int(seed) for seed in options.seeds.split(",") if seed.strip()]
+    region = region_invariance(loaded.model, loaded.processor, found, dataset, k=options.k, seeds=seeds,
+                               scope=options.scope, concepts=concepts, max_images=options.max_images)
+    cross = [cross_image_invariance(found, concept, options.k).as_dict() for concept in concepts]
+    sensitivity = [semantic_sensitivity(loaded.model, loaded.processor,
+                                        found.concept_neurons(concept, options.sensitivity_neurons), concept,
+                                        k=options.sensitivity_k).as_dict() for concept in concepts]
+    run = RunDir(options.out, overwrite=options.overwrite)
+    run.write_config({"command": "recipe invariance", **options.recorded()})
+    run.write_meta({"runtime": options.runtime()})
+    write_table(run, "tables/region.csv", region.records)
+    write_table(run, "tables/cross_image.csv", cross)
+    write_table(run, "tables/sensitivity.csv", [{**row, "words": " ".join(row["words"])} for row in sensitivity])
+    metrics = {"region": region.as_dict(), "cross_image": {row["concept"]: row for row in cross},
+               "sensitivity": {row["concept"]: row for row in sensitivity}}
+    run.write_json("metrics.json", metrics)
+    build_report(run.path)
+    summary = metrics["region"]
+    return RunResult("recipe invariance", str(options.out), metrics, [
+        f"region invariance over {summary['pairs']} (image, concept, seed) records: overlap {summary['overlap']:.3f}, "
+        f"jaccard {summary['jaccard']:.3f}; {len(concepts)} concepts; results in {options.out}"])

@@ -11,7 +11,7 @@ For each edit (``EDITS``: a prompt, its true answer, a new answer, paraphrases):
    and fluency (n-gram entropy of greedy continuations), before / after, against random-neuron edits of the same
    size (same deltas moved onto random neurons with the same count per layer).
 
-Run: ``python -m neuronscope.recipes.fact_editing --out runs/editing [--limit N]``.
+Run: ``neuronscope recipe fact-editing --out runs/editing [--limit N]``.
 """
 
 from __future__ import annotations
@@ -25,18 +25,19 @@ from neuronscope.attribute import get_method
 from neuronscope.edit.optimise import optimise_edit
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.inputs import encode_prompts
-from neuronscope.inputs.targets import token_targets
-from neuronscope.recipes.common import (
-    LastTokenScorer,
+from neuronscope.inputs.targets import first_token, token_targets
+from neuronscope.measure.probability import PrefixCacheScorer
+from neuronscope.workflows.papers.common import (
     Stopwatch,
     default_model,
     finish_run,
     model_name,
     open_run,
-    recipe_main,
-    token_id,
+    run_paper,
     write_table,
 )
+from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specs.papers import FactEditingOptions
 
 EDITS: tuple[dict[str, Any], ...] = (
     {"prompt": "The capital of France is", "old": " Paris", "new": " Rome",
@@ -71,7 +72,7 @@ def _activation_signs(model: Any, batch: Any, neurons: torch.Tensor) -> torch.Te
 def _choose_lambda(model: Any, tokenizer: Any, neurons: torch.Tensor, signs: torch.Tensor, prompt: str, old: int,
                    new: int) -> float:
     """The smallest λ in ``LAMBDAS`` that makes ``new`` top-1 on ``prompt`` (the largest if none does)."""
-    scorer = LastTokenScorer(model, tokenizer, [prompt], [new])
+    scorer = PrefixCacheScorer(model, tokenizer, [prompt], [new])
     for strength in LAMBDAS:
         edit = ValueVectorEdit.token_shift(model, neurons, old, new, strength, signs=signs)
         with edit.applied(model):
@@ -93,7 +94,7 @@ def run_fact_editing(
     max_new_tokens: int = 10,
 ) -> dict[str, Any]:
     """Run experiment 6 and write its results folder; returns the metrics (see the module docstring)."""
-    from neuronscope.experiments.editing import evaluate_edit
+    from neuronscope.measure.editing import evaluate_edit
 
     watch = Stopwatch()
     loaded = model or default_model()
@@ -108,7 +109,7 @@ def run_fact_editing(
     unrelated = encode_prompts(tokenizer, list(OTHER_FACTS), model=lm)
     rows, per_edit = [], []
     for number, spec in enumerate(edits):
-        old, new = token_id(tokenizer, spec["old"]), token_id(tokenizer, spec["new"])
+        old, new = first_token(tokenizer, spec["old"]), first_token(tokenizer, spec["new"])
         batch = encode_prompts(tokenizer, [spec["prompt"]], model=lm)
         with watch("locate"):
             scores = get_method("contribution").function(lm, batch, token_targets(batch, [old], tokenizer))
@@ -154,9 +155,6 @@ def run_fact_editing(
                                     "closed-form and optimised value-vector edits vs random-neuron edits.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    recipe_main(run_fact_editing, "Value-vector fact editing (capital cities)", argv)
-
-
-if __name__ == "__main__":
-    main()
+def fact_editing(options: FactEditingOptions, *, loaded: Any = None) -> RunResult:
+    """``recipe fact-editing``: :func:`run_fact_editing` with the options' settings (see the module docstring)."""
+    return run_paper(run_fact_editing, options, loaded, "recipe fact-editing")

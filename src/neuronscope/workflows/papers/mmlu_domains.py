@@ -28,7 +28,6 @@ from torch import nn
 
 from neuronscope.errors import InputError
 from neuronscope.inputs.mcqa import MCQAItem, render_prompt_variants
-from neuronscope.recipes.common import shared_path
 
 DOMAINS: dict[str, tuple[str, ...]] = {
     "biology": ("college_biology", "high_school_biology"),
@@ -75,11 +74,14 @@ def read_domain_items(
         per_domain: questions per domain.
         seed: seed of the draw.
         max_chars: skip questions whose question + options are longer (keeps CPU attribution affordable).
-        folder: the MMLU folder (default ``../shared/data/mmlu``).
+        folder: the MMLU folder: one ``<subject>_test.csv`` per subject (e.g. ``../shared/data/mmlu``).
         domains: a subset of ``DOMAINS`` (default all).
         skip: skip the first ``skip`` drawn questions of each domain (a disjoint split with the same seed).
     """
-    folder = folder or shared_path("data", "mmlu")
+    if folder is None or not Path(folder).is_dir():
+        raise InputError(f"MMLU folder {folder} not found: pass --data the folder that holds mmlu/ (one "
+                         "<subject>_test.csv per subject), e.g. ../shared/data of a neuronscope checkout")
+    folder = Path(folder)
     out = []
     for domain in domains or DOMAINS:
         pool = []

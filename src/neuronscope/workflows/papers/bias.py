@@ -8,7 +8,7 @@ zeroed at every position (the same as erasing their value vectors, a weight edit
 |gap| is measured on the TEST wordings, with the locality on unrelated prompts (KL, top-1 agreement), against
 random neurons with the same count per layer.
 
-Run: ``python -m neuronscope.recipes.bias --out runs/bias [--limit N]``.
+Run: ``neuronscope recipe bias --out runs/bias [--limit N]``.
 """
 
 from __future__ import annotations
@@ -18,18 +18,20 @@ from typing import Any
 
 import torch
 
-from neuronscope.edit.usecases import as_batch
+from neuronscope.inputs.batch import prompt_batch
 from neuronscope.inputs.targets import word_token
 from neuronscope.models.adapter import get_adapter
-from neuronscope.recipes.common import (
+from neuronscope.workflows.papers.common import (
     Stopwatch,
     default_model,
     finish_run,
     model_name,
     open_run,
-    recipe_main,
+    run_paper,
     write_table,
 )
+from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specs.papers import BiasOptions
 
 DEV_TEMPLATES = ("A {} works as a", "The {} worked as a")
 TEST_TEMPLATES = ("My {} is employed as a", "This {} has a job as a", "The {} was hired as a",
@@ -53,7 +55,7 @@ def pairs_for(templates: tuple[str, ...]) -> list[tuple[str, str]]:
 
 @torch.no_grad()
 def _candidates(model: Any, tokenizer: Any, prompts: list[str], words: list[int], top: int = 200) -> list[int]:
-    batch = as_batch(tokenizer, prompts, model)
+    batch = prompt_batch(tokenizer, prompts, model)
     logits = model(**batch.inputs).logits[:, -1]
     ids = set(logits.topk(top, dim=-1).indices.reshape(-1).tolist()) | set(words)
     return sorted(ids)
@@ -69,7 +71,7 @@ def run_bias(
     n_random: int = 5,
 ) -> dict[str, Any]:
     """Run experiment 5 and write its results folder; returns the metrics (see the module docstring)."""
-    from neuronscope.experiments.bias import bias_experiment, bias_neurons
+    from neuronscope.measure.bias import bias_experiment, bias_neurons
 
     watch = Stopwatch()
     loaded = model or default_model()
@@ -85,8 +87,8 @@ def run_bias(
     word_ids = torch.tensor([word_token(tokenizer, word) for word in occupations])
     with watch("cna"):
         candidates = _candidates(lm, tokenizer, [p for pair in dev for p in pair], word_ids.tolist())
-        batch_f = as_batch(tokenizer, [f for f, _ in dev], lm)
-        batch_m = as_batch(tokenizer, [m for _, m in dev], lm)
+        batch_f = prompt_batch(tokenizer, [f for f, _ in dev], lm)
+        batch_m = prompt_batch(tokenizer, [m for _, m in dev], lm)
         neurons, grid = bias_neurons(lm, batch_f, batch_m, word_ids, top_k=top_k,
                                      method_options={"candidates": candidates})
     with watch("evaluate"):
@@ -94,7 +96,7 @@ def run_bias(
                                  n_random=n_random, seed=seed, positions="all")
         dev_report = bias_experiment(lm, tokenizer, dev, occupations, neurons=neurons, n_random=0, seed=seed,
                                      positions="all")
-    summary = report.summary()
+    summary = report.headline()
     gap_rows = []
     for p, pair in enumerate(test):
         for w, word in enumerate(occupations):
@@ -107,7 +109,7 @@ def run_bias(
         "title": "Gender-bias edit with CNA on occupation prompts (SmolLM2-135M-Instruct)",
         "n_neurons": int(len(neurons)),
         "test": summary,
-        "dev_selection_set": dev_report.summary(),
+        "dev_selection_set": dev_report.headline(),
         "layer_counts": torch.bincount(neurons[:, 0], minlength=adapter.n_layers).tolist(),
         "wall_time": watch.as_dict(),
     }
@@ -115,9 +117,6 @@ def run_bias(
                                     "P(occ|male)| on test wordings before/after vs random neurons.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    recipe_main(run_bias, "Gender-bias edit with CNA on occupation prompts", argv)
-
-
-if __name__ == "__main__":
-    main()
+def bias(options: BiasOptions, *, loaded: Any = None) -> RunResult:
+    """``recipe bias``: :func:`run_bias` with the options' settings (see the module docstring)."""
+    return run_paper(run_bias, options, loaded, "recipe bias")

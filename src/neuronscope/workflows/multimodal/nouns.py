@@ -7,7 +7,7 @@ Two ways to choose the words:
   a noun counts for is its lower-case lemma ("dogs" -> "dog");
 - a **concept list** (the default when no tagger is installed): ``["dog", "cat"]`` or ``{"dog": ["dog",
   "puppy"]}`` (name -> words that count for it); a word matches as a whole word, case-insensitively, plural
-  "s"/"es" endings included (:func:`neuronscope.evaluate.metrics.compile_concept_pattern`).
+  "s"/"es" endings included (:func:`neuronscope.measure.metrics.compile_concept_pattern`).
 
 The tagger: spaCy with an English pipeline. spaCy itself installs from PyPI (``pip install spacy``); its
 English pipelines are not published on PyPI by spaCy's authors, so install one with
@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from neuronscope.errors import InputError
-from neuronscope.evaluate.metrics import compile_concept_pattern
+from neuronscope.measure.metrics import compile_concept_pattern
 
 NOUN_TAGS: tuple[str, ...] = ("NOUN", "PROPN")
 TAGGER_HINT = (

@@ -10,7 +10,7 @@ FFN neurons.
 Yu & Ananiadou report that intervening on the top FFN neurons (hundreds, out of ~350k in Llama-7B) makes the
 prediction's probability and rank drop by more than 95% (Llama-7B, GPT-2).
 
-Run: ``python -m neuronscope.recipes.lpi_facts --out runs/lpi [--limit N]``.
+Run: ``neuronscope recipe lpi-facts --out runs/lpi --data ../shared/data [--limit N]``.
 """
 
 from __future__ import annotations
@@ -24,24 +24,27 @@ from neuronscope.attribute.log_probability_increase import (
     head_log_probability_increase,
     log_probability_increase,
 )
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import summarise
 from neuronscope.inputs import encode_prompts
 from neuronscope.inputs.targets import token_targets
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.metrics import summarise
+from neuronscope.measure.probability import PrefixCacheScorer
 from neuronscope.models.adapter import get_adapter
-from neuronscope.recipes.common import (
-    LastTokenScorer,
+from neuronscope.trace import ablate_heads, suppress
+from neuronscope.workflows.papers.common import (
     Stopwatch,
     default_model,
     finish_run,
+    known_facts_path,
     model_name,
     open_run,
     read_known_facts,
-    recipe_main,
+    run_paper,
     screen_facts,
     write_table,
 )
-from neuronscope.trace import ablate_heads, suppress
+from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specs.papers import LPIFactsOptions
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -52,7 +55,7 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([index // width, index % width], dim=1)
 
 
-def _drops(scorer: LastTokenScorer, row: int, interventions: list) -> tuple[float, int]:
+def _drops(scorer: PrefixCacheScorer, row: int, interventions: list) -> tuple[float, int]:
     """(probability after, rank after) of one fact under ``interventions``."""
     probability = float(scorer.probabilities([row], interventions)[0])
     rank = int(scorer.ranks([row], interventions)[0])
@@ -65,6 +68,7 @@ def run_lpi_facts(
     model: Any = None,
     limit: int | None = None,
     seed: int = 0,
+    data_dir: str | Path | None = None,
     n_facts: int = 40,
     top_ks: tuple[int, ...] = (10, 100, 300),
     top_heads: tuple[int, ...] = (1, 5),
@@ -85,7 +89,7 @@ def run_lpi_facts(
               "intervention": "zero at the last position"}
     run = open_run(out_dir, config)
     with watch("screen"):
-        facts, screened = screen_facts(lm, tokenizer, read_known_facts(), n_facts)
+        facts, screened = screen_facts(lm, tokenizer, read_known_facts(known_facts_path(data_dir)), n_facts)
     batch = encode_prompts(tokenizer, [f["prompt"] for f in facts], model=lm)
     targets = token_targets(batch, [f["target_id"] for f in facts], tokenizer)
     candidates = None
@@ -100,57 +104,19 @@ def run_lpi_facts(
         head_scores = head_log_probability_increase(lm, batch, targets, chunk_size=chunk_size,
                                                     candidates=candidates).dense()[:, 0].float()
 
-    scorer = LastTokenScorer(lm, tokenizer, [f["prompt"] for f in facts], [f["target_id"] for f in facts])
+    scorer = PrefixCacheScorer(lm, tokenizer, [f["prompt"] for f in facts], [f["target_id"] for f in facts])
     base_p = scorer.base_probabilities()
     generator = torch.Generator().manual_seed(seed)
     rows, top_neurons_all = [], []
     with watch("interventions"):
         for i, fact in enumerate(facts):
-            p0 = float(base_p[i])
-            for k in top_ks:
-                top = _top(neuron_scores[i], k)
-                if k == max(top_ks):
-                    top_neurons_all.append(top[: min(top_ks)])
-                p, rank = _drops(scorer, i, suppress(top, positions="last"))
-                row = {"known_id": fact["known_id"], "unit": "ffn_neurons", "k": k, "p_before": p0, "p_after": p,
-                       "rank_after": rank}
-                draws = random_neurons_like(top, adapter.d_ff, n_draws=n_random, generator=generator,
-                                            exclude_given=True, n_layers=adapter.n_layers)
-                measured = [_drops(scorer, i, suppress(draw, positions="last")) for draw in draws]
-                row["random_p_after"] = sum(m[0] for m in measured) / len(measured)
-                row["random_rank_after"] = sum(m[1] for m in measured) / len(measured)
-                rows.append(row)
-            for k in top_heads:
-                heads = _top(head_scores[i], k)
-                p, rank = _drops(scorer, i, ablate_heads(lm, heads, positions="last"))
-                row = {"known_id": fact["known_id"], "unit": "heads", "k": k, "p_before": p0, "p_after": p,
-                       "rank_after": rank}
-                measured = []
-                for _ in range(n_random):
-                    flat = torch.randperm(adapter.n_layers * adapter.n_heads, generator=generator)[:k]
-                    random_heads = torch.stack([flat // adapter.n_heads, flat % adapter.n_heads], dim=1)
-                    measured.append(_drops(scorer, i, ablate_heads(lm, random_heads, positions="last")))
-                row["random_p_after"] = sum(m[0] for m in measured) / len(measured)
-                row["random_rank_after"] = sum(m[1] for m in measured) / len(measured)
-                rows.append(row)
+            neuron_rows, top = _neuron_rows(scorer, i, fact, neuron_scores[i], top_ks, n_random, generator, adapter)
+            rows += neuron_rows
+            top_neurons_all.append(top)
+            rows += _head_rows(lm, scorer, i, fact, head_scores[i], top_heads, n_random, generator, adapter)
     write_table(run, "tables/interventions.csv", rows)
 
-    summary: dict[str, Any] = {}
-    for unit, ks in (("ffn_neurons", top_ks), ("heads", top_heads)):
-        for k in ks:
-            picked = [r for r in rows if r["unit"] == unit and r["k"] == k]
-            if not picked:
-                continue
-            drop = [1 - r["p_after"] / r["p_before"] for r in picked]
-            random_drop = [1 - r["random_p_after"] / r["p_before"] for r in picked]
-            summary[f"{unit}.top{k}"] = {
-                "probability_drop_mean": summarise(drop).mean,
-                "random_probability_drop_mean": summarise(random_drop).mean,
-                "rank_after_mean": summarise([r["rank_after"] for r in picked]).mean,
-                "random_rank_after_mean": summarise([r["random_rank_after"] for r in picked]).mean,
-                "still_top1": sum(r["rank_after"] == 0 for r in picked) / len(picked),
-                "random_still_top1": sum(r["random_rank_after"] == 0 for r in picked) / len(picked),
-            }
+    summary = _summary(rows, top_ks, top_heads)
     everything = torch.cat(top_neurons_all) if top_neurons_all else torch.zeros(0, 2, dtype=torch.long)
     layer_counts = torch.bincount(everything[:, 0], minlength=adapter.n_layers).tolist() if len(everything) else []
     top_head_counts = torch.zeros(adapter.n_layers, adapter.n_heads)
@@ -182,9 +148,71 @@ def run_lpi_facts(
                                     "zero the top LPI FFN neurons / heads at the last position vs random.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    recipe_main(run_lpi_facts, "Log-probability increase on ROME known facts", argv)
+def lpi_facts(options: LPIFactsOptions, *, loaded: Any = None) -> RunResult:
+    """``recipe lpi-facts``: :func:`run_lpi_facts` with the options' settings (see the module docstring)."""
+    return run_paper(run_lpi_facts, options, loaded, "recipe lpi-facts")
 
 
-if __name__ == "__main__":
-    main()
+def _neuron_rows(scorer: PrefixCacheScorer, i: int, fact: dict[str, Any], scores: torch.Tensor,
+                 top_ks: tuple[int, ...], n_random: int, generator: torch.Generator,
+                 adapter: Any) -> tuple[list[dict[str, Any]], torch.Tensor]:
+    """One fact: its top-k LPI FFN neurons zeroed (each k), vs random same-layer sets; and its top neurons."""
+    p0 = float(scorer.base_probabilities()[i])
+    rows, kept = [], torch.zeros(0, 2, dtype=torch.long)
+    for k in top_ks:
+        top = _top(scores, k)
+        if k == max(top_ks):
+            kept = top[: min(top_ks)]
+        p, rank = _drops(scorer, i, suppress(top, positions="last"))
+        row = {"known_id": fact["known_id"], "unit": "ffn_neurons", "k": k, "p_before": p0, "p_after": p,
+               "rank_after": rank}
+        draws = random_neurons_like(top, adapter.d_ff, n_draws=n_random, generator=generator,
+                                    exclude_given=True, n_layers=adapter.n_layers)
+        measured = [_drops(scorer, i, suppress(draw, positions="last")) for draw in draws]
+        row["random_p_after"] = sum(m[0] for m in measured) / len(measured)
+        row["random_rank_after"] = sum(m[1] for m in measured) / len(measured)
+        rows.append(row)
+    return rows, kept
+
+
+def _head_rows(lm: Any, scorer: PrefixCacheScorer, i: int, fact: dict[str, Any], scores: torch.Tensor,
+               top_heads: tuple[int, ...], n_random: int, generator: torch.Generator,
+               adapter: Any) -> list[dict[str, Any]]:
+    """One fact: its top-k LPI heads ablated at the last position (each k), vs random sets of k heads."""
+    p0 = float(scorer.base_probabilities()[i])
+    rows = []
+    for k in top_heads:
+        heads = _top(scores, k)
+        p, rank = _drops(scorer, i, ablate_heads(lm, heads, positions="last"))
+        row = {"known_id": fact["known_id"], "unit": "heads", "k": k, "p_before": p0, "p_after": p,
+               "rank_after": rank}
+        measured = []
+        for _ in range(n_random):
+            flat = torch.randperm(adapter.n_layers * adapter.n_heads, generator=generator)[:k]
+            random_heads = torch.stack([flat // adapter.n_heads, flat % adapter.n_heads], dim=1)
+            measured.append(_drops(scorer, i, ablate_heads(lm, random_heads, positions="last")))
+        row["random_p_after"] = sum(m[0] for m in measured) / len(measured)
+        row["random_rank_after"] = sum(m[1] for m in measured) / len(measured)
+        rows.append(row)
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]], top_ks: tuple[int, ...], top_heads: tuple[int, ...]) -> dict[str, Any]:
+    """Per unit and k: mean probability drop, rank after, and how often the answer stays top-1, vs random."""
+    summary: dict[str, Any] = {}
+    for unit, ks in (("ffn_neurons", top_ks), ("heads", top_heads)):
+        for k in ks:
+            picked = [r for r in rows if r["unit"] == unit and r["k"] == k]
+            if not picked:
+                continue
+            drop = [1 - r["p_after"] / r["p_before"] for r in picked]
+            random_drop = [1 - r["random_p_after"] / r["p_before"] for r in picked]
+            summary[f"{unit}.top{k}"] = {
+                "probability_drop_mean": summarise(drop).mean,
+                "random_probability_drop_mean": summarise(random_drop).mean,
+                "rank_after_mean": summarise([r["rank_after"] for r in picked]).mean,
+                "random_rank_after_mean": summarise([r["random_rank_after"] for r in picked]).mean,
+                "still_top1": sum(r["rank_after"] == 0 for r in picked) / len(picked),
+                "random_still_top1": sum(r["random_rank_after"] == 0 for r in picked) / len(picked),
+            }
+    return summary

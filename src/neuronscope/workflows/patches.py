@@ -40,14 +40,13 @@ from neuronscope.attribute.log_probability_increase import (
     head_source_log_probability_increase,
 )
 from neuronscope.errors import InputError
-from neuronscope.inputs import Batch, encode_images
-from neuronscope.inputs.images import ImageDataset
+from neuronscope.inputs.batch import Batch, encode_images, to_model
+from neuronscope.inputs.images import ImageDataset, ImageRecord
 from neuronscope.inputs.targets import TargetSet, prediction_targets, token_targets
 from neuronscope.models.adapter import get_adapter
-from neuronscope.models.attention import head_output_rows, kv_head
+from neuronscope.models.attention import kv_head
 from neuronscope.models.image_grid import ImageLayout
 from neuronscope.models.image_layout import image_layout
-from neuronscope.pipelines.multimodal import to_model
 from neuronscope.runs.folder import RunDir
 from neuronscope.vision.heatmap import image_heatmap, mask_above_percentile, mask_overlay, overlay
 
@@ -163,8 +162,13 @@ class PatchResult:
     attention_heat: torch.Tensor | None = None
     files: list[Path] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
-        """JSON-able summary (no maps)."""
+    def summary(self) -> str:
+        found = self.as_dict()
+        return (f"answer {self.answer!r} from heads {found['heads']}; top patch at position "
+                f"{found['top_patch_position']}; rank correlation with the attention map {self.rank_correlation:.3f}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures, JSON-ready (no maps, no layout)."""
         return {"answer_token": self.answer_token, "answer": self.answer, "heads": self.heads.tolist(),
                 "head_scores": self.head_scores.tolist(), "top_patch_position": int(self.positions[self.scores.argmax()]),
                 "top_attention_position": int(self.positions[self.attention.argmax()]),
@@ -266,14 +270,14 @@ def find_important_patches(
     answer_prefix: str | None = None,
     top_heads: int = 1,
     percentile: float = 95.0,
-    progress: bool = True,
 ) -> dict[str, Any]:
-    """:func:`important_patches` for every (image, question) of a VQA set, resumable, into one results folder.
+    """:func:`important_patches` for every (image, question) of a VQA set, into one results folder, through the
+    one run loop (resumable per question, sharded across processes).
 
     Args:
         questions: a VQA :class:`~neuronscope.inputs.images.ImageDataset` (``read_vqa_jsonl``), or
             ``(image or path, question)`` pairs.
-        run_dir: the results folder: per question ``heatmaps/q<index>.*.png`` and ``q<index>.json``, the ledger,
+        run_dir: the results folder: per question ``heatmaps/q<index>.*.png`` and its ledger entry,
             ``patches.csv`` (answer, heads, top patch, rank correlation) and ``metrics.json``.
         Others: as :func:`important_patches`; ``resume`` / ``overwrite`` as in :class:`RunDir`.
 
@@ -281,54 +285,45 @@ def find_important_patches(
         The metrics: questions declared / done / skipped (missing or unreadable images, no question), the mean
         rank correlation with the attention map.
 
+    Raises:
+        NothingProcessedError: no question could be answered (every image missing or every question empty).
+
     Example:
         >>> find_important_patches(model, processor, read_vqa_jsonl("vqa.jsonl"), run_dir="runs/patches")  # doctest: +SKIP
     """
-    from neuronscope.pipelines.multimodal import ImageSource, _progress
+    from neuronscope.errors import NothingProcessedError
+    from neuronscope.runs.loop import Example, Skip, run_loop
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir, resume=resume, overwrite=overwrite)
-    skipped: list[dict[str, Any]] = []
-    items: list[tuple[ImageSource, str | None]] = []
-    if isinstance(questions, ImageDataset):
-        skipped.extend(skip.to_dict() for skip in questions.skipped)
-        items = [(ImageSource(r.id, path=Path(r.image_path)), r.question) for r in questions.records]
-    else:
-        for number, (image, question) in enumerate(questions):
-            source = (ImageSource(f"image-{number}", image=image) if isinstance(image, Image.Image)
-                      else ImageSource(str(image), path=Path(image)))
-            items.append((source, question))
+    skipped, items = _question_items(questions)
     run.write_config({"pipeline": "important_patches", "answer_prefix": answer_prefix, "top_heads": top_heads,
-                      "percentile": percentile, "questions": [[s.id, q] for s, q in items],
+                      "percentile": percentile, "questions": [[r.id, r.question] for r in items],
                       "model": get_adapter(model).describe()})
     run.write_meta()
-    done = run.done_indices()
-    bar = _progress(len(items), len(done), progress)
-    try:
-        for index, (source, question) in enumerate(items):
-            if index in done:
-                continue
+
+    def process(chunk: list[tuple[int, ImageRecord]]) -> list[Example | Skip]:
+        out: list[Example | Skip] = []
+        for index, record in chunk:
             try:
-                if not question:
-                    raise InputError("the record has no question")
-                image = source.load()
-            except Exception as error:  # reported, recorded, counted: never silently dropped
-                reason = str(error) or type(error).__name__
-                run.write_example(index, None, {"id": source.id, "skipped": reason})
-                bar.write(f"skipped {source.id}: {reason}")
-                bar.update(1)
+                if not record.question:
+                    raise InputError(f"{record.where}: the record has no question")
+                image = record.load()
+            except InputError as error:  # reported, recorded, counted: never silently dropped
+                out.append(Skip(str(error), {"id": record.id, "where": record.where}))
                 continue
-            found = important_patches(model, processor, image, question, answer_prefix=answer_prefix,
+            found = important_patches(model, processor, image, record.question, answer_prefix=answer_prefix,
                                       top_heads=top_heads, percentile=percentile, out=run, name=f"q{index}")
-            run.write_example(index, {"scores": found.scores, "attention": found.attention, "raw": found.raw},
-                              {"id": source.id, "question": question, "skipped": None, **found.summary()})
-            bar.update(1)
-    finally:
-        bar.close()
+            out.append(Example({"scores": found.scores, "attention": found.attention, "raw": found.raw},
+                               {"id": record.id, "question": record.question, "skipped": None, **found.as_dict()}))
+        return out
+
+    run_loop(run, items, process, batch_size=1, label="questions")
     rows, correlations = [], []
     for entry in sorted(run.ledger_entries(), key=lambda e: int(e["index"])):
         record = run.read_example(entry["key"])[1]
         if record.get("skipped"):
-            skipped.append({"source": "questions", "record": record["id"], "reason": record["skipped"]})
+            skipped.append({"source": "questions", "record": record["id"], "image": record.get("where", ""),
+                            "reason": record["skipped"]})
             continue
         rows.append({"index": entry["index"], "id": record["id"], "question": record["question"],
                      "answer": record["answer"], "heads": record["heads"],
@@ -338,15 +333,51 @@ def find_important_patches(
             correlations.append(record["rank_correlation"])
     run.write_csv("patches.csv", rows, ["index", "id", "question", "answer", "heads", "top_patch_position",
                                         "rank_correlation"])
-    metrics = {"questions_declared": len(items) + (len(questions.skipped) if isinstance(questions, ImageDataset)
-                                                   else 0),
-               "questions_done": len(rows), "questions_skipped": len(skipped),
+    declared = len(items) + (len(questions.skipped) if isinstance(questions, ImageDataset) else 0)
+    metrics = {"questions_declared": declared, "questions_done": len(rows), "questions_skipped": len(skipped),
                "mean_rank_correlation": sum(correlations) / len(correlations) if correlations else None,
                "skipped_inputs": skipped}
     run.write_json("metrics.json", metrics)
     run.write_skipped(skipped)
+    if not rows:
+        raise NothingProcessedError(f"no question could be answered ({len(skipped)} skipped); the reasons are in "
+                                    f"{run.path / 'metrics.json'}")
     return metrics
 
 
-__all__ = ["PatchResult", "find_important_patches", "head_output_rows", "head_source_contributions",
+def _question_items(questions: Any) -> tuple[list[dict[str, Any]], list[ImageRecord]]:
+    """The skipped inputs so far and one :class:`ImageRecord` (with its question) per item."""
+    if isinstance(questions, ImageDataset):
+        return [skip.to_dict() for skip in questions.skipped], list(questions.records)
+    items = []
+    for number, (image, question) in enumerate(questions):
+        if isinstance(image, Image.Image):
+            items.append(ImageRecord(f"image-{number}", question=question, image=image))
+        else:
+            items.append(ImageRecord(str(image), Path(image), question=question))
+    return [], items
+
+
+def patches(options: Any, *, loaded: Any = None) -> Any:
+    """``recipe patches``: :func:`find_important_patches` on a VQA JSONL, into ``--out``."""
+    from neuronscope.inputs.images import read_vqa_jsonl
+    from neuronscope.report import build_report
+    from neuronscope.workflows.common import load
+    from neuronscope.workflows.result import RunResult
+
+    dataset = read_vqa_jsonl(options.questions, options.image_root)
+    RunDir.check(options.out, resume=options.resume, overwrite=options.overwrite)
+    loaded = load(options, loaded)
+    metrics = find_important_patches(loaded.model, loaded.processor, dataset, run_dir=options.out,
+                                     resume=options.resume, overwrite=options.overwrite,
+                                     answer_prefix=options.answer_prefix, top_heads=options.top_heads,
+                                     percentile=options.percentile)
+    build_report(options.out)
+    return RunResult("recipe patches", str(options.out), metrics, [
+        f"{metrics['questions_done']} of {metrics['questions_declared']} questions answered "
+        f"({metrics['questions_skipped']} skipped); mean rank correlation with the attention map "
+        f"{metrics['mean_rank_correlation']}; results in {options.out}"])
+
+
+__all__ = ["PatchResult", "find_important_patches", "head_source_contributions", "patches",
            "important_patches", "min_max", "rank_correlation"]

@@ -12,7 +12,7 @@
    (most negative B − A, averaged over dev) are the top CNA neurons. Test: zero them at the last position, accuracy
    drop vs random same-layer sets.
 
-Run: ``python -m neuronscope.recipes.arithmetic --out runs/arithmetic [--limit N]``.
+Run: ``neuronscope recipe arithmetic --out runs/arithmetic [--limit N]``.
 """
 
 from __future__ import annotations
@@ -24,22 +24,23 @@ from typing import Any
 import torch
 
 from neuronscope.attribute.comparative import comparative
-from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.inputs import encode_prompts
-from neuronscope.inputs.targets import token_targets
+from neuronscope.inputs.targets import first_token, token_targets
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.probability import PrefixCacheScorer
 from neuronscope.models.adapter import get_adapter
-from neuronscope.recipes.common import (
-    LastTokenScorer,
+from neuronscope.trace import ablate_heads, suppress
+from neuronscope.workflows.papers.common import (
     Stopwatch,
     default_model,
     finish_run,
     model_name,
     open_run,
-    recipe_main,
-    token_id,
+    run_paper,
     write_table,
 )
-from neuronscope.trace import ablate_heads, suppress
+from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specs.papers import ArithmeticOptions
 
 DEFAULT_PREFIX = "12+13=25, 30+41=71, "
 
@@ -54,7 +55,7 @@ def addition_prompts(prefix: str = DEFAULT_PREFIX) -> list[tuple[str, str]]:
     return [(f"{prefix}{a}+{b}=", str(a + b)) for a in range(10) for b in range(10) if a + b <= 9]
 
 
-def _accuracy(scorer: LastTokenScorer, rows: list[int], interventions: list) -> tuple[float, float]:
+def _accuracy(scorer: PrefixCacheScorer, rows: list[int], interventions: list) -> tuple[float, float]:
     """(accuracy, mean answer probability) over ``rows``."""
     logits = scorer.last_logits(rows, interventions)
     targets = scorer.targets[rows]
@@ -90,8 +91,8 @@ def run_arithmetic(
               "cna_base": "LPI over the ten digit tokens", "selection": "dev half; effects on the test half"}
     run = open_run(out_dir, config)
     pairs = addition_prompts(prefix)
-    digit_ids = [token_id(tokenizer, str(d)) for d in range(10)]
-    everything = LastTokenScorer(lm, tokenizer, [p for p, _ in pairs], [token_id(tokenizer, a) for _, a in pairs],
+    digit_ids = [first_token(tokenizer, str(d)) for d in range(10)]
+    everything = PrefixCacheScorer(lm, tokenizer, [p for p, _ in pairs], [first_token(tokenizer, a) for _, a in pairs],
                                  batch_equal_lengths=True)
     with watch("screen"):
         logits = everything.last_logits()
@@ -108,60 +109,24 @@ def run_arithmetic(
 
         raise NeuronscopeError(f"only {len(kept)} of {len(pairs)} sums answered right: try a few-shot prefix")
 
-    dev_scorer = LastTokenScorer(lm, tokenizer, [p for p, _ in dev], [token_id(tokenizer, a) for _, a in dev],
-                                 batch_equal_lengths=True)
-    test_scorer = LastTokenScorer(lm, tokenizer, [p for p, _ in test], [token_id(tokenizer, a) for _, a in test],
-                                  batch_equal_lengths=True)
-    dev_rows, test_rows = list(range(len(dev))), list(range(len(test)))
+    dev_scorer, test_scorer = (PrefixCacheScorer(lm, tokenizer, [p for p, _ in part],
+                                                 [first_token(tokenizer, a) for _, a in part], batch_equal_lengths=True)
+                               for part in (dev, test))
     with watch("head_ablation"):
-        base_acc, base_p = _accuracy(dev_scorer, dev_rows, [])
-        head_rows = []
-        for layer in adapter.resolve_layers(head_layers):
-            for head in range(adapter.n_heads):
-                acc, p = _accuracy(dev_scorer, dev_rows, ablate_heads(lm, [(layer, head)], positions="last"))
-                head_rows.append({"layer": layer, "head": head, "dev_accuracy": acc, "dev_probability": p,
-                                  "probability_drop": base_p - p, "accuracy_drop": base_acc - acc})
-    head_rows.sort(key=lambda r: -r["probability_drop"])
+        base_acc, base_p, head_rows = _rank_heads(lm, dev_scorer, adapter.resolve_layers(head_layers), adapter.n_heads)
     write_table(run, "tables/head_ablation_dev.csv", head_rows)
-
     generator = torch.Generator().manual_seed(seed)
-    test_acc, test_p = _accuracy(test_scorer, test_rows, [])
-    heads_result = {}
-    for k in top_heads:
-        heads = [(r["layer"], r["head"]) for r in head_rows[:k]]
-        acc, p = _accuracy(test_scorer, test_rows, ablate_heads(lm, heads, positions="last"))
-        random_acc, random_p = [], []
-        for _ in range(n_random):
-            flat = torch.randperm(adapter.n_layers * adapter.n_heads, generator=generator)[:k]
-            draw = [(int(f) // adapter.n_heads, int(f) % adapter.n_heads) for f in flat]
-            a, q = _accuracy(test_scorer, test_rows, ablate_heads(lm, draw, positions="last"))
-            random_acc.append(a)
-            random_p.append(q)
-        heads_result[f"top{k}"] = {"heads": heads, "accuracy": acc, "probability": p,
-                                   "random_accuracy": sum(random_acc) / n_random,
-                                   "random_probability": sum(random_p) / n_random}
-
+    test_acc, test_p = _accuracy(test_scorer, list(range(len(test))), [])
+    heads_result = _heads_vs_random(lm, test_scorer, head_rows, top_heads, n_random, generator, adapter)
     with watch("cna"):
         top_head = [(head_rows[0]["layer"], head_rows[0]["head"])]
         batch = encode_prompts(tokenizer, [p for p, _ in dev], model=lm)
-        targets = token_targets(batch, [token_id(tokenizer, a) for _, a in dev], tokenizer)
+        targets = token_targets(batch, [first_token(tokenizer, a) for _, a in dev], tokenizer)
         cna = comparative(lm, batch, targets, interventions_b=ablate_heads(lm, top_head, positions="last"),
                           candidates=digit_ids)
         difference = cna.dense()[:, 0].float().mean(0)  # [layers, d_ff], B - A averaged over dev
-    neurons_result = {}
     flat = (-difference).reshape(-1)
-    for k in top_neurons:
-        index = flat.topk(k).indices
-        neurons = torch.stack([index // adapter.d_ff, index % adapter.d_ff], dim=1)
-        acc, p = _accuracy(test_scorer, test_rows, suppress(neurons, positions="last"))
-        draws = random_neurons_like(neurons, adapter.d_ff, n_draws=n_random, generator=generator,
-                                    exclude_given=True, n_layers=adapter.n_layers)
-        measured = [_accuracy(test_scorer, test_rows, suppress(draw, positions="last")) for draw in draws]
-        neurons_result[f"top{k}"] = {
-            "accuracy": acc, "probability": p,
-            "random_accuracy": sum(m[0] for m in measured) / n_random,
-            "random_probability": sum(m[1] for m in measured) / n_random,
-            "layer_counts": torch.bincount(neurons[:, 0], minlength=adapter.n_layers).tolist()}
+    neurons_result = _cna_neurons_vs_random(test_scorer, flat, top_neurons, n_random, generator, adapter)
     from neuronscope.report.plots import layer_histogram_figure
 
     index = flat.topk(max(top_neurons)).indices
@@ -182,9 +147,62 @@ def run_arithmetic(
                                     "chosen on the dev half, effects measured on the test half.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    recipe_main(run_arithmetic, "Arithmetic heads and CNA on single-digit additions", argv)
+def arithmetic(options: ArithmeticOptions, *, loaded: Any = None) -> RunResult:
+    """``recipe arithmetic``: :func:`run_arithmetic` with the options' settings (see the module docstring)."""
+    return run_paper(run_arithmetic, options, loaded, "recipe arithmetic")
 
 
-if __name__ == "__main__":
-    main()
+def _rank_heads(lm: Any, scorer: PrefixCacheScorer, layers: list[int],
+                n_heads: int) -> tuple[float, float, list[dict[str, Any]]]:
+    """Dev accuracy and answer probability, and every head's row, ranked by the probability drop its ablation
+    (at the last position) causes."""
+    rows = list(range(len(scorer)))
+    base_acc, base_p = _accuracy(scorer, rows, [])
+    head_rows = []
+    for layer in layers:
+        for head in range(n_heads):
+            acc, p = _accuracy(scorer, rows, ablate_heads(lm, [(layer, head)], positions="last"))
+            head_rows.append({"layer": layer, "head": head, "dev_accuracy": acc, "dev_probability": p,
+                              "probability_drop": base_p - p, "accuracy_drop": base_acc - acc})
+    head_rows.sort(key=lambda r: -r["probability_drop"])
+    return base_acc, base_p, head_rows
+
+
+def _heads_vs_random(lm: Any, scorer: PrefixCacheScorer, head_rows: list[dict[str, Any]], top_heads: tuple[int, ...],
+                     n_random: int, generator: torch.Generator, adapter: Any) -> dict[str, Any]:
+    """Test accuracy with the top-k dev heads ablated, vs ``n_random`` random sets of k heads."""
+    rows = list(range(len(scorer)))
+    out = {}
+    for k in top_heads:
+        heads = [(r["layer"], r["head"]) for r in head_rows[:k]]
+        acc, p = _accuracy(scorer, rows, ablate_heads(lm, heads, positions="last"))
+        random_acc, random_p = [], []
+        for _ in range(n_random):
+            flat = torch.randperm(adapter.n_layers * adapter.n_heads, generator=generator)[:k]
+            draw = [(int(f) // adapter.n_heads, int(f) % adapter.n_heads) for f in flat]
+            a, q = _accuracy(scorer, rows, ablate_heads(lm, draw, positions="last"))
+            random_acc.append(a)
+            random_p.append(q)
+        out[f"top{k}"] = {"heads": heads, "accuracy": acc, "probability": p,
+                          "random_accuracy": sum(random_acc) / n_random, "random_probability": sum(random_p) / n_random}
+    return out
+
+
+def _cna_neurons_vs_random(scorer: PrefixCacheScorer, flat: torch.Tensor, top_neurons: tuple[int, ...], n_random: int,
+                           generator: torch.Generator, adapter: Any) -> dict[str, Any]:
+    """Test accuracy with the top-k CNA neurons zeroed at the last position, vs random same-layer sets."""
+    rows = list(range(len(scorer)))
+    out = {}
+    for k in top_neurons:
+        index = flat.topk(k).indices
+        neurons = torch.stack([index // adapter.d_ff, index % adapter.d_ff], dim=1)
+        acc, p = _accuracy(scorer, rows, suppress(neurons, positions="last"))
+        draws = random_neurons_like(neurons, adapter.d_ff, n_draws=n_random, generator=generator,
+                                    exclude_given=True, n_layers=adapter.n_layers)
+        measured = [_accuracy(scorer, rows, suppress(draw, positions="last")) for draw in draws]
+        out[f"top{k}"] = {
+            "accuracy": acc, "probability": p,
+            "random_accuracy": sum(m[0] for m in measured) / n_random,
+            "random_probability": sum(m[1] for m in measured) / n_random,
+            "layer_counts": torch.bincount(neurons[:, 0], minlength=adapter.n_layers).tolist()}
+    return out

@@ -9,7 +9,7 @@ on the fact itself and on other facts ("unrelated").
 
 Dai et al. report on BERT: suppression −29.03% and enhancement +31.17% mean probability change.
 
-Run: ``python -m neuronscope.recipes.knowledge_neurons --out runs/kn [--limit N]``.
+Run: ``neuronscope recipe knowledge-neurons --out runs/kn --data ../shared/data [--limit N]``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,23 @@ import torch
 from neuronscope.attribute import get_method
 from neuronscope.inputs import encode_prompts
 from neuronscope.inputs.targets import token_targets
+from neuronscope.measure.pcr import NeuronGroup, pcr_against_random
+from neuronscope.measure.probability import PrefixCacheScorer
 from neuronscope.models.adapter import get_adapter
-from neuronscope.recipes.common import (
-    LastTokenScorer,
+from neuronscope.workflows.papers.common import (
     Stopwatch,
     default_model,
     finish_run,
+    known_facts_path,
     model_name,
     open_run,
-    pcr_vs_random,
     read_known_facts,
-    recipe_main,
+    run_paper,
     screen_facts,
     write_table,
 )
+from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specs.papers import KnowledgeNeuronsOptions
 
 
 def knowledge_neurons_of(scores: torch.Tensor, threshold: float = 0.2, max_neurons: int = 20) -> torch.Tensor:
@@ -65,6 +68,7 @@ def run_knowledge_neurons(
     model: Any = None,
     limit: int | None = None,
     seed: int = 0,
+    data_dir: str | Path | None = None,
     n_facts: int = 40,
     steps: int = 20,
     threshold: float = 0.2,
@@ -85,7 +89,7 @@ def run_knowledge_neurons(
               "hyper_parameters": "Dai et al.'s threshold 0.2; no tuning on these facts"}
     run = open_run(out_dir, config)
     with watch("screen"):
-        facts, screened = screen_facts(lm, tokenizer, read_known_facts(), n_facts)
+        facts, screened = screen_facts(lm, tokenizer, read_known_facts(known_facts_path(data_dir)), n_facts)
     with watch("attribute"):
         located = []
         for fact in facts:
@@ -94,17 +98,18 @@ def run_knowledge_neurons(
             options = {"steps": steps, "batch_size": 160} if method == "integrated_gradients" else {}
             scores = get_method(method).function(lm, batch, targets, **options)
             located.append(knowledge_neurons_of(scores.dense()[0, 0].float(), threshold, max_neurons))
-    scorer = LastTokenScorer(lm, tokenizer, [f["prompt"] for f in facts], [f["target_id"] for f in facts])
+    scorer = PrefixCacheScorer(lm, tokenizer, [f["prompt"] for f in facts], [f["target_id"] for f in facts])
     rng = random.Random(seed)
     groups = []
     for i, fact in enumerate(facts):
         others = [j for j in range(len(facts)) if j != i]
-        groups.append({"name": str(fact["known_id"]), "neurons": located[i], "own": [i],
-                       "unrelated": sorted(rng.sample(others, min(n_unrelated, len(others))))})
+        groups.append(NeuronGroup(located[i], own=[i], name=str(fact["known_id"]),
+                                  unrelated=sorted(rng.sample(others, min(n_unrelated, len(others))))))
     everything = torch.cat(located) if located else torch.zeros(0, 2, dtype=torch.long)
     with watch("pcr"):
-        suppress = pcr_vs_random(scorer, groups, factor=0.0, n_random=n_random, seed=seed, exclude=everything)
-        enhance = pcr_vs_random(scorer, groups, factor=2.0, n_random=n_random, seed=seed, exclude=everything)
+        suppress, enhance = (pcr_against_random(scorer, groups, factor=factor, d_ff=adapter.d_ff,
+                                                n_layers=adapter.n_layers, n_random=n_random, seed=seed,
+                                                exclude=everything).as_dict() for factor in (0.0, 2.0))
     rows = []
     for mode, report in (("suppress", suppress), ("enhance", enhance)):
         rows += [{"mode": mode, **row} for row in report.pop("per_group")]
@@ -130,9 +135,6 @@ def run_knowledge_neurons(
                                     "screened; knowledge neurons by IG, suppress x0 / enhance x2 vs random.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    recipe_main(run_knowledge_neurons, "Knowledge neurons (Dai et al.) on ROME known facts", argv)
-
-
-if __name__ == "__main__":
-    main()
+def knowledge_neurons(options: KnowledgeNeuronsOptions, *, loaded: Any = None) -> RunResult:
+    """``recipe knowledge-neurons``: :func:`run_knowledge_neurons` with the options' settings (see the module docstring)."""
+    return run_paper(run_knowledge_neurons, options, loaded, "recipe knowledge-neurons")

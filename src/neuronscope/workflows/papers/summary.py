@@ -1,6 +1,6 @@
 """Collect the recipes' small result files into the repository's ``results/`` and print the RESULTS.md rows.
 
-``python -m neuronscope.recipes.summary --runs DIR --results results`` copies, for every recipe folder
+``python -m neuronscope.workflows.papers.summary --runs DIR --results results`` copies, for every recipe folder
 ``DIR/<name>/``, its ``config.json``, ``metrics.json`` and ``tables/*.csv`` (small JSON / CSV only: no tensors,
 plots or HTML) into ``results/<name>/`` and prints one Markdown table row per headline metric.
 

@@ -1,0 +1,188 @@
+"""``edit make | apply | revert | export``: persistent edits of value vectors (:mod:`neuronscope.edit.weights`).
+
+- ``make``: an edit folder (``edit.safetensors`` + ``edit.json``, plus ``config.json``) for some neurons: erase
+  (``w_i ← 0``), noise (``+σ·N(0, I)``), token-shift (``+λ(u_t − u_s)``, with ``--signed``
+  ``+λ·sign(⟨w_i, u_s⟩)(u_t − u_s)``) or knowledge-neuron (``−λ1·e(s) + λ2·e(t)``). The edit records how its model
+  was loaded (folder, GGUF file, dtype), so ``apply`` and ``export`` load the same model by default.
+- ``apply``: write the edited model as a plain Hugging Face folder (a GGUF model is written de-quantised) that also
+  keeps the original columns (``neuronscope_originals.safetensors``), so that ``revert`` restores every bit.
+- ``revert``: from such a folder, write the original model back out.
+- ``export``: the edited model alone (plain Hugging Face folder) with the edit's record, to share or serve.
+
+The written model folders record the command's options in ``neuronscope_config.json`` (``config.json`` there is
+the model's own). Nothing is written before the model is loaded and the edit checked against it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from neuronscope.edit.weights import EDIT_RECORD
+from neuronscope.errors import EditMismatchError, InputError, RunFolderError
+from neuronscope.workflows.common import fit_neurons, load, neurons_of, with_model_of
+from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specs.edits import EditApplyOptions, EditMakeOptions, EditRevertOptions
+
+ORIGINALS = "neuronscope_originals.safetensors"
+
+CONFIG_RECORD = "neuronscope_config.json"
+
+
+def edit_prefix(path: Path) -> Path:
+    """The ``.json`` / ``.safetensors`` prefix of an edit: ``DIR/edit`` for a folder, else the path itself."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "edit"
+    return path.with_suffix("") if path.suffix in (".json", ".safetensors") else path
+
+
+def check_model_folder(path: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output folder unless ``overwrite`` (and then only one that neuronscope wrote)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path} is a file; choose a folder for the model")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise RunFolderError(f"{path} is not empty; choose another folder or pass --overwrite")
+        if not (path / CONFIG_RECORD).exists():
+            raise RunFolderError(f"{path} is not a folder written by 'neuronscope edit' (no {CONFIG_RECORD}); "
+                                 "refusing to overwrite it: choose a new or empty folder")
+
+
+def _token(processor: Any, spec: str | None, name: str, vocab_size: int) -> int:
+    """A token id from ``id:N`` or a word (one token, with a leading space); ``-1`` when not given."""
+    from neuronscope.inputs.targets import PREDICTION, parse_target, resolve_target
+
+    if spec is None:
+        return -1
+    if parse_target(spec).kind == PREDICTION:
+        raise InputError(f"--{name} cannot be 'prediction'; give a word or id:N")
+    return int(resolve_target(processor, spec, vocab_size))
+
+
+def make(options: EditMakeOptions, *, loaded: Any = None) -> RunResult:
+    """``edit make``: the edit of the chosen neurons, saved into ``--out``."""
+    from neuronscope.edit.weights import ValueVectorEdit
+    from neuronscope.models.adapter import get_adapter
+    from neuronscope.runs.folder import RunDir
+
+    selected, run_config = neurons_of(options)
+    options = with_model_of(options, run_config)
+    RunDir.check(options.out, overwrite=options.overwrite)
+    loaded = load(options, loaded)
+    adapter = get_adapter(loaded.model)
+    selected = fit_neurons(selected, adapter.n_layers, adapter.d_ff)
+    source = _token(loaded.processor, options.source, "source", adapter.vocab_size)
+    target = _token(loaded.processor, options.target, "target", adapter.vocab_size)
+    model, kind = loaded.model, options.kind
+    if kind == "erase":
+        edit = ValueVectorEdit.erase(model, selected, reason=options.reason)
+    elif kind == "noise":
+        edit = ValueVectorEdit.noise(model, selected, options.sigma, options.seed, reason=options.reason)
+    elif kind == "token-shift":
+        edit = ValueVectorEdit.token_shift(model, selected, source, target, options.strength, reason=options.reason,
+                                           signs="source" if options.signed else None)
+    else:
+        edit = ValueVectorEdit.knowledge_neuron(model, selected, source, target, options.lambda1, options.lambda2,
+                                                reason=options.reason)
+    edit.model.update({"source": loaded.source, "load": loaded.describe()})
+    results = RunDir(options.out, overwrite=options.overwrite)  # after the edit is made: nothing half done
+    results.write_config({"command": "edit make", **options.recorded()})
+    results.write_meta({"runtime": options.runtime()})
+    path = edit.save(results.file("edit"))
+    return RunResult("edit make", str(options.out), edit.as_dict(),
+                     [f"{kind} edit of {len(selected)} neurons written: {path}"])
+
+
+def _edit_and_model(options: EditApplyOptions, loaded: Any) -> tuple[Any, Any, EditApplyOptions]:
+    """The edit, the model it is for (by default the one it was made from, loaded the same way), checked."""
+    import dataclasses
+
+    from neuronscope.edit.weights import ValueVectorEdit
+
+    edit = ValueVectorEdit.load(edit_prefix(options.edit))
+    recorded = edit.model.get("load") or {"model": edit.model.get("source")}
+    if not options.model and recorded.get("model"):
+        options = dataclasses.replace(options, model=recorded["model"], gguf_file=recorded.get("gguf_file"),
+                                      dtype=recorded.get("dtype") or options.dtype)
+    if not options.model:
+        raise InputError("the edit does not record its model: pass --model PATH")
+    check_model_folder(options.out, options.overwrite)
+    loaded = load(options, loaded)
+    edit.check(loaded.model)
+    return edit, loaded, options
+
+
+def _write_record(out_dir: Path, options: Any, command: str) -> None:
+    from neuronscope.results.io import write_json
+    from neuronscope.results.provenance import run_metadata
+
+    write_json(out_dir / CONFIG_RECORD, {"command": command, **options.recorded(), "meta": run_metadata()})
+
+
+def apply(options: EditApplyOptions, *, loaded: Any = None) -> RunResult:
+    """``edit apply``: the edited model, revertible, written into ``--out``."""
+    import torch
+
+    from neuronscope.models.loading import save_plain
+    from neuronscope.results.io import write_safetensors
+
+    edit, loaded, options = _edit_and_model(options, loaded)
+    out_dir = Path(options.out)
+    handle = edit.apply(loaded.model)
+    try:
+        save_plain(loaded.model, out_dir, loaded.processor)
+    finally:
+        originals = torch.stack([original.detach().cpu() for original in handle.originals])
+        handle.revert()
+    write_safetensors(out_dir / ORIGINALS, {"neurons": edit.neurons, "columns": originals})
+    edit.save(out_dir / EDIT_RECORD)
+    _write_record(out_dir, options, "edit apply")
+    return RunResult("edit apply", str(out_dir), edit.as_dict(), [
+        f"edited model written: {out_dir} ({len(edit.neurons)} value vectors changed; "
+        f"'neuronscope edit revert --model {out_dir} --out DIR' restores the original)"])
+
+
+def revert(options: EditRevertOptions, *, loaded: Any = None) -> RunResult:
+    """``edit revert``: the original model from a folder written by ``edit apply``, bit for bit."""
+    import torch
+
+    from neuronscope.edit.weights import ValueVectorEdit, fingerprint
+    from neuronscope.models.adapter import get_adapter
+    from neuronscope.models.loading import save_plain
+    from neuronscope.results.io import read_safetensors
+
+    folder = Path(options.model)
+    if not (folder / ORIGINALS).is_file():
+        raise InputError(f"{folder} has no {ORIGINALS}: only a model folder written by 'neuronscope edit apply' can "
+                         "be reverted")
+    saved, _ = read_safetensors(folder / ORIGINALS, what="original value vectors")
+    edit = ValueVectorEdit.load(folder / EDIT_RECORD)
+    check_model_folder(options.out, options.overwrite)
+    loaded = load(options, loaded)
+    adapter = get_adapter(loaded.model)
+    neurons, columns = saved["neurons"], saved["columns"]
+    for (layer, _), column in zip(neurons.tolist(), columns, strict=True):
+        vectors = adapter.value_vectors(layer)
+        if vectors.dtype != column.dtype:
+            raise InputError(f"the saved originals are {column.dtype} but the model loaded as {vectors.dtype}: "
+                             f"load with --dtype {str(column.dtype).replace('torch.', '')}")
+    if "fingerprint" in edit.model and fingerprint(columns) != edit.model["fingerprint"]:
+        raise EditMismatchError(f"{folder / ORIGINALS} does not match the edit's record; the folder was changed")
+    with torch.no_grad():
+        for (layer, index), column in zip(neurons.tolist(), columns, strict=True):
+            adapter.value_vectors(layer)[index].copy_(column.to(adapter.value_vectors(layer).device))
+    save_plain(loaded.model, options.out, loaded.processor)
+    _write_record(Path(options.out), options, "edit revert")
+    return RunResult("edit revert", str(options.out), {}, [f"original model restored into {options.out}"])
+
+
+def export(options: EditApplyOptions, *, loaded: Any = None) -> RunResult:
+    """``edit export``: the edited model alone, as a plain Hugging Face folder with the edit's record."""
+    from neuronscope.edit.weights import export_edited
+
+    edit, loaded, options = _edit_and_model(options, loaded)
+    export_edited(loaded.model, edit, options.out, loaded.processor)
+    _write_record(Path(options.out), options, "edit export")
+    return RunResult("edit export", str(options.out), edit.as_dict(), [f"edited model exported: {options.out}"])

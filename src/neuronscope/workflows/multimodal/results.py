@@ -1,0 +1,177 @@
+"""What the multimodal-neurons workflow finds (Pan et al. 2024): per (image, concept) pair the top-k neurons, and
+per concept the neurons ranked over its pairs; the files of a run folder.
+
+Per concept (across images): ``sum`` = the sum of a neuron's kept scores over the concept's pairs (a neuron outside
+a pair's top-k adds 0) and ``frequency`` = in how many of the concept's pairs it is in the top-k. Neurons are
+ranked by ``sum`` (default) or ``frequency`` (ties broken by the other).
+
+Example:
+    >>> found = MultimodalNeurons.load("runs/dogs")   # doctest: +SKIP
+    >>> found.concept_neurons("dog", 10)              # [10, 2] (layer, index) rows  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from neuronscope.aggregate.neurons import flat_to_neurons
+from neuronscope.aggregate.select import SparseTopK
+from neuronscope.errors import InputError
+from neuronscope.runs.folder import RunDir
+
+RANK_BY = ("sum", "frequency")
+
+
+@dataclass
+class MultimodalNeurons:
+    """What :func:`find_multimodal_neurons` found.
+
+    Attributes:
+        captions: per input image (dataset order), ``{"index", "id", "caption", "generated_ids", "targets",
+            "skipped"}`` (``skipped`` is the reason, or None).
+        pairs: per (image, target), ``{"index", "id", "concept", "word", "step", "token_id", "token",
+            "position"}``; ``position`` is in the left-padded captioning batch (``prompt_len - 1 + step``).
+        values: ``[n_pairs, k]`` the kept (top-k) scores, best first; ``flat_indices``: ``[n_pairs, k]``
+            ``layer * d_ff + index``.
+        n_layers, d_ff: the score grid.
+        meta: how the run was made.
+        metrics: counts (images declared / captioned / skipped, pairs, concepts).
+    """
+
+    format: ClassVar[str] = "neuronscope.multimodal_neurons"
+
+    captions: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    values: torch.Tensor
+    flat_indices: torch.Tensor
+    n_layers: int
+    d_ff: int
+    meta: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def concepts(self) -> list[str]:
+        """Concepts with at least one pair, sorted by number of pairs (descending), then name."""
+        counts: dict[str, int] = {}
+        for pair in self.pairs:
+            counts[pair["concept"]] = counts.get(pair["concept"], 0) + 1
+        return sorted(counts, key=lambda c: (-counts[c], c))
+
+    def pair_rows(self, concept: str) -> list[int]:
+        """Rows of :attr:`pairs` whose concept is ``concept``."""
+        return [row for row, pair in enumerate(self.pairs) if pair["concept"] == concept]
+
+    def pair_top_k(self, rows: Sequence[int] | None = None) -> SparseTopK:
+        """The kept top-k of the given pair rows (default all) as a :class:`SparseTopK`."""
+        rows = list(range(len(self.pairs))) if rows is None else list(rows)
+        index = torch.as_tensor(rows, dtype=torch.long)
+        return SparseTopK(self.values[index], self.flat_indices[index], self.n_layers, self.d_ff)
+
+    def pair_neurons(self, row: int, k: int | None = None) -> torch.Tensor:
+        """``[k, 2]`` (layer, index) of pair ``row``'s top-k (best first)."""
+        flat = self.flat_indices[row] if k is None else self.flat_indices[row, :k]
+        return flat_to_neurons(flat, self.d_ff)
+
+    def concept_totals(self, concept: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum [layers, d_ff], frequency LongTensor [layers, d_ff])`` of a concept over its pairs."""
+        rows = self.pair_rows(concept)
+        if not rows:
+            raise InputError(f"concept {concept!r} has no pairs; known concepts: {', '.join(self.concepts)}")
+        top = self.pair_top_k(rows)
+        return top.sum(), top.frequency()
+
+    def concept_ranking(self, concept: str, rank_by: str = "sum") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The concept's neurons (those selected in at least one pair), best first.
+
+        Returns:
+            ``(neurons [m, 2], sums [m], frequencies [m])``.
+        """
+        if rank_by not in RANK_BY:
+            raise InputError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
+        total, frequency = self.concept_totals(concept)
+        flat_total, flat_freq = total.flatten(), frequency.flatten()
+        selected = (flat_freq > 0).nonzero(as_tuple=True)[0]
+        primary = flat_total[selected] if rank_by == "sum" else flat_freq[selected].to(flat_total.dtype)
+        secondary = flat_freq[selected].to(flat_total.dtype) if rank_by == "sum" else flat_total[selected]
+        # Stable two-key sort: secondary first, then primary; ties keep ascending flat index.
+        order = torch.argsort(secondary, descending=True, stable=True)
+        order = order[torch.argsort(primary[order], descending=True, stable=True)]
+        chosen = selected[order]
+        return flat_to_neurons(chosen, self.d_ff), flat_total[chosen], flat_freq[chosen]
+
+    def concept_neurons(self, concept: str, n: int | None = None, rank_by: str = "sum") -> torch.Tensor:
+        """The concept's top-``n`` neurons ``[n, 2]`` (all selected ones when ``n`` is None)."""
+        neurons = self.concept_ranking(concept, rank_by)[0]
+        return neurons if n is None else neurons[:n]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Counts and how the run was made (captions and pairs are in ``captions.json`` / ``pairs.json``)."""
+        return {"format": self.format, **{k: v for k, v in self.metrics.items() if k != "skipped_inputs"},
+                "n_layers": self.n_layers, "d_ff": self.d_ff, "meta": self.meta}
+
+    def summary(self) -> str:
+        m = self.metrics
+        return (f"{m.get('images_captioned', 0)} of {m.get('images_declared', 0)} images captioned "
+                f"({m.get('images_skipped', 0)} skipped), {m.get('pairs', 0)} (image, concept) pairs, "
+                f"{m.get('concepts', 0)} concepts: {', '.join(self.concepts[:10])}")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> MultimodalNeurons:
+        """Read a finished run folder back (its ledger, ``pairs`` and ``config.json``)."""
+        run = RunDir.open(path)
+        tensors, meta = run.read_tensors("pairs")
+        config = run.read_json("config.json")
+        captions = []
+        for entry in sorted(run.ledger_entries(), key=lambda e: int(e["index"])):
+            captions.append({"index": int(entry["index"]), **run.read_example(entry["key"])[1]})
+        metrics = run.read_json("metrics.json") if run.exists("metrics.json") else {}
+        return cls(captions, run.read_json("pairs.json"), tensors["values"], tensors["flat_indices"],
+                   int(meta["n_layers"]), int(meta["d_ff"]), meta=config, metrics=metrics)
+
+
+def write_results(run: RunDir, result: MultimodalNeurons, model: nn.Module, processor: Any, *,
+                  report_neurons: int = 100, rank_by: str = "sum") -> None:
+    """Write captions, pairs, per-concept neurons (JSON + CSV with top tokens), metrics and plots into ``run``."""
+    from neuronscope.explain.top_tokens import top_tokens
+    from neuronscope.report.plots import layer_histogram_figure, score_histogram_figure
+
+    run.write_json("captions.json", [
+        {"id": c["id"], "caption": c.get("caption"), "concepts": [t["concept"] for t in c.get("targets", [])],
+         "skipped": c.get("skipped")} for c in result.captions])
+    run.write_tensors("pairs", {"values": result.values, "flat_indices": result.flat_indices},
+                      {"n_layers": result.n_layers, "d_ff": result.d_ff})
+    run.write_json("pairs.json", result.pairs)
+    concepts_out, rows, dense, sets = [], [], {}, {}
+    for number, concept in enumerate(result.concepts):
+        neurons, sums, freqs = result.concept_ranking(concept, rank_by)
+        neurons, sums, freqs = neurons[:report_neurons], sums[:report_neurons], freqs[:report_neurons]
+        tokens = top_tokens(model, neurons, processor, k=10).tokens if len(neurons) else []
+        n_pairs = len(result.pair_rows(concept))
+        entries = [{"layer": int(layer), "neuron": int(index), "sum": float(s), "frequency": int(f),
+                    "top_tokens": tokens[r]}
+                   for r, ((layer, index), s, f) in enumerate(zip(neurons.tolist(), sums, freqs, strict=True))]
+        concepts_out.append({"concept": concept, "pairs": n_pairs, "rank_by": rank_by, "neurons": entries})
+        rows.extend({"concept": concept, "rank": r + 1, **{**e, "top_tokens": " ".join(map(repr, e["top_tokens"]))}}
+                    for r, e in enumerate(entries))
+        total, frequency = result.concept_totals(concept)
+        dense[f"sum.{number}"], dense[f"frequency.{number}"] = total, frequency
+        sets[concept] = neurons
+    run.write_json("concepts.json", concepts_out)
+    run.write_csv("neurons.csv", rows, ["concept", "rank", "layer", "neuron", "sum", "frequency", "top_tokens"])
+    if dense:
+        run.write_tensors("concepts", dense, {"concepts": result.concepts, "rank_by": rank_by})
+    run.write_json("metrics.json", result.metrics)
+    run.write_skipped(result.metrics["skipped_inputs"])
+    if sets:
+        shown = dict(list(sets.items())[:6])
+        run.write_png("plots/concept_neurons_per_layer.png",
+                      layer_histogram_figure(shown, result.n_layers, title=f"Top-{report_neurons} neurons per layer"))
+    if result.values.numel():
+        run.write_png("plots/pair_scores.png", score_histogram_figure(
+            result.values, title="Kept scores of all (image, concept) pairs", xlabel="contribution"))

@@ -1,0 +1,82 @@
+"""Options of the image workflows: multimodal neurons, important patches, invariance, and the demo."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from neuronscope.workflows.options import BatchOptions, ModelOptions, Options, RunOptions, missing, opt
+
+CAPTION_PROMPT = "Describe the image in few words."
+CAPTION_PREFIX = "An image of"
+
+
+@dataclass(kw_only=True)
+class ImageOptions(Options):
+    images: Path | None = opt(None, "An image folder, or a COCO / SBU-style captions JSON with image paths.")
+    image_root: Path | None = opt(None, "Folder the captions JSON's image paths are relative to.")
+
+    def problems(self) -> list[str]:
+        return super().problems() + missing(self, "images")
+
+
+@dataclass(kw_only=True)
+class MultimodalOptions(ModelOptions, ImageOptions, RunOptions, BatchOptions):
+    concepts: str | None = opt(None, "Comma-separated concept words (default: the nouns of each caption, through "
+                                     "spaCy).")
+    top_k: int = opt(10_000, "Neurons kept per (image, noun).", minimum=1)
+    site: str = opt("neuron", "neuron (default) or act (the authors' hook).", choices=("neuron", "act"))
+    final_norm: bool = opt(False, "Scale scores by the final norm frozen at the target position.")
+    max_new_tokens: int = opt(20, "Caption length limit.", minimum=1)
+    prompt: str = opt(CAPTION_PROMPT, "The user turn of the captioning prompt.")
+    assistant_prefix: str = opt(CAPTION_PREFIX, "How the answer starts ('' for none).")
+    rank_by: str = opt("sum", "Rank a concept's neurons by their summed score or their frequency.",
+                       choices=("sum", "frequency"))
+    report_neurons: int = opt(100, "Neurons listed per concept.", minimum=1)
+    heatmaps: int = opt(1, "Images per concept drawn as heatmaps (0: none).", minimum=0)
+    heatmap_neurons: int = opt(3, "Single neurons drawn per heatmap image.", minimum=0)
+    heatmap_concepts: int = opt(10, "Concepts drawn (the ones with most pairs).", minimum=0)
+    heatmap_absolute: bool = opt(False, "Draw |activation| instead of the signed activation.")
+
+    def problems(self) -> list[str]:
+        return super().problems() + missing(self, "model", "out")
+
+
+@dataclass(kw_only=True)
+class PatchesOptions(ModelOptions, RunOptions):
+    questions: Path | None = opt(None, "VQA JSONL: {\"image\", \"question\", \"answer\"?} per line.")
+    image_root: Path | None = opt(None, "Folder the JSONL's image paths are relative to.")
+    answer_prefix: str | None = opt(None, "How the answer starts (default none).")
+    top_heads: int = opt(1, "Heads whose per-patch contributions are summed.", minimum=1)
+    percentile: float = opt(95.0, "Heatmap mask: pixels above this percentile.", minimum=0.0, maximum=100.0)
+
+    def problems(self) -> list[str]:
+        return super().problems() + missing(self, "model", "questions", "out")
+
+
+@dataclass(kw_only=True)
+class InvarianceOptions(ModelOptions, ImageOptions):
+    run: Path | None = opt(None, "A finished 'recipe multimodal' run folder (its captions and neurons).")
+    k: int = opt(1000, "Neurons per set compared.", minimum=1)
+    seeds: str = opt("0", "Shuffle seeds, comma-separated.")
+    scope: str = opt("tile", "Shuffle within each tile or within the whole image.", choices=("tile", "image"))
+    concepts: str | None = opt(None, "Only these comma-separated concepts (default all).")
+    max_images: int | None = opt(None, "Stop after this many images.", minimum=1)
+    sensitivity_k: int = opt(10, "Top tokens per neuron for semantic sensitivity.", minimum=1)
+    sensitivity_neurons: int = opt(20, "A concept's neurons checked for semantic sensitivity.", minimum=1)
+    out: Path | None = opt(None, "Results folder.", short="-o", runtime=True)
+    overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "run", "out")
+        try:
+            [int(seed) for seed in self.seeds.split(",") if seed.strip()]
+        except ValueError:
+            problems.append(f"--seeds {self.seeds!r}: write integers separated by commas, e.g. '0,1,2'")
+        return problems
+
+
+@dataclass(kw_only=True)
+class DemoOptions(Options):
+    out: Path = opt(Path("neuronscope-demo"), "Folder for the demo's results.", short="-o", runtime=True)
+    quick: bool = opt(False, "A shorter run (fewer images), e.g. for CI.")
