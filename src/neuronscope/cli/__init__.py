@@ -1,1 +1,1 @@
-"""The ``neuronscope`` command-line interface (typer): one module per command, shared options in ``common``."""
+"""The command line: parsing only. Commands are built from the workflow registry (:mod:`.build`)."""
