@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from neuronscope.aggregate.neurons import neurons_to_mask
 from neuronscope.aggregate.qrnca import run_qrnca
 from neuronscope.aggregate.select import (
     frequency_over_examples,
-    neurons_to_mask,
     sparse_top_k,
     sum_over_examples,
     threshold_relative,

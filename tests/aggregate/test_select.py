@@ -5,15 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from neuronscope.aggregate.neurons import flat_to_neurons, mask_to_neurons, neurons_to_flat, neurons_to_mask
 from neuronscope.aggregate.select import (
     SparseTopK,
-    flat_to_neurons,
     frequency_of_neuron_sets,
     frequency_over_examples,
     layer_histogram,
-    mask_to_neurons,
-    neurons_to_flat,
-    neurons_to_mask,
     sparse_top_k,
     sum_over_examples,
     threshold_relative,

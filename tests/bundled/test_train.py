@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from safetensors.torch import load_file
 
-from neuronscope.bundled import world
+from neuronscope.bundled import knowledge
 from neuronscope.bundled.train import TrainConfig, text_example, train
 
 pytestmark = pytest.mark.slow
@@ -51,9 +51,9 @@ def test_text_tasks_include_answering_the_question_in_words():
     import random
 
     rng = random.Random(0)
-    facts = world.facts_dataset()
+    facts = knowledge.facts_dataset()
     examples = [text_example(rng, facts, (0, 0, 0, 0, 1)) for _ in range(5)]
-    by_question = {world.question_prompt(f.question): f.answer for f in facts}
+    by_question = {knowledge.question_prompt(f.question): f.answer for f in facts}
     assert all(by_question[prompt] == answer for prompt, answer in examples)
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from neuronscope.bundled import world
+from neuronscope.bundled import knowledge, world
 from neuronscope.errors import InputError
 
 
@@ -60,7 +60,7 @@ def test_patch_coverage_matches_shape_areas():
 
 
 def test_vqa_answers_agree_with_the_scene():
-    for example in world.vqa_dataset(300, seed=2, split="test"):
+    for example in knowledge.vqa_dataset(300, seed=2, split="test"):
         scene, question, answer = example.scene, example.question, example.answer
         if question.startswith("What colour is the "):
             assert (
@@ -85,29 +85,29 @@ def test_vqa_answers_agree_with_the_scene():
 
 
 def test_mcqa_letters_point_at_the_answer_and_test_wordings_are_held_out():
-    records = world.mcqa_dataset("test", n_variants=3, seed=0)
-    assert records == world.mcqa_dataset("test", n_variants=3, seed=0)
-    assert {r.domain for r in records} == set(world.DOMAINS)
-    train_openings = {world.MCQA_TEMPLATES[k].split("\n")[0] for k in world.TRAIN_TEMPLATES}
+    records = knowledge.mcqa_dataset("test", n_variants=3, seed=0)
+    assert records == knowledge.mcqa_dataset("test", n_variants=3, seed=0)
+    assert {r.domain for r in records} == set(knowledge.DOMAINS)
+    train_openings = {knowledge.MCQA_TEMPLATES[k].split("\n")[0] for k in knowledge.TRAIN_TEMPLATES}
     for record in records:
         assert len(record.sentences) == len(record.obj_label) == 3
         for prompt, letter, options in zip(record.sentences, record.obj_label, record.options, strict=True):
-            assert options[world.LETTERS.index(letter)] == record.answer
+            assert options[knowledge.LETTERS.index(letter)] == record.answer
             assert len(set(options)) == 4
-            for option_letter, option in zip(world.LETTERS, options, strict=True):
+            for option_letter, option in zip(knowledge.LETTERS, options, strict=True):
                 assert f"\n{option_letter}. {option}\n" in prompt
             assert prompt.endswith("Answer:") and prompt.split("\n")[0] not in train_openings
     # the answer letter moves with the option order: all four letters are used
-    assert {label for r in records for label in r.obj_label} == set(world.LETTERS)
+    assert {label for r in records for label in r.obj_label} == set(knowledge.LETTERS)
 
 
 def test_sums_and_facts():
-    sums = world.sums_dataset()
+    sums = knowledge.sums_dataset()
     assert len(sums) == 100 and all(int(s.answer) == s.a + s.b and s.prompt == f"{s.a}+{s.b}=" for s in sums)
-    facts = world.facts_dataset()
-    assert {f.domain for f in facts} == set(world.DOMAINS)
-    for fact in world.facts_dataset("arithmetic"):
+    facts = knowledge.facts_dataset()
+    assert {f.domain for f in facts} == set(knowledge.DOMAINS)
+    for fact in knowledge.facts_dataset("arithmetic"):
         a, b = (int(x) for x in fact.subject.split("+"))
         assert int(fact.answer) == a + b
     with pytest.raises(InputError, match="domain"):
-        world.facts_dataset("astronomy")
+        knowledge.facts_dataset("astronomy")

@@ -29,7 +29,7 @@ def prompts_file(tmp_path: Path) -> Path:
 @pytest.fixture()
 def cli():
     """``cli(*args, env=None)`` runs the neuronscope app in-process and returns the result."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from neuronscope.cli.main import app
 
@@ -46,7 +46,7 @@ def cli():
 @pytest.fixture(scope="session")
 def located_run(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished locate run (4 neurons) on three prompts; copy it before changing it."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from neuronscope.cli.main import app
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, contribution_by_hand, load_tiny
 
-import neuronscope.cli.locate as locate_module
+import neuronscope.workflows.locate as locate_module
 from neuronscope.results.scores import NeuronScores
 
 PROMPTS = ["the capital of france is", "the colour of the sky is", "the capital of a country is a",
@@ -252,7 +252,7 @@ def test_dtype_and_device_map_options(cli, tiny_model, tmp_path) -> None:
     scale = exact.values.abs().max()
     torch.testing.assert_close(half.values, exact.values, atol=0.05 * float(scale), rtol=0.05)
     torch.testing.assert_close(NeuronScores.load(spread / "scores").values, exact.values)
-    assert_user_error(cli(*args, tmp_path / "x", "--dtype", "fp8"), "unknown dtype 'fp8'")
+    assert_user_error(cli(*args, tmp_path / "x", "--dtype", "fp8"), "--dtype 'fp8'", "use one of", "bf16")
 
 
 def test_keep_top_stores_sparse_scores_and_selects_from_their_mean(cli, tiny_model, prompts_file, tmp_path) -> None:

@@ -8,14 +8,12 @@ import shutil
 import pytest
 from cli_helpers import assert_user_error
 
-import neuronscope.cli.recipe as recipe_module
+import neuronscope.workflows.papers.arithmetic as arithmetic_module
 from neuronscope.attribute import list_methods
 from neuronscope.models import TEXT_SPECS, VISION_FAMILIES, supported_families
+from neuronscope.workflows.registry import list_workflows
 
-COMMANDS = [["models"], ["locate"], ["explain"], ["intervene"], ["evaluate"], ["report"], ["demo"],
-            ["edit", "make"], ["edit", "apply"], ["edit", "revert"], ["edit", "export"],
-            ["recipe", "multimodal"], ["recipe", "qrnca"], ["recipe", "knowledge-neurons"], ["recipe", "lpi"],
-            ["recipe", "cna"], ["recipe", "bias"], ["recipe", "fact-editing"]]
+COMMANDS = [workflow.name.split(" ") for workflow in list_workflows()]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
@@ -54,73 +52,78 @@ def test_report_is_rebuilt(cli, located_run, tmp_path) -> None:
     assert_user_error(cli("report", run), "metrics.json")
 
 
-def test_a_missing_pipeline_says_so(cli, tmp_path, monkeypatch) -> None:
-    import importlib
+def test_a_missing_workflow_module_says_so(cli, tmp_path, monkeypatch) -> None:
+    import neuronscope.workflows.registry as registry
 
-    real = importlib.import_module
+    real = registry.import_module
 
     def missing(name, *args):
-        if name.startswith("neuronscope.recipes"):
+        if name.startswith("neuronscope.workflows.papers"):
             raise ModuleNotFoundError(f"No module named '{name}'", name=name)
         return real(name, *args)
 
-    monkeypatch.setattr(importlib, "import_module", missing)
-    for recipe in ("qrnca", "lpi", "cna"):
-        result = cli("recipe", recipe, "--out", tmp_path / recipe)
-        assert_user_error(result, f"the '{recipe}' recipe", "not available")
+    monkeypatch.setattr(registry, "import_module", missing)
+    for recipe, data in (("qrnca", ["--data", tmp_path]), ("lpi-facts", ["--data", tmp_path]), ("arithmetic", [])):
+        result = cli("recipe", recipe, "--out", tmp_path / recipe, *data)
+        assert_user_error(result, f"the 'recipe {recipe}' workflow", "not available")
         assert not (tmp_path / recipe).exists()
 
 
 def test_text_recipe_gets_the_model_and_options(cli, tiny_model, tmp_path, monkeypatch) -> None:
     seen = {}
 
-    def fake_recipe(out_dir, *, model=None, limit=None, seed=0, steps=10):
-        seen.update(model_type=model.model.config.model_type, out_dir=out_dir, limit=limit, seed=seed, steps=steps)
+    def fake_recipe(out_dir, *, model=None, limit=None, seed=0, n_random=5, top_heads=(1, 3)):
+        seen.update(model_type=model.model.config.model_type, out_dir=out_dir, limit=limit, seed=seed,
+                    n_random=n_random, top_heads=top_heads)
         from neuronscope.runs import RunDir
 
         RunDir(out_dir, overwrite=True).write_json("metrics.json", {"pcr": -0.5})
         return {"pcr": -0.5, "per_query": [1, 2]}
 
-    monkeypatch.setattr(recipe_module, "pipeline_function", lambda name: fake_recipe)
-    out = tmp_path / "cna"
-    result = cli("recipe", "cna", "-m", tiny_model, "--out", out, "--option", "steps=3", "--limit", 2, "--seed", 4)
+    monkeypatch.setattr(arithmetic_module, "run_arithmetic", fake_recipe)
+    out = tmp_path / "arithmetic"
+    result = cli("recipe", "arithmetic", "-m", tiny_model, "--out", out, "--n-random", 3, "--top-heads", "2,4",
+                 "--limit", 2, "--seed", 4)
     assert result.exit_code == 0, result.output
-    assert seen == {"model_type": "llama", "out_dir": out, "limit": 2, "seed": 4, "steps": 3}
+    assert seen == {"model_type": "llama", "out_dir": out, "limit": 2, "seed": 4, "n_random": 3, "top_heads": (2, 4)}
     assert "pcr: -0.5" in result.output
-    assert json.loads((out / "cli_config.json").read_text())["option"] == ["steps=3"]
-    assert_user_error(cli("recipe", "cna", "--out", out), "already holds results", "--overwrite")
-    assert_user_error(cli("recipe", "cna", "-m", tiny_model, "--out", tmp_path / "x", "--option", "nope=1"),
-                      "no option nope")
+    assert json.loads((out / "cli_config.json").read_text())["n_random"] == 3
+    assert_user_error(cli("recipe", "arithmetic", "--out", out), "already holds results", "--overwrite")
+    assert_user_error(cli("recipe", "arithmetic", "-m", tiny_model, "--out", tmp_path / "x", "--nope", 1),
+                      "No such option", "--help")
+    assert_user_error(cli("recipe", "arithmetic", "-m", tiny_model, "--out", tmp_path / "x", "--n-random", 0),
+                      "--n-random 0: must be at least 1")
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "mine.txt").write_text("keep")
-    assert_user_error(cli("recipe", "cna", "--out", busy, "--overwrite"), "not a neuronscope run folder")
+    assert_user_error(cli("recipe", "arithmetic", "--out", busy, "--overwrite"), "not a neuronscope run folder")
     assert (busy / "mine.txt").read_text() == "keep"
 
 
 def test_demo_without_the_demo_module_says_so(cli, tmp_path, monkeypatch) -> None:
-    import importlib
+    import neuronscope.workflows.registry as registry
 
-    real = importlib.import_module
+    real = registry.import_module
 
     def missing(name, *args):
-        if name == "neuronscope.demo":
-            raise ModuleNotFoundError("No module named 'neuronscope.demo'", name="neuronscope.demo")
+        if name == "neuronscope.workflows.demo":
+            raise ModuleNotFoundError("No module named 'neuronscope.workflows.demo'", name="neuronscope.workflows.demo")
         return real(name, *args)
 
-    monkeypatch.setattr(importlib, "import_module", missing)
-    assert_user_error(cli("demo", "--out", tmp_path / "demo"), "demo is not part of this install")
+    monkeypatch.setattr(registry, "import_module", missing)
+    assert_user_error(cli("demo", "--out", tmp_path / "demo"), "'demo' workflow is not available in this install")
 
 
 def test_demo_calls_run_demo(cli, tmp_path, monkeypatch) -> None:
-    import importlib
     import types
 
+    import neuronscope.workflows.registry as registry
+
     calls = []
-    fake = types.SimpleNamespace(run_demo=lambda out, quick=False: calls.append((out, quick)) or out)
-    real = importlib.import_module
-    monkeypatch.setattr(importlib, "import_module",
-                        lambda name, *args: fake if name == "neuronscope.demo" else real(name, *args))
+    fake = types.SimpleNamespace(demo=lambda options: calls.append((options.out, options.quick)))
+    real = registry.import_module
+    monkeypatch.setattr(registry, "import_module",
+                        lambda name, *args: fake if name == "neuronscope.workflows.demo" else real(name, *args))
     result = cli("demo", "--out", tmp_path / "demo", "--quick")
     assert result.exit_code == 0, result.output
     assert calls == [(tmp_path / "demo", True)]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from neuronscope.attribute.contribution import contribution
-from neuronscope.evaluate.baselines import random_neurons_like
 from neuronscope.inputs import encode_prompts, generate
 from neuronscope.inputs.targets import word_targets
+from neuronscope.measure.baselines import random_neurons_like
 from neuronscope.models import get_adapter
 from neuronscope.trace import intervene, suppress
 

@@ -17,8 +17,8 @@ from transformers.image_processing_utils import select_best_resolution
 
 from helpers.tiny_vlms import build_tiny_vlm, gradient_image, tiny_llava
 from neuronscope.errors import InputError, NeuronscopeError, UnsupportedModelError
-from neuronscope.models.families.llava_next import tokens_per_image
 from neuronscope.models.image_layout import image_layout
+from neuronscope.models.layouts.llava_next import tokens_per_image
 from neuronscope.vision import values_on_grid
 
 SIZES = [(60, 40), (30, 70), (100, 100), (45, 45), (97, 23)]
@@ -84,7 +84,7 @@ def test_llava_grid_positions_and_box_match_processor(vlms, size):
 
 
 def test_llava_box_hand_numbers():
-    from neuronscope.models.families.llava import processed_box
+    from neuronscope.models.layouts.llava import processed_box
 
     crop = dict(do_pad=False, do_resize=True, size={"shortest_edge": 48}, do_center_crop=True, crop=(48, 48))
     # 60x40 -> 72x48, crop starts at (72 - 48) // 2 = 12 resized px = 10 original px

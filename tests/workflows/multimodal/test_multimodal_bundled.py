@@ -13,13 +13,14 @@ import pytest
 import torch
 
 from neuronscope.errors import InputError
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import causal_effect
-from neuronscope.experiments.captions import caption_images
+from neuronscope.inputs.batch import extend_batch
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.captions import caption_images
+from neuronscope.measure.metrics import causal_effect
 from neuronscope.models import get_adapter
-from neuronscope.pipelines.invariance import teacher_forced_batch
-from neuronscope.pipelines.multimodal import _encode, find_multimodal_neurons
 from neuronscope.trace import intervene, suppress
+from neuronscope.workflows.multimodal.pipeline import find_multimodal_neurons
+from neuronscope.workflows.multimodal.scoring import encode_captioning
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ def found():
     images = [bundled.render_scene(scene) for scene in scenes]
     result = find_multimodal_neurons(model, processor, images, prompt=bundled.CAPTION_PROMPT,
                                      assistant_prefix=bundled.CAPTION_PREFIX, concepts=list(bundled.COLOURS),
-                                     top_k=1000, batch_size=16, max_new_tokens=12, progress=False, heatmaps=0)
+                                     top_k=1000, batch_size=16, max_new_tokens=12, heatmaps=0)
     return bundled, model, processor, scenes, images, result
 
 
@@ -82,11 +83,11 @@ def test_suppression_lowers_the_colour_log_probability_more_than_random_neurons(
 
     def log_prob(pair, neurons=None):
         caption = result.captions[pair["index"]]
-        batch = _encode(processor, [images[pair["index"]]], bundled.CAPTION_PROMPT, bundled.CAPTION_PREFIX)
+        batch = encode_captioning(processor, [images[pair["index"]]], bundled.CAPTION_PROMPT, bundled.CAPTION_PREFIX)
         position = batch.seq_len - 1 + pair["step"]
         items = [] if neurons is None else suppress(neurons, positions=[position])
         with intervene(model, items):
-            logits = model(**teacher_forced_batch(batch, caption["generated_ids"]).inputs).logits[0, position]
+            logits = model(**extend_batch(batch, [caption["generated_ids"]]).inputs).logits[0, position]
         return float(torch.log_softmax(logits.float(), -1)[pair["token_id"]])
 
     for colour in result.concepts[:3]:
@@ -111,7 +112,7 @@ def test_suppression_lowers_the_colour_log_probability_more_than_random_neurons(
 def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
     import numpy as np
 
-    from neuronscope.pipelines.multimodal import neuron_heatmaps
+    from neuronscope.workflows.multimodal.heatmaps import neuron_heatmaps
 
     bundled, model, processor, scenes, images, result = found
     on_object, area = [], []
@@ -135,7 +136,7 @@ def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
 def test_important_patches_of_a_colour_question_sit_on_the_asked_shape(found):
     import numpy as np
 
-    from neuronscope.pipelines.patches import important_patches
+    from neuronscope.workflows.patches import important_patches
 
     bundled, model, processor, scenes, images, _ = found
     hits, chance = [], []

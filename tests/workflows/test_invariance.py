@@ -10,7 +10,7 @@ import torch
 from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.models import get_adapter
-from neuronscope.pipelines.invariance import (
+from neuronscope.workflows.invariance import (
     cross_image_invariance,
     pairwise_overlaps,
     region_invariance,
@@ -18,7 +18,8 @@ from neuronscope.pipelines.invariance import (
     set_overlap,
     token_matches,
 )
-from neuronscope.pipelines.multimodal import MultimodalNeurons, find_multimodal_neurons
+from neuronscope.workflows.multimodal.pipeline import find_multimodal_neurons
+from neuronscope.workflows.multimodal.results import MultimodalNeurons
 
 IMAGES = [gradient_image(40, 30), gradient_image(30, 40).rotate(180)]
 
@@ -50,20 +51,20 @@ def test_cross_image_invariance_on_a_hand_made_result():
 def found_llava():
     vlm = chat_vlm("llava", seed=5)
     vlm.model.to(torch.float64)
-    from neuronscope.pipelines.multimodal import caption_and_score
+    from neuronscope.workflows.multimodal.scoring import caption_and_score
 
     _, _, records, _ = caption_and_score(vlm.model, vlm.processor, IMAGES, concepts=["\x00"], top_k=1,
                                          max_new_tokens=5)
     concepts = sorted({r["caption"].split()[0] for r in records if r["caption"].strip()})
     result = find_multimodal_neurons(vlm.model, vlm.processor, IMAGES, concepts=concepts, top_k=20,
-                                     max_new_tokens=5, progress=False, heatmaps=0)
+                                     max_new_tokens=5, heatmaps=0)
     assert result.pairs
     return vlm, result
 
 
 def test_region_invariance_before_sets_are_the_pipeline_sets_and_a_real_shuffle_is_scored(found_llava, monkeypatch):
     vlm, result = found_llava
-    from neuronscope.pipelines import invariance
+    from neuronscope.workflows import invariance
 
     class NoShuffle:  # the unshuffled re-forward must reproduce the pipeline's own top-k sets exactly
         def __init__(self, *args, **kwargs): ...
@@ -78,7 +79,7 @@ def test_region_invariance_before_sets_are_the_pipeline_sets_and_a_real_shuffle_
     assert len(shuffled.records) == 2 * len(result.pairs)
     for record in shuffled.records:
         assert record["overlap"] == pytest.approx(record["intersection"] / 20)
-    summary = shuffled.summary()
+    summary = shuffled.as_dict()
     assert 0.0 <= summary["jaccard"] < 1.0 and set(summary["per_concept"]) == set(result.concepts)  # it did move
 
 
@@ -89,11 +90,11 @@ def test_region_invariance_is_exactly_one_when_all_image_tokens_are_equal():
     with torch.no_grad():
         projector.linear_2.weight.zero_()  # every image token becomes the same vector: shuffling changes nothing
     result = find_multimodal_neurons(model, vlm.processor, IMAGES[:1], concepts=["\x00"], top_k=5,
-                                     max_new_tokens=4, progress=False, heatmaps=0)
+                                     max_new_tokens=4, heatmaps=0)
     caption = result.captions[0]
     word = caption["caption"].split()[0]
     result = find_multimodal_neurons(model, vlm.processor, IMAGES[:1], concepts=[word], top_k=5,
-                                     max_new_tokens=4, progress=False, heatmaps=0)
+                                     max_new_tokens=4, heatmaps=0)
     found = region_invariance(model, vlm.processor, result, IMAGES[:1], k=5, seeds=[0, 1, 2])
     assert [r["jaccard"] for r in found.records] == [1.0, 1.0, 1.0]
 
@@ -101,7 +102,7 @@ def test_region_invariance_is_exactly_one_when_all_image_tokens_are_equal():
 def test_models_without_a_grid_are_skipped_with_the_reason():
     vlm = chat_vlm("instructblip")
     result = find_multimodal_neurons(vlm.model, vlm.processor, IMAGES[:1], concepts=["\x00"], top_k=5,
-                                     max_new_tokens=3, progress=False, heatmaps=0)
+                                     max_new_tokens=3, heatmaps=0)
     result.captions[0]["targets"] = [{"concept": "x", "token_id": 5, "step": 0}]
     found = region_invariance(vlm.model, vlm.processor, result, IMAGES[:1], k=5)
     assert not found.records and "query" in found.skipped[0]["reason"]

@@ -1,4 +1,4 @@
-"""The examples in the evaluate modules' docstrings run and print what they claim."""
+"""The examples in the measure modules' docstrings run and print what they claim."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 
 @pytest.mark.parametrize(
     "name",
-    ["neuronscope.evaluate.metrics", "neuronscope.evaluate.baselines", "neuronscope.evaluate.prediction"],
+    ["neuronscope.measure.metrics", "neuronscope.measure.edit_metrics", "neuronscope.measure.fluency",
+     "neuronscope.measure.baselines", "neuronscope.measure.prediction", "neuronscope.measure.probability"],
 )
 def test_docstring_examples(name):
     module = importlib.import_module(name)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from neuronscope.errors import InputError
-from neuronscope.recipes.qrnca import run_qrnca_domains, shapes_candidates
+from neuronscope.workflows.papers.qrnca import run_qrnca_domains, shapes_candidates
 
 pytestmark = pytest.mark.integration
 

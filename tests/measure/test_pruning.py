@@ -9,17 +9,16 @@ import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute.contribution import contribution
-from neuronscope.edit.usecases import score_grid
 from neuronscope.errors import NeuronscopeError
-from neuronscope.experiments.pruning import (
+from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
+from neuronscope.measure.pruning import (
     deep_layers,
     prune_experiment,
     pruning_interventions,
     task_accuracy,
     top_neurons_in_layers,
 )
-from neuronscope.inputs import Batch
-from neuronscope.inputs.targets import token_targets
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import intervene
 
@@ -75,13 +74,13 @@ def test_deep_layers_and_top_neurons():
         top_neurons_in_layers(grid, [1], 4)
 
 
-def test_score_grid_puts_listed_layers_in_place():
+def test_grid_puts_listed_layers_in_place():
     values = torch.arange(2 * 1 * 2 * 3, dtype=torch.float32).reshape(2, 1, 2, 3) - 5
     scores = NeuronScores(values, meta={"layers": [1, 3]})
-    grid = score_grid(scores, n_layers=4)
+    grid = scores.grid(n_layers=4)
     torch.testing.assert_close(grid[[1, 3]], values.sum(dim=(0, 1)))
     assert not grid[[0, 2]].any()
-    torch.testing.assert_close(score_grid(scores, 4, absolute=True)[1], values.abs().sum(dim=(0, 1))[0])
+    torch.testing.assert_close(scores.grid(4, absolute=True)[1], values.abs().sum(dim=(0, 1))[0])
 
 
 def test_pruning_intervention_equals_zeroed_value_vectors(model):
@@ -125,7 +124,7 @@ def test_scores_are_computed_with_the_named_method(model):
     batch = _batch()
     targets = _targets(model, batch)
     report = prune_experiment(model, batch, targets, keep=4, layers=[1], method="contribution", n_random=0)
-    grid = score_grid(contribution(model, batch, targets, layers=[1]), 2)
+    grid = contribution(model, batch, targets, layers=[1]).grid(2)
     assert report.points[0].kept == top_neurons_in_layers(grid, [1], 4).tolist()
     with pytest.raises(NeuronscopeError, match="grid"):
         prune_experiment(model, batch, targets, keep=4, scores=torch.zeros(3, D_FF))

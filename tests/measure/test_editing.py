@@ -9,9 +9,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.metrics import fluency, kl_divergence, token_agreement
-from neuronscope.experiments.editing import evaluate_edit, random_edits, success_rate, token_ids
 from neuronscope.inputs import encode_prompts, generate
+from neuronscope.measure.edit_metrics import kl_divergence, token_agreement
+from neuronscope.measure.editing import evaluate_edit, random_edits, success_rate, token_ids
+from neuronscope.measure.fluency import fluency
 
 WORDS = "the capital of france is paris rome city a cat dog sky blue red and on sat mat big house king".split()
 
@@ -170,12 +171,13 @@ def test_bad_goal_and_rule_are_refused(tiny):
 @pytest.mark.slow
 def test_smollm2_located_replacement_beats_random_edits_of_the_same_size(smollm2):
     from neuronscope.edit.optimise import optimise_edit
-    from neuronscope.edit.usecases import as_batch, locate_word
+    from neuronscope.inputs.batch import prompt_batch
     from neuronscope.inputs.targets import word_targets
+    from neuronscope.workflows.word_location import locate_word
 
     model, tokenizer = smollm2.model, smollm2.tokenizer
     unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]
-    batch, others = as_batch(tokenizer, ["The capital of France is"], model), as_batch(tokenizer, unrelated, model)
+    batch, others = prompt_batch(tokenizer, ["The capital of France is"], model), prompt_batch(tokenizer, unrelated, model)
     where = locate_word(model, tokenizer, batch, "Paris", top_k=20, max_new_tokens=1, contrast=others)
     edit = optimise_edit(model, where.neurons, batch, word_targets(tokenizer, batch, "Rome"), unrelated=others,
                          lr=0.002)

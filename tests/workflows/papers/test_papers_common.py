@@ -1,4 +1,4 @@
-"""LastTokenScorer (prefix cache + last-token run) against full forwards; small pure helpers."""
+"""The prefix-cache scorer (prefix cache + last-token run) against full forwards; small pure helpers."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from neuronscope.inputs import encode_prompts
-from neuronscope.recipes.arithmetic import addition_prompts
-from neuronscope.recipes.bias import pairs_for
-from neuronscope.recipes.common import LastTokenScorer, fraction_below, pcr_vs_random
-from neuronscope.recipes.knowledge_neurons import knowledge_neurons_of
+from neuronscope.measure.pcr import NeuronGroup, pcr_against_random
+from neuronscope.measure.probability import PrefixCacheScorer
 from neuronscope.trace import ablate_heads, intervene, suppress
+from neuronscope.workflows.papers.arithmetic import addition_prompts
+from neuronscope.workflows.papers.bias import pairs_for
+from neuronscope.workflows.papers.common import fraction_below
+from neuronscope.workflows.papers.knowledge_neurons import knowledge_neurons_of
 
 PROMPTS = ["Once upon a time", "The little dog ran to the", "Lily saw a big"]
 
@@ -30,26 +32,27 @@ def test_scorer_matches_full_forward_under_last_position_interventions(stories26
     model, tokenizer = stories260k.model, stories260k.tokenizer
     prompts = PROMPTS if not batched else ["Once upon a time", "Once upon a day", "The cat sat on", "The dog ran to"]
     targets = [5, 17, 42, 7][: len(prompts)]
-    scorer = LastTokenScorer(model, tokenizer, prompts, targets, batch_equal_lengths=batched)
+    scorer = PrefixCacheScorer(model, tokenizer, prompts, targets, batch_equal_lengths=batched)
     neurons = torch.tensor([[0, 3], [2, 10], [4, 100]])
     for interventions in ([], suppress(neurons, positions="last"), ablate_heads(model, [(1, 2)], positions="last")):
         expected = _full_probabilities(model, tokenizer, prompts, targets, interventions)
         got = scorer.probabilities(None, interventions)  # batched: two length groups, each one batch
         if batched:
             got = torch.cat([scorer.probabilities([0, 1], interventions), scorer.probabilities([2, 3], interventions)])
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got, expected.double(), rtol=1e-4, atol=1e-6)  # the scorer works in float64
     # the cache is restored after every use: the same call twice gives the same numbers
     torch.testing.assert_close(scorer.probabilities(), scorer.probabilities())
 
 
 def test_ranks_and_pcr_of_an_identity_intervention(stories260k):
     model, tokenizer = stories260k.model, stories260k.tokenizer
-    scorer = LastTokenScorer(model, tokenizer, PROMPTS, [5, 17, 42])
+    scorer = PrefixCacheScorer(model, tokenizer, PROMPTS, [5, 17, 42])
     logits = scorer.last_logits()
     expected_ranks = (logits > logits.gather(-1, scorer.targets[:, None])).sum(-1)
     assert scorer.ranks().tolist() == expected_ranks.tolist()
-    groups = [{"name": "g", "neurons": torch.tensor([[1, 4]]), "own": [0, 1], "unrelated": [2]}]
-    report = pcr_vs_random(scorer, groups, factor=1.0, n_random=2)  # ×1 changes nothing: every PCR is 0
+    groups = [NeuronGroup(torch.tensor([[1, 4]]), own=[0, 1], unrelated=[2], name="g")]
+    report = pcr_against_random(scorer, groups, factor=1.0, d_ff=model.config.intermediate_size,
+                                n_random=2).as_dict()  # ×1 changes nothing: every PCR is 0
     for kind in ("own", "unrelated", "random_own", "random_unrelated"):
         assert abs(report[kind]["mean"]) < 1e-5 and report[kind]["n"] == (2 if "own" in kind else 1) * (
             2 if "random" in kind else 1)

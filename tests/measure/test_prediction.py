@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.prediction import (
+from neuronscope.measure.prediction import (
     domain_scores,
     domain_specific_neurons,
     evaluate_predictions,

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from helpers.pipeline_vlms import metaspace_tokenizer
-from neuronscope.pipelines.nouns import (
+from neuronscope.workflows.multimodal.nouns import (
     TaggedWord,
     TaggerUnavailable,
     caption_token_spans,
@@ -78,7 +78,7 @@ def test_no_tagger_says_how_to_install_one():
 def test_spacy_adapter_reads_offsets_tags_and_lemmas_of_a_language_object():
     from types import SimpleNamespace
 
-    from neuronscope.pipelines.nouns import spacy_tagger
+    from neuronscope.workflows.multimodal.nouns import spacy_tagger
 
     class FakeLanguage:  # the parts of spacy.Language the adapter uses
         pipe_names = ["tok2vec", "tagger", "attribute_ruler", "lemmatizer"]

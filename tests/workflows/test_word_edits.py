@@ -1,4 +1,4 @@
-"""Edit use cases: word occurrences, located neurons, closed-form edits checked by hand, measured rates, exact revert;
+"""Word edits: word occurrences, located neurons, closed-form edits checked by hand, measured rates, exact revert;
 one integration test per use case on the real SmolLM2."""
 
 from __future__ import annotations
@@ -9,20 +9,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from neuronscope.attribute.contribution import contribution
-from neuronscope.edit.usecases import (
-    continued_batch,
-    find_word,
-    locate_word,
-    remove_word,
-    replace_word,
-    suppress_concept,
-    word_variants,
-)
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.errors import NeuronscopeError
-from neuronscope.evaluate.metrics import concept_rate
 from neuronscope.inputs import encode_prompts, generate
+from neuronscope.inputs.batch import extend_batch
 from neuronscope.inputs.targets import token_targets
+from neuronscope.measure.metrics import concept_rate
+from neuronscope.workflows.word_edits import remove_word, replace_word, suppress_concept
+from neuronscope.workflows.word_location import find_word, locate_word, word_variants
 
 WORDS = ("the capital of france is paris rome berlin city a cat dog sky blue red green and on sat mat big "
          "small house tree river old new king queen").split()
@@ -79,11 +73,11 @@ def test_word_variants_of_a_word_level_tokenizer(tiny):
         word_variants(tokenizer, "zanzibar")
 
 
-def test_continued_batch_positions_produce_the_generated_tokens(tiny):
+def test_extended_batch_positions_produce_the_generated_tokens(tiny):
     model, tokenizer = tiny
     batch = encode_prompts(tokenizer, PROMPTS, model=model)
     generation = generate(model, tokenizer, batch, max_new_tokens=4)
-    full = continued_batch(batch, generation)
+    full = extend_batch(batch, generation.tokens)
     with torch.no_grad():
         logits = model(**full.inputs).logits
     # greedy: each generated token is the argmax at the position that produced it (left padding included)
@@ -224,7 +218,7 @@ def test_remove_word_optimised_demotes_the_word_where_it_was_said(tiny):
     assert report.answers["before"] == generation.texts
     # by hand: at every position that said the word (teacher-forced), its probability is now below 0.02
     batch = encode_prompts(tokenizer, PROMPTS[:1], model=model)
-    full = continued_batch(batch, generation)
+    full = extend_batch(batch, generation.tokens)
     token = tokenizer.convert_tokens_to_ids(word)
     positions = generation.producing_positions()[find_word(generation.tokens, [[token]])[0]]
     with torch.no_grad(), edit.applied(model):

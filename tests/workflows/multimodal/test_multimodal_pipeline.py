@@ -16,16 +16,13 @@ from neuronscope.attribute.contribution import contribution
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models import get_adapter
-from neuronscope.pipelines import multimodal
-from neuronscope.pipelines.multimodal import (
-    caption_and_score,
-    find_multimodal_neurons,
-    image_token_activations,
-    load_results,
-    neuron_heatmaps,
-)
 from neuronscope.trace import capture
 from neuronscope.vision.heatmap import image_heatmap
+from neuronscope.workflows.multimodal import pipeline as multimodal
+from neuronscope.workflows.multimodal.heatmaps import image_token_activations, neuron_heatmaps
+from neuronscope.workflows.multimodal.pipeline import find_multimodal_neurons
+from neuronscope.workflows.multimodal.results import MultimodalNeurons
+from neuronscope.workflows.multimodal.scoring import caption_and_score, encode_captioning
 
 IMAGES = [gradient_image(40, 30), gradient_image(30, 40), gradient_image(48, 48).rotate(90),
           gradient_image(20, 60)]
@@ -94,7 +91,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     vlm = chat_vlm("llava", seed=2)
     model, processor = vlm.model, vlm.processor
     concepts = _concepts_of(model, processor, IMAGES)
-    options = dict(concepts=concepts, top_k=16, batch_size=2, max_new_tokens=5, progress=False, heatmaps=0)
+    options = dict(concepts=concepts, top_k=16, batch_size=2, max_new_tokens=5, heatmaps=0)
     whole = find_multimodal_neurons(model, processor, IMAGES, run_dir=tmp_path / "whole", **options)
 
     calls = {"n": 0}
@@ -118,7 +115,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     assert torch.equal(resumed.flat_indices, whole.flat_indices)
     for concept in whole.concepts:
         torch.testing.assert_close(resumed.concept_totals(concept)[0], whole.concept_totals(concept)[0])
-    loaded = load_results(tmp_path / "cut")
+    loaded = MultimodalNeurons.load(tmp_path / "cut")
     assert loaded.pairs == whole.pairs and torch.equal(loaded.flat_indices, whole.flat_indices)
 
 
@@ -126,7 +123,7 @@ def test_concept_totals_are_sums_and_counts_over_pairs(tmp_path):
     vlm = chat_vlm("llava", seed=2)
     concepts = _concepts_of(vlm.model, vlm.processor, IMAGES)
     result = find_multimodal_neurons(vlm.model, vlm.processor, IMAGES, concepts=concepts, top_k=8, batch_size=4,
-                                     max_new_tokens=5, progress=False, run_dir=tmp_path / "run", heatmaps=0)
+                                     max_new_tokens=5, run_dir=tmp_path / "run", heatmaps=0)
     adapter = get_adapter(vlm.model)
     for concept in result.concepts:
         total = torch.zeros(adapter.n_layers, adapter.d_ff)
@@ -154,7 +151,7 @@ def test_missing_and_unreadable_images_are_reported_and_counted(tmp_path):
     IMAGES[0].save(good)
     inputs = [str(good), str(tmp_path / "missing.png"), str(broken), IMAGES[1]]
     result = find_multimodal_neurons(vlm.model, vlm.processor, inputs, concepts=["x"], top_k=4, batch_size=2,
-                                     max_new_tokens=3, progress=False, run_dir=tmp_path / "run", heatmaps=0)
+                                     max_new_tokens=3, run_dir=tmp_path / "run", heatmaps=0)
     assert result.metrics["images_declared"] == 4
     assert result.metrics["images_skipped"] == 2
     assert result.metrics["images_captioned"] == 2
@@ -173,7 +170,7 @@ def test_heatmap_values_are_the_neurons_activations_at_the_image_tokens(tmp_path
     neurons = torch.tensor([[1, 5], [0, 7], [1, 60]])
     layout, acts = image_token_activations(model, processor, image, neurons)
     # oracle: a plain forward capturing every position
-    batch = multimodal._encode(processor, [image], multimodal.DEFAULT_CAPTION_PROMPT,
+    batch = encode_captioning(processor, [image], multimodal.DEFAULT_CAPTION_PROMPT,
                                multimodal.DEFAULT_CAPTION_PREFIX)
     with torch.no_grad(), capture(model, sites="neuron", positions="all") as everything:
         model(**batch.inputs)
@@ -216,7 +213,7 @@ def test_an_image_folder_with_an_unreadable_file(tmp_path):
     IMAGES[1].save(tmp_path / "c.jpg")
     vlm = chat_vlm("llava")
     result = find_multimodal_neurons(vlm.model, vlm.processor, read_image_folder(tmp_path), concepts=["x"],
-                                     top_k=4, max_new_tokens=3, progress=False, heatmaps=0)
+                                     top_k=4, max_new_tokens=3, heatmaps=0)
     assert result.metrics["images_declared"] == 3 and result.metrics["images_skipped"] == 1
     assert result.metrics["skipped_inputs"][0]["record"] == "b.png"
     assert [c["id"] for c in result.captions] == ["a.png", "b.png", "c.jpg"]

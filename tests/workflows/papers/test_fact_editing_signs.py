@@ -7,8 +7,8 @@ import torch
 from neuronscope.edit.weights import ValueVectorEdit
 from neuronscope.inputs import encode_prompts
 from neuronscope.models.adapter import get_adapter
-from neuronscope.recipes.fact_editing import _activation_signs
 from neuronscope.trace import capture
+from neuronscope.workflows.papers.fact_editing import _activation_signs
 
 
 def _margin(model, batch, new, old):

@@ -11,10 +11,10 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from neuronscope.attribute.contribution import contribution
 from neuronscope.errors import InputError
-from neuronscope.evaluate.metrics import kl_divergence
-from neuronscope.experiments.bias import bias_experiment, bias_neurons, probability_gap
 from neuronscope.inputs import encode_prompts
 from neuronscope.inputs.targets import token_targets
+from neuronscope.measure.bias import bias_experiment, bias_neurons, probability_gap
+from neuronscope.measure.edit_metrics import kl_divergence
 from neuronscope.results.scores import NeuronScores
 
 WORDS = "a an the woman man girl boy works as is nurse engineer doctor teacher sky blue king and".split()
@@ -98,7 +98,7 @@ def test_gaps_and_locality_equal_a_zeroed_copy(tiny):
         assert not {tuple(row) for row in draw} & {tuple(row) for row in neurons.tolist()}
         torch.testing.assert_close(torch.tensor(gaps, dtype=torch.float64),
                                    _gap_by_hand(_zeroed(model, draw), tokenizer, ids))
-    summary = report.summary()
+    summary = report.headline()
     before = float(_gap_by_hand(model, tokenizer, ids).abs().mean())
     after = float(_gap_by_hand(zeroed, tokenizer, ids).abs().mean())
     assert summary["mean_abs_gap"]["before"] == pytest.approx(before)
@@ -164,7 +164,7 @@ def test_smollm2_zeroing_cna_neurons_shrinks_the_gender_gap_more_than_random(smo
     unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]
     report = bias_experiment(model, tokenizer, pairs, jobs, top_k=10, method="contribution",
                              unrelated_prompts=unrelated, n_random=2)
-    summary = report.summary()
+    summary = report.headline()
     print("bias SmolLM2:", summary)
     # measured: the raw gap shrinks by ~60 % (random: ~0 %) while unrelated answers keep their top-1; the gap
     # within the occupations (renormalised over them) does not shrink with these neurons

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from neuronscope.errors import InputError
-from neuronscope.evaluate.baselines import random_neurons_like
-from neuronscope.evaluate.metrics import concept_rate
-from neuronscope.experiments.captions import caption_images, concept_removal, removal_records
+from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.captions import caption_images, concept_removal, removal_records
+from neuronscope.measure.metrics import concept_rate
 from neuronscope.trace import intervene, suppress
 
 pytestmark = pytest.mark.integration

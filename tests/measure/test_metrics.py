@@ -8,27 +8,24 @@ import pytest
 import torch
 
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.metrics import (
+from neuronscope.measure.edit_metrics import (
+    edit_success,
+    generalisation,
+    kl_divergence,
+    locality_kl,
+    reliability,
+    token_agreement,
+)
+from neuronscope.measure.fluency import fluency, n_gram_entropy, simple_word_tokenize
+from neuronscope.measure.metrics import (
     ConceptCaptions,
     Summary,
     causal_effect,
     concept_rate,
-    edit_success,
-    fluency,
-    generalisation,
-    kl_divergence,
-    locality_kl,
     mentions_concept,
-    n_gram_entropy,
-    prefers_target,
     probability_change_ratio,
-    reliability,
-    sequence_nll,
-    simple_word_tokenize,
     specificity,
     summarise,
-    token_accuracy,
-    token_agreement,
 )
 
 # ---------------------------------------------------------------- PCR and summaries
@@ -146,25 +143,6 @@ def test_edit_success_rules_by_hand():
         edit_success(logits, [1, 2])
     with pytest.raises(InputError, match=r"\[n, vocab\]"):
         edit_success(logits[0], [1])
-
-
-def test_sequence_nll_prefers_target_and_token_accuracy_by_hand():
-    # vocab 2, logits chosen so that probabilities are explicit: log-softmax of [log a, log b] = [log a, log b]
-    # when a + b = 1.
-    probs = torch.tensor([[[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]], [[0.3, 0.7], [0.6, 0.4], [0.5, 0.5]]])
-    logits = probs.log()
-    targets = torch.tensor([[0, 1, 0], [1, 1, 0]])
-    mask = torch.tensor([[True, True, False], [True, True, True]])
-    nll = sequence_nll(logits, targets, mask)
-    assert nll[0].item() == pytest.approx(-(math.log(0.9) + math.log(0.8)) / 2)
-    assert nll[1].item() == pytest.approx(-(math.log(0.7) + math.log(0.4) + math.log(0.5)) / 3)
-    assert prefers_target(nll, torch.tensor([1.0, 0.1])).tolist() == [True, False]
-    # argmax per position: [0, 1, 0(tie -> first)], [1, 0, 0]
-    accuracy = token_accuracy(logits, targets, mask)
-    assert accuracy.tolist() == pytest.approx([1.0, 2 / 3])
-    assert token_accuracy(logits, targets).tolist() == pytest.approx([1.0, 2 / 3])
-    with pytest.raises(InputError, match="no target tokens"):
-        token_accuracy(logits, targets, torch.zeros_like(mask))
 
 
 def test_token_agreement_by_hand():

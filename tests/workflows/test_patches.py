@@ -12,14 +12,14 @@ from helpers.tiny_vlms import gradient_image
 from neuronscope.inputs import encode_images
 from neuronscope.models import get_adapter
 from neuronscope.models.image_layout import image_layout
-from neuronscope.pipelines.patches import (
+from neuronscope.runs import RunDir
+from neuronscope.trace import capture
+from neuronscope.workflows.patches import (
     head_source_contributions,
     important_patches,
     min_max,
     rank_correlation,
 )
-from neuronscope.runs import RunDir
-from neuronscope.trace import capture
 
 IMAGE = gradient_image(40, 30)
 
@@ -129,7 +129,7 @@ def test_vqa_jsonl_run_counts_skipped_images_and_resumes(tmp_path, monkeypatch):
     import json
 
     from neuronscope.inputs.images import read_vqa_jsonl
-    from neuronscope.pipelines import patches
+    from neuronscope.workflows import patches
 
     IMAGE.save(tmp_path / "good.png")
     (tmp_path / "broken.png").write_bytes(b"nope")
@@ -138,7 +138,7 @@ def test_vqa_jsonl_run_counts_skipped_images_and_resumes(tmp_path, monkeypatch):
     (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     vlm = chat_vlm("llava")
     metrics = patches.find_important_patches(vlm.model, vlm.processor, read_vqa_jsonl(tmp_path / "vqa.jsonl"),
-                                             run_dir=tmp_path / "run", progress=False)
+                                             run_dir=tmp_path / "run")
     assert metrics["questions_declared"] == 4
     assert metrics["questions_done"] == 2 and metrics["questions_skipped"] == 2
     assert sorted(s["record"] for s in metrics["skipped_inputs"]) == ["2", "3"]  # ids are line numbers
@@ -147,5 +147,5 @@ def test_vqa_jsonl_run_counts_skipped_images_and_resumes(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(patches, "important_patches", lambda *a, **k: calls.append(1))
     again = patches.find_important_patches(vlm.model, vlm.processor, read_vqa_jsonl(tmp_path / "vqa.jsonl"),
-                                           run_dir=tmp_path / "run", resume=True, progress=False)
+                                           run_dir=tmp_path / "run", resume=True)
     assert not calls and again == metrics

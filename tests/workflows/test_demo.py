@@ -14,7 +14,7 @@ from neuronscope.bundled import SHAPES_VLM_PATH
 def test_quick_demo(tmp_path):
     if not (SHAPES_VLM_PATH / "model.safetensors").is_file():
         pytest.skip("bundled model missing")
-    from neuronscope.demo import run_demo
+    from neuronscope.workflows.demo import run_demo
 
     out = run_demo(tmp_path / "demo", quick=True)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -23,7 +23,7 @@ def test_quick_demo(tmp_path):
     random = next(v for k, v in metrics.items() if k.startswith("edit to") and "random" in k)
     assert metrics[f"'{concept}' rate in their captions, before"] > 0.8
     assert located < random - 0.5, metrics
-    assert metrics["edit: other words, mean absolute change in rate (specificity)"] < 0.2
+    assert metrics["edit: other words, mean absolute change in rate (each over the images that show it)"] < 0.2
     rows = metrics["suppression, every colour"]  # every colour shown, at k = 10 and 300, located and random
     assert {row["k"] for row in rows} == {10, 300} and concept in {row["concept"] for row in rows}
     top = [row for row in rows if row["k"] == 300]

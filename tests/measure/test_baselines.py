@@ -9,7 +9,7 @@ import torch
 
 from neuronscope.aggregate.select import layer_histogram
 from neuronscope.errors import InputError, NeuronscopeError
-from neuronscope.evaluate.baselines import random_neurons_like, summarise_draws
+from neuronscope.measure.baselines import random_neurons_like, summarise_draws
 
 LOCATED = torch.tensor([[2, 5], [0, 1], [2, 7], [2, 9], [3, 0]])
 
