@@ -24,7 +24,7 @@ def main() -> None:
 
     from neuronscope.bundled import SHAPES_VLM_PATH
     from neuronscope.models.loading import LoadedModel
-    from neuronscope.recipes.qrnca import run_qrnca_domains
+    from neuronscope.workflows.papers.qrnca import run_qrnca_domains
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)

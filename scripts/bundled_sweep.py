@@ -32,9 +32,9 @@ def score_neurons(model: Any, processor: Any, n_images: int, ks: Sequence[int], 
         render_scene,
         sample_scenes,
     )
-    from neuronscope.experiments.captions import concept_removal, removal_records
+    from neuronscope.measure.captions import concept_removal, removal_records
     from neuronscope.models import get_adapter
-    from neuronscope.pipelines.multimodal import find_multimodal_neurons
+    from neuronscope.workflows.multimodal import find_multimodal_neurons
 
     scenes = sample_scenes(n_images, seed=0, split="test")
     images = [render_scene(scene) for scene in scenes]
