@@ -29,7 +29,8 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -39,6 +40,25 @@ BACKENDS = ("auto", "plain", "compiled", "triton")
 DEFAULT_BLOCK = 8192
 _broken: set[str] = set()  # fast backends that failed once in this process (then skipped)
 _compiled: dict[bool, Callable] = {}
+_preferred: list[str] = []  # set by use_backend(): what "auto" means inside that block
+
+
+@contextmanager
+def use_backend(backend: str) -> Iterator[None]:
+    """Inside the block, ``backend="auto"`` means ``backend`` (e.g. to time or check one kernel through
+    :func:`neuronscope.attribute.log_probability_increase.log_probability_increase`).
+
+    Example:
+        >>> with use_backend("plain"):
+        ...     scores = shifted_logsumexp(torch.zeros(3), torch.zeros(1, 3))
+    """
+    if backend not in BACKENDS:
+        raise NeuronscopeError(f"unknown log-sum-exp backend '{backend}': use one of {', '.join(BACKENDS)}")
+    _preferred.append(backend)
+    try:
+        yield
+    finally:
+        _preferred.pop()
 
 
 def _capped(x: torch.Tensor, softcap: float | None) -> torch.Tensor:
@@ -110,6 +130,8 @@ def triton_available() -> bool:
 
 
 def _order(backend: str, device: torch.device, acc: torch.dtype) -> list[str]:
+    if backend == "auto" and _preferred:
+        backend = _preferred[-1]
     if backend != "auto":
         return [backend]
     if device.type != "cuda" or acc == torch.float64:
@@ -160,7 +182,7 @@ def shifted_logsumexp(
         try:
             return (_triton_call if name == "triton" else _compiled_call)(base, delta, scale, softcap)
         except Exception as error:  # noqa: BLE001 - a fast kernel that cannot build here falls back, once
-            if backend != "auto":
+            if len(order) == 1:
                 raise
             _broken.add(name)
             warnings.warn(f"log-sum-exp backend '{name}' failed ({type(error).__name__}: {error}); using the next "
