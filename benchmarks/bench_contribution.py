@@ -18,9 +18,19 @@ import argparse
 from typing import Any
 
 import torch
-
-from common import LLAMA2_7B, TINY, build_llama, device, free, load_smollm2, main, measure, strip, text_batch
-from common import weights_bytes
+from common import (
+    LLAMA2_7B,
+    TINY,
+    build_llama,
+    device,
+    free,
+    load_smollm2,
+    main,
+    measure,
+    strip,
+    text_batch,
+    weights_bytes,
+)
 
 
 def _targets(ids: torch.Tensor, caption: int):
@@ -45,16 +55,16 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
         entry: dict[str, Any] = {"batch": size, "length": prompt + caption, "targets_per_row": caption}
 
         @torch.no_grad()
-        def forward():
+        def forward(batch=batch):
             return model(**batch.inputs).logits[:, -1, :2].float().cpu()
 
         @torch.no_grad()
-        def forward_no_logits():
+        def forward_no_logits(batch=batch):
             return model(**batch.inputs, logits_to_keep=1).logits[:, -1, :2].float().cpu()
 
         for name, function in (("forward", forward), ("forward_no_logits", forward_no_logits),
-                               ("top_k", lambda: contribution(model, batch, targets, top_k=top_k)),
-                               ("dense", lambda: contribution(model, batch, targets))):
+                               ("top_k", lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k)),
+                               ("dense", lambda b=batch, t=targets: contribution(model, b, t))):
             measured = measure(function, where, repeats, weights=weights)
             entry[name] = strip(measured)
             if name == "top_k":

@@ -19,9 +19,19 @@ import time
 from typing import Any
 
 import torch
-
-from common import LLAMA2_7B, TINY, build_llama, device, free, load_smollm2, main, measure, strip, text_batch
-from common import weights_bytes
+from common import (
+    LLAMA2_7B,
+    TINY,
+    build_llama,
+    device,
+    free,
+    load_smollm2,
+    main,
+    measure,
+    strip,
+    text_batch,
+    weights_bytes,
+)
 
 
 def _agreement(fast: torch.Tensor, plain: torch.Tensor) -> dict[str, float]:

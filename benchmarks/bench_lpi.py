@@ -16,9 +16,19 @@ import argparse
 from typing import Any
 
 import torch
-
-from common import (LLAMA2_7B, LLAMA3_8B, PEAK_TFLOPS, TINY, build_llama, device, free, main, measure, strip,
-                    text_batch)
+from common import (
+    LLAMA2_7B,
+    LLAMA3_8B,
+    PEAK_TFLOPS,
+    TINY,
+    build_llama,
+    device,
+    free,
+    main,
+    measure,
+    strip,
+    text_batch,
+)
 
 
 def _matmul_only(model, chunk: int, compute: torch.dtype) -> None:
@@ -78,8 +88,6 @@ def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[
                  "max_abs_lpi_fp32": float(full.abs().max()),
                  f"top{top}_overlap_bf16_vs_fp32": len(set(full.topk(top).indices.tolist())
                                                        & set(half.topk(top).indices.tolist())) / top}
-    del model
-    free()
     return {"rows": rows, "agreement": agreement}
 
 
@@ -89,6 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows, agreement = [], []
     for name, shape in shapes.items():
         found = _one_shape(name, shape, where, args.tiny)
+        free()  # the one-layer model of this shape is gone with _one_shape's frame
         rows += found["rows"]
         agreement.append(found["agreement"])
     best = {}

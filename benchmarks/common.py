@@ -117,11 +117,8 @@ def load_smollm2():
     from neuronscope.models import load_model, smollm2_location
 
     folder, gguf_file = smollm2_location()
-    model = load_model(folder, gguf_file=gguf_file)
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-    return model.eval(), tokenizer
+    loaded = load_model(folder, gguf_file=gguf_file)
+    return loaded.model.eval(), loaded.tokenizer
 
 
 def text_batch(ids: torch.Tensor):
