@@ -11,8 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-_SENTINEL = -1.0e30  # finite "minus infinity" for the running max: exp(sentinel - sentinel) stays 1, never NaN
-
 
 @triton.jit
 def _shifted_lse_kernel(base_ptr, delta_ptr, scale_ptr, out_ptr, vocab, row_stride, softcap,
@@ -21,7 +19,8 @@ def _shifted_lse_kernel(base_ptr, delta_ptr, scale_ptr, out_ptr, vocab, row_stri
     factor = 1.0
     if HAS_SCALE:
         factor = tl.load(scale_ptr + row).to(tl.float32)
-    running_max = tl.full([BLOCK], _SENTINEL, tl.float32)
+    # a finite "minus infinity" for the running max: exp(start - start) stays 1, never NaN
+    running_max = tl.full([BLOCK], -1.0e30, tl.float32)
     running_sum = tl.zeros([BLOCK], tl.float32)
     row_start = delta_ptr + row.to(tl.int64) * row_stride
     for start in range(0, vocab, BLOCK):

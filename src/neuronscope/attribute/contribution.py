@@ -236,15 +236,23 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     selector: Any = (RunningTopK(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff, device, absolute)
                      if top_k is not None else ThresholdSelection(threshold, adapter.d_ff, absolute))
     kept_layers: list[tuple[int, torch.Tensor]] = []
+    # index tensors on every layer's device before the forward: no host-to-device copies inside it
+    indexing = {}
+    for layer in layer_list:
+        here = adapter.value_vectors(layer).device
+        if here not in indexing:
+            indexing[here] = (torch.arange(n_rows, device=here)[:, None], positions.to(here), target_index.to(here))
 
     def hook_for(slot: int, layer: int):
         def score(tensor: torch.Tensor, call) -> None:
             if call.offset != 0:
                 return None
             here = tensor.device
-            acts = tensor[torch.arange(n_rows, device=here)[:, None], positions.to(here)]  # [B, n, d_ff]
+            row_index, position_index, token_index = indexing.get(here) or (
+                torch.arange(n_rows, device=here)[:, None], positions.to(here), target_index.to(here))
+            acts = tensor[row_index, position_index]  # [B, n, d_ff]
             proj = layer_projection(adapter, layer, directions, norm is not None and norm.kind == "layer", here)
-            scores = (acts.to(proj.dtype) * proj.T[target_index.to(here)]).reshape(rows, -1).to(device)
+            scores = (acts.to(proj.dtype) * proj.T[token_index]).reshape(rows, -1).to(device)
             if deferred:
                 kept_layers.append((slot, scores))
             else:

@@ -255,21 +255,23 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
             return None
         chunk_layer, chunk_alpha = row_layer[start:start + rows], row_alpha[start:start + rows]
         plan = {}
-        for layer in dict.fromkeys(chunk_layer.tolist()):
+        for layer in dict.fromkeys(chunk_layer.tolist()):  # on the device now: no copies inside the forward
             where = (chunk_layer == layer).nonzero()[:, 0]
-            plan[layer] = (where.to(device), chunk_alpha[where])
+            plan[layer] = (where.to(device), chunk_alpha[where].to(device))
         kwargs: dict[str, Any] = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
                                       position_ids=positions[scored].expand(1, rows))
         if cache is not None:
             kwargs.update({keyword: copy.deepcopy(cache), "use_cache": True})
         else:
             kwargs["use_cache"] = False
-        before = _memory_mark(device)
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         scaler.start(plan, tokens=True)
         failed = False
         try:
             with torch.enable_grad():
                 probability = _target_probability(model(**kwargs).logits[0], token)
+                if before is not None:  # what the rows keep for the backward (the planner's model is corrected)
+                    planner.observe(rows, scored, torch.cuda.memory_allocated(device) - before)
                 leaves = [scaler.leaves[layer] for layer in plan]
                 grads = torch.autograd.grad(probability.sum(), leaves)
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
@@ -294,19 +296,9 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
         for layer, grad in zip(plan, grads, strict=True):
             grad_sums[slot_of[layer]] += grad.to(grad_sums.dtype).sum(0)
             activations[slot_of[layer]] = scaler.activations[layer][0].to(grad_sums.dtype)
-        if before is not None:
-            planner.observe(rows, scored, torch.cuda.max_memory_allocated(device) - before)
         start += rows
         sizes = sizes[1:] or planner.chunks(row_layer.numel() - start, scored, device)
     return (activations * grad_sums / alphas.numel()).cpu()
-
-
-def _memory_mark(device: torch.device) -> int | None:
-    """CUDA: reset the peak counter and return the memory in use now (the chunk's peak is measured above it)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.reset_peak_memory_stats(device)
-    return torch.cuda.memory_allocated(device)
 
 
 def _ig_plain(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,

@@ -119,8 +119,9 @@ class RowPlanner:
     rows, so for a fixed number of rows the fastest plan is the fewest chunks that fit; chunks are then balanced
     (no small tail). Memory per chunk of ``r`` rows after a prefix of ``P`` is modelled as
     ``r · (per_row + per_row_key · (P + r))`` bytes (saved activations, logits, and attention scores when the
-    attention materialises them), times a correction measured on the device after each chunk (CUDA's peak
-    allocation), so the model's error does not accumulate over prompts. An out-of-memory error halves the limit.
+    attention materialises them), times a correction measured on the device after each chunk's forward (the
+    memory it holds for the backward), so the model's error does not carry over to the next prompts. An
+    out-of-memory error halves the limit.
 
     Attributes:
         per_row: bytes a row keeps for the backward, per row (all layers, logits included).
@@ -182,7 +183,7 @@ class RowPlanner:
         return [base + (1 if i < extra else 0) for i in range(count)]
 
     def observe(self, rows: int, prefix: int, peak_bytes: float) -> None:
-        """Record a chunk's measured peak (bytes above the memory in use before it) to correct the model."""
+        """Record what a chunk's forward holds (bytes above the memory in use before it) to correct the model."""
         self.history.append((rows, int(peak_bytes)))
         modelled = self.modelled(rows, prefix) / self.correction
         if modelled > 0 and peak_bytes > 0:
