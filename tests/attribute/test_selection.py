@@ -8,7 +8,7 @@ import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute.contribution import SelectedScores, contribution
-from neuronscope.attribute.selection import RunningTopK, ThresholdSelection, to_host
+from neuronscope.attribute.selection import BufferedTopK, RunningTopK, ThresholdSelection, to_host
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -29,7 +29,13 @@ def _targets() -> TargetSet:
 @pytest.mark.parametrize("family,site,final_norm", [("llama", "neuron", False), ("llama", "act", True),
                                                      ("gpt2", "neuron", True), ("qwen2", "neuron", False)])
 @pytest.mark.parametrize("absolute", [False, True])
-def test_top_k_on_device_equals_dense_top_k(family, site, final_norm, absolute):
+@pytest.mark.parametrize("selector", ["buffered", "running"])
+def test_top_k_on_device_equals_dense_top_k(family, site, final_norm, absolute, selector, monkeypatch):
+    if selector == "running":  # the GPU's selector, forced on the CPU
+        from neuronscope.attribute import contribution as module
+
+        monkeypatch.setattr(module, "top_k_selector", lambda rows, k, d_ff, layers, device, absolute:
+                            RunningTopK(rows, k, d_ff, device, absolute))
     model = tiny_text_model(family, dtype=torch.float64)
     batch = _batch(batch=2, length=7, left_pad=(0, 2))
     targets = _targets()
@@ -85,10 +91,19 @@ def test_float32_and_bf16_selection():
 
 
 def test_running_top_k_and_threshold_by_hand():
-    top = RunningTopK(rows=1, k=2, d_ff=3, device="cpu", absolute=True)
-    top.add(0, torch.tensor([[1.0, -5.0, 2.0]]))
-    top.add(1, torch.tensor([[0.5, 3.0, -0.1]]))
-    assert top.values.tolist() == [[-5.0, 3.0]] and top.indices.tolist() == [[1, 4]]
+    for top in (RunningTopK(rows=1, k=2, d_ff=3, device="cpu", absolute=True),
+                BufferedTopK(rows=1, k=2, d_ff=3, layers=2, device="cpu", absolute=True)):
+        top.add(0, torch.tensor([[1.0, -5.0, 2.0]]))
+        top.add(1, torch.tensor([[0.5, 3.0, -0.1]]))
+        assert top.values.tolist() == [[-5.0, 3.0]] and top.indices.tolist() == [[1, 4]]
+    # the two selectors agree on random scores over many layers
+    generator = torch.Generator().manual_seed(0)
+    running, buffered = RunningTopK(3, 40, 16, "cpu"), BufferedTopK(3, 40, 16, 5, "cpu")
+    for layer in range(5):
+        scores = torch.randn(3, 16, generator=generator, dtype=torch.float64)
+        running.add(layer, scores)
+        buffered.add(layer, scores)
+    assert torch.equal(running.values, buffered.values) and torch.equal(running.indices, buffered.indices)
     chosen = ThresholdSelection(2.0, 3)
     chosen.add(0, torch.tensor([[1.0, 5.0, 2.0], [0.0, 0.0, 3.0]]))
     chosen.add(2, torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.0, 0.0]]))

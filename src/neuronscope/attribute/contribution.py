@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.registry import register
-from neuronscope.attribute.selection import RunningTopK, ThresholdSelection, to_host
+from neuronscope.attribute.selection import ThresholdSelection, to_host, top_k_selector
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -233,7 +233,8 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
         directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
     rows = n_rows * n_targets
     deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
-    selector: Any = (RunningTopK(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff, device, absolute)
+    selector: Any = (top_k_selector(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff,
+                                    len(layer_list), device, absolute)
                      if top_k is not None else ThresholdSelection(threshold, adapter.d_ff, absolute))
     kept_layers: list[tuple[int, torch.Tensor]] = []
     # index tensors on every layer's device before the forward: no host-to-device copies inside it

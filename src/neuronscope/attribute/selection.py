@@ -53,6 +53,51 @@ class RunningTopK:
         self.values, self.indices = values.gather(-1, order), indices.gather(-1, order)
 
 
+class BufferedTopK:
+    """Same answer as :class:`RunningTopK`, from one buffer ``[rows, layers × d_ff]`` and one top-k at the end.
+
+    Faster on a CPU, where a top-k of ``k`` out of ``k + d_ff`` per layer costs about a sort; on a GPU the running
+    merge keeps the memory at ``rows × (k + d_ff)`` instead. :func:`top_k_selector` picks one.
+    """
+
+    def __init__(self, rows: int, k: int, d_ff: int, layers: int, device: torch.device | str, absolute: bool = False,
+                 dtype: torch.dtype = torch.float32):
+        if k < 1:
+            raise NeuronscopeError(f"top_k must be at least 1, got {k}")
+        self.k, self.d_ff, self.absolute = k, d_ff, absolute
+        self.buffer = torch.zeros(rows, layers * d_ff, device=device, dtype=dtype)
+        self._done: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def add(self, layer: int, scores: torch.Tensor) -> None:
+        if self.buffer.dtype != scores.dtype:
+            self.buffer = self.buffer.to(scores.dtype)
+        self.buffer[:, layer * self.d_ff:(layer + 1) * self.d_ff] = scores
+        self._done = None
+
+    def _finish(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._done is None:
+            keep = min(self.k, self.buffer.shape[-1])
+            order = (self.buffer.abs() if self.absolute else self.buffer).topk(keep, dim=-1, sorted=True).indices
+            self._done = self.buffer.gather(-1, order), order
+        return self._done
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._finish()[0]
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self._finish()[1]
+
+
+def top_k_selector(rows: int, k: int, d_ff: int, layers: int, device: torch.device | str,
+                   absolute: bool = False) -> RunningTopK | BufferedTopK:
+    """A running merge on a GPU (small memory), one buffer and one top-k on a CPU (fast there)."""
+    if torch.device(device).type == "cpu":
+        return BufferedTopK(rows, k, d_ff, layers, device, absolute)
+    return RunningTopK(rows, k, d_ff, device, absolute)
+
+
 @dataclass
 class ThresholdSelection:
     """Every score at or above ``threshold`` (``|score|`` when ``absolute``), as coordinates + values.

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.contribution import CONTRIBUTION_SITES, layer_projection
-from neuronscope.attribute.selection import RunningTopK, to_host
+from neuronscope.attribute.selection import to_host, top_k_selector
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, Generation, generate
 from neuronscope.models.adapter import get_adapter
@@ -162,7 +162,7 @@ def caption_contributions(
         chunk = pairs[start:start + pair_chunk]
         unique, target_index = chunk[:, 2].unique(return_inverse=True)
         directions = adapter.unembedding()[unique.to(device)]
-        top = RunningTopK(chunk.shape[0], k, adapter.d_ff, device, absolute)
+        top = top_k_selector(chunk.shape[0], k, adapter.d_ff, adapter.n_layers, device, absolute)
         for layer in range(adapter.n_layers):
             here = buffers[layer].device
             acts = buffers[layer][chunk[:, 0].to(here), chunk[:, 1].to(here)]  # [p, d_ff]
