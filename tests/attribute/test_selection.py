@@ -32,8 +32,9 @@ def _targets() -> TargetSet:
 @pytest.mark.parametrize("selector", ["buffered", "running"])
 def test_top_k_on_device_equals_dense_top_k(family, site, final_norm, absolute, selector, monkeypatch):
     if selector == "running":  # the GPU's selector, forced on the CPU
-        from neuronscope.attribute import contribution as module
+        import importlib
 
+        module = importlib.import_module("neuronscope.attribute.contribution")  # the module, not the function
         monkeypatch.setattr(module, "top_k_selector", lambda rows, k, d_ff, layers, device, absolute:
                             RunningTopK(rows, k, d_ff, device, absolute))
     model = tiny_text_model(family, dtype=torch.float64)
