@@ -177,3 +177,32 @@ def test_float32_sequence_equals_plain_to_1e_5():
     fast = integrated_gradients(model, batch, targets, steps=20).values
     plain = integrated_gradients(model, batch, targets, steps=20, method="plain").values
     assert float((fast - plain).abs().max() / plain.abs().max()) < 1e-5
+
+
+def test_planner_tries_each_size_once_then_uses_the_fastest():
+    planner = RowPlanner(per_row=1.0, per_row_key=0.0, budget=1000.0)
+    cpu = torch.device("cpu")
+    assert planner.candidates(100, 5, cpu) == [100, 50, 25]
+    assert planner.next_chunk(100, 5, cpu) == (100, 100)
+    planner.timed(100, 100, 2.0)  # 50 rows/s
+    assert planner.next_chunk(100, 5, cpu) == (50, 50)
+    planner.timed(50, 50, 0.5)  # 100 rows/s
+    assert planner.next_chunk(50, 5, cpu, total=100) == (25, 25)  # the rest of a 100-row prompt
+    planner.timed(25, 25, 0.5)  # 50 rows/s
+    assert planner.next_chunk(100, 5, cpu) == (50, None)  # the fastest, balanced
+    assert planner.next_chunk(70, 5, cpu, total=100) == (35, None)
+    assert planner.chunks(100, 5, cpu) == [50, 50]
+
+
+def test_repeated_calls_with_size_trials_give_the_same_scores():
+    """32 rows per prompt: the per-model planner tries 32, 16 and 8 rows per chunk over the first calls; every
+    call still gives the plain path's scores."""
+    model = _model("llama")
+    batch = _batch(random_batch(batch=1, length=6, seed=7))
+    targets = token_targets(batch, 9)
+    plain = integrated_gradients(model, batch, targets, steps=16, method="plain").values
+    for _ in range(3):
+        torch.testing.assert_close(integrated_gradients(model, batch, targets, steps=16).values, plain, **EXACT)
+    from neuronscope.attribute.prefix_rows import planner_for
+
+    assert set(planner_for(model).speeds) == {32, 16, 8}

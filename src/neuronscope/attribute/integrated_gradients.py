@@ -43,6 +43,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.prefix_rows import RowPlanner, cache_keyword, shared_prefix_mask
+from neuronscope.attribute.prefix_rows import RowPlanner, cache_keyword, planner_for, shared_prefix_mask
 from neuronscope.attribute.registry import register
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
@@ -247,9 +248,9 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
     slot_of = {layer: slot for slot, layer in enumerate(layers)}
     grad_sums = activations = None
     keyword, start = cache_keyword(model), 0
-    sizes = planner.chunks(row_layer.numel(), scored, device)
     while start < row_layer.numel():
-        rows = sizes[0]
+        rows, candidate = planner.next_chunk(row_layer.numel() - start, scored, device, row_layer.numel())
+        began = time.perf_counter()
         mask = shared_prefix_mask(model, cache, scored, rows, device)
         if mask is None:
             return None
@@ -287,7 +288,6 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
                 raise NeuronscopeError("out of memory with one integrated-gradients row: use a smaller dtype, "
                                        "shorter prompts or spread the model over more GPUs (device_map)")
             planner.shrink(rows)
-            sizes = planner.chunks(row_layer.numel() - start, scored, device)
             continue
         if grad_sums is None:
             work = _work_dtype(grads[0].dtype)
@@ -296,8 +296,11 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
         for layer, grad in zip(plan, grads, strict=True):
             grad_sums[slot_of[layer]] += grad.to(grad_sums.dtype).sum(0)
             activations[slot_of[layer]] = scaler.activations[layer][0].to(grad_sums.dtype)
+        if candidate is not None:  # a size being tried: time it (one synchronisation)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            planner.timed(candidate, rows, time.perf_counter() - began)
         start += rows
-        sizes = sizes[1:] or planner.chunks(row_layer.numel() - start, scored, device)
     return (activations * grad_sums / alphas.numel()).cpu()
 
 
@@ -351,9 +354,11 @@ def integrated_gradients(
         site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).
         layers: layers to score; default all. Each layer is attributed separately (other layers untouched).
         batch_size: the most rows per forward: (layer, step) rows for ``"sequence"`` and ``"packed"``, steps for
-            ``"plain"``. Default for ``"sequence"``: planned per prompt from the free memory (the fewest chunks
-            that fit, balanced; measured and corrected after each chunk; halved on out-of-memory); for
-            ``"packed"`` all ``layers × steps`` rows on a GPU, 64 on a CPU; for ``"plain"`` 64.
+            ``"plain"``. Default for ``"sequence"``: the fastest measured size that fits in the free memory
+            (:class:`~neuronscope.attribute.prefix_rows.RowPlanner`: the largest size that fits, its half and its
+            quarter are each tried once on real rows and timed, then the fastest is used in balanced chunks; kept
+            per model across calls; halved on out-of-memory); for ``"packed"`` all ``layers × steps`` rows on a GPU,
+            64 on a CPU; for ``"plain"`` 64.
         method: ``"sequence"`` (default: prefix once, all rows as query tokens of one sequence under a 4-D mask,
             one backward), ``"packed"`` (rows as batch rows, each with a copy of the prefix cache) or ``"plain"``
             (the reference: one layer at a time, full sequence, no cache). All give the same scores.
@@ -381,7 +386,7 @@ def integrated_gradients(
         )
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise NeuronscopeError(f"batch_size must be a positive number of rows, got {batch_size!r}")
-    planner = RowPlanner.for_model(model, limit=batch_size, budget=memory_budget)
+    planner = planner_for(model, limit=batch_size, budget=memory_budget)
     if batch_size is None:
         on_gpu = next(model.parameters()).device.type == "cuda"
         batch_size = max(1, len(layers or []) or get_adapter(model).n_layers) * steps if on_gpu else 64

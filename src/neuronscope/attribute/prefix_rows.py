@@ -25,6 +25,7 @@ may see, so their mask is the same picture with that layer's own cached length.
 from __future__ import annotations
 
 import inspect
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -113,22 +114,26 @@ def shared_prefix_mask(model: nn.Module, cache, prefix: int, rows: int, device: 
 
 @dataclass
 class RowPlanner:
-    """Chooses how many rows go into one forward + backward: the fewest chunks that fit in memory.
+    """Chooses how many rows go into one forward + backward: the fastest size that fits in memory, measured.
 
-    Each chunk reads all weights once and launches the same kernels, and its other costs grow linearly with its
-    rows, so for a fixed number of rows the fastest plan is the fewest chunks that fit; chunks are then balanced
-    (no small tail). Memory per chunk of ``r`` rows after a prefix of ``P`` is modelled as
-    ``r · (per_row + per_row_key · (P + r))`` bytes (saved activations, logits, and attention scores when the
-    attention materialises them), times a correction measured on the device after each chunk's forward (the
-    memory it holds for the backward), so the model's error does not carry over to the next prompts. An
-    out-of-memory error halves the limit.
+    Memory: a chunk of ``r`` rows after a prefix of ``P`` is modelled as ``r · (per_row + per_row_key · (P + r))``
+    bytes (saved activations, logits, and attention scores when the attention materialises them), times a
+    correction measured on the device after each chunk's forward (the memory it holds for the backward); the
+    largest ``r`` whose model fits in the budget is ``fit``. An out-of-memory error halves the limit.
+
+    Speed: the candidates are ``fit``, ``fit / 2`` and ``fit / 4``. Each is tried once, on real rows (no work is
+    thrown away), and its rows per second recorded; then the fastest is used, in balanced chunks (no small tail).
+    On a GPU each chunk reads all weights once, so the largest usually wins; on a CPU smaller chunks can be faster
+    (cache-resident activations). :func:`planner_for` keeps one planner per model, so that what was measured
+    carries over to the next calls.
 
     Attributes:
         per_row: bytes a row keeps for the backward, per row (all layers, logits included).
         per_row_key: bytes per row and per key position (attention weights of every layer).
         budget: bytes available for one chunk (default: 90 % of the free device memory, or 4 GiB on a CPU).
-        limit: an upper bound on rows per chunk (the user's ``batch_size``), or None.
-        correction: measured / modelled peak of the last chunk (starts at 1).
+        limit: an upper bound on rows per chunk (the user's ``batch_size``: then no sizes are tried), or None.
+        correction: measured / modelled memory of the last chunk (starts at 1).
+        speeds: candidate size -> best measured rows per second.
     """
 
     per_row: float
@@ -137,6 +142,7 @@ class RowPlanner:
     limit: int | None = None
     correction: float = 1.0
     history: list[tuple[int, int]] = field(default_factory=list)
+    speeds: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def for_model(cls, model: nn.Module, limit: int | None = None, budget: float | None = None) -> RowPlanner:
@@ -167,20 +173,47 @@ class RowPlanner:
             return 0.9 * (free + cached)
         return 4.0 * 2**30
 
-    def chunks(self, total: int, prefix: int, device: torch.device) -> list[int]:
-        """Chunk sizes (consecutive, summing to ``total``) for the next prompt."""
-        if total <= 0:
-            return []
+    def fit(self, total: int, prefix: int, device: torch.device) -> int:
+        """The most rows (≤ ``total``) whose modelled memory fits, within ``limit``."""
         room = self.available(device)
         fits = total
         while fits > 1 and self.modelled(fits, prefix) > room:
             fits = (fits + 1) // 2
+        return max(1, min(fits, self.limit) if self.limit is not None else fits)
+
+    def candidates(self, total: int, prefix: int, device: torch.device) -> list[int]:
+        fits = self.fit(total, prefix, device)
         if self.limit is not None:
-            fits = min(fits, self.limit)
-        fits = max(1, fits)
-        count = -(-total // fits)
+            return [fits]
+        return sorted({size for size in (fits, fits // 2, fits // 4) if size >= 8} or {fits}, reverse=True)
+
+    def next_chunk(self, remaining: int, prefix: int, device: torch.device,
+                   total: int | None = None) -> tuple[int, int | None]:
+        """``(rows, candidate)`` for the next chunk of a prompt of ``total`` rows (default ``remaining``) with
+        ``remaining`` left: an untried candidate (to be timed: ``candidate`` is returned), else a balanced chunk of
+        the fastest one (``candidate`` None)."""
+        sizes = self.candidates(remaining if total is None else total, prefix, device)
+        untried = [size for size in sizes if size not in self.speeds and size <= remaining]
+        if untried and len(sizes) > 1:
+            return untried[0], untried[0]
+        best = max(sizes, key=lambda size: self.speeds.get(size, 0.0)) if self.speeds else sizes[0]
+        count = -(-remaining // best)
+        return -(-remaining // count), None
+
+    def chunks(self, total: int, prefix: int, device: torch.device) -> list[int]:
+        """Balanced chunk sizes of the fastest known candidate (the plan when nothing is left to try)."""
+        if total <= 0:
+            return []
+        sizes = self.candidates(total, prefix, device)
+        best = max(sizes, key=lambda size: self.speeds.get(size, 0.0)) if self.speeds else sizes[0]
+        count = -(-total // best)
         base, extra = divmod(total, count)
         return [base + (1 if i < extra else 0) for i in range(count)]
+
+    def timed(self, candidate: int, rows: int, seconds: float) -> None:
+        """Record the rows per second of a chunk planned as ``candidate``."""
+        if seconds > 0:
+            self.speeds[candidate] = max(self.speeds.get(candidate, 0.0), rows / seconds)
 
     def observe(self, rows: int, prefix: int, peak_bytes: float) -> None:
         """Record what a chunk's forward holds (bytes above the memory in use before it) to correct the model."""
@@ -192,3 +225,17 @@ class RowPlanner:
     def shrink(self, failed_rows: int) -> None:
         """An out-of-memory chunk of ``failed_rows``: never try more than half of it again."""
         self.limit = max(1, failed_rows // 2)
+        self.speeds = {size: speed for size, speed in self.speeds.items() if size <= self.limit}
+
+
+_PLANNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def planner_for(model: nn.Module, limit: int | None = None, budget: float | None = None) -> RowPlanner:
+    """The model's planner: one kept per model (its measured speeds carry over between calls) unless a fixed
+    ``limit`` or ``budget`` is asked for, which gets a fresh one."""
+    if limit is not None or budget is not None:
+        return RowPlanner.for_model(model, limit, budget)
+    if model not in _PLANNERS:
+        _PLANNERS[model] = RowPlanner.for_model(model)
+    return _PLANNERS[model]
