@@ -10,8 +10,10 @@
    inside ``hooks(fwd_hooks=...)``. Agreement: the fraction of generated tokens equal to ours.
 
 Each peer gets the same weights (TransformerLens boots on a deep copy, since it switches its model to eager
-attention; ``without_hooks_same_as_hf_fraction`` shows how much of a token disagreement that alone causes on a
-random model, whose logits are nearly flat). Timings are best-of-repeats after a warm-up; ``over_ours`` is the
+attention). ``without_hooks_same_as_hf_fraction``: TransformerLens's own generation without any hook against
+Hugging Face's, to tell its disagreement from the intervention's: with its KV cache (the default) TransformerLens
+4.3 does not reproduce Hugging Face's greedy tokens on SmolLM2 under transformers 5.24 (without the cache it does),
+so it is timed both ways. Timings are best-of-repeats after a warm-up; ``over_ours`` is the
 peer's time over ours.
 
     python benchmarks/bench_peers.py OUT                 # CUDA: Llama-2-7B shape, random bf16
@@ -175,19 +177,26 @@ def generation_rows(model, tokenizer, ids: torch.Tensor, where: torch.device, re
 
         hooks = [(f"blocks.{layer}.mlp.hook_post", zero(index)) for layer, index in by_layer.items()]
 
-        @torch.no_grad()
-        def lens_generate():
-            with bridge.hooks(fwd_hooks=hooks):
-                tokens = bridge.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, stop_at_eos=False,
-                                         verbose=False, return_type="tokens")
-            return tokens[0, ids.shape[1]:].cpu()
+        def lens_generate(cache: bool):
+            @torch.no_grad()
+            def generate_with_hooks():
+                with bridge.hooks(fwd_hooks=hooks):
+                    tokens = bridge.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, stop_at_eos=False,
+                                             verbose=False, return_type="tokens", use_past_kv_cache=cache)
+                return tokens[0, ids.shape[1]:].cpu()
 
-        peer("transformer_lens", lens_generate)
-        if "same_tokens_fraction" in out["transformer_lens"]:  # its eager attention alone, without the hooks
-            with torch.no_grad():
-                alone = bridge.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, stop_at_eos=False,
-                                        verbose=False, return_type="tokens")[0, ids.shape[1]:].cpu()
-            out["transformer_lens"]["without_hooks_same_as_hf_fraction"] = float((alone == untouched).float().mean())
+            return generate_with_hooks
+
+        # its default (KV cache) and without the cache (a full forward per token), which on transformers 5.24 is
+        # the one that reproduces Hugging Face's own generation (see without_hooks_same_as_hf_fraction)
+        for name, cache in (("transformer_lens", True), ("transformer_lens_no_kv_cache", False)):
+            peer(name, lens_generate(cache))
+            if "same_tokens_fraction" in out[name]:  # the same generation without the hooks, against HF's
+                with torch.no_grad():
+                    alone = bridge.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, stop_at_eos=False,
+                                            verbose=False, return_type="tokens",
+                                            use_past_kv_cache=cache)[0, ids.shape[1]:].cpu()
+                out[name]["without_hooks_same_as_hf_fraction"] = float((alone == untouched).float().mean())
     return out
 
 
