@@ -1,10 +1,11 @@
 """Contribution of all L × d_ff neurons for every token of a 20-token caption, against a teacher-forced forward
 of the same sequence (Llama-2-7B shape, bf16; batch 1 and 8; T = 600 prompt + 20 caption tokens).
 
-Rows: ``forward`` (the model's plain forward with its logits: what the goal is measured against),
-``forward_no_logits`` (the same with ``logits_to_keep=1``), ``top_k`` (``contribution(..., top_k=10_000)``:
-scores per layer inside the forward, selection on the device, sparse result) and ``dense`` (the dense grid copied
-to the host, the old path). Peak memory is the largest allocation during the timed calls, weights included,
+Rows: ``forward`` (the model's plain forward, ``model(**inputs)``, with its logits and KV cache: what the goal is
+measured against), ``forward_no_logits`` (the same with ``logits_to_keep=1, use_cache=False``), ``top_k``
+(``contribution(..., top_k=10_000)``: scores per layer inside the forward, selection on the device, sparse
+result; one buffer and one top-k at these sizes), ``top_k_running_merge`` (the same with the layer-by-layer
+running top-k forced) and ``dense`` (the dense grid copied to the host, the old path). Peak memory is the largest allocation during the timed calls, weights included,
 divided by the weights. Agreement: the device-selected top-k against the top-k of the dense grid.
 
     python benchmarks/bench_contribution.py OUT
@@ -44,6 +45,7 @@ def _targets(ids: torch.Tensor, caption: int):
 
 def table(model, where: torch.device, batches: list[int], prompt: int, caption: int, repeats: int,
           top_k: int = 10_000) -> list[dict[str, Any]]:
+    from neuronscope.attribute import selection
     from neuronscope.attribute.contribution import contribution
 
     weights = weights_bytes(model)
@@ -60,10 +62,18 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
 
         @torch.no_grad()
         def forward_no_logits(batch=batch):
-            return model(**batch.inputs, logits_to_keep=1).logits[:, -1, :2].float().cpu()
+            return model(**batch.inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :2].float().cpu()
+
+        def running(b=batch, t=targets):  # the running merge forced (the default picks it above 512 MiB only)
+            selection.SELECTOR = "running"
+            try:
+                return contribution(model, b, t, top_k=top_k)
+            finally:
+                selection.SELECTOR = "auto"
 
         for name, function in (("forward", forward), ("forward_no_logits", forward_no_logits),
                                ("top_k", lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k)),
+                               ("top_k_running_merge", running),
                                ("dense", lambda b=batch, t=targets: contribution(model, b, t))):
             measured = measure(function, where, repeats, weights=weights)
             entry[name] = strip(measured)
@@ -71,7 +81,7 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
                 kept = measured["result"]
             if name == "dense":
                 dense = measured["result"].values
-        for name in ("forward_no_logits", "top_k", "dense"):
+        for name in ("forward_no_logits", "top_k", "top_k_running_merge", "dense"):
             entry[f"{name}_over_forward"] = entry[name]["seconds"] / entry["forward"]["seconds"]
         flat = dense.flatten(2)
         order = flat.topk(kept.values.shape[-1], dim=-1).indices

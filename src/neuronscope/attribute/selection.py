@@ -90,10 +90,17 @@ class BufferedTopK:
         return self._finish()[1]
 
 
+BUFFER_LIMIT = 512 * 2**20  # bytes: above this the running merge is used (memory), below one top-k (speed)
+SELECTOR = "auto"  # or "buffered" / "running": forces one (benchmarks compare them)
+
+
 def top_k_selector(rows: int, k: int, d_ff: int, layers: int, device: torch.device | str,
                    absolute: bool = False) -> RunningTopK | BufferedTopK:
-    """A running merge on a GPU (small memory), one buffer and one top-k on a CPU (fast there)."""
-    if torch.device(device).type == "cpu":
+    """One buffer and one top-k at the end when the buffer is small (``rows × layers × d_ff`` float32 ≤
+    ``BUFFER_LIMIT``; always on a CPU, where a per-layer top-k costs about a sort), else the running merge (memory
+    ``rows × (k + d_ff)``). ``SELECTOR`` forces one."""
+    small = rows * layers * d_ff * 4 <= BUFFER_LIMIT or torch.device(device).type == "cpu"
+    if SELECTOR == "buffered" or (SELECTOR == "auto" and small):
         return BufferedTopK(rows, k, d_ff, layers, device, absolute)
     return RunningTopK(rows, k, d_ff, device, absolute)
 
