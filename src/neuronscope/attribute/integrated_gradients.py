@@ -241,10 +241,12 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
     """NA ``[layers, d_ff]`` of one (example, target): the prefix once, then every (layer, step) row as one query
     token of a single sequence that sees the shared cache and itself only. None: the model cannot take the mask."""
     device = ids.device
+    row_layer, row_alpha = _layer_major_rows(layers, alphas)
+    # on the device before any forward is queued: no host-to-device copy (a stream synchronisation) in between
+    alpha_on_device = row_alpha.to(device)
     cache = _prefix_cache(model, ids, positions, scored)
     if cache is None and scored > 0:
         return None
-    row_layer, row_alpha = _layer_major_rows(layers, alphas)
     slot_of = {layer: slot for slot, layer in enumerate(layers)}
     grad_sums = activations = None
     keyword, start = cache_keyword(model), 0
@@ -254,11 +256,12 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
         mask = shared_prefix_mask(model, cache, scored, rows, device)
         if mask is None:
             return None
-        chunk_layer, chunk_alpha = row_layer[start:start + rows], row_alpha[start:start + rows]
+        chunk_layer = row_layer[start:start + rows]
         plan = {}
-        for layer in dict.fromkeys(chunk_layer.tolist()):  # on the device now: no copies inside the forward
+        for layer in dict.fromkeys(chunk_layer.tolist()):  # layer-major: each layer's rows are one range
             where = (chunk_layer == layer).nonzero()[:, 0]
-            plan[layer] = (where.to(device), chunk_alpha[where].to(device))
+            first, last = int(where[0]), int(where[-1]) + 1
+            plan[layer] = (torch.arange(first, last, device=device), alpha_on_device[start + first:start + last])
         kwargs: dict[str, Any] = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
                                       position_ids=positions[scored].expand(1, rows))
         if cache is not None:

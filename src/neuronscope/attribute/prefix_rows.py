@@ -66,7 +66,7 @@ def _one_mask(prefix: int, rows: int, boolean: bool, dtype: torch.dtype, device:
                          torch.eye(rows, dtype=torch.bool, device=device)], dim=1)[None, None]
     if boolean:
         return visible
-    blocked = torch.tensor(torch.finfo(dtype).min, dtype=dtype, device=device)
+    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)  # a fill, not a host copy
     return torch.where(visible, torch.zeros((), dtype=dtype, device=device), blocked)
 
 
