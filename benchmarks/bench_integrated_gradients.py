@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     where = torch.device("cpu") if args.tiny or args.smollm2 else device()
     if args.smollm2:
         model, _ = load_smollm2()
-        rows = table(model, where, length=32, steps=20, repeats=1, sweep=[150, 300], loop_layers=[0, 10, 20])
+        # repeats 3: the first calls try 600, 300 and 150 rows per chunk, the best of three runs the settled choice
+        rows = table(model, where, length=32, steps=20, repeats=3, sweep=[150, 300], loop_layers=[0, 10, 20])
         shape, agreement = "SmolLM2-135M-Instruct (real weights, float32)", None
     elif args.tiny:
         model = build_llama(TINY, torch.float32, where)

@@ -147,7 +147,8 @@ def environment() -> dict[str, Any]:
     where = device()
     env: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
                            "device": torch.cuda.get_device_name() if where.type == "cuda" else platform.processor()
-                           or platform.machine(), "cpu_threads": torch.get_num_threads(), "versions": versions()}
+                           or platform.machine(), "cpu_threads": torch.get_num_threads(), "versions": versions(),
+                           "load_average": os.getloadavg(), "cpu_count": os.cpu_count()}
     if where.type == "cuda":
         props = torch.cuda.get_device_properties(0)
         env["gpu_memory_gib"] = props.total_memory / 2**30
