@@ -219,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     where = torch.device("cpu") if args.tiny or args.smollm2 else device()
     if args.smollm2:
         model, tokenizer = load_smollm2()
-        name, shape, prompt, repeats = "HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct (float32)", 32, 3
+        name, shape, prompt, repeats = "HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct (float32)", 32, 5
     elif args.tiny:
         model, tokenizer = build_llama(TINY, torch.float32, where), word_tokenizer(TINY["vocab_size"])
         name, shape, prompt, repeats = "meta-llama/Llama-2-7b-hf", "tiny", 12, 1
