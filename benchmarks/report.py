@@ -26,7 +26,12 @@ def _x(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}×"
 
 
+GOALS = {"on": True}  # the goals are the H200's: off for CPU runs
+
+
 def _met(ok: bool | None) -> str:
+    if not GOALS["on"]:
+        return "CPU run"
     return "—" if ok is None else ("yes" if ok else "no")
 
 
@@ -122,6 +127,12 @@ def peers(table: dict[str, Any]) -> list[str]:
     for task, key, label in (("contribution", "max_abs_diff_over_max", "largest difference / largest score"),
                              ("generation_intervention", "same_tokens_fraction", "tokens equal to ours")):
         part = table[task]
+        plain = part.get("generate_without_intervention")
+        if plain:
+            changed = part.get("neuronscope", {}).get("tokens_changed_by_the_intervention")
+            lines.append(f"| {task} | Hugging Face generate, no intervention | {_s(plain['seconds'])} | "
+                         f"{_x(plain['seconds'] / part['neuronscope']['seconds'])} | the intervention changes "
+                         f"{changed:.2f} of the tokens |")
         for tool in ("neuronscope", "nnsight", "transformer_lens", "transformer_lens_no_kv_cache"):
             entry = part.get(tool)
             if entry is None:
@@ -140,6 +151,7 @@ def peers(table: dict[str, Any]) -> list[str]:
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmark-results")
     env = _load(folder, "environment") or {}
+    GOALS["on"] = "gpu_memory_gib" in env
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     out = [f"Machine: {env.get('device', '?')}; {versions}; {env.get('date', '?')}; CPU threads "
            f"{env.get('cpu_threads', '?')}.", ""]
