@@ -155,6 +155,13 @@ def main() -> None:
     versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
     out = [f"Machine: {env.get('device', '?')}; {versions}; {env.get('date', '?')}; CPU threads "
            f"{env.get('cpu_threads', '?')}.", ""]
+    checks = _load(folder, "checks")
+    if checks is not None:
+        failed = [row for part in ("integrated_gradients", "contribution_top_k", "log_sum_exp")
+                  for row in checks[part] if not row.get("ok", False)]
+        out += [f"Correctness on this device (`checks.json`, float32, each fast path against its plain oracle): "
+                f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "
+                f"{len(failed)} rows not ok (errors or differences): {failed[:4]}", ""]
     for name, render in (("contribution", contribution), ("integrated_gradients", integrated_gradients),
                          ("lpi", lpi), ("multimodal", multimodal), ("peers", peers)):
         table = _load(folder, name)

@@ -4,7 +4,8 @@
     python benchmarks/run_all.py OUT --tiny          # CPU smoke test of every table, seconds
     python benchmarks/run_all.py OUT --smollm2       # CPU figures on SmolLM2-135M-Instruct, 1 thread
 
-Tables: ``environment.json`` (machine, versions, date), ``contribution.json``, ``integrated_gradients.json``,
+Tables: ``environment.json`` (machine, versions, date), ``checks.json`` (each fast path against its plain oracle
+in float32 on this device, Triton and compiled kernels included: the tests run on CPUs only), ``contribution.json``, ``integrated_gradients.json``,
 ``peers.json`` (all three on one Llama-2-7B-shaped bf16 model built once), ``lpi.json`` (one-layer models at
 V = 32k and 128k), ``multimodal.json`` (LLaVA-1.5-7B shape), and ``run.json`` (seconds per table, tables skipped
 for lack of time, errors). A table that fails is recorded in ``run.json`` and the others still run; before each
@@ -18,10 +19,12 @@ nnsight and TransformerLens are optional (their rows say "not installed" without
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 import traceback
 from typing import Any
 
+import bench_checks
 import bench_contribution
 import bench_integrated_gradients
 import bench_lpi
@@ -31,7 +34,15 @@ import torch
 from common import LLAMA2_7B, build_llama, device, environment, free, parser, write_table
 
 # usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget
-COST = {"contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 120}
+COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 120}
+
+
+class TableTimeout(Exception):
+    """A table ran out of its time."""
+
+
+def _out_of_time(signum, frame) -> None:
+    raise TableTimeout("the table ran out of its time (see COST in benchmarks/run_all.py)")
 
 
 def main() -> None:
@@ -46,10 +57,10 @@ def main() -> None:
     log: dict[str, Any] = {"seconds": {}, "skipped": [], "errors": {}, "mode": "tiny" if args.tiny else
                            "smollm2" if args.smollm2 else "gpu"}
     cpu_mode = args.tiny or args.smollm2
-    tables = [("contribution", bench_contribution), ("integrated_gradients", bench_integrated_gradients),
+    tables = [("checks", bench_checks), ("contribution", bench_contribution), ("integrated_gradients", bench_integrated_gradients),
               ("peers", bench_peers), ("lpi", bench_lpi), ("multimodal", bench_multimodal)]
     if args.smollm2:  # the laptop user's tables
-        tables = [t for t in tables if t[0] in ("contribution", "integrated_gradients", "peers")]
+        tables = [t for t in tables if t[0] in ("checks", "contribution", "integrated_gradients", "peers")]
     if args.only:
         tables = [t for t in tables if t[0] in args.only]
     shared = None
@@ -65,11 +76,16 @@ def main() -> None:
             args.shared_model = shared = None
             free()
         began = time.perf_counter()
+        if not cpu_mode:  # a table that hangs past three times its usual cost (or the budget) is stopped
+            signal.signal(signal.SIGALRM, _out_of_time)
+            signal.alarm(max(1, int(min(left, 3 * COST[name]))))
         try:
             table = module.run(args)
             write_table(args.out, name, {"environment": env, **table})
         except Exception as error:  # noqa: BLE001 - one failing table must not lose the others
             log["errors"][name] = f"{type(error).__name__}: {error}\n" + traceback.format_exc()[-3000:]
+        finally:
+            signal.alarm(0)
         log["seconds"][name] = time.perf_counter() - began
         print(f"{name}: {log['seconds'][name]:.1f} s{' (error)' if name in log['errors'] else ''}", flush=True)
         free()
