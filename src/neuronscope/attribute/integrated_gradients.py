@@ -23,8 +23,9 @@ Three paths compute the same numbers:
   sequence (all copies of the scored token at its position id) under a 4-D mask that lets each see the shared
   prefix cache and itself only (:mod:`neuronscope.attribute.prefix_rows`); token ``r`` scales layer ``l_r``'s site
   by ``α_{k_r}``, and one backward serves all rows. Memory grows with the rows, not rows × prefix; rows per
-  forward are planned from the free memory (fewest chunks that fit, balanced). Models whose attention cannot take
-  a 4-D mask (flash / flex) use ``"packed"`` instead (``meta["path"]`` says which ran).
+  forward: the fastest measured size that fits in the free memory (:class:`~.prefix_rows.RowPlanner`). Models
+  whose attention cannot take a 4-D mask (flash / flex) use ``"packed"`` instead (``meta["path"]`` says which
+  ran).
 - ``method="packed"``: the same rows as separate batch rows, each with its own copy of the prefix cache.
 - ``method="plain"``: per (example, target, layer) the full example sequence is run as ``m`` rows (chunked by
   ``batch_size``), without a cache; the slow reference.
