@@ -1,96 +1,117 @@
-"""Time the contribution score (Pan et al.) and gradient × activation against a plain forward; prints JSON.
+"""Contribution of all L × d_ff neurons for every token of a 20-token caption, against a teacher-forced forward
+of the same sequence (Llama-2-7B shape, bf16; batch 1 and 8; T = 600 prompt + 20 caption tokens).
 
-The model is a random Llama with Llama-2-7B's shapes (d = 4096, d_ff = 11008, 32 heads, V = 32000, ``--layers``
-decoder layers) built on the device in bf16 (no download). Contribution scores all L × d_ff neurons for one target
-per prompt (``W_out^T u_t`` for the needed targets only, never the d_ff × V table). The JSON gives seconds per batch,
-the ratios to a plain forward of the same batch, and peak GPU memory of each.
+Rows: ``forward`` (the model's plain forward, ``model(**inputs)``, with its logits and KV cache: what the goal is
+measured against), ``forward_no_logits`` (the same with ``logits_to_keep=1, use_cache=False``), ``top_k``
+(``contribution(..., top_k=10_000)``: scores per layer inside the forward, selection on the device, sparse
+result; one buffer and one top-k at these sizes), ``top_k_running_merge`` (the same with the layer-by-layer
+running top-k forced) and ``dense`` (the dense grid copied to the host, the old path). Peak memory is the largest allocation during the timed calls, weights included,
+divided by the weights. Agreement: the device-selected top-k against the top-k of the dense grid.
 
-    python benchmarks/bench_contribution.py --layers 32 --batch 8 --length 128     # CUDA, bf16
-    python benchmarks/bench_contribution.py --tiny                                 # CPU smoke run
+    python benchmarks/bench_contribution.py OUT
+    python benchmarks/bench_contribution.py OUT --tiny
+    python benchmarks/bench_contribution.py OUT --smollm2      # CPU figures, 1 thread
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
+from typing import Any
 
 import torch
-import transformers as T
-
-from neuronscope.attribute.contribution import contribution
-from neuronscope.inputs.targets import token_targets
-from neuronscope.inputs import Batch
-
-SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-               vocab_size=32000)
-TINY = dict(hidden_size=32, intermediate_size=88, num_attention_heads=4, num_key_value_heads=4, vocab_size=256)
-
-
-def timed(function, device: str, repeats: int) -> tuple[float, float]:
-    """Best wall time of ``repeats`` calls after a warm-up, and the peak memory (GiB) of one call."""
-    function()
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    return min(times), peak
+from common import (
+    LLAMA2_7B,
+    TINY,
+    build_llama,
+    device,
+    free,
+    load_smollm2,
+    main,
+    measure,
+    strip,
+    text_batch,
+    weights_bytes,
+)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
-    parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-    device = "cpu" if args.tiny else "cuda"
-    dtype = torch.float32 if args.tiny else torch.bfloat16
-    shapes = TINY if args.tiny else SEVEN_B
-    config = T.LlamaConfig(**shapes, num_hidden_layers=2 if args.tiny else args.layers, max_position_embeddings=2048)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = T.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-    ids = torch.randint(0, config.vocab_size, (args.batch, args.length), device=device)
-    batch = Batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ["?"] * args.batch,
-                  torch.full((args.batch,), args.length))
-    targets = token_targets(batch, torch.randint(0, config.vocab_size, (args.batch,)).tolist())
+def _targets(ids: torch.Tensor, caption: int):
+    """Every caption token as a target at the position that produces it (the 20 last positions)."""
+    from neuronscope.inputs.targets import TargetSet
 
-    @torch.no_grad()
-    def forward() -> None:
-        model(**batch.inputs)
+    rows, length = ids.shape
+    positions = torch.arange(length - caption - 1, length - 1)[None].expand(rows, -1)
+    return TargetSet(ids[:, -caption:].cpu(), positions.clone(), torch.ones(rows, caption, dtype=torch.bool))
 
-    def score() -> None:
-        contribution(model, batch, targets)
 
-    def score_act() -> None:
-        contribution(model, batch, targets, site="act")
+def table(model, where: torch.device, batches: list[int], prompt: int, caption: int, repeats: int,
+          top_k: int = 10_000) -> list[dict[str, Any]]:
+    from neuronscope.attribute import selection
+    from neuronscope.attribute.contribution import contribution
 
-    results = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype),
-               "layers": config.num_hidden_layers, "batch": args.batch, "length": args.length}
-    for name, function in (("forward", forward), ("contribution", score), ("contribution_act", score_act)):
-        seconds, peak = timed(function, device, args.repeats)
-        results[name] = {"seconds": round(seconds, 5), "peak_gib": round(peak, 2)}
-    for name in ("contribution", "contribution_act"):
-        results[f"{name}_over_forward"] = round(results[name]["seconds"] / results["forward"]["seconds"], 3)
-    try:
-        from neuronscope.attribute.gradient_x_activation import gradient_x_activation
+    weights = weights_bytes(model)
+    vocab = model.config.vocab_size
+    rows = []
+    for size in batches:
+        ids = torch.randint(3, vocab, (size, prompt + caption), device=where)
+        batch, targets = text_batch(ids), _targets(ids, caption)
+        entry: dict[str, Any] = {"batch": size, "length": prompt + caption, "targets_per_row": caption}
 
-        seconds, peak = timed(lambda: gradient_x_activation(model, batch, targets), device, args.repeats)
-        results["gradient_x_activation"] = {"seconds": round(seconds, 5), "peak_gib": round(peak, 2)}
-        results["gradient_x_activation_over_forward"] = round(seconds / results["forward"]["seconds"], 3)
-    except ImportError:
-        pass
-    print(json.dumps(results))
+        @torch.no_grad()
+        def forward(batch=batch):
+            return model(**batch.inputs).logits[:, -1, :2].float().cpu()
+
+        @torch.no_grad()
+        def forward_no_logits(batch=batch):
+            return model(**batch.inputs, logits_to_keep=1, use_cache=False).logits[:, -1, :2].float().cpu()
+
+        def running(b=batch, t=targets):  # the running merge forced (the default picks it above 512 MiB only)
+            selection.SELECTOR = "running"
+            try:
+                return contribution(model, b, t, top_k=top_k)
+            finally:
+                selection.SELECTOR = "auto"
+
+        for name, function in (("forward", forward), ("forward_no_logits", forward_no_logits),
+                               ("top_k", lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k)),
+                               ("top_k_running_merge", running),
+                               ("dense", lambda b=batch, t=targets: contribution(model, b, t))):
+            measured = measure(function, where, repeats, weights=weights)
+            entry[name] = strip(measured)
+            if name == "top_k":
+                kept = measured["result"]
+            if name == "dense":
+                dense = measured["result"].values
+        for name in ("forward_no_logits", "top_k", "top_k_running_merge", "dense"):
+            entry[f"{name}_over_forward"] = entry[name]["seconds"] / entry["forward"]["seconds"]
+        flat = dense.flatten(2)
+        order = flat.topk(kept.values.shape[-1], dim=-1).indices
+        same = (torch.sort(order, -1).values == torch.sort(kept.indices, -1).values).float().mean()
+        entry["agreement"] = {"kept_set_equal_fraction": float(same),
+                              "max_abs_value_diff": float((flat.gather(-1, order) - kept.values).abs().max()),
+                              "max_abs_score": float(flat.abs().max())}
+        rows.append(entry)
+        del dense, kept
+        free()
+    return rows
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    where = torch.device("cpu") if args.tiny or args.smollm2 else device()
+    if args.smollm2:
+        model, _ = load_smollm2()
+        rows = table(model, where, [1], prompt=200, caption=20, repeats=2)
+        shape = "SmolLM2-135M-Instruct (real weights, float32)"
+    elif args.tiny:
+        model = build_llama(TINY, torch.float32, where)
+        rows = table(model, where, [1, 2], prompt=30, caption=5, repeats=2, top_k=50)
+        shape = "tiny"
+    else:
+        model = getattr(args, "shared_model", None) or build_llama(LLAMA2_7B, torch.bfloat16, where)
+        rows = table(model, where, [1, 8], prompt=600, caption=20, repeats=5)
+        shape = "Llama-2-7B (random, bf16)"
+    return {"table": "contribution", "model": shape,
+            "goal": "top_k <= 1.10x the forward, peak <= weights + 10 %", "rows": rows}
 
 
 if __name__ == "__main__":
-    main()
+    main("contribution", run, __doc__.splitlines()[0])

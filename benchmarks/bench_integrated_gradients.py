@@ -1,125 +1,137 @@
-"""Time knowledge-neuron integrated gradients, packed path vs plain path, on one prompt; prints JSON.
+"""Knowledge-neuron IG (m = 20, every layer, one T = 200 prompt) against qrneuron's per-layer loop.
 
-The model is a random Llama with Llama-2-7B's shapes (d = 4096, d_ff = 11008, 32 heads, V = 32000; ``--layers``
-decoder layers) built on the device in bf16 (no download). Both paths score every neuron of every layer for one
-target at the last position; the JSON gives seconds per prompt, the speed-up, the peak GPU memory and how far the
-two paths' scores are apart (relative to the largest score: rounding only, in bf16).
+The loop (``method="plain"``, ``batch_size = m``): per layer, the m scaled copies of the whole prompt in one batch,
+forward and backward; that is what qrneuron's released code does layer by layer. Ours: ``method="sequence"`` (the
+prefix once, all 640 (layer, step) rows as query tokens of one sequence under a 4-D mask, one backward), at the
+planned row batch and at fixed ones (to show that the planner picks the fastest), and the previous ``"packed"``
+path. Peak memory over the weights. Agreement: bf16 (the benchmarked run) and fp32 on a 4-layer model of the same
+width (TF32 off), as the largest difference over the largest score, and top-100 overlap.
 
-    python benchmarks/bench_integrated_gradients.py --layers 32 --steps 20     # CUDA, bf16
-    python benchmarks/bench_integrated_gradients.py --tiny                     # CPU smoke run on a tiny model
+    python benchmarks/bench_integrated_gradients.py OUT
+    python benchmarks/bench_integrated_gradients.py OUT --tiny
+    python benchmarks/bench_integrated_gradients.py OUT --smollm2      # CPU figures, 1 thread
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
+from typing import Any
 
 import torch
-import transformers as T
-
-from neuronscope.attribute.gradient_x_activation import gradient_x_activation
-from neuronscope.attribute.integrated_gradients import integrated_gradients
-from neuronscope.inputs.targets import token_targets
-from neuronscope.inputs import Batch
-
-SEVEN_B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32,
-               vocab_size=32000)
-TINY = dict(hidden_size=32, intermediate_size=88, num_attention_heads=4, num_key_value_heads=4, vocab_size=256)
-
-
-def build(shapes: dict, layers: int, device: str, dtype: torch.dtype) -> torch.nn.Module:
-    config = T.LlamaConfig(**shapes, num_hidden_layers=layers, max_position_embeddings=1024)
-    with torch.device(device):
-        model = T.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
+from common import (
+    LLAMA2_7B,
+    TINY,
+    build_llama,
+    device,
+    free,
+    load_smollm2,
+    main,
+    measure,
+    strip,
+    text_batch,
+    weights_bytes,
+)
 
 
-def timed(function, device: str, repeats: int) -> tuple[float, object]:
-    result = function()  # warm-up
-    if device == "cuda":
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+def _agreement(fast: torch.Tensor, plain: torch.Tensor) -> dict[str, float]:
+    scale = float(plain.abs().max())
+    top = min(100, plain.numel())
+    overlap = len(set(fast.flatten().topk(top).indices.tolist()) & set(plain.flatten().topk(top).indices.tolist()))
+    return {"max_abs_diff_over_max": float((fast - plain).abs().max()) / scale if scale else 0.0,
+            f"top{top}_overlap": overlap / top}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke run on a tiny model")
-    parser.add_argument("--layers", type=int, default=32, help="decoder layers of the random model")
-    parser.add_argument("--steps", type=int, default=20, help="IG steps m")
-    parser.add_argument("--grid", default="dai", choices=["dai", "linspace"])
-    parser.add_argument("--length", type=int, default=32, help="prompt length")
-    parser.add_argument("--batch-size", type=int, default=64, help="rows per packed forward")
-    parser.add_argument("--plain-batch-size", type=int, default=None, help="rows per plain forward (default: m)")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs after one warm-up (min is reported)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
-                        help="model dtype on CUDA (float32 shows that packed and plain differ by rounding only)")
-    parser.add_argument("--profile", action="store_true", help="print a torch.profiler table of one packed run")
-    parser.add_argument("--skip-plain", action="store_true", help="time the packed path only")
-    args = parser.parse_args()
+def table(model, where: torch.device, length: int, steps: int, repeats: int, sweep: list[int],
+          loop_layers: list[int] | None = None) -> dict[str, Any]:
+    from neuronscope.attribute.integrated_gradients import integrated_gradients
+    from neuronscope.inputs.targets import token_targets
 
-    device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    dtype = torch.float32 if device == "cpu" else getattr(torch, args.dtype)
-    shapes = TINY if args.tiny else SEVEN_B
-    layers = 2 if args.tiny else args.layers
-    torch.manual_seed(0)
-    model = build(shapes, layers, device, dtype)
-    ids = torch.randint(3, shapes["vocab_size"], (1, args.length), device=device)
-    batch = Batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ["random"], torch.tensor([args.length]))
+    weights = weights_bytes(model)
+    ids = torch.randint(3, model.config.vocab_size, (1, length), device=where)
+    batch = text_batch(ids)
     targets = token_targets(batch, 7)
-    options = dict(steps=args.steps, grid=args.grid)
-    report: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype),
-                    "layers": layers, "d_ff": shapes["intermediate_size"], "steps": args.steps, "grid": args.grid,
-                    "length": args.length, "batch_size": args.batch_size, "torch": torch.__version__,
-                    "transformers": T.__version__}
+    rows: dict[str, Any] = {"length": length, "steps": steps, "layers": model.config.num_hidden_layers,
+                            "rows": steps * model.config.num_hidden_layers}
 
-    def run_packed():
-        return integrated_gradients(model, batch, targets, batch_size=args.batch_size, **options).values
+    def ig(**options):
+        return lambda: integrated_gradients(model, batch, targets, steps=steps, **options).values
 
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    report["packed_s"], packed = timed(run_packed, device, args.repeats)
-    if device == "cuda":
-        report["packed_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    report["packed_rows_per_s"] = layers * args.steps / report["packed_s"]
-    if args.profile:
-        from torch.profiler import ProfilerActivity, profile
+    loop = measure(ig(method="plain", batch_size=steps, layers=loop_layers), where, repeats=1, warmup=0,
+                   weights=weights)
+    plain = loop.pop("result")
+    if loop_layers is not None:  # the loop is linear in layers: timed on some, scaled to all (said so)
+        loop["timed_layers"] = len(loop_layers)
+        loop["seconds"] *= model.config.num_hidden_layers / len(loop_layers)
+        loop["median_seconds"] = loop["seconds"]
+    rows["qrneuron_loop"] = strip(loop)
+    fast = measure(ig(method="sequence"), where, repeats, weights=weights)
+    fast_scores = fast.pop("result")
+    rows["sequence_planned"] = strip(fast)
+    rows["sequence_planned"]["speedup_over_loop"] = loop["seconds"] / fast["seconds"]
+    compare = fast_scores if loop_layers is None else fast_scores[:, :, loop_layers]
+    rows["agreement_with_loop"] = _agreement(compare, plain)
+    rows["sequence_fixed_batch"] = []
+    for size in sweep:
+        try:
+            entry = strip(measure(ig(method="sequence", batch_size=size), where, repeats, weights=weights))
+        except Exception as error:  # noqa: BLE001 - an out-of-memory size is reported
+            entry = {"error": f"{type(error).__name__}: {error}"[:200]}
+        rows["sequence_fixed_batch"].append({"batch_size": size, **entry})
+        free()
+    try:
+        packed = measure(ig(method="packed"), where, 1, weights=weights)
+        packed.pop("result")
+        rows["packed_previous_default"] = strip(packed)
+    except Exception as error:  # noqa: BLE001
+        rows["packed_previous_default"] = {"error": f"{type(error).__name__}: {error}"[:200]}
+    free()
+    return rows
 
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-        with profile(activities=activities) as prof:
-            run_packed()
-        sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
-        print(prof.key_averages().table(sort_by=sort, row_limit=25), file=sys.stderr)
-    if not args.skip_plain:
-        plain_batch = args.plain_batch_size or args.steps
 
-        def run_plain():
-            return integrated_gradients(model, batch, targets, batch_size=plain_batch, method="plain",
-                                        **options).values
+def fp32_agreement(where: torch.device, width: dict, length: int, steps: int) -> dict[str, Any]:
+    """Sequence vs the loop in float32 (TF32 off) on a 4-layer model of the benchmark's width."""
+    from neuronscope.attribute.integrated_gradients import integrated_gradients
+    from neuronscope.inputs.targets import token_targets
 
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        report["plain_s"], plain = timed(run_plain, device, max(1, args.repeats - 1))
-        if device == "cuda":
-            report["plain_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        report["speedup"] = report["plain_s"] / report["packed_s"]
-        scale = float(plain.abs().max())
-        report["max_abs_diff_over_max"] = float((packed - plain).abs().max()) / scale if scale else 0.0
-        top_packed = set(packed.flatten().topk(100).indices.tolist())
-        top_plain = set(plain.flatten().topk(100).indices.tolist())
-        report["top100_overlap"] = len(top_packed & top_plain) / 100
-    report["gradient_x_activation_s"], _ = timed(lambda: gradient_x_activation(model, batch, targets).values,
-                                                 device, args.repeats)
-    print(json.dumps(report, indent=2))
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = build_llama({**width, "num_hidden_layers": 4}, torch.float32, where, seed=1)
+        ids = torch.randint(3, width["vocab_size"], (1, length), device=where)
+        batch = text_batch(ids)
+        targets = token_targets(batch, 7)
+        start = time.perf_counter()
+        fast = integrated_gradients(model, batch, targets, steps=steps).values
+        plain = integrated_gradients(model, batch, targets, steps=steps, method="plain", batch_size=steps).values
+        out = {"layers": 4, "length": length, "steps": steps, **_agreement(fast, plain),
+               "seconds_both": time.perf_counter() - start}
+        del model
+        free()
+        return out
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    where = torch.device("cpu") if args.tiny or args.smollm2 else device()
+    if args.smollm2:
+        model, _ = load_smollm2()
+        # repeats 3: the first calls try 600, 300 and 150 rows per chunk, the best of three runs the settled choice
+        rows = table(model, where, length=32, steps=20, repeats=3, sweep=[150, 300], loop_layers=[0, 10, 20])
+        shape, agreement = "SmolLM2-135M-Instruct (real weights, float32)", None
+    elif args.tiny:
+        model = build_llama(TINY, torch.float32, where)
+        rows = table(model, where, length=12, steps=4, repeats=1, sweep=[4])
+        shape, agreement = "tiny", fp32_agreement(where, TINY, 12, 4)
+    else:
+        model = getattr(args, "shared_model", None) or build_llama(LLAMA2_7B, torch.bfloat16, where)
+        rows = table(model, where, length=200, steps=20, repeats=3, sweep=[160, 320, 640])
+        shape, agreement = "Llama-2-7B (random, bf16)", fp32_agreement(where, LLAMA2_7B, 200, 20)
+    return {"table": "integrated_gradients", "model": shape,
+            "goal": ">= 100x the loop, peak <= 1.3x weights, fp32 scores within 1e-3 relative", "rows": rows,
+            "fp32_agreement": agreement}
 
 
 if __name__ == "__main__":
-    main()
+    main("integrated_gradients", run, __doc__.splitlines()[0])

@@ -1,39 +1,35 @@
-"""Throughput of the multimodal-neurons pipeline (caption → targets → contribution scores → top-k) on a random
-LLaVA-1.5-7B-shaped model in bf16, against the reference approach; prints JSON.
+"""The multimodal-neurons workload (caption, then contribution scores of the caption's targets, top-10,000 kept)
+on a random LLaVA-1.5-7B shape in bf16, against the reference strategy; images per second and peak memory.
 
-Model: CLIP ViT-L/14 at 336 px (24 layers, width 1024; 576 image tokens) + a 2-layer GELU projector + a Llama-2-7B
-language model (32 layers, d = 4096, d_ff = 11008, V = 32000), random weights built on the GPU (no download).
-Processor: the real ``LlavaProcessor`` (CLIP image processor + a word-level tokenizer built here).
+Model: CLIP ViT-L/14 at 336 px (24 layers, width 1024; 576 image tokens) + a 2-layer projector + a Llama-2-7B
+language model, random weights built on the GPU; the real ``LlavaProcessor`` with a word-level tokenizer.
 
-- ours: ``pipelines.multimodal.caption_and_score``: batched greedy generation with a KV cache, the neuron site of
-  every layer captured at each generated step during generation, contribution scores of every target from
-  those activations (``W_out^T u_t`` for the targets only) and the top-10,000 per (image, target).
-- reference (Pan et al.'s released code, as described in DESIGN §3.1): batch 1, one full forward of the whole
-  sequence per generated token (no cache), then one more forward per target to read its activations. Its
-  d_ff × V table per layer (≈22 GB in fp16) is NOT built here — that would only make it slower.
+- ``streaming`` (:func:`neuronscope.attribute.streaming.caption_contributions`, what the rewritten pipeline should
+  call): batched greedy generation with a KV cache, the neuron site of every layer written into preallocated device
+  buffers at each step, scores of the chosen (image, step) targets per layer into a running top-k on the device;
+  at several batch sizes.
+- ``pipeline_now``: ``pipelines.multimodal.caption_and_score`` as it is on this branch (if importable).
+- ``reference`` (Pan et al.'s released strategy, DESIGN §3.1): batch 1, one full forward of the whole sequence per
+  generated token (no cache), then one more forward per target to read its activations (without its d_ff × V
+  table, which would only make it slower).
 
-Every word of a caption is taken as a target (random weights produce no real nouns), at most ``--targets``.
+Targets: the first ``--targets`` generated steps of each caption (random weights produce no real nouns).
 
-    python benchmarks/bench_multimodal.py --images 16 --batch 8 --tokens 20       # CUDA, bf16
-    python benchmarks/bench_multimodal.py --tiny                                  # CPU smoke run
+    python benchmarks/bench_multimodal.py OUT
+    python benchmarks/bench_multimodal.py OUT --tiny
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
+from typing import Any
 
 import torch
 import transformers as T
+from common import device, free, main, sync, weights_bytes
 from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
-
-from neuronscope.attribute.contribution import contribution
-from neuronscope.inputs.targets import TargetSet
-from neuronscope.inputs import encode_images
-from neuronscope.pipelines.multimodal import caption_and_score
-from neuronscope.pipelines.nouns import TaggedWord
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
@@ -77,97 +73,106 @@ def build(tiny: bool, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module,
     return model, processor
 
 
-def every_word(text: str) -> list[TaggedWord]:
-    out, start = [], 0
-    for word in text.split():
-        start = text.index(word, start)
-        out.append(TaggedWord(start, start + len(word), word, "NOUN", word))
-        start += len(word)
+def _images(count: int, size: int) -> list[Image.Image]:
+    generator = torch.Generator().manual_seed(0)
+    return [Image.fromarray(torch.randint(0, 255, (size, size, 3), generator=generator, dtype=torch.uint8).numpy())
+            for _ in range(count)]
+
+
+def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:
+    sync(where)
+    if where.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    function()
+    sync(where)
+    out: dict[str, Any] = {"seconds": time.perf_counter() - start}
+    if where.type == "cuda":
+        out["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        out["peak_over_weights"] = torch.cuda.max_memory_allocated() / weights
     return out
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from neuronscope.attribute.contribution import contribution
+    from neuronscope.attribute.streaming import caption_contributions
+    from neuronscope.inputs import encode_images
+    from neuronscope.inputs.targets import TargetSet
 
+    tiny = args.tiny
+    where = torch.device("cpu") if tiny else device()
+    dtype = torch.float32 if tiny else torch.bfloat16
+    model, processor = build(tiny, where, dtype)
+    weights = weights_bytes(model)
+    tokens, n_targets, top_k = (4, 2, 50) if tiny else (20, 3, 10_000)
+    batches = [2, 4] if tiny else [8, 16, 32]
+    images = _images(max(batches), 28 if tiny else 336)
+    prompt, prefix = "Describe the image in few words.", "An image of"
+    select = lambda generation: [list(range(n_targets))] * generation.tokens.shape[0]  # noqa: E731
+    table: dict[str, Any] = {"table": "multimodal", "model": "tiny LLaVA" if tiny else "LLaVA-1.5-7B (random, bf16)",
+                             "caption_tokens": tokens, "targets_per_caption": n_targets, "top_k": top_k,
+                             "goal": ">= 25x the reference at the best batch, peak <= weights + 15 %"}
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--images", type=int, default=16)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=20, help="caption length (max new tokens)")
-    parser.add_argument("--targets", type=int, default=3, help="targets per caption")
-    parser.add_argument("--reference-images", type=int, default=2)
-    args = parser.parse_args()
-    device = "cpu" if args.tiny else "cuda"
-    dtype = torch.float32 if args.tiny else torch.bfloat16
-    model, processor = build(args.tiny, device, dtype)
-    generator = torch.Generator().manual_seed(0)
-    size = 28 if args.tiny else 336
-    images = [Image.fromarray(torch.randint(0, 255, (size, size, 3), generator=generator, dtype=torch.uint8).numpy())
-              for _ in range(args.images)]
-    tagger = lambda text: every_word(text)[: args.targets]  # noqa: E731
+    def streaming(batch_images):
+        batch = encode_images(processor, batch_images, prompt, assistant_prefix=prefix)
+        return caption_contributions(model, processor, batch, max_new_tokens=tokens, select=select, top_k=top_k,
+                                     min_new_tokens=tokens, suppress_tokens=[4])
 
-    def ours(batch_images: list) -> int:
-        _, _, records, tops = caption_and_score(model, processor, batch_images, tagger=tagger, top_k=10_000,
-                                                max_new_tokens=args.tokens)
-        return sum(len(r["targets"]) for r in records)
+    rows = []
+    for size in batches:
+        streaming(images[:size])  # warm-up at this size
+        entry = _timed(lambda size=size: streaming(images[:size]), where, weights)
+        entry.update({"batch": size, "images_per_second": size / entry["seconds"]})
+        rows.append(entry)
+        free()
+    table["streaming"] = rows
+    try:
+        from neuronscope.workflows.multimodal import caption_and_score
+        from neuronscope.workflows.multimodal.nouns import TaggedWord
 
-    ours(images[: args.batch])  # warm-up
-    sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start, pairs = time.perf_counter(), 0
-    for i in range(0, args.images, args.batch):
-        pairs += ours(images[i:i + args.batch])
-    sync(device)
-    ours_seconds = time.perf_counter() - start
-    ours_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
+        def every_word(text):
+            out, start = [], 0
+            for word in text.split():
+                start = text.index(word, start)
+                out.append(TaggedWord(start, start + len(word), word, "NOUN", word))
+                start += len(word)
+            return out[:n_targets]
+
+        size = batches[0]
+        caption_and_score(model, processor, images[:size], tagger=every_word, top_k=top_k, max_new_tokens=tokens)
+        entry = _timed(lambda: caption_and_score(model, processor, images[:size], tagger=every_word, top_k=top_k,
+                                                 max_new_tokens=tokens), where, weights)
+        table["pipeline_now"] = {**entry, "batch": size, "images_per_second": size / entry["seconds"]}
+    except Exception as error:  # noqa: BLE001 - the pipeline is being rewritten; report, do not fail
+        table["pipeline_now"] = {"error": f"{type(error).__name__}: {error}"[:300]}
+    free()
 
     @torch.no_grad()
-    def reference(image: Image.Image) -> None:
-        batch = encode_images(processor, [image], "Describe the image in few words.", assistant_prefix="An image of")
-        batch = batch.to(device)
-        inputs = dict(batch.inputs)
-        ids = inputs.pop("input_ids")
-        mask = inputs.pop("attention_mask")
-        for _ in range(args.tokens):  # greedy, no cache: a full forward of the whole sequence per token
+    def reference(image):
+        batch = encode_images(processor, [image], prompt, assistant_prefix=prefix).to(where)
+        inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.inputs.items()}
+        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+        for _ in range(tokens):  # greedy, no cache: a full forward of the whole sequence per token
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **inputs).logits[:, -1]
             logits[:, 4] = float("-inf")
             ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        prompt_len = batch.seq_len
-        steps = list(range(min(args.targets, args.tokens)))
         full = type(batch)({**inputs, "input_ids": ids, "attention_mask": mask}, ["?"], torch.tensor([ids.shape[1]]))
-        for step in steps:  # one re-forward per target to read its activations
-            position = prompt_len - 1 + step
+        for step in range(n_targets):  # one re-forward per target to read its activations
+            position = batch.seq_len - 1 + step
             targets = TargetSet(ids[:, position + 1:position + 2].cpu(), torch.tensor([[position]]),
                                 torch.tensor([[True]]))
             contribution(model, full, targets, site="act")
 
     reference(images[0])  # warm-up
-    sync(device)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    for image in images[: args.reference_images]:
-        reference(image)
-    sync(device)
-    reference_seconds = time.perf_counter() - start
-    reference_peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else 0.0
-    result = {
-        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype),
-        "caption_tokens": args.tokens, "targets_per_caption": args.targets, "batch": args.batch,
-        "ours": {"images": args.images, "pairs": pairs, "seconds": round(ours_seconds, 3),
-                 "images_per_second": round(args.images / ours_seconds, 3), "peak_gib": round(ours_peak, 2)},
-        "reference": {"images": args.reference_images, "seconds": round(reference_seconds, 3),
-                      "images_per_second": round(args.reference_images / reference_seconds, 3),
-                      "peak_gib": round(reference_peak, 2)},
-    }
-    result["speedup"] = round(result["ours"]["images_per_second"] / result["reference"]["images_per_second"], 2)
-    print(json.dumps(result))
+    count = 2
+    entry = _timed(lambda: [reference(image) for image in images[:count]], where, weights)
+    table["reference"] = {**entry, "images": count, "images_per_second": count / entry["seconds"]}
+    best = max(rows, key=lambda row: row["images_per_second"])
+    table["best_streaming_over_reference"] = best["images_per_second"] / table["reference"]["images_per_second"]
+    table["best_batch"] = best["batch"]
+    return table
 
 
 if __name__ == "__main__":
-    main()
+    main("multimodal", run, __doc__.splitlines()[0])

@@ -4,19 +4,36 @@ token t at the position that produces t (no final norm, no softmax, no gradient)
 norm frozen at that position (``final_norm=True``: ``<w_i, g_f ⊙ u_t> / σ``, LayerNorm's centring included).
 
 ``W_out^T u_t`` is computed for the needed targets only — never the ``d_ff × V`` table of the reference code.
+
+Selection on the device (``top_k=`` or ``threshold=``): each layer's scores are computed inside the forward, in a
+hook on the neuron site, from that layer's activations at the target positions and ``W_out^T u_t`` of that layer,
+and selected on the device: written into one ``[rows, layers × d_ff]`` float32 buffer with one top-k at the end
+when that buffer is small (≤ 512 MiB), else merged layer by layer into a running top-k (or thresholded)
+(:mod:`neuronscope.attribute.selection`). The captured activations of all layers never exist, nothing dense
+reaches the host, the forward skips the logits and the KV cache it does not need (``logits_to_keep=1``,
+``use_cache=False``), and the kept entries come back through one pinned asynchronous copy. The final-norm scale
+``1 / σ`` is a positive factor per (example, target), so the top-k is selected before it is known and scaled after
+the forward.
 """
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
 from torch import nn
 
+from neuronscope.attribute.selection import ThresholdSelection, to_host, top_k_selector
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.sites import resolve_site
 
 CONTRIBUTION_SITES = ("neuron", "act")
 
@@ -103,7 +120,10 @@ def contribution(
     site: str = "neuron",
     layers: list[int] | None = None,
     final_norm: bool = False,
-) -> NeuronScores:
+    top_k: int | None = None,
+    threshold: float | None = None,
+    absolute: bool = False,
+) -> NeuronScores | SelectedScores:
     """Score every neuron's contribution to each target token.
 
     Args:
@@ -115,27 +135,39 @@ def contribution(
             which Pan et al.'s released code hooks).
         layers: layers to score; default all.
         final_norm: scale by the final norm frozen at the target position (``g_f / σ``).
+        top_k: keep the ``top_k`` best neurons of each (example, target) over all scored layers, selected on the
+            device during the forward (module docstring). Default None: the dense grid.
+        threshold: keep every score ``>= threshold`` (``|score|`` with ``absolute``), selected on the device.
+        absolute: with ``top_k`` / ``threshold``, rank by magnitude (values keep their sign).
 
     Returns:
-        NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets).
+        dense NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets); with
+        ``top_k`` sparse NeuronScores (``values`` / ``indices [examples, targets, k]``, flat indices
+        ``slot * d_ff + i`` over the scored layers, best first; zeros where a row has fewer targets); with
+        ``threshold`` :class:`SelectedScores`.
 
     Example:
         >>> targets = word_targets(tokenizer, batch, "Paris")
         >>> scores = contribution(model, batch, targets)
         >>> scores.top_k(10)
+        >>> kept = contribution(model, batch, targets, top_k=10_000)   # sparse, selected on the device
     """
     if site not in CONTRIBUTION_SITES:
         raise NeuronscopeError(f"contribution is defined at sites {CONTRIBUTION_SITES}, not '{site}'")
     adapter = get_adapter(model)
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
+    if top_k is not None and threshold is not None:
+        raise NeuronscopeError("give top_k or threshold, not both")
+    if top_k is not None or threshold is not None:
+        return _selected(model, adapter, batch, targets, layer_list, site, final_norm, top_k, threshold, absolute)
     sites = [site] + (["resid_post"] if final_norm else [])
     capture_layers = sorted(set(layer_list) | ({adapter.n_layers - 1} if final_norm else set()))
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     # Everything stays on the device of the unembedding; only the final scores come back to the CPU.
     device = adapter.unembedding().device
     with capture(model, sites=sites, layers=capture_layers, positions=positions) as acts:
-        model(**batch.inputs)
+        model(**batch.inputs, **logits_to_keep(model))
     activations = torch.stack([acts.get(site, layer).to(device) for layer in layer_list], dim=2)  # [B, n, L, d_ff]
     residual = acts.get("resid_post", adapter.n_layers - 1) if final_norm else None  # [B, n, d]
     scores = scores_from_activations(adapter, activations, targets.token_ids, layer_list, final_residual=residual)
@@ -144,3 +176,123 @@ def contribution(
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
             "targets": targets.describe(), "model": adapter.describe()}
     return NeuronScores(scores, meta=meta)
+
+
+def logits_to_keep(model: nn.Module) -> dict[str, Any]:
+    """Forward options for a forward whose only use is its activations: no KV cache (``use_cache=False``: at
+    batch 8 × 620 tokens a 7B model's cache is 19 % of its weights) and ``logits_to_keep=1`` when the model's
+    forward takes it (the scores need no logits)."""
+    options: dict[str, Any] = {"use_cache": False}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        options["logits_to_keep"] = 1
+    return options
+
+
+@dataclass
+class SelectedScores:
+    """Contribution scores at or above a threshold: coordinates and values (sparse, any number per target).
+
+    Attributes:
+        coordinates: ``[nnz, 4]`` (example, target, layer slot, neuron).
+        values: ``[nnz]``.
+        shape: ``(examples, targets, layers, d_ff)`` of the grid they come from.
+        meta: how they were made.
+    """
+
+    coordinates: torch.Tensor
+    values: torch.Tensor
+    shape: tuple[int, int, int, int]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def dense(self) -> torch.Tensor:
+        """The grid with zeros where nothing was kept (for small models and tests)."""
+        out = torch.zeros(self.shape, dtype=self.values.dtype)
+        out[tuple(self.coordinates.T)] = self.values
+        return out
+
+
+def layer_projection(adapter: ModelAdapter, layer: int, directions: torch.Tensor, centre: bool,
+                     device: torch.device) -> torch.Tensor:
+    """``<w_i, direction_j>`` of one layer ``[d_ff, m]`` in the score dtype on ``device`` (LayerNorm's centring
+    moved onto ``w`` when ``centre``), as :func:`value_projections` computes it."""
+    weights = adapter.value_vectors(layer)
+    dtype = score_dtype(weights)
+    proj = (weights @ directions.to(weights.device, weights.dtype).T).to(dtype).to(device)
+    if centre:
+        mean_w = weights.to(device, dtype).mean(-1)
+        proj = proj - mean_w[:, None] * directions.to(device, dtype).sum(-1)[None, :]
+    return proj
+
+
+def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, layer_list: list[int],
+              site: str, final_norm: bool, top_k: int | None, threshold: float | None,
+              absolute: bool) -> NeuronScores | SelectedScores:
+    """Scores computed layer by layer inside the forward and selected on the device (module docstring)."""
+    device = adapter.unembedding().device
+    n_rows, n_targets = targets.token_ids.shape
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    unique, target_index = targets.token_ids.unique(return_inverse=True)
+    directions = adapter.unembedding()[unique.to(device)]
+    norm = adapter.final_norm() if final_norm else None
+    if norm is not None:
+        directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
+    rows = n_rows * n_targets
+    deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
+    selector: Any = (top_k_selector(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff,
+                                    len(layer_list), device, absolute)
+                     if top_k is not None else ThresholdSelection(threshold, adapter.d_ff, absolute))
+    kept_layers: list[tuple[int, torch.Tensor]] = []
+    # index tensors on every layer's device before the forward: no host-to-device copies inside it
+    indexing = {}
+    for layer in layer_list:
+        here = adapter.value_vectors(layer).device
+        if here not in indexing:
+            indexing[here] = (torch.arange(n_rows, device=here)[:, None], positions.to(here), target_index.to(here))
+
+    def hook_for(slot: int, layer: int):
+        def score(tensor: torch.Tensor, call) -> None:
+            if call.offset != 0:
+                return None
+            here = tensor.device
+            row_index, position_index, token_index = indexing.get(here) or (
+                torch.arange(n_rows, device=here)[:, None], positions.to(here), target_index.to(here))
+            acts = tensor[row_index, position_index]  # [B, n, d_ff]
+            proj = layer_projection(adapter, layer, directions, norm is not None and norm.kind == "layer", here)
+            scores = (acts.to(proj.dtype) * proj.T[token_index]).reshape(rows, -1).to(device)
+            if deferred:
+                kept_layers.append((slot, scores))
+            else:
+                selector.add(slot, scores)
+            return None
+
+        return score
+
+    with HookSet(adapter) as hooks:
+        for slot, layer in enumerate(layer_list):
+            hooks.add(resolve_site(adapter, site, layer), hook_for(slot, layer))
+        if norm is not None:
+            last = adapter.n_layers - 1
+            with capture(model, sites="resid_post", layers=last, positions=positions) as acts:
+                model(**batch.inputs, **logits_to_keep(model))
+            sigma = norm.scale(acts.get("resid_post", last).to(device)).reshape(rows, 1)  # [B·n, 1]
+        else:
+            model(**batch.inputs, **logits_to_keep(model))
+            sigma = None
+    valid = targets.valid.reshape(rows).to(device)
+    meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
+            "targets": targets.describe(), "model": adapter.describe(), "absolute": absolute}
+    if top_k is not None:
+        values = selector.values if sigma is None else selector.values / sigma.to(selector.values.dtype)
+        values = values * valid[:, None]
+        values, indices = to_host(values.reshape(n_rows, n_targets, -1), selector.indices.reshape(n_rows, n_targets, -1))
+        return NeuronScores(values, indices, (len(layer_list), adapter.d_ff), {**meta, "top_k_kept": top_k})
+    for slot, scores in kept_layers:
+        selector.add(slot, scores / sigma.to(scores.dtype))
+    selector.finish()
+    flat_rows, flat = selector.coordinates[:, 0], selector.coordinates[:, 1]
+    keep = valid[flat_rows]
+    coordinates = torch.stack([flat_rows // n_targets, flat_rows % n_targets, flat // adapter.d_ff,
+                               flat % adapter.d_ff], dim=1)[keep]
+    coordinates, values = to_host(coordinates, selector.values[keep])
+    return SelectedScores(coordinates, values, (n_rows, n_targets, len(layer_list), adapter.d_ff),
+                          {**meta, "threshold": threshold})

@@ -17,14 +17,21 @@ Sites: ``"neuron"`` (default, the FFN output projection's input), ``"act"`` and 
 so the three sites give the same scores (up to rounding); ``gate`` / ``pre`` sit before a non-linearity, where
 a zero baseline means something else, and are refused.
 
-Two paths compute the same numbers:
-- ``method="packed"`` (default): per (example, target) the prompt prefix (positions before the scored one) is run
-  once with a KV cache; then rows ``r = (layer l_r, step k_r)`` are packed into batches of ``batch_size``, the
-  cache is expanded over them and only the scored position is run, row ``r`` scaling layer ``l_r``'s site by
-  ``α_{k_r}``. The scaled site is a fresh autograd leaf, so the backward never goes below the scored layer
-  (``torch.autograd.grad`` on those leaves only). Causality makes the prefix reuse exact.
+Three paths compute the same numbers:
+- ``method="sequence"`` (default): per (example, target) the prefix (positions before the scored one) runs once
+  with a KV cache; then all ``layers × steps`` rows ``r = (layer l_r, step k_r)`` run as ``R`` query tokens of ONE
+  sequence (all copies of the scored token at its position id) under a 4-D mask that lets each see the shared
+  prefix cache and itself only (:mod:`neuronscope.attribute.prefix_rows`); token ``r`` scales layer ``l_r``'s site
+  by ``α_{k_r}``, and one backward serves all rows. Memory grows with the rows, not rows × prefix; rows per
+  forward: the fastest measured size that fits in the free memory (:class:`~.prefix_rows.RowPlanner`). Models
+  whose attention cannot take a 4-D mask (flash / flex) use ``"packed"`` instead (``meta["path"]`` says which
+  ran).
+- ``method="packed"``: the same rows as separate batch rows, each with its own copy of the prefix cache.
 - ``method="plain"``: per (example, target, layer) the full example sequence is run as ``m`` rows (chunked by
   ``batch_size``), without a cache; the slow reference.
+
+In every path the scaled site is a fresh autograd leaf, so the backward never goes below the scored layer
+(``torch.autograd.grad`` on those leaves only). Causality makes the prefix reuse exact.
 
 Text models only: vision-language inputs (``pixel_values`` ...) raise an error.
 
@@ -37,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,19 +52,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuronscope.attribute.prefix_rows import RowPlanner, cache_keyword, planner_for, shared_prefix_mask
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.results.scores import NeuronScores
-from neuronscope.runs.batching import AdaptiveBatcher
+from neuronscope.runs.batching import AdaptiveBatcher, free_memory, is_out_of_memory
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.positions import CallState
 from neuronscope.trace.sites import resolve_site
 
 IG_SITES = ("neuron", "act", "up")
 GRIDS = ("dai", "linspace")
-METHODS = ("packed", "plain")
+METHODS = ("sequence", "packed", "plain")
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
 
 
@@ -94,9 +103,11 @@ class _RowScaler:
     plan: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     leaves: dict[int, torch.Tensor] = field(default_factory=dict)
     activations: dict[int, torch.Tensor] = field(default_factory=dict)
+    tokens: bool = False  # rows are the query tokens of batch row 0 (the "sequence" path), not batch rows
 
-    def start(self, plan: dict[int, tuple[torch.Tensor, torch.Tensor]], position: int | None = None) -> None:
-        self.plan, self.position = plan, position
+    def start(self, plan: dict[int, tuple[torch.Tensor, torch.Tensor]], position: int | None = None,
+              tokens: bool = False) -> None:
+        self.plan, self.position, self.tokens = plan, position, tokens
         self.leaves, self.activations = {}, {}
 
     def stop(self) -> None:
@@ -110,11 +121,15 @@ class _RowScaler:
                 return None
             rows, alphas = self.plan[layer]
             rows = rows.to(tensor.device)
-            position = tensor.shape[1] - 1 if self.position is None else self.position
-            original = tensor[rows, position].detach()  # [r, d_ff]
+            if self.tokens:  # rows are query tokens of one sequence: [1, R, d_ff]
+                where = (torch.zeros_like(rows), rows)
+            else:
+                position = tensor.shape[1] - 1 if self.position is None else self.position
+                where = (rows, torch.full_like(rows, position))
+            original = tensor[where].detach()  # [r, d_ff]
             leaf = (original * alphas.to(tensor.device, tensor.dtype)[:, None]).requires_grad_(True)
             self.activations[layer], self.leaves[layer] = original, leaf
-            return tensor.index_put((rows, torch.full_like(rows, position)), leaf)
+            return tensor.index_put(where, leaf)
 
         return scale
 
@@ -159,19 +174,29 @@ def _accumulate(scaler: _RowScaler, probability: torch.Tensor, grad_sums: dict[i
         activations.setdefault(layer, scaler.activations[layer][0].to(grad.dtype).cpu())
 
 
+def _prefix_cache(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, scored: int):
+    """The KV cache of the positions before the scored one (None when there are none)."""
+    if scored == 0:
+        return None
+    with torch.no_grad():
+        out = model(input_ids=ids[None, :scored], attention_mask=torch.ones_like(ids[None, :scored]),
+                    position_ids=positions[None, :scored], use_cache=True)
+    found = getattr(out, "cache", None)  # transformers >= 5.24; "past_key_values" before
+    return found if found is not None else getattr(out, "past_key_values", None)
+
+
+def _layer_major_rows(layers: list[int], alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``(l0, k0..), (l1, k0..), ...``: their layer and α, ``[layers · steps]`` each."""
+    return torch.tensor(layers).repeat_interleave(alphas.numel()), alphas.repeat(len(layers))
+
+
 def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
                token: int, layers: list[int], alphas: torch.Tensor, batch_size: int) -> torch.Tensor:
     """NA ``[layers, d_ff]`` of one (example, target): prefix once (KV cache), then packed (layer, step) rows."""
     ids, positions = ids[: scored + 1], positions[: scored + 1]
-    cache = None
-    if scored > 0:
-        with torch.no_grad():
-            out = model(input_ids=ids[None, :scored], attention_mask=torch.ones_like(ids[None, :scored]),
-                        position_ids=positions[None, :scored], use_cache=True)
-        cache = getattr(out, "past_key_values", None)
+    cache = _prefix_cache(model, ids, positions, scored)
     steps = alphas.numel()
-    row_layer = torch.tensor(layers).repeat_interleave(steps)  # layer-major rows: (l0, k0..), (l1, k0..), ...
-    row_alpha = alphas.repeat(len(layers))
+    row_layer, row_alpha = _layer_major_rows(layers, alphas)
     grad_sums: dict[int, torch.Tensor] = {}
     activations: dict[int, torch.Tensor] = {}
 
@@ -188,7 +213,8 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
             step_cache.batch_repeat_interleave(rows)
             kwargs: dict[str, Any] = dict(input_ids=ids[None, scored:].expand(rows, -1),
                                           position_ids=positions[None, scored:].expand(rows, -1),
-                                          past_key_values=step_cache, use_cache=True)
+                                          use_cache=True)
+            kwargs[cache_keyword(model)] = step_cache
         else:  # no cache available (or nothing before the scored position): run the truncated prompt
             kwargs = dict(input_ids=ids[None].expand(rows, -1), position_ids=positions[None].expand(rows, -1))
         kwargs["attention_mask"] = torch.ones(rows, scored + 1, dtype=torch.long, device=ids.device)
@@ -208,6 +234,77 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
     for _ in AdaptiveBatcher(min(batch_size, row_layer.numel())).map(list(range(row_layer.numel())), run_chunk):
         pass
     return torch.stack([activations[layer] * grad_sums[layer] / steps for layer in layers])
+
+
+def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
+                 token: int, layers: list[int], alphas: torch.Tensor, planner: RowPlanner) -> torch.Tensor | None:
+    """NA ``[layers, d_ff]`` of one (example, target): the prefix once, then every (layer, step) row as one query
+    token of a single sequence that sees the shared cache and itself only. None: the model cannot take the mask."""
+    device = ids.device
+    row_layer, row_alpha = _layer_major_rows(layers, alphas)
+    # on the device before any forward is queued: no host-to-device copy (a stream synchronisation) in between
+    alpha_on_device = row_alpha.to(device)
+    cache = _prefix_cache(model, ids, positions, scored)
+    if cache is None and scored > 0:
+        return None
+    slot_of = {layer: slot for slot, layer in enumerate(layers)}
+    grad_sums = activations = None
+    keyword, start = cache_keyword(model), 0
+    while start < row_layer.numel():
+        rows, candidate = planner.next_chunk(row_layer.numel() - start, scored, device, row_layer.numel())
+        began = time.perf_counter()
+        mask = shared_prefix_mask(model, cache, scored, rows, device)
+        if mask is None:
+            return None
+        chunk_layer = row_layer[start:start + rows]
+        plan = {}
+        for layer in dict.fromkeys(chunk_layer.tolist()):  # layer-major: each layer's rows are one range
+            where = (chunk_layer == layer).nonzero()[:, 0]
+            first, last = int(where[0]), int(where[-1]) + 1
+            plan[layer] = (torch.arange(first, last, device=device), alpha_on_device[start + first:start + last])
+        kwargs: dict[str, Any] = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
+                                      position_ids=positions[scored].expand(1, rows))
+        if cache is not None:
+            kwargs.update({keyword: copy.deepcopy(cache), "use_cache": True})
+        else:
+            kwargs["use_cache"] = False
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        scaler.start(plan, tokens=True)
+        failed = False
+        try:
+            with torch.enable_grad():
+                probability = _target_probability(model(**kwargs).logits[0], token)
+                if before is not None:  # what the rows keep for the backward (the planner's model is corrected)
+                    planner.observe(rows, scored, torch.cuda.memory_allocated(device) - before)
+                leaves = [scaler.leaves[layer] for layer in plan]
+                grads = torch.autograd.grad(probability.sum(), leaves)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
+            if not is_out_of_memory(error):
+                raise
+            failed = True
+        finally:
+            scaler.stop()
+        if failed:  # outside the except block, so that the traceback no longer holds the chunk's tensors
+            del kwargs
+            free_memory()
+            if rows == 1:
+                raise NeuronscopeError("out of memory with one integrated-gradients row: use a smaller dtype, "
+                                       "shorter prompts or spread the model over more GPUs (device_map)")
+            planner.shrink(rows)
+            continue
+        if grad_sums is None:
+            work = _work_dtype(grads[0].dtype)
+            grad_sums = torch.zeros(len(layers), grads[0].shape[-1], dtype=work, device=device)
+            activations = torch.zeros_like(grad_sums)
+        for layer, grad in zip(plan, grads, strict=True):
+            grad_sums[slot_of[layer]] += grad.to(grad_sums.dtype).sum(0)
+            activations[slot_of[layer]] = scaler.activations[layer][0].to(grad_sums.dtype)
+        if candidate is not None:  # a size being tried: time it (one synchronisation)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            planner.timed(candidate, rows, time.perf_counter() - began)
+        start += rows
+    return (activations * grad_sums / alphas.numel()).cpu()
 
 
 def _ig_plain(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
@@ -244,7 +341,8 @@ def integrated_gradients(
     site: str = "neuron",
     layers: list[int] | None = None,
     batch_size: int | None = None,
-    method: str = "packed",
+    method: str = "sequence",
+    memory_budget: float | None = None,
 ) -> NeuronScores:
     """Knowledge-neuron integrated gradients of every neuron of the chosen layers, for each target.
 
@@ -256,13 +354,17 @@ def integrated_gradients(
         grid: ``"dai"`` (``α_k = k/m``, default) or ``"linspace"`` (``linspace(0, 1, m)``); see module docstring.
         site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).
         layers: layers to score; default all. Each layer is attributed separately (other layers untouched).
-        batch_size: rows per forward: (layer, step) rows for ``"packed"``, steps for ``"plain"``. Default: on a
-            GPU all ``layers × steps`` rows of a prompt at once (halved automatically on out-of-memory), on a CPU 64.
-            On a GPU, larger is faster: each packed forward reads all weights once, and each row holds a copy
-            of the prompt's KV cache (``2 · layers · d_model · T`` values). Llama-2-7B-shaped, bf16, T = 32,
-            20 steps on an H100: 0.88 s per prompt at 64, 0.15 s at 640 (26 GiB peak); plain path 2.2 s.
-        method: ``"packed"`` (default; prefix KV cache, layer × step rows, backward cut at the layer) or
-            ``"plain"`` (the reference: one layer at a time, full sequence, no cache). Both give the same scores.
+        batch_size: the most rows per forward: (layer, step) rows for ``"sequence"`` and ``"packed"``, steps for
+            ``"plain"``. Default for ``"sequence"``: the fastest measured size that fits in the free memory
+            (:class:`~neuronscope.attribute.prefix_rows.RowPlanner`: the largest size that fits, its half and its
+            quarter are each tried once on real rows and timed, then the fastest is used in balanced chunks; kept
+            per model across calls; halved on out-of-memory); for ``"packed"`` all ``layers × steps`` rows on a GPU,
+            64 on a CPU; for ``"plain"`` 64.
+        method: ``"sequence"`` (default: prefix once, all rows as query tokens of one sequence under a 4-D mask,
+            one backward), ``"packed"`` (rows as batch rows, each with a copy of the prefix cache) or ``"plain"``
+            (the reference: one layer at a time, full sequence, no cache). All give the same scores.
+        memory_budget: bytes one ``"sequence"`` chunk may use (default: 90 % of the free device memory; 4 GiB on
+            a CPU).
 
     Returns:
         NeuronScores ``[examples, targets, layers, d_ff]`` (float32, float64 for float64 models; zeros where a
@@ -280,17 +382,20 @@ def integrated_gradients(
             f"not '{site}'"
         )
     if method not in METHODS:
-        raise NeuronscopeError(f"unknown integrated_gradients method '{method}': use 'packed' or 'plain'")
+        raise NeuronscopeError(
+            f"unknown integrated_gradients method '{method}': use {', '.join(map(repr, METHODS))}"
+        )
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise NeuronscopeError(f"batch_size must be a positive number of rows, got {batch_size!r}")
+    planner = planner_for(model, limit=batch_size, budget=memory_budget)
     if batch_size is None:
         on_gpu = next(model.parameters()).device.type == "cuda"
         batch_size = max(1, len(layers or []) or get_adapter(model).n_layers) * steps if on_gpu else 64
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise NeuronscopeError(f"batch_size must be a positive number of rows, got {batch_size!r}")
     _check_text_inputs(batch)
     adapter: ModelAdapter = get_adapter(model)
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
-    path = _ig_packed if method == "packed" else _ig_plain
+    used = set()
     dtype = _work_dtype(next(model.parameters()).dtype)
     scores = torch.zeros(len(batch), targets.n_targets, len(layer_list), adapter.d_ff, dtype=dtype)
     scaler = _RowScaler()
@@ -300,8 +405,16 @@ def integrated_gradients(
         embed_device = model.get_input_embeddings().weight.device
         for row, column in targets.valid.nonzero().tolist():
             ids, positions, scored = _example(batch, row, int(targets.positions[row, column]))
-            scores[row, column] = path(model, scaler, ids.to(embed_device), positions.to(embed_device), scored,
-                                       int(targets.token_ids[row, column]), layer_list, alphas, batch_size)
+            args = (model, scaler, ids.to(embed_device), positions.to(embed_device), scored,
+                    int(targets.token_ids[row, column]), layer_list, alphas)
+            found = _ig_sequence(*args, planner) if method == "sequence" else None
+            if found is None:  # "packed" / "plain" asked, or attention that cannot take a 4-D mask
+                ran = "plain" if method == "plain" else "packed"
+                found = (_ig_plain if ran == "plain" else _ig_packed)(*args, batch_size)
+            else:
+                ran = "sequence"
+            used.add(ran)
+            scores[row, column] = found
     meta = {"method": "integrated_gradients", "site": site, "layers": layer_list, "steps": steps, "grid": grid,
-            "path": method, "targets": targets.describe(), "model": adapter.describe()}
+            "path": "+".join(sorted(used)) or method, "targets": targets.describe(), "model": adapter.describe()}
     return NeuronScores(scores, meta=meta)

@@ -45,6 +45,7 @@ from neuronscope.attribute.heads import (
     check_weighted_values,
     weighted_values,
 )
+from neuronscope.attribute.kernels import shifted_logsumexp, target_values
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet, prediction_targets
@@ -64,8 +65,13 @@ def log_probability_increase_from_logits(
     softcap: float | None = None,
     *,
     scale: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32.
+
+    The full-vocabulary log-sum-exp of each row is one fused reduction
+    (:func:`neuronscope.attribute.kernels.shifted_logsumexp`): ``base + scale · delta`` is never stored, and
+    ``delta`` is read in its own dtype with float32 accumulation.
 
     Args:
         base_logits: ``[V]`` logits of the residual alone (before any soft-cap).
@@ -74,6 +80,8 @@ def log_probability_increase_from_logits(
         softcap: the model's final logit soft-cap ``c`` (``c · tanh(z / c)``), or None.
         scale: ``[N]``: row ``k`` adds ``scale[k] · delta_logits[k]`` instead (fused into one pass, so that a
             neuron's activation times its direction is never stored on its own).
+        backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see
+            :mod:`neuronscope.attribute.kernels`).
 
     Returns:
         ``[N]`` log-probability increases.
@@ -83,14 +91,11 @@ def log_probability_increase_from_logits(
         tensor([0.5472])
     """
     base = base_logits.float()
-    if scale is None:
-        new = base + delta_logits.float()
-    else:
-        new = torch.addcmul(base[None], scale.float()[:, None], delta_logits)
-    if softcap:
-        base = torch.tanh(base / softcap) * softcap
-        new = torch.tanh(new / softcap) * softcap
-    return (new[:, target] - new.logsumexp(-1)) - (base[target] - base.logsumexp(-1))
+    capped_base = torch.tanh(base / softcap) * softcap if softcap else base
+    new_target = target_values(base, delta_logits, target, scale, softcap)
+    new_lse = shifted_logsumexp(base, delta_logits, scale, softcap, backend=backend)
+    increase = (new_target - new_lse) - (capped_base[target] - capped_base.logsumexp(-1))
+    return increase.float()
 
 
 @dataclass

@@ -95,7 +95,7 @@ def run_knowledge_neurons(
         for fact in facts:
             batch = encode_prompts(tokenizer, [fact["prompt"]], model=lm)
             targets = token_targets(batch, [fact["target_id"]], tokenizer)
-            options = {"steps": steps, "batch_size": 160} if method == "integrated_gradients" else {}
+            options = {"steps": steps} if method == "integrated_gradients" else {}
             scores = get_method(method).function(lm, batch, targets, **options)
             located.append(knowledge_neurons_of(scores.dense()[0, 0].float(), threshold, max_neurons))
     scorer = PrefixCacheScorer(lm, tokenizer, [f["prompt"] for f in facts], [f["target_id"] for f in facts])

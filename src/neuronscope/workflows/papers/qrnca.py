@@ -88,7 +88,7 @@ def _attribute(model: Any, tokenizer: Any, prompt: str, letter: str, method: str
     """NA ``[layers, d_ff]`` of one prompt for its answer letter."""
     batch = encode_prompts(tokenizer, [prompt], model=model)
     targets = word_targets(tokenizer, batch, letter, leading_space=leading_space)
-    options = {"steps": steps, "batch_size": 160} if method == "integrated_gradients" else {}
+    options = {"steps": steps} if method == "integrated_gradients" else {}
     scores = get_method(method).function(model, batch, targets, **options)
     return scores.dense()[0, 0].float() if hasattr(scores, "dense") else scores.values[0, 0].float()
 

@@ -1,0 +1,122 @@
+"""Correctness of the fast paths on the machine that runs the benchmarks (the tests run on CPUs only): each fast
+path against its plain oracle, in float32 (TF32 off) on small random models, on the benchmark's device.
+
+- IG: ``"sequence"`` (4-D mask over a shared prefix cache; sdpa and eager attention) and ``"packed"`` against
+  ``"plain"``, several layers, both grids; the largest difference over the largest score.
+- contribution: the device-selected top-k (both selectors) against the top-k of the dense grid.
+- LPI log-sum-exp: every kernel (plain, compiled, Triton) against ``torch.logsumexp`` of the materialised float64
+  values, with and without soft-cap, float32 and bf16 deltas.
+
+    python benchmarks/bench_checks.py OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+from common import TINY, build_llama, device, main, text_batch
+
+SMALL = dict(hidden_size=256, intermediate_size=688, num_attention_heads=8, num_key_value_heads=4, vocab_size=1024,
+             num_hidden_layers=4)
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = float(b.abs().max())
+    return float((a - b).abs().max()) / scale if scale else 0.0
+
+
+def ig_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
+    from neuronscope.attribute.integrated_gradients import integrated_gradients
+    from neuronscope.inputs.targets import token_targets
+
+    out = []
+    for attention in ("sdpa", "eager"):
+        model = build_llama(shape, torch.float32, where, seed=3)
+        model.set_attn_implementation(attention)
+        ids = torch.randint(3, shape["vocab_size"], (1, 24), device=where)
+        batch = text_batch(ids)
+        targets = token_targets(batch, 5)
+        for grid in ("dai", "linspace"):
+            plain = integrated_gradients(model, batch, targets, steps=8, grid=grid, method="plain").values
+            for method in ("sequence", "packed"):
+                fast = integrated_gradients(model, batch, targets, steps=8, grid=grid, method=method)
+                out.append({"attention": attention, "grid": grid, "method": method, "path": fast.meta["path"],
+                            "max_abs_diff_over_max": _relative(fast.values, plain), "ok": _relative(fast.values,
+                                                                                                     plain) < 1e-3})
+    return out
+
+
+def contribution_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
+    from neuronscope.attribute import selection
+    from neuronscope.attribute.contribution import contribution
+    from neuronscope.inputs.targets import TargetSet
+
+    model = build_llama(shape, torch.float32, where, seed=4)
+    ids = torch.randint(3, shape["vocab_size"], (2, 30), device=where)
+    batch = text_batch(ids)
+    targets = TargetSet(ids[:, 20:25].cpu(), torch.arange(19, 24)[None].expand(2, -1).clone(),
+                        torch.ones(2, 5, dtype=torch.bool))
+    dense = contribution(model, batch, targets).values.flatten(2)
+    k = min(200, dense.shape[-1] // 2)
+    out = []
+    for mode in ("buffered", "running"):
+        selection.SELECTOR = mode
+        try:
+            kept = contribution(model, batch, targets, top_k=k)
+        finally:
+            selection.SELECTOR = "auto"
+        order = dense.topk(k, dim=-1).indices
+        same = float((torch.sort(order, -1).values == torch.sort(kept.indices, -1).values).float().mean())
+        diff = float((dense.gather(-1, order) - kept.values).abs().max())
+        out.append({"selector": mode, "kept_set_equal_fraction": same, "max_abs_value_diff": diff,
+                    "ok": same > 0.999 and diff < 1e-5 * float(dense.abs().max())})
+    return out
+
+
+def kernel_checks(where: torch.device) -> list[dict[str, Any]]:
+    from neuronscope.attribute.kernels import shifted_logsumexp
+
+    generator = torch.Generator().manual_seed(0)
+    base = (torch.randn(32000, generator=generator) * 4).to(where)
+    delta = (torch.randn(64, 32000, generator=generator) * 3).to(where)
+    scale = torch.randn(64, generator=generator).to(where)
+    out = []
+    for softcap in (None, 30.0):
+        for dtype in (torch.float32, torch.bfloat16):
+            values = delta.to(dtype)
+            z = base.double()[None] + scale.double()[:, None] * values.double()
+            z = torch.tanh(z / softcap) * softcap if softcap else z
+            expected = torch.logsumexp(z, -1)
+            for backend in ("plain",) if where.type == "cpu" else ("plain", "compiled", "triton"):
+                entry: dict[str, Any] = {"backend": backend, "delta_dtype": str(dtype).removeprefix("torch."),
+                                         "softcap": softcap}
+                try:
+                    got = shifted_logsumexp(base, values, scale, softcap, backend=backend).double()
+                    entry["max_abs_diff"] = float((got - expected).abs().max())
+                    entry["ok"] = entry["max_abs_diff"] < 1e-4
+                except Exception as error:  # noqa: BLE001 - a kernel that cannot build here is reported
+                    entry["error"] = f"{type(error).__name__}: {error}"[:300]
+                out.append(entry)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    where = torch.device("cpu") if args.tiny or args.smollm2 else device()
+    shape = TINY if args.tiny else SMALL
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        table = {"table": "checks", "device": str(where), "integrated_gradients": ig_checks(where, shape),
+                 "contribution_top_k": contribution_checks(where, shape), "log_sum_exp": kernel_checks(where)}
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    rows = table["integrated_gradients"] + table["contribution_top_k"] + table["log_sum_exp"]
+    table["all_ok"] = all(row.get("ok", False) for row in rows if "error" not in row)
+    table["errors"] = [row for row in rows if "error" in row]
+    return table
+
+
+if __name__ == "__main__":
+    main("checks", run, __doc__.splitlines()[0])

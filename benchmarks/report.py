@@ -1,0 +1,177 @@
+"""Turn a folder of benchmark JSON (``run_all.py``'s output) into the Markdown tables of BENCHMARKS.md.
+
+    python benchmarks/report.py OUT            # prints Markdown: goal / measured / ratio / met, per table
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _load(folder: Path, name: str) -> dict[str, Any] | None:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _s(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _x(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}×"
+
+
+GOALS = {"on": True}  # the goals are the H200's: off for CPU runs
+
+
+def _met(ok: bool | None) -> str:
+    if not GOALS["on"]:
+        return "CPU run"
+    return "—" if ok is None else ("yes" if ok else "no")
+
+
+def contribution(table: dict[str, Any]) -> list[str]:
+    lines = [f"### Contribution ({table['model']})", "",
+             "| batch × tokens | forward | top-k on device | ratio (goal ≤ 1.10×) | peak / weights (goal ≤ 1.10) | "
+             "dense grid to host (before) | top-k = dense top-k |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for row in table["rows"]:
+        ratio, peak = row["top_k_over_forward"], row["top_k"].get("peak_over_weights")
+        lines.append(f"| {row['batch']} × {row['length']} ({row['targets_per_row']} targets) | "
+                     f"{_s(row['forward']['seconds'])} | {_s(row['top_k']['seconds'])} | {_x(ratio)} "
+                     f"({_met(ratio <= 1.10)}) | {_x(peak, 3) if peak else '—'} "
+                     f"({_met(None if peak is None else peak <= 1.10)}) | {_x(row['dense_over_forward'])} | "
+                     f"{row['agreement']['kept_set_equal_fraction']:.3f} of the kept sets equal, max value diff "
+                     f"{row['agreement']['max_abs_value_diff']:.2g} |")
+    return lines
+
+
+def integrated_gradients(table: dict[str, Any]) -> list[str]:
+    rows = table["rows"]
+    loop, fast = rows["qrneuron_loop"], rows["sequence_planned"]
+    peak = fast.get("peak_over_weights")
+    speedup = fast["speedup_over_loop"]
+    timed = f" (timed on {loop['timed_layers']} layers, scaled)" if "timed_layers" in loop else ""
+    lines = [f"### Integrated gradients ({table['model']}; m = {rows['steps']}, {rows['layers']} layers, "
+             f"T = {rows['length']}: {rows['rows']} rows)", "",
+             "| what | time | vs the loop | peak / weights |", "| --- | --- | --- | --- |",
+             f"| qrneuron's per-layer loop{timed} | {_s(loop['seconds'])} | 1× | "
+             f"{_x(loop.get('peak_over_weights'), 3)} |",
+             f"| sequence path, planned rows (goal ≥ 100×, ≤ 1.3× weights) | {_s(fast['seconds'])} | "
+             f"**{_x(speedup, 1)}** ({_met(speedup >= 100)}) | {_x(peak, 3)} ({_met(None if peak is None else peak <= 1.3)}) |"]
+    for entry in rows["sequence_fixed_batch"]:
+        if "seconds" in entry:
+            lines.append(f"| sequence path, {entry['batch_size']} rows per chunk | {_s(entry['seconds'])} | "
+                         f"{_x(loop['seconds'] / entry['seconds'], 1)} | {_x(entry.get('peak_over_weights'), 3)} |")
+    packed = rows.get("packed_previous_default", {})
+    if "seconds" in packed:
+        lines.append(f"| packed path (previous default) | {_s(packed['seconds'])} | "
+                     f"{_x(loop['seconds'] / packed['seconds'], 1)} | {_x(packed.get('peak_over_weights'), 3)} |")
+    agreement = rows["agreement_with_loop"]
+    lines += ["", f"Agreement with the loop in this run's dtype: largest difference {agreement['max_abs_diff_over_max']:.2g}"
+              f" of the largest score, top-100 overlap {agreement['top100_overlap']:.2f}."]
+    fp32 = table.get("fp32_agreement")
+    if fp32:
+        lines.append(f"float32 ({fp32['layers']}-layer model of the same width, T = {fp32['length']}, m = "
+                     f"{fp32['steps']}, TF32 off): {fp32['max_abs_diff_over_max']:.2g} of the largest score "
+                     f"(goal ≤ 1e-3: {_met(fp32['max_abs_diff_over_max'] <= 1e-3)}).")
+    return lines
+
+
+def lpi(table: dict[str, Any]) -> list[str]:
+    lines = ["### Exact LPI of every neuron of one layer over the full vocabulary (bf16)", "",
+             "| shape | chunk | kernel | time | FLOP floor | ratio (goal ≤ 2×) | vs the products alone | "
+             "peak above the model |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for row in table["rows"]:
+        if "error" in row:
+            lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | error: "
+                         f"{row['error'][:80]} | | | | |")
+            continue
+        peak = row.get("peak_above_model_gib")
+        lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | {_s(row['seconds'])} | "
+                     f"{_s(row['flop_floor_s'])} | {_x(row['over_floor'])} ({_met(row['over_floor'] <= 2)}) | "
+                     f"{_x(row['over_matmul_only'])} | {'—' if peak is None else f'{peak:.2f} GiB'} |")
+    for entry in table["agreement"]:
+        lines.append(f"\n{entry['shape']}: bf16 vs fp32 products, largest LPI difference "
+                     f"{entry['max_abs_error_bf16_vs_fp32_compute']:.2g} on LPIs up to {entry['max_abs_lpi_fp32']:.2g}.")
+    return lines
+
+
+def multimodal(table: dict[str, Any]) -> list[str]:
+    reference = table["reference"]["images_per_second"]
+    lines = [f"### Multimodal neurons ({table['model']}; {table['caption_tokens']}-token captions, "
+             f"{table['targets_per_caption']} targets each, top-{table['top_k']})", "",
+             "| approach | images/s | vs reference (goal ≥ 25×) | peak / weights (goal ≤ 1.15) |",
+             "| --- | --- | --- | --- |"]
+    for row in table["streaming"]:
+        peak = row.get("peak_over_weights")
+        ratio = row["images_per_second"] / reference
+        lines.append(f"| streaming, batch {row['batch']} | {row['images_per_second']:.2f} | {_x(ratio, 1)} "
+                     f"({_met(ratio >= 25)}) | {_x(peak, 3)} ({_met(None if peak is None else peak <= 1.15)}) |")
+    now = table.get("pipeline_now", {})
+    if "images_per_second" in now:
+        lines.append(f"| pipeline as it is, batch {now['batch']} | {now['images_per_second']:.2f} | "
+                     f"{_x(now['images_per_second'] / reference, 1)} | {_x(now.get('peak_over_weights'), 3)} |")
+    lines.append(f"| reference strategy, batch 1 | {reference:.2f} | 1× | "
+                 f"{_x(table['reference'].get('peak_over_weights'), 3)} |")
+    return lines
+
+
+def peers(table: dict[str, Any]) -> list[str]:
+    lines = [f"### Peers on the same model ({table['model']})", "", "| task | tool | time | over ours | agreement |",
+             "| --- | --- | --- | --- | --- |"]
+    for task, key, label in (("contribution", "max_abs_diff_over_max", "largest difference / largest score"),
+                             ("generation_intervention", "same_tokens_fraction", "tokens equal to ours")):
+        part = table[task]
+        plain = part.get("generate_without_intervention")
+        if plain:
+            changed = part.get("neuronscope", {}).get("tokens_changed_by_the_intervention")
+            lines.append(f"| {task} | Hugging Face generate, no intervention | {_s(plain['seconds'])} | "
+                         f"{_x(plain['seconds'] / part['neuronscope']['seconds'])} | the intervention changes "
+                         f"{changed:.2f} of the tokens |")
+        for tool in ("neuronscope", "nnsight", "transformer_lens", "transformer_lens_no_kv_cache"):
+            entry = part.get(tool)
+            if entry is None:
+                continue
+            if "error" in entry:
+                lines.append(f"| {task} | {tool} | error: {entry['error'][:80]} | | |")
+                continue
+            agreement = "—" if key not in entry else f"{entry[key]:.3g} ({label})"
+            if "without_hooks_same_as_hf_fraction" in entry:
+                agreement += f"; without hooks vs HF: {entry['without_hooks_same_as_hf_fraction']:.2f}"
+            lines.append(f"| {task} | {tool} | {_s(entry['seconds'])} | {_x(entry.get('over_ours', 1.0))} | "
+                         f"{agreement} |")
+    return lines
+
+
+def main() -> None:
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmark-results")
+    env = _load(folder, "environment") or {}
+    GOALS["on"] = "gpu_memory_gib" in env
+    versions = ", ".join(f"{k} {v}" for k, v in env.get("versions", {}).items())
+    out = [f"Machine: {env.get('device', '?')}; {versions}; {env.get('date', '?')}; CPU threads "
+           f"{env.get('cpu_threads', '?')}.", ""]
+    checks = _load(folder, "checks")
+    if checks is not None:
+        failed = [row for part in ("integrated_gradients", "contribution_top_k", "log_sum_exp")
+                  for row in checks[part] if not row.get("ok", False)]
+        out += [f"Correctness on this device (`checks.json`, float32, each fast path against its plain oracle): "
+                f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "
+                f"{len(failed)} rows not ok (errors or differences): {failed[:4]}", ""]
+    for name, render in (("contribution", contribution), ("integrated_gradients", integrated_gradients),
+                         ("lpi", lpi), ("multimodal", multimodal), ("peers", peers)):
+        table = _load(folder, name)
+        if table is not None:
+            out += render(table) + [""]
+    run = _load(folder, "run")
+    if run and (run.get("skipped") or run.get("errors")):
+        out.append(f"Skipped: {run.get('skipped')}; errors in: {list(run.get('errors', {}))}")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

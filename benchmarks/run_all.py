@@ -1,0 +1,97 @@
+"""Run every benchmark in ONE process and write one JSON per table into a folder.
+
+    python benchmarks/run_all.py OUT                 # CUDA (one H200: ~5-7 minutes)
+    python benchmarks/run_all.py OUT --tiny          # CPU smoke test of every table, seconds
+    python benchmarks/run_all.py OUT --smollm2       # CPU figures on SmolLM2-135M-Instruct, 1 thread
+
+Tables: ``environment.json`` (machine, versions, date), ``checks.json`` (each fast path against its plain oracle
+in float32 on this device, Triton and compiled kernels included: the tests run on CPUs only), ``contribution.json``, ``integrated_gradients.json``,
+``peers.json`` (all three on one Llama-2-7B-shaped bf16 model built once), ``lpi.json`` (one-layer models at
+V = 32k and 128k), ``multimodal.json`` (LLaVA-1.5-7B shape), and ``run.json`` (seconds per table, tables skipped
+for lack of time, errors). A table that fails is recorded in ``run.json`` and the others still run; before each
+table the remaining time (``--budget`` seconds, default 470) is checked against its usual cost on an H200, and a
+table that would not fit is skipped and said so.
+
+nnsight and TransformerLens are optional (their rows say "not installed" without them); put their wheels on
+``PYTHONPATH`` or install them for ``peers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+import traceback
+from typing import Any
+
+import bench_checks
+import bench_contribution
+import bench_integrated_gradients
+import bench_lpi
+import bench_multimodal
+import bench_peers
+import torch
+from common import LLAMA2_7B, build_llama, device, environment, free, parser, write_table
+
+# usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget
+COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 120}
+
+
+class TableTimeout(Exception):
+    """A table ran out of its time."""
+
+
+def _out_of_time(signum, frame) -> None:
+    raise TableTimeout("the table ran out of its time (see COST in benchmarks/run_all.py)")
+
+
+def main() -> None:
+    arguments: argparse.ArgumentParser = parser(__doc__.splitlines()[0])
+    arguments.add_argument("--budget", type=float, default=470.0, help="seconds for all tables (default 470)")
+    arguments.add_argument("--only", nargs="*", default=None, help="run only these tables")
+    args = arguments.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    env = environment()
+    write_table(args.out, "environment", env)
+    log: dict[str, Any] = {"seconds": {}, "skipped": [], "errors": {}, "mode": "tiny" if args.tiny else
+                           "smollm2" if args.smollm2 else "gpu"}
+    cpu_mode = args.tiny or args.smollm2
+    tables = [("checks", bench_checks), ("contribution", bench_contribution), ("integrated_gradients", bench_integrated_gradients),
+              ("peers", bench_peers), ("lpi", bench_lpi), ("multimodal", bench_multimodal)]
+    if args.smollm2:  # the laptop user's tables
+        tables = [t for t in tables if t[0] in ("checks", "contribution", "integrated_gradients", "peers")]
+    if args.only:
+        tables = [t for t in tables if t[0] in args.only]
+    shared = None
+    if not cpu_mode and any(name in ("contribution", "integrated_gradients", "peers") for name, _ in tables):
+        shared = build_llama(LLAMA2_7B, torch.bfloat16, device())  # built once for the three tables
+    args.shared_model = shared
+    for name, module in tables:
+        left = args.budget - (time.perf_counter() - start)
+        if not cpu_mode and left < COST[name]:
+            log["skipped"].append({"table": name, "seconds_left": left, "usual_cost": COST[name]})
+            continue
+        if name == "lpi" and shared is not None:  # the 7B model is not needed any more
+            args.shared_model = shared = None
+            free()
+        began = time.perf_counter()
+        if not cpu_mode:  # a table that hangs past three times its usual cost (or the budget) is stopped
+            signal.signal(signal.SIGALRM, _out_of_time)
+            signal.alarm(max(1, int(min(left, 3 * COST[name]))))
+        try:
+            table = module.run(args)
+            write_table(args.out, name, {"environment": env, **table})
+        except Exception as error:  # noqa: BLE001 - one failing table must not lose the others
+            log["errors"][name] = f"{type(error).__name__}: {error}\n" + traceback.format_exc()[-3000:]
+        finally:
+            signal.alarm(0)
+        log["seconds"][name] = time.perf_counter() - began
+        print(f"{name}: {log['seconds'][name]:.1f} s{' (error)' if name in log['errors'] else ''}", flush=True)
+        free()
+    log["total_seconds"] = time.perf_counter() - start
+    print(write_table(args.out, "run", log))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Caption and score in one pass: greedy generation that writes each step's neuron activations into preallocated
+device buffers, then contribution scores of the chosen (row, step) targets with the top-k selected on the device.
+
+The primitive under the multimodal-neurons pipeline (Pan et al.): the token generated at step ``k`` is produced by
+the logits of the call that ran step ``k`` (the prompt's last position for ``k = 0``), so the site captured at the
+last position of that call is exactly where its contribution is scored — no re-forward. What is different from
+capturing with :func:`neuronscope.trace.capture`:
+
+- per layer one buffer ``[batch, steps, d_ff]`` in the model's dtype on that layer's device, filled in place by
+  one copy per layer and call (no per-call lists, clones or host work);
+- scores are computed layer by layer for the chosen pairs only (``<w_i, u_t>`` of that layer for their tokens)
+  and merged into a running top-k on the device (:class:`~neuronscope.attribute.selection.RunningTopK`); the
+  ``[pairs, layers, d_ff]`` grid never exists and nothing dense reaches the host;
+- one pinned asynchronous copy of the kept values and indices at the end.
+
+Example:
+    >>> batch = encode_images(processor, images, assistant_prefix="An image of")
+    >>> found = caption_contributions(model, processor, batch, max_new_tokens=20, top_k=10_000)
+    >>> found.texts[0], found.values.shape            # caption of image 0, [pairs, 10000]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.contribution import CONTRIBUTION_SITES, layer_projection
+from neuronscope.attribute.selection import to_host, top_k_selector
+from neuronscope.errors import InputError
+from neuronscope.inputs import Batch, Generation, generate
+from neuronscope.models.adapter import get_adapter
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.sites import resolve_site
+
+StepSelector = Callable[[Generation], Sequence[Sequence[int]]]
+
+
+@dataclass
+class CaptionContributions:
+    """What :func:`caption_contributions` returns (all on the host).
+
+    Attributes:
+        generation: the greedy generation (``sequences``, ``prompt_len``, ``texts``).
+        pairs: ``[n, 3]`` (row, step, token id) of every scored target; the token was produced at position
+            ``prompt_len - 1 + step`` of ``sequences``.
+        values: ``[n, k]`` the kept contribution scores, best first.
+        flat_indices: ``[n, k]`` ``layer * d_ff + i``.
+        n_layers, d_ff: the neuron grid.
+    """
+
+    generation: Generation
+    pairs: torch.Tensor
+    values: torch.Tensor
+    flat_indices: torch.Tensor
+    n_layers: int
+    d_ff: int
+
+    @property
+    def texts(self) -> list[str]:
+        return self.generation.texts
+
+    def rows(self, row: int) -> torch.Tensor:
+        """Indices into ``pairs`` / ``values`` of one image's targets."""
+        return (self.pairs[:, 0] == row).nonzero()[:, 0]
+
+
+def every_step(stop_ids: set[int]) -> StepSelector:
+    """A selector: every generated step of a row until its first stop token (pad / end of sequence)."""
+
+    def select(generation: Generation) -> list[list[int]]:
+        out = []
+        for tokens in generation.tokens.tolist():
+            steps = []
+            for step, token in enumerate(tokens):
+                if token in stop_ids:
+                    break
+                steps.append(step)
+            out.append(steps)
+        return out
+
+    return select
+
+
+def _stop_ids(processor: Any) -> set[int]:
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return {int(i) for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None}
+
+
+def _pairs(generation: Generation, chosen: Sequence[Sequence[int]]) -> torch.Tensor:
+    tokens = generation.tokens.cpu()
+    rows = [(row, step, int(tokens[row, step])) for row, steps in enumerate(chosen) for step in steps
+            if 0 <= step < tokens.shape[1]]
+    return torch.tensor(rows, dtype=torch.long).reshape(-1, 3)
+
+
+@torch.no_grad()
+def caption_contributions(
+    model: nn.Module,
+    processor: Any,
+    batch: Batch,
+    *,
+    max_new_tokens: int = 20,
+    select: StepSelector | None = None,
+    top_k: int = 10_000,
+    site: str = "neuron",
+    absolute: bool = False,
+    pair_chunk: int = 256,
+    **generate_kwargs: Any,
+) -> CaptionContributions:
+    """Generate greedily while buffering the site at each step, then keep the top-k contributions of each target.
+
+    Args:
+        model: a vision-language model (or a causal LM).
+        processor: its processor (decoding and stop tokens).
+        batch: left-padded inputs, e.g. :func:`neuronscope.inputs.encode_images` with ``assistant_prefix``.
+        max_new_tokens: caption length (the buffers hold this many steps).
+        select: ``select(generation) -> steps per row`` to score (e.g. the first sub-token of each noun); default
+            every step before the row's first stop token.
+        top_k: neurons kept per target over all ``layers × d_ff`` (Pan et al. keep 10,000).
+        site: ``"neuron"`` (default) or ``"act"``.
+        absolute: rank by ``|score|``.
+        pair_chunk: targets scored at once (memory ``pair_chunk × (top_k + d_ff)`` float32).
+        generate_kwargs: passed to ``model.generate``.
+
+    Returns:
+        :class:`CaptionContributions`.
+    """
+    if site not in CONTRIBUTION_SITES:
+        raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
+    adapter = get_adapter(model)
+    dtype = next(model.parameters()).dtype
+    buffers: list[torch.Tensor | None] = [None] * adapter.n_layers
+    rows = len(batch)
+
+    def hook_for(layer: int):
+        def keep(tensor: torch.Tensor, call) -> None:
+            step = call.calls - 1
+            if step >= max_new_tokens:
+                return None
+            if buffers[layer] is None:
+                buffers[layer] = torch.zeros(rows, max_new_tokens, tensor.shape[-1], dtype=dtype,
+                                             device=tensor.device)
+            buffers[layer][:, step].copy_(tensor[:, -1])
+            return None
+
+        return keep
+
+    with HookSet(adapter) as hooks:
+        for layer in range(adapter.n_layers):
+            hooks.add(resolve_site(adapter, site, layer), hook_for(layer))
+        generation = generate(model, processor, batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+    chosen = (select or every_step(_stop_ids(processor)))(generation)
+    pairs = _pairs(generation, chosen)
+    device = adapter.unembedding().device
+    k = min(top_k, adapter.n_layers * adapter.d_ff)
+    values, indices = [], []
+    for start in range(0, pairs.shape[0], pair_chunk):
+        chunk = pairs[start:start + pair_chunk]
+        unique, target_index = chunk[:, 2].unique(return_inverse=True)
+        directions = adapter.unembedding()[unique.to(device)]
+        top = top_k_selector(chunk.shape[0], k, adapter.d_ff, adapter.n_layers, device, absolute)
+        for layer in range(adapter.n_layers):
+            here = buffers[layer].device
+            acts = buffers[layer][chunk[:, 0].to(here), chunk[:, 1].to(here)]  # [p, d_ff]
+            proj = layer_projection(adapter, layer, directions, False, here)  # [d_ff, m]
+            top.add(layer, acts.to(proj.dtype) * proj.T[target_index.to(here)])
+        values.append(top.values)
+        indices.append(top.indices)
+    if values:
+        kept_values, kept_indices = to_host(torch.cat(values), torch.cat(indices))
+    else:
+        kept_values, kept_indices = torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long)
+    generation = Generation(generation.sequences.cpu(), generation.prompt_len, generation.texts)
+    return CaptionContributions(generation, pairs, kept_values, kept_indices, adapter.n_layers, adapter.d_ff)
