@@ -1,0 +1,257 @@
+"""Hooks on the stock modules of MoE layers — the router, the fused experts module, the shared experts — that read
+routing and expert-neuron activations of routed tokens and change them, during a forward or ``generate``.
+
+No modeling file is patched and transformers' experts implementation (``grouped_mm``, ``batched_mm``, ``eager``)
+keeps running unchanged: the experts module's output is the stock one, and a change of expert neurons is added to
+it as ``g_e · (h_new − h) @ W_down^e`` for the changed (token, expert) pairs only (Llama-4: without ``g_e``, which
+scales its input). Activations ``h`` of routed pairs are recomputed from the module's own weights and gating function
+(:func:`neuronscope.models.moe.expert_activations`) for the tokens a handler asks for. So a forward with reading
+hooks only is bit for bit the plain forward, and tokens not routed to a changed expert are untouched.
+
+Per MoE layer and forward call: the router hook makes an :class:`ExpertCall` (routing of all ``N = B·T`` tokens,
+which router handlers may change), the experts pre-hook adds its input, and the experts hook runs the expert
+handlers and adds their changes to the output. Shared experts are plain MLPs: their ``down_proj`` input is hooked
+directly (:meth:`ExpertHooks.on_shared`), like a dense site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.errors import NeuronscopeError
+from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.moe import ExpertLayer, expert_activations, expert_writes
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.positions import CallState, Selection
+
+
+class ExpertCall:
+    """One MoE layer in one forward call.
+
+    Attributes:
+        moe: the layer; ``call``: the call state (batch ``B``, new positions ``T``, offset).
+        logits: ``[N, E]`` router logits (``N = B·T``, row ``b·T + t``); ``weights`` / ``experts``: ``[N, k]`` the
+            routing the experts module receives (after router handlers); ``dtype``: the router input's dtype.
+        hidden: ``[N, d]`` the experts module's input (Llama-4: ``[E·N, d]``, expert-major, already scaled).
+    """
+
+    def __init__(self, moe: ExpertLayer, call: CallState, logits: torch.Tensor, weights: torch.Tensor,
+                 experts: torch.Tensor, dtype: torch.dtype):
+        self.moe, self.call = moe, call
+        self.logits, self.weights, self.experts, self.dtype = logits, weights, experts, dtype
+        self.hidden: torch.Tensor | None = None
+        self._acts: torch.Tensor | None = None
+        self._have: torch.Tensor | None = None
+        self._changes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.n_tokens = int(logits.shape[0])
+        if self.n_tokens != call.batch * call.seq_len:
+            raise NeuronscopeError(f"MoE layer {moe.layer} saw {self.n_tokens} tokens in a call of "
+                                   f"{call.batch} x {call.seq_len}: packed (padding-free) batches are not supported")
+
+    # -- rows ------------------------------------------------------------------------------------------------
+    def rows(self, selection: Selection, valid_only: bool = True) -> torch.Tensor:
+        """Token rows ``b·T + t`` of a selection: ``[R]`` of the valid entries (row-major), or ``[B·P]`` of all
+        (``valid_only=False``, clamped positions included, for ``[B, P]`` records)."""
+        device = self.experts.device
+        local = selection.local.to(device)
+        flat = torch.arange(local.shape[0], device=device)[:, None] * self.call.seq_len + local
+        return flat[selection.valid.to(device)] if valid_only else flat.reshape(-1)
+
+    def output_weights(self, rows: torch.Tensor) -> torch.Tensor:
+        """``g [R, k]``: what multiplies each routed expert's output (1 where the weight scales the input)."""
+        weights = self.weights[rows]
+        return torch.ones_like(weights) if self.moe.family.weight_on_input else weights
+
+    # -- activations -----------------------------------------------------------------------------------------
+    def activations(self, rows: torch.Tensor) -> torch.Tensor:
+        """``h [R, k, f]`` of the routed pairs of token rows ``rows`` (detached; computed once per token)."""
+        if self.hidden is None:
+            raise NeuronscopeError(f"the experts module of layer {self.moe.layer} did not receive its input")
+        if self._acts is None:
+            self._acts = self.hidden.new_zeros(self.n_tokens, self.moe.top_k, self.moe.width)
+            self._have = torch.zeros(self.n_tokens, dtype=torch.bool, device=self.hidden.device)
+        missing = rows[~self._have[rows]].unique()
+        if missing.numel():
+            experts = self.experts[missing]
+            with torch.no_grad():
+                if self.moe.family.weight_on_input:  # Llama-4: expert-major input rows e·N + n, one per pair
+                    inputs = self.hidden[(experts * self.n_tokens + missing[:, None]).reshape(-1)]
+                    acts = expert_activations(self.moe, inputs, experts.reshape(-1, 1)).view(*experts.shape, -1)
+                else:
+                    acts = expert_activations(self.moe, self.hidden[missing], experts)
+            self._acts[missing] = acts.to(self._acts.dtype)
+            self._have[missing] = True
+        return self._acts[rows]
+
+    def change(self, rows: torch.Tensor, delta: torch.Tensor) -> None:
+        """Add ``delta [R, k, f]`` to the activations of the routed pairs of ``rows`` (it may carry gradients)."""
+        self._changes.append((rows, delta))
+
+    def apply(self, output: torch.Tensor) -> torch.Tensor:
+        """The experts module's output with the changes' writes added (the output itself when none)."""
+        if not self._changes:
+            return output
+        rows = torch.cat([rows for rows, _ in self._changes])
+        delta = torch.cat([delta for _, delta in self._changes])
+        writes = expert_writes(self.moe, delta, self.experts[rows])  # [R, k, d]
+        if self.moe.family.weight_on_input:
+            target = (self.experts[rows] * self.n_tokens + rows[:, None]).reshape(-1)
+            return output.index_add(0, target, writes.reshape(-1, writes.shape[-1]).to(output.dtype))
+        weights = self.output_weights(rows).to(writes.dtype)
+        summed = (writes * weights[..., None]).sum(1)
+        return output.index_add(0, rows, summed.to(output.dtype))
+
+
+ExpertHandler = Callable[[ExpertCall], None]
+SharedHandler = Callable[[torch.Tensor, CallState], "torch.Tensor | None"]
+
+
+def read_router(moe: ExpertLayer, output: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(logits [N, E], weights [N, k], experts [N, k])`` from a stock router's output."""
+    if moe.family.routing == "llama4":  # (dense scores [N, E], logits)
+        scores, logits = output
+        experts = torch.topk(logits, moe.top_k, dim=1)[1]
+        return logits, scores.gather(1, experts), experts
+    logits, weights, experts = output[0], output[1], output[2]
+    return logits, weights, experts
+
+
+def write_router(moe: ExpertLayer, output: Any, weights: torch.Tensor, experts: torch.Tensor) -> Any:
+    """The router's output with the routing replaced (same types and dtypes)."""
+    if moe.family.routing == "llama4":
+        scores, logits = output
+        dense = torch.zeros_like(scores).scatter(1, experts, weights.to(scores.dtype))
+        return dense, logits
+    return (output[0], weights.to(output[1].dtype), experts.to(output[2].dtype), *output[3:])
+
+
+class ExpertHooks:
+    """Router / experts / shared-expert hooks on the MoE layers of one model; removed on exit, also on error.
+
+    Args:
+        adapter: the model's adapter (an MoE model).
+        hooks: an open :class:`HookSet` (its decoder watcher gives each call's state).
+
+    Example:
+        >>> with HookSet(adapter) as hooks, ExpertHooks(adapter, hooks) as moe_hooks:
+        ...     moe_hooks.on_experts(1, lambda call: print(call.experts.shape))
+        ...     model(**batch)
+    """
+
+    def __init__(self, adapter: ModelAdapter, hooks: HookSet):
+        if adapter.moe is None:
+            raise NeuronscopeError(f"'{adapter.model_type}' is not a mixture-of-experts model")
+        self.adapter, self.call = adapter, hooks.call
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._routers: dict[int, list[Callable[[ExpertCall], None]]] = {}
+        self._experts: dict[int, list[ExpertHandler]] = {}
+        self._shared: dict[tuple[int, int], list[SharedHandler]] = {}
+        self._gates: dict[tuple[int, int], list[SharedHandler]] = {}
+        self._current: dict[int, ExpertCall] = {}
+        self._installed: set[tuple[str, int, int]] = set()
+
+    def moe_layer(self, layer: int) -> ExpertLayer:
+        layer = self.adapter.check_layer(layer)
+        if not self.adapter.moe.is_moe(layer):
+            raise NeuronscopeError(f"layer {layer} is a dense layer of this model; its neurons are (layer, -1, i)")
+        return self.adapter.moe.layers[layer]
+
+    # -- registration ----------------------------------------------------------------------------------------
+    def on_router(self, layer: int, handler: Callable[[ExpertCall], None]) -> None:
+        """``handler(call)`` right after the router; it may replace ``call.weights`` / ``call.experts``."""
+        self._ensure_layer(layer)
+        self._routers.setdefault(self.moe_layer(layer).layer, []).append(handler)
+
+    def on_experts(self, layer: int, handler: ExpertHandler) -> None:
+        """``handler(call)`` after the experts module ran; it reads activations and may :meth:`ExpertCall.change`
+        them."""
+        self._ensure_layer(layer)
+        self._experts.setdefault(self.moe_layer(layer).layer, []).append(handler)
+
+    def on_shared(self, layer: int, j: int, handler: SharedHandler) -> None:
+        """``handler(acts [B, T, f_j], call)`` on shared expert ``j``'s neurons; a returned tensor replaces them."""
+        moe = self.moe_layer(layer)
+        key = (moe.layer, j)
+        if ("shared", *key) not in self._installed:
+            self._installed.add(("shared", *key))
+            module = moe.shared[j].down_proj
+
+            def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
+                tensor = args[0]
+                view = tensor.reshape(self.call.batch, self.call.seq_len, tensor.shape[-1])
+                changed = None
+                for handler in self._shared.get(key, []):
+                    new = handler(view if changed is None else changed, self.call)
+                    changed = changed if new is None else new
+                return None if changed is None else (changed.reshape(tensor.shape).to(tensor.dtype), *args[1:])
+
+            self._handles.append(module.register_forward_pre_hook(pre_hook))
+        self._shared.setdefault(key, []).append(handler)
+
+    def on_shared_gate(self, layer: int, j: int, handler: SharedHandler) -> None:
+        """``handler(weight [B, T, 1], call)`` with the factor that multiplies shared expert ``j``'s output."""
+        moe = self.moe_layer(layer)
+        key = (moe.layer, j)
+        if moe.shared_gate is not None and ("gate", *key) not in self._installed:
+            self._installed.add(("gate", *key))
+
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+                weight = torch.sigmoid(output.detach()).reshape(self.call.batch, self.call.seq_len, 1)
+                for handler in self._gates.get(key, []):
+                    handler(weight, self.call)
+
+            self._handles.append(moe.shared_gate.register_forward_hook(hook))
+        self._gates.setdefault(key, []).append(handler)
+
+    def _ensure_layer(self, layer: int) -> None:
+        moe = self.moe_layer(layer)
+        if ("layer", moe.layer, 0) in self._installed:
+            return
+        self._installed.add(("layer", moe.layer, 0))
+        index = moe.layer
+
+        def router_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            logits, weights, experts = read_router(moe, output)
+            dtype = args[0].dtype if args and isinstance(args[0], torch.Tensor) else logits.dtype
+            state = ExpertCall(moe, self.call, logits.detach(), weights, experts, dtype)
+            self._current[index] = state
+            for handler in self._routers.get(index, []):
+                handler(state)
+            if state.weights is weights and state.experts is experts:
+                return None
+            return write_router(moe, output, state.weights, state.experts)
+
+        def experts_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            state = self._current.get(index)
+            if state is not None:
+                hidden = args[0] if args else kwargs["hidden_states"]
+                state.hidden = hidden.detach()
+
+        def experts_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            state = self._current.pop(index, None)
+            if state is None:
+                return None
+            for handler in self._experts.get(index, []):
+                handler(state)
+            new = state.apply(output)
+            return None if new is output else new
+
+        self._handles.append(moe.router.register_forward_hook(router_hook))
+        self._handles.append(moe.experts.register_forward_pre_hook(experts_pre_hook, with_kwargs=True))
+        self._handles.append(moe.experts.register_forward_hook(experts_hook))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._current.clear()
+
+    def __enter__(self) -> ExpertHooks:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
