@@ -147,6 +147,7 @@ class ExpertHooks:
             raise NeuronscopeError(f"'{adapter.model_type}' is not a mixture-of-experts model")
         self.adapter, self.call = adapter, hooks.call
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._hook_set = hooks  # its remove() removes these hooks too (removing twice is harmless)
         self._routers: dict[int, list[Callable[[ExpertCall], None]]] = {}
         self._experts: dict[int, list[ExpertHandler]] = {}
         self._shared: dict[tuple[int, int], list[SharedHandler]] = {}
@@ -189,7 +190,7 @@ class ExpertHooks:
                     changed = changed if new is None else new
                 return None if changed is None else (changed.reshape(tensor.shape).to(tensor.dtype), *args[1:])
 
-            self._handles.append(module.register_forward_pre_hook(pre_hook))
+            self._register(module.register_forward_pre_hook(pre_hook))
         self._shared.setdefault(key, []).append(handler)
 
     def on_shared_gate(self, layer: int, j: int, handler: SharedHandler) -> None:
@@ -204,8 +205,12 @@ class ExpertHooks:
                 for handler in self._gates.get(key, []):
                     handler(weight, self.call)
 
-            self._handles.append(moe.shared_gate.register_forward_hook(hook))
+            self._register(moe.shared_gate.register_forward_hook(hook))
         self._gates.setdefault(key, []).append(handler)
+
+    def _register(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+        self._handles.append(handle)
+        self._hook_set._handles.append(handle)
 
     def _ensure_layer(self, layer: int) -> None:
         moe = self.moe_layer(layer)
@@ -240,9 +245,9 @@ class ExpertHooks:
             new = state.apply(output)
             return None if new is output else new
 
-        self._handles.append(moe.router.register_forward_hook(router_hook))
-        self._handles.append(moe.experts.register_forward_pre_hook(experts_pre_hook, with_kwargs=True))
-        self._handles.append(moe.experts.register_forward_hook(experts_hook))
+        self._register(moe.router.register_forward_hook(router_hook))
+        self._register(moe.experts.register_forward_pre_hook(experts_pre_hook, with_kwargs=True))
+        self._register(moe.experts.register_forward_hook(experts_hook))
 
     def remove(self) -> None:
         for handle in self._handles:
