@@ -74,6 +74,8 @@ def tiny_moe_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float6
                 param.add_(0.5 * torch.randn_like(param))
             if "experts" in name and "proj" in name:  # larger expert weights: activations far from zero
                 param.mul_(8.0)
+            if "embed_tokens" in name:  # token-specific residuals, so that tokens route differently
+                param.mul_(50.0)
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 buffer.copy_(0.1 * torch.randn_like(buffer))

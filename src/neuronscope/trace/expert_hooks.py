@@ -68,7 +68,8 @@ class ExpertCall:
 
     # -- activations -----------------------------------------------------------------------------------------
     def activations(self, rows: torch.Tensor) -> torch.Tensor:
-        """``h [R, k, f]`` of the routed pairs of token rows ``rows`` (detached; computed once per token)."""
+        """``h [R, k, f]`` of the routed pairs of token rows ``rows`` (computed once per token, detached), with the
+        changes earlier handlers of this call made."""
         if self.hidden is None:
             raise NeuronscopeError(f"the experts module of layer {self.moe.layer} did not receive its input")
         if self._acts is None:
@@ -85,7 +86,12 @@ class ExpertCall:
                     acts = expert_activations(self.moe, self.hidden[missing], experts)
             self._acts[missing] = acts.to(self._acts.dtype)
             self._have[missing] = True
-        return self._acts[rows]
+        values = self._acts[rows]
+        if self._changes:  # what earlier handlers of this call changed
+            changed_rows = torch.cat([r for r, _ in self._changes])
+            deltas = torch.cat([d.to(values.dtype) for _, d in self._changes])
+            values = values + torch.zeros_like(self._acts).index_add(0, changed_rows, deltas)[rows]
+        return values
 
     def change(self, rows: torch.Tensor, delta: torch.Tensor) -> None:
         """Add ``delta [R, k, f]`` to the activations of the routed pairs of ``rows`` (it may carry gradients)."""
@@ -129,12 +135,124 @@ def write_router(moe: ExpertLayer, output: Any, weights: torch.Tensor, experts: 
     return (output[0], weights.to(output[1].dtype), experts.to(output[2].dtype), *output[3:])
 
 
+class _Dispatcher:
+    """The one set of module hooks on a model's MoE layers, shared by every open :class:`ExpertHooks`: captures and
+    interventions opened in any order see one routing and one set of activations per layer and call, and their
+    handlers run in the order they were added (so a capture added after an intervention sees its changes)."""
+
+    def __init__(self, adapter: ModelAdapter):
+        self.adapter = adapter
+        self.handlers: dict[tuple, list[tuple[int, Callable]]] = {}
+        self.handles: dict[tuple, list[torch.utils.hooks.RemovableHandle]] = {}
+        self.watcher: HookSet | None = None
+        self.current: dict[int, ExpertCall] = {}
+
+    @property
+    def call(self) -> CallState:
+        return self.watcher.call
+
+    def _run(self, key: tuple, *args: Any) -> Any:
+        return [handler(*args) for _, handler in list(self.handlers.get(key, []))]
+
+    def add(self, key: tuple, owner: int, handler: Callable) -> None:
+        if self.watcher is None:
+            self.watcher = HookSet(self.adapter)
+        install_key = ("layer", key[1]) if key[0] in ("router", "experts") else key
+        if install_key not in self.handles:
+            self.handles[install_key] = self._install(install_key)
+        self.handlers.setdefault(key, []).append((owner, handler))
+
+    def remove_owner(self, owner: int) -> None:
+        for key in list(self.handlers):
+            self.handlers[key] = [(o, h) for o, h in self.handlers[key] if o != owner]
+            if not self.handlers[key]:
+                del self.handlers[key]
+        for install_key in list(self.handles):
+            users = [install_key] if install_key[0] != "layer" else [("router", install_key[1]),
+                                                                      ("experts", install_key[1])]
+            if not any(key in self.handlers for key in users):
+                for handle in self.handles.pop(install_key):
+                    handle.remove()
+        if not self.handles and self.watcher is not None:
+            self.watcher.remove()
+            self.watcher = None
+            self.current.clear()
+
+    def _install(self, key: tuple) -> list[torch.utils.hooks.RemovableHandle]:
+        moe = self.adapter.moe.layers[key[1]]
+        if key[0] == "shared":
+            return [moe.shared[key[2]].down_proj.register_forward_pre_hook(self._shared_hook(key))]
+        if key[0] == "gate":
+            return [moe.shared_gate.register_forward_hook(self._gate_hook(key))]
+        return self._layer_hooks(moe)
+
+    def _shared_hook(self, key: tuple):
+        def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
+            tensor = args[0]
+            view = tensor.reshape(self.call.batch, self.call.seq_len, tensor.shape[-1])
+            changed = None
+            for _, handler in list(self.handlers.get(key, [])):
+                new = handler(view if changed is None else changed, self.call)
+                changed = changed if new is None else new
+            return None if changed is None else (changed.reshape(tensor.shape).to(tensor.dtype), *args[1:])
+
+        return pre_hook
+
+    def _gate_hook(self, key: tuple):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            weight = torch.sigmoid(output.detach()).reshape(self.call.batch, self.call.seq_len, 1)
+            self._run(key, weight, self.call)
+
+        return hook
+
+    def _layer_hooks(self, moe: ExpertLayer) -> list[torch.utils.hooks.RemovableHandle]:
+        index = moe.layer
+
+        def router_hook(module: nn.Module, args: tuple, output: Any) -> Any:
+            logits, weights, experts = read_router(moe, output)
+            dtype = args[0].dtype if args and isinstance(args[0], torch.Tensor) else logits.dtype
+            state = ExpertCall(moe, self.call, logits.detach(), weights, experts, dtype)
+            self.current[index] = state
+            self._run(("router", index), state)
+            if state.weights is weights and state.experts is experts:
+                return None
+            return write_router(moe, output, state.weights, state.experts)
+
+        def experts_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            state = self.current.get(index)
+            if state is not None:
+                state.hidden = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def experts_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            state = self.current.pop(index, None)
+            if state is None:
+                return None
+            self._run(("experts", index), state)
+            new = state.apply(output)
+            return None if new is output else new
+
+        return [moe.router.register_forward_hook(router_hook),
+                moe.experts.register_forward_pre_hook(experts_pre_hook, with_kwargs=True),
+                moe.experts.register_forward_hook(experts_hook)]
+
+
+def _dispatcher(adapter: ModelAdapter) -> _Dispatcher:
+    dispatcher = getattr(adapter, "_expert_dispatcher", None)
+    if dispatcher is None:
+        dispatcher = _Dispatcher(adapter)
+        adapter._expert_dispatcher = dispatcher
+    return dispatcher
+
+
 class ExpertHooks:
-    """Router / experts / shared-expert hooks on the MoE layers of one model; removed on exit, also on error.
+    """Router / experts / shared-expert handlers on the MoE layers of one model; removed on exit (or when the
+    :class:`HookSet` they were opened with is removed), also on error.
 
     Args:
         adapter: the model's adapter (an MoE model).
-        hooks: an open :class:`HookSet` (its decoder watcher gives each call's state).
+        hooks: an open :class:`HookSet`; its ``remove()`` removes these handlers too.
+
+    Handlers receive the call state of a decoder watcher shared by all handlers of the model.
 
     Example:
         >>> with HookSet(adapter) as hooks, ExpertHooks(adapter, hooks) as moe_hooks:
@@ -145,15 +263,10 @@ class ExpertHooks:
     def __init__(self, adapter: ModelAdapter, hooks: HookSet):
         if adapter.moe is None:
             raise NeuronscopeError(f"'{adapter.model_type}' is not a mixture-of-experts model")
-        self.adapter, self.call = adapter, hooks.call
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._hook_set = hooks  # its remove() removes these hooks too (removing twice is harmless)
-        self._routers: dict[int, list[Callable[[ExpertCall], None]]] = {}
-        self._experts: dict[int, list[ExpertHandler]] = {}
-        self._shared: dict[tuple[int, int], list[SharedHandler]] = {}
-        self._gates: dict[tuple[int, int], list[SharedHandler]] = {}
-        self._current: dict[int, ExpertCall] = {}
-        self._installed: set[tuple[str, int, int]] = set()
+        self.adapter = adapter
+        self._dispatcher = _dispatcher(adapter)
+        self._removed = False
+        hooks._handles.append(self)  # HookSet.remove() calls self.remove()
 
     def moe_layer(self, layer: int) -> ExpertLayer:
         layer = self.adapter.check_layer(layer)
@@ -161,99 +274,30 @@ class ExpertHooks:
             raise NeuronscopeError(f"layer {layer} is a dense layer of this model; its neurons are (layer, -1, i)")
         return self.adapter.moe.layers[layer]
 
-    # -- registration ----------------------------------------------------------------------------------------
     def on_router(self, layer: int, handler: Callable[[ExpertCall], None]) -> None:
         """``handler(call)`` right after the router; it may replace ``call.weights`` / ``call.experts``."""
-        self._ensure_layer(layer)
-        self._routers.setdefault(self.moe_layer(layer).layer, []).append(handler)
+        self._dispatcher.add(("router", self.moe_layer(layer).layer), id(self), handler)
 
     def on_experts(self, layer: int, handler: ExpertHandler) -> None:
         """``handler(call)`` after the experts module ran; it reads activations and may :meth:`ExpertCall.change`
         them."""
-        self._ensure_layer(layer)
-        self._experts.setdefault(self.moe_layer(layer).layer, []).append(handler)
+        self._dispatcher.add(("experts", self.moe_layer(layer).layer), id(self), handler)
 
     def on_shared(self, layer: int, j: int, handler: SharedHandler) -> None:
         """``handler(acts [B, T, f_j], call)`` on shared expert ``j``'s neurons; a returned tensor replaces them."""
-        moe = self.moe_layer(layer)
-        key = (moe.layer, j)
-        if ("shared", *key) not in self._installed:
-            self._installed.add(("shared", *key))
-            module = moe.shared[j].down_proj
-
-            def pre_hook(module: nn.Module, args: tuple) -> tuple | None:
-                tensor = args[0]
-                view = tensor.reshape(self.call.batch, self.call.seq_len, tensor.shape[-1])
-                changed = None
-                for handler in self._shared.get(key, []):
-                    new = handler(view if changed is None else changed, self.call)
-                    changed = changed if new is None else new
-                return None if changed is None else (changed.reshape(tensor.shape).to(tensor.dtype), *args[1:])
-
-            self._register(module.register_forward_pre_hook(pre_hook))
-        self._shared.setdefault(key, []).append(handler)
+        self._dispatcher.add(("shared", self.moe_layer(layer).layer, j), id(self), handler)
 
     def on_shared_gate(self, layer: int, j: int, handler: SharedHandler) -> None:
-        """``handler(weight [B, T, 1], call)`` with the factor that multiplies shared expert ``j``'s output."""
+        """``handler(weight [B, T, 1], call)`` with the factor that multiplies shared expert ``j``'s output
+        (families with a shared-expert gate only)."""
         moe = self.moe_layer(layer)
-        key = (moe.layer, j)
-        if moe.shared_gate is not None and ("gate", *key) not in self._installed:
-            self._installed.add(("gate", *key))
-
-            def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-                weight = torch.sigmoid(output.detach()).reshape(self.call.batch, self.call.seq_len, 1)
-                for handler in self._gates.get(key, []):
-                    handler(weight, self.call)
-
-            self._register(moe.shared_gate.register_forward_hook(hook))
-        self._gates.setdefault(key, []).append(handler)
-
-    def _register(self, handle: torch.utils.hooks.RemovableHandle) -> None:
-        self._handles.append(handle)
-        self._hook_set._handles.append(handle)
-
-    def _ensure_layer(self, layer: int) -> None:
-        moe = self.moe_layer(layer)
-        if ("layer", moe.layer, 0) in self._installed:
-            return
-        self._installed.add(("layer", moe.layer, 0))
-        index = moe.layer
-
-        def router_hook(module: nn.Module, args: tuple, output: Any) -> Any:
-            logits, weights, experts = read_router(moe, output)
-            dtype = args[0].dtype if args and isinstance(args[0], torch.Tensor) else logits.dtype
-            state = ExpertCall(moe, self.call, logits.detach(), weights, experts, dtype)
-            self._current[index] = state
-            for handler in self._routers.get(index, []):
-                handler(state)
-            if state.weights is weights and state.experts is experts:
-                return None
-            return write_router(moe, output, state.weights, state.experts)
-
-        def experts_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            state = self._current.get(index)
-            if state is not None:
-                hidden = args[0] if args else kwargs["hidden_states"]
-                state.hidden = hidden.detach()
-
-        def experts_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            state = self._current.pop(index, None)
-            if state is None:
-                return None
-            for handler in self._experts.get(index, []):
-                handler(state)
-            new = state.apply(output)
-            return None if new is output else new
-
-        self._register(moe.router.register_forward_hook(router_hook))
-        self._register(moe.experts.register_forward_pre_hook(experts_pre_hook, with_kwargs=True))
-        self._register(moe.experts.register_forward_hook(experts_hook))
+        if moe.shared_gate is not None:
+            self._dispatcher.add(("gate", moe.layer, j), id(self), handler)
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._current.clear()
+        if not self._removed:
+            self._removed = True
+            self._dispatcher.remove_owner(id(self))
 
     def __enter__(self) -> ExpertHooks:
         return self

@@ -113,8 +113,9 @@ def _expected_moe_layers(family: MoEFamily, config: Any, n_layers: int) -> set[i
 
 
 def _experts_module(layer: nn.Module) -> nn.Module | None:
+    """A fused experts module of a decoder layer (named ``*experts``, or a class named ``*Experts``), or None."""
     for name, module in layer.named_modules():
-        if name.endswith("experts") and name.count(".") <= 1 and hasattr(module, "down_proj"):
+        if name.count(".") <= 2 and (name.split(".")[-1] == "experts" or type(module).__name__.endswith("Experts")):
             return module
     return None
 

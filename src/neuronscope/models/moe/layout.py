@@ -35,7 +35,7 @@ from neuronscope.errors import InputError
 DENSE = -1  #: the expert id of a dense layer's neurons
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class NeuronLayout:
     """Units ``[U, 4]`` of ``(layer, expert, width, offset)`` rows; flat ids ``offset .. offset + width - 1``.
 
@@ -67,6 +67,12 @@ class NeuronLayout:
                 if expert >= 0:
                     n_routed[layer] = max(n_routed.get(layer, 0), expert + 1)
         return cls(torch.tensor(rows, dtype=torch.long).reshape(-1, 4), dict(n_routed))
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, NeuronLayout) and torch.equal(self.units, other.units)
+                and self.n_routed == other.n_routed)
+
+    __hash__ = None  # type: ignore[assignment]
 
     # -- sizes -------------------------------------------------------------------------------------------------
     @property
@@ -135,7 +141,7 @@ class NeuronLayout:
         flat = torch.as_tensor(flat).long().cpu().reshape(-1)
         if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= self.n_neurons):
             raise InputError(f"flat neuron ids must be in [0, {self.n_neurons})")
-        unit = torch.searchsorted(self.units[:, 3], flat, right=True) - 1
+        unit = torch.searchsorted(self.units[:, 3].contiguous(), flat, right=True) - 1
         return torch.stack([self.units[unit, 0], self.units[unit, 1], flat - self.units[unit, 3]], dim=1)
 
     # -- files -------------------------------------------------------------------------------------------------
