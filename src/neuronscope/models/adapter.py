@@ -205,9 +205,11 @@ class ModelAdapter:
         )
         attention_layer = 0
         if self.moe is not None:
-            # d_ff of an MoE model is one routed expert's width; every unit's width is in moe.layout.
+            # d_ff of an MoE model: its dense layers' width (sites of dense layers use it), else one routed
+            # expert's width; every unit's width is in moe.layout.
             self.family = self.moe.family.text
-            self.d_ff, self.d_model = self.moe.expert_width, self.moe.d_model
+            self.d_ff = next(iter(self.moe.dense.values()), self.moe.expert_width)
+            self.d_model = self.moe.d_model
             attention_layer = next(i for i, layer in enumerate(self.layers) if _get(layer, self.family.attn_out))
         else:
             self.family: FamilySpec = _spec_for(text_type) or _spec_for(self.model_type) or _generic_spec(

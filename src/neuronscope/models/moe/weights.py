@@ -106,3 +106,43 @@ def value_vector(adapter, row: torch.Tensor | tuple[int, ...] | list[int]) -> to
     if expert == DENSE:
         return adapter.value_vectors(layer)[index]
     return expert_value_vectors(moe.layers[layer], expert)[index]
+
+
+def layer_projection(adapter, layer: int, directions: torch.Tensor, centre: bool = False) -> torch.Tensor:
+    """``⟨w, v⟩`` for every neuron ``w`` of a layer in layout order (routed experts, then shared experts; a dense
+    layer's neurons) and directions ``v [m, d]``: ``[n_l, m]`` in the directions' dtype, on their device.
+    ``centre``: ``⟨w − mean(w), v⟩`` (LayerNorm's centring moved onto the value vectors). Computed in the weights'
+    dtype on their device (as the dense contribution does), so no weight is copied or converted whole."""
+    moe = adapter.moe
+    dtype, device = directions.dtype, directions.device
+    if not moe.is_moe(layer):
+        blocks = [adapter.value_vectors(layer)]
+        routed = None
+    else:
+        expert_layer = moe.layers[layer]
+        down = expert_layer.experts.down_proj
+        local = directions.to(down.device, down.dtype)
+        routed = torch.einsum("efd,md->efm" if expert_layer.transposed else "edf,md->efm", down, local)
+        routed = routed.reshape(-1, directions.shape[0]).to(device, dtype)
+        blocks = [shared.down_proj.weight.t() for shared in expert_layer.shared]
+    parts = [] if routed is None else [routed]
+    for vectors in blocks:
+        parts.append((vectors @ directions.to(vectors.device, vectors.dtype).T).to(device, dtype))
+    out = torch.cat(parts)
+    if not centre:
+        return out
+    means = []
+    if routed is not None:
+        keep = torch.promote_types(down.dtype, torch.float32)
+        means.append(down.mean(-1 if expert_layer.transposed else 1, dtype=keep).reshape(-1))
+    means += [vectors.to(torch.promote_types(vectors.dtype, torch.float32)).mean(-1) for vectors in blocks]
+    return out - torch.cat(means).to(device, dtype)[:, None] * directions.sum(-1)
+
+
+def unit_biases(adapter, layer: int) -> list[torch.Tensor | None]:
+    """The bias ``[d]`` each unit of a layer adds (in layout order), or None per unit without one."""
+    moe = adapter.moe
+    if not moe.is_moe(layer):
+        return [getattr(adapter.module(layer, adapter.family.down), "bias", None)]
+    expert_layer = moe.layers[layer]
+    return [expert_bias(expert_layer, e) for e in range(expert_layer.n_experts + len(expert_layer.shared))]
