@@ -47,6 +47,7 @@ class ExpertCall:
         self._acts: torch.Tensor | None = None
         self._have: torch.Tensor | None = None
         self._changes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._writes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.n_tokens = int(logits.shape[0])
         if self.n_tokens != call.batch * call.seq_len:
             raise NeuronscopeError(f"MoE layer {moe.layer} saw {self.n_tokens} tokens in a call of "
@@ -97,18 +98,28 @@ class ExpertCall:
         """Add ``delta [R, k, f]`` to the activations of the routed pairs of ``rows`` (it may carry gradients)."""
         self._changes.append((rows, delta))
 
+    def add_output(self, rows: torch.Tensor, writes: torch.Tensor) -> None:
+        """Add ``writes [R, k, d]`` to the routed pairs' expert outputs (before the router weight), as a change of
+        their value vectors would (``a_i · Δw_i``)."""
+        self._writes.append((rows, writes))
+
     def apply(self, output: torch.Tensor) -> torch.Tensor:
         """The experts module's output with the changes' writes added (the output itself when none)."""
-        if not self._changes:
-            return output
-        rows = torch.cat([rows for rows, _ in self._changes])
-        delta = torch.cat([delta for _, delta in self._changes])
-        writes = expert_writes(self.moe, delta, self.experts[rows])  # [R, k, d]
+        pieces = list(self._writes)
+        if self._changes:
+            rows = torch.cat([rows for rows, _ in self._changes])
+            delta = torch.cat([delta for _, delta in self._changes])
+            pieces.append((rows, expert_writes(self.moe, delta, self.experts[rows])))  # [R, k, d]
+        for rows, writes in pieces:
+            output = self._add(output, rows, writes)
+        return output
+
+    def _add(self, output: torch.Tensor, rows: torch.Tensor, writes: torch.Tensor) -> torch.Tensor:
         if self.moe.family.weight_on_input:
             target = (self.experts[rows] * self.n_tokens + rows[:, None]).reshape(-1)
             return output.index_add(0, target, writes.reshape(-1, writes.shape[-1]).to(output.dtype))
-        weights = self.output_weights(rows).to(writes.dtype)
-        summed = (writes * weights[..., None]).sum(1)
+        work = torch.promote_types(writes.dtype, torch.float32)
+        summed = (writes.to(work) * self.output_weights(rows).to(work)[..., None]).sum(1)
         return output.index_add(0, rows, summed.to(output.dtype))
 
 
