@@ -284,6 +284,13 @@ def integrated_gradients(
         )
     if method not in METHODS:
         raise NeuronscopeError(f"unknown integrated_gradients method '{method}': use 'packed' or 'plain'")
+    if get_adapter(model).moe is not None:  # mixture-of-experts models: (layer, expert, index) neurons
+        if site != "neuron":
+            raise NeuronscopeError(f"integrated gradients of expert neurons is at the 'neuron' site, not '{site}'")
+        from neuronscope.attribute.moe_gradients import moe_integrated_gradients
+
+        return moe_integrated_gradients(model, batch, targets, steps=steps, grid=grid, layers=layers,
+                                        batch_size=batch_size, method=method)
     if batch_size is None:
         on_gpu = next(model.parameters()).device.type == "cuda"
         batch_size = max(1, len(layers or []) or get_adapter(model).n_layers) * steps if on_gpu else 64
