@@ -91,3 +91,37 @@ def random_ids(batch: int = 3, length: int = 7, seed: int = 1, left_pad: tuple[i
         ids[row, :pad] = 0
         mask[row, :pad] = 0
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def tiny_qwen3_vl_moe(seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A tiny random Qwen3-VL-MoE (4 experts of 12, top-2, 2 layers; vision patch 4, 2x2 merge: one token per
+    8x8 px) and its real processor class with a local character tokenizer: ``(model, processor)``."""
+    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, Qwen3VLProcessor
+
+    from helpers.tiny_vlms import _qwen_image_processor, _qwen_tokens, _without_video_check, char_tokenizer
+
+    tok = char_tokenizer(_qwen_tokens())
+    processor = _without_video_check(Qwen3VLProcessor)(image_processor=_qwen_image_processor(), tokenizer=tok,
+                                                       video_processor=None)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in _qwen_tokens()}
+    rope = {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 10000.0, "mrope_interleaved": True}
+    config = Qwen3VLMoeConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8, moe_intermediate_size=12,
+                         num_experts=4, num_experts_per_tok=2, max_position_embeddings=4096,
+                         pad_token_id=tok.pad_token_id, bos_token_id=2, eos_token_id=3, rope_parameters=rope),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, patch_size=4,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=32,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    config.get_text_config()._experts_implementation = "batched_mm"
+    torch.manual_seed(seed)
+    model = Qwen3VLMoeForConditionalGeneration(config).to(dtype).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "experts" in name:
+                param.mul_(8.0)
+            if "gate.weight" in name:
+                param.add_(0.5 * torch.randn_like(param))
+    return model, processor
