@@ -159,3 +159,31 @@ def test_dense_model_is_refused_with_a_pointer():
     with pytest.raises(NeuronscopeError, match="dense model"):
         with capture_experts(tiny_text_model("llama")):
             pass
+
+
+@pytest.mark.parametrize("implementation", ["batched_mm", "grouped_mm"])
+@pytest.mark.parametrize("family", [*CORE, "qwen2_moe", "granitemoe"])
+def test_activations_read_from_the_stock_implementation_equal_the_recomputed_ones(family, implementation):
+    fast = tiny_moe_model(family, dtype=torch.float32, experts_implementation=implementation)
+    slow = tiny_moe_model(family, dtype=torch.float32, experts_implementation="eager")
+    batch = random_ids(2, 6, left_pad=(0, 1))
+    sources = {}
+    for name, model in (("fast", fast), ("slow", slow)):
+        adapter = get_adapter(model)
+        layer = sorted(adapter.moe.layers)[-1]
+
+        def spy(call, name=name):
+            sources[name] = call.source
+
+        with capture_experts(model, layers=[layer], positions="all") as acts:
+            from neuronscope.trace.expert_hooks import ExpertHooks
+            from neuronscope.trace.hooks import HookSet
+
+            with HookSet(adapter) as hooks:
+                ExpertHooks(adapter, hooks).on_experts(layer, spy)
+                model(**batch)
+        sources[name + "_acts"] = acts.moe(layer)
+    assert sources["fast"] == "intercepted" and sources["slow"] == "recomputed"
+    assert torch.equal(sources["fast_acts"].experts, sources["slow_acts"].experts)
+    torch.testing.assert_close(sources["fast_acts"].acts, sources["slow_acts"].acts, rtol=1e-5, atol=1e-5)
+    assert "_apply_gate" not in get_adapter(fast).moe.layers[layer].experts.__dict__

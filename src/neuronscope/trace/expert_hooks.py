@@ -4,7 +4,9 @@ routing and expert-neuron activations of routed tokens and change them, during a
 No modeling file is patched and transformers' experts implementation (``grouped_mm``, ``batched_mm``, ``eager``)
 keeps running unchanged: the experts module's output is the stock one, and a change of expert neurons is added to
 it as ``g_e · (h_new − h) @ W_down^e`` for the changed (token, expert) pairs only (Llama-4: without ``g_e``, which
-scales its input). Activations ``h`` of routed pairs are recomputed from the module's own weights and gating function
+scales its input). Activations ``h`` of routed pairs are read where the stock implementation computes them
+(``batched_mm`` / ``grouped_mm`` call the module's gating ``_apply_gate`` on every routed pair: see
+:func:`_intercept_gate`), or else (``eager``, Llama-4) recomputed from the module's own weights and gating function
 (:func:`neuronscope.models.moe.expert_activations`) for the tokens a handler asks for. So a forward with reading
 hooks only is bit for bit the plain forward, and tokens not routed to a changed expert are untouched.
 
@@ -46,6 +48,7 @@ class ExpertCall:
         self.hidden: torch.Tensor | None = None
         self._acts: torch.Tensor | None = None
         self._have: torch.Tensor | None = None
+        self.source = "recomputed"  # or "intercepted": read from the stock experts implementation
         self._changes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._writes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.n_tokens = int(logits.shape[0])
@@ -93,6 +96,20 @@ class ExpertCall:
             deltas = torch.cat([d.to(values.dtype) for _, d in self._changes])
             values = values + torch.zeros_like(self._acts).index_add(0, changed_rows, deltas)[rows]
         return values
+
+    def intercepted(self, hidden: torch.Tensor, order: torch.Tensor | None) -> None:
+        """Activations of every routed pair as the stock experts implementation computed them: ``hidden [N·k, f]``
+        in flat (token, slot) order, or sorted by ``order`` (row ``r`` is flat pair ``order[r]``)."""
+        if hidden.shape[0] != self.n_tokens * self.moe.top_k:
+            return  # not the layout this reader knows: recompute instead
+        hidden = hidden.detach()
+        if order is not None:
+            unsorted = torch.empty_like(hidden)
+            unsorted[order.to(hidden.device)] = hidden
+            hidden = unsorted
+        self._acts = hidden.view(self.n_tokens, self.moe.top_k, self.moe.width)
+        self._have = torch.ones(self.n_tokens, dtype=torch.bool, device=hidden.device)
+        self.source = "intercepted"
 
     def change(self, rows: torch.Tensor, delta: torch.Tensor) -> None:
         """Add ``delta [R, k, f]`` to the activations of the routed pairs of ``rows`` (it may carry gradients)."""
@@ -184,6 +201,8 @@ class _Dispatcher:
             if not any(key in self.handlers for key in users):
                 for handle in self.handles.pop(install_key):
                     handle.remove()
+                if install_key[0] == "layer":  # a forward that raised inside the experts leaves no wrapper behind
+                    self.adapter.moe.layers[install_key[1]].experts.__dict__.pop("_apply_gate", None)
         if not self.handles and self.watcher is not None:
             self.watcher.remove()
             self.watcher = None
@@ -233,8 +252,11 @@ class _Dispatcher:
             state = self.current.get(index)
             if state is not None:
                 state.hidden = (args[0] if args else kwargs["hidden_states"]).detach()
+                if ("experts", index) in self.handlers:
+                    _intercept_gate(module, moe, state)
 
         def experts_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            module.__dict__.pop("_apply_gate", None)
             state = self.current.pop(index, None)
             if state is None:
                 return None
@@ -245,6 +267,32 @@ class _Dispatcher:
         return [moe.router.register_forward_hook(router_hook),
                 moe.experts.register_forward_pre_hook(experts_pre_hook, with_kwargs=True),
                 moe.experts.register_forward_hook(experts_hook)]
+
+
+#: transformers' experts implementations whose rows reach ``_apply_gate`` in a known order: ``batched_mm`` keeps the
+#: flat (token, slot) order ``r = token·k + slot``; ``grouped_mm`` sorts it by expert with ``torch.sort`` (whose
+#: permutation the hook recomputes from the same routing tensor: the same call on the same input).
+INTERCEPTED = ("batched_mm", "grouped_mm")
+
+
+def _intercept_gate(module: nn.Module, moe: ExpertLayer, state: ExpertCall) -> None:
+    """Read the neuron activations of all routed pairs where the stock experts implementation computes them:
+    transformers' experts interface calls ``self._apply_gate(gate_up)`` (the family's gating, gpt-oss's clamped
+    one included) on every (token, expert) pair; for the duration of this call the module's own gating runs
+    through a wrapper that keeps its output (``ExpertCall.intercepted``) and returns it unchanged, so the forward
+    is bit for bit the plain one. Other implementations (``eager``, Llama-4's experts) are recomputed instead."""
+    implementation = getattr(getattr(module, "config", None), "_experts_implementation", None)
+    if not moe.interface or implementation not in INTERCEPTED or not getattr(module, "has_gate", False):
+        return
+    order = None if implementation == "batched_mm" else torch.sort(state.experts.reshape(-1))[1]
+    original = type(module)._apply_gate.__get__(module)
+
+    def gate(gate_up: torch.Tensor) -> torch.Tensor:
+        hidden = original(gate_up)
+        state.intercepted(hidden, order)
+        return hidden
+
+    module.__dict__["_apply_gate"] = gate
 
 
 def _dispatcher(adapter: ModelAdapter) -> _Dispatcher:
