@@ -122,7 +122,8 @@ def layer_projection(adapter, layer: int, directions: torch.Tensor, centre: bool
         expert_layer = moe.layers[layer]
         down = expert_layer.experts.down_proj
         local = directions.to(down.device, down.dtype)
-        routed = torch.einsum("efd,md->efm" if expert_layer.transposed else "edf,md->efm", down, local)
+        # one batched matmul over the experts, reading down_proj once in its own layout: [E, f, m]
+        routed = down @ local.T if expert_layer.transposed else (local @ down).transpose(1, 2)
         routed = routed.reshape(-1, directions.shape[0]).to(device, dtype)
         blocks = [shared.down_proj.weight.t() for shared in expert_layer.shared]
     parts = [] if routed is None else [routed]
