@@ -17,3 +17,4 @@ run contribution 120 python3 benchmarks/bench_contribution.py --layers 32 --batc
 run integrated_gradients 200 python3 benchmarks/bench_integrated_gradients.py --layers 32 --steps 20
 run lpi 100 python3 benchmarks/bench_lpi.py --rows 1
 run multimodal 180 python3 benchmarks/bench_multimodal.py --images 16 --batch 8 --tokens 20 --reference-images 2
+run moe 600 python3 benchmarks/bench_moe.py
