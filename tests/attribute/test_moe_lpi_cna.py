@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers.tiny_moe import CORE, random_ids, tiny_moe_model
+from helpers.tiny_moe import MOE_FAMILIES, random_ids, tiny_moe_model
 from neuronscope.attribute import comparative, log_probability_increase
 from neuronscope.attribute.moe_comparative import ExpertComparativeScores
 from neuronscope.inputs import Batch
@@ -38,7 +38,7 @@ def _read(model, adapter, batch, layer):
     return box["r"][0], box["final"][0]
 
 
-@pytest.mark.parametrize("family", [*CORE, "granitemoe", "qwen2_moe", "phimoe"])
+@pytest.mark.parametrize("family", MOE_FAMILIES)
 def test_lpi_equals_a_recomputed_log_softmax(family):
     model = tiny_moe_model(family)
     adapter = get_adapter(model)
@@ -61,12 +61,16 @@ def test_lpi_equals_a_recomputed_log_softmax(family):
         if layer_norm:
             sigma = (x.var(unbiased=False) + final_norm.eps).sqrt()
         else:
-            sigma = (x.pow(2).mean() + final_norm.variance_epsilon).sqrt()
+            eps = getattr(final_norm, "variance_epsilon", getattr(final_norm, "eps", None))
+            sigma = (x.pow(2).mean() + eps).sqrt()
 
-        def readout(v, sigma=sigma, layer_norm=layer_norm):
+        # Qwen3.5's RMSNorm multiplies by 1 + weight (its modeling file); the others by weight
+        gain = final_norm.weight + 1 if "Qwen3_5" in type(final_norm).__name__ else final_norm.weight
+
+        def readout(v, sigma=sigma, layer_norm=layer_norm, gain=gain):
             if layer_norm:
-                return unembed @ (final_norm.weight * (v - v.mean()) / sigma + final_norm.bias)
-            return unembed @ (final_norm.weight * v / sigma)
+                return unembed @ (gain * (v - v.mean()) / sigma + final_norm.bias)
+            return unembed @ (gain * v / sigma)
 
         base = readout(r[position]).log_softmax(-1)[token]
         for slot, expert in enumerate(routing.experts[0, position].tolist()):

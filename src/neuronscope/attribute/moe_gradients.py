@@ -160,6 +160,8 @@ def moe_integrated_gradients(
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
     scaler = ExpertRowScaler(adapter, layer_list)
+    if method == "packed" and "linear_attention" in (getattr(adapter.text_config, "layer_types", None) or []):
+        method = "plain"  # hybrid linear-attention caches (Qwen3.5-MoE) cannot be expanded over rows; same scores
     path = _ig_packed if method == "packed" else _ig_plain
     scores = torch.zeros(len(batch), targets.n_targets, scaler.layout.n_neurons, dtype=_model_dtype(model))
     embed_device = model.get_input_embeddings().weight.device
