@@ -231,3 +231,26 @@ def test_bad_expert_interventions_are_refused():
     with pytest.raises(InputError, match="exactly top_k = 2"):
         with intervene(model, force_routing(1, [0, 1, 2])):
             pass
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_reroute_never_picks_the_dropped_expert_and_leaves_other_tokens_alone(family):
+    model = tiny_moe_model(family)
+    adapter = get_adapter(model)
+    layer = sorted(adapter.moe.layers)[0]
+    batch = random_ids(2, 6)
+    with capture_experts(model, layers=[layer], positions="all") as acts:
+        base = _first_block_output(model, adapter, batch, layer)
+    before = acts.moe(layer)
+    expert = int(before.experts[0, 2, 0])
+    with intervene(model, drop_expert(layer, expert, mode="reroute")), \
+            capture_experts(model, layers=[layer], positions="all") as rerouted:
+        moved = _first_block_output(model, adapter, batch, layer)
+    after = rerouted.moe(layer)
+    hit = (before.experts == expert).any(-1)
+    assert not bool((after.experts == expert).any())
+    assert torch.equal(after.experts[~hit], before.experts[~hit]) and torch.equal(moved[~hit], base[~hit])
+    k = adapter.moe.layers[layer].top_k
+    if k > 1:  # the token's other experts stay (group-limited routers too: the groups are kept)
+        kept = before.experts[hit][before.experts[hit] != expert].view(-1, k - 1)
+        assert all(set(a.tolist()) <= set(b.tolist()) for a, b in zip(kept, after.experts[hit], strict=True))

@@ -206,7 +206,7 @@ def _routing_handler(items: list[RoutingIntervention]):
                 if item.kind == "force":
                     allowed = ~allowed
                 new_weights, new_experts = route(moe.family.routing, moe.router, call.logits[rows], allowed,
-                                                 call.dtype)
+                                                 call.dtype, keep_groups=item.kind != "force")
                 if item.weights is not None:
                     table = torch.zeros(moe.n_experts, dtype=new_weights.dtype, device=new_weights.device)
                     table[chosen.to(table.device)] = torch.tensor(item.weights, dtype=table.dtype,

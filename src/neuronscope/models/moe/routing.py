@@ -62,31 +62,45 @@ def _group_mask(choice: torch.Tensor, n_group: int, topk_group: int, group_score
     return group_mask.unsqueeze(-1).expand(-1, n_group, choice.shape[-1] // n_group).reshape(choice.shape).bool()
 
 
-def _softmax_group(router, logits, allowed, dtype):
+def _restrict(choice: torch.Tensor, groups: torch.Tensor | None, allowed: torch.Tensor | None, fill: float,
+              keep_groups: bool) -> torch.Tensor:
+    """The choice scores restricted to the best groups (found on the unchanged scores) and to ``allowed``; a forced
+    routing (``keep_groups=False``) is restricted to ``allowed`` only."""
+    mask = groups
+    if allowed is not None:
+        allowed = allowed.to(choice.device)
+        mask = allowed if (mask is None or not keep_groups) else mask & allowed
+    return choice if mask is None else choice.masked_fill(~mask, fill)
+
+
+def _softmax_group(router, logits, allowed, dtype, keep_groups=True):
     """DeepSeek-V2: softmax scores; ``greedy`` or ``group_limited_greedy`` (best groups by their max score);
     no renormalisation; times ``routed_scaling_factor``."""
     scores = logits.softmax(dim=-1, dtype=torch.float32)
-    choice = scores if allowed is None else scores.masked_fill(~allowed.to(scores.device), -1.0)
+    choice, groups = scores, None
     if router.topk_method == "group_limited_greedy":
-        mask = _group_mask(choice, router.num_group, router.topk_group, "max")
-        choice = choice.masked_fill(~mask, 0.0)
+        groups = _group_mask(scores, router.num_group, router.topk_group, "max")
+        if allowed is None:
+            choice = choice.masked_fill(~groups, 0.0)
     elif router.topk_method != "greedy":
         raise InputError(f"DeepSeek-V2 topk_method '{router.topk_method}' is not covered: add it in "
                          "src/neuronscope/models/moe/routing.py")
+    if allowed is not None:
+        choice = _restrict(scores, groups, allowed, -1.0, keep_groups)
     weights, experts = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)
     if allowed is not None:
         weights = scores.gather(-1, experts)
     return weights * router.routed_scaling_factor, experts
 
 
-def _sigmoid_group(router, logits, allowed, dtype):
+def _sigmoid_group(router, logits, allowed, dtype, keep_groups=True):
     """DeepSeek-V3, GLM-4-MoE: sigmoid scores; choice = scores + e_score_correction_bias, best groups by the sum
     of their two best choices; weights = the chosen sigmoid scores, renormalised (``norm_topk_prob``), times
     ``routed_scaling_factor``."""
     scores = logits.sigmoid()
-    choice = _masked(scores + router.e_score_correction_bias, allowed)
-    mask = _group_mask(choice, router.num_group, router.topk_group, "top2")
-    choice = choice.masked_fill(~mask, float("-inf"))
+    choice = scores + router.e_score_correction_bias
+    groups = _group_mask(choice, router.num_group, router.topk_group, "top2")
+    choice = _restrict(choice, groups, allowed, float("-inf"), keep_groups)
     experts = torch.topk(choice, k=router.top_k, dim=-1, sorted=False)[1]
     weights = scores.gather(1, experts)
     if router.norm_topk_prob:
@@ -127,20 +141,31 @@ SCORES = {"softmax_topk": "softmax", "softmax_topk_float": "softmax", "topk_soft
           "softmax_group": "softmax", "sigmoid_group": "sigmoid", "sparse_mixer": "softmax", "llama4": "sigmoid"}
 
 
+GROUPED = ("softmax_group", "sigmoid_group")
+
+
 def route(rule: str, router: nn.Module, logits: torch.Tensor, allowed: torch.Tensor | None = None,
-          dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+          dtype: torch.dtype | None = None, keep_groups: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Run routing rule ``rule`` on ``logits [N, E]``; see the module docstring. Raises :class:`InputError` when
     ``allowed`` leaves a token fewer experts than it needs.
+
+    ``keep_groups`` (DeepSeek / GLM group-limited routing): with ``allowed``, the choice stays within the groups
+    the unchanged scores select (a dropped expert is replaced by the next one in those groups, the token's other
+    experts stay); False for a forced routing, which may name experts of any group.
 
     Example:
         >>> weights, experts = route("softmax_topk", block.gate, logits, allowed=~one_hot(dropped, E).bool())
     """
-    weights, experts = RULES[rule](router, logits, allowed, logits.dtype if dtype is None else dtype)
+    dtype = logits.dtype if dtype is None else dtype
+    if rule in GROUPED:
+        weights, experts = RULES[rule](router, logits, allowed, dtype, keep_groups)
+    else:
+        weights, experts = RULES[rule](router, logits, allowed, dtype)
     if allowed is not None:
         ok = allowed.to(experts.device).gather(-1, experts)
         if not bool(ok.all()):
-            raise InputError("re-routing left a token fewer allowed experts than the router picks (top-k, or its "
-                             "best groups): drop fewer experts or force a routing with enough experts")
+            raise InputError("re-routing left a token fewer allowed experts than the router picks (top-k, or in "
+                             "its best groups): drop fewer experts or force a routing instead")
     return weights, experts
 
 
