@@ -187,3 +187,33 @@ def test_activations_read_from_the_stock_implementation_equal_the_recomputed_one
     assert torch.equal(sources["fast_acts"].experts, sources["slow_acts"].experts)
     torch.testing.assert_close(sources["fast_acts"].acts, sources["slow_acts"].acts, rtol=1e-5, atol=1e-5)
     assert "_apply_gate" not in get_adapter(fast).moe.layers[layer].experts.__dict__
+
+
+def test_keep_grad_activations_give_the_gradient_of_the_output():
+    """∂(logit)/∂a of a captured routed neuron equals g · <w, ∂logit/∂(layer output)>, read by a plain hook."""
+    model = tiny_moe_model("qwen2_moe")
+    adapter = get_adapter(model)
+    moe = adapter.moe.layers[1]
+    box = {}
+
+    def keep(module, args, out):
+        out.retain_grad()
+        box["y"] = out
+
+    handle = moe.block.register_forward_hook(keep)
+    try:
+        with capture_experts(model, layers=[1], positions="last", keep_grad=True) as acts:
+            logit = model(**random_ids(1, 5)).logits[0, -1, 9]
+    finally:
+        handle.remove()
+    routing = acts.moe(1)
+    leaf = acts.get("moe.acts", 1)
+    shared_leaf = acts.get("moe.shared0", 1)
+    grads = torch.autograd.grad(logit, [leaf, shared_leaf], retain_graph=True)
+    out_grad = torch.autograd.grad(logit, box["y"])[0][0, -1]  # [d]
+    for slot, e in enumerate(routing.experts[0, 0].tolist()):
+        expected = routing.weights[0, 0, slot].double() * (expert_value_vectors(moe, e) @ out_grad)
+        torch.testing.assert_close(grads[0].view(1, 1, 2, -1)[0, 0, slot], expected, rtol=0, atol=1e-12)
+    expected = routing.shared_weights[0][0, 0] * (expert_value_vectors(moe, 4) @ out_grad)
+    torch.testing.assert_close(grads[1][0, 0], expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(routing.probabilities()[0, 0], routing.logits[0, 0].float().softmax(-1))

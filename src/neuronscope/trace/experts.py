@@ -30,6 +30,7 @@ from torch import nn
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.models.moe import expert_scores
 from neuronscope.trace.capture import Capture, capture
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
@@ -43,8 +44,9 @@ class MoEActivations:
     Attributes:
         experts: ``[B, P, k]`` chosen experts; ``router_weights``: ``[B, P, k]`` the router's weights;
         weights: ``[B, P, k]`` ``g``, what multiplies each chosen expert's output; ``acts``: ``[B, P, k, f]``;
-        logits: ``[B, P, E]`` router logits; ``shared_acts`` / ``shared_weights``: per shared expert
-        ``[B, P, f_s]`` / ``[B, P]``; ``n_experts``: ``E``.
+        logits: ``[B, P, E]`` router logits (:meth:`probabilities`: the router's scores of all experts);
+        ``shared_acts`` / ``shared_weights``: per shared expert ``[B, P, f_s]`` / ``[B, P]``; ``n_experts``: ``E``;
+        ``routing``: the family's routing rule.
     """
 
     layer: int
@@ -56,6 +58,11 @@ class MoEActivations:
     logits: torch.Tensor
     shared_acts: list[torch.Tensor]
     shared_weights: list[torch.Tensor]
+    routing: str = "softmax_topk"
+
+    def probabilities(self) -> torch.Tensor:
+        """``[B, P, E]`` the router's score of every expert (softmax of the logits; sigmoid for sigmoid routers)."""
+        return expert_scores(self.routing, self.logits)
 
     def full(self, weighted: bool = False) -> torch.Tensor:
         """``[B, P, E, f]``: each routed expert's activations (``g · a`` if ``weighted``), zeros where unrouted."""
@@ -96,7 +103,8 @@ class ExpertCapture(Capture):
         router_weights = self.get("moe.weights", layer)
         weights = torch.ones_like(router_weights) if moe.family.weight_on_input else router_weights
         return MoEActivations(layer, moe.n_experts, self.get("moe.experts", layer).long(), router_weights, weights,
-                              acts.view(*acts.shape[:2], k, moe.width), self.get("moe.logits", layer), shared, gates)
+                              acts.view(*acts.shape[:2], k, moe.width), self.get("moe.logits", layer), shared, gates,
+                              moe.family.routing)
 
     def dense(self, layer: int) -> torch.Tensor:
         """``[B, P, d_ff]`` activations of a dense layer's neurons."""
@@ -130,13 +138,14 @@ def _recorder(result: ExpertCapture, spec, keep_grad: bool, to):
             return
         shape = selection.local.shape
         rows = call.rows(selection, valid_only=False)
-        acts = call.activations(rows)
-        if keep_grad:  # a leaf the layer's output depends on (numerically unchanged: leaf - leaf = 0)
+        acts = call.activations(rows).reshape(*shape, -1)  # [B, P, k·f]
+        if keep_grad:  # the stored tensor is a leaf the layer's output depends on (leaf - leaf = 0: unchanged)
             acts = acts.detach().requires_grad_(True)
             valid = selection.valid.reshape(-1).to(rows.device)
-            call.change(rows[valid], acts[valid] - acts[valid].detach())
+            pairs = acts.view(-1, call.moe.top_k, call.moe.width)[valid]
+            call.change(rows[valid], pairs - pairs.detach())
         layer = call.moe.layer
-        store(("moe.acts", layer), acts.reshape(*shape, -1), selection)
+        store(("moe.acts", layer), acts, selection)
         store(("moe.experts", layer), call.experts[rows].reshape(*shape, -1), selection)
         store(("moe.weights", layer), call.weights[rows].reshape(*shape, -1), selection)
         store(("moe.logits", layer), call.logits[rows].reshape(*shape, -1), selection)
