@@ -130,3 +130,12 @@ def test_scores_files_round_trip_and_tables(tmp_path):
     assert csv[0] == "layer,expert,kind,neuron,score" and len(csv) == 4
     torch.testing.assert_close(scores.layer_scores().sum(-1), scores.unit_scores().sum(-1))
     assert "expert" in scores.summary()
+
+
+def test_dense_selection_math_through_the_flat_grid():
+    from neuronscope.aggregate.select import top_k_neurons
+
+    scores = contribution(tiny_moe_model("qwen2_moe"), *_batch())
+    grid_rows = top_k_neurons(scores.as_grid().sum(dim=(0, 1)), 5)
+    rows = scores.rows(grid_rows[0] if isinstance(grid_rows, tuple) else grid_rows)
+    assert torch.equal(rows, scores.top_k(5)[0])

@@ -94,6 +94,17 @@ class ExpertNeuronScores:
         values, flat = dense.sum(dim=(0, 1)).topk(min(k, dense.shape[-1]))
         return self.layout.rows(flat), values
 
+    def as_grid(self) -> torch.Tensor:
+        """``[examples, targets, 1, n_neurons]``: the scores as a one-"layer" grid, for the dense selection math
+        (:mod:`neuronscope.aggregate.select`, QRNCA); turn its ``(0, flat)`` neuron rows back into
+        ``(layer, expert, index)`` rows with :meth:`rows`."""
+        return self.dense()[:, :, None, :]
+
+    def rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(layer, expert, index)`` rows ``[n, 3]`` of flat ids ``[n]`` (or of ``[n, 2]`` ``(0, flat)`` rows)."""
+        flat = torch.as_tensor(flat)
+        return self.layout.rows(flat[:, -1] if flat.dim() == 2 else flat)
+
     def unit_scores(self) -> torch.Tensor:
         """Expert-level scores ``[examples, targets, units]`` (units = rows of ``layout.units``): each expert's
         (or dense layer's) neurons summed, plus its bias term — its total contribution."""
