@@ -28,13 +28,14 @@ import bench_checks
 import bench_contribution
 import bench_integrated_gradients
 import bench_lpi
+import bench_moe
 import bench_multimodal
 import bench_peers
 import torch
 from common import LLAMA2_7B, build_llama, device, environment, free, parser, write_table
 
 # usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget
-COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 120}
+COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 120, "moe": 60}
 
 
 class TableTimeout(Exception):
@@ -58,7 +59,7 @@ def main() -> None:
                            "smollm2" if args.smollm2 else "gpu"}
     cpu_mode = args.tiny or args.smollm2
     tables = [("checks", bench_checks), ("contribution", bench_contribution), ("integrated_gradients", bench_integrated_gradients),
-              ("peers", bench_peers), ("lpi", bench_lpi), ("multimodal", bench_multimodal)]
+              ("peers", bench_peers), ("lpi", bench_lpi), ("multimodal", bench_multimodal), ("moe", bench_moe)]
     if args.smollm2:  # the laptop user's tables
         tables = [t for t in tables if t[0] in ("checks", "contribution", "integrated_gradients", "peers")]
     if args.only:

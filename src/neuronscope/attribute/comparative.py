@@ -158,11 +158,19 @@ def comparative(
             "interventions_b": [_describe(item) for item in interventions_b],
             "two_models": model_b is not model, "two_batches": batch_b is not batch,
             "unit": scores_a.meta.get("unit", "neuron")}
+    if not isinstance(scores_a, NeuronScores):  # a mixture-of-experts model's ExpertNeuronScores
+        from neuronscope.attribute.moe_comparative import expert_comparative
+
+        return expert_comparative(scores_a, scores_b, meta)
     return ComparativeScores(scores_b.dense() - scores_a.dense(), meta=meta, condition_a=scores_a,
                              condition_b=scores_b)
 
 
 def _describe(item: Intervention) -> dict[str, Any]:
+    if not isinstance(item, Intervention):  # expert / routing interventions of MoE models
+        from neuronscope.attribute.moe_comparative import describe_expert_item
+
+        return describe_expert_item(item)
     neurons = None if item.neurons is None else torch.as_tensor(item.neurons).tolist()
     value = item.value if isinstance(item.value, (int, float)) else "tensor"
     return {"site": item.site, "layer": item.layer, "op": item.op, "value": value, "neurons": neurons,

@@ -155,6 +155,10 @@ def contribution(
     if site not in CONTRIBUTION_SITES:
         raise NeuronscopeError(f"contribution is defined at sites {CONTRIBUTION_SITES}, not '{site}'")
     adapter = get_adapter(model)
+    if adapter.moe is not None:  # mixture-of-experts models: (layer, expert, index) neurons, ExpertNeuronScores
+        from neuronscope.attribute.moe_contribution import moe_contribution
+
+        return moe_contribution(model, batch, targets, layers=layers, final_norm=final_norm, site=site)
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
     if top_k is not None and threshold is not None:

@@ -65,6 +65,12 @@ def gradient_x_activation(
         raise NeuronscopeError(f"gradient_x_activation is defined at the neuron sites {', '.join(NEURON_SITES)}, "
                                f"not '{site}'")
     adapter = get_adapter(model)
+    if adapter.moe is not None:  # mixture-of-experts models: (layer, expert, index) neurons
+        if site != "neuron":
+            raise NeuronscopeError(f"gradient x activation of expert neurons is at the 'neuron' site, not '{site}'")
+        from neuronscope.attribute.moe_gradients import moe_gradient_x_activation
+
+        return moe_gradient_x_activation(model, batch, targets, layers=layers)
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))

@@ -388,6 +388,13 @@ def integrated_gradients(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise NeuronscopeError(f"batch_size must be a positive number of rows, got {batch_size!r}")
     planner = planner_for(model, limit=batch_size, budget=memory_budget)
+    if get_adapter(model).moe is not None:  # mixture-of-experts models: (layer, expert, index) neurons, packed by steps
+        if site != "neuron":
+            raise NeuronscopeError(f"integrated gradients of expert neurons is at the 'neuron' site, not '{site}'")
+        from neuronscope.attribute.moe_gradients import moe_integrated_gradients
+
+        return moe_integrated_gradients(model, batch, targets, steps=steps, grid=grid, layers=layers,
+                                        batch_size=batch_size, method="plain" if method == "plain" else "packed")
     if batch_size is None:
         on_gpu = next(model.parameters()).device.type == "cuda"
         batch_size = max(1, len(layers or []) or get_adapter(model).n_layers) * steps if on_gpu else 64

@@ -247,6 +247,11 @@ def log_probability_increase(
     if chunk_size < 1:
         raise NeuronscopeError(f"chunk_size must be at least 1, got {chunk_size}")
     adapter = get_adapter(model)
+    if adapter.moe is not None:  # mixture-of-experts models: (layer, expert, index) neurons
+        from neuronscope.attribute.moe_lpi import moe_log_probability_increase
+
+        return moe_log_probability_increase(model, batch, targets, layers=layers, chunk_size=chunk_size,
+                                            candidates=candidates, compute_dtype=compute_dtype)
     targets = _targets_or_prediction(model, batch, targets)
     targets.check(batch.seq_len, adapter.vocab_size)
     layer_list = adapter.resolve_layers(layers)

@@ -75,7 +75,7 @@ def optimise_edit(
     demote_below: float = 0.01,
     reason: str = "",
 ) -> ValueVectorEdit:
-    """Learn value-vector deltas for ``neurons [n, 2]`` so that ``targets`` are promoted / demoted on ``batch``.
+    """Learn value-vector deltas for ``neurons [n, 2]`` (``[n, 3]`` (layer, expert, index) of an MoE model) so that ``targets`` are promoted / demoted on ``batch``.
 
     Args:
         model: the model (weights are not changed).
@@ -108,7 +108,12 @@ def optimise_edit(
     if unrelated is not None:
         with torch.no_grad():
             reference = model(**unrelated.inputs).logits.float().log_softmax(-1)
-    handles = _add_delta_hooks(adapter, neurons, deltas)
+    if neurons.shape[1] == 3:  # (layer, expert, index) rows of an MoE model
+        from neuronscope.edit.experts import expert_delta_hooks
+
+        handles = expert_delta_hooks(adapter, neurons, deltas)
+    else:
+        handles = _add_delta_hooks(adapter, neurons, deltas)
     try:
         optimiser = torch.optim.Adam([deltas], lr=lr)
         log = OptimiseLog()

@@ -1,6 +1,8 @@
 """Persistent edits of value vectors ``w_i`` (columns of the FFN output projection), with exact revert.
 
-An edit is data: the neurons ``[n, 2]`` (layer, index), one delta per neuron ``[n, d_model]`` (``w_i += delta_i``),
+An edit is data: the neurons ``[n, 2]`` (layer, index) — ``[n, 3]`` (layer, expert, index) for a mixture-of-experts
+model, whose value vectors are columns of the fused ``down_proj`` of each expert (edited in place, reverted bit for
+bit like any other) — one delta per neuron ``[n, d_model]`` (``w_i += delta_i``),
 what it is for and how it was made, and a fingerprint of the weights it was made against. It is saved as
 ``<name>.safetensors`` (neurons, deltas) + ``<name>.json`` (everything else), applied to a model (refusing, before
 writing anything, when the model is not the one it was made for), reverted bit for bit (the original columns are
@@ -29,6 +31,7 @@ from torch import nn
 
 from neuronscope.errors import EditMismatchError, InputError, NeuronscopeError, ResultFileError
 from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.models.moe.weights import value_vector
 from neuronscope.results.io import read_json, read_safetensors, write_json, write_safetensors
 
 FORMAT_VERSION = 1
@@ -37,7 +40,15 @@ EDIT_RECORD = "neuronscope_edit"
 
 
 def _check_neurons(adapter: ModelAdapter, neurons: torch.Tensor) -> torch.Tensor:
-    neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    if neurons.dim() == 2 and neurons.shape[1] == 3:  # (layer, expert, index) rows of an MoE model
+        if adapter.moe is None:
+            raise NeuronscopeError("(layer, expert, index) rows name expert neurons, but this model is dense")
+        neurons = adapter.moe.layout.check(neurons)
+        if len({tuple(row) for row in neurons.tolist()}) != len(neurons):
+            raise NeuronscopeError("an edit lists the same neuron twice: merge its deltas into one row")
+        return neurons
+    neurons = neurons.reshape(-1, 2)
     for layer, index in neurons.tolist():
         adapter.check_layer(layer)
         if not 0 <= index < adapter.d_ff:
@@ -50,14 +61,14 @@ def _check_neurons(adapter: ModelAdapter, neurons: torch.Tensor) -> torch.Tensor
 def _columns(adapter: ModelAdapter, neurons: torch.Tensor) -> torch.Tensor:
     """The current value vectors of ``neurons`` ``[n, d_model]`` (copied, on CPU, original dtype)."""
     rows = []
-    for layer, index in neurons.tolist():
-        vectors = adapter.value_vectors(layer)
-        if vectors.device.type == "meta":
+    for row in neurons.tolist():
+        vector = value_vector(adapter, row)
+        if vector.device.type == "meta":
             raise NeuronscopeError(
-                f"layer {layer}'s weights are offloaded (on 'meta'): load the model with its weights on real "
+                f"layer {row[0]}'s weights are offloaded (on 'meta'): load the model with its weights on real "
                 "devices (a device_map over GPUs/CPU without disk offload) to edit them"
             )
-        rows.append(vectors[index].detach().to("cpu", copy=True))
+        rows.append(vector.detach().to("cpu", copy=True))
     return torch.stack(rows)
 
 
@@ -145,8 +156,8 @@ class ValueVectorEdit:
         if isinstance(signs, str):
             if signs != "source" or source < 0:
                 raise InputError(f"signs must be a tensor of ±1 or 'source' (with a source token), got {signs!r}")
-            values = torch.stack([adapter.value_vectors(int(layer))[int(index)].detach().float().cpu()
-                                  for layer, index in neurons.tolist()])  # fmt: skip
+            values = torch.stack([value_vector(adapter, row).detach().float().cpu()
+                                  for row in neurons.tolist()])  # fmt: skip
             signs = torch.where(values @ unembed[source] < 0, -1.0, 1.0)
         if signs is not None:
             signs = torch.as_tensor(signs, dtype=deltas.dtype).flatten()
@@ -200,13 +211,12 @@ class ValueVectorEdit:
         adapter = self.check(model)
         originals = []
         with torch.no_grad():
-            for layer, index in self.neurons.tolist():
-                vectors = adapter.value_vectors(layer)
-                originals.append(vectors[index].detach().clone())
-            for (layer, index), delta, original in zip(self.neurons.tolist(), self.deltas, originals, strict=True):
-                vectors = adapter.value_vectors(layer)
+            for row in self.neurons.tolist():
+                originals.append(value_vector(adapter, row).detach().clone())
+            for row, delta, original in zip(self.neurons.tolist(), self.deltas, originals, strict=True):
+                vector = value_vector(adapter, row)  # a view: a column of a fused expert tensor for MoE rows
                 new = original.float() + delta.to(original.device)
-                vectors[index].copy_(new.to(vectors.dtype))
+                vector.copy_(new.to(vector.dtype))
         return AppliedEdit(adapter, self.neurons.clone(), originals)
 
     @contextmanager
@@ -264,8 +274,8 @@ class AppliedEdit:
         if self.reverted:
             return
         with torch.no_grad():
-            for (layer, index), original in zip(self.neurons.tolist(), self.originals, strict=True):
-                self.adapter.value_vectors(layer)[index].copy_(original)
+            for row, original in zip(self.neurons.tolist(), self.originals, strict=True):
+                value_vector(self.adapter, row).copy_(original)
         self.reverted = True
 
 

@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from neuronscope.models.adapter import get_adapter
+from neuronscope.models.moe.weights import value_vector
 
 
 @dataclass
 class NeuronTokens:
     """For each neuron, its top-``k`` tokens (ids, strings, logit values), and optionally the bottom-``k``."""
 
-    neurons: torch.Tensor  # [n, 2]
+    neurons: torch.Tensor  # [n, 2] (layer, index), or [n, 3] (layer, expert, index) for MoE models
     token_ids: torch.Tensor  # [n, k]
     values: torch.Tensor  # [n, k]
     tokens: list[list[str]]
@@ -28,8 +29,10 @@ class NeuronTokens:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per neuron, for JSON/CSV."""
         out = []
-        for r, (layer, index) in enumerate(self.neurons.tolist()):
-            row = {"layer": layer, "neuron": index, "top_tokens": self.tokens[r],
+        for r, neuron in enumerate(self.neurons.tolist()):
+            layer, index = neuron[0], neuron[-1]
+            row = {"layer": layer, **({"expert": neuron[1]} if len(neuron) == 3 else {}), "neuron": index,
+                   "top_tokens": self.tokens[r],
                    "top_values": [round(float(v), 4) for v in self.values[r]]}
             if self.bottom_tokens is not None:
                 row["bottom_tokens"] = self.bottom_tokens[r]
@@ -50,7 +53,7 @@ def top_tokens(
 
     Args:
         model: the model.
-        neurons: ``[n, 2]`` (layer, index) rows.
+        neurons: ``[n, 2]`` (layer, index) rows, or ``[n, 3]`` (layer, expert, index) rows of an MoE model.
         tokenizer: to turn ids into strings (or a processor with ``.tokenizer``); ids as strings if None.
         k: tokens per neuron.
         bottom: also the ``k`` most suppressed tokens.
@@ -62,10 +65,11 @@ def top_tokens(
     """
     adapter = get_adapter(model)
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-    neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    neurons = neurons if neurons.dim() == 2 and neurons.shape[1] == 3 else neurons.reshape(-1, 2)
     unembed = adapter.unembedding()
-    vectors = torch.stack([adapter.value_vectors(int(layer))[int(index)].to(unembed.device)
-                           for layer, index in neurons.tolist()]) if len(neurons) else unembed.new_zeros(0, 1)
+    vectors = torch.stack([value_vector(adapter, row).to(unembed.device)
+                           for row in neurons.tolist()]) if len(neurons) else unembed.new_zeros(0, 1)
     ids, vals, low_ids = [], [], []
     for start in range(0, len(neurons), chunk_size):
         logits = (vectors[start:start + chunk_size].to(unembed.dtype) @ unembed.T).float()  # [chunk, V]

@@ -15,6 +15,7 @@ from torch import nn
 
 from neuronscope.errors import NeuronscopeError, UnsupportedModelError
 from neuronscope.models.families import TEXT_SPECS, VISION_FAMILIES
+from neuronscope.models.moe import MOE_VISION_FAMILIES, MoEStructure, find_moe
 from neuronscope.models.spec import FamilySpec, VisionFamily
 
 _LAYER_LIST_NAMES = ("layers", "h", "blocks", "block", "decoder_layers")
@@ -188,7 +189,7 @@ class ModelAdapter:
         config = model.config
         self.model_type: str = getattr(config, "model_type", type(model).__name__)
         self.vision: VisionFamily | None = next(
-            (vf for vf in VISION_FAMILIES if self.model_type in vf.model_types), None
+            (vf for vf in (*VISION_FAMILIES, *MOE_VISION_FAMILIES) if self.model_type in vf.model_types), None
         )
         self.text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         text_type = getattr(self.text_config, "model_type", self.model_type)
@@ -197,16 +198,29 @@ class ModelAdapter:
         self.decoder = _find_decoder(model)
         self.layers: nn.ModuleList = _first_attr(self.decoder, _LAYER_LIST_NAMES)[1]
         self.n_layers: int = len(self.layers)
-        self.family: FamilySpec = _spec_for(text_type) or _spec_for(self.model_type) or _generic_spec(
-            self.layers[0], text_type
-        )
-        self._check_layer_modules()
-        down = self.module(0, self.family.down)
-        self.d_ff, self.d_model = _in_out(down, self.family.conv1d)
         cfg = self.text_config
+        # Mixture-of-experts models: MoE and dense layers resolved by models/moe (None for a dense model).
+        self.moe: MoEStructure | None = find_moe(
+            (self.model_type, text_type), self.layers, cfg, int(getattr(cfg, "hidden_size", 0) or 0)
+        )
+        attention_layer = 0
+        if self.moe is not None:
+            # d_ff of an MoE model: its dense layers' width (sites of dense layers use it), else one routed
+            # expert's width; every unit's width is in moe.layout.
+            self.family = self.moe.family.text
+            self.d_ff = next(iter(self.moe.dense.values()), self.moe.expert_width)
+            self.d_model = self.moe.d_model
+            attention_layer = next(i for i, layer in enumerate(self.layers) if _get(layer, self.family.attn_out))
+        else:
+            self.family: FamilySpec = _spec_for(text_type) or _spec_for(self.model_type) or _generic_spec(
+                self.layers[0], text_type
+            )
+            self._check_layer_modules()
+            down = self.module(0, self.family.down)
+            self.d_ff, self.d_model = _in_out(down, self.family.conv1d)
         self.n_heads: int = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
         self.n_kv_heads: int = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
-        attn_in = _in_out(self.module(0, self.family.attn_out), self.family.conv1d)[0]
+        attn_in = _in_out(self.module(attention_layer, self.family.attn_out), self.family.conv1d)[0]
         self.head_dim: int = attn_in // self.n_heads if self.n_heads else 0
         _, self.final_norm_module = _first_attr(self.decoder, _FINAL_NORM_NAMES)
         if self.final_norm_module is None:
@@ -249,12 +263,18 @@ class ModelAdapter:
         return [self.check_layer(int(layer)) for layer in layers]
 
     def device_of(self, layer: int) -> torch.device:
-        """The device holding layer ``layer``'s FFN output projection."""
+        """The device holding layer ``layer``'s FFN output projection (an MoE layer's experts)."""
+        if self.moe is not None and self.moe.is_moe(self.check_layer(layer)):
+            return self.moe.layers[self.check_layer(layer)].device
         return self.module(layer, self.family.down).weight.device
 
     # -- weights -------------------------------------------------------------------------------------------------
     def value_vectors(self, layer: int) -> torch.Tensor:
         """The value vectors ``w_i`` of layer ``layer`` as a view ``[d_ff, d_model]`` of the output projection."""
+        if self.moe is not None and self.moe.is_moe(self.check_layer(layer)):
+            raise NeuronscopeError(f"layer {layer} is a mixture-of-experts layer: its value vectors are per expert "
+                                   "(neuronscope.models.moe.expert_value_vectors / value_vector with "
+                                   "(layer, expert, index) rows)")
         weight = self.module(layer, self.family.down).weight
         return weight if self.family.conv1d else weight.t()
 
@@ -301,6 +321,7 @@ class ModelAdapter:
             "n_kv_heads": self.n_kv_heads,
             "head_dim": self.head_dim,
             "vocab_size": self.vocab_size,
+            **({"moe": self.moe.describe()} if self.moe is not None else {}),
         }
 
 

@@ -3,6 +3,8 @@
 - :mod:`~neuronscope.results.io`: atomic writes; JSON, CSV, PNG and safetensors files, and their readers.
 - :mod:`~neuronscope.results.base`: the :class:`Result` protocol, :class:`JsonResult`, :func:`load_result`.
 - :mod:`~neuronscope.results.scores`: :class:`NeuronScores`, the scores every attribution method returns.
+- :mod:`~neuronscope.results.neuron_layout`: :class:`NeuronLayout`, the (layer, expert, index) id space of MoE models;
+  :mod:`~neuronscope.results.expert_scores`: :class:`ExpertNeuronScores`, scores over it.
 - :mod:`~neuronscope.results.provenance`: versions and session metadata recorded with every result.
 
 Names are imported lazily so that reading a JSON file does not import torch.
@@ -14,6 +16,8 @@ from neuronscope._lazy import lazy_exports
 
 _EXPORTS = {
     "NeuronScores": "neuronscope.results.scores",
+    "ExpertNeuronScores": "neuronscope.results.expert_scores",
+    "NeuronLayout": "neuronscope.results.neuron_layout",
     "Result": "neuronscope.results.base",
     "JsonResult": "neuronscope.results.base",
     "load_result": "neuronscope.results.base",

@@ -30,6 +30,7 @@ from neuronscope.results.io import read_json, write_json
 #: format name -> "module:Class" of every result type that can be saved (imported only when loaded).
 FORMATS: dict[str, str] = {
     "neuronscope.neuron_scores": "neuronscope.results.scores:NeuronScores",
+    "neuronscope.expert_neuron_scores": "neuronscope.results.expert_scores:ExpertNeuronScores",
     "neuronscope.comparative_scores": "neuronscope.attribute.comparative:ComparativeScores",
     "neuronscope.head_source_scores": "neuronscope.attribute.heads:HeadSourceScores",
     "neuronscope.qrnca": "neuronscope.aggregate.qrnca:QRNCAResult",

@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import platform
 import shlex
 import socket
@@ -18,6 +19,7 @@ from typing import Any
 from neuronscope._version import __version__
 
 
+@functools.cache  # a metadata look-up costs ~5 ms: once per process, not once per result
 def _installed(package: str) -> str | None:
     try:
         return metadata.version(package)

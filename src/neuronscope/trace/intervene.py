@@ -10,7 +10,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -85,7 +85,14 @@ def _apply(tensor: torch.Tensor, item: Intervention, index: torch.Tensor | None,
 
 
 def install(hooks: HookSet, adapter: ModelAdapter, interventions: Sequence[Intervention]) -> None:
-    """Add the hooks of ``interventions`` to an open :class:`HookSet` (one hook per site and layer)."""
+    """Add the hooks of ``interventions`` to an open :class:`HookSet` (one hook per site and layer); expert and
+    routing interventions of MoE models go to :mod:`neuronscope.trace.expert_interventions`."""
+    experts = [item for item in interventions if not isinstance(item, Intervention)]
+    if experts:
+        from neuronscope.trace.expert_interventions import install_experts
+
+        install_experts(hooks, adapter, experts)
+        interventions = [item for item in interventions if isinstance(item, Intervention)]
     grouped: dict[tuple[str, int], list[Intervention]] = {}
     for item in interventions:
         normalise(item.positions)  # fail early on a bad spec
@@ -113,7 +120,7 @@ def install(hooks: HookSet, adapter: ModelAdapter, interventions: Sequence[Inter
 def intervene(model: nn.Module, interventions: Intervention | Sequence[Intervention]) -> Iterator[None]:
     """Apply ``interventions`` to every forward run inside the block; hooks are removed on exit, also on error."""
     adapter = get_adapter(model)
-    items = [interventions] if isinstance(interventions, Intervention) else list(interventions)
+    items = list(interventions) if isinstance(interventions, Iterable) else [interventions]
     with HookSet(adapter) as hooks:
         install(hooks, adapter, items)
         yield
@@ -126,10 +133,27 @@ def _by_layer(neurons: torch.Tensor) -> dict[int, torch.Tensor]:
     return {int(layer): neurons[neurons[:, 0] == layer, 1] for layer in neurons[:, 0].unique().tolist()}
 
 
+def _expert_rows(neurons: torch.Tensor) -> bool:
+    """``[n, 3]`` (layer, expert, index) rows of an MoE model (see :mod:`neuronscope.results.neuron_layout`)."""
+    neurons = torch.as_tensor(neurons)
+    return neurons.dim() == 2 and neurons.shape[1] == 3
+
+
+def _for_experts(neurons: torch.Tensor, op: str, value, positions: PositionSpec, site: str) -> list:
+    from neuronscope.trace.expert_interventions import expert_neuron_interventions
+
+    if site != "neuron":
+        raise NeuronscopeError(f"(layer, expert, index) rows are expert neurons at the 'neuron' site, not '{site}'")
+    return expert_neuron_interventions(neurons, op, value, positions)
+
+
 def scale_neurons(
     neurons: torch.Tensor, factor: float, positions: PositionSpec = "last", site: str = "neuron"
 ) -> list[Intervention]:
-    """Multiply neurons ``[n, 2]`` (layer, index) by ``factor`` at ``positions``."""
+    """Multiply neurons ``[n, 2]`` (layer, index) by ``factor`` at ``positions`` (MoE models: ``[n, 3]``
+    (layer, expert, index) rows, for the tokens routed to each expert)."""
+    if _expert_rows(neurons):
+        return _for_experts(neurons, "scale", float(factor), positions, site)
     return [Intervention(site, layer, "scale", float(factor), index, positions)
             for layer, index in _by_layer(neurons).items()]
 
@@ -150,6 +174,8 @@ def set_neurons(
     neurons: torch.Tensor, values: float | torch.Tensor, positions: PositionSpec = "last", site: str = "neuron"
 ) -> list[Intervention]:
     """Set neurons ``[n, 2]`` to ``values`` (a number, or one per neuron ``[n]`` in the given order)."""
+    if _expert_rows(neurons):
+        return _for_experts(neurons, "set", values, positions, site)
     neurons = torch.as_tensor(neurons, dtype=torch.long)
     out = []
     for layer in neurons[:, 0].unique().tolist():
@@ -163,6 +189,8 @@ def patch_neurons(
     neurons: torch.Tensor, source: torch.Tensor, positions: PositionSpec = "last", site: str = "neuron"
 ) -> list[Intervention]:
     """Replace neurons ``[n, 2]`` by values from another run: ``source [batch, P, n]`` in the order of ``neurons``."""
+    if _expert_rows(neurons):
+        return _for_experts(neurons, "patch", source, positions, site)
     neurons = torch.as_tensor(neurons, dtype=torch.long)
     out = []
     for layer in neurons[:, 0].unique().tolist():

@@ -71,6 +71,14 @@ def resolve_site(adapter: ModelAdapter, site: str, layer: int) -> SiteHandle:
     def handle(name: str, kind: str, start: int = 0, width: int = d_ff) -> SiteHandle:
         return SiteHandle(site, layer, adapter.module(layer, name), kind, start, width)
 
+    moe = getattr(adapter, "moe", None)
+    if moe is not None and moe.is_moe(layer) and site in (*NEURON_SITES, "ffn_out"):
+        if site == "ffn_out":  # the MoE block's output (routed + shared experts)
+            return SiteHandle(site, layer, moe.layers[layer].block, "output", 0, d_model)
+        raise SiteError(f"layer {layer} is a mixture-of-experts layer: its neurons are (layer, expert, index) rows "
+                        "of neuronscope.trace.experts (capture_experts) and expert interventions, not site "
+                        f"'{site}'")
+
     if site == "neuron":
         return handle(spec.down, "input")
     if site == "act":

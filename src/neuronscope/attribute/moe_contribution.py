@@ -1,0 +1,147 @@
+"""Contribution scores of the neurons of a mixture-of-experts model (Pan et al.'s score with the router weight the
+model actually applies):
+
+``s[l, e, i] = g_e(x) · a_{e,i} · ⟨w_{e,i}, u_t⟩``
+
+at the position that produces target ``t``: ``g_e`` is the weight that multiplies expert ``e``'s output after the
+family's top-k renormalisation and ``routed_scaling_factor`` (0 for unrouted experts, so their neurons score 0;
+Llama-4 scales the expert's *input* by the router weight instead, so ``g = 1`` there and ``a`` already holds it);
+shared experts use their gate (Qwen2/3.5-MoE's sigmoid, 1 elsewhere); dense layers keep ``a_i · ⟨w_i, u_t⟩``. What
+belongs to no neuron — gpt-oss's expert biases times ``g_e``, output-projection biases — is in ``bias``, so per
+layer ``Σ neurons + Σ bias = ⟨MoE block output, u_t⟩`` exactly. ``final_norm=True`` scales by the final norm frozen
+at that position (``⟨w, g_f ⊙ u_t⟩ / σ``, LayerNorm's centring included), as the dense score does.
+
+Example:
+    >>> scores = moe_contribution(model, batch, word_targets(tokenizer, batch, "Paris"))
+    >>> scores.top_table(10)            # layer, expert, kind, neuron, score
+    >>> scores.unit_scores()            # each expert's total contribution to each target
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.contribution import score_dtype
+from neuronscope.errors import NeuronscopeError
+from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import TargetSet
+from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.models.moe import DENSE, NeuronLayout
+from neuronscope.models.moe.weights import layer_projection, unit_biases
+from neuronscope.results.expert_scores import ExpertNeuronScores
+from neuronscope.trace import capture
+from neuronscope.trace.experts import ExpertCapture, capture_experts
+
+
+def sub_layout(adapter: ModelAdapter, layers: list[int]) -> NeuronLayout:
+    """The model's neuron layout restricted to ``layers`` (flat ids renumbered from 0)."""
+    units = [tuple(row[:3]) for row in adapter.moe.layout.units.tolist() if row[0] in set(layers)]
+    return NeuronLayout.from_units(units, {k: v for k, v in adapter.moe.layout.n_routed.items() if k in layers})
+
+
+def unit_coefficients(adapter: ModelAdapter, acts: ExpertCapture, layer: int) -> torch.Tensor:
+    """``[B, P, units_l]``: what multiplies each unit's bias — ``Σ_slots g`` of each routed expert, each shared
+    expert's gate, 1 for a dense layer."""
+    if not adapter.moe.is_moe(layer):
+        dense = acts.dense(layer)
+        return dense.new_ones(*dense.shape[:2], 1)
+    routing = acts.moe(layer)
+    g = routing.weights.to(routing.acts.dtype)
+    routed = g.new_zeros(*g.shape[:2], routing.n_experts).scatter_add(2, routing.experts.to(g.device), g)
+    return torch.cat([routed, *[w[..., None].to(g) for w in routing.shared_weights]], dim=-1)
+
+
+def scores_from_capture(
+    adapter: ModelAdapter, acts: ExpertCapture, token_ids: torch.Tensor, layers: list[int],
+    final_residual: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, NeuronLayout]:
+    """Contribution scores ``[B, n, N]`` of a capture at the targets' positions (``[B, n]`` positions), the bias
+    terms ``[B, n, U]`` (None when no unit has a bias) and the layout of the ``N`` neurons / ``U`` units."""
+    layout = sub_layout(adapter, layers)
+    first = acts.weighted(layers[0])
+    dtype, device = score_dtype(first), first.device
+    unique, target_index = token_ids.unique(return_inverse=True)
+    directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, dtype)
+    centre = False
+    if final_residual is not None:
+        norm = adapter.final_norm()
+        directions = directions * norm.gain.to(device, dtype)
+        centre = norm.kind == "layer"
+    target_index = target_index.to(device)
+    scores = torch.zeros(*first.shape[:2], layout.n_neurons, dtype=dtype, device=device)
+    bias = torch.zeros(*first.shape[:2], len(layout.units), dtype=dtype, device=device)
+    has_bias = False
+    for layer in layers:
+        weighted = acts.weighted(layer).to(device, dtype)  # [B, n, n_l]
+        proj = layer_projection(adapter, layer, directions, centre=centre)  # [n_l, m]
+        scores[..., layout.layer_block(layer)] = weighted * proj.T[target_index]
+        biases = unit_biases(adapter, layer)
+        if any(b is not None for b in biases):
+            has_bias = True
+            vectors = torch.stack([torch.zeros(adapter.d_model, device=device, dtype=dtype) if b is None
+                                   else b.detach().to(device, dtype) for b in biases])  # [U_l, d]
+            if centre:
+                vectors = vectors - vectors.mean(-1, keepdim=True)
+            per_target = (vectors @ directions.T).T[target_index]  # [B, n, U_l]
+            start = layout.unit_index(layer, DENSE if not adapter.moe.is_moe(layer) else 0)
+            coefficients = unit_coefficients(adapter, acts, layer).to(device, dtype)
+            bias[..., start:start + len(biases)] = coefficients * per_target
+    if final_residual is not None:
+        sigma = adapter.final_norm().scale(final_residual.to(device, dtype))  # [B, n, 1]
+        scores, bias = scores / sigma, bias / sigma
+    return scores, (bias if has_bias else None), layout
+
+
+@torch.no_grad()
+def moe_contribution(
+    model: nn.Module,
+    batch: Batch,
+    targets: TargetSet,
+    *,
+    layers: list[int] | None = None,
+    final_norm: bool = False,
+    site: str = "neuron",
+) -> ExpertNeuronScores:
+    """Score every neuron of an MoE model (routed and shared experts, dense layers) for each target.
+
+    Args:
+        model: an MoE causal LM or MoE vision-language model.
+        batch: left-padded inputs (:mod:`neuronscope.inputs`; images too).
+        targets: target tokens and the positions that produce them.
+        layers: layers to score; default all.
+        final_norm: scale by the final norm frozen at the target position.
+        site: ``"neuron"`` only (the input of each expert's down projection).
+
+    Returns:
+        :class:`ExpertNeuronScores` ``[examples, targets, neurons]`` on the CPU (zeros where a row has fewer
+        targets), with the bias terms.
+
+    Example:
+        >>> scores = moe_contribution(model, batch, targets)
+        >>> rows, values = scores.top_k(10)                  # [10, 3] (layer, expert, index)
+    """
+    adapter = get_adapter(model)
+    if adapter.moe is None:
+        raise NeuronscopeError("moe_contribution needs a mixture-of-experts model; use attribute.contribution")
+    if site != "neuron":
+        raise NeuronscopeError(f"MoE contribution is defined at the 'neuron' site (each expert's down-projection "
+                               f"input), not '{site}'")
+    layer_list = adapter.resolve_layers(layers)
+    targets.check(batch.seq_len, adapter.vocab_size)
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    device = adapter.unembedding().device
+    last = adapter.n_layers - 1
+    with ExitStack() as stack:
+        acts = stack.enter_context(capture_experts(model, layers=layer_list, positions=positions, to=device))
+        resid = stack.enter_context(capture(model, "resid_post", [last], positions)) if final_norm else None
+        model(**batch.inputs)
+    residual = resid.get("resid_post", last) if final_norm else None
+    scores, bias, layout = scores_from_capture(adapter, acts, targets.token_ids, layer_list, residual)
+    valid = targets.valid.to(scores.device)[..., None]
+    scores, bias = (scores * valid).cpu(), None if bias is None else (bias * valid).cpu()
+    meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
+            "targets": targets.describe(), "model": adapter.describe()}
+    return ExpertNeuronScores(scores, layout, None, bias, meta)
