@@ -46,6 +46,7 @@ def last_position_logits(
     conditions: Mapping[str, Condition],
     *,
     token_ids: torch.Tensor | None = None,
+    log_softmax: bool = False,
     chunk_size: int = 16,
 ) -> dict[str, torch.Tensor]:
     """Logits at the last position of every row under each condition (float32, on the CPU).
@@ -55,10 +56,11 @@ def last_position_logits(
         batch: left-padded prompts (:func:`neuronscope.inputs.encode_prompts`), at least two positions long.
         conditions: name → :data:`Condition`; each must change only the last position.
         token_ids: ``[V']`` columns to keep (e.g. the label tokens); default the whole vocabulary.
+        log_softmax: return log-probabilities over the whole vocabulary (then the ``token_ids`` columns).
         chunk_size: rows per prefix run (the cache of a chunk is held while its conditions run).
 
     Returns:
-        name → ``[B, V']`` logits.
+        name → ``[B, V']`` logits (or log-probabilities).
 
     Example:
         >>> out = last_position_logits(model, batch, {"clean": lambda rows: contextlib.nullcontext()})
@@ -94,5 +96,6 @@ def last_position_logits(
             if int(cache.get_seq_length()) != length:
                 raise NeuronscopeError("the KV cache could not be cropped back to the prefix")
             logits = step.logits[:, -1].float()
+            logits = logits.log_softmax(-1) if log_softmax else logits
             out[name].append((logits if token_ids is None else logits[:, token_ids.to(logits.device)]).cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
