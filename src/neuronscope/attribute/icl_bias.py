@@ -44,7 +44,7 @@ from neuronscope.inputs.icl import ICLBatch
 from neuronscope.models.adapter import get_adapter
 from neuronscope.results.base import JsonResult
 from neuronscope.trace.attention_edit import AttentionRecord, AttentionReweighting, edited_attention
-from neuronscope.trace.last_step import last_position_logits
+from neuronscope.trace.last_step import Chunk, last_position_logits
 
 
 # -- pure math ---------------------------------------------------------------------------------------------------
@@ -130,24 +130,33 @@ def reweighting_plans(heads: torch.Tensor, sources: torch.Tensor, factors: torch
     return plans
 
 
-def _recording(model: nn.Module, layers: list[int], into: list[tuple[torch.Tensor, AttentionRecord]],
-               plans: Sequence[AttentionReweighting] = ()) -> Callable[[torch.Tensor], Any]:
+def _recording(model: nn.Module, layers: list[int], into: list[tuple[Chunk, AttentionRecord]],
+               plans: Sequence[AttentionReweighting] = ()) -> Callable[[Chunk], Any]:
     @contextlib.contextmanager
-    def run(rows: torch.Tensor) -> Iterator[None]:
-        with edited_attention(model, [p.select(rows) for p in plans], record_layers=layers) as record:
+    def run(chunk: Chunk) -> Iterator[None]:
+        selected = [p.select(chunk.rows, chunk.shift) for p in plans]
+        with edited_attention(model, selected, record_layers=layers) as record:
             yield
-        into.append((rows, record))
+        into.append((chunk, record))
 
     return run
 
 
-def _gather_label_attention(records: list[tuple[torch.Tensor, AttentionRecord]], heads: torch.Tensor,
-                            labels: torch.Tensor) -> torch.Tensor:
-    """``[B, n, k]`` attention from the last position to the label positions, from recorded chunks."""
+def _gather_label_attention(records: list[tuple[Chunk, AttentionRecord]], heads: torch.Tensor,
+                            labels: torch.Tensor, edited: bool = False,
+                            plans: Sequence[AttentionReweighting] = ()) -> torch.Tensor:
+    """``[B, n, k]`` attention from the last position to the label positions, from recorded chunks (the rows
+    before the edit, or the plans' edited rows)."""
     out = torch.zeros(labels.shape[0], heads.shape[0], labels.shape[1])
-    for rows, record in records:
+    for chunk, record in records:
+        index = labels[chunk.rows] - chunk.shift
         for slot, (layer, head) in enumerate(heads.tolist()):
-            out[rows, slot] = record.rows[layer][:, head, 0].cpu().gather(1, labels[rows])
+            if edited:
+                plan_heads = next(p.heads for p in plans if p.layer == layer).tolist()
+                row = record.edited[layer][:, plan_heads.index(head)]
+            else:
+                row = record.rows[layer][:, head, 0]
+            out[chunk.rows, slot] = row.cpu().gather(1, index)
     return out
 
 
@@ -232,7 +241,8 @@ def measure_bias(model: nn.Module, icl: ICLBatch, favoured: torch.Tensor, heads:
                   "mitigated": _recording(model, layers, mitigated_records, plans)}
     for i, control in enumerate(control_heads):
         control_plans = reweighting_plans(control, labels, factors_for(control), renormalise)
-        conditions[f"random_{i}"] = lambda rows, p=control_plans: edited_attention(model, [x.select(rows) for x in p])
+        conditions[f"random_{i}"] = lambda chunk, p=control_plans: edited_attention(
+            model, [x.select(chunk.rows, chunk.shift) for x in p])
     scores = last_position_logits(model, icl.batch, conditions, token_ids=icl.class_token_ids, log_softmax=True,
                                   chunk_size=chunk_size)
 
@@ -243,11 +253,7 @@ def measure_bias(model: nn.Module, icl: ICLBatch, favoured: torch.Tensor, heads:
     before, mitigated = summary(scores["clean"]), summary(scores["mitigated"])
     randoms = [summary(scores[f"random_{i}"]) for i in range(len(control_heads))]
     clean_attention = _gather_label_attention(clean_records, heads, labels)
-    edited = torch.zeros_like(clean_attention)
-    for rows, record in mitigated_records:
-        for slot, (layer, head) in enumerate(heads.tolist()):
-            plan_heads = next(p.heads for p in plans if p.layer == layer).tolist()
-            edited[rows, slot] = record.edited[layer][:, plan_heads.index(head)].cpu().gather(1, labels[rows])
+    edited = _gather_label_attention(mitigated_records, heads, labels, edited=True, plans=plans)
     return ICLBias(
         kind, list(icl.prompts[0].label_words), len(icl), heads.tolist(), before, mitigated, randoms,
         relative_reduction(before["probability"], mitigated["probability"]),

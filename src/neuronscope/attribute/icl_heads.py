@@ -93,7 +93,7 @@ def label_log_probabilities(model: nn.Module, icl: ICLBatch, conditions: Mapping
                             *, chunk_size: int = 16) -> dict[str, torch.Tensor]:
     """Full-vocabulary log-probabilities of each class's token at the last position, ``[B, C]`` per condition
     (default one condition, ``"clean"``). Conditions must change only the last position."""
-    conditions = conditions or {"clean": lambda rows: contextlib.nullcontext()}
+    conditions = conditions or {"clean": lambda chunk: contextlib.nullcontext()}
     return last_position_logits(model, icl.batch, conditions, token_ids=icl.class_token_ids, log_softmax=True,
                                 chunk_size=chunk_size)
 
@@ -143,7 +143,7 @@ def icl_accuracy(model: nn.Module, icl: ICLBatch, conditions: Mapping[str, Condi
 def ablation_condition(model: nn.Module, heads: torch.Tensor | Sequence[tuple[int, int]]) -> Condition:
     """A condition zeroing ``heads [n, 2]`` at the last position (the head site = input of ``o_proj``)."""
     interventions = ablate_heads(model, heads, positions="last")
-    return lambda rows: intervene(model, interventions)
+    return lambda chunk: intervene(model, interventions)
 
 
 # -- locate ------------------------------------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def head_ablation_per_prompt(model: nn.Module, icl: ICLBatch, *, chunk_size: int
     """``log p(pred) − log p(pred | head zeroed at the last position)`` for every head: ``[B, L, H]``, and the
     predicted classes ``[B]``. One cached step per head (the prefix is run once per chunk)."""
     adapter = get_adapter(model)
-    conditions: dict[str, Condition] = {"clean": lambda rows: contextlib.nullcontext()}
+    conditions: dict[str, Condition] = {"clean": lambda chunk: contextlib.nullcontext()}
     for layer in range(adapter.n_layers):
         for head in range(adapter.n_heads):
             conditions[f"{layer}.{head}"] = ablation_condition(model, [(layer, head)])

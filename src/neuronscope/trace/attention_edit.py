@@ -104,16 +104,18 @@ class AttentionReweighting:
                                    f"{tuple(self.sources.shape)} and {tuple(self.factors.shape)}")
         if self.factors.dim() == 3 and self.factors.shape[1] != self.heads.numel():
             raise NeuronscopeError(f"factors [B, k, S] need k = {self.heads.numel()} heads")
+        if bool((self.sources < 0).any()):
+            raise NeuronscopeError("source positions must be non-negative")
         ordered = self.sources.sort(-1).values
         if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
             raise NeuronscopeError("each row's source positions must be distinct")
         if not bool(torch.isfinite(self.factors).all()) or bool((self.factors < 0).any()):
             raise NeuronscopeError("re-weighting factors must be finite and non-negative")
 
-    def select(self, rows: torch.Tensor | Sequence[int]) -> AttentionReweighting:
-        """The plan for a sub-batch ``rows``."""
+    def select(self, rows: torch.Tensor | Sequence[int], shift: int = 0) -> AttentionReweighting:
+        """The plan for a sub-batch ``rows`` whose positions moved by ``-shift`` (leading padding cut off)."""
         index = torch.as_tensor(rows, dtype=torch.long)
-        return AttentionReweighting(self.layer, self.heads, self.sources[index], self.factors[index],
+        return AttentionReweighting(self.layer, self.heads, self.sources[index] - shift, self.factors[index],
                                     self.renormalise)
 
 

@@ -1,5 +1,9 @@
 """Many runs of a batch's last position under different interventions, with the prefix computed once.
 
+The rows of a chunk are cut to their own width (leading columns that are padding in every row of the chunk are
+dropped; explicit position ids keep the computation the same), so a condition receives a :class:`Chunk` that says
+which batch rows run and by how much their positions moved.
+
 An intervention that touches only the last position (a head ablated at ``"last"``, attention re-weighted at the
 last query row) leaves every earlier position as it was. So the prefix (all positions but the last) is run once
 with a KV cache, and each condition costs one cached step of one token per row; the cache is cropped back to the
@@ -7,8 +11,8 @@ prefix after each step. The result equals a full forward under the same interven
 ``tests/trace/test_last_step.py``.
 
 Example:
-    >>> conditions = {"clean": lambda rows: contextlib.nullcontext(),
-    ...               "ablated": lambda rows: intervene(model, ablate_heads(model, [(20, 3)], positions="last"))}
+    >>> conditions = {"clean": lambda chunk: contextlib.nullcontext(),
+    ...               "ablated": lambda chunk: intervene(model, ablate_heads(model, [(20, 3)], positions="last"))}
     >>> logits = last_position_logits(model, batch, conditions, token_ids=torch.tensor([29856, 2753]))
     >>> logits["ablated"].shape                       # [B, 2]
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,8 +30,17 @@ from torch import nn
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs.batch import Batch, to_model
 
-#: A condition: given the batch rows of the current chunk ``[n]``, a context manager to run the step under.
-Condition = Callable[[torch.Tensor], AbstractContextManager]
+
+@dataclass(frozen=True)
+class Chunk:
+    """The rows of one prefix run: ``rows [n]`` of the batch; position ``p`` of the batch is ``p - shift`` in it."""
+
+    rows: torch.Tensor
+    shift: int = 0
+
+
+#: A condition: given the current :class:`Chunk`, a context manager to run the step under.
+Condition = Callable[[Chunk], AbstractContextManager]
 
 
 def _cache_keyword(model: nn.Module) -> str:
@@ -63,7 +77,7 @@ def last_position_logits(
         name → ``[B, V']`` logits (or log-probabilities).
 
     Example:
-        >>> out = last_position_logits(model, batch, {"clean": lambda rows: contextlib.nullcontext()})
+        >>> out = last_position_logits(model, batch, {"clean": lambda chunk: contextlib.nullcontext()})
     """
     if batch.seq_len < 2:
         raise NeuronscopeError("last_position_logits needs prompts of at least two tokens")
@@ -78,6 +92,9 @@ def last_position_logits(
         positions = inputs.get("position_ids")
         if positions is None:
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        shift = min(int(batch.pad_lengths[rows].min()), batch.seq_len - 2)  # columns that are padding in every row
+        ids, mask, positions = ids[:, shift:], mask[:, shift:], positions[:, shift:]
+        chunk = Chunk(rows, shift)
         prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                        use_cache=True, logits_to_keep=1)
         cache = _returned_cache(prefix)
@@ -86,7 +103,7 @@ def last_position_logits(
         length = int(cache.get_seq_length())
         for name, condition in conditions.items():
             try:
-                with condition(rows):
+                with condition(chunk):
                     step = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                                  use_cache=True, logits_to_keep=1, **{keyword: cache})
             finally:
