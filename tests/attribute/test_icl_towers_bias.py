@@ -95,14 +95,18 @@ def test_label_merge_against_output_attentions():
     out, seen = _hooked(model, icl, 0)
     for layer in range(2):
         probs = out.attentions[layer]  # [B, H, T, T]
-        own, query = [], []
+        own, other, query = [], [], []
         for row in range(3):
             for j, position in enumerate(icl.label_positions[row].tolist()):
                 a, b = icl.text_spans[row, j].tolist()
                 own.append(probs[row, :, position, a:b].sum(-1).mean())
+                if j:
+                    earlier = [probs[row, :, position, x:y].sum(-1).mean() for x, y in icl.text_spans[row, :j].tolist()]
+                    other.append(torch.stack(earlier).mean())
             start, stop = icl.query_spans[row].tolist()
             query.append(probs[row, :, -1, start:stop].sum(-1).mean())
         assert merge.own_text_attention[layer] == pytest.approx(float(torch.stack(own).mean()), abs=1e-5)
+        assert merge.other_text_attention[layer] == pytest.approx(float(torch.stack(other).mean()), abs=1e-5)
         assert merge.query_text_attention[layer] == pytest.approx(float(torch.stack(query).mean()), abs=1e-5)
         assert 0 <= merge.own_text_share[layer] <= 1
 

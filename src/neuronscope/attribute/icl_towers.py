@@ -16,7 +16,8 @@ Each correlation is a Pearson correlation of within-prompt-centred values pooled
 demonstrations of one prompt, not prompts).
 
 **Shallow merge.** Per layer, attention (mean over heads) from each label position to its own demonstration's text
-and to the other demonstrations' texts, and from the last position to the query text; plus the norm-weighted share
+and to the texts of the earlier demonstrations (divided by their number: per demonstration, comparable with the own
+text), and from the last position to the query text; plus the norm-weighted share
 ``Σ_h Σ_{s ∈ span} A_h[t, s] ‖v_s W_O^h‖ / Σ_h Σ_s A_h[t, s] ‖v_s W_O^h‖`` (how much of what the layer's attention
 writes at ``t`` comes from that span; unlike raw attention it ignores mass parked on a sink token).
 
@@ -167,7 +168,8 @@ def two_towers(model: nn.Module, icl: ICLBatch, heads: torch.Tensor | Sequence[t
 @dataclass
 class LabelMerge(JsonResult):
     """Per layer ``[L]`` (means over heads, demonstrations and prompts): how much each label position reads its
-    own demonstration's text, and the last position the query text (see the module docstring)."""
+    own demonstration's text (vs each earlier demonstration's text, ``other_*``), and the last position the query
+    text (see the module docstring)."""
 
     format: ClassVar[str] = "neuronscope.icl_label_merge"
 
@@ -212,9 +214,11 @@ def label_merge(model: nn.Module, icl: ICLBatch, *, layers: Sequence[int] | None
             own_mass, own_share = _span_masses(rows[:, :, :shots], norms, own)
             other_mass, other_share = _span_masses(rows[:, :, :shots], norms, other)
             query_mass, query_share = _span_masses(rows[:, :, shots:], norms, query)
-            values = [own_mass.mean(1), other_mass[:, 1:].mean(1), query_mass[:, 0], own_share.mean(1),
-                      other_share[:, 1:].mean(1), query_share[:, 0]]
+            earlier = torch.arange(1, shots, dtype=torch.float32)  # demonstration j has j earlier ones
+            values = [own_mass.mean(1), (other_mass[:, 1:] / earlier).mean(1), query_mass[:, 0], own_share.mean(1),
+                      (other_share[:, 1:] / earlier).mean(1), query_share[:, 0]]
             totals[:, slot] += torch.stack([v.sum() for v in values])
     means = (totals / len(icl)).tolist()
     return LabelMerge(*means, {"layers": layer_list, "n_prompts": len(icl), "shots": shots,
-                               "other": "texts of the earlier demonstrations (causal attention sees no later ones)"})
+                               "other": "texts of the earlier demonstrations (causal attention sees no later ones), "
+                                        "per earlier demonstration"})
