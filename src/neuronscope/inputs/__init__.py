@@ -7,6 +7,7 @@
 | :mod:`.prompts` | :class:`PromptRecord` and ``read_prompts_jsonl`` |
 | :mod:`.images` | :class:`ImageRecord`, :class:`ImageDataset`: COCO / SBU captions, image folders, VQA JSONL |
 | :mod:`.mcqa` | multiple-choice questions (qrneuron JSON, JSONL) and their prompt variants |
+| :mod:`.icl` | in-context-learning prompts: labelled TSVs (``data/icl``), k-shot prompts, label-token positions |
 | :mod:`.config` | YAML / JSON option files |
 
 Every reader returns typed records or raises one :class:`~neuronscope.errors.InputError` listing every problem
@@ -31,6 +32,8 @@ _EXPORTS = {
                      "load_image"), "neuronscope.inputs.images"),
     **dict.fromkeys(("MCQAItem", "PromptVariant", "QRNeuronQuery", "read_mcqa_jsonl", "read_qrneuron_mcqa",
                      "render_prompt_variants"), "neuronscope.inputs.mcqa"),
+    **dict.fromkeys(("ICLBatch", "ICLPrompt", "ICLTemplate", "LabelledDataset", "encode_icl", "read_icl_dataset",
+                     "read_labelled_tsv", "sample_prompts"), "neuronscope.inputs.icl"),
     "load_config": "neuronscope.inputs.config",
 }
 

@@ -35,6 +35,12 @@ FORMATS: dict[str, str] = {
     "neuronscope.head_source_scores": "neuronscope.attribute.heads:HeadSourceScores",
     "neuronscope.qrnca": "neuronscope.aggregate.qrnca:QRNCAResult",
     "neuronscope.value_vector_edit": "neuronscope.edit.weights:ValueVectorEdit",
+    "neuronscope.icl_accuracy": "neuronscope.attribute.icl_heads:ICLAccuracy",
+    "neuronscope.in_context_heads": "neuronscope.attribute.icl_heads:InContextHeads",
+    "neuronscope.icl_head_positions": "neuronscope.attribute.icl_projection:HeadPositionAttribution",
+    "neuronscope.icl_two_towers": "neuronscope.attribute.icl_towers:TwoTowers",
+    "neuronscope.icl_label_merge": "neuronscope.attribute.icl_towers:LabelMerge",
+    "neuronscope.icl_bias": "neuronscope.attribute.icl_bias:ICLBias",
 }
 
 R = TypeVar("R", bound="JsonResult")
