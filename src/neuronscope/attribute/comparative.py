@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -52,6 +52,9 @@ class ComparativeScores(NeuronScores):
     conditions kept in ``condition_a`` and ``condition_b``. ``save(path)`` also writes ``<path>_a`` and
     ``<path>_b``."""
 
+    format: ClassVar[str] = "neuronscope.comparative_scores"
+    also_reads: ClassVar[tuple[str, ...]] = ("neuronscope.neuron_scores",)  # saved before it had its own format
+
     condition_a: NeuronScores | None = None
     condition_b: NeuronScores | None = None
 
@@ -65,7 +68,7 @@ class ComparativeScores(NeuronScores):
     @classmethod
     def load(cls, path: str | Path) -> ComparativeScores:
         path = Path(path)
-        difference = NeuronScores.load(path)
+        difference = super().load(path)
         conditions = [NeuronScores.load(path.with_name(path.stem + suffix)) for suffix in ("_a", "_b")]
         return cls(difference.values, difference.indices, difference.shape, difference.meta, *conditions)
 

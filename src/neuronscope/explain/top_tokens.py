@@ -7,24 +7,31 @@ table in full.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from neuronscope.models.adapter import get_adapter
 from neuronscope.models.moe.weights import value_vector
+from neuronscope.results.base import JsonResult
 
 
 @dataclass
-class NeuronTokens:
+class NeuronTokens(JsonResult):
     """For each neuron, its top-``k`` tokens (ids, strings, logit values), and optionally the bottom-``k``."""
+
+    format: ClassVar[str] = "neuronscope.neuron_tokens"
 
     neurons: torch.Tensor  # [n, 2] (layer, index), or [n, 3] (layer, expert, index) for MoE models
     token_ids: torch.Tensor  # [n, k]
     values: torch.Tensor  # [n, k]
     tokens: list[list[str]]
     bottom_tokens: list[list[str]] | None = None
+
+    def summary(self) -> str:
+        return "\n".join(f"{':'.join(map(str, neuron))}  " + " ".join(repr(t) for t in tokens)
+                         for neuron, tokens in zip(self.neurons.tolist(), self.tokens, strict=True))
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per neuron, for JSON/CSV."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,6 +42,7 @@ from neuronscope.measure.fluency import fluency
 from neuronscope.measure.metrics import summarise
 from neuronscope.measure.probability import last_logits
 from neuronscope.models.adapter import get_adapter
+from neuronscope.results.base import JsonResult
 
 GOALS = ("promote", "demote")
 RANDOM_DELTAS = ("same", "random_directions")
@@ -49,8 +50,10 @@ TokenSpec = str | int | Sequence[str | int]
 
 
 @dataclass
-class EditScores:
+class EditScores(JsonResult):
     """One model state's metrics (see the module docstring); None where the prompts were not given."""
+
+    format: ClassVar[str] = "neuronscope.edit_scores"
 
     reliability: float
     generalisation: float | None = None
@@ -65,8 +68,10 @@ class EditScores:
 
 
 @dataclass
-class EditEvaluation:
+class EditEvaluation(JsonResult):
     """Metrics of the unedited model (``before``), of the edit, and of each random edit (``random``)."""
+
+    format: ClassVar[str] = "neuronscope.edit_evaluation"
 
     goal: str
     rule: str
@@ -89,6 +94,23 @@ class EditEvaluation:
         return {"goal": self.goal, "rule": self.rule, "n_neurons": self.n_neurons, "before": self.before.as_dict(),
                 "edit": self.edit.as_dict(), "random": [scores.as_dict() for scores in self.random],
                 "random_summary": self.random_summary(), "random_neurons": self.random_neurons}
+
+    def summary(self) -> str:
+        lines = [f"{self.goal} ({self.rule}, {self.n_neurons} neurons)"]
+        for name in ("reliability", "generalisation", "locality_agreement", "locality_kl", "fluency"):
+            before, after = getattr(self.before, name), getattr(self.edit, name)
+            if before is None and after is None:
+                continue
+            line = f"  {name}: {_number(before)} -> {_number(after)}"
+            spread = self.random_summary()[name]
+            if spread is not None:
+                line += f" (random edits: mean {spread['mean']:.4g}, n {int(spread['n'])})"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def token_ids(processor: Any, spec: TokenSpec, n: int, name: str = "targets") -> torch.Tensor:

@@ -15,11 +15,13 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from neuronscope.errors import InputError
+from neuronscope.results.base import JsonResult
 
 __all__ = [
     "CausalEffect",
@@ -181,7 +183,7 @@ def concept_rate(texts: Sequence[str], words: Sequence[str] | str, *, plurals: b
 
 
 @dataclass(frozen=True)
-class CausalEffect:
+class CausalEffect(JsonResult):
     """Rates of a concept in captions before / after perturbing neurons.
 
     Attributes:
@@ -190,10 +192,16 @@ class CausalEffect:
         relative_drop: ``drop / rate_before`` (NaN when the concept never appeared before).
     """
 
+    format: ClassVar[str] = "neuronscope.causal_effect"
+
     rate_before: float
     rate_after: float
     drop: float
     relative_drop: float
+
+    def summary(self) -> str:
+        return (f"rate {self.rate_before:.1%} -> {self.rate_after:.1%} (drop {self.drop:+.1%}, "
+                f"relative {self.relative_drop:+.1%} of the rate before)")
 
 
 def causal_effect(
@@ -231,7 +239,7 @@ class ConceptCaptions:
 
 
 @dataclass(frozen=True)
-class SpecificityReport:
+class SpecificityReport(JsonResult):
     """Effect of perturbing one concept's neurons on that concept and on the others.
 
     Attributes:
@@ -242,10 +250,16 @@ class SpecificityReport:
             others do not (our one-number summary; Pan et al. report the rates themselves).
     """
 
+    format: ClassVar[str] = "neuronscope.specificity"
+
     target: CausalEffect
     others: dict[str, CausalEffect]
     mean_other_drop: float
     specificity: float
+
+    def summary(self) -> str:
+        return (f"target: {self.target.summary()}; other concepts' mean drop {self.mean_other_drop:+.1%} "
+                f"({len(self.others)} concepts, each on its own images); specificity {self.specificity:+.3f}")
 
 
 def specificity(

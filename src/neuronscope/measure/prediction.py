@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ from torch import Tensor
 from neuronscope.aggregate.neurons import check_neurons, flat_to_neurons, neurons_to_flat
 from neuronscope.aggregate.select import frequency_of_neuron_sets
 from neuronscope.errors import InputError, NeuronscopeError
+from neuronscope.results.base import JsonResult
 
 __all__ = [
     "PredictionReport",
@@ -164,7 +165,7 @@ def predict_domains(
 
 
 @dataclass(frozen=True)
-class PredictionReport:
+class PredictionReport(JsonResult):
     """Accuracy of predicted labels against gold labels, next to the majority-class baseline.
 
     Attributes:
@@ -176,12 +177,18 @@ class PredictionReport:
         predictions: the predicted labels, in order.
     """
 
+    format: ClassVar[str] = "neuronscope.prediction"
+
     accuracy: float
     majority_baseline: float
     majority_label: str
     n: int
     per_label_accuracy: dict[str, float]
     predictions: list[str]
+
+    def summary(self) -> str:
+        return (f"accuracy {self.accuracy:.1%} on {self.n} queries; majority baseline {self.majority_baseline:.1%} "
+                f"(always '{self.majority_label}')")
 
 
 def evaluate_predictions(

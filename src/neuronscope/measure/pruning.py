@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from neuronscope.inputs.targets import TargetSet
 from neuronscope.measure.baselines import random_neurons_like
 from neuronscope.measure.metrics import summarise
 from neuronscope.models.adapter import get_adapter
+from neuronscope.results.base import JsonResult
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Intervention, PositionSpec, intervene
 
@@ -99,8 +100,10 @@ def task_accuracy(model: nn.Module, batch: Batch, targets: TargetSet, batch_size
 
 
 @dataclass
-class PruningPoint:
+class PruningPoint(JsonResult):
     """Results of keeping ``keep`` neurons: top-scored and random (one value per draw)."""
+
+    format: ClassVar[str] = "neuronscope.pruning_point"
 
     keep: int
     kept: list[list[int]]
@@ -121,8 +124,10 @@ class PruningPoint:
 
 
 @dataclass
-class PruningReport:
+class PruningReport(JsonResult):
     """Accuracy of the full model and of each pruning point."""
+
+    format: ClassVar[str] = "neuronscope.pruning"
 
     layers: list[int]
     d_ff: int
@@ -137,6 +142,17 @@ class PruningReport:
                 "neurons_in_layers": len(self.layers) * self.d_ff, "full_accuracy": self.full_accuracy,
                 "full_mean_probability": self.full_mean_probability, "positions": self.positions,
                 "points": [point.as_dict() for point in self.points]}
+
+    def summary(self) -> str:
+        lines = [f"full model: accuracy {self.full_accuracy:.1%} on {self.n_examples} examples "
+                 f"({len(self.layers)} layers x {self.d_ff} neurons)"]
+        for point in self.points:
+            line = f"keep {point.keep}: accuracy {point.accuracy:.1%}"
+            if point.random_accuracy:
+                mean = sum(point.random_accuracy) / len(point.random_accuracy)
+                line += f"; random {mean:.1%} (mean of {len(point.random_accuracy)} draws)"
+            lines.append(line)
+        return "\n".join(lines)
 
 
 def prune_experiment(

@@ -41,6 +41,19 @@ FORMATS: dict[str, str] = {
     "neuronscope.icl_two_towers": "neuronscope.attribute.icl_towers:TwoTowers",
     "neuronscope.icl_label_merge": "neuronscope.attribute.icl_towers:LabelMerge",
     "neuronscope.icl_bias": "neuronscope.attribute.icl_bias:ICLBias",
+    "neuronscope.router_statistics": "neuronscope.attribute.moe_router:RouterStatistics",
+    "neuronscope.neuron_tokens": "neuronscope.explain.top_tokens:NeuronTokens",
+    "neuronscope.pcr": "neuronscope.measure.pcr:PCRReport",
+    "neuronscope.causal_effect": "neuronscope.measure.metrics:CausalEffect",
+    "neuronscope.specificity": "neuronscope.measure.metrics:SpecificityReport",
+    "neuronscope.edit_scores": "neuronscope.measure.editing:EditScores",
+    "neuronscope.edit_evaluation": "neuronscope.measure.editing:EditEvaluation",
+    "neuronscope.pruning": "neuronscope.measure.pruning:PruningReport",
+    "neuronscope.pruning_point": "neuronscope.measure.pruning:PruningPoint",
+    "neuronscope.prediction": "neuronscope.measure.prediction:PredictionReport",
+    "neuronscope.word_edit": "neuronscope.workflows.word_edits:UseCaseReport",
+    "neuronscope.multimodal_neurons": "neuronscope.workflows.multimodal.results:MultimodalNeurons",
+    "neuronscope.run_result": "neuronscope.workflows.result:RunResult",
 }
 
 R = TypeVar("R", bound="JsonResult")
@@ -169,6 +182,8 @@ def _value(annotation: Any, value: Any) -> Any:
         return torch.tensor(value)
     if isinstance(annotation, type) and dataclasses.is_dataclass(annotation) and isinstance(value, dict):
         return _rebuild(annotation, value)
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {key: _value(args[1], part) for key, part in value.items()}
     if origin in (list, tuple) and args and isinstance(value, list):
         item = args[0]
         items = [_value(item, part) for part in value]

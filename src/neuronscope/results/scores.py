@@ -34,6 +34,7 @@ class NeuronScores:
     """
 
     format: ClassVar[str] = "neuronscope.neuron_scores"
+    also_reads: ClassVar[tuple[str, ...]] = ()  #: older formats a subclass still reads
 
     values: torch.Tensor
     indices: torch.Tensor | None = None
@@ -139,8 +140,8 @@ class NeuronScores:
         path = Path(path)
         json_path = path.with_suffix(".json")
         meta = read_json(json_path, what="scores metadata")
-        if not isinstance(meta, dict) or meta.get("format") != cls.format:
-            raise ResultFileError(f"{json_path} does not hold neuronscope neuron scores; pass the path that "
+        if not isinstance(meta, dict) or meta.get("format") not in (cls.format, *cls.also_reads):
+            raise ResultFileError(f"{json_path} does not hold neuronscope {cls.format.split('.')[-1]}; pass the path that "
                                   "scores were saved to")
         tensors, _ = read_safetensors(path.with_suffix(".safetensors"), what="scores tensor file")
         if "values" not in tensors or (meta.get("sparse") and "indices" not in tensors):

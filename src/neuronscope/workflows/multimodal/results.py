@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -121,9 +122,27 @@ class MultimodalNeurons:
                 f"({m.get('images_skipped', 0)} skipped), {m.get('pairs', 0)} (image, concept) pairs, "
                 f"{m.get('concepts', 0)} concepts: {', '.join(self.concepts[:10])}")
 
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """A folder: ``result.json`` (counts, meta, captions, pairs) and ``pairs.safetensors``."""
+        from neuronscope.results.io import write_json, write_safetensors
+
+        folder = Path(path)
+        write_safetensors(folder / "pairs.safetensors", {"values": self.values, "flat_indices": self.flat_indices})
+        write_json(folder / "result.json", {**self.as_dict(), "metrics": self.metrics,
+                                            "captions": self.captions, "pairs": self.pairs})
+        return folder
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> MultimodalNeurons:
-        """Read a finished run folder back (its ledger, ``pairs`` and ``config.json``)."""
+        """Read a saved result (:meth:`save`) or a finished run folder (its ledger, ``pairs``, ``config.json``)."""
+        from neuronscope.results.io import read_json, read_safetensors
+
+        saved = Path(path) / "result.json"
+        if saved.is_file():
+            data = read_json(saved, what="multimodal neurons file")
+            tensors, _ = read_safetensors(Path(path) / "pairs.safetensors", what="multimodal pairs")
+            return cls(data["captions"], data["pairs"], tensors["values"], tensors["flat_indices"],
+                       int(data["n_layers"]), int(data["d_ff"]), meta=data["meta"], metrics=data["metrics"])
         run = RunDir.open(path)
         tensors, meta = run.read_tensors("pairs")
         config = run.read_json("config.json")
