@@ -148,6 +148,21 @@ def peers(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def moe(table: dict[str, Any]) -> list[str]:
+    lines = [f"### Mixture of experts: every expert neuron's contribution ({table.get('dtype', '?')})", "",
+             "| shape | layers × tokens | neurons per target | experts path | forward | capture | contribution | "
+             "contribution / forward (goal ≤ 1.3×) | peak / weights |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in table.items():
+        if not isinstance(entry, dict) or "forward" not in entry:
+            continue
+        ratio = entry["contribution_over_forward"]
+        lines.append(f"| {name} | {entry['layers']} × {entry['tokens']} | {entry['n_neurons_scored_per_target']:,} | "
+                     f"{entry['experts_implementation']} | {_s(entry['forward']['seconds'])} | "
+                     f"{_s(entry['capture']['seconds'])} | {_s(entry['contribution']['seconds'])} | "
+                     f"{_x(ratio)} ({_met(ratio <= 1.3)}) | {entry['contribution']['peak_over_weights']:.3f}× |")
+    return lines
+
+
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmark-results")
     env = _load(folder, "environment") or {}
@@ -163,7 +178,7 @@ def main() -> None:
                 f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "
                 f"{len(failed)} rows not ok (errors or differences): {failed[:4]}", ""]
     for name, render in (("contribution", contribution), ("integrated_gradients", integrated_gradients),
-                         ("lpi", lpi), ("multimodal", multimodal), ("peers", peers)):
+                         ("lpi", lpi), ("multimodal", multimodal), ("peers", peers), ("moe", moe)):
         table = _load(folder, name)
         if table is not None:
             out += render(table) + [""]
