@@ -61,9 +61,16 @@ def _patches(tmp_path: Path) -> dict:
     return {"model": _tiny_llava(tmp_path), "questions": questions}
 
 
-CASES = {"locate": _tiny_llama, "recipe multimodal": _multimodal, "recipe patches": _patches}
+def _logit_lens(tmp_path: Path) -> dict:
+    return {"model": _tiny_llava(tmp_path), "images": _images(tmp_path), "prompt": "What?", "words": "a",
+            "leading_space": False, "drawn": 1}
+
+
+CASES = {"locate": _tiny_llama, "recipe multimodal": _multimodal, "recipe patches": _patches,
+         "recipe logit-lens": _logit_lens}
 RESULT_FILES = ("scores.safetensors", "neurons.csv", "top_tokens.json", "pairs.safetensors", "pairs.json",
-                "concepts.json", "captions.json", "patches.csv")
+                "concepts.json", "captions.json", "patches.csv", "tables/lens_top_tokens.csv",
+                "tables/lens_word_ranks.csv")
 
 
 def test_every_looping_workflow_has_a_case():

@@ -127,6 +127,11 @@ _WORKFLOWS = (
     W("recipe invariance", "neuronscope.workflows.invariance:invariance", vision.InvarianceOptions,
       "Region / cross-image invariance and semantic sensitivity of a multimodal run's neurons.", paper=PAN,
       example="neuronscope recipe invariance --model ./llava --run runs/mm --images photos/ --out runs/mm-inv"),
+    W("recipe logit-lens", "neuronscope.workflows.logit_lens:logit_lens", vision.LogitLensOptions,
+      "Logit lens over image tokens: the top words of every patch at every layer, as grids over the image.",
+      paper=f"{YU} (LLaVA VQA)",
+      example="neuronscope recipe logit-lens --model ./llava --images photos/ --words dog,cat --out runs/lens\n"
+              "neuronscope recipe logit-lens --bundled-scenes 50 --out runs/lens", loops=True),
     W("recipe qrnca", "neuronscope.workflows.papers.qrnca:qrnca", papers.QRNCAOptions,
       "QRNCA / NA-ICA key neurons of MMLU domains (or the bundled model's own questions), PCR vs random.",
       paper="Chen, Dejl & Toni 2024", default_model=SMOLLM2,

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuronscope.workflows.options import BatchOptions, ModelOptions, Options, RunOptions, missing, opt
+from neuronscope.workflows.options import (
+    BatchOptions,
+    ModelOptions,
+    Options,
+    RunOptions,
+    missing,
+    opt,
+    parse_layers,
+)
 
 CAPTION_PROMPT = "Describe the image in few words."
 CAPTION_PREFIX = "An image of"
@@ -73,6 +81,45 @@ class InvarianceOptions(ModelOptions, ImageOptions):
             [int(seed) for seed in self.seeds.split(",") if seed.strip()]
         except ValueError:
             problems.append(f"--seeds {self.seeds!r}: write integers separated by commas, e.g. '0,1,2'")
+        return problems
+
+
+@dataclass(kw_only=True)
+class BundledScenesOptions(Options):
+    """Held-out scenes of the bundled shapes world instead of user images (the model defaults to the bundled one)."""
+
+    bundled_scenes: int | None = opt(None, "Instead of --images / --questions: this many held-out scenes of the "
+                                           "bundled shapes world, with their object masks.", minimum=1)
+    seed: int = opt(0, "Seed of the bundled scenes.")
+
+
+@dataclass(kw_only=True)
+class LogitLensOptions(ModelOptions, BundledScenesOptions, RunOptions):
+    images: Path | None = opt(None, "An image folder, or a COCO / SBU-style captions JSON with image paths.")
+    image_root: Path | None = opt(None, "Folder the captions JSON's image paths are relative to.")
+    prompt: str = opt(CAPTION_PROMPT, "The user turn that holds the image.")
+    assistant_prefix: str = opt(CAPTION_PREFIX, "How the answer starts ('' for none).")
+    words: str | None = opt(None, "Comma-separated words whose rank is kept per patch and stage (with "
+                                  "--bundled-scenes: the six colours).")
+    leading_space: bool = opt(True, "The words get a leading space (' dog'); --no-leading-space for bare tokens.")
+    k: int = opt(3, "Top tokens kept per patch and stage.", minimum=1, short="-k")
+    stages: str | None = opt(None, "Read-outs: 0 = the visual embeddings after the projector, l = the output of "
+                                   "layer l-1; e.g. '0,8,16' (default all).")
+    drawn: int = opt(4, "Images drawn as token grids (PNG per stage).", minimum=0)
+    max_images: int | None = opt(None, "Stop after this many images.", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "out")
+        if (self.images is None) == (self.bundled_scenes is None):
+            problems.append("give --images (a folder or captions file) or --bundled-scenes N, not both or neither")
+        elif self.bundled_scenes is None:
+            problems += missing(self, "model")
+        try:
+            layers = parse_layers(self.stages, "--stages")
+            if layers is not None and any(stage < 0 for stage in layers):
+                problems.append(f"--stages {self.stages!r}: stages count from 0 (the embeddings)")
+        except Exception as error:  # noqa: BLE001 - an InputError naming the flag
+            problems.append(str(error))
         return problems
 
 
