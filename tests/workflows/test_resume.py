@@ -66,11 +66,21 @@ def _logit_lens(tmp_path: Path) -> dict:
             "leading_space": False, "drawn": 1}
 
 
+def _vqa(tmp_path: Path) -> dict:
+    images = _images(tmp_path)
+    lines = [{"image": name, "question": "What?", "answer": "a", "context": "it is a."} for name in
+             ("a.png", "b.png", "c.png")]
+    questions = images / "vqa.jsonl"
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {"model": _tiny_llava(tmp_path), "questions": questions, "leading_space": False, "drawn": 1}
+
+
 CASES = {"locate": _tiny_llama, "recipe multimodal": _multimodal, "recipe patches": _patches,
-         "recipe logit-lens": _logit_lens}
+         "recipe logit-lens": _logit_lens, "recipe vqa": _vqa}
 RESULT_FILES = ("scores.safetensors", "neurons.csv", "top_tokens.json", "pairs.safetensors", "pairs.json",
                 "concepts.json", "captions.json", "patches.csv", "tables/lens_top_tokens.csv",
-                "tables/lens_word_ranks.csv")
+                "tables/lens_word_ranks.csv", "tables/heads.csv",
+                "tables/questions.csv")
 
 
 def test_every_looping_workflow_has_a_case():

@@ -127,6 +127,11 @@ _WORKFLOWS = (
     W("recipe invariance", "neuronscope.workflows.invariance:invariance", vision.InvarianceOptions,
       "Region / cross-image invariance and semantic sensitivity of a multimodal run's neurons.", paper=PAN,
       example="neuronscope recipe invariance --model ./llava --run runs/mm --images photos/ --out runs/mm-inv"),
+    W("recipe vqa", "neuronscope.workflows.vqa_mechanism:vqa_mechanism", vision.VQAOptions,
+      "VQA vs the same question as text: important heads (LPI), image patches, and which heads carry each.",
+      paper=f"{YU} (LLaVA VQA)",
+      example="neuronscope recipe vqa --model ./llava --questions colours.jsonl --ablation --out runs/vqa\n"
+              "neuronscope recipe vqa --bundled-scenes 40 --out runs/vqa", loops=True),
     W("recipe logit-lens", "neuronscope.workflows.logit_lens:logit_lens", vision.LogitLensOptions,
       "Logit lens over image tokens: the top words of every patch at every layer, as grids over the image.",
       paper=f"{YU} (LLaVA VQA)",

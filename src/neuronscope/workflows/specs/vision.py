@@ -124,6 +124,29 @@ class LogitLensOptions(ModelOptions, BundledScenesOptions, RunOptions):
 
 
 @dataclass(kw_only=True)
+class VQAOptions(ModelOptions, BundledScenesOptions, RunOptions):
+    questions: Path | None = opt(None, "VQA JSONL: {\"image\", \"question\", \"answer\", \"context\"?} per line "
+                                       "(context states the answer in words, for the question asked as text).")
+    image_root: Path | None = opt(None, "Folder the JSONL's image paths are relative to.")
+    answer_prefix: str | None = opt(None, "How the answer starts (default none).")
+    leading_space: bool = opt(True, "Answers get a leading space (' red'); --no-leading-space for bare tokens.")
+    top_heads: int = opt(3, "Top heads compared between VQA and TQA (overlap, framed in the plot).", minimum=1)
+    patch_heads: int = opt(1, "Top VQA heads whose per-patch contributions make the patch map.", minimum=1)
+    ablation: bool = opt(False, "Also zero each head at the last position (one forward per head and question) "
+                                "and compare that ranking with LPI.")
+    drawn: int = opt(4, "Questions whose important patches are drawn over the image.", minimum=0)
+    max_questions: int | None = opt(None, "Stop after this many questions.", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "out")
+        if (self.questions is None) == (self.bundled_scenes is None):
+            problems.append("give --questions (a VQA JSONL) or --bundled-scenes N, not both or neither")
+        elif self.bundled_scenes is None:
+            problems += missing(self, "model")
+        return problems
+
+
+@dataclass(kw_only=True)
 class DemoOptions(Options):
     out: Path = opt(Path("neuronscope-demo"), "Folder for the demo's results.", short="-o", runtime=True)
     quick: bool = opt(False, "A shorter run (fewer images), e.g. for CI.")
