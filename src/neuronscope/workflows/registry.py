@@ -132,6 +132,14 @@ _WORKFLOWS = (
       paper=f"{YU} (LLaVA VQA)",
       example="neuronscope recipe vqa --model ./llava --questions colours.jsonl --ablation --out runs/vqa\n"
               "neuronscope recipe vqa --bundled-scenes 40 --out runs/vqa", loops=True),
+    W("recipe base-vs-vlm", "neuronscope.workflows.base_vs_vlm:base_vs_vlm", vision.BaseVsVLMOptions,
+      "The VLM's language model vs the text LM it was trained from, by CNA of neurons and heads on text prompts.",
+      paper=f"{YU} (LLaVA VQA)",
+      example="neuronscope recipe base-vs-vlm --model ./llava --base-model ./vicuna --prompts facts.jsonl "
+              "--out runs/cna\n"
+              "python -m neuronscope.bundled.base_lm --out shapes_base_lm  # the bundled VLM's base, rebuilt\n"
+              "neuronscope recipe base-vs-vlm --bundled-facts --base-model shapes_base_lm --out runs/cna",
+      loops=True),
     W("recipe logit-lens", "neuronscope.workflows.logit_lens:logit_lens", vision.LogitLensOptions,
       "Logit lens over image tokens: the top words of every patch at every layer, as grids over the image.",
       paper=f"{YU} (LLaVA VQA)",

@@ -14,6 +14,7 @@ from neuronscope.workflows.options import (
     opt,
     parse_layers,
 )
+from neuronscope.workflows.specs.common import PromptOptions
 
 CAPTION_PROMPT = "Describe the image in few words."
 CAPTION_PREFIX = "An image of"
@@ -142,6 +143,24 @@ class VQAOptions(ModelOptions, BundledScenesOptions, RunOptions):
         if (self.questions is None) == (self.bundled_scenes is None):
             problems.append("give --questions (a VQA JSONL) or --bundled-scenes N, not both or neither")
         elif self.bundled_scenes is None:
+            problems += missing(self, "model")
+        return problems
+
+
+@dataclass(kw_only=True)
+class BaseVsVLMOptions(ModelOptions, PromptOptions, RunOptions):
+    base_model: str | None = opt(None, "The text LM the VLM (--model) was trained from: a folder or hub id.")
+    base_gguf_file: str | None = opt(None, "A GGUF file inside the --base-model folder.")
+    bundled_facts: bool = opt(False, "Use the bundled shapes model's text facts as the prompts (and it as --model "
+                                     "when none is given).")
+    top_k: int = opt(20, "Neurons compared (top-k overlap) and listed (those CNA raises most).", minimum=1)
+    top_heads: int = opt(5, "Heads compared (top-k overlap).", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "base_model", "out")
+        if self.bundled_facts == self.has_prompts:
+            problems.append("give prompts (--prompts FILE or --prompt TEXT) or --bundled-facts, not both or neither")
+        elif not self.bundled_facts:
             problems += missing(self, "model")
         return problems
 
