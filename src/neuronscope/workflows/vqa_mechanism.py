@@ -176,7 +176,7 @@ def _ask(model: Any, processor: Any, question: Question, options: Any, run: RunD
     with torch.no_grad():
         vqa_pred = int(model(**vqa.inputs).logits[0, -1].argmax())
     tensors: dict[str, torch.Tensor] = {"vqa_lpi": vqa_lpi, "patch_scores": found.scores}
-    row: dict[str, Any] = {"id": record.id, "question": record.question, "answer": record.answer,
+    row: dict[str, Any] = {"index": number, "id": record.id, "question": record.question, "answer": record.answer,
                            "vqa_prediction": tokenizer.decode([vqa_pred]), "vqa_correct": vqa_pred == answer,
                            "patch_heads": found.heads.tolist(), "top_patch_position": found.as_dict()[
                                "top_patch_position"]}
