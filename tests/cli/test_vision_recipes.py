@@ -18,6 +18,15 @@ BAD = [
     (["recipe", "base-vs-vlm", "--base-model", "b", "-m", "m"], "--bundled-facts"),
     (["recipe", "patches", "-m", "m", "--questions", "{tmp}/missing.jsonl"], "missing.jsonl"),
     (["recipe", "invariance", "-m", "m", "--images", "{tmp}", "--run", "{tmp}/no-run"], "no-run"),
+    (["recipe", "invariance", "-m", "m", "--images", "{tmp}", "--run", "{tmp}", "--seeds", "a,b"], "--seeds"),
+    (["recipe", "vqa", "--bundled-scenes", "2", "--questions", "{tmp}/q.jsonl"], "not both"),
+    (["recipe", "vqa", "--bundled-scenes", "1", "--top-heads", "0"], "--top-heads 0"),
+    (["recipe", "vqa", "--bundled-scenes", "1", "-m", "{tmp}/nowhere"], "nowhere"),
+    (["recipe", "logit-lens"], "--bundled-scenes"),
+    (["recipe", "logit-lens", "--bundled-scenes", "1", "--words", "zzzqqq"], "zzzqqq"),
+    (["recipe", "base-vs-vlm", "--bundled-facts", "--base-model", "b", "--prompt", "x"], "not both"),
+    (["recipe", "base-vs-vlm", "--bundled-facts", "--base-model", "{tmp}/nowhere"], "nowhere"),
+    (["recipe", "patches", "-m", "m"], "--questions"),
 ]
 
 
@@ -112,6 +121,12 @@ def test_patches_on_bundled_scenes(cli, tmp_path) -> None:
 
 def test_multimodal_then_invariance_on_bundled_scenes(cli, tmp_path) -> None:
     from neuronscope.bundled import SHAPES_VLM_PATH
+
+    vqa = tmp_path / "vqa"  # a run folder of another recipe is refused as --run, in one line
+    assert cli("recipe", "vqa", "--bundled-scenes", 1, "--drawn", 0, "--out", vqa).exit_code == 0
+    assert_user_error(cli("recipe", "invariance", "-m", SHAPES_VLM_PATH, "--run", vqa, "--images", vqa, "--out",
+                          tmp_path / "refused"), "not a finished 'recipe multimodal' run")
+    assert not (tmp_path / "refused").exists()
 
     rows = _scene_files(tmp_path / "images", 3)
     concepts = sorted({colour for _, _, colour in rows})[:2]

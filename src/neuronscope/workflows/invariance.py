@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -351,6 +352,9 @@ def invariance(options: Any, *, loaded: Any = None) -> Any:
     from neuronscope.workflows.options import split_words
     from neuronscope.workflows.result import RunResult
 
+    if not (Path(options.run) / "pairs.safetensors").is_file() and (Path(options.run) / ".neuronscope-run").exists():
+        raise InputError(f"--run {options.run}: not a finished 'recipe multimodal' run (it has no pairs); run "
+                         f"'neuronscope recipe multimodal --images ... --out {options.run}' first, or give that run")
     found = MultimodalNeurons.load(options.run)
     dataset = read_images(options.images, options.image_root)
     RunDir.check(options.out, overwrite=options.overwrite)
