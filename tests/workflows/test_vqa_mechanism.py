@@ -146,6 +146,24 @@ def test_bundled_colour_questions_against_direct_forwards(tmp_path):
             logits = model(**processor(text=text, images=record.load(), return_tensors="pt")).logits[0, -1]
         assert row["vqa_prediction"] == processor.tokenizer.decode([int(logits.argmax())])
     assert result.metrics["questions_done"] == 2 and result.metrics["top_patch_on_object"] is not None
+    # the patch figures by hand: the best cell of the stored patch map against the scene's object mask
+    from neuronscope.runs.folder import RunDir
+
+    stored = RunDir(tmp_path / "vqa", resume=True)
+    by_hand = []
+    for entry in sorted(stored.ledger_entries(), key=lambda e: int(e["index"])):
+        tensors, record = stored.read_example(entry["key"])
+        question = bundled_colour_questions(2)[int(entry["index"])]
+        # LLaVA's 64 image tokens are the 8 x 8 grid row-major (tests/models/test_image_layout_bundled.py)
+        assert tensors["patch_scores"].shape == question.coverage.shape
+        best = question.coverage[int(tensors["patch_scores"].argmax())]
+        by_hand.append((float(best >= 0.5), float(best > 0), float((question.coverage >= 0.5).double().mean()),
+                        float((question.coverage > 0).double().mean())))
+        assert (record["top_patch_on_object"], record["top_patch_touches_object"], record["on_object_chance"],
+                record["touches_object_chance"]) == pytest.approx(by_hand[-1])
+    for column, key in enumerate(("top_patch_on_object", "top_patch_touches_object", "on_object_chance",
+                                  "touches_object_chance")):
+        assert result.metrics[key] == pytest.approx(sum(row[column] for row in by_hand) / 2)
 
 
 def test_options_are_checked_before_any_model(tmp_path):

@@ -69,7 +69,8 @@ def _vqa_section(run: Path, max_rows: int) -> tuple[Section, set[Path]] | None:
                     "Framed cells: each condition's top heads.")
     keys = ("questions_done", "questions_with_context", "vqa_accuracy", "tqa_accuracy", "vqa_top_heads",
             "tqa_top_heads", "vqa_tqa_top_overlap", "vqa_tqa_top_overlap_per_question", "vqa_tqa_spearman",
-            "vqa_lpi_vs_ablation", "tqa_lpi_vs_ablation", "top_patch_on_object", "tqa_top_source_is_answer")
+            "vqa_lpi_vs_ablation", "tqa_lpi_vs_ablation", "top_patch_on_object", "on_object_chance", "top_patch_touches_object",
+            "touches_object_chance", "tqa_top_source_is_answer")
     section.tables.append(Table("Headline figures", ["figure", "value"],
                                 [[key, _cell(metrics[key])] for key in keys if metrics.get(key) is not None]))
     claimed = {heads, plot}

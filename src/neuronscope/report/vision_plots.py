@@ -22,32 +22,39 @@ from neuronscope.report.plots import _COLOURS, _figure, _style
 
 
 def head_maps_figure(maps: Mapping[str, torch.Tensor], title: str = "Mean head LPI (layer x head)",
-                     marked: Mapping[str, Sequence[tuple[int, int]]] | None = None) -> Figure:
-    """One ``[layers, heads]`` map per condition, side by side, on one symmetric colour scale.
+                     marked: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+                     shared_scale: bool = True) -> Figure:
+    """One ``[layers, heads]`` map per condition, side by side, on one symmetric colour scale (or, with
+    ``shared_scale=False``, each on its own, with its own colour bar: maps of very different sizes stay readable).
 
     Args:
         maps: condition -> ``[layers, heads]`` scores (e.g. mean LPI over questions).
         title: the figure's title.
         marked: condition -> (layer, head) cells to frame (e.g. each condition's top heads).
+        shared_scale: one colour scale for every map (default) or one per map.
     """
     names = list(maps)
     values = [maps[name].detach().float().cpu().numpy() for name in names]
-    limit = max(float(np.abs(v).max()) for v in values) or 1.0
+    limits = [float(np.abs(v).max()) or 1.0 for v in values]
+    limits = limits if not shared_scale else [max(limits)] * len(values)
     layers, heads = values[0].shape
     width = min(4.0 + 2.2 * len(names) * max(heads, 4) / 8, 14.0)
     figure = _figure((width, min(2.0 + 0.28 * layers, 12.0)))
     axes_list = figure.subplots(1, len(names), squeeze=False)[0]
     image = None
-    for axes, name, value in zip(axes_list, names, values, strict=True):
+    for axes, name, value, limit in zip(axes_list, names, values, limits, strict=True):
         image = axes.imshow(value, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto", origin="lower",
                             interpolation="nearest")
+        if not shared_scale:
+            figure.colorbar(image, ax=axes, shrink=0.9)
         for layer, head in (marked or {}).get(name, []):
             axes.add_patch(_frame(head, layer))
         axes.set_title(name)
         axes.set_xlabel("head")
         axes.set_ylabel("layer")
         _style(axes)
-    figure.colorbar(image, ax=list(axes_list), shrink=0.9)
+    if shared_scale:
+        figure.colorbar(image, ax=list(axes_list), shrink=0.9)
     figure.suptitle(title, fontsize=12)
     return figure
 

@@ -37,6 +37,9 @@ import torch
 from neuronscope.errors import InputError, NothingProcessedError
 from neuronscope.runs.folder import RunDir
 
+#: a patch "touches" an object that covers any of it (the smallest positive coverage counts)
+TOUCHES = 1e-9
+
 
 # ---------------------------------------------------------------------------------------------------- pure math
 def head_order(scores: torch.Tensor) -> torch.Tensor:
@@ -182,7 +185,11 @@ def _ask(model: Any, processor: Any, question: Question, options: Any, run: RunD
                                "top_patch_position"]}
     if question.coverage is not None and found.drawn:
         cells = found.layout.token_index(found.layout.tiles[0].positions)
-        row["top_patch_on_object"] = top_patches_on_object(found.scores[cells], question.coverage, n=1)
+        scores, coverage = found.scores[cells], question.coverage
+        row.update({"top_patch_on_object": top_patches_on_object(scores, coverage, n=1),
+                    "top_patch_touches_object": top_patches_on_object(scores, coverage, n=1, on=TOUCHES),
+                    "on_object_chance": float((coverage >= 0.5).double().mean()),
+                    "touches_object_chance": float((coverage >= TOUCHES).double().mean())})
     if options.ablation:
         tensors["vqa_ablation"] = head_ablation_effects(model, vqa, answer)
     if record.context:

@@ -61,7 +61,8 @@ def _plots(run: Any, maps: dict[str, torch.Tensor], k: int) -> None:
     lpi = {name.split("_")[0].upper(): value for name, value in maps.items() if name.endswith("lpi")}
     marked = {name: [tuple(head) for head in head_order(value)[:k].tolist()] for name, value in lpi.items()}
     write_png(run, "plots/heads_vqa_tqa.png", head_maps_figure(
-        lpi, f"Mean head LPI of the answer (framed: each condition's top {k})", marked))
+        lpi, f"Mean head LPI of the answer (framed: each condition's top {k}; own colour scale each)", marked,
+        shared_scale=False))
     layers = list(range(next(iter(lpi.values())).shape[0]))
     write_png(run, "plots/layers_vqa_tqa.png", grouped_bars_figure(
         {name: layer_shares(value).tolist() for name, value in lpi.items()}, layers,
@@ -86,7 +87,8 @@ def summarise_questions(run: Any, done: list[tuple[dict[str, torch.Tensor], dict
         "questions_with_context": sum("tqa_lpi" in tensors for tensors, _ in done),
         "vqa_accuracy": _mean([r["vqa_correct"] for r in records]),
         "tqa_accuracy": _mean([r.get("tqa_correct") for r in records]),
-        "top_patch_on_object": _mean([r.get("top_patch_on_object") for r in records]),
+        **{key: _mean([r.get(key) for r in records]) for key in (
+            "top_patch_on_object", "on_object_chance", "top_patch_touches_object", "touches_object_chance")},
         "tqa_top_source_is_answer": _mean([r.get("tqa_top_source_is_answer") for r in records]),
         "vqa_top_heads": head_order(maps["vqa_lpi"])[:k].tolist()}
     layer_rows = [{"layer": layer, **{f"{name}_share": round(float(layer_shares(value)[layer]), 4)
@@ -110,7 +112,10 @@ def summarise_questions(run: Any, done: list[tuple[dict[str, torch.Tensor], dict
             lines.append(f"{condition.upper()}: LPI vs zeroing each head, Spearman {check['spearman']:.3f}, "
                          f"top-{k} overlap {check['top_overlap']:.2f}")
     if metrics["top_patch_on_object"] is not None:
-        lines.append(f"top patch of the top VQA head on the asked object: {metrics['top_patch_on_object']:.3f}")
+        lines.append(f"top patch of the top VQA head on the asked object (covered >= 50 %): "
+                     f"{metrics['top_patch_on_object']:.3f} (a random patch: {metrics['on_object_chance']:.3f}); "
+                     f"touching it: {metrics['top_patch_touches_object']:.3f} "
+                     f"(random: {metrics['touches_object_chance']:.3f})")
     _plots(run, maps, k)
     metrics["skipped_inputs"] = skipped
     finish_run(run, metrics, "\n".join(lines), title="neuronscope · VQA vs textual QA: heads and patches")
