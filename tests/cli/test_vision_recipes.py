@@ -27,6 +27,7 @@ BAD = [
     (["recipe", "base-vs-vlm", "--bundled-facts", "--base-model", "b", "--prompt", "x"], "not both"),
     (["recipe", "base-vs-vlm", "--bundled-facts", "--base-model", "{tmp}/nowhere"], "nowhere"),
     (["recipe", "patches", "-m", "m"], "--questions"),
+    (["recipe", "invariance", "-m", "m", "--images", "{tmp}", "--run", "{tmp}", "--synonyms", "dog"], "--synonyms"),
 ]
 
 
@@ -135,11 +136,29 @@ def test_multimodal_then_invariance_on_bundled_scenes(cli, tmp_path) -> None:
                  ",".join(concepts), "--top-k", 50, "--heatmaps", 0, "--max-new-tokens", 8, "--out", found)
     assert result.exit_code == 0, result.output
     out = tmp_path / "inv"
+    others = ["square", "circle", "of"]  # words that count for concepts[0] too
     result = cli("recipe", "invariance", "-m", SHAPES_VLM_PATH, "--run", found, "--images", tmp_path / "images",
-                 "--k", 20, "--seeds", "0,1", "--sensitivity-neurons", 5, "--out", out)
+                 "--k", 20, "--seeds", "0,1", "--sensitivity-neurons", 5, "--synonyms",
+                 f"{concepts[0]}={','.join(others)}", "--out", out)
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["sensitivity"]) <= set(concepts) and metrics["region"]["pairs"] >= 2
+    # semantic sensitivity of concepts[0] by hand: each neuron's value vector through the unembedding, top 10
+    from neuronscope.bundled import load_shapes_vlm
+    from neuronscope.workflows.multimodal.results import MultimodalNeurons
+
+    model, processor = load_shapes_vlm()
+    neurons = MultimodalNeurons.load(found).concept_neurons(concepts[0], 5)
+    layers = model.model.language_model.layers
+    words = {concepts[0], *others}
+    hits = []
+    for layer, index in neurons.tolist():
+        logits = model.lm_head.weight @ layers[layer].mlp.down_proj.weight[:, index]
+        tokens = [processor.tokenizer.decode([t]).strip().lower() for t in logits.topk(10).indices.tolist()]
+        hits.append(any(token in words for token in tokens))
+    sensitivity = metrics["sensitivity"][concepts[0]]
+    assert sensitivity["words"] == [concepts[0], *others]
+    assert sensitivity["rate"] == pytest.approx(sum(hits) / len(hits))
     html = (out / "report.html").read_text()
     assert "Invariance and semantic sensitivity" in html and "Invariance and sensitivity per concept" in html
     assert "tables/region.csv" in html and "tables/sensitivity.csv" in html

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from neuronscope.errors import OptionError
 from neuronscope.workflows.options import (
     BatchOptions,
     ModelOptions,
@@ -13,6 +14,7 @@ from neuronscope.workflows.options import (
     missing,
     opt,
     parse_layers,
+    split_words,
 )
 from neuronscope.workflows.specs.common import PromptOptions
 
@@ -73,16 +75,44 @@ class InvarianceOptions(ModelOptions, ImageOptions):
     max_images: int | None = opt(None, "Stop after this many images.", minimum=1)
     sensitivity_k: int = opt(10, "Top tokens per neuron for semantic sensitivity.", minimum=1)
     sensitivity_neurons: int = opt(20, "A concept's neurons checked for semantic sensitivity.", minimum=1)
+    synonyms: str | None = opt(None, "Other words that count for a concept in semantic sensitivity, e.g. "
+                                     "'dog=puppy,hound;cat=kitten'.")
     out: Path | None = opt(None, "Results folder.", short="-o", runtime=True)
     overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
 
     def problems(self) -> list[str]:
         problems = super().problems() + missing(self, "run", "out")
         try:
+            parse_synonyms(self.synonyms)
+        except Exception as error:  # noqa: BLE001 - an OptionError naming the flag
+            problems.append(str(error))
+        try:
             [int(seed) for seed in self.seeds.split(",") if seed.strip()]
         except ValueError:
             problems.append(f"--seeds {self.seeds!r}: write integers separated by commas, e.g. '0,1,2'")
         return problems
+
+
+def parse_synonyms(text: str | None) -> dict[str, list[str]]:
+    """``"dog=puppy,hound;cat=kitten"`` -> ``{"dog": ["puppy", "hound"], "cat": ["kitten"]}``.
+
+    Raises:
+        OptionError: a group without ``=``, or without a concept or words.
+
+    Example:
+        >>> parse_synonyms("dog=puppy, hound; cat=kitten")
+        {'dog': ['puppy', 'hound'], 'cat': ['kitten']}
+    """
+    found: dict[str, list[str]] = {}
+    for group in str(text or "").split(";"):
+        if not group.strip():
+            continue
+        concept, sep, words = group.partition("=")
+        if not sep or not concept.strip() or not split_words(words):
+            raise OptionError(f"--synonyms {text!r}: write concept=word,word groups separated by ';', e.g. "
+                              "'dog=puppy,hound;cat=kitten'")
+        found.setdefault(concept.strip(), []).extend(split_words(words))
+    return found
 
 
 @dataclass(kw_only=True)
