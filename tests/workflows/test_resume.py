@@ -61,9 +61,36 @@ def _patches(tmp_path: Path) -> dict:
     return {"model": _tiny_llava(tmp_path), "questions": questions}
 
 
-CASES = {"locate": _tiny_llama, "recipe multimodal": _multimodal, "recipe patches": _patches}
+def _logit_lens(tmp_path: Path) -> dict:
+    return {"model": _tiny_llava(tmp_path), "images": _images(tmp_path), "prompt": "What?", "words": "a",
+            "leading_space": False, "drawn": 1}
+
+
+def _vqa(tmp_path: Path) -> dict:
+    images = _images(tmp_path)
+    lines = [{"image": name, "question": "What?", "answer": "a", "context": "it is a."} for name in
+             ("a.png", "b.png", "c.png")]
+    questions = images / "vqa.jsonl"
+    questions.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {"model": _tiny_llava(tmp_path), "questions": questions, "leading_space": False, "drawn": 1}
+
+
+def _base_vs_vlm(tmp_path: Path) -> dict:
+    from neuronscope.bundled.base_lm import text_model_of
+
+    vlm = chat_vlm("llava")
+    text_model_of(vlm.model).save_pretrained(tmp_path / "base")
+    vlm.processor.tokenizer.save_pretrained(tmp_path / "base")
+    return {"model": _tiny_llava(tmp_path), "base_model": str(tmp_path / "base"), "prompt": ["ab", "cd", "ef"],
+            "top_k": 4}
+
+
+CASES = {"recipe base-vs-vlm": _base_vs_vlm, "locate": _tiny_llama, "recipe multimodal": _multimodal, "recipe patches": _patches,
+         "recipe logit-lens": _logit_lens, "recipe vqa": _vqa}
 RESULT_FILES = ("scores.safetensors", "neurons.csv", "top_tokens.json", "pairs.safetensors", "pairs.json",
-                "concepts.json", "captions.json", "patches.csv")
+                "concepts.json", "captions.json", "patches.csv", "tables/lens_top_tokens.csv",
+                "tables/lens_word_ranks.csv", "tables/heads.csv",
+                "tables/questions.csv", "tables/cna_neurons.csv", "tables/prompts.csv")
 
 
 def test_every_looping_workflow_has_a_case():

@@ -49,7 +49,8 @@ ImageCheck = Literal["lazy", "eager"]
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One image input: a path (or an image in memory), reference captions (maybe none), a VQA question/answer.
+    """One image input: a path (or an image in memory), reference captions (maybe none), a VQA question/answer
+    and, for a textual version of the question, a ``context`` that states the answer in words.
 
     ``image`` holds a PIL image given in memory (then ``image_path`` is None); :meth:`load` returns the RGB
     image either way, or raises with a reason that names the file.
@@ -61,6 +62,7 @@ class ImageRecord:
     question: str | None = None
     answer: str | None = None
     image: Any = field(default=None, compare=False, repr=False)
+    context: str | None = None
 
     @property
     def where(self) -> str:
@@ -308,7 +310,9 @@ def read_image_folder(
 def read_vqa_jsonl(
     path: str | Path, image_root: str | Path | None = None, *, check: ImageCheck = "lazy"
 ) -> ImageDataset:
-    """Read VQA JSONL `{"image", "question", "answer"?, "id"?}`; ids default to the line number.
+    """Read VQA JSONL `{"image", "question", "answer"?, "context"?, "id"?}`; ids default to the line number.
+
+    ``context`` states the answer in words (``"The circle is red."``): the question asked as text (TQA).
 
     Example:
         >>> read_vqa_jsonl("vqa.jsonl", "images/")  # doctest: +SKIP
@@ -326,10 +330,11 @@ def read_vqa_jsonl(
         image = get_string(entry, "image", where, log)
         question = get_string(entry, "question", where, log)
         answer = get_string(entry, "answer", where, log, required=False)
+        context = get_string(entry, "context", where, log, required=False)
         record_id = get_record_id(entry, str(line_number), where, log, seen)
         if len(log) > problems_before or image is None or question is None or record_id is None:
             continue
-        records.append(ImageRecord(record_id, _resolve(root, image), (), question, answer))
+        records.append(ImageRecord(record_id, _resolve(root, image), (), question, answer, context=context))
     log.raise_if_any()
     return ImageDataset(path, records, check)
 

@@ -21,6 +21,7 @@ folder):
 | `heatmaps/*.png` | "Heatmaps" |
 | `*.png` (top level) | "Figures" |
 | `skipped.json` | "Skipped inputs": `[{"source", "record", "image"?, "reason"}]` (e.g. `ImageDataset.summary()["skipped_inputs"]`) |
+| vision runs' files | "VQA vs textual QA", "Important image patches", "Logit lens over image tokens", "Invariance and semantic sensitivity" (see `neuronscope.report.vision`; files shown there are not repeated under "Tables" / "Plots" / "Heatmaps") |
 
 Example:
     >>> from neuronscope.report import RunDir, build_report
@@ -62,6 +63,7 @@ from neuronscope.report.cells import (
     _top_tokens,
     _word_diff,
 )
+from neuronscope.report.vision import vision_sections
 from neuronscope.results.io import atomic_write_text
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -95,14 +97,17 @@ def build_report(
     config = _read_json(run / "config.json")
     meta = _read_json(run / "meta.json")
     metrics = _read_json(run / "metrics.json")
+    vision, shown = vision_sections(run, max_rows)  # files a vision section shows are not repeated below
     sections = [
         _made_section(config, meta),
         _metrics_section(metrics, max_rows),
         _neurons_section(run, max_rows),
         _captions_section(run, max_rows),
-        _tables_section(run, max_rows),
-        _figures_section(run, "plots", "Plots", sorted((run / "plots").glob("*.png"))),
-        _figures_section(run, "heatmaps", "Heatmaps", sorted((run / "heatmaps").glob("*.png"))),
+        *vision,
+        _tables_section(run, max_rows, shown),
+        _figures_section(run, "plots", "Plots", [p for p in sorted((run / "plots").glob("*.png")) if p not in shown]),
+        _figures_section(run, "heatmaps", "Heatmaps",
+                         [p for p in sorted((run / "heatmaps").glob("*.png")) if p not in shown]),
         _figures_section(run, "figures", "Figures",
                          sorted(path for path in run.glob("*.png") if path.name not in _caption_images(run))),
         _skipped_section(run, metrics, max_rows),
@@ -237,8 +242,8 @@ def _caption_images(run: Path) -> set[str]:
             if isinstance(item, dict) and isinstance(item.get("image"), str) and "/" not in item["image"]}
 
 
-def _tables_section(run: Path, max_rows: int) -> Section | None:
-    files = sorted((run / "tables").glob("*.csv"))
+def _tables_section(run: Path, max_rows: int, shown: set[Path] = frozenset()) -> Section | None:
+    files = [path for path in sorted((run / "tables").glob("*.csv")) if path not in shown]
     if not files:
         return None
     section = Section("tables", "Tables")

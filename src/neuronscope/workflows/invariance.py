@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -350,7 +351,11 @@ def invariance(options: Any, *, loaded: Any = None) -> Any:
     from neuronscope.workflows.common import load, write_table
     from neuronscope.workflows.options import split_words
     from neuronscope.workflows.result import RunResult
+    from neuronscope.workflows.specs.vision import parse_synonyms
 
+    if not (Path(options.run) / "pairs.safetensors").is_file() and (Path(options.run) / ".neuronscope-run").exists():
+        raise InputError(f"--run {options.run}: not a finished 'recipe multimodal' run (it has no pairs); run "
+                         f"'neuronscope recipe multimodal --images ... --out {options.run}' first, or give that run")
     found = MultimodalNeurons.load(options.run)
     dataset = read_images(options.images, options.image_root)
     RunDir.check(options.out, overwrite=options.overwrite)
@@ -360,9 +365,11 @@ def invariance(options: Any, *, loaded: Any = None) -> Any:
     region = region_invariance(loaded.model, loaded.processor, found, dataset, k=options.k, seeds=seeds,
                                scope=options.scope, concepts=concepts, max_images=options.max_images)
     cross = [cross_image_invariance(found, concept, options.k).as_dict() for concept in concepts]
+    synonyms = parse_synonyms(options.synonyms)
     sensitivity = [semantic_sensitivity(loaded.model, loaded.processor,
                                         found.concept_neurons(concept, options.sensitivity_neurons), concept,
-                                        k=options.sensitivity_k).as_dict() for concept in concepts]
+                                        synonyms.get(concept, ()), k=options.sensitivity_k).as_dict()
+                   for concept in concepts]
     run = RunDir(options.out, overwrite=options.overwrite)
     run.write_config({"command": "recipe invariance", **options.recorded()})
     run.write_meta({"runtime": options.runtime()})

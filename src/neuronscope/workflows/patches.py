@@ -66,11 +66,10 @@ def _ranks(values: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(values, stable=True)
     ranks = torch.empty_like(values)
     ranks[order] = torch.arange(values.numel(), dtype=torch.float64)
-    for value in values.unique():
-        tied = values == value
-        if int(tied.sum()) > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
+    # each group of equal values gets the mean of its ranks (one pass, also for maps of many thousand values)
+    _, group = values.unique(return_inverse=True)
+    sums = torch.zeros(int(group.max()) + 1, dtype=torch.float64).scatter_add_(0, group, ranks)
+    return (sums / torch.bincount(group).double())[group]
 
 
 def rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -127,6 +127,24 @@ _WORKFLOWS = (
     W("recipe invariance", "neuronscope.workflows.invariance:invariance", vision.InvarianceOptions,
       "Region / cross-image invariance and semantic sensitivity of a multimodal run's neurons.", paper=PAN,
       example="neuronscope recipe invariance --model ./llava --run runs/mm --images photos/ --out runs/mm-inv"),
+    W("recipe vqa", "neuronscope.workflows.vqa_mechanism:vqa_mechanism", vision.VQAOptions,
+      "VQA vs the same question as text: important heads (LPI), image patches, and which heads carry each.",
+      paper=f"{YU} (LLaVA VQA)",
+      example="neuronscope recipe vqa --model ./llava --questions colours.jsonl --ablation --out runs/vqa\n"
+              "neuronscope recipe vqa --bundled-scenes 40 --out runs/vqa", loops=True),
+    W("recipe base-vs-vlm", "neuronscope.workflows.base_vs_vlm:base_vs_vlm", vision.BaseVsVLMOptions,
+      "The VLM's language model vs the text LM it was trained from, by CNA of neurons and heads on text prompts.",
+      paper=f"{YU} (LLaVA VQA)",
+      example="neuronscope recipe base-vs-vlm --model ./llava --base-model ./vicuna --prompts facts.jsonl "
+              "--out runs/cna\n"
+              "python -m neuronscope.bundled.base_lm --out shapes_base_lm  # the bundled VLM's base, rebuilt\n"
+              "neuronscope recipe base-vs-vlm --bundled-facts --base-model shapes_base_lm --out runs/cna",
+      loops=True),
+    W("recipe logit-lens", "neuronscope.workflows.logit_lens:logit_lens", vision.LogitLensOptions,
+      "Logit lens over image tokens: the top words of every patch at every layer, as grids over the image.",
+      paper=f"{YU} (LLaVA VQA)",
+      example="neuronscope recipe logit-lens --model ./llava --images photos/ --words dog,cat --out runs/lens\n"
+              "neuronscope recipe logit-lens --bundled-scenes 50 --out runs/lens", loops=True),
     W("recipe qrnca", "neuronscope.workflows.papers.qrnca:qrnca", papers.QRNCAOptions,
       "QRNCA / NA-ICA key neurons of MMLU domains (or the bundled model's own questions), PCR vs random.",
       paper="Chen, Dejl & Toni 2024", default_model=SMOLLM2,
