@@ -41,4 +41,4 @@ def test_errors(tmp_path, name, text, expected):
     path.write_text(text, encoding="utf-8")
     with pytest.raises(InputError) as excinfo:
         load_config(path)
-    assert str(excinfo.value).splitlines()[1] == expected.format(p=path)
+    assert str(excinfo.value).splitlines() == [expected.format(p=path)]  # one problem: one line

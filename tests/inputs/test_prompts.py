@@ -62,7 +62,7 @@ def test_empty_file(tmp_path):
     path.write_text("", encoding="utf-8")
     with pytest.raises(InputError) as excinfo:
         read_prompts_jsonl(path)
-    assert str(excinfo.value).splitlines()[1] == f"{path}: the file is empty; add at least one record"
+    assert str(excinfo.value).splitlines() == [f"{path}: the file is empty; add at least one record"]
 
 
 def test_not_utf8(tmp_path):

@@ -67,8 +67,10 @@ class ProblemLog:
         if not self.problems:
             return
         count = len(self.problems)
-        header = f"{count} problem{'s' if count != 1 else ''} in {self.file}; fix {'them' if count != 1 else 'it'} and run again:"
         lines = self.lines()
+        if count == 1:  # one problem: one line that names the file, the record and the fix
+            raise InputError(lines[0])
+        header = f"{count} problem{'s' if count != 1 else ''} in {self.file}; fix {'them' if count != 1 else 'it'} and run again:"
         shown = lines[:MAX_LINES]
         if count > MAX_LINES:
             shown.append(f"... and {count - MAX_LINES} more")

@@ -147,11 +147,22 @@ def _transformers_version() -> str:
     return transformers.__version__
 
 
+def _local_type(source: str) -> str:
+    """"model type 'x'" read from a local folder's config.json, else "this model's type"."""
+    import json
+
+    try:
+        kind = json.loads((Path(source).expanduser() / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    return f"model type '{kind}'" if isinstance(kind, str) else "this model's type"
+
+
 def _config_problem(source: str, error: Exception) -> str:
     """One line saying why a config could not be read (transformers' own message is several lines of advice)."""
     text = str(error)
     if "does not recognize this architecture" in text or "model type" in text and "not recognized" in text:
-        kind = text.split("model_type` ")[-1].split(" but")[0] if "model_type`" in text else "this model's type"
+        kind = text.split("model_type` ")[-1].split(" but")[0] if "model_type`" in text else _local_type(source)
         return (f"'{source}': transformers {_transformers_version()} does not know {kind}; upgrade transformers "
                 "(pip install -U transformers) if the family is newer than it")
     if not Path(source).expanduser().exists() and (source.startswith((".", "/", "~")) or source.count("/") > 1):

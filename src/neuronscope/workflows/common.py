@@ -98,6 +98,19 @@ def with_model_of(options: Any, config: Mapping[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- run folders
+def check_run_files(run_dir: Path) -> None:
+    """Every JSON and safetensors file of a locate run reads, and its scores are there (no tensor is loaded).
+
+    Raises:
+        ResultFileError: a missing, cut or damaged file (the message names it and says to rerun locate).
+    """
+    from neuronscope.results.io import check_safetensors
+    from neuronscope.runs import RunDir
+
+    RunDir.open(run_dir).validate()
+    check_safetensors(run_dir / "scores.safetensors", what="locate run's scores")
+
+
 def read_run_neurons(run_dir: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
     """The selected neurons ``[n, 2]`` of a locate run and its config (``neurons.json``, ``config.json``).
 
@@ -110,6 +123,7 @@ def read_run_neurons(run_dir: str | Path) -> tuple[torch.Tensor, dict[str, Any]]
     path = run_dir / "neurons.json"
     if not path.is_file():
         raise RunFolderError(f"{path}: not found; is {run_dir} a finished 'neuronscope locate' run?")
+    check_run_files(run_dir)
     data = read_json(path, what="neuron selection")
     try:
         neurons = torch.tensor([[int(row["layer"]), int(row["index"])] for row in data["neurons"]],

@@ -17,6 +17,7 @@ Every rate is a fraction of captions: a word's rate is over the images whose sce
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -69,11 +70,13 @@ class _Demo:
 
 
 def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n_images: int | None = None,
-             suppress_concept: str | None = None, n_neurons: int = 10, n_random: int = 3, seed: int = 0) -> Path:
+             suppress_concept: str | None = None, n_neurons: int = 10, n_random: int = 3, seed: int = 0,
+             overwrite: bool = False) -> Path:
     """Run the demo and return the folder holding its report.
 
     Args:
-        out_dir: the output folder (an earlier demo folder there is replaced; any other non-empty folder is refused).
+        out_dir: the output folder (an earlier demo folder there is replaced; another run's folder only with
+            ``overwrite``; any other non-empty folder is refused).
         quick: fewer images and random draws (CI's short version).
         n_images: held-out images to caption (default 24, quick 8).
         suppress_concept: the colour whose neurons are suppressed and edited in detail (default "red"); every
@@ -82,7 +85,9 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
             suppression table also uses 30, 100 and 300).
         n_random: random neuron sets for the baseline (default 3, quick 1).
         seed: seed of the held-out images and random draws.
+        overwrite: replace another neuronscope run's folder in ``out_dir``.
     """
+    _check_out(Path(out_dir), overwrite)
     started = time.time()
     demo = _start(out_dir, quick, n_images or (8 if quick else 24), n_neurons, 1 if quick else n_random, seed)
     _locate(demo)
@@ -102,9 +107,25 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
     return demo.run.path
 
 
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before any work, a folder that holds another run's results (an earlier demo's is replaced)."""
+    from neuronscope.errors import RunFolderError
+
+    config = out_dir / "config.json"
+    if overwrite or not config.is_file():
+        return  # RunDir refuses folders that are not neuronscope's
+    try:
+        title = str(json.loads(config.read_text(encoding="utf-8")).get("title", ""))
+    except (OSError, ValueError):
+        title = ""
+    if not title.startswith("neuronscope demo"):
+        raise RunFolderError(f"{out_dir} holds another neuronscope run, not a demo: choose another --out, or pass "
+                             "--overwrite to replace it")
+
+
 def demo(options: DemoOptions, *, loaded: Any = None) -> RunResult:
     """``neuronscope demo``."""
-    path = run_demo(options.out, quick=options.quick)
+    path = run_demo(options.out, quick=options.quick, overwrite=options.overwrite)
     return RunResult("demo", str(path), {}, [f"demo results in {path}"])
 
 

@@ -144,6 +144,9 @@ def run_paper(function: Callable[..., dict[str, Any]], options: Any, loaded: Any
     kwargs = {key: value for key, value in vars(options).items()
               if key in params and key not in ("model", "out")}
     if "data_dir" in params:
+        if options.data is not None and not Path(options.data).is_dir():
+            raise InputError(f"--data {options.data}: folder not found; pass the data folder (../shared/data of a "
+                             "neuronscope checkout)")
         kwargs["data_dir"] = options.data
     kwargs = {key: tuple(value) if isinstance(value, list) and key.startswith("top_") else value
               for key, value in kwargs.items()}

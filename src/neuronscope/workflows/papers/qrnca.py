@@ -161,6 +161,9 @@ def run_qrnca_domains(
     """
     if source not in SOURCES:
         raise InputError(f"source must be one of {sorted(SOURCES)}, got {source!r}")
+    if source == "mmlu" and data_dir is not None and not (Path(data_dir) / "mmlu").is_dir():
+        raise InputError(f"{Path(data_dir) / 'mmlu'} not found: pass --data the folder that holds mmlu/ (e.g. "
+                         "../shared/data of a neuronscope checkout)")
     watch = Stopwatch()
     loaded = model or (default_model() if source == "mmlu" else shapes_model())
     lm, tokenizer = loaded.model, loaded.tokenizer

@@ -85,7 +85,7 @@ class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions)
 @dataclass(kw_only=True)
 class EvaluateOptions(ModelOptions, BatchOptions):
     run_dir: Path | None = opt(None, "A locate run folder.", argument=True)
-    draws: int = opt(10, "Random neuron sets to compare with.", minimum=0)
+    draws: int = opt(10, "Random neuron sets to compare with (at least 1: the baseline is the point).", minimum=1)
     seed: int = opt(0, "Seed of the random sets.")
     mode: str = opt("both", "suppress, amplify or both.", choices=MODES)
     factor: float = opt(2.0, "Amplification factor.")

@@ -199,3 +199,5 @@ class BaseVsVLMOptions(ModelOptions, PromptOptions, RunOptions):
 class DemoOptions(Options):
     out: Path = opt(Path("neuronscope-demo"), "Folder for the demo's results.", short="-o", runtime=True)
     quick: bool = opt(False, "A shorter run (fewer images), e.g. for CI.")
+    overwrite: bool = opt(False, "Replace another neuronscope run in --out (an earlier demo is always replaced).",
+                          runtime=True)
