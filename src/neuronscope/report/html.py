@@ -18,6 +18,7 @@ folder):
 | `captions.json` | "Captions before / after": `[{"id"?, "image"?, "before", "after", ...}]`; changed words of "after" highlighted; "image" (a path inside the run folder) shown as a thumbnail |
 | `tables/*.csv` | "Tables": each CSV, first `max_rows` rows |
 | `plots/*.png` | "Plots" |
+| `plots/<topic>/*.png` | one section per sub-folder, in name order, titled by its name without a leading number (`plots/3_two_towers/` -> "Two towers") |
 | `heatmaps/*.png` | "Heatmaps" |
 | `*.png` (top level) | "Figures" |
 | `skipped.json` | "Skipped inputs": `[{"source", "record", "image"?, "reason"}]` (e.g. `ImageDataset.summary()["skipped_inputs"]`) |
@@ -33,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,7 @@ def build_report(
         _captions_section(run, max_rows),
         _tables_section(run, max_rows),
         _figures_section(run, "plots", "Plots", sorted((run / "plots").glob("*.png"))),
+        *_topic_sections(run),
         _figures_section(run, "heatmaps", "Heatmaps", sorted((run / "heatmaps").glob("*.png"))),
         _figures_section(run, "figures", "Figures",
                          sorted(path for path in run.glob("*.png") if path.name not in _caption_images(run))),
@@ -261,6 +264,13 @@ def _figures_section(run: Path, section_id: str, title: str, files: list[Path]) 
         else:
             section.figures.append(EmbeddedImage(_label(path.stem), _data_uri(path.read_bytes(), "image/png")))
     return section
+
+
+def _topic_sections(run: Path) -> list[Section | None]:
+    """One figure section per sub-folder of ``plots/`` (e.g. a reproduction's topics), in name order."""
+    folders = sorted(path for path in (run / "plots").glob("*") if path.is_dir()) if (run / "plots").is_dir() else []
+    return [_figures_section(run, f"plots-{folder.name}", _label(re.sub(r"^\d+_", "", folder.name)).capitalize(),
+                             sorted(folder.glob("*.png"))) for folder in folders]
 
 
 def _skipped_section(run: Path, metrics: Any, max_rows: int) -> Section | None:

@@ -149,6 +149,13 @@ _WORKFLOWS = (
       "Value-vector editing of facts (closed-form and optimised) vs random-neuron edits.",
       paper="Pan et al. 2024; Dai et al. 2022", default_model=SMOLLM2,
       example="neuronscope recipe fact-editing --out runs/editing"),
+    W("recipe icl", "neuronscope.workflows.papers.icl:icl", papers.ICLOptions,
+      "In-context heads of k-shot classification: locate (LPI, ablation) vs random heads, per-demonstration "
+      "projection, two towers, label-imbalance and order bias mitigated.", paper="Yu & Ananiadou 2024 (EMNLP)",
+      default_model=SMOLLM2,
+      example="neuronscope recipe icl --data ../shared/data --out runs/icl\n"
+              "neuronscope recipe icl --data ../shared/data --dataset agnews --label-kind natural --limit 8 "
+              "--out runs/icl-quick"),
 )
 WORKFLOWS: dict[str, Workflow] = {workflow.name: workflow for workflow in _WORKFLOWS}
 

@@ -96,3 +96,41 @@ class FactEditingOptions(PaperOptions):
     n_random: int = opt(2, "Random-neuron edits per fact.", minimum=0)
     optimise_steps: int = opt(40, "Adam steps of the optimised edit.", minimum=1)
     max_new_tokens: int = opt(10, "Greedy continuation length for fluency and locality.", minimum=1)
+
+
+ICL_DATASETS = {"sst2": 2, "agnews": 4}  # data set -> number of classes
+
+
+@dataclass(kw_only=True)
+class ICLOptions(PaperOptions, DataOptions):
+    dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
+                       choices=tuple(ICL_DATASETS))
+    shots: int = opt(4, "Demonstrations per prompt (balanced over the classes).", minimum=2)
+    label_kind: str = opt("auto", "Label words: natural, unrelated (foo/bar/...), or auto (the one with the higher "
+                                  "accuracy on the locate prompts).", choices=("auto", "natural", "unrelated"))
+    n_locate: int = opt(32, "Prompts the in-context heads are located on.", minimum=1)
+    n_eval: int = opt(80, "Prompts the ablation is evaluated on (queries disjoint from the locate prompts).",
+                      minimum=1)
+    n_bias: int = opt(40, "Queries per bias experiment (each seen once with each class favoured).", minimum=1)
+    n_eval_other: int = opt(48, "Evaluation prompts of the other label kind (0: skip).", minimum=0)
+    n_attribution: int = opt(16, "Locate prompts of the per-demonstration projection.", minimum=1)
+    n_merge: int = opt(12, "Locate prompts of the shallow-merge measurement.", minimum=1)
+    n_other_dataset: int = opt(32, "Prompts per label kind for the ICL accuracy on the other data set (0: skip).",
+                               minimum=0)
+    fractions: list[float] = opt([0.01, 0.02], "Fractions of all heads ablated (comma-separated).", minimum=0.0,
+                                 maximum=1.0)
+    mitigate_fraction: float = opt(0.02, "Fraction of heads (the top LPI heads) re-weighted against the bias.",
+                                   minimum=0.0, maximum=1.0)
+    draws: int = opt(5, "Random head sets per comparison.", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "data")
+        if any(fraction <= 0 for fraction in self.fractions) or self.mitigate_fraction <= 0:
+            problems.append("--fractions / --mitigate-fraction must be above 0 (e.g. 0.01 = 1 % of the heads)")
+        if not self.fractions:
+            problems.append("--fractions is empty: give at least one fraction of heads, e.g. 0.01")
+        classes = ICL_DATASETS.get(self.dataset, 2)
+        if self.shots < max(3, classes):
+            problems.append(f"--shots {self.shots}: {self.dataset} needs at least {max(3, classes)} demonstrations "
+                            "(one per class, and a 3:1 majority for the bias experiment)")
+        return problems
