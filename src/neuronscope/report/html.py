@@ -13,7 +13,7 @@ folder):
 | `config.json` | "How this run was made": the options (nested keys flattened as `a.b`) |
 | `meta.json` | same section: versions, time, host, command line, resumes |
 | `metrics.json` | "Metrics": scalars in one table; `{row: {column: value}}` mappings and lists of flat objects as 2-D tables; any `skipped_inputs` lists go to "Skipped inputs" |
-| `neurons.csv` | "Top neurons": the first `max_rows` rows; a column "top tokens" is added from `top_tokens.json` |
+| `neurons.csv` | "Top neurons": the first `max_rows` rows; a column "top tokens" is added from `top_tokens.json` (keys `layer:index`, or `layer:expert:neuron` when the table has an `expert` column) |
 | `top_tokens.json` | `{"<layer>:<index>": tokens}` or `[{"layer", "index", "tokens"}]`; tokens are strings, `[token, score]` pairs or `{"token", "score"}` objects |
 | `captions.json` | "Captions before / after": `[{"id"?, "image"?, "before", "after", ...}]`; changed words of "after" highlighted; "image" (a path inside the run folder) shown as a thumbnail |
 | `tables/*.csv` | "Tables": each CSV, first `max_rows` rows |
@@ -190,10 +190,12 @@ def _neurons_section(run: Path, max_rows: int) -> Section | None:
     if neurons_file.is_file():
         columns, raw_rows, total = _read_csv(neurons_file, max_rows)
         rows = [[_cell(_number(value)) for value in row] for row in raw_rows]
-        if tokens and "layer" in columns and "index" in columns:
-            layer, index = columns.index("layer"), columns.index("index")
+        key_columns = ["layer", "expert", "neuron"] if {"layer", "expert", "neuron"} <= set(columns) else \
+            ["layer", "index"]  # mixture-of-experts neurons are keyed "layer:expert:index"
+        if tokens and set(key_columns) <= set(columns):
+            places = [columns.index(name) for name in key_columns]
             columns = [*columns, "top tokens"]
-            rows = [[*row, tokens.get(f"{raw[layer].strip()}:{raw[index].strip()}", "")]
+            rows = [[*row, tokens.get(":".join(raw[place].strip() for place in places), "")]
                     for row, raw in zip(rows, raw_rows, strict=True)]
         section.tables.append(Table("neurons.csv", columns, rows, _left_out(total, len(rows))))
     elif tokens:

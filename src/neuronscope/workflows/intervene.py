@@ -2,9 +2,14 @@
 and after and the probability change ratio ``PCR = (P_after − P_before) / P_before`` (Chen, Dejl & Toni 2024).
 
 Neurons from ``--neurons`` or a locate run (``--run``: its model, prompts, site and target rules are the
-defaults). With ``--background`` (JSONL prompts whose answers should not change), the same intervention is
-measured on them too — their own next tokens as targets — so the terminal and ``metrics.json`` show how specific
-the set is. With ``--out``: ``tables/intervene.csv``, ``metrics.json`` and ``report.html``.
+defaults); mixture-of-experts models take ``layer:expert:index`` neurons (changed for the tokens routed to their
+expert). On such models the experts themselves can be changed instead: ``--drop-expert L:E[,E]`` with ``--mode
+zero`` (its output weight set to 0), ``reroute`` (the router's next choice takes its place, weights by the
+family's rule) or ``both``, and ``--force-routing L:E,E`` (exactly ``top_k`` experts), each measured as its own
+condition (``zero``, ``reroute``, ``force``) at ``--positions``.
+
+With ``--background`` (JSONL prompts whose answers should not change), the same intervention is measured on them
+too — their own next tokens as targets — so the terminal and ``metrics.json`` show how specific the set is. With ``--out``: ``tables/intervene.csv``, ``metrics.json`` and ``report.html``.
 
 Example:
     >>> intervene(InterveneOptions(run=Path("runs/paris"), mode="suppress"))   # doctest: +SKIP
@@ -16,10 +21,11 @@ from typing import Any
 
 import torch
 
+from neuronscope.errors import InputError
 from neuronscope.workflows.common import (
     RunResult,
     background_scorer,
-    fit_neurons,
+    fit_to_model,
     load,
     neurons_of,
     prompt_scorer,
@@ -49,12 +55,34 @@ def pcr_summary(before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
             "p_before_mean": float(before.mean()), "p_after_mean": float(after.mean())}
 
 
+def conditions_of(options: InterveneOptions, neurons: torch.Tensor | None, site: str) -> list[tuple[str, list]]:
+    """The measured conditions ``(name, interventions)``: the neuron modes, the expert drops (``zero`` /
+    ``reroute``), a forced routing (``force``)."""
+    from neuronscope.trace.expert_interventions import drop_expert, force_routing
+    from neuronscope.workflows.options import parse_expert_lists
+
+    conditions = []
+    if neurons is not None:
+        conditions += [(name, interventions_for(neurons, name, options.factor, options.positions, site))
+                       for name in modes_of(options.mode)]
+    drops = parse_expert_lists(options.drop_expert, "--drop-expert")
+    if drops:
+        modes = ["zero", "reroute"] if options.mode == "both" else [options.mode]
+        conditions += [(mode, [drop_expert(layer, experts, options.positions, mode=mode) for layer, experts in drops])
+                       for mode in modes]
+    forced = [force_routing(layer, experts, options.positions)
+              for layer, experts in parse_expert_lists(options.force_routing, "--force-routing")]
+    if forced:
+        conditions.append(("force", forced))
+    return conditions
+
+
 def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     """Run ``intervene`` (see the module docstring)."""
     from neuronscope.models.adapter import get_adapter
     from neuronscope.runs.folder import RunDir
 
-    selected, run_config = neurons_of(options)
+    selected, run_config = neurons_of(options) if options.neurons or options.run else (None, {})
     options = with_model_of(options, run_config)
     records = run_prompts(options, run_config)
     site = options.site or run_config.get("site") or "neuron"
@@ -63,17 +91,21 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
         RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
-    selected = fit_neurons(selected, adapter.n_layers, adapter.d_ff)
+    if (options.drop_expert or options.force_routing) and adapter.moe is None:
+        raise InputError("--drop-expert / --force-routing need a mixture-of-experts model; this one is dense")
+    selected = fit_to_model(selected, adapter) if selected is not None else None
     scorer = prompt_scorer(loaded, records, leading_space=leading_space, chat=options.chat,
                            first_piece=options.first_piece, batch_size=options.batch_size)
     background = background_scorer(options, loaded)
     before = scorer.base_probabilities()
     table = [{"id": r.id, "prompt": r.prompt, "target": r.target, "token_id": int(t), "p_before": float(p)}
              for r, t, p in zip(records, scorer.targets.token_ids[:, 0].tolist(), before.tolist(), strict=True)]
-    metrics: dict[str, Any] = {"neurons": int(len(selected)), "prompts": len(records), "site": site}
+    metrics: dict[str, Any] = {"neurons": 0 if selected is None else int(len(selected)), "prompts": len(records),
+                               "site": site, "drop_expert": list(options.drop_expert),
+                               "force_routing": list(options.force_routing)}
     lines = []
-    for name in modes_of(options.mode):
-        changes = interventions_for(selected, name, options.factor, options.positions, site)
+    conditions = conditions_of(options, selected, site)
+    for name, changes in conditions:
         after = scorer.probabilities(None, changes)
         summary = metrics[name] = pcr_summary(before, after)
         for row, p in zip(table, after.tolist(), strict=True):
@@ -87,18 +119,17 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
         lines.append(line)
     if options.out is None:
         return RunResult("intervene", "", metrics, lines)
-    _write(options, table, metrics)
+    _write(options, table, metrics, [name for name, _ in conditions])
     return RunResult("intervene", str(options.out), metrics, [*lines, f"results in {options.out}"])
 
 
-def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any], modes: list[str]) -> None:
     from neuronscope.report import build_report
     from neuronscope.runs.folder import RunDir
 
     results = RunDir(options.out, overwrite=options.overwrite)
     results.write_config({"command": "intervene", **options.recorded()})
     results.write_meta({"runtime": options.runtime()})
-    modes = modes_of(options.mode)
     columns = ["id", "prompt", "target", "token_id", "p_before"] + [f"{k}_{m}" for m in modes for k in ("p", "pcr")]
     results.write_csv("tables/intervene.csv", table, columns)
     results.write_json("metrics.json", metrics)

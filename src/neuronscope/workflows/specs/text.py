@@ -12,6 +12,7 @@ from neuronscope.workflows.options import (
     RunOptions,
     missing,
     opt,
+    parse_expert_lists,
     parse_key_values,
     parse_layers,
 )
@@ -19,6 +20,7 @@ from neuronscope.workflows.specs.common import NeuronOptions, PromptOptions
 
 NEURON_SITES = ("neuron", "act", "up", "gate", "pre")
 MODES = ("suppress", "amplify", "both")
+DROP_MODES = ("zero", "reroute")
 POSITIONS = ("last", "all")
 DEFAULT_TOP_K = 20
 
@@ -72,14 +74,42 @@ class ExplainOptions(ModelOptions, NeuronOptions):
 
 @dataclass(kw_only=True)
 class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions):
-    mode: str = opt("both", "suppress (x0), amplify (x factor) or both.", choices=MODES)
+    mode: str = opt("both", "Neurons: suppress (x0), amplify (x factor) or both. --drop-expert: zero (its output "
+                            "weight 0), reroute (the router's next choice) or both.", choices=MODES + DROP_MODES)
     factor: float = opt(2.0, "Amplification factor.")
     positions: str = opt("last", "Positions changed: last or all.", choices=POSITIONS)
     site: str | None = opt(None, "Neuron site (default: the run's, else neuron).", choices=NEURON_SITES)
     background: Path | None = opt(None, "JSONL prompts whose answers should not change (specificity): the same "
                                            "intervention is measured on them too.")
+    drop_expert: list[str] = opt([], "Mixture-of-experts models: drop experts of a layer, layer:expert[,expert] "
+                                     "(repeatable), e.g. '1:5'; --mode zero, reroute or both.")
+    force_routing: list[str] = opt([], "Mixture-of-experts models: route the tokens of a layer to exactly these "
+                                       "top_k experts, layer:expert,expert (repeatable), e.g. '0:2,3'.")
     out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
     overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
+
+    def neurons_optional(self) -> bool:
+        return bool(self.drop_expert or self.force_routing)
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        for flag, specs in (("--drop-expert", self.drop_expert), ("--force-routing", self.force_routing)):
+            try:
+                parse_expert_lists(specs, flag)
+            except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+                problems.append(str(error))
+        neurons = bool(self.neurons or self.run)
+        if neurons and self.drop_expert:
+            problems.append("give neurons (--neurons / --run, --mode suppress|amplify|both) or --drop-expert "
+                            "(--mode zero|reroute|both), not both: run intervene once for each")
+        elif neurons and self.mode in DROP_MODES:
+            problems.append(f"--mode {self.mode} drops experts (with --drop-expert); neurons take suppress, amplify "
+                            "or both")
+        elif self.drop_expert and self.mode not in DROP_MODES + ("both",):
+            problems.append(f"--mode {self.mode} changes neurons; --drop-expert takes zero, reroute or both")
+        if self.neurons_optional() and not self.has_prompts and not self.run:
+            problems.append("no prompts given: pass --prompts FILE.jsonl or one or more --prompt TEXT")
+        return problems
 
 
 @dataclass(kw_only=True)
