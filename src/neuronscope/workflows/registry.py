@@ -83,6 +83,10 @@ _WORKFLOWS = (
       "PCR of a run's neurons vs random neurons of the same layer distribution; results go into the run folder.",
       paper="Chen, Dejl & Toni 2024 (PCR); Pan et al. 2024 (random baselines)",
       example="neuronscope evaluate runs/paris --draws 20"),
+    W("routing", "neuronscope.workflows.routing:routing", text.RoutingOptions,
+      "Mixture-of-experts models: which experts the tokens of prompts (or of chosen words) are routed to, per layer.",
+      example='neuronscope routing --model ./tiny-mixtral --prompts corpus.jsonl --words paris,rome --out runs/route\n'
+              'neuronscope routing --model ./tiny-mixtral --prompt "The capital of France is" --positions last'),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,

@@ -1,4 +1,5 @@
-"""Options of the workflows on prompts: ``models``, ``locate``, ``explain``, ``intervene``, ``evaluate``, ``report``."""
+"""Options of the workflows on prompts: ``models``, ``locate``, ``explain``, ``intervene``, ``evaluate``, ``report``,
+``routing``."""
 
 from __future__ import annotations
 
@@ -140,4 +141,33 @@ class ReportOptions(Options):
         problems = super().problems()
         if self.run_dir is None:
             problems.append("missing argument RUN_DIR: give a folder written by a neuronscope command")
+        return problems
+
+
+@dataclass(kw_only=True)
+class RoutingOptions(ModelOptions, BatchOptions):
+    prompts: Path | None = opt(None, "JSONL file, one {\"prompt\", \"id\"?} per line.")
+    prompt: list[str] = opt([], "A prompt (repeatable).")
+    chat: bool = opt(False, "Wrap prompts in the tokenizer's chat template.")
+    positions: str = opt("all", "Tokens counted: all (every prompt token) or last (each prompt's last token).",
+                         choices=POSITIONS)
+    words: str | None = opt(None, "Count only the tokens that are one of these words (comma-separated, whole "
+                                  "tokens, case and leading space ignored), e.g. 'paris,rome': where a concept goes.")
+    layers: str | None = opt(None, "MoE layers, e.g. '0,2' or '4-7' (default all).")
+    top: int = opt(3, "Experts shown per layer in the terminal.", minimum=1)
+    out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
+    overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.prompts is None and not self.prompt:
+            problems.append("no prompts given: pass --prompts FILE.jsonl or one or more --prompt TEXT")
+        if self.prompts is not None and self.prompt:
+            problems.append("give prompts either in a file (--prompts) or as --prompt flags, not both")
+        if self.words is not None and self.positions == "last":
+            problems.append("--words counts the tokens of those words wherever they are; drop --positions last")
+        try:
+            parse_layers(self.layers)
+        except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+            problems.append(str(error))
         return problems
