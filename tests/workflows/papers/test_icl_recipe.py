@@ -151,5 +151,9 @@ def test_recipe_icl_cli_writes_the_report_sections_and_refuses_a_missing_data_fo
         lines = [line for line in failed.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], failed.stderr
         assert not missing.exists()
+    failed = runner.invoke(app, ["recipe", "icl", "-m", str(model_dir), "--data", str(data_dir), "--out",
+                                 str(missing)])  # the other data set's accuracy is asked for by default
+    assert failed.exit_code == 2 and "agnews_test_7600.tsv" in failed.stderr and "--n-other-dataset 0" in failed.stderr
+    assert not missing.exists()
     failed = runner.invoke(app, ["recipe", "icl", "--data", str(data_dir), "--out", str(missing), "--shots", "2"])
     assert failed.exit_code == 2 and "--shots 2" in failed.stderr

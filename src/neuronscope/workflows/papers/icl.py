@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 
-from neuronscope.errors import InputError
 from neuronscope.workflows.papers.common import (
     Stopwatch,
     default_model,
@@ -44,55 +43,16 @@ from neuronscope.workflows.papers.common import (
     open_run,
     run_paper,
 )
+from neuronscope.workflows.papers.icl_data import (
+    balanced_counts,
+    check_data,
+    icl_data_folder,
+    majority_mixes,
+    other_dataset_name,
+    template_for,
+)
 from neuronscope.workflows.result import RunResult
 from neuronscope.workflows.specs.papers import ICL_DATASETS, ICLOptions
-
-DATA_FILES = {"sst2": "sst2_872.tsv", "agnews": "agnews_test_7600.tsv"}
-
-
-def icl_data_folder(data_dir: str | Path | None, dataset: str = "sst2") -> Path:
-    """The folder holding ``dataset``'s TSV: ``<data>/icl`` (the papers' data-folder convention) or ``<data>``.
-
-    Raises:
-        InputError: no folder given, or neither place holds the file.
-    """
-    if data_dir is None:
-        raise InputError("this reproduction reads the ICL data sets: pass --data DIR (the folder holding "
-                         "icl/sst2_872.tsv, e.g. ../shared/data of a neuronscope checkout)")
-    folder, name = Path(data_dir), DATA_FILES[dataset]
-    for candidate in (folder / "icl", folder):
-        if (candidate / name).is_file():
-            return candidate
-    raise InputError(f"{folder / 'icl' / name} not found: pass --data the folder that holds icl/{name} "
-                     "(../shared/data of a neuronscope checkout)")
-
-
-def balanced_counts(shots: int, n_classes: int) -> list[int]:
-    """``shots`` demonstrations spread over the classes, the remainder to the last ones.
-
-    Example:
-        >>> balanced_counts(4, 2), balanced_counts(5, 2), balanced_counts(4, 4)
-        ([2, 2], [2, 3], [1, 1, 1, 1])
-    """
-    base, extra = divmod(shots, n_classes)
-    return [base + (1 if c >= n_classes - extra else 0) for c in range(n_classes)]
-
-
-def majority_mixes(shots: int, n_classes: int) -> list[list[int]]:
-    """One label mix per favoured class ``c``: ``3·shots//4`` demonstrations of ``c``, the rest of class ``c + 1``.
-
-    Example:
-        >>> majority_mixes(4, 2)
-        [[3, 1], [1, 3]]
-    """
-    major = 3 * shots // 4
-    mixes = []
-    for favoured in range(n_classes):
-        counts = [0] * n_classes
-        counts[favoured] = major
-        counts[(favoured + 1) % n_classes] += shots - major
-        mixes.append(counts)
-    return mixes
 
 
 @dataclass
@@ -292,7 +252,7 @@ def other_dataset(state: ICLRun, folder: Path) -> None:
     from neuronscope.attribute.icl_heads import accuracy_from_log_probabilities, label_log_probabilities
     from neuronscope.inputs.icl import label_words_for, read_icl_dataset, sample_prompts
 
-    name = "agnews" if state.options.dataset == "sst2" else "sst2"
+    name = other_dataset_name(state.options.dataset)
     data = read_icl_dataset(icl_data_folder(folder, name), name)
     counts = balanced_counts(state.options.shots, len(data.classes))
     entry: dict[str, Any] = {"name": name}
@@ -304,13 +264,6 @@ def other_dataset(state: ICLRun, folder: Path) -> None:
         value = label_log_probabilities(state.model, icl)["clean"]
         entry[kind] = accuracy_from_log_probabilities(value, icl.query_classes, words).as_dict()
     state.metrics["other_dataset"] = entry
-
-
-def template_for(dataset: str) -> Any:
-    """The prompt template of a data set: ``Review: …\\nSentiment: …`` (SST-2), ``Article: …\\nTopic: …`` (AG News)."""
-    from neuronscope.inputs.icl import TOPIC_TEMPLATE, ICLTemplate
-
-    return TOPIC_TEMPLATE if dataset == "agnews" else ICLTemplate()
 
 
 def run_icl(
@@ -350,7 +303,7 @@ def run_icl(
     options = ICLOptions(data=Path(data_dir) if data_dir is not None else None, out=Path(out_dir), seed=seed,
                          limit=limit, dataset=dataset, shots=shots, label_kind=label_kind, fractions=list(fractions),
                          mitigate_fraction=mitigate_fraction, draws=draws, **sizes)
-    folder = icl_data_folder(options.data, options.dataset)
+    folder = check_data(options)
     data = read_icl_dataset(folder, options.dataset)
     loaded = model or default_model()
     torch.manual_seed(options.seed)
@@ -391,5 +344,5 @@ def _short_name(loaded: Any) -> str:
 def icl(options: ICLOptions, *, loaded: Any = None) -> RunResult:
     """``recipe icl``: :func:`run_icl` with the options' settings (see the module docstring); the data folder is
     checked before the model is loaded."""
-    icl_data_folder(options.data, options.dataset)
+    check_data(options)
     return run_paper(run_icl, options, loaded, "recipe icl")
