@@ -8,6 +8,11 @@ zero`` (its output weight set to 0), ``reroute`` (the router's next choice takes
 family's rule) or ``both``, and ``--force-routing L:E,E`` (exactly ``top_k`` experts), each measured as its own
 condition (``zero``, ``reroute``, ``force``) at ``--positions``.
 
+Attention heads instead (``--heads 22.7,24.7`` or the top in-context heads of a ``recipe icl`` folder,
+``--heads-from RUN --top-heads N``; see :mod:`.head_interventions`): ``suppress`` / ``amplify`` scale each head's
+slice of the attention output projection's input, and ``--draws N`` adds ``random_<mode>``: N random sets of as
+many heads (never the chosen ones), their per-draw mean PCR and mean / min / max.
+
 With ``--background`` (JSONL prompts whose answers should not change), the same intervention is measured on them
 too — their own next tokens as targets — so the terminal and ``metrics.json`` show how specific the set is. With ``--out``: ``tables/intervene.csv``, ``metrics.json`` and ``report.html``.
 
@@ -32,6 +37,8 @@ from neuronscope.workflows.common import (
     run_prompts,
     with_model_of,
 )
+from neuronscope.workflows.head_interventions import fit_heads, read_icl_run
+from neuronscope.workflows.options import parse_heads
 from neuronscope.workflows.specs.text import InterveneOptions
 
 
@@ -55,13 +62,19 @@ def pcr_summary(before: torch.Tensor, after: torch.Tensor) -> dict[str, Any]:
             "p_before_mean": float(before.mean()), "p_after_mean": float(after.mean())}
 
 
-def conditions_of(options: InterveneOptions, neurons: torch.Tensor | None, site: str) -> list[tuple[str, list]]:
-    """The measured conditions ``(name, interventions)``: the neuron modes, the expert drops (``zero`` /
-    ``reroute``), a forced routing (``force``)."""
+def conditions_of(options: InterveneOptions, neurons: torch.Tensor | None, site: str,
+                  heads: tuple[Any, torch.Tensor] | None = None) -> list[tuple[str, list]]:
+    """The measured conditions ``(name, interventions)``: the neuron or head modes (``heads`` = (model, [n, 2])),
+    the expert drops (``zero`` / ``reroute``), a forced routing (``force``)."""
+    from neuronscope.trace import scale_heads
     from neuronscope.trace.expert_interventions import drop_expert, force_routing
+    from neuronscope.workflows.head_interventions import head_factor
     from neuronscope.workflows.options import parse_expert_lists
 
     conditions = []
+    if heads is not None:
+        conditions += [(name, scale_heads(heads[0], heads[1], head_factor(name, options.factor), options.positions))
+                       for name in modes_of(options.mode)]
     if neurons is not None:
         conditions += [(name, interventions_for(neurons, name, options.factor, options.positions, site))
                        for name in modes_of(options.mode)]
@@ -83,10 +96,14 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     from neuronscope.runs.folder import RunDir
 
     selected, run_config = neurons_of(options) if options.neurons or options.run else (None, {})
-    options = with_model_of(options, run_config)
-    records = run_prompts(options, run_config)
+    recipe = read_icl_run(options.heads_from) if options.heads_from else None
+    options = with_model_of(options, recipe.model if recipe else run_config)
+    records = recipe.prompt_records() if recipe and not options.has_prompts else run_prompts(options, run_config)
     site = options.site or run_config.get("site") or "neuron"
     leading_space = run_config.get("leading_space", True) if options.run else options.leading_space
+    first_piece = options.first_piece or (recipe is not None and not options.has_prompts)  # the ICL label token
+    heads = recipe.top(options.head_ranking, options.top_heads) if recipe else None
+    heads = torch.tensor(parse_heads(options.heads), dtype=torch.long) if options.heads else heads
     if options.out is not None:
         RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
@@ -94,8 +111,9 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     if (options.drop_expert or options.force_routing) and adapter.moe is None:
         raise InputError("--drop-expert / --force-routing need a mixture-of-experts model; this one is dense")
     selected = fit_to_model(selected, adapter) if selected is not None else None
+    heads = fit_heads(heads, adapter.n_layers, adapter.n_heads) if heads is not None else None
     scorer = prompt_scorer(loaded, records, leading_space=leading_space, chat=options.chat,
-                           first_piece=options.first_piece, batch_size=options.batch_size)
+                           first_piece=first_piece, batch_size=options.batch_size)
     background = background_scorer(options, loaded)
     before = scorer.base_probabilities()
     table = [{"id": r.id, "prompt": r.prompt, "target": r.target, "token_id": int(t), "p_before": float(p)}
@@ -103,8 +121,10 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     metrics: dict[str, Any] = {"neurons": 0 if selected is None else int(len(selected)), "prompts": len(records),
                                "site": site, "drop_expert": list(options.drop_expert),
                                "force_routing": list(options.force_routing)}
+    if heads is not None:
+        metrics["heads"] = [f"{layer}.{head}" for layer, head in heads.tolist()]
     lines = []
-    conditions = conditions_of(options, selected, site)
+    conditions = conditions_of(options, selected, site, None if heads is None else (loaded.model, heads))
     for name, changes in conditions:
         after = scorer.probabilities(None, changes)
         summary = metrics[name] = pcr_summary(before, after)
@@ -117,10 +137,35 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
             summary["background"] = pcr_summary(background.base_probabilities(), background.probabilities(None, changes))
             line += f"; background prompts {summary['background']['pcr']['mean']:+.4f}"
         lines.append(line)
+    if heads is not None and options.draws:
+        conditions += _random_heads(options, scorer, before, loaded.model, heads, table, metrics, lines)
     if options.out is None:
         return RunResult("intervene", "", metrics, lines)
     _write(options, table, metrics, [name for name, _ in conditions])
     return RunResult("intervene", str(options.out), metrics, [*lines, f"results in {options.out}"])
+
+
+def _random_heads(options: InterveneOptions, scorer: Any, before: torch.Tensor, model: Any, heads: torch.Tensor,
+                  table: list[dict[str, Any]], metrics: dict[str, Any], lines: list[str]) -> list[tuple[str, list]]:
+    """The ``random_<mode>`` conditions: their metrics, table columns (each prompt's p averaged over the draws and
+    its PCR) and terminal lines; returns ``(name, [])`` per condition, for the table's columns."""
+    from neuronscope.models.adapter import get_adapter
+    from neuronscope.workflows.head_interventions import measure_random, random_head_sets
+
+    adapter = get_adapter(model)
+    sets = random_head_sets(heads, adapter.n_layers, adapter.n_heads, options.draws, options.seed)
+    names = []
+    for mode in modes_of(options.mode):
+        name = f"random_{mode}"
+        summary, after = measure_random(scorer, before, model, sets, mode, options.factor, options.positions)
+        metrics[name] = summary
+        for row, p in zip(table, after.tolist(), strict=True):
+            row[f"p_{name}"] = p
+            row[f"pcr_{name}"] = (p - row["p_before"]) / row["p_before"] if row["p_before"] > 0 else float("nan")
+        lines.append(f"{name}: mean PCR {summary['pcr_mean']:+.4f} over {summary['draws']} random sets of "
+                     f"{len(heads)} heads (draws {summary['pcr_min']:+.4f} … {summary['pcr_max']:+.4f})")
+        names.append((name, []))
+    return names
 
 
 def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any], modes: list[str]) -> None:

@@ -216,6 +216,28 @@ def parse_neurons(text: str, flag: str = "--neurons") -> list[tuple[int, ...]]:
     return rows
 
 
+_HEAD = re.compile(r"^\s*(-?\d+)\s*\.\s*(\d+)\s*$")
+
+
+def parse_heads(text: str, flag: str = "--heads") -> list[tuple[int, int]]:
+    """``"22.7,24.7"`` -> ``[(22, 7), (24, 7)]``: attention heads as ``layer.head`` (negative layers count from the
+    end), the notation of ``recipe icl``'s tables.
+
+    Example:
+        >>> parse_heads("1.0, -1.3")
+        [(1, 0), (-1, 3)]
+    """
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [repr(p) for p in parts if _HEAD.match(p) is None]
+    if bad or not parts:
+        raise OptionError(f"{flag}: cannot read {', '.join(bad) or 'an empty list'}; write layer.head pairs "
+                          "separated by commas, e.g. '22.7,24.7'")
+    heads = [(int(m[1]), int(m[2])) for m in map(_HEAD.match, parts)]
+    if len(set(heads)) < len(heads):
+        raise OptionError(f"{flag}: a head is given twice; list each layer.head once")
+    return heads
+
+
 _EXPERTS = re.compile(r"^\s*(-?\d+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*$")
 
 

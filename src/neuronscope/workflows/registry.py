@@ -74,11 +74,13 @@ _WORKFLOWS = (
       example="neuronscope explain --model ./tiny-llama --neurons 1:17,0:3 -k 5\n"
               "neuronscope explain --run runs/paris --out runs/paris-explained"),
     W("intervene", "neuronscope.workflows.intervene:intervene", text.InterveneOptions,
-      "Suppress or amplify neurons on prompts: target probabilities before / after and PCR.",
+      "Suppress or amplify neurons or attention heads on prompts: target probabilities before / after and PCR.",
       paper="Chen, Dejl & Toni 2024 (PCR)",
       example="neuronscope intervene --run runs/paris --mode both --out runs/paris-intervene\n"
               'neuronscope intervene --model ./tiny-llama --neurons 3:17,5:2 --prompt "The capital of France is" \\\n'
-              "    --target Paris --mode suppress"),
+              "    --target Paris --mode suppress\n"
+              "neuronscope intervene --heads-from runs/icl --top-heads 3 --mode suppress --draws 5\n"
+              'neuronscope intervene --model ./tiny-llama --heads 1.2,0.3 --prompts p.jsonl --draws 10'),
     W("evaluate", "neuronscope.workflows.evaluate:evaluate", text.EvaluateOptions,
       "PCR of a run's neurons vs random neurons of the same layer distribution; results go into the run folder.",
       paper="Chen, Dejl & Toni 2024 (PCR); Pan et al. 2024 (random baselines)",

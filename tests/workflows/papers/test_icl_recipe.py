@@ -6,47 +6,24 @@ sections; a missing data folder is one line and exit 2, before anything is writt
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 import neuronscope
-from helpers.icl_words import word_tokenizer
+from helpers.icl_words import save_icl_toy, word_tokenizer
 from neuronscope.cli.main import app
 from neuronscope.results.base import load_result
-
-POSITIVE, NEGATIVE = ["good", "great", "fun", "bright", "fine"], ["bad", "poor", "dull", "dark", "awful", "sad"]
-NOUNS = ["film", "plot", "story", "cast"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """(model folder, data folder holding icl/sst2_872.tsv)."""
-    root = tmp_path_factory.mktemp("icl")
-    tokenizer = word_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, intermediate_size=24, max_position_embeddings=256, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
-    model = LlamaForCausalLM(config).eval()
-    with torch.no_grad():  # larger weights: predictions that differ between prompts and heads that matter
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.5)
-    model.save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    rows = [(f"a {a} {n}", label) for words, label in ((NEGATIVE, 0), (POSITIVE, 1)) for a in words for n in NOUNS]
-    rows += [(f"the {n} was very {a}", 1) for a in POSITIVE for n in NOUNS]
-    rows += [(f"the {n} was not {a}", 0) for a in NEGATIVE for n in NOUNS]
-    random.Random(0).shuffle(rows)
-    (root / "data" / "icl").mkdir(parents=True)
-    (root / "data" / "icl" / "sst2_872.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{c}\n" for t, c in rows))
-    return root / "model", root / "data"
+    return save_icl_toy(tmp_path_factory.mktemp("icl"))
 
 
 def _accuracy_by_hand(model, tokenizer, prompts: list[dict], heads: list[list[int]] = ()) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from neuronscope.workflows.options import (
     missing,
     opt,
     parse_expert_lists,
+    parse_heads,
     parse_key_values,
     parse_layers,
 )
@@ -23,6 +24,7 @@ NEURON_SITES = ("neuron", "act", "up", "gate", "pre")
 MODES = ("suppress", "amplify", "both")
 DROP_MODES = ("zero", "reroute")
 POSITIONS = ("last", "all")
+HEAD_RANKINGS = ("lpi", "ablation")
 DEFAULT_TOP_K = 20
 
 
@@ -86,11 +88,25 @@ class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions)
                                      "(repeatable), e.g. '1:5'; --mode zero, reroute or both.")
     force_routing: list[str] = opt([], "Mixture-of-experts models: route the tokens of a layer to exactly these "
                                        "top_k experts, layer:expert,expert (repeatable), e.g. '0:2,3'.")
+    heads: str | None = opt(None, "Attention heads as layer.head pairs, e.g. '22.7,24.7': scaled (suppress x0, "
+                                  "amplify x factor) at the input of the attention output projection.")
+    heads_from: Path | None = opt(None, "A 'recipe icl' results folder: act on its top in-context heads "
+                                        "(--top-heads, --head-ranking); without prompts, on its evaluation prompts "
+                                        "with their true labels as targets.")
+    top_heads: int = opt(3, "With --heads-from: how many of its top heads.", minimum=1)
+    head_ranking: str = opt("lpi", "With --heads-from: the ranking, lpi or ablation.", choices=HEAD_RANKINGS)
+    draws: int = opt(0, "Heads: also this many random sets of as many heads (from all heads, never the chosen "
+                        "ones), reported as random_<mode>.", minimum=0)
+    seed: int = opt(0, "Seed of the random heads.")
     out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
     overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
 
+    @property
+    def on_heads(self) -> bool:
+        return bool(self.heads or self.heads_from)
+
     def neurons_optional(self) -> bool:
-        return bool(self.drop_expert or self.force_routing)
+        return bool(self.drop_expert or self.force_routing or self.on_heads)
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -108,8 +124,28 @@ class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions)
                             "or both")
         elif self.drop_expert and self.mode not in DROP_MODES + ("both",):
             problems.append(f"--mode {self.mode} changes neurons; --drop-expert takes zero, reroute or both")
-        if self.neurons_optional() and not self.has_prompts and not self.run:
+        problems += self._head_problems(neurons)
+        if self.neurons_optional() and not self.has_prompts and not self.run and not self.heads_from:
             problems.append("no prompts given: pass --prompts FILE.jsonl or one or more --prompt TEXT")
+        return problems
+
+    def _head_problems(self, neurons: bool) -> list[str]:
+        problems = []
+        if self.heads and self.heads_from:
+            problems.append("give heads either as --heads layer.head,... or with --heads-from RUN_DIR, not both")
+        elif self.heads:
+            try:
+                parse_heads(self.heads)
+            except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+                problems.append(str(error))
+        if self.on_heads and (neurons or self.drop_expert or self.force_routing):
+            problems.append("give heads (--heads / --heads-from), neurons (--neurons / --run) or experts "
+                            "(--drop-expert / --force-routing), not several: run intervene once for each")
+        elif self.on_heads and self.mode in DROP_MODES:
+            problems.append(f"--mode {self.mode} drops experts; heads take suppress, amplify or both")
+        if self.draws and not self.on_heads:
+            problems.append("--draws compares heads with random heads (give --heads or --heads-from); random "
+                            "neurons: 'neuronscope evaluate RUN_DIR --draws N'")
         return problems
 
 
