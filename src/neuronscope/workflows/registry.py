@@ -89,6 +89,12 @@ _WORKFLOWS = (
       "Mixture-of-experts models: which experts the tokens of prompts (or of chosen words) are routed to, per layer.",
       example='neuronscope routing --model ./tiny-mixtral --prompts corpus.jsonl --words paris,rome --out runs/route\n'
               'neuronscope routing --model ./tiny-mixtral --prompt "The capital of France is" --positions last'),
+    W("icl-prompts", "neuronscope.workflows.icl_prompts:icl_prompts", papers.ICLPromptsOptions,
+      "Write k-shot classification prompts of an ICL data set (true label as target) for locate / evaluate / "
+      "intervene.", paper="Yu & Ananiadou 2024 (EMNLP)",
+      example="neuronscope icl-prompts --data ../shared/data --n 32 --out icl.jsonl\n"
+              "neuronscope icl-prompts --data ../shared/data --counts 3,1 --order majority_last --out majority.jsonl\n"
+              "neuronscope locate -m ./smollm2 --prompts icl.jsonl --out runs/icl-neurons"),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,

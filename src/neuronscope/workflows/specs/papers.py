@@ -134,3 +134,36 @@ class ICLOptions(PaperOptions, DataOptions):
             problems.append(f"--shots {self.shots}: {self.dataset} needs at least {max(3, classes)} demonstrations "
                             "(one per class, and a 3:1 majority for the bias experiment)")
         return problems
+
+
+ICL_ORDERS = ("random", "sorted", "reverse_sorted", "majority_last", "majority_first", "given")
+
+
+@dataclass(kw_only=True)
+class ICLPromptsOptions(DataOptions):
+    dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
+                       choices=tuple(ICL_DATASETS))
+    shots: int = opt(4, "Demonstrations per prompt (balanced over the classes unless --counts).", minimum=1)
+    counts: list[int] = opt([], "Demonstrations of each class instead of a balanced mix, e.g. '3,1' (label "
+                                "imbalance); their sum is the number of shots.", minimum=0)
+    label_kind: str = opt("natural", "Label words: natural (negative/positive, ...) or unrelated (foo/bar/...).",
+                          choices=("natural", "unrelated"))
+    order: str = opt("random", "Order of the demonstrations: random, sorted / reverse_sorted (by class), "
+                               "majority_last / majority_first, given.", choices=ICL_ORDERS)
+    n: int = opt(32, "Prompts written (queries balanced over the classes).", minimum=1)
+    seed: int = opt(0, "Seed of the queries and demonstrations.")
+    out: Path | None = opt(None, "The JSONL file written ({prompt, target = the true label word, id, ...}).",
+                           short="-o", runtime=True)
+    overwrite: bool = opt(False, "Replace an existing --out file.", runtime=True)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "data", "out")
+        classes = ICL_DATASETS.get(self.dataset, 2)
+        if self.counts and len(self.counts) != classes:
+            problems.append(f"--counts gives {len(self.counts)} numbers; {self.dataset} has {classes} classes: give "
+                            "one count per class, e.g. '3,1'")
+        elif self.counts and sum(self.counts) == 0:
+            problems.append("--counts adds up to 0 demonstrations; give at least one")
+        if self.out is not None and self.out.suffix != ".jsonl":
+            problems.append(f"--out {self.out}: name a .jsonl file (one prompt per line)")
+        return problems
