@@ -148,6 +148,25 @@ def peers(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def moe(table: dict[str, Any]) -> list[str]:
+    lines = [f"### Mixture of experts: contribution of every expert neuron ({table.get('dtype', '?')}; "
+             "`moe.json`)", "",
+             "| model shape (layers) | tokens / targets | neurons per target | forward | capture | contribution | "
+             "ratio (goal ≤ 1.3×) | peak / weights (goal ≤ 1.15) | experts path |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in table.items():
+        if not isinstance(row, dict) or "contribution" not in row:
+            continue
+        ratio, peak = row["contribution_over_forward"], row["contribution"].get("peak_over_weights")
+        lines.append(f"| {name} ({row['layers']}) | {row['tokens']} / {row['targets']} | "
+                     f"{row['n_neurons_scored_per_target']:,} | {_s(row['forward']['seconds'])} | "
+                     f"{_s(row['capture']['seconds'])} | {_s(row['contribution']['seconds'])} | {_x(ratio)} "
+                     f"({_met(ratio <= 1.3)}) | {_x(peak, 3) if peak else '—'} "
+                     f"({_met(None if peak is None else peak <= 1.15)}) | {row['experts_implementation']}, "
+                     f"{row['activations']} |")
+    return lines
+
+
 def main() -> None:
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmark-results")
     env = _load(folder, "environment") or {}
@@ -163,7 +182,7 @@ def main() -> None:
                 f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "
                 f"{len(failed)} rows not ok (errors or differences): {failed[:4]}", ""]
     for name, render in (("contribution", contribution), ("integrated_gradients", integrated_gradients),
-                         ("lpi", lpi), ("multimodal", multimodal), ("peers", peers)):
+                         ("lpi", lpi), ("multimodal", multimodal), ("peers", peers), ("moe", moe)):
         table = _load(folder, name)
         if table is not None:
             out += render(table) + [""]
