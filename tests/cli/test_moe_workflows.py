@@ -119,6 +119,19 @@ def test_locate_writes_expert_scores_selection_and_unit_table(mixtral, located) 
     assert "unit_scores.csv" in html and "expert" in html
 
 
+def test_locate_report_draws_the_experts_map_of_the_unit_table(located) -> None:
+    from neuronscope.workflows.neuron_files import expert_grid
+
+    units = [{"layer": int(u["layer"]), "expert": int(u["expert"]), "mean_score": float(u["mean_score"])}
+             for u in csv.DictReader((located / "tables" / "unit_scores.csv").open())]
+    grid, layers, experts = expert_grid(units)
+    assert layers == [0, 1] and experts == [0, 1, 2, 3] and not grid.isnan().any()
+    for unit in units:  # every cell is its unit's row of the table
+        assert float(grid[layers.index(unit["layer"]), experts.index(unit["expert"])]) == unit["mean_score"]
+    assert (located / "plots" / "experts.png").stat().st_size > 1000
+    assert 'alt="experts"' in (located / "report.html").read_text()  # embedded in the report
+
+
 def test_explain_intervene_and_evaluate_on_expert_rows(cli, mixtral, located, tmp_path) -> None:
     model, tokenizer = _load(mixtral)
     first = json.loads((located / "neurons.json").read_text())["neurons"][0]

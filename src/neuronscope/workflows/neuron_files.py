@@ -1,5 +1,5 @@
 """The files of a neuron selection in a results folder: ``neurons.json``, ``neurons.csv``, ``top_tokens.json``
-and ``plots/layers.png`` (written by ``locate`` and ``explain``, read by ``explain --run``, ``intervene --run``,
+and ``plots/layers.png`` (MoE models also ``tables/unit_scores.csv`` and ``plots/experts.png``; written by ``locate`` and ``explain``, read by ``explain --run``, ``intervene --run``,
 ``evaluate``, ``edit make --run`` and the report).
 
 Dense models: rows ``rank, layer, index, score`` and keys ``"layer:index"``. Mixture-of-experts models: rows
@@ -104,4 +104,27 @@ def write_unit_table(run: Any, scores: Any) -> list[dict[str, Any]]:
              "kind": expert_kind(scores.layout, units[u][0], units[u][1]), "width": units[u][2],
              "mean_score": float(mean[u]), "active_share": float(active[u])} for rank, u in enumerate(order)]
     run.write_csv("tables/unit_scores.csv", rows, list(rows[0]) if rows else ["rank"])
+    grid, layers, experts = expert_grid(rows)
+    if grid.numel():
+        from neuronscope.report.plots import heatmap_figure
+
+        write_png(run, "plots/experts.png", heatmap_figure(
+            grid, layers, experts, title="Mean total score of each expert (its neurons + its bias term)",
+            xlabel="expert (shared experts after the routed ones)", ylabel="layer", colour_label="mean score"))
     return rows
+
+
+def expert_grid(rows: list[dict[str, Any]]) -> tuple[torch.Tensor, list[int], list[int]]:
+    """The unit table's ``mean_score`` of each (layer, expert) as a ``[layers, experts]`` grid (NaN where a layer
+    has no such expert; dense layers left out), with its layers and expert ids: the report's ``plots/experts.png``.
+
+    Example:
+        >>> expert_grid([{"layer": 1, "expert": 0, "mean_score": 0.5}, {"layer": 0, "expert": -1, "mean_score": 1.0}])
+        (tensor([[0.5000]], dtype=torch.float64), [1], [0])
+    """
+    cells = [row for row in rows if row["expert"] >= 0]
+    layers, experts = sorted({row["layer"] for row in cells}), sorted({row["expert"] for row in cells})
+    grid = torch.full((len(layers), len(experts)), float("nan"), dtype=torch.float64)
+    for row in cells:
+        grid[layers.index(row["layer"]), experts.index(row["expert"])] = row["mean_score"]
+    return grid, layers, experts
