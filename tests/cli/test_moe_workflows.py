@@ -224,3 +224,31 @@ def test_routing_counts_equal_the_experts_module_inputs(cli, mixtral, tmp_path) 
     assert result.exit_code == 0 and "routing of 1 tokens" in result.output, result.output
     assert_user_error(cli("routing", "-m", mixtral, "--prompt", "the cat", "--words", "x", "--positions", "last"),
                       "--words")
+
+
+def test_intervene_heads_on_an_moe_model_equal_a_pre_hook_on_o_proj(cli, mixtral, tmp_path) -> None:
+    model, tokenizer = _load(mixtral)
+    out = tmp_path / "heads"
+    args = ["intervene", "-m", mixtral, "--heads", "1.1,0.3", "--mode", "suppress", "--out", out]
+    for prompt, target in zip(PROMPTS, TARGETS, strict=True):
+        args += ["--prompt", prompt, "--target", target]
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+
+    def zero(head):
+        def hook(module, inputs):
+            x = inputs[0].clone()
+            x[:, -1, head * head_dim:(head + 1) * head_dim] = 0
+            return (x,)
+        return hook
+
+    handles = [model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(zero(head))
+               for layer, head in ((1, 1), (0, 3))]
+    try:
+        by_hand = [_probability(model, tokenizer, p, t) for p, t in zip(PROMPTS, TARGETS, strict=True)]
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = list(csv.DictReader((out / "tables" / "intervene.csv").open()))
+    assert [float(row["p_suppress"]) for row in rows] == pytest.approx(by_hand, rel=1e-5)
