@@ -99,10 +99,12 @@ class FactEditingOptions(PaperOptions):
 
 
 ICL_DATASETS = {"sst2": 2, "agnews": 4}  # data set -> number of classes
+ICL_DATA_HELP = "The data folder holding icl/sst2_872.tsv and icl/agnews_test_7600.tsv: ../shared/data of a checkout."
 
 
 @dataclass(kw_only=True)
 class ICLOptions(PaperOptions, DataOptions):
+    data: Path | None = opt(None, ICL_DATA_HELP)
     dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
                        choices=tuple(ICL_DATASETS))
     shots: int = opt(4, "Demonstrations per prompt (balanced over the classes).", minimum=2)
@@ -141,6 +143,7 @@ ICL_ORDERS = ("random", "sorted", "reverse_sorted", "majority_last", "majority_f
 
 @dataclass(kw_only=True)
 class ICLPromptsOptions(DataOptions):
+    data: Path | None = opt(None, ICL_DATA_HELP)
     dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
                        choices=tuple(ICL_DATASETS))
     shots: int = opt(4, "Demonstrations per prompt (balanced over the classes unless --counts).", minimum=1)
