@@ -95,6 +95,12 @@ _WORKFLOWS = (
       example="neuronscope icl-prompts --data ../shared/data --n 32 --out icl.jsonl\n"
               "neuronscope icl-prompts --data ../shared/data --counts 3,1 --order majority_last --out majority.jsonl\n"
               "neuronscope locate -m ./smollm2 --prompts icl.jsonl --out runs/icl-neurons"),
+    W("icl-bias", "neuronscope.workflows.papers.icl_bias:icl_bias", papers.ICLBiasOptions,
+      "Majority-label and recency bias of k-shot prompts before / after re-weighting chosen heads' attention to "
+      "the label positions, vs random heads.", paper="Yu & Ananiadou 2024 (EMNLP)", default_model=SMOLLM2,
+      example="neuronscope icl-bias --heads-from runs/icl --data ../shared/data --out runs/icl-bias\n"
+              "neuronscope icl-bias -m ./smollm2 --heads 22.7,24.7,23.2 --data ../shared/data --dataset agnews "
+              "--out runs/bias-agnews"),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,

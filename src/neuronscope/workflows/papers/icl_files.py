@@ -47,10 +47,16 @@ def write_icl_files(state: Any, by_lpi: Any, by_ablation: Any) -> None:
     write_table(run, "tables/merge.csv", [{"layer": layer, **{name: merge[name][layer] for name in merge
                                                               if isinstance(merge[name], list)}}
                                           for layer in range(len(merge["own_text_share"]))])
-    from neuronscope.report.icl_plots import bias_attention_figure, bias_bars_figure, merge_lines_figure
+    from neuronscope.report.icl_plots import merge_lines_figure
 
     write_png(run, f"{MERGE}/merge_by_layer.png", merge_lines_figure(shares))
-    results = metrics["bias"]
+    write_bias_files(run, metrics["bias"])
+
+
+def write_bias_files(run: Any, results: dict[str, Any]) -> None:
+    """``tables/bias.csv`` and the two bias figures of ``plots/5_bias/`` from ``{kind: ICLBias.as_dict()}``."""
+    from neuronscope.report.icl_plots import bias_attention_figure, bias_bars_figure
+
     rows = []
     for kind, result in results.items():
         conditions = [("before", result["before"]), ("mitigated", result["mitigated"])]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuronscope.workflows.options import ModelOptions, Options, missing, opt
+from neuronscope.workflows.options import ModelOptions, Options, missing, opt, parse_heads
 from neuronscope.workflows.specs.edits import OutputFolderOptions
 
 IG_OR_CONTRIBUTION = ("integrated_gradients", "contribution", "gradient_x_activation", "log_probability_increase")
@@ -169,4 +169,37 @@ class ICLPromptsOptions(DataOptions):
             problems.append("--counts adds up to 0 demonstrations; give at least one")
         if self.out is not None and self.out.suffix != ".jsonl":
             problems.append(f"--out {self.out}: name a .jsonl file (one prompt per line)")
+        return problems
+
+
+@dataclass(kw_only=True)
+class ICLBiasOptions(PaperOptions, DataOptions):
+    data: Path | None = opt(None, ICL_DATA_HELP)
+    heads: str | None = opt(None, "The heads re-weighted, as layer.head pairs, e.g. '22.7,24.7'.")
+    heads_from: Path | None = opt(None, "A 'recipe icl' results folder: re-weight its top heads (--top-heads, "
+                                        "--head-ranking); its model and label kind unless given.")
+    top_heads: int = opt(6, "With --heads-from: how many of its top heads.", minimum=1)
+    head_ranking: str = opt("lpi", "With --heads-from: the ranking, lpi or ablation.", choices=("lpi", "ablation"))
+    dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
+                       choices=tuple(ICL_DATASETS))
+    shots: int = opt(4, "Demonstrations per prompt.", minimum=3)
+    label_kind: str | None = opt(None, "Label words: natural or unrelated (default: the --heads-from run's, else "
+                                       "natural).", choices=("natural", "unrelated"))
+    n_bias: int = opt(40, "Queries per bias experiment (each seen once with each class favoured).", minimum=1)
+    n_calibration: int = opt(32, "Balanced prompts whose attention gives the recency prior of each head.",
+                             minimum=1)
+    draws: int = opt(5, "Random head sets re-weighted the same way (never the chosen heads).", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "data")
+        if bool(self.heads) == bool(self.heads_from):
+            problems.append("give the heads either as --heads layer.head,... or with --heads-from RUN_DIR (a "
+                            "'recipe icl' folder)")
+        elif self.heads:
+            try:
+                parse_heads(self.heads)
+            except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+                problems.append(str(error))
+        if self.shots < ICL_DATASETS.get(self.dataset, 2):
+            problems.append(f"--shots {self.shots}: {self.dataset} needs at least one demonstration per class")
         return problems
