@@ -92,7 +92,8 @@ def test_intervene_heads_and_random_heads_equal_hooks_on_o_proj(tiny_llama, tmp_
         want = [sum(values) / len(values) for values in per_draw]
         assert result.metrics[f"random_{mode}"]["pcr_per_draw"] == pytest.approx(want, abs=1e-5)
         assert result.metrics[f"random_{mode}"]["pcr_mean"] == pytest.approx(sum(want) / 2, abs=1e-5)
-    assert (out / "report.html").is_file()
+    assert (out / "plots" / "pcr.png").stat().st_size > 1000  # mean PCR per condition, in the report
+    assert 'alt="pcr"' in (out / "report.html").read_text()
 
 
 def test_intervene_heads_from_a_recipe_icl_folder(tmp_path) -> None:

@@ -36,6 +36,7 @@ from neuronscope.workflows.common import (
     prompt_scorer,
     run_prompts,
     with_model_of,
+    write_png,
 )
 from neuronscope.workflows.head_interventions import fit_heads, read_icl_run
 from neuronscope.workflows.options import parse_heads
@@ -178,4 +179,14 @@ def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict
     columns = ["id", "prompt", "target", "token_id", "p_before"] + [f"{k}_{m}" for m in modes for k in ("p", "pcr")]
     results.write_csv("tables/intervene.csv", table, columns)
     results.write_json("metrics.json", metrics)
+    from neuronscope.report.plots import bar_chart_figure
+
+    write_png(results, "plots/pcr.png", bar_chart_figure(
+        modes, [mean_pcr(metrics[mode]) for mode in modes], title=f"Mean PCR over {metrics['prompts']} prompts",
+        xlabel="condition", ylabel="mean PCR (random_*: mean over the draws)"))
     build_report(results.path)
+
+
+def mean_pcr(summary: dict[str, Any]) -> float:
+    """The mean PCR of a condition's metrics (``pcr.mean``, or ``pcr_mean`` over random draws)."""
+    return float(summary["pcr"]["mean"] if "pcr" in summary else summary["pcr_mean"])
