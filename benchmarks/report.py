@@ -149,17 +149,21 @@ def peers(table: dict[str, Any]) -> list[str]:
 
 
 def moe(table: dict[str, Any]) -> list[str]:
-    lines = [f"### Mixture of experts: every expert neuron's contribution ({table.get('dtype', '?')})", "",
-             "| shape | layers × tokens | neurons per target | experts path | forward | capture | contribution | "
-             "contribution / forward (goal ≤ 1.3×) | peak / weights |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, entry in table.items():
-        if not isinstance(entry, dict) or "forward" not in entry:
+    lines = [f"### Mixture of experts: contribution of every expert neuron ({table.get('dtype', '?')}; "
+             "`moe.json`)", "",
+             "| model shape (layers) | tokens / targets | neurons per target | forward | capture | contribution | "
+             "ratio (goal ≤ 1.3×) | peak / weights (goal ≤ 1.15) | experts path |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in table.items():
+        if not isinstance(row, dict) or "contribution" not in row:
             continue
-        ratio = entry["contribution_over_forward"]
-        lines.append(f"| {name} | {entry['layers']} × {entry['tokens']} | {entry['n_neurons_scored_per_target']:,} | "
-                     f"{entry['experts_implementation']} | {_s(entry['forward']['seconds'])} | "
-                     f"{_s(entry['capture']['seconds'])} | {_s(entry['contribution']['seconds'])} | "
-                     f"{_x(ratio)} ({_met(ratio <= 1.3)}) | {entry['contribution']['peak_over_weights']:.3f}× |")
+        ratio, peak = row["contribution_over_forward"], row["contribution"].get("peak_over_weights")
+        lines.append(f"| {name} ({row['layers']}) | {row['tokens']} / {row['targets']} | "
+                     f"{row['n_neurons_scored_per_target']:,} | {_s(row['forward']['seconds'])} | "
+                     f"{_s(row['capture']['seconds'])} | {_s(row['contribution']['seconds'])} | {_x(ratio)} "
+                     f"({_met(ratio <= 1.3)}) | {_x(peak, 3) if peak else '—'} "
+                     f"({_met(None if peak is None else peak <= 1.15)}) | {row['experts_implementation']}, "
+                     f"{row['activations']} |")
     return lines
 
 

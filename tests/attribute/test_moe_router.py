@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from helpers.tiny_moe import random_ids, tiny_moe_model
-from neuronscope.attribute.moe_router import RouterStatistics, routing_statistics
+from neuronscope.attribute.moe_router import RouterStatistics, merge_router_statistics, routing_statistics
 from neuronscope.explain.top_tokens import top_tokens
 from neuronscope.inputs import Batch
 from neuronscope.models import get_adapter
@@ -49,3 +49,16 @@ def test_top_tokens_of_expert_neurons():
     for r, vector in enumerate(hand):
         assert tokens.token_ids[r].tolist() == (unembed @ vector.detach()).topk(3).indices.tolist()
     assert tokens.rows()[0]["expert"] == 2 and tokens.rows()[2]["expert"] == -1
+
+
+def test_merged_batches_equal_one_batch():
+    model = tiny_moe_model("mixtral")
+    inputs = random_ids(3, 6, left_pad=(0, 2, 1))
+    inputs["position_ids"] = (inputs["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    batch = Batch(inputs, ["?"] * 3, inputs["attention_mask"].sum(-1))
+    whole = routing_statistics(model, batch, positions="all")
+    merged = merge_router_statistics([routing_statistics(model, batch.select([0, 2]), positions="all"),
+                                      routing_statistics(model, batch.select([1]), positions="all")])
+    assert merged.n_tokens == whole.n_tokens == 15 and torch.equal(merged.counts, whole.counts)
+    for name in ("fraction", "mean_weight", "mean_score"):
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name))

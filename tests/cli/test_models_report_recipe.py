@@ -11,6 +11,7 @@ from cli_helpers import assert_user_error
 import neuronscope.workflows.papers.arithmetic as arithmetic_module
 from neuronscope.attribute import list_methods
 from neuronscope.models import TEXT_SPECS, VISION_FAMILIES, supported_families
+from neuronscope.models.moe import MOE_FAMILIES, MOE_VISION_FAMILIES
 from neuronscope.workflows.registry import list_workflows
 
 COMMANDS = [workflow.name.split(" ") for workflow in list_workflows()]
@@ -33,6 +34,12 @@ def test_models_lists_every_family_and_method(cli) -> None:
     data = json.loads(cli("models", "--json").output)
     assert [f["name"] for f in data["text_families"]] == [spec.name for spec in TEXT_SPECS]
     assert [f["name"] for f in data["vision_families"]] == [family.name for family in VISION_FAMILIES]
+    assert [f["name"] for f in data["moe_families"]] == [family.name for family in MOE_FAMILIES]
+    assert [f["name"] for f in data["moe_vision_families"]] == [family.name for family in MOE_VISION_FAMILIES]
+    moe = {"mixtral", "qwen2_moe", "qwen3_moe", "qwen3_5_moe", "olmoe", "deepseek_v2", "deepseek_v3", "glm4_moe",
+           "gpt_oss", "granitemoe", "phimoe", "llama4_text", "qwen3_vl_moe"}
+    assert moe <= set(supported_families()) and moe <= {f["name"] for f in data["moe_families"]} | {"qwen3_vl_moe"}
+    assert next(f for f in data["moe_families"] if f["name"] == "deepseek_v3")["shared_experts"] is True
     assert [m["name"] for m in data["methods"]] == [info.name for info in list_methods()]
     blip = next(f for f in data["vision_families"] if f["name"] == "instructblip")
     assert blip["spatial_map"] is False

@@ -72,3 +72,20 @@ def test_summarise_draws_by_hand():
     assert summary.std == pytest.approx(math.sqrt((4 + 1 + 0 + 9) / 3))
     with pytest.raises(InputError, match="one value per draw"):
         summarise_draws(torch.zeros(2, 2))
+
+
+def test_random_sets_like_follows_the_rows_kind():
+    from neuronscope.measure.baselines import random_sets_like
+    from neuronscope.results.neuron_layout import NeuronLayout
+
+    dense = torch.tensor([[0, 1], [2, 3], [2, 4]])
+    same = random_sets_like(dense, d_ff=16, n_draws=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(same, random_neurons_like(dense, 16, n_draws=2, seed=0))  # the dense rule, unchanged
+    layout = NeuronLayout.from_units([(0, -1, 8), (1, 0, 6), (1, 1, 6)])
+    experts = random_sets_like(torch.tensor([[1, 1, 2], [1, 1, 4]]), layout=layout, n_draws=5, exclude_given=True)
+    assert experts.shape == (5, 2, 3) and (experts[:, :, :2] == torch.tensor([1, 1])).all()
+    assert not bool(((experts[:, :, 2] == 2) | (experts[:, :, 2] == 4)).any())
+    with pytest.raises(InputError, match="layout"):
+        random_sets_like(torch.tensor([[1, 1, 2]]), d_ff=16)
+    with pytest.raises(InputError, match="d_ff"):
+        random_sets_like(dense, layout=layout)

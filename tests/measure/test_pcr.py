@@ -89,3 +89,43 @@ def test_joined_scorer_keeps_the_order_of_the_rows():
     torch.testing.assert_close(joined.probabilities([3, 0, 2]), whole.probabilities([3, 0, 2]))
     torch.testing.assert_close(joined.base_probabilities(), whole.base_probabilities())
     assert target_probability(torch.zeros(1, 4), torch.tensor([2])).item() == 0.25
+
+
+def test_random_expert_sets_keep_the_layer_x_expert_counts():
+    """MoE rows (a dense layer, routed and shared experts of DeepSeek-V3): every random draw has as many neurons in
+    each (layer, expert) unit as the located set (``match="layer"``: in each layer), none located or excluded."""
+    from helpers.tiny_moe import random_ids, tiny_moe_model
+    from neuronscope.models import get_adapter
+
+    model = tiny_moe_model("deepseek_v3")
+    layout = get_adapter(model).moe.layout
+    inputs = random_ids(batch=2, length=5)
+    batch = Batch(inputs, ["?"] * 2, inputs["attention_mask"].sum(-1))
+    scorer = ForwardScorer(model, batch, token_targets(batch, [3, 4]))
+    neurons = torch.tensor([[0, -1, 3], [1, 2, 5], [1, 2, 7], [1, 8, 0]])  # dense layer 0; expert 8 is shared
+    exclude = torch.tensor([[1, 2, 6], [0, -1, 4]])
+    drawn, original = [], scorer.probabilities
+
+    def spy(rows=None, interventions=()):
+        if interventions:
+            drawn.append([(item.layer, getattr(item, "expert", -1), tuple(item.neurons.tolist()))
+                          for item in interventions])
+        return original(rows, interventions)
+
+    scorer.probabilities = spy
+    for match in ("unit", "layer"):
+        drawn.clear()
+        report = pcr_against_random(scorer, [NeuronGroup(neurons, own=[0, 1])], factor=0.0, n_random=4, seed=3,
+                                    exclude=exclude, layout=layout, match=match)
+        assert report.baseline == ("unit" if match == "unit" else "moe-layer")
+        assert [(layer, expert, set(index)) for layer, expert, index in drawn[0]] == \
+            [(0, -1, {3}), (1, 2, {5, 7}), (1, 8, {0})]  # the located set itself, first
+        assert len(drawn) == 5 and len(report.values["random_own"]) == 8
+        for draw in drawn[1:]:
+            picked = [(layer, expert, i) for layer, expert, index in draw for i in index]
+            assert not set(picked) & {tuple(row) for row in torch.cat([neurons, exclude]).tolist()}
+            assert all(0 <= i < layout.width(layer, expert) for layer, expert, i in picked)
+            if match == "unit":
+                assert sorted((layer, expert) for layer, expert, _ in picked) == [(0, -1), (1, 2), (1, 2), (1, 8)]
+            else:
+                assert sorted(layer for layer, _, _ in picked) == [0, 1, 1, 1]

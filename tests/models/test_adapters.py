@@ -67,5 +67,6 @@ def test_generic_fallback_adapts_an_unknown_llama_like_family():
 
 def test_supported_families_listed():
     names = supported_families()
-    for name in ("llama", "gpt2", "gpt_neox", "phi3", "olmo2", "gemma2", "llava", "qwen2_vl", "instructblip"):
+    for name in ("llama", "gpt2", "gpt_neox", "phi3", "olmo2", "gemma2", "llava", "qwen2_vl", "instructblip",
+                 "mixtral", "qwen3_moe", "deepseek_v3", "gpt_oss", "llama4_text", "qwen3_vl_moe"):
         assert name in names

@@ -109,3 +109,23 @@ def test_every_workflow_has_an_options_dataclass_and_a_function_that_takes_it() 
         assert parameters[0] == "options" and "loaded" in parameters, workflow.name
         for spec in dataclasses.fields(workflow.options):
             assert spec.metadata.get("help"), (workflow.name, spec.name)
+
+
+def test_parse_expert_neurons_and_expert_lists() -> None:
+    from neuronscope.workflows.options import parse_expert_lists
+    from neuronscope.workflows.specs.text import InterveneOptions
+
+    assert parse_neurons("1:5:26, 0:-1:3") == [(1, 5, 26), (0, -1, 3)]
+    with pytest.raises(InputError, match="not both"):
+        parse_neurons("1:5:26,3:17")
+    assert parse_expert_lists(["1:5", "0:2, 3"], "--drop-expert") == [(1, [5]), (0, [2, 3])]
+    with pytest.raises(InputError, match="'1:'"):
+        parse_expert_lists(["1:"], "--drop-expert")
+    assert InterveneOptions(drop_expert=["1:5"], prompt=["a"], mode="reroute").neurons is None  # no neurons needed
+    with pytest.raises(InputError) as error:
+        InterveneOptions(neurons="1:2:3", drop_expert=["1:5"], prompt=["a"])
+    assert "not both" in str(error.value)
+    with pytest.raises(InputError, match="--mode zero"):
+        InterveneOptions(neurons="1:2:3", prompt=["a"], mode="zero")
+    with pytest.raises(InputError, match="no neurons given"):
+        InterveneOptions(prompt=["a"])

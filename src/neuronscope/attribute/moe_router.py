@@ -94,6 +94,26 @@ class RouterStatistics:
         return cls(data["layers"], data["n_tokens"], meta=data.get("meta", {}), **tensors)
 
 
+def merge_router_statistics(parts: list[RouterStatistics]) -> RouterStatistics:
+    """Pure: the statistics of the union of the token sets of ``parts`` (the same layers; e.g. batches of one
+    corpus): counts add, shares over the total tokens, mean weights weighted by counts, mean scores by tokens.
+
+    Example:
+        >>> merged = merge_router_statistics([stats_of_batch_1, stats_of_batch_2])      # doctest: +SKIP
+    """
+    if not parts:
+        raise NeuronscopeError("no router statistics to merge")
+    if any(part.layers != parts[0].layers for part in parts):
+        raise NeuronscopeError("router statistics of different layers cannot be merged")
+    counts = sum(part.counts for part in parts)
+    n_tokens = sum(part.n_tokens for part in parts)
+    weight_sums = sum(part.mean_weight * part.counts for part in parts)
+    score_sums = sum(part.mean_score * part.n_tokens for part in parts)
+    return RouterStatistics(list(parts[0].layers), n_tokens, counts, counts / max(n_tokens, 1),
+                            torch.where(counts > 0, weight_sums / counts.clamp(min=1), torch.zeros_like(counts)),
+                            score_sums / max(n_tokens, 1), dict(parts[0].meta))
+
+
 @torch.no_grad()
 def routing_statistics(model: nn.Module, batch: Batch, positions: PositionSpec = "all",
                        layers: list[int] | None = None) -> RouterStatistics:

@@ -1,4 +1,5 @@
-"""Random-neuron baselines: sets of the same size and layer distribution as a located set.
+"""Random-neuron baselines: sets of the same size and layer distribution as a located set (mixture-of-experts
+models: the same layer × expert distribution, :func:`random_sets_like`).
 
 A located set of neurons is only meaningful if intervening on it does more than intervening on random
 neurons drawn the same way. Both Pan et al. 2024 (causal effect against random neurons) and Chen, Dejl &
@@ -16,8 +17,9 @@ from torch import Tensor
 from neuronscope.aggregate.neurons import check_neurons, neurons_to_flat
 from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.measure.metrics import Summary, summarise
+from neuronscope.results.neuron_layout import NeuronLayout
 
-__all__ = ["random_neurons_like", "summarise_draws"]
+__all__ = ["random_neurons_like", "random_sets_like", "summarise_draws"]
 
 
 def random_neurons_like(
@@ -97,6 +99,51 @@ def random_neurons_like(
         layers = torch.full_like(picked, layer)
         blocks.append(torch.stack((layers, picked), dim=-1))
     return torch.cat(blocks, dim=1)
+
+
+def random_sets_like(
+    neurons: Tensor,
+    *,
+    d_ff: int | None = None,
+    n_layers: int | None = None,
+    layout: NeuronLayout | None = None,
+    match: str = "unit",
+    n_draws: int = 1,
+    generator: torch.Generator | None = None,
+    exclude: Tensor | None = None,
+    exclude_given: bool = False,
+) -> Tensor:
+    """Random sets distributed like ``neurons``, the one baseline rule for dense and mixture-of-experts models.
+
+    ``[n, 2]`` (layer, index) rows: :func:`random_neurons_like` (the same count in each layer, from ``d_ff``
+    indices). ``[n, 3]`` (layer, expert, index) rows:
+    :func:`~neuronscope.aggregate.expert_sampling.random_expert_neurons_like` over ``layout``
+    (``get_adapter(model).moe.layout``) with ``match="unit"`` (the same count in each (layer, expert): the random
+    neurons sit in the same experts, so routing is matched) or ``"layer"``.
+
+    Returns:
+        ``[n_draws, n, 2]`` or ``[n_draws, n, 3]``.
+
+    Example:
+        >>> layout = NeuronLayout.from_units([(0, -1, 8), (1, 0, 6), (1, 1, 6)])
+        >>> draws = random_sets_like(torch.tensor([[1, 1, 2], [1, 1, 4], [0, -1, 3]]), layout=layout, n_draws=3,
+        ...                          exclude_given=True)
+        >>> draws.shape, sorted(map(tuple, draws[0, :, :2].tolist()))
+        (torch.Size([3, 3, 3]), [(0, -1), (1, 1), (1, 1)])
+    """
+    neurons = torch.as_tensor(neurons).long()
+    if neurons.dim() == 2 and neurons.shape[1] == 3:
+        if layout is None:
+            raise InputError("(layer, expert, index) neurons need the model's layout for their random baseline: "
+                             "pass layout=get_adapter(model).moe.layout")
+        from neuronscope.aggregate.expert_sampling import random_expert_neurons_like
+
+        return random_expert_neurons_like(neurons, layout, match=match, n_draws=n_draws, generator=generator,
+                                          exclude=exclude, exclude_given=exclude_given)
+    if d_ff is None:
+        raise InputError("(layer, index) neurons need d_ff (the FFN width) for their random baseline")
+    return random_neurons_like(neurons, d_ff, n_draws=n_draws, generator=generator, exclude=exclude,
+                               exclude_given=exclude_given, n_layers=n_layers)
 
 
 def summarise_draws(values: Tensor | Sequence[float]) -> Summary:

@@ -5,7 +5,9 @@ are scaled by ``factor`` (0 suppresses, 2 boosts), measured through a pluggable 
 (full forwards, or the prefix-cache scorer for last-position interventions) on the prompts the set was located
 on ("own") and on prompts it should not affect ("unrelated"), and the same for ``n_random`` random sets per
 group: in each layer as many neurons as the group has there, drawn from the layer's other neurons (the group's
-own and ``exclude`` never drawn). One generator, seeded once, draws every group's sets in order.
+own and ``exclude`` never drawn); for the ``(layer, expert, index)`` neurons of a mixture-of-experts model, in
+each (layer, expert) unit as many as the group has there (``layout``). One generator, seeded once, draws every
+group's sets in order.
 
 A group without neurons is skipped (listed in ``skipped_groups``, measured nowhere): a zero would pull the mean
 towards "no effect" without anything having been tested.
@@ -24,10 +26,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from neuronscope.measure.baselines import random_neurons_like
+from neuronscope.measure.baselines import random_sets_like
 from neuronscope.measure.metrics import probability_change_ratio, summarise
 from neuronscope.measure.probability import Scorer
 from neuronscope.results.base import JsonResult
+from neuronscope.results.neuron_layout import NeuronLayout
 from neuronscope.trace import PositionSpec, scale_neurons
 
 KINDS = ("own", "unrelated", "random_own", "random_unrelated")
@@ -35,7 +38,8 @@ KINDS = ("own", "unrelated", "random_own", "random_unrelated")
 
 @dataclass
 class NeuronGroup:
-    """A neuron set ``[n, 2]`` with the rows it was located on (``own``) and rows it should not affect."""
+    """A neuron set ``[n, 2]`` (mixture-of-experts models: ``[n, 3]`` (layer, expert, index)) with the rows it was
+    located on (``own``) and rows it should not affect."""
 
     neurons: torch.Tensor
     own: Sequence[int]
@@ -50,6 +54,8 @@ class PCRReport(JsonResult):
 
     Attributes:
         factor, positions, n_random, seed: how it was measured.
+        baseline: how random sets were drawn: ``"layer"`` (the same count per layer), ``"unit"`` / ``"moe-layer"``
+            (expert neurons: the same count per (layer, expert) / per layer).
         own, unrelated, random_own, random_unrelated: :func:`~.metrics.summarise` dicts, None where nothing
             was measured.
         per_group: ``{"name", "n_neurons", "own", "unrelated", "random_own", "random_unrelated"}`` means.
@@ -63,6 +69,7 @@ class PCRReport(JsonResult):
     positions: str = "last"
     n_random: int = 0
     seed: int = 0
+    baseline: str = "layer"
     own: dict[str, Any] | None = None
     unrelated: dict[str, Any] | None = None
     random_own: dict[str, Any] | None = None
@@ -93,21 +100,27 @@ def pcr_against_random(
     groups: Sequence[NeuronGroup],
     *,
     factor: float,
-    d_ff: int,
+    d_ff: int | None = None,
     n_layers: int | None = None,
     positions: PositionSpec = "last",
     site: str = "neuron",
     n_random: int = 5,
     seed: int = 0,
     exclude: torch.Tensor | None = None,
+    layout: NeuronLayout | None = None,
+    match: str = "unit",
 ) -> PCRReport:
-    """PCR of each group's neurons (scaled by ``factor``) on its own and unrelated rows, vs random same-layer sets.
+    """PCR of each group's neurons (scaled by ``factor``) on its own and unrelated rows, vs random same-layer sets
+    (expert neurons: random sets of the same (layer, expert) units, see
+    :func:`~neuronscope.measure.baselines.random_sets_like`).
 
     Args:
         scorer: the prompts, their targets and how a probability is measured.
         groups: neuron sets with their rows.
         factor: the scale (0 suppresses, 2 boosts).
-        d_ff, n_layers: the neuron grid (random sets are drawn from it).
+        d_ff, n_layers: the neuron grid of a dense model (random sets are drawn from it).
+        layout, match: mixture-of-experts models (``[n, 3]`` groups): the model's neuron layout
+            (``get_adapter(model).moe.layout``) and ``"unit"`` (default) or ``"layer"``.
         positions: where the neurons are scaled (the prefix-cache scorer acts at the last position only).
         site: the neuron site.
         n_random: random sets per group.
@@ -116,7 +129,9 @@ def pcr_against_random(
     """
     base = scorer.base_probabilities()
     generator = torch.Generator().manual_seed(seed)
-    report = PCRReport(factor=float(factor), positions=str(positions), n_random=n_random, seed=seed)
+    width = 3 if layout is not None else 2
+    report = PCRReport(factor=float(factor), positions=str(positions), n_random=n_random, seed=seed,
+                       baseline=("moe-layer" if match == "layer" else "unit") if width == 3 else "layer")
     values: dict[str, list[float]] = {kind: [] for kind in KINDS}
 
     def measure(neurons: torch.Tensor, rows: list[int]) -> list[float]:
@@ -126,7 +141,7 @@ def pcr_against_random(
         return probability_change_ratio(base[rows], after).tolist()
 
     for group in groups:
-        neurons = torch.as_tensor(group.neurons, dtype=torch.long).reshape(-1, 2)
+        neurons = torch.as_tensor(group.neurons, dtype=torch.long).reshape(-1, width)
         own, unrelated = list(group.own), list(group.unrelated)
         if len(neurons) == 0:
             report.skipped_groups.append(group.name)
@@ -136,9 +151,9 @@ def pcr_against_random(
             measured = measure(neurons, rows)
             values[kind] += measured
             row[kind] = sum(measured) / len(measured) if measured else None
-        excluded = neurons if exclude is None else torch.cat([neurons, exclude.long().reshape(-1, 2)])
-        draws = random_neurons_like(neurons, d_ff, n_draws=n_random, generator=generator, exclude=excluded,
-                                    n_layers=n_layers)
+        excluded = neurons if exclude is None else torch.cat([neurons, exclude.long().reshape(-1, width)])
+        draws = random_sets_like(neurons, d_ff=d_ff, n_layers=n_layers, layout=layout, match=match,
+                                 n_draws=n_random, generator=generator, exclude=excluded)
         for kind, rows in (("own", own), ("unrelated", unrelated)):
             measured = [value for draw in draws for value in measure(draw, rows)]
             values[f"random_{kind}"] += measured

@@ -102,8 +102,11 @@ def _in_out(module: nn.Module, conv1d: bool) -> tuple[int, int]:
 
 
 def supported_families() -> list[str]:
-    """Names of the text families and vision-language wrappers with an adapter."""
-    return [spec.name for spec in TEXT_SPECS] + [vf.name for vf in VISION_FAMILIES]
+    """Names of the text families, vision-language wrappers and mixture-of-experts families with an adapter."""
+    from neuronscope.models.moe import MOE_FAMILIES
+
+    return ([spec.name for spec in TEXT_SPECS] + [vf.name for vf in VISION_FAMILIES]
+            + [family.name for family in MOE_FAMILIES] + [vf.name for vf in MOE_VISION_FAMILIES])
 
 
 def _unsupported(model_type: str, why: str) -> UnsupportedModelError:

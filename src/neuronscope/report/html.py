@@ -13,11 +13,12 @@ folder):
 | `config.json` | "How this run was made": the options (nested keys flattened as `a.b`) |
 | `meta.json` | same section: versions, time, host, command line, resumes |
 | `metrics.json` | "Metrics": scalars in one table; `{row: {column: value}}` mappings and lists of flat objects as 2-D tables; any `skipped_inputs` lists go to "Skipped inputs" |
-| `neurons.csv` | "Top neurons": the first `max_rows` rows; a column "top tokens" is added from `top_tokens.json` |
+| `neurons.csv` | "Top neurons": the first `max_rows` rows; a column "top tokens" is added from `top_tokens.json` (keys `layer:index`, or `layer:expert:neuron` when the table has an `expert` column) |
 | `top_tokens.json` | `{"<layer>:<index>": tokens}` or `[{"layer", "index", "tokens"}]`; tokens are strings, `[token, score]` pairs or `{"token", "score"}` objects |
 | `captions.json` | "Captions before / after": `[{"id"?, "image"?, "before", "after", ...}]`; changed words of "after" highlighted; "image" (a path inside the run folder) shown as a thumbnail |
 | `tables/*.csv` | "Tables": each CSV, first `max_rows` rows |
 | `plots/*.png` | "Plots" |
+| `plots/<topic>/*.png` | one section per sub-folder, in name order, titled by its name without a leading number (`plots/3_two_towers/` -> "Two towers") |
 | `heatmaps/*.png` | "Heatmaps" |
 | `*.png` (top level) | "Figures" |
 | `skipped.json` | "Skipped inputs": `[{"source", "record", "image"?, "reason"}]` (e.g. `ImageDataset.summary()["skipped_inputs"]`) |
@@ -34,6 +35,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,7 @@ def build_report(
         *vision,
         _tables_section(run, max_rows, shown),
         _figures_section(run, "plots", "Plots", [p for p in sorted((run / "plots").glob("*.png")) if p not in shown]),
+        *_topic_sections(run),
         _figures_section(run, "heatmaps", "Heatmaps",
                          [p for p in sorted((run / "heatmaps").glob("*.png")) if p not in shown]),
         _figures_section(run, "figures", "Figures",
@@ -192,10 +195,12 @@ def _neurons_section(run: Path, max_rows: int) -> Section | None:
     if neurons_file.is_file():
         columns, raw_rows, total = _read_csv(neurons_file, max_rows)
         rows = [[_cell(_number(value)) for value in row] for row in raw_rows]
-        if tokens and "layer" in columns and "index" in columns:
-            layer, index = columns.index("layer"), columns.index("index")
+        key_columns = ["layer", "expert", "neuron"] if {"layer", "expert", "neuron"} <= set(columns) else \
+            ["layer", "index"]  # mixture-of-experts neurons are keyed "layer:expert:index"
+        if tokens and set(key_columns) <= set(columns):
+            places = [columns.index(name) for name in key_columns]
             columns = [*columns, "top tokens"]
-            rows = [[*row, tokens.get(f"{raw[layer].strip()}:{raw[index].strip()}", "")]
+            rows = [[*row, tokens.get(":".join(raw[place].strip() for place in places), "")]
                     for row, raw in zip(rows, raw_rows, strict=True)]
         section.tables.append(Table("neurons.csv", columns, rows, _left_out(total, len(rows))))
     elif tokens:
@@ -266,6 +271,13 @@ def _figures_section(run: Path, section_id: str, title: str, files: list[Path]) 
         else:
             section.figures.append(EmbeddedImage(_label(path.stem), _data_uri(path.read_bytes(), "image/png")))
     return section
+
+
+def _topic_sections(run: Path) -> list[Section | None]:
+    """One figure section per sub-folder of ``plots/`` (e.g. a reproduction's topics), in name order."""
+    folders = sorted(path for path in (run / "plots").glob("*") if path.is_dir()) if (run / "plots").is_dir() else []
+    return [_figures_section(run, f"plots-{folder.name}", _label(re.sub(r"^\d+_", "", folder.name)).capitalize(),
+                             sorted(folder.glob("*.png"))) for folder in folders]
 
 
 def _skipped_section(run: Path, metrics: Any, max_rows: int) -> Section | None:

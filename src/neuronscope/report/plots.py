@@ -150,3 +150,39 @@ def bar_chart_figure(
     zero_line(0, color="#888888", linewidth=0.8)
     _style(axes)
     return figure
+
+
+def heatmap_figure(
+    values: torch.Tensor | np.ndarray | Sequence[Sequence[float]],
+    row_labels: Sequence[Any],
+    column_labels: Sequence[Any],
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    colour_label: str = "",
+) -> Figure:
+    """A heat map of a ``[rows, columns]`` matrix (e.g. the share of tokens routed to each expert of each layer),
+    with the values written in the cells when there are few of them.
+
+    Example:
+        >>> heatmap_figure([[0.5, 0.25], [0.0, 1.0]], [0, 1], ["e0", "e1"], xlabel="expert").axes[0].get_xlabel()
+        'expert'
+    """
+    matrix = values.detach().cpu().double().numpy() if isinstance(values, torch.Tensor) else \
+        np.asarray(values, dtype=np.float64)
+    width = min(12.0, max(_SIZE[0], 0.45 * matrix.shape[1] + 2))
+    figure = _figure((width, max(_SIZE[1], 0.35 * matrix.shape[0] + 1.5)))
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, aspect="auto", cmap="viridis", interpolation="nearest")
+    axes.set_xticks(range(len(column_labels)), [str(label) for label in column_labels])
+    axes.set_yticks(range(len(row_labels)), [str(label) for label in row_labels])
+    if matrix.size <= 400:
+        for (row, column), value in np.ndenumerate(matrix):
+            axes.text(column, row, f"{value:.2g}", ha="center", va="center", fontsize=7,
+                      color="white" if value < (np.nanmax(matrix) + np.nanmin(matrix)) / 2 else "black")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    figure.colorbar(image, ax=axes, shrink=0.8, label=colour_label)
+    _style(axes)
+    return figure

@@ -15,6 +15,7 @@ from neuronscope.trace.intervene import (
     amplify,
     intervene,
     patch_neurons,
+    scale_heads,
     scale_neurons,
     set_neurons,
     suppress,
@@ -26,6 +27,6 @@ __all__ = [
     "CallState", "Capture", "ExpertCapture", "ExpertIntervention", "HookSet", "Intervention", "MoEActivations",
     "RoutingIntervention", "capture_experts", "drop_expert", "force_routing", "NEURON_SITES", "PositionSpec",
     "SITES", "SiteHandle",
-    "ablate_heads", "amplify", "capture", "intervene", "patch_neurons", "resolve_site", "scale_neurons",
+    "ablate_heads", "amplify", "capture", "intervene", "patch_neurons", "resolve_site", "scale_heads", "scale_neurons",
     "set_neurons", "suppress",
 ]

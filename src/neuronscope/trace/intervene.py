@@ -199,15 +199,23 @@ def patch_neurons(
     return out
 
 
-def ablate_heads(
-    model: nn.Module, heads: torch.Tensor | Sequence[tuple[int, int]], positions: PositionSpec = "all"
+def scale_heads(
+    model: nn.Module, heads: torch.Tensor | Sequence[tuple[int, int]], factor: float, positions: PositionSpec = "all"
 ) -> list[Intervention]:
-    """Zero attention heads ``[n, 2]`` (layer, head) at the attention output projection's input."""
+    """Multiply attention heads ``[n, 2]`` (layer, head) by ``factor`` at the attention output projection's input
+    (the head's slice of ``o_proj``'s input): 0 ablates, 2 doubles the head's write to the residual stream."""
     adapter = get_adapter(model)
     heads = torch.as_tensor(heads, dtype=torch.long).reshape(-1, 2)
     out = []
     for layer in heads[:, 0].unique().tolist():
         columns = [torch.arange(adapter.head_slice(int(h)).start, adapter.head_slice(int(h)).stop)
                    for h in heads[heads[:, 0] == layer, 1].tolist()]
-        out.append(Intervention("attn", layer, "scale", 0.0, torch.cat(columns), positions))
+        out.append(Intervention("attn", layer, "scale", factor, torch.cat(columns), positions))
     return out
+
+
+def ablate_heads(
+    model: nn.Module, heads: torch.Tensor | Sequence[tuple[int, int]], positions: PositionSpec = "all"
+) -> list[Intervention]:
+    """Zero attention heads ``[n, 2]`` (layer, head) at the attention output projection's input."""
+    return scale_heads(model, heads, 0.0, positions)

@@ -4,12 +4,13 @@
 | --- | --- |
 | ``models`` | :mod:`.catalogue` |
 | ``locate``, ``explain``, ``intervene``, ``evaluate``, ``report`` | :mod:`.locate`, :mod:`.explain`, :mod:`.intervene`, :mod:`.evaluate`, :mod:`.report` |
+| ``routing`` (mixture-of-experts models) | :mod:`.routing` |
 | ``edit make / apply / revert / export`` | :mod:`.edits` |
 | ``edit remove-word / replace-word / suppress`` | :mod:`.words` (on :mod:`.word_edits`, :mod:`.word_location`) |
 | ``recipe multimodal`` | :mod:`.multimodal` |
 | ``recipe patches``, ``recipe invariance`` | :mod:`.patches`, :mod:`.invariance` |
 | ``demo`` | :mod:`.demo` |
-| ``recipe qrnca / knowledge-neurons / lpi-facts / arithmetic / bias / fact-editing`` | :mod:`.papers` |
+| ``recipe qrnca / knowledge-neurons / lpi-facts / arithmetic / bias / fact-editing / icl`` | :mod:`.papers` |
 
 From Python: :func:`run` a workflow by name with its options as keywords (or build its options dataclass, from
 :mod:`.specs`, and pass a loaded model).

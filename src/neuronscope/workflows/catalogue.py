@@ -1,5 +1,6 @@
-"""``models``: what neuronscope supports — model families (text and vision-language), attribution methods and
-workflows — read from the registries themselves, so the list cannot drift from the code. Imports no torch.
+"""``models``: what neuronscope supports — model families (text, vision-language, mixture-of-experts), attribution
+methods and workflows — read from the registries themselves, so the list cannot drift from the code. Imports no
+torch.
 
 Example:
     >>> "llama" in [family["name"] for family in catalogue()["text_families"]]
@@ -22,6 +23,7 @@ def catalogue() -> dict[str, Any]:
     """Families (name, model types, notes), methods and workflows, as plain data."""
     from neuronscope.attribute.registry import list_methods
     from neuronscope.models.families import TEXT_SPECS, VISION_FAMILIES
+    from neuronscope.models.moe.families import MOE_FAMILIES, MOE_VISION_FAMILIES
     from neuronscope.workflows.registry import list_workflows
 
     return {
@@ -30,6 +32,11 @@ def catalogue() -> dict[str, Any]:
         "vision_families": [{"name": family.name, "model_types": list(family.model_types),
                              "spatial_map": family.spatial_map, "notes": family.notes}
                             for family in VISION_FAMILIES],
+        "moe_families": [{"name": family.name, "model_types": list(family.model_types), "notes": family.notes,
+                          "shared_experts": bool(family.shared), "dense_layers": family.dense_rule}
+                         for family in MOE_FAMILIES],
+        "moe_vision_families": [{"name": family.name, "model_types": list(family.model_types),
+                                 "notes": family.notes} for family in MOE_VISION_FAMILIES],
         "methods": [{"name": info.name, "summary": info.summary, "paper": info.paper,
                      "uses_gradients": info.uses_gradients} for info in list_methods()],
         "workflows": [{"name": workflow.name, "summary": workflow.summary, "paper": workflow.paper}
@@ -50,6 +57,9 @@ def models(options: ModelsOptions, *, loaded: Any = None) -> RunResult:
     lines.append("Vision-language families (their language model is adapted by its text family):")
     lines += [f"  {family['name']:<12} {family['notes']}" for family in data["vision_families"]]
     lines.append(f"  ({data['generic_fallback']})")
+    lines.append("Mixture-of-experts families (neurons are layer:expert:index; see docs/MOE.md):")
+    lines += [f"  {family['name']:<12} {family['notes']}" for family in data["moe_families"]]
+    lines += [f"  {family['name']:<12} {family['notes']} (vision-language)" for family in data["moe_vision_families"]]
     lines.append("Attribution methods (locate --method NAME):")
     for method in data["methods"]:
         gradients = "gradients" if method["uses_gradients"] else "no gradients"

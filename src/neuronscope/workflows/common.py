@@ -112,7 +112,8 @@ def check_run_files(run_dir: Path) -> None:
 
 
 def read_run_neurons(run_dir: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The selected neurons ``[n, 2]`` of a locate run and its config (``neurons.json``, ``config.json``).
+    """The selected neurons of a locate run and its config (``neurons.json``, ``config.json``): ``[n, 2]``
+    (layer, index) rows, or ``[n, 3]`` (layer, expert, index) rows for a mixture-of-experts model.
 
     Raises:
         RunFolderError: no such folder, or not a finished locate run. ResultFileError: a damaged file.
@@ -126,8 +127,11 @@ def read_run_neurons(run_dir: str | Path) -> tuple[torch.Tensor, dict[str, Any]]
     check_run_files(run_dir)
     data = read_json(path, what="neuron selection")
     try:
-        neurons = torch.tensor([[int(row["layer"]), int(row["index"])] for row in data["neurons"]],
-                               dtype=torch.long).reshape(-1, 2)
+        rows = data["neurons"]
+        experts = bool(rows) and "expert" in rows[0]
+        neurons = torch.tensor([[int(row["layer"]), *([int(row["expert"])] if experts else []),
+                                 int(row["index"] if "index" in row else row["neuron"])] for row in rows],
+                               dtype=torch.long).reshape(-1, 3 if experts else 2)
     except (KeyError, TypeError, ValueError) as error:
         raise ResultFileError(f"{path}: damaged ({error}); rerun 'neuronscope locate'") from None
     config_path = run_dir / "config.json"
@@ -152,6 +156,36 @@ def fit_neurons(neurons: torch.Tensor, n_layers: int, d_ff: int) -> torch.Tensor
     fitted = neurons.clone()
     fitted[:, 0] %= n_layers
     return fitted
+
+
+def fit_to_model(neurons: torch.Tensor, adapter: Any) -> torch.Tensor:
+    """Neuron rows checked against the model of ``adapter``, negative layers counted from the end: ``[n, 2]``
+    (layer, index) rows of a dense model, ``[n, 3]`` (layer, expert, index) rows of a mixture-of-experts model
+    (where ``layer:index`` rows of its dense layers become ``(layer, -1, index)``).
+
+    Raises:
+        InputError: rows of the other kind of model, or outside it (one message naming them).
+    """
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    if adapter.moe is None:
+        if neurons.shape[-1] == 3:
+            raise InputError("layer:expert:index neurons name experts, but this model is dense: write its neurons "
+                             "as layer:index (or check that --model is the run's mixture-of-experts model)")
+        return fit_neurons(neurons, adapter.n_layers, adapter.d_ff)
+    if neurons.shape[-1] == 2:
+        in_moe = [f"{layer}:{index}" for layer, index in neurons.tolist()
+                  if -adapter.n_layers <= layer < adapter.n_layers and adapter.moe.is_moe(layer % adapter.n_layers)]
+        if in_moe:
+            raise InputError(f"neurons {', '.join(in_moe[:10])} are in mixture-of-experts layers: write them as "
+                             "layer:expert:index (e.g. '1:5:26'; see 'neuronscope explain --run' of a locate run)")
+        neurons = torch.stack([neurons[:, 0], torch.full_like(neurons[:, 0], -1), neurons[:, 1]], dim=1)
+    bad = [":".join(map(str, row)) for row in neurons.tolist() if not -adapter.n_layers <= row[0] < adapter.n_layers]
+    if bad:
+        raise InputError(f"neurons {', '.join(bad[:20])} are outside the model ({adapter.n_layers} layers); check "
+                         "--neurons or that --model is the run's model")
+    fitted = neurons.clone()
+    fitted[:, 0] %= adapter.n_layers
+    return adapter.moe.layout.check(fitted)
 
 
 def write_table(run: Any, name: str, rows: Sequence[Mapping[str, Any]]) -> None:

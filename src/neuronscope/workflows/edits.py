@@ -20,7 +20,7 @@ from typing import Any
 
 from neuronscope.edit.weights import EDIT_RECORD
 from neuronscope.errors import EditMismatchError, InputError, RunFolderError
-from neuronscope.workflows.common import fit_neurons, load, neurons_of, with_model_of
+from neuronscope.workflows.common import fit_to_model, load, neurons_of, with_model_of
 from neuronscope.workflows.result import RunResult
 from neuronscope.workflows.specs.edits import EditApplyOptions, EditMakeOptions, EditRevertOptions
 
@@ -72,7 +72,7 @@ def make(options: EditMakeOptions, *, loaded: Any = None) -> RunResult:
     RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
-    selected = fit_neurons(selected, adapter.n_layers, adapter.d_ff)
+    selected = fit_to_model(selected, adapter)
     source = _token(loaded.processor, options.source, "source", adapter.vocab_size)
     target = _token(loaded.processor, options.target, "target", adapter.vocab_size)
     model, kind = loaded.model, options.kind
@@ -151,6 +151,7 @@ def revert(options: EditRevertOptions, *, loaded: Any = None) -> RunResult:
     from neuronscope.edit.weights import ValueVectorEdit, fingerprint
     from neuronscope.models.adapter import get_adapter
     from neuronscope.models.loading import save_plain
+    from neuronscope.models.moe.weights import value_vector
     from neuronscope.results.io import read_safetensors
 
     folder = Path(options.model)
@@ -162,17 +163,18 @@ def revert(options: EditRevertOptions, *, loaded: Any = None) -> RunResult:
     check_model_folder(options.out, options.overwrite)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
-    neurons, columns = saved["neurons"], saved["columns"]
-    for (layer, _), column in zip(neurons.tolist(), columns, strict=True):
-        vectors = adapter.value_vectors(layer)
+    neurons, columns = saved["neurons"], saved["columns"]  # rows [n, 2], or [n, 3] (layer, expert, index) of MoE
+    for row, column in zip(neurons.tolist(), columns, strict=True):
+        vectors = value_vector(adapter, row)
         if vectors.dtype != column.dtype:
             raise InputError(f"the saved originals are {column.dtype} but the model loaded as {vectors.dtype}: "
                              f"load with --dtype {str(column.dtype).replace('torch.', '')}")
     if "fingerprint" in edit.model and fingerprint(columns) != edit.model["fingerprint"]:
         raise EditMismatchError(f"{folder / ORIGINALS} does not match the edit's record; the folder was changed")
     with torch.no_grad():
-        for (layer, index), column in zip(neurons.tolist(), columns, strict=True):
-            adapter.value_vectors(layer)[index].copy_(column.to(adapter.value_vectors(layer).device))
+        for row, column in zip(neurons.tolist(), columns, strict=True):
+            vector = value_vector(adapter, row)  # a view: a column of the (fused expert) down projection
+            vector.copy_(column.to(vector.device))
     save_plain(loaded.model, options.out, loaded.processor)
     _write_record(Path(options.out), options, "edit revert")
     return RunResult("edit revert", str(options.out), {}, [f"original model restored into {options.out}"])

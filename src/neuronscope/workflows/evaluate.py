@@ -2,7 +2,9 @@
 
 PCR of the run's targets when its selected neurons are suppressed (x0) and amplified (x factor), against
 ``--draws`` random sets with the same number of neurons in each layer (drawn from the other neurons of those
-layers, seeded), through :func:`~neuronscope.measure.pcr.pcr_against_random`. With ``--background`` prompts
+layers, seeded; the ``(layer, expert, index)`` neurons of a mixture-of-experts model: the same number in each
+(layer, expert), so the random neurons sit in the same experts), through
+:func:`~neuronscope.measure.pcr.pcr_against_random`. With ``--background`` prompts
 (whose own next tokens are their targets) the same sets are measured on them too: the located set should move
 its own targets, not theirs. Written into the run folder: ``evaluation.json`` (and under "evaluation" in its
 ``metrics.json``), ``tables/evaluation.csv``, ``plots/evaluation_pcr.png``, ``evaluate_config.json``; the report is
@@ -20,7 +22,7 @@ from neuronscope.errors import InputError
 from neuronscope.workflows.common import (
     RunResult,
     background_scorer,
-    fit_neurons,
+    fit_to_model,
     load,
     prompt_scorer,
     read_run_neurons,
@@ -44,8 +46,9 @@ def evaluate(options: EvaluateOptions, *, loaded: Any = None) -> RunResult:
     records = run_prompts(options, run_config)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
-    selected = fit_neurons(selected, adapter.n_layers, adapter.d_ff)
+    selected = fit_to_model(selected, adapter)
     site = run_config.get("site") or "neuron"
+    layout = adapter.moe.layout if selected.shape[1] == 3 else None  # expert neurons: same (layer, expert) units
     own = prompt_scorer(loaded, records, leading_space=run_config.get("leading_space", True),
                         first_piece=bool(run_config.get("first_piece", False)), chat=bool(run_config.get("chat")),
                         batch_size=options.batch_size)
@@ -58,7 +61,8 @@ def evaluate(options: EvaluateOptions, *, loaded: Any = None) -> RunResult:
         factor = 0.0 if name == "suppress" else options.factor
         report = pcr_against_random(scorer, [group], factor=factor, d_ff=adapter.d_ff, n_layers=adapter.n_layers,
                                     positions=options.positions, site=site, n_random=options.draws,
-                                    seed=options.seed)
+                                    seed=options.seed, layout=layout)
+        evaluation["baseline"] = report.baseline
         entry, rows = _mode_entry(report, len(records), options.draws)
         evaluation[name] = entry
         table += [{"mode": name, **row} for row in rows]

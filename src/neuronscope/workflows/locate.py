@@ -10,6 +10,12 @@ Files: ``scores.safetensors`` / ``scores.json`` (:class:`~neuronscope.results.sc
 model layer numbers), ``top_tokens.json``, ``plots/layers.png``, ``plots/scores.png``, ``metrics.json``,
 ``summary.txt``, ``report.html``, and the per-prompt ledger under ``examples/`` and ``progress/``.
 
+Mixture-of-experts models: the scores are
+:class:`~neuronscope.results.expert_scores.ExpertNeuronScores` (``[prompts, 1, n_neurons]`` over the flat ids of
+the scored layers, the layout and each expert's bias term saved with them), the selection's rows are
+``rank, layer, expert, kind, neuron, score`` (see :mod:`.neuron_files`), and ``tables/unit_scores.csv`` holds each
+expert's (or dense layer's) mean total score — which experts carry the targets.
+
 Example:
     >>> locate(LocateOptions(model="./tiny", prompt=["The capital of France is"], target=["Paris"],
     ...                      out=Path("runs/paris")))                               # doctest: +SKIP
@@ -17,13 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from neuronscope.errors import NothingProcessedError
 from neuronscope.workflows.common import RunResult, load, model_device, write_png
-from neuronscope.workflows.neuron_files import top_neuron_lines, write_selection
+from neuronscope.workflows.neuron_files import top_neuron_lines, write_selection, write_unit_table
 from neuronscope.workflows.options import parse_key_values, parse_layers
 from neuronscope.workflows.specs.text import DEFAULT_TOP_K, LocateOptions
 
@@ -90,8 +97,41 @@ def score_chunk(loaded: Any, method: Any, kwargs: dict[str, Any], chunk: list[tu
                 "layers": scores.meta.get("layers")}
         tensors = ({"scores": dense[row].contiguous()} if options.keep_top is None else
                    {"values": top.values[row].contiguous(), "indices": top.indices[row].contiguous()})
+        if getattr(scores, "bias", None) is not None:  # MoE: what each expert adds that belongs to no neuron
+            tensors["bias"] = scores.bias[row].detach().cpu().contiguous()
         out.append(Example(tensors, meta))
     return out
+
+
+def _merged_scores(merged: Any, adapter: Any, layer_list: list[int], meta: dict[str, Any],
+                   keep_top: int | None) -> tuple[Any, torch.Tensor]:
+    """The run's score object (:class:`NeuronScores`, or :class:`ExpertNeuronScores` for an MoE model, whose flat
+    ids cover the scored layers) and the mean score of every neuron (``[layers, d_ff]``, MoE: ``[n_neurons]``)."""
+    from neuronscope.results.scores import NeuronScores
+
+    layout = None
+    if adapter.moe is not None:
+        from neuronscope.attribute.moe_contribution import sub_layout
+
+        layout = sub_layout(adapter, layer_list)
+        grid: tuple[int, ...] = (layout.n_neurons,)
+    else:
+        grid = (len(layer_list), adapter.d_ff)
+    if "scores" in merged.tensors:
+        values = merged.tensors["scores"]  # [N, 1, layers, d_ff] or MoE [N, 1, n_neurons]
+        indices, mean_scores = None, values.double().mean(dim=(0, 1))
+    else:  # --keep-top: a neuron outside an example's top-k counts as 0 in the mean
+        values, indices = merged.tensors["values"], merged.tensors["indices"]  # [N, 1, k]
+        total = torch.zeros(math.prod(grid), dtype=torch.float64)
+        total.index_add_(0, indices.reshape(-1), values.reshape(-1).double())
+        mean_scores = (total / (values.shape[0] * values.shape[1])).view(grid)
+        meta = {**meta, "top_k_kept": keep_top}
+    if layout is not None:
+        from neuronscope.results.expert_scores import ExpertNeuronScores
+
+        return ExpertNeuronScores(values, layout, indices, merged.tensors.get("bias"), meta), mean_scores
+    scores = NeuronScores(values, meta=meta) if indices is None else NeuronScores(values, indices, grid, meta)
+    return scores, mean_scores
 
 
 def _finish(run: Any, options: LocateOptions, records: list[Any], loaded: Any, layer_list: list[int]) -> RunResult:
@@ -100,7 +140,6 @@ def _finish(run: Any, options: LocateOptions, records: list[Any], loaded: Any, l
     from neuronscope.models.adapter import get_adapter
     from neuronscope.report import build_report
     from neuronscope.report.plots import score_histogram_figure
-    from neuronscope.results.scores import NeuronScores
     from neuronscope.runs.shards import merge_shards
 
     merged = merge_shards(run, expected=len(records))
@@ -112,20 +151,15 @@ def _finish(run: Any, options: LocateOptions, records: list[Any], loaded: Any, l
             "model": {**loaded.describe(), **adapter.describe()},
             "targets": [{key: r[key] for key in ("id", "target", "token_id", "token")} for r in merged.records],
             "method_options": parse_key_values(options.option)}
-    grid = (len(layer_list), adapter.d_ff)
-    if "scores" in merged.tensors:
-        values = merged.tensors["scores"]  # [N, 1, layers, d_ff]
-        scores = NeuronScores(values, meta=meta)
-        mean_scores = values.double().mean(dim=(0, 1))
-    else:  # --keep-top: a neuron outside an example's top-k counts as 0 in the mean
-        values, indices = merged.tensors["values"], merged.tensors["indices"]  # [N, 1, k]
-        scores = NeuronScores(values, indices, grid, {**meta, "top_k_kept": options.keep_top})
-        total = torch.zeros(grid[0] * grid[1], dtype=torch.float64)
-        total.index_add_(0, indices.reshape(-1), values.reshape(-1).double())
-        mean_scores = (total / (values.shape[0] * values.shape[1])).view(grid)
+    scores, mean_scores = _merged_scores(merged, adapter, layer_list, meta, options.keep_top)
     scores.save(run.file("scores"))
     top_k = options.top_k if options.top_k is not None or options.threshold is not None else DEFAULT_TOP_K
-    neurons, chosen = select_neurons(mean_scores, layer_list, options.threshold, top_k)
+    if adapter.moe is not None:  # one row of flat ids, then (layer, expert, index) rows
+        flat, chosen = select_neurons(mean_scores[None], [0], options.threshold, top_k)
+        neurons = scores.rows(flat[:, 1].contiguous())
+        write_unit_table(run, scores)
+    else:
+        neurons, chosen = select_neurons(mean_scores, layer_list, options.threshold, top_k)
     rows = write_selection(run, loaded.model, loaded.processor, neurons, chosen, adapter.n_layers, options.explain_k)
     write_png(run, "plots/scores.png", score_histogram_figure(mean_scores, title="Mean score of every neuron",
                                                               log_count=True))

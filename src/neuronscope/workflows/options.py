@@ -183,28 +183,82 @@ def missing(options: Options, *names: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------- parsers
 _PAIR = re.compile(r"^\s*(-?\d+)\s*:\s*(\d+)\s*$")
+_TRIPLE = re.compile(r"^\s*(-?\d+)\s*:\s*(-?\d+)\s*:\s*(\d+)\s*$")
 
 
-def parse_neurons(text: str, flag: str = "--neurons") -> list[tuple[int, int]]:
-    """``"3:17,5:2"`` -> ``[(3, 17), (5, 2)]`` (negative layers count from the end).
+def parse_neurons(text: str, flag: str = "--neurons") -> list[tuple[int, ...]]:
+    """``"3:17,5:2"`` -> ``[(3, 17), (5, 2)]`` (negative layers count from the end); mixture-of-experts neurons as
+    ``layer:expert:index`` -> ``(layer, expert, index)`` (expert -1: a dense layer of that model).
 
     Example:
         >>> parse_neurons("3:17, 5:2")
         [(3, 17), (5, 2)]
+        >>> parse_neurons("1:5:26,0:-1:3")
+        [(1, 5, 26), (0, -1, 3)]
     """
-    rows, bad = [], []
+    rows: list[tuple[int, ...]] = []
+    bad = []
     for part in [p for p in str(text).split(",") if p.strip()]:
-        match = _PAIR.match(part)
+        match = _PAIR.match(part) or _TRIPLE.match(part)
         if match is None:
             bad.append(part.strip())
         else:
-            rows.append((int(match[1]), int(match[2])))
+            rows.append(tuple(int(group) for group in match.groups() if group is not None))
     if bad:
         raise OptionError(f"{flag}: cannot read {', '.join(repr(b) for b in bad)}; write layer:index pairs "
-                          "separated by commas, e.g. '3:17,5:2'")
+                          "separated by commas, e.g. '3:17,5:2' (mixture-of-experts models: layer:expert:index, "
+                          "e.g. '1:5:26')")
     if not rows:
         raise OptionError(f"{flag} is empty; write layer:index pairs, e.g. '3:17,5:2'")
+    if len({len(row) for row in rows}) > 1:
+        raise OptionError(f"{flag}: write every neuron as layer:index (dense models) or every one as "
+                          "layer:expert:index (mixture-of-experts models), not both")
     return rows
+
+
+_HEAD = re.compile(r"^\s*(-?\d+)\s*\.\s*(\d+)\s*$")
+
+
+def parse_heads(text: str, flag: str = "--heads") -> list[tuple[int, int]]:
+    """``"22.7,24.7"`` -> ``[(22, 7), (24, 7)]``: attention heads as ``layer.head`` (negative layers count from the
+    end), the notation of ``recipe icl``'s tables.
+
+    Example:
+        >>> parse_heads("1.0, -1.3")
+        [(1, 0), (-1, 3)]
+    """
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    bad = [repr(p) for p in parts if _HEAD.match(p) is None]
+    if bad or not parts:
+        raise OptionError(f"{flag}: cannot read {', '.join(bad) or 'an empty list'}; write layer.head pairs "
+                          "separated by commas, e.g. '22.7,24.7'")
+    heads = [(int(m[1]), int(m[2])) for m in map(_HEAD.match, parts)]
+    if len(set(heads)) < len(heads):
+        raise OptionError(f"{flag}: a head is given twice; list each layer.head once")
+    return heads
+
+
+_EXPERTS = re.compile(r"^\s*(-?\d+)\s*:\s*(\d+(?:\s*,\s*\d+)*)\s*$")
+
+
+def parse_expert_lists(specs: Iterable[str], flag: str) -> list[tuple[int, list[int]]]:
+    """``["1:5", "0:2,3"]`` -> ``[(1, [5]), (0, [2, 3])]``: a layer and expert ids per spec.
+
+    Example:
+        >>> parse_expert_lists(["1:5", "0:2, 3"], "--drop-expert")
+        [(1, [5]), (0, [2, 3])]
+    """
+    out, bad = [], []
+    for spec in specs:
+        match = _EXPERTS.match(str(spec))
+        if match is None:
+            bad.append(repr(spec))
+        else:
+            out.append((int(match[1]), [int(part) for part in match[2].split(",")]))
+    if bad:
+        raise OptionError(f"{flag}: cannot read {', '.join(bad)}; write layer:expert[,expert...], e.g. '1:5' or "
+                          "'0:2,3'")
+    return out
 
 
 def parse_layers(text: str | None, flag: str = "--layers") -> list[int] | None:

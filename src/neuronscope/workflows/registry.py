@@ -74,15 +74,33 @@ _WORKFLOWS = (
       example="neuronscope explain --model ./tiny-llama --neurons 1:17,0:3 -k 5\n"
               "neuronscope explain --run runs/paris --out runs/paris-explained"),
     W("intervene", "neuronscope.workflows.intervene:intervene", text.InterveneOptions,
-      "Suppress or amplify neurons on prompts: target probabilities before / after and PCR.",
+      "Suppress or amplify neurons or attention heads on prompts: target probabilities before / after and PCR.",
       paper="Chen, Dejl & Toni 2024 (PCR)",
       example="neuronscope intervene --run runs/paris --mode both --out runs/paris-intervene\n"
               'neuronscope intervene --model ./tiny-llama --neurons 3:17,5:2 --prompt "The capital of France is" \\\n'
-              "    --target Paris --mode suppress"),
+              "    --target Paris --mode suppress\n"
+              "neuronscope intervene --heads-from runs/icl --top-heads 3 --mode suppress --draws 5\n"
+              'neuronscope intervene --model ./tiny-llama --heads 1.2,0.3 --prompts p.jsonl --draws 10'),
     W("evaluate", "neuronscope.workflows.evaluate:evaluate", text.EvaluateOptions,
       "PCR of a run's neurons vs random neurons of the same layer distribution; results go into the run folder.",
       paper="Chen, Dejl & Toni 2024 (PCR); Pan et al. 2024 (random baselines)",
       example="neuronscope evaluate runs/paris --draws 20"),
+    W("routing", "neuronscope.workflows.routing:routing", text.RoutingOptions,
+      "Mixture-of-experts models: which experts the tokens of prompts (or of chosen words) are routed to, per layer.",
+      example='neuronscope routing --model ./tiny-mixtral --prompts corpus.jsonl --words paris,rome --out runs/route\n'
+              'neuronscope routing --model ./tiny-mixtral --prompt "The capital of France is" --positions last'),
+    W("icl-prompts", "neuronscope.workflows.icl_prompts:icl_prompts", papers.ICLPromptsOptions,
+      "Write k-shot classification prompts of an ICL data set (true label as target) for locate / evaluate / "
+      "intervene.", paper="Yu & Ananiadou 2024 (EMNLP)",
+      example="neuronscope icl-prompts --data ../shared/data --n 32 --out icl.jsonl\n"
+              "neuronscope icl-prompts --data ../shared/data --counts 3,1 --order majority_last --out majority.jsonl\n"
+              "neuronscope locate -m ./smollm2 --prompts icl.jsonl --out runs/icl-neurons"),
+    W("icl-bias", "neuronscope.workflows.papers.icl_bias:icl_bias", papers.ICLBiasOptions,
+      "Majority-label and recency bias of k-shot prompts before / after re-weighting chosen heads' attention to "
+      "the label positions, vs random heads.", paper="Yu & Ananiadou 2024 (EMNLP)", default_model=SMOLLM2,
+      example="neuronscope icl-bias --heads-from runs/icl --data ../shared/data --out runs/icl-bias\n"
+              "neuronscope icl-bias -m ./smollm2 --heads 22.7,24.7,23.2 --data ../shared/data --dataset agnews "
+              "--out runs/bias-agnews"),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,
@@ -167,6 +185,13 @@ _WORKFLOWS = (
       "Value-vector editing of facts (closed-form and optimised) vs random-neuron edits.",
       paper="Pan et al. 2024; Dai et al. 2022", default_model=SMOLLM2,
       example="neuronscope recipe fact-editing --out runs/editing"),
+    W("recipe icl", "neuronscope.workflows.papers.icl:icl", papers.ICLOptions,
+      "In-context heads of k-shot classification: locate (LPI, ablation) vs random heads, per-demonstration "
+      "projection, two towers, label-imbalance and order bias mitigated.", paper="Yu & Ananiadou 2024 (EMNLP)",
+      default_model=SMOLLM2,
+      example="neuronscope recipe icl --data ../shared/data --out runs/icl\n"
+              "neuronscope recipe icl --data ../shared/data --dataset agnews --label-kind natural --limit 8 "
+              "--out runs/icl-quick"),
 )
 WORKFLOWS: dict[str, Workflow] = {workflow.name: workflow for workflow in _WORKFLOWS}
 

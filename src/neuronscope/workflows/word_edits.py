@@ -155,7 +155,10 @@ def measure_answers(
 
 
 def _given_neurons(model: nn.Module, neurons: torch.Tensor) -> torch.Tensor:
-    return _check_neurons(get_adapter(model), torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2))
+    """``[n, 2]`` (layer, index) rows, or the ``[n, 3]`` (layer, expert, index) rows of an MoE model, checked."""
+    neurons = torch.as_tensor(neurons, dtype=torch.long)
+    experts = neurons.dim() == 2 and neurons.shape[1] == 3
+    return _check_neurons(get_adapter(model), neurons if experts else neurons.reshape(-1, 2))
 
 
 # -- use cases ---------------------------------------------------------------------------------------------------

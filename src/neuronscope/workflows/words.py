@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from neuronscope.errors import InputError
-from neuronscope.workflows.common import fit_neurons, load, neurons_of, with_model_of
+from neuronscope.workflows.common import fit_to_model, load, neurons_of, with_model_of
 from neuronscope.workflows.options import split_words
 from neuronscope.workflows.result import RunResult
 from neuronscope.workflows.specs.edits import RemoveWordOptions, ReplaceWordOptions, SuppressConceptOptions
@@ -87,7 +87,7 @@ def suppress_concept_edit(options: SuppressConceptOptions, *, loaded: Any = None
     RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
-    selected = fit_neurons(selected, adapter.n_layers, adapter.d_ff)
+    selected = fit_to_model(selected, adapter)
     words = split_words(options.words)
     edit, report = suppress_concept(loaded.model, selected, processor=loaded.processor, prompts=texts, words=words,
                                     unrelated=options.unrelated or None, chat=options.chat,

@@ -1,5 +1,6 @@
 """One entry per mixture-of-experts family (transformers 5.24 module trees), and :func:`find_moe`, which resolves
-a live model's MoE and dense layers.
+a live model's MoE and dense layers. The table is plain data (torch loads only when :func:`find_moe` runs), so
+``neuronscope models`` lists the families without torch.
 
 Module trees (names relative to one decoder layer; ``E`` routed experts of ``f`` neurons each):
 
@@ -24,21 +25,60 @@ Module trees (names relative to one decoder layer; ``E`` routed experts of ``f``
   0 for unchosen experts), ``feed_forward.shared_expert``; dense ``feed_forward`` for layers not in
   ``config.moe_layers`` (every ``interleave_moe_layer_step``-th layer).
 
-Adding a family: an :class:`~neuronscope.models.moe.spec.MoEFamily` below (its routing rule in ``routing.py`` if
+Adding a family: an :class:`MoEFamily` below (its routing rule in ``routing.py`` if
 new), its entry in ``MOE_FAMILIES``, and a tiny config in ``tests/helpers/tiny_moe.py`` (every test then runs it).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from neuronscope.errors import UnsupportedModelError
-from neuronscope.models.moe.spec import ExpertLayer, MoEFamily, MoEStructure
 from neuronscope.models.spec import FamilySpec, VisionFamily
 
+if TYPE_CHECKING:  # the table is plain data: torch loads only when a live model is resolved
+    from torch import nn
+
+    from neuronscope.models.moe.spec import ExpertLayer, MoEStructure
+
 FAMILIES_FILE = "src/neuronscope/models/moe/families.py"
+
+
+@dataclass(frozen=True)
+class MoEFamily:
+    """Module names and routing rule of an MoE family (names relative to one decoder layer / the MoE block).
+
+    Attributes:
+        name: short family name.
+        model_types: ``config.model_type`` values (of the text config) it adapts.
+        block: the MoE block in a decoder layer (``"mlp"``, ``"block_sparse_moe"``, ``"feed_forward"``); dense
+            layers of the same model hold a plain MLP under the same name.
+        router: the router module in the block.
+        routing: the routing rule, a key of :data:`neuronscope.models.moe.routing.RULES`.
+        text: the family spec of the dense parts (attention output, FFN norm, the dense MLP of dense layers).
+        experts: the fused experts module in the block.
+        shared: shared-expert MLP modules in the block, in id order (ids ``E``, ``E + 1``, ...).
+        shared_gate: a ``Linear`` whose sigmoid multiplies the shared expert's output (Qwen2-MoE, Qwen3.5-MoE).
+        weight_on_input: the router weight scales the expert's *input* (Llama-4), not its output.
+        residual_scale: config attribute that multiplies the block's output before the residual add (Granite).
+        dense_rule: how the config says which layers are dense (documentation, checked against the modules).
+        notes: one line shown to users.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    block: str
+    router: str
+    routing: str
+    text: FamilySpec
+    experts: str = "experts"
+    shared: tuple[str, ...] = ()
+    shared_gate: str | None = None
+    weight_on_input: bool = False
+    residual_scale: str | None = None
+    dense_rule: str = "none: every layer is an MoE layer"
+    notes: str = ""
 
 
 def _text(name: str, block: str = "mlp", act: str = "act_fn") -> FamilySpec:
@@ -120,6 +160,8 @@ def _experts_module(layer: nn.Module) -> nn.Module | None:
 
 
 def _resolve_layer(family: MoEFamily, index: int, block: nn.Module) -> ExpertLayer:
+    from neuronscope.models.moe.spec import ExpertLayer
+
     experts = getattr(block, family.experts)
     router = getattr(block, family.router, None)
     if router is None:
@@ -174,5 +216,7 @@ def find_moe(model_types: tuple[str, ...], layers: nn.ModuleList, config: Any, d
     if not moe or (expected is not None and expected != set(moe)):
         raise _not_covered(family.name, f"its MoE layers {sorted(moe)} differ from what the config says "
                                         f"({family.dense_rule}: {sorted(expected or [])})")
+    from neuronscope.models.moe.spec import MoEStructure
+
     scale = float(getattr(config, family.residual_scale, 1.0)) if family.residual_scale else 1.0
     return MoEStructure(family, moe, dense, d_model, scale)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.errors import InputError, NothingProcessedError
+from neuronscope.errors import InputError, NothingProcessedError, UnsupportedModelError
 from neuronscope.inputs.batch import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT
 from neuronscope.inputs.images import ImageRecord, image_records
 from neuronscope.models.adapter import ModelAdapter, get_adapter
@@ -100,7 +100,7 @@ def find_multimodal_neurons(
         raise InputError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
     if top_k < 1 or batch_size < 1 or max_new_tokens < 1:
         raise InputError("top_k, batch_size and max_new_tokens must be at least 1")
-    adapter = get_adapter(model)
+    adapter = _dense_adapter(model)
     records, pre_skipped = image_records(images)
     resolved_tagger = resolve_tagger(concepts, tagger)
     k = min(top_k, adapter.n_layers * adapter.d_ff)
@@ -155,6 +155,18 @@ def find_multimodal_neurons(
                                   single_neurons=heatmap_neurons, prompt=prompt, assistant_prefix=assistant_prefix,
                                   rank_by=rank_by, max_concepts=heatmap_concepts, absolute=heatmap_absolute)
     return result
+
+
+def _dense_adapter(model: Any) -> Any:
+    """The model's adapter; an MoE model is refused (the pipeline's files and heatmaps are for dense neurons)."""
+    adapter = get_adapter(model)
+    if adapter.moe is not None:
+        raise UnsupportedModelError(
+            f"the multimodal-neurons pipeline scores dense FFN neurons, and layers {sorted(adapter.moe.layers)} of "
+            "this model are mixture-of-experts layers: not covered by it yet (its capture during generation and its "
+            "heatmaps in workflows/multimodal/ need the expert axis); the library scores such a model's expert "
+            "neurons on image + text batches with neuronscope.attribute.contribution (see docs/MOE.md)")
+    return adapter
 
 
 def multimodal(options: MultimodalOptions, *, loaded: Any = None) -> RunResult:

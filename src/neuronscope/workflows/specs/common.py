@@ -48,14 +48,19 @@ class PromptOptions(Options):
 class NeuronOptions(Options):
     """A neuron set: ``--neurons layer:index,...`` or the selection of a locate run (``--run``)."""
 
-    neurons: str | None = opt(None, "Neurons as layer:index pairs, e.g. '3:17,5:2'.")
+    neurons: str | None = opt(None, "Neurons as layer:index pairs, e.g. '3:17,5:2' (mixture-of-experts models: "
+                                    "layer:expert:index, e.g. '1:5:26').")
     run: Path | None = opt(None, "A locate run folder whose selected neurons (neurons.json) to use.")
+
+    def neurons_optional(self) -> bool:
+        """Whether the workflow can run without neurons (e.g. ``intervene --drop-expert``)."""
+        return False
 
     def problems(self) -> list[str]:
         problems = super().problems()
         if self.neurons and self.run:
             problems.append("give either --neurons or --run, not both")
-        elif not self.neurons and not self.run:
+        elif not self.neurons and not self.run and not self.neurons_optional():
             problems.append("no neurons given: pass --neurons 'layer:index,...' or --run RUN_DIR (a locate run)")
         elif self.neurons:
             try:

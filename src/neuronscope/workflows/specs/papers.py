@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuronscope.workflows.options import ModelOptions, Options, missing, opt
+from neuronscope.workflows.options import ModelOptions, Options, missing, opt, parse_heads
 from neuronscope.workflows.specs.edits import OutputFolderOptions
 
 IG_OR_CONTRIBUTION = ("integrated_gradients", "contribution", "gradient_x_activation", "log_probability_increase")
@@ -96,3 +96,110 @@ class FactEditingOptions(PaperOptions):
     n_random: int = opt(2, "Random-neuron edits per fact.", minimum=0)
     optimise_steps: int = opt(40, "Adam steps of the optimised edit.", minimum=1)
     max_new_tokens: int = opt(10, "Greedy continuation length for fluency and locality.", minimum=1)
+
+
+ICL_DATASETS = {"sst2": 2, "agnews": 4}  # data set -> number of classes
+ICL_DATA_HELP = "The data folder holding icl/sst2_872.tsv and icl/agnews_test_7600.tsv: ../shared/data of a checkout."
+
+
+@dataclass(kw_only=True)
+class ICLOptions(PaperOptions, DataOptions):
+    data: Path | None = opt(None, ICL_DATA_HELP)
+    dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
+                       choices=tuple(ICL_DATASETS))
+    shots: int = opt(4, "Demonstrations per prompt (balanced over the classes).", minimum=2)
+    label_kind: str = opt("auto", "Label words: natural, unrelated (foo/bar/...), or auto (the one with the higher "
+                                  "accuracy on the locate prompts).", choices=("auto", "natural", "unrelated"))
+    n_locate: int = opt(32, "Prompts the in-context heads are located on.", minimum=1)
+    n_eval: int = opt(80, "Prompts the ablation is evaluated on (queries disjoint from the locate prompts).",
+                      minimum=1)
+    n_bias: int = opt(40, "Queries per bias experiment (each seen once with each class favoured).", minimum=1)
+    n_eval_other: int = opt(48, "Evaluation prompts of the other label kind (0: skip).", minimum=0)
+    n_attribution: int = opt(16, "Locate prompts of the per-demonstration projection.", minimum=1)
+    n_merge: int = opt(12, "Locate prompts of the shallow-merge measurement.", minimum=1)
+    n_other_dataset: int = opt(32, "Prompts per label kind for the ICL accuracy on the other data set (0: skip).",
+                               minimum=0)
+    fractions: list[float] = opt([0.01, 0.02], "Fractions of all heads ablated (comma-separated).", minimum=0.0,
+                                 maximum=1.0)
+    mitigate_fraction: float = opt(0.02, "Fraction of heads (the top LPI heads) re-weighted against the bias.",
+                                   minimum=0.0, maximum=1.0)
+    draws: int = opt(5, "Random head sets per comparison.", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "data")
+        if any(fraction <= 0 for fraction in self.fractions) or self.mitigate_fraction <= 0:
+            problems.append("--fractions / --mitigate-fraction must be above 0 (e.g. 0.01 = 1 % of the heads)")
+        if not self.fractions:
+            problems.append("--fractions is empty: give at least one fraction of heads, e.g. 0.01")
+        classes = ICL_DATASETS.get(self.dataset, 2)
+        if self.shots < max(3, classes):
+            problems.append(f"--shots {self.shots}: {self.dataset} needs at least {max(3, classes)} demonstrations "
+                            "(one per class, and a 3:1 majority for the bias experiment)")
+        return problems
+
+
+ICL_ORDERS = ("random", "sorted", "reverse_sorted", "majority_last", "majority_first", "given")
+
+
+@dataclass(kw_only=True)
+class ICLPromptsOptions(DataOptions):
+    data: Path | None = opt(None, ICL_DATA_HELP)
+    dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
+                       choices=tuple(ICL_DATASETS))
+    shots: int = opt(4, "Demonstrations per prompt (balanced over the classes unless --counts).", minimum=1)
+    counts: list[int] = opt([], "Demonstrations of each class instead of a balanced mix, e.g. '3,1' (label "
+                                "imbalance); their sum is the number of shots.", minimum=0)
+    label_kind: str = opt("natural", "Label words: natural (negative/positive, ...) or unrelated (foo/bar/...).",
+                          choices=("natural", "unrelated"))
+    order: str = opt("random", "Order of the demonstrations: random, sorted / reverse_sorted (by class), "
+                               "majority_last / majority_first, given.", choices=ICL_ORDERS)
+    n: int = opt(32, "Prompts written (queries balanced over the classes).", minimum=1)
+    seed: int = opt(0, "Seed of the queries and demonstrations.")
+    out: Path | None = opt(None, "The JSONL file written ({prompt, target = the true label word, id, ...}).",
+                           short="-o", runtime=True)
+    overwrite: bool = opt(False, "Replace an existing --out file.", runtime=True)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "data", "out")
+        classes = ICL_DATASETS.get(self.dataset, 2)
+        if self.counts and len(self.counts) != classes:
+            problems.append(f"--counts gives {len(self.counts)} numbers; {self.dataset} has {classes} classes: give "
+                            "one count per class, e.g. '3,1'")
+        elif self.counts and sum(self.counts) == 0:
+            problems.append("--counts adds up to 0 demonstrations; give at least one")
+        if self.out is not None and self.out.suffix != ".jsonl":
+            problems.append(f"--out {self.out}: name a .jsonl file (one prompt per line)")
+        return problems
+
+
+@dataclass(kw_only=True)
+class ICLBiasOptions(PaperOptions, DataOptions):
+    data: Path | None = opt(None, ICL_DATA_HELP)
+    heads: str | None = opt(None, "The heads re-weighted, as layer.head pairs, e.g. '22.7,24.7'.")
+    heads_from: Path | None = opt(None, "A 'recipe icl' results folder: re-weight its top heads (--top-heads, "
+                                        "--head-ranking); its model and label kind unless given.")
+    top_heads: int = opt(6, "With --heads-from: how many of its top heads.", minimum=1)
+    head_ranking: str = opt("lpi", "With --heads-from: the ranking, lpi or ablation.", choices=("lpi", "ablation"))
+    dataset: str = opt("sst2", "Labelled data set of <data>/icl/: sst2 (2 classes) or agnews (4).",
+                       choices=tuple(ICL_DATASETS))
+    shots: int = opt(4, "Demonstrations per prompt.", minimum=3)
+    label_kind: str | None = opt(None, "Label words: natural or unrelated (default: the --heads-from run's, else "
+                                       "natural).", choices=("natural", "unrelated"))
+    n_bias: int = opt(40, "Queries per bias experiment (each seen once with each class favoured).", minimum=1)
+    n_calibration: int = opt(32, "Balanced prompts whose attention gives the recency prior of each head.",
+                             minimum=1)
+    draws: int = opt(5, "Random head sets re-weighted the same way (never the chosen heads).", minimum=1)
+
+    def problems(self) -> list[str]:
+        problems = super().problems() + missing(self, "data")
+        if bool(self.heads) == bool(self.heads_from):
+            problems.append("give the heads either as --heads layer.head,... or with --heads-from RUN_DIR (a "
+                            "'recipe icl' folder)")
+        elif self.heads:
+            try:
+                parse_heads(self.heads)
+            except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+                problems.append(str(error))
+        if self.shots < ICL_DATASETS.get(self.dataset, 2):
+            problems.append(f"--shots {self.shots}: {self.dataset} needs at least one demonstration per class")
+        return problems

@@ -1,4 +1,5 @@
-"""Options of the workflows on prompts: ``models``, ``locate``, ``explain``, ``intervene``, ``evaluate``, ``report``."""
+"""Options of the workflows on prompts: ``models``, ``locate``, ``explain``, ``intervene``, ``evaluate``, ``report``,
+``routing``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from neuronscope.workflows.options import (
     RunOptions,
     missing,
     opt,
+    parse_expert_lists,
+    parse_heads,
     parse_key_values,
     parse_layers,
 )
@@ -19,7 +22,9 @@ from neuronscope.workflows.specs.common import NeuronOptions, PromptOptions
 
 NEURON_SITES = ("neuron", "act", "up", "gate", "pre")
 MODES = ("suppress", "amplify", "both")
+DROP_MODES = ("zero", "reroute")
 POSITIONS = ("last", "all")
+HEAD_RANKINGS = ("lpi", "ablation")
 DEFAULT_TOP_K = 20
 
 
@@ -72,14 +77,76 @@ class ExplainOptions(ModelOptions, NeuronOptions):
 
 @dataclass(kw_only=True)
 class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions):
-    mode: str = opt("both", "suppress (x0), amplify (x factor) or both.", choices=MODES)
+    mode: str = opt("both", "Neurons: suppress (x0), amplify (x factor) or both. --drop-expert: zero (its output "
+                            "weight 0), reroute (the router's next choice) or both.", choices=MODES + DROP_MODES)
     factor: float = opt(2.0, "Amplification factor.")
     positions: str = opt("last", "Positions changed: last or all.", choices=POSITIONS)
     site: str | None = opt(None, "Neuron site (default: the run's, else neuron).", choices=NEURON_SITES)
     background: Path | None = opt(None, "JSONL prompts whose answers should not change (specificity): the same "
                                            "intervention is measured on them too.")
+    drop_expert: list[str] = opt([], "Mixture-of-experts models: drop experts of a layer, layer:expert[,expert] "
+                                     "(repeatable), e.g. '1:5'; --mode zero, reroute or both.")
+    force_routing: list[str] = opt([], "Mixture-of-experts models: route the tokens of a layer to exactly these "
+                                       "top_k experts, layer:expert,expert (repeatable), e.g. '0:2,3'.")
+    heads: str | None = opt(None, "Attention heads as layer.head pairs, e.g. '22.7,24.7': scaled (suppress x0, "
+                                  "amplify x factor) at the input of the attention output projection.")
+    heads_from: Path | None = opt(None, "A 'recipe icl' results folder: act on its top in-context heads "
+                                        "(--top-heads, --head-ranking); without prompts, on its evaluation prompts "
+                                        "with their true labels as targets.")
+    top_heads: int = opt(3, "With --heads-from: how many of its top heads.", minimum=1)
+    head_ranking: str = opt("lpi", "With --heads-from: the ranking, lpi or ablation.", choices=HEAD_RANKINGS)
+    draws: int = opt(0, "Heads: also this many random sets of as many heads (from all heads, never the chosen "
+                        "ones), reported as random_<mode>.", minimum=0)
+    seed: int = opt(0, "Seed of the random heads.")
     out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
     overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
+
+    @property
+    def on_heads(self) -> bool:
+        return bool(self.heads or self.heads_from)
+
+    def neurons_optional(self) -> bool:
+        return bool(self.drop_expert or self.force_routing or self.on_heads)
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        for flag, specs in (("--drop-expert", self.drop_expert), ("--force-routing", self.force_routing)):
+            try:
+                parse_expert_lists(specs, flag)
+            except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+                problems.append(str(error))
+        neurons = bool(self.neurons or self.run)
+        if neurons and self.drop_expert:
+            problems.append("give neurons (--neurons / --run, --mode suppress|amplify|both) or --drop-expert "
+                            "(--mode zero|reroute|both), not both: run intervene once for each")
+        elif neurons and self.mode in DROP_MODES:
+            problems.append(f"--mode {self.mode} drops experts (with --drop-expert); neurons take suppress, amplify "
+                            "or both")
+        elif self.drop_expert and self.mode not in DROP_MODES + ("both",):
+            problems.append(f"--mode {self.mode} changes neurons; --drop-expert takes zero, reroute or both")
+        problems += self._head_problems(neurons)
+        if self.neurons_optional() and not self.has_prompts and not self.run and not self.heads_from:
+            problems.append("no prompts given: pass --prompts FILE.jsonl or one or more --prompt TEXT")
+        return problems
+
+    def _head_problems(self, neurons: bool) -> list[str]:
+        problems = []
+        if self.heads and self.heads_from:
+            problems.append("give heads either as --heads layer.head,... or with --heads-from RUN_DIR, not both")
+        elif self.heads:
+            try:
+                parse_heads(self.heads)
+            except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+                problems.append(str(error))
+        if self.on_heads and (neurons or self.drop_expert or self.force_routing):
+            problems.append("give heads (--heads / --heads-from), neurons (--neurons / --run) or experts "
+                            "(--drop-expert / --force-routing), not several: run intervene once for each")
+        elif self.on_heads and self.mode in DROP_MODES:
+            problems.append(f"--mode {self.mode} drops experts; heads take suppress, amplify or both")
+        if self.draws and not self.on_heads:
+            problems.append("--draws compares heads with random heads (give --heads or --heads-from); random "
+                            "neurons: 'neuronscope evaluate RUN_DIR --draws N'")
+        return problems
 
 
 @dataclass(kw_only=True)
@@ -110,4 +177,33 @@ class ReportOptions(Options):
         problems = super().problems()
         if self.run_dir is None:
             problems.append("missing argument RUN_DIR: give a folder written by a neuronscope command")
+        return problems
+
+
+@dataclass(kw_only=True)
+class RoutingOptions(ModelOptions, BatchOptions):
+    prompts: Path | None = opt(None, "JSONL file, one {\"prompt\", \"id\"?} per line.")
+    prompt: list[str] = opt([], "A prompt (repeatable).")
+    chat: bool = opt(False, "Wrap prompts in the tokenizer's chat template.")
+    positions: str = opt("all", "Tokens counted: all (every prompt token) or last (each prompt's last token).",
+                         choices=POSITIONS)
+    words: str | None = opt(None, "Count only the tokens that are one of these words (comma-separated, whole "
+                                  "tokens, case and leading space ignored), e.g. 'paris,rome': where a concept goes.")
+    layers: str | None = opt(None, "MoE layers, e.g. '0,2' or '4-7' (default all).")
+    top: int = opt(3, "Experts shown per layer in the terminal.", minimum=1)
+    out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
+    overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.prompts is None and not self.prompt:
+            problems.append("no prompts given: pass --prompts FILE.jsonl or one or more --prompt TEXT")
+        if self.prompts is not None and self.prompt:
+            problems.append("give prompts either in a file (--prompts) or as --prompt flags, not both")
+        if self.words is not None and self.positions == "last":
+            problems.append("--words counts the tokens of those words wherever they are; drop --positions last")
+        try:
+            parse_layers(self.layers)
+        except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
+            problems.append(str(error))
         return problems
