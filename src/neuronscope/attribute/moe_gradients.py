@@ -22,15 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuronscope.attribute.integrated_gradients import (
-    METHODS,
-    _check_text_inputs,
-    _example,
-    _ig_packed,
-    _ig_plain,
-    _work_dtype,
-    alpha_grid,
-)
+from neuronscope.attribute.ig_paths import _check_text_inputs, _example, _ig_packed, _ig_plain, _work_dtype
+from neuronscope.attribute.integrated_gradients import METHODS, alpha_grid
 from neuronscope.attribute.moe_contribution import sub_layout
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
