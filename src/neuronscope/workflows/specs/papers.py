@@ -82,6 +82,8 @@ class ArithmeticOptions(PaperOptions):
     top_neurons: list[int] = opt([10, 50], "Top CNA neurons zeroed (comma-separated sizes).", minimum=1)
     n_random: int = opt(5, "Random sets per size.", minimum=1)
     head_layers: str | None = opt(None, "Search heads in these layers only, e.g. '20-29' (default all).")
+    head_positions: str = opt("all", "Ablate a head at every position (zero its o_proj columns, the reference) "
+                                     "or at the last position only.", choices=("all", "last"))
 
 
 @dataclass(kw_only=True)
