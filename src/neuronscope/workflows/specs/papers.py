@@ -90,6 +90,8 @@ class ArithmeticOptions(PaperOptions):
 class BiasOptions(PaperOptions):
     top_k: int = opt(20, "CNA neurons zeroed.", minimum=1)
     n_random: int = opt(5, "Random neuron sets.", minimum=0)
+    metric: str = opt("perplexity", "The gap: between-gender sentence perplexity difference (the paper's) or the "
+                                    "next-token probability gap.", choices=("perplexity", "probability"))
 
 
 @dataclass(kw_only=True)
