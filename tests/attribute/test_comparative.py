@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from helpers.lpi_by_hand import hand_lpi, hand_sigma
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute.comparative import (
     ComparativeScores,
@@ -78,42 +79,6 @@ def test_head_ablation_equals_difference_of_separate_scores(llama):
                           atol=1e-6)
 
 
-def _hand_sigma(model, batch) -> torch.Tensor:
-    """σ [B] of the final RMSNorm at the last position, from a plain hook on the stock norm module."""
-    seen = {}
-    norm = model.model.norm
-    hook = norm.register_forward_pre_hook(lambda module, args: seen.__setitem__("x", args[0].detach()))
-    try:
-        with torch.no_grad():
-            model(**batch.inputs)
-    finally:
-        hook.remove()
-    return (seen["x"][:, -1].pow(2).mean(-1) + norm.variance_epsilon).sqrt()
-
-
-def _hand_lpi(model, batch, tokens, layer, sigma) -> torch.Tensor:
-    """LPI [B, d_ff] of every neuron of ``layer`` at the last position by brute force: the FFN's input residual and
-    the down_proj input read by plain hooks, each vector's readout ``W_U (g ⊙ (r + a_i w_i) / σ)`` in full."""
-    block, seen = model.model.layers[layer], {}
-    hooks = [block.post_attention_layernorm.register_forward_pre_hook(lambda m, a: seen.__setitem__("r", a[0])),
-             block.mlp.down_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("a", a[0]))]
-    try:
-        with torch.no_grad():
-            model(**batch.inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    gain, unembedding, values = model.model.norm.weight, model.lm_head.weight, block.mlp.down_proj.weight.T
-    rows = []
-    with torch.no_grad():
-        for b, token in enumerate(tokens):
-            residual, coefficients = seen["r"][b, -1], seen["a"][b, -1]
-            base = ((gain * residual / sigma[b]) @ unembedding.T).log_softmax(-1)[token]
-            written = residual[None] + coefficients[:, None] * values  # [d_ff, d]
-            rows.append(((gain * written / sigma[b]) @ unembedding.T).log_softmax(-1)[:, token] - base)
-    return torch.stack(rows)
-
-
 def test_default_reads_both_conditions_at_the_original_scale(llama):
     """The reference's CNA: condition B (heads ablated = their o_proj columns zeroed at every position, done here on
     a copy's weights) is scored with the final norm frozen at condition A's σ; ``final_norm="own"`` at B's."""
@@ -125,18 +90,18 @@ def test_default_reads_both_conditions_at_the_original_scale(llama):
     with torch.no_grad():
         for layer, head in ((1, 2), (0, 0)):
             ablated_copy.model.layers[layer].self_attn.o_proj.weight[:, adapter.head_slice(head)] = 0
-    sigma_a, sigma_b = _hand_sigma(llama, batch), _hand_sigma(ablated_copy, batch)
+    sigma_a, sigma_b = hand_sigma(llama, batch), hand_sigma(ablated_copy, batch)
     assert (sigma_a - sigma_b).abs().max() > 1e-3  # the ablation moves the final scale
     ablated = ablate_heads(llama, [(1, 2), (0, 0)])
     cna = comparative(llama, batch, targets, interventions_b=ablated, layers=[1])
-    expected_a = _hand_lpi(llama, batch, tokens, 1, sigma_a)
-    expected_b = _hand_lpi(ablated_copy, batch, tokens, 1, sigma_a)
+    expected_a = hand_lpi(llama, batch, tokens, 1, sigma_a)
+    expected_b = hand_lpi(ablated_copy, batch, tokens, 1, sigma_a)
     assert torch.allclose(cna.condition_a.values[:, 0, 0], expected_a, atol=1e-5)
     assert torch.allclose(cna.condition_b.values[:, 0, 0], expected_b, atol=1e-5)
     assert torch.allclose(cna.values[:, 0, 0], expected_b - expected_a, atol=1e-5)
     assert cna.meta["final_norm"] == "condition A's scale for both"
     own = comparative(llama, batch, targets, interventions_b=ablated, layers=[1], final_norm="own")
-    assert torch.allclose(own.condition_b.values[:, 0, 0], _hand_lpi(ablated_copy, batch, tokens, 1, sigma_b),
+    assert torch.allclose(own.condition_b.values[:, 0, 0], hand_lpi(ablated_copy, batch, tokens, 1, sigma_b),
                           atol=1e-5)
     assert not torch.allclose(own.values, cna.values, atol=1e-4)
     with pytest.raises(NeuronscopeError, match="final_norm"):
@@ -149,7 +114,7 @@ def test_final_scale_of_the_head_scores(llama):
     targets = token_targets(batch, [7, 11])
     ablated = ablate_heads(llama, [(1, 2)])
     cna = comparative(llama, batch, targets, interventions_b=ablated, unit="head")
-    sigma = _hand_sigma(llama, batch)
+    sigma = hand_sigma(llama, batch)
     with intervene(llama, ablated):
         given = head_log_probability_increase(llama, batch, targets, final_scale=sigma[:, None])
     assert torch.allclose(cna.condition_b.values, given.values, atol=1e-6)

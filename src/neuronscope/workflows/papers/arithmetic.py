@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from neuronscope.attribute.comparative import comparative
+from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import encode_prompts
 from neuronscope.inputs.targets import first_token, token_targets
 from neuronscope.measure.baselines import random_neurons_like
@@ -100,8 +101,6 @@ def run_arithmetic(
     ``head_positions``: where a head is ablated, ``"all"`` (default, the reference) or ``"last"``.
     """
     if head_positions not in ("all", "last"):
-        from neuronscope.errors import NeuronscopeError
-
         raise NeuronscopeError(f"head_positions must be 'all' or 'last', not {head_positions!r}")
     full = head_positions == "all"
     watch = Stopwatch()
@@ -130,8 +129,6 @@ def run_arithmetic(
     dev, test = kept[:half], kept[half:]
     run.write_json("split.json", {"dev": dev, "test": test, "screened": len(pairs), "right": len(kept)})
     if len(dev) < 2 or len(test) < 2:
-        from neuronscope.errors import NeuronscopeError
-
         raise NeuronscopeError(f"only {len(kept)} of {len(pairs)} sums answered right: try a few-shot prefix")
 
     dev_scorer, test_scorer = (PrefixCacheScorer(lm, tokenizer, [p for p, _ in part],
