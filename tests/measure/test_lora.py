@@ -127,3 +127,4 @@ def test_pruning_by_interventions_equals_zeroed_weights(setup):
     retrained = train_lora(zeroed, batch, targets, rank=4, steps=3, learning_rate=5e-2, seed=0)
     assert runs[0].losses == pytest.approx(retrained.losses, rel=1e-4)
     assert runs[0].layer_counts == [0, 6] and runs[1].layer_counts == [0, 6]
+    assert sorted(runs[0].kept_neurons) == [[1, index] for index in range(18, 24)]

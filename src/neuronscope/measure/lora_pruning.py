@@ -178,6 +178,7 @@ class PruningRun:
     accuracy_retrained: float
     losses: list[float] = field(default_factory=list)
     layer_counts: list[int] = field(default_factory=list)
+    kept_neurons: list[list[int]] = field(default_factory=list)
 
 
 def cna_pruning(
@@ -221,7 +222,7 @@ def cna_pruning(
         with intervene(tuned.model, pruning):
             after = float(task_accuracy(tuned.model, *evaluate)[0].double().mean())
         runs.append(PruningRun(name, len(keep), before, after, tuned.losses,
-                               torch.bincount(keep[:, 0], minlength=adapter.n_layers).tolist()))
+                               torch.bincount(keep[:, 0], minlength=adapter.n_layers).tolist(), keep.tolist()))
         del tuned
     return runs
 

@@ -142,6 +142,11 @@ _WORKFLOWS = (
     W("recipe arithmetic", "neuronscope.workflows.papers.arithmetic:arithmetic", papers.ArithmeticOptions,
       "Arithmetic heads (head ablation) and CNA neurons of single-digit additions, vs random.", paper=YU,
       default_model=SMOLLM2, example="neuronscope recipe arithmetic --out runs/arithmetic"),
+    W("recipe lora", "neuronscope.workflows.papers.lora:lora", papers.LoRAOptions,
+      "LoRA mechanism (CNA base vs LoRA: amplified coefficients) and CNA-chosen pruning + a new LoRA vs random "
+      "pruning, on single-digit arithmetic (needs peft).", paper=YU, default_model=SMOLLM2,
+      example="neuronscope recipe lora --out runs/lora\nneuronscope recipe lora --out runs/lora-quick --limit 20 "
+              "--steps 30"),
     W("recipe bias", "neuronscope.workflows.papers.bias:bias", papers.BiasOptions,
       "Gender-bias edit by comparative neuron analysis on occupation prompts, vs random neurons.", paper=YU,
       default_model=SMOLLM2, example="neuronscope recipe bias --out runs/bias"),

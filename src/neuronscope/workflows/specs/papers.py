@@ -100,3 +100,28 @@ class FactEditingOptions(PaperOptions):
     n_random: int = opt(2, "Random-neuron edits per fact.", minimum=0)
     optimise_steps: int = opt(40, "Adam steps of the optimised edit.", minimum=1)
     max_new_tokens: int = opt(10, "Greedy continuation length for fluency and locality.", minimum=1)
+
+
+@dataclass(kw_only=True)
+class LoRAOptions(PaperOptions):
+    prefix: str = opt("", "Text before each sum (default none: the base model rarely answers in the format, LoRA "
+                          "learns it).")
+    rank: int = opt(8, "LoRA rank (adapters on peft's default modules: q_proj, v_proj for Llama-like models).",
+                    minimum=1)
+    steps: int = opt(60, "AdamW steps of each LoRA training (full batch of the training half).", minimum=1)
+    learning_rate: float = opt(2e-3, "AdamW learning rate of the LoRA adapters.", minimum=0.0)
+    top_k: int = opt(50, "Top CNA neurons (base vs LoRA) whose coefficients are reported.", minimum=1)
+    keep_fraction: float = opt(0.05, "Pruning: fraction of the pruned layers' FFN neurons kept (0.05: 95 percent "
+                                     "pruned, as the paper).", minimum=0.0, maximum=1.0)
+    prune_fraction: float = opt(0.25, "Pruning: the deepest fraction of layers pruned.", minimum=0.0, maximum=1.0)
+    n_random: int = opt(1, "Random keep-sets (same count per layer), each with its own new LoRA.", minimum=0)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.keep_fraction <= 0 or self.prune_fraction <= 0:
+            out.append("--keep-fraction and --prune-fraction must be above 0")
+        if self.learning_rate <= 0:
+            out.append("--learning-rate must be above 0")
+        if self.limit is not None and self.limit < 2:
+            out.append("--limit: give 2 or more (sums per half)")
+        return out
