@@ -92,6 +92,11 @@ _WORKFLOWS = (
       "query-only vs query-value.", paper=YU,
       example='neuronscope query-neurons --model ./smollm2 --prompt "The capital of France is" --target Paris '
               "\\\n    --out runs/query"),
+    W("causal-effect", "neuronscope.workflows.causal_effect:causal_effect", analyses.CausalEffectOptions,
+      "Causal effect and specificity of a neuron set on generated text (its concept's rate drop), vs random sets.",
+      paper=PAN,
+      example='neuronscope causal-effect --run runs/red --prompt "The colour of blood is" --words red \\\n'
+              "    --others other-colours.jsonl --draws 5 --out runs/red-causal"),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,

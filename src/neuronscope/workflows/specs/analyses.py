@@ -1,12 +1,14 @@
 """Options of the text analyses on prompts: ``prune`` (keep only the top-scored neurons of deep layers, vs random
-keep-sets) and ``query-neurons`` (the FFN neurons that make the prediction's value neurons fire)."""
+keep-sets), ``query-neurons`` (the FFN neurons that make the prediction's value neurons fire) and
+``causal-effect`` (does suppressing a set remove its concept from generated text, and only it, vs random sets)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from neuronscope.workflows.options import BatchOptions, ModelOptions, opt, parse_key_values, parse_layers
-from neuronscope.workflows.specs.common import PromptOptions
+from neuronscope.workflows.specs.common import NeuronOptions, PromptOptions
 from neuronscope.workflows.specs.edits import OutputFolderOptions
 
 
@@ -59,4 +61,25 @@ class QueryNeuronsOptions(ModelOptions, PromptOptions, OutputFolderOptions):
             parse_layers(self.value_layers, "--value-layers")
         except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
             problems.append(str(error))
+        return problems
+
+
+@dataclass(kw_only=True)
+class CausalEffectOptions(ModelOptions, NeuronOptions, OutputFolderOptions):
+    prompts: Path | None = opt(None, "JSONL prompts of the concept (one {\"prompt\"} per line).")
+    prompt: list[str] = opt([], "A prompt of the concept (repeatable).")
+    words: list[str] = opt([], "The concept's words, name first (comma-separated), e.g. 'red,crimson'.")
+    others: Path | None = opt(None, "JSONL prompts of other concepts, each {\"prompt\", \"target\": its concept's "
+                                    "word}: specificity (their rates should not drop).")
+    draws: int = opt(5, "Random neuron sets (same count per layer) to compare with.", minimum=0)
+    seed: int = opt(0, "Seed of the random sets.")
+    max_new_tokens: int = opt(12, "Greedy continuation length.", minimum=1)
+    chat: bool = opt(False, "Wrap prompts in the tokenizer's chat template.")
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if (self.prompts is None) == (not self.prompt):
+            problems.append("give the concept's prompts either in a file (--prompts) or as --prompt flags")
+        if not self.words:
+            problems.append("--words: name the concept's words (e.g. --words red,crimson)")
         return problems
