@@ -99,3 +99,17 @@ def test_bad_options(tmp_path):
         LoRAOptions(out=tmp_path / "x", limit=1)
     with pytest.raises(NeuronscopeError, match="limit"):
         run_lora(tmp_path / "y", model=object(), limit=1)
+
+
+def test_cli_without_peft_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    import sys
+
+    from click.testing import CliRunner
+
+    from neuronscope.cli.main import app
+
+    monkeypatch.setitem(sys.modules, "peft", None)
+    result = CliRunner().invoke(app, ["recipe", "lora", "--out", str(tmp_path / "lora")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.startswith("error: ") and "neuronscope[lora]" in result.stderr
+    assert not (tmp_path / "lora").exists()
