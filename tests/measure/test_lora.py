@@ -109,6 +109,8 @@ def test_mechanism_reports_coefficients_read_by_plain_hooks(setup):
     summary = mechanism.summary()
     base, lora = torch.tensor(mechanism.coefficient_base), torch.tensor(mechanism.coefficient_lora)
     assert summary["coefficient_ratio"] == pytest.approx(float(lora.abs().sum() / base.abs().sum()))
+    ratios = sorted(float(b) / float(a) for a, b in zip(base.abs(), lora.abs(), strict=True))
+    assert summary["median_coefficient_ratio"] == pytest.approx(ratios[(len(ratios) - 1) // 2])  # torch's lower median
     assert len(mechanism.random_coefficient_base) == 10 and summary["top_k"] == 5
     assert promotes(torch.tensor([[3, 5], [1, 2]]), [5]).tolist() == [True, False]
     assert coefficients(model, batch, targets, torch.tensor([[1, 3]])).shape == (4, 1)

@@ -78,8 +78,13 @@ class LoRAMechanism:
         low = sum(abs(v) for v in before)
         return sum(abs(v) for v in after) / low if low > 0 else None
 
+    @staticmethod
+    def _median_ratio(after: list[float], before: list[float]) -> float | None:
+        ratios = [abs(b) / abs(a) for a, b in zip(before, after, strict=True) if a != 0]
+        return float(torch.tensor(ratios, dtype=torch.float64).median()) if ratios else None
+
     def summary(self) -> dict[str, Any]:
-        """Mean |coefficient| after / before (top neurons and random), the fraction whose |coefficient| grew,
+        """Σ|coefficient| after / before and the median of |after| / |before| (top neurons and random), the fraction whose |coefficient| grew,
         the fraction promoting the answer vocabulary, the layer counts."""
         grew = [abs(b) > abs(a) for a, b in zip(self.coefficient_base, self.coefficient_lora, strict=True)]
         random_grew = [abs(b) > abs(a) for a, b in zip(self.random_coefficient_base, self.random_coefficient_lora,
@@ -92,10 +97,13 @@ class LoRAMechanism:
             "fraction_in_deep_half": deep / len(self.neurons) if self.neurons else None,
             "mean_cna": sum(self.cna) / len(self.cna) if self.cna else None,
             "coefficient_ratio": self._ratio(self.coefficient_lora, self.coefficient_base),
+            "median_coefficient_ratio": self._median_ratio(self.coefficient_lora, self.coefficient_base),
             "fraction_amplified": sum(grew) / len(grew) if grew else None,
             "fraction_promoting_answer": sum(self.promotes_answer) / len(self.promotes_answer)
             if self.promotes_answer else None,
             "random_coefficient_ratio": self._ratio(self.random_coefficient_lora, self.random_coefficient_base),
+            "random_median_coefficient_ratio": self._median_ratio(self.random_coefficient_lora,
+                                                                  self.random_coefficient_base),
             "random_fraction_amplified": sum(random_grew) / len(random_grew) if random_grew else None,
             "random_fraction_promoting_answer": (sum(self.random_promotes_answer) / len(self.random_promotes_answer)
                                                  if self.random_promotes_answer else None),

@@ -145,6 +145,8 @@ def run_lora(
         "n_train": half, "n_test": len(pairs) - half, **accuracy,
         "coefficient_ratio_top": summary["coefficient_ratio"],
         "coefficient_ratio_random": summary["random_coefficient_ratio"],
+        "median_coefficient_ratio_top": summary["median_coefficient_ratio"],
+        "median_coefficient_ratio_random": summary["random_median_coefficient_ratio"],
         "fraction_amplified_top": summary["fraction_amplified"],
         "fraction_amplified_random": summary["random_fraction_amplified"],
         "fraction_in_deep_half": summary["fraction_in_deep_half"],
