@@ -89,9 +89,9 @@ def run_lora(
     seed: int = 0,
     prefix: str = "",
     rank: int = 8,
-    steps: int = 60,
-    learning_rate: float = 2e-3,
-    lora_batch_size: int | None = None,
+    steps: int = 40,
+    learning_rate: float = 3e-3,
+    lora_batch_size: int | None = 16,
     top_k: int = 50,
     keep_fraction: float = 0.05,
     prune_fraction: float = 0.25,
@@ -106,7 +106,8 @@ def run_lora(
     lm, tokenizer = loaded.model, loaded.tokenizer
     adapter = get_adapter(lm)
     layers = deep_layers(adapter.n_layers, prune_fraction)
-    lora = {"rank": rank, "steps": steps, "learning_rate": learning_rate, "batch_size": lora_batch_size}
+    lora = {"rank": rank, "steps": steps, "learning_rate": learning_rate,
+            "batch_size": lora_batch_size or None}
     config = {"experiment": "lora_mechanism_and_pruning", "model": model_name(loaded), "seed": seed,
               "prefix": prefix, **lora, "top_k": top_k, "keep_fraction": keep_fraction, "pruned_layers": layers,
               "n_random": n_random, "cna": "LPI over the ten digit tokens (as they follow '='), both models at the base run's final-norm "

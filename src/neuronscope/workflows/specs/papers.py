@@ -108,10 +108,10 @@ class LoRAOptions(PaperOptions):
                           "learns it).")
     rank: int = opt(8, "LoRA rank (adapters on peft's default modules: q_proj, v_proj for Llama-like models).",
                     minimum=1)
-    steps: int = opt(60, "AdamW steps of each LoRA training.", minimum=1)
-    lora_batch_size: int | None = opt(None, "Training prompts per step, cycling in a seeded order (default: the "
-                                            "whole training half every step).", minimum=1)
-    learning_rate: float = opt(2e-3, "AdamW learning rate of the LoRA adapters.", minimum=0.0)
+    steps: int = opt(40, "AdamW steps of each LoRA training.", minimum=1)
+    lora_batch_size: int | None = opt(16, "Training prompts per step, cycling in a seeded order (0 or none: the "
+                                          "whole training half every step).", minimum=0)
+    learning_rate: float = opt(3e-3, "AdamW learning rate of the LoRA adapters.", minimum=0.0)
     top_k: int = opt(50, "Top CNA neurons (base vs LoRA) whose coefficients are reported.", minimum=1)
     keep_fraction: float = opt(0.05, "Pruning: fraction of the pruned layers' FFN neurons kept (0.05: 95 percent "
                                      "pruned, as the paper).", minimum=0.0, maximum=1.0)
