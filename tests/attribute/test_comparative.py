@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from helpers.lpi_by_hand import hand_lpi, hand_sigma
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute.comparative import (
     ComparativeScores,
@@ -62,7 +63,7 @@ def test_head_ablation_equals_difference_of_separate_scores(llama):
     batch = _batch()
     targets = token_targets(batch, [7, 11])
     ablated = ablate_heads(llama, [(1, 2), (0, 0)])
-    cna = comparative(llama, batch, targets, interventions_b=ablated, unit="head")
+    cna = comparative(llama, batch, targets, interventions_b=ablated, unit="head", final_norm="own")
     plain = head_log_probability_increase(llama, batch, targets)
     with intervene(llama, ablated):
         after = head_log_probability_increase(llama, batch, targets)
@@ -71,11 +72,54 @@ def test_head_ablation_equals_difference_of_separate_scores(llama):
     assert torch.allclose(cna.values[..., 1, 2], -plain.values[..., 1, 2])
     assert cna.meta["interventions_b"][0]["site"] == "attn"
 
-    neurons = comparative(llama, batch, targets, interventions_b=ablated, layers=[0, 1])
+    neurons = comparative(llama, batch, targets, interventions_b=ablated, layers=[0, 1], final_norm="own")
     with intervene(llama, ablated):
         after = log_probability_increase(llama, batch, targets)
     assert torch.allclose(neurons.values, after.values - log_probability_increase(llama, batch, targets).values,
                           atol=1e-6)
+
+
+def test_default_reads_both_conditions_at_the_original_scale(llama):
+    """The reference's CNA: condition B (heads ablated = their o_proj columns zeroed at every position, done here on
+    a copy's weights) is scored with the final norm frozen at condition A's σ; ``final_norm="own"`` at B's."""
+    batch = _batch()
+    tokens = [7, 11]
+    targets = token_targets(batch, tokens)
+    ablated_copy = copy.deepcopy(llama)
+    adapter = get_adapter(ablated_copy)
+    with torch.no_grad():
+        for layer, head in ((1, 2), (0, 0)):
+            ablated_copy.model.layers[layer].self_attn.o_proj.weight[:, adapter.head_slice(head)] = 0
+    sigma_a, sigma_b = hand_sigma(llama, batch), hand_sigma(ablated_copy, batch)
+    assert (sigma_a - sigma_b).abs().max() > 1e-3  # the ablation moves the final scale
+    ablated = ablate_heads(llama, [(1, 2), (0, 0)])
+    cna = comparative(llama, batch, targets, interventions_b=ablated, layers=[1])
+    expected_a = hand_lpi(llama, batch, tokens, 1, sigma_a)
+    expected_b = hand_lpi(ablated_copy, batch, tokens, 1, sigma_a)
+    assert torch.allclose(cna.condition_a.values[:, 0, 0], expected_a, atol=1e-5)
+    assert torch.allclose(cna.condition_b.values[:, 0, 0], expected_b, atol=1e-5)
+    assert torch.allclose(cna.values[:, 0, 0], expected_b - expected_a, atol=1e-5)
+    assert cna.meta["final_norm"] == "condition A's scale for both"
+    own = comparative(llama, batch, targets, interventions_b=ablated, layers=[1], final_norm="own")
+    assert torch.allclose(own.condition_b.values[:, 0, 0], hand_lpi(ablated_copy, batch, tokens, 1, sigma_b),
+                          atol=1e-5)
+    assert not torch.allclose(own.values, cna.values, atol=1e-4)
+    with pytest.raises(NeuronscopeError, match="final_norm"):
+        comparative(llama, batch, targets, final_norm="mine")
+
+
+def test_final_scale_of_the_head_scores(llama):
+    """Heads too: condition B's head LPI at A's σ == head LPI of the ablated run given A's σ."""
+    batch = _batch()
+    targets = token_targets(batch, [7, 11])
+    ablated = ablate_heads(llama, [(1, 2)])
+    cna = comparative(llama, batch, targets, interventions_b=ablated, unit="head")
+    sigma = hand_sigma(llama, batch)
+    with intervene(llama, ablated):
+        given = head_log_probability_increase(llama, batch, targets, final_scale=sigma[:, None])
+    assert torch.allclose(cna.condition_b.values, given.values, atol=1e-6)
+    with pytest.raises(NeuronscopeError, match="one σ per pair"):
+        head_log_probability_increase(llama, batch, targets, final_scale=sigma[:1])
 
 
 def test_zeroed_neurons_score_zero_in_condition_b(llama):
@@ -90,7 +134,7 @@ def test_zeroed_neurons_score_zero_in_condition_b(llama):
 def test_two_prompts_of_different_lengths(llama):
     """"A man works as a" vs "A woman works as a": B's targets are A's prediction at B's last position."""
     batch_a, batch_b = _batch(6, seed=1), _batch(8, seed=2, left_pad=(3,))
-    cna = comparative(llama, batch_a, batch_b=batch_b, layers=[1])
+    cna = comparative(llama, batch_a, batch_b=batch_b, layers=[1], final_norm="own")
     predicted = llama(**batch_a.inputs).logits[:, -1].argmax(-1).tolist()
     a = log_probability_increase(llama, batch_a, token_targets(batch_a, predicted), layers=[1])
     b = log_probability_increase(llama, batch_b, token_targets(batch_b, predicted), layers=[1])
@@ -107,7 +151,7 @@ def test_two_models_and_round_trip(llama, tmp_path):
         get_adapter(tuned).value_vectors(1)[4].mul_(-3)  # a "fine-tuned" value vector
     batch = _batch()
     targets = token_targets(batch, [7, 11])
-    cna = comparative(llama, batch, targets, model_b=tuned, layers=[1])
+    cna = comparative(llama, batch, targets, model_b=tuned, layers=[1], final_norm="own")
     expected = (log_probability_increase(tuned, batch, targets, layers=[1]).values
                 - log_probability_increase(llama, batch, targets, layers=[1]).values)
     assert torch.allclose(cna.values, expected, atol=1e-6)

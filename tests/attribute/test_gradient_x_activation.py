@@ -144,7 +144,8 @@ def test_registered_and_errors():
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_vision_language_batch_equals_direct_autograd(family):
-    """A left-padded image + text batch runs as one forward; retain_grad on the site is the oracle."""
+    """A left-padded image + text batch runs as one forward; retain_grad on the site is the oracle, at the target
+    position and (the default for image inputs) averaged over each row's image-token positions."""
     from PIL import Image
 
     from helpers.tiny_vlms import build_tiny_vlm
@@ -155,7 +156,11 @@ def test_vision_language_batch_equals_direct_autograd(family):
                              texts=[vlm.prompt(1, "A long question?"), vlm.prompt(1, "Hi")]))
     batch = Batch(inputs, ["", ""], inputs["attention_mask"].sum(-1))
     targets = token_targets(batch, [[5, 7], [9, 11]])
-    scores = gradient_x_activation(model, batch, targets).values
+    scores = gradient_x_activation(model, batch, targets, positions="target").values
+    image_scores = gradient_x_activation(model, batch, targets).values
+    image_token = getattr(model.config, "image_token_id", None) or model.config.image_token_index
+    image = batch.input_ids == image_token  # [2, T]
+    assert bool(image.any(-1).all())
     adapter = get_adapter(model)
     seen = {}
     handles = [adapter.module(layer, adapter.family.down).register_forward_pre_hook(
@@ -171,6 +176,64 @@ def test_vision_language_batch_equals_direct_autograd(family):
                 site = seen[layer]
                 expected = site.detach()[:, -1] * site.grad[:, -1]
                 torch.testing.assert_close(scores[:, column, layer], expected, **EXACT)
+                products = site.detach() * site.grad
+                for row in range(2):
+                    torch.testing.assert_close(image_scores[row, column, layer], products[row, image[row]].mean(0),
+                                               **EXACT)
     finally:
         for handle in handles:
             handle.remove()
+
+
+# -- image-prefix positions (Schwettmann et al.) ------------------------------------------------------------------
+def _leaf_gradients(model, batch, layer, token, position):
+    """By hand, one layer: the FFN output projection's input made a leaf by a plain pre-hook on the stock module;
+    ``∂log P(token at position) / ∂a`` at every position by autograd, and ``a`` itself."""
+    from neuronscope.models import get_adapter
+
+    adapter = get_adapter(model)
+    leaf = {}
+
+    def make_leaf(module, args):
+        leaf["a"] = args[0].detach().requires_grad_(True)
+        return (leaf["a"],)
+
+    handle = adapter.module(layer, adapter.family.down).register_forward_pre_hook(make_leaf)
+    try:
+        log_p = model(**batch.inputs).logits[0, position].float().log_softmax(-1)[token]
+        log_p.backward()
+    finally:
+        handle.remove()
+    return leaf["a"].detach()[0], leaf["a"].grad[0]
+
+
+def test_image_positions_mean_of_leaf_gradients_times_activations():
+    from PIL import Image
+
+    from helpers.tiny_vlms import tiny_llava
+
+    vlm = tiny_llava()
+    encoded = vlm.inputs([Image.new("RGB", (48, 48), (200, 40, 40))])
+    batch = Batch(dict(encoded), [""], encoded["attention_mask"].sum(-1))
+    targets = token_targets(batch, [7])
+    image = (batch.input_ids[0] == vlm.model.config.image_token_index).nonzero()[:, 0]
+    assert len(image) == 36
+    scores = gradient_x_activation(vlm.model, batch, targets)  # "auto" -> image positions
+    assert scores.meta["positions"] == "mean over the image-prefix positions"
+    at_target = gradient_x_activation(vlm.model, batch, targets, positions="target")
+    for layer in range(get_adapter(vlm.model).n_layers):
+        a, grad = _leaf_gradients(vlm.model, batch, layer, 7, batch.seq_len - 1)
+        torch.testing.assert_close(scores.values[0, 0, layer], (a * grad)[image].mean(0), rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(at_target.values[0, 0, layer], (a * grad)[-1], rtol=1e-4, atol=1e-7)
+    with pytest.raises(NeuronscopeError, match="positions must be"):
+        gradient_x_activation(vlm.model, batch, targets, positions="everywhere")
+
+
+def test_image_positions_need_image_tokens():
+    model = tiny_text_model("llama")
+    model.config.image_token_id = 63
+    batch = _batch(random_batch(batch=1, length=5, seed=2))
+    targets = token_targets(batch, [5])
+    with pytest.raises(NeuronscopeError, match="image tokens"):
+        gradient_x_activation(model, batch, targets, positions="image")
+    assert gradient_x_activation(model, batch, targets).meta["positions"] == "target position"

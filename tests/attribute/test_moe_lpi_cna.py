@@ -102,3 +102,20 @@ def test_cna_with_a_dropped_expert(tmp_path):
     again = ExpertComparativeScores.load(tmp_path / "cna")
     assert torch.equal(again.condition_a.values, cna.condition_a.values)
     assert cna.meta["interventions_b"][0]["routing"] == "zero"
+
+
+def test_cna_lpi_reads_the_second_condition_at_the_original_scale():
+    """MoE LPI takes another run's final-norm scale; CNA's default passes condition A's to condition B."""
+    from neuronscope.attribute.comparative import final_norm_scale
+    from neuronscope.trace import intervene
+
+    model = tiny_moe_model("deepseek_v3")
+    batch, targets = _batch()
+    dropped = [drop_expert(1, 3, mode="zero")]
+    cna = comparative(model, batch, targets, interventions_b=dropped, layers=[1])
+    sigma = final_norm_scale(model, batch, targets)
+    with intervene(model, dropped):
+        given = log_probability_increase(model, batch, targets, layers=[1], final_scale=sigma)
+    torch.testing.assert_close(cna.condition_b.values, given.values)
+    again = log_probability_increase(model, batch, targets, layers=[1], final_scale=sigma)
+    torch.testing.assert_close(again.values, log_probability_increase(model, batch, targets, layers=[1]).values)

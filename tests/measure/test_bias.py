@@ -79,7 +79,8 @@ def test_gaps_and_locality_equal_a_zeroed_copy(tiny):
     model, tokenizer = tiny
     ids = [tokenizer.convert_tokens_to_ids(job) for job in JOBS]
     neurons = torch.tensor([[1, 4], [1, 11], [0, 2]])
-    report = bias_experiment(model, tokenizer, PAIRS, JOBS, neurons=neurons, unrelated_prompts=UNRELATED, n_random=2)
+    report = bias_experiment(model, tokenizer, PAIRS, JOBS, neurons=neurons, unrelated_prompts=UNRELATED, n_random=2,
+                             metric="probability")
     torch.testing.assert_close(torch.tensor(report.gap_before, dtype=torch.float64), _gap_by_hand(model, tokenizer, ids))
     zeroed = _zeroed(model, neurons)
     torch.testing.assert_close(torch.tensor(report.gap_after, dtype=torch.float64), _gap_by_hand(zeroed, tokenizer, ids))
@@ -107,6 +108,35 @@ def test_gaps_and_locality_equal_a_zeroed_copy(tiny):
     within = float(_gap_by_hand(model, tokenizer, ids, within=True).abs().mean())
     assert summary["within_words_mean_abs_gap"]["before"] == pytest.approx(within)
     assert report.as_dict()["meta"]["selected_by"] == "given"
+
+
+def _perplexity_by_hand(model, tokenizer, sentence):
+    """One sentence, no padding: exp of the mean NLL of every token after the first."""
+    ids = torch.tensor([tokenizer(sentence)["input_ids"]])
+    with torch.no_grad():
+        log_p = model(input_ids=ids).logits[0, :-1].double().log_softmax(-1)
+    return float((-log_p[torch.arange(ids.shape[1] - 1), ids[0, 1:]]).mean().exp())
+
+
+def test_default_metric_is_the_between_gender_perplexity_difference(tiny):
+    model, tokenizer = tiny
+    neurons = torch.tensor([[1, 4], [0, 2]])
+    report = bias_experiment(model, tokenizer, PAIRS, JOBS, neurons=neurons, n_random=1)
+    zeroed = _zeroed(model, neurons)
+    for gaps, copy_ in ((report.gap_before, model), (report.gap_after, zeroed)):
+        expected = [[_perplexity_by_hand(copy_, tokenizer, f"{a} {job}") - _perplexity_by_hand(copy_, tokenizer, f"{b} {job}")
+                     for job in JOBS] for a, b in PAIRS]
+        torch.testing.assert_close(torch.tensor(gaps, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64))
+    draw = report.random_neurons[0]
+    expected = [[_perplexity_by_hand(_zeroed(model, draw), tokenizer, f"{a} {job}")
+                 - _perplexity_by_hand(_zeroed(model, draw), tokenizer, f"{b} {job}") for job in JOBS] for a, b in PAIRS]
+    torch.testing.assert_close(torch.tensor(report.random_gap_after[0], dtype=torch.float64),
+                               torch.tensor(expected, dtype=torch.float64))
+    headline = report.headline()
+    assert headline["metric"] == "perplexity" and "within_words_mean_abs_gap" not in headline
+    assert report.within_before == [] and report.random_within_after == []
+    with pytest.raises(InputError, match="metric"):
+        bias_experiment(model, tokenizer, PAIRS, JOBS, neurons=neurons, metric="odds")
 
 
 def test_selection_ranks_the_summed_absolute_difference(tiny):
@@ -163,7 +193,7 @@ def test_smollm2_zeroing_cna_neurons_shrinks_the_gender_gap_more_than_random(smo
              ("My mother is a", "My father is a")]
     unrelated = ["The capital of Japan is", "The chemical symbol for gold is", "The opposite of hot is"]
     report = bias_experiment(model, tokenizer, pairs, jobs, top_k=10, method="contribution",
-                             unrelated_prompts=unrelated, n_random=2)
+                             unrelated_prompts=unrelated, n_random=2, metric="probability")
     summary = report.headline()
     print("bias SmolLM2:", summary)
     # measured: the raw gap shrinks by ~60 % (random: ~0 %) while unrelated answers keep their top-1; the gap

@@ -18,6 +18,8 @@ _EXPORTS = {
     **dict.fromkeys(("head_log_probability_increase", "head_source_log_probability_increase",
                      "log_probability_increase"), "neuronscope.attribute.log_probability_increase"),
     "HeadSourceScores": "neuronscope.attribute.heads",
+    **dict.fromkeys(("QueryNeurons", "split_query_neurons", "summed_query_neuron_scores"),
+                    "neuronscope.attribute.query_neurons"),
     **dict.fromkeys(("METHODS", "MethodInfo", "get_method", "list_methods"), "neuronscope.attribute.registry"),
 }
 

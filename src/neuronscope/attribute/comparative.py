@@ -8,7 +8,11 @@
 - two models of the same architecture: ``model`` vs ``model_b`` (before / after fine-tuning).
 
 The base score is LPI (:mod:`neuronscope.attribute.log_probability_increase`) unless another registered method is
-named. The target token is the same in both conditions: by default condition A's own prediction.
+named. The target token is the same in both conditions: by default condition A's own prediction. LPI freezes the
+final norm at a scale ``σ``: by default (``final_norm="original"``, as the reference code) both conditions are
+read at condition A's ``σ`` — the same readout, so a difference is a difference of what the neurons write, not of
+how the final residual's norm moved; ``final_norm="own"`` reads each condition at its own ``σ`` (each LPI then is
+exactly that run's own LPI, e.g. for comparing two models whose final residuals differ a lot in size).
 
 **Query neurons** (DESIGN §3.3): an attention *value* neuron ``(l, h, n)`` reads the residual ``x_s`` at a source
 position through the input norm; with key ``κ = C(W_V[kv(h) · d_head + n] ⊙ g_in)`` its value is
@@ -26,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +109,31 @@ def _score(model: nn.Module, batch: Batch, targets: TargetSet, interventions: Se
         return function(model, batch, targets, **options)
 
 
+@torch.no_grad()
+def final_norm_scale(model: nn.Module, batch: Batch, targets: TargetSet,
+                     interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+    """``σ [examples, targets, 1]``: the final norm's scale of the last layer's output at each target's position,
+    under ``interventions`` — the scale LPI freezes the readout at (pass it as ``final_scale=``).
+
+    Example:
+        >>> sigma = final_norm_scale(model, batch, prediction_targets(model, batch))
+    """
+    adapter = get_adapter(model)
+    last = adapter.n_layers - 1
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    with intervene(model, list(interventions)), \
+            capture(model, sites="resid_post", layers=[last], positions=positions, to="cpu") as acts:
+        model(**batch.inputs)
+    return adapter.final_norm().scale(acts.get("resid_post", last)).float()
+
+
+def _takes_final_scale(function: Callable[..., Any]) -> bool:
+    try:
+        return "final_scale" in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def comparative(
     model: nn.Module,
     batch: Batch,
@@ -115,6 +145,7 @@ def comparative(
     interventions_a: Sequence[Intervention] = (),
     interventions_b: Sequence[Intervention] = (),
     method: str | Callable[..., NeuronScores] = "log_probability_increase",
+    final_norm: str = "original",
     **options: Any,
 ) -> ComparativeScores:
     """Score neurons (or heads) under two conditions and return both with their difference ``B − A``.
@@ -128,6 +159,8 @@ def comparative(
             ``ablate_heads(model, [(12, 5)])`` or ``suppress(neurons, positions="all")``.
         method: the base score: a registered method name (default ``"log_probability_increase"``) or a callable
             with the method signature.
+        final_norm: for a base score that freezes the final norm (LPI): ``"original"`` (default, the reference
+            code's choice) reads both conditions at condition A's scale ``σ``; ``"own"`` reads each at its own.
         **options: passed to the base score (``layers=``, ``chunk_size=``, ``unit="head"``, ...).
 
     Returns:
@@ -150,8 +183,14 @@ def comparative(
             targets = prediction_targets(model, batch)
     if targets_b is None:
         targets_b = shift_targets(targets, batch.seq_len, batch_b.seq_len)
+    if final_norm not in ("original", "own"):
+        raise NeuronscopeError(f"final_norm must be 'original' or 'own', not {final_norm!r}")
+    scaled = final_norm == "original" and _takes_final_scale(function) and "final_scale" not in options
+    options_b = dict(options)
+    if scaled:  # condition B read at condition A's final-norm scale
+        options_b["final_scale"] = final_norm_scale(model, batch, targets, interventions_a)
     scores_a = _score(model, batch, targets, interventions_a, function, options)
-    scores_b = _score(model_b, batch_b, targets_b, interventions_b, function, options)
+    scores_b = _score(model_b, batch_b, targets_b, interventions_b, function, options_b)
     if scores_a.values.shape != scores_b.values.shape:
         raise NeuronscopeError(f"the two conditions gave scores of shapes {tuple(scores_a.values.shape)} and "
                                f"{tuple(scores_b.values.shape)}: give targets of the same count in both")
@@ -160,6 +199,8 @@ def comparative(
             "interventions_a": [_describe(item) for item in interventions_a],
             "interventions_b": [_describe(item) for item in interventions_b],
             "two_models": model_b is not model, "two_batches": batch_b is not batch,
+            "final_norm": ("condition A's scale for both" if scaled else
+                           "each condition's own scale" if _takes_final_scale(function) else "not used"),
             "unit": scores_a.meta.get("unit", "neuron")}
     if not isinstance(scores_a, NeuronScores):  # a mixture-of-experts model's ExpertNeuronScores
         from neuronscope.attribute.moe_comparative import expert_comparative
@@ -296,4 +337,5 @@ def query_neuron_scores(
     return NeuronScores(scores, meta=meta)
 
 
-__all__ = ["ComparativeScores", "comparative", "query_neuron_scores", "query_scores", "shift_targets", "value_key"]
+__all__ = ["ComparativeScores", "comparative", "final_norm_scale", "query_neuron_scores", "query_scores",
+           "shift_targets", "value_key"]

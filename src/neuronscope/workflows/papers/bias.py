@@ -1,7 +1,9 @@
 """Experiment 5: gender-bias edit with CNA (Yu & Ananiadou 2024) on occupation prompts, SmolLM2.
 
 Paired prompts ("A woman works as a" / "A man works as a", and other wordings) and occupations; the gap of an
-occupation is ``P(occupation | woman prompt) − P(occupation | man prompt)`` at the next token. The neurons are
+occupation is, by default, the paper's between-gender perplexity difference ``PPL("A woman works as a nurse") −
+PPL("A man works as a nurse")`` (``metric="probability"``: ``P(occupation | woman prompt) − P(occupation | man
+prompt)`` at the next token; see :mod:`neuronscope.measure.bias`). The neurons are
 chosen on the DEV wordings by CNA (LPI on the woman prompt vs the man prompt, summed |difference| over pairs and
 occupations; LPI over a candidate set: the occupations and the 200 most likely next tokens of every prompt), then
 zeroed at every position (the same as erasing their value vectors, a weight edit), and the change of the mean
@@ -69,6 +71,7 @@ def run_bias(
     seed: int = 0,
     top_k: int = 20,
     n_random: int = 5,
+    metric: str = "perplexity",
 ) -> dict[str, Any]:
     """Run experiment 5 and write its results folder; returns the metrics (see the module docstring)."""
     from neuronscope.measure.bias import bias_experiment, bias_neurons
@@ -82,9 +85,10 @@ def run_bias(
     config = {"experiment": "bias_edit_cna", "model": model_name(loaded), "seed": seed, "top_k": top_k,
               "n_random": n_random, "dev_pairs": dev, "test_pairs": test, "occupations": occupations,
               "unrelated": list(UNRELATED), "zeroed_at": "all positions (= erasing the value vectors)",
-              "cna_base": "LPI over the occupations + top-200 next tokens of each prompt"}
+              "cna_base": "LPI over the occupations + top-200 next tokens of each prompt",
+              "metric": metric}
     run = open_run(out_dir, config)
-    word_ids = torch.tensor([word_token(tokenizer, word) for word in occupations])
+    word_ids = torch.tensor([word_token(tokenizer, word, first_piece=True) for word in occupations])
     with watch("cna"):
         candidates = _candidates(lm, tokenizer, [p for pair in dev for p in pair], word_ids.tolist())
         batch_f = prompt_batch(tokenizer, [f for f, _ in dev], lm)
@@ -93,9 +97,9 @@ def run_bias(
                                      method_options={"candidates": candidates})
     with watch("evaluate"):
         report = bias_experiment(lm, tokenizer, test, occupations, neurons=neurons, unrelated_prompts=list(UNRELATED),
-                                 n_random=n_random, seed=seed, positions="all")
+                                 n_random=n_random, seed=seed, positions="all", metric=metric)
         dev_report = bias_experiment(lm, tokenizer, dev, occupations, neurons=neurons, n_random=0, seed=seed,
-                                     positions="all")
+                                     positions="all", metric=metric)
     summary = report.headline()
     gap_rows = []
     for p, pair in enumerate(test):
@@ -113,8 +117,10 @@ def run_bias(
         "layer_counts": torch.bincount(neurons[:, 0], minlength=adapter.n_layers).tolist(),
         "wall_time": watch.as_dict(),
     }
-    return finish_run(run, metrics, "CNA neurons chosen on dev wordings, zeroed; mean |P(occ|female) - "
-                                    "P(occ|male)| on test wordings before/after vs random neurons.")
+    gap = ("PPL(female sentence) - PPL(male sentence)" if metric == "perplexity" else
+           "P(occ|female) - P(occ|male)")
+    return finish_run(run, metrics, f"CNA neurons chosen on dev wordings, zeroed; mean |{gap}| on test wordings "
+                                    "before/after vs random neurons.")
 
 
 def bias(options: BiasOptions, *, loaded: Any = None) -> RunResult:

@@ -82,12 +82,16 @@ class ArithmeticOptions(PaperOptions):
     top_neurons: list[int] = opt([10, 50], "Top CNA neurons zeroed (comma-separated sizes).", minimum=1)
     n_random: int = opt(5, "Random sets per size.", minimum=1)
     head_layers: str | None = opt(None, "Search heads in these layers only, e.g. '20-29' (default all).")
+    head_positions: str = opt("all", "Ablate a head at every position (zero its o_proj columns, the reference) "
+                                     "or at the last position only.", choices=("all", "last"))
 
 
 @dataclass(kw_only=True)
 class BiasOptions(PaperOptions):
     top_k: int = opt(20, "CNA neurons zeroed.", minimum=1)
     n_random: int = opt(5, "Random neuron sets.", minimum=0)
+    metric: str = opt("perplexity", "The gap: between-gender sentence perplexity difference (the paper's) or the "
+                                    "next-token probability gap.", choices=("perplexity", "probability"))
 
 
 @dataclass(kw_only=True)
@@ -203,3 +207,28 @@ class ICLBiasOptions(PaperOptions, DataOptions):
         if self.shots < ICL_DATASETS.get(self.dataset, 2):
             problems.append(f"--shots {self.shots}: {self.dataset} needs at least one demonstration per class")
         return problems
+@dataclass(kw_only=True)
+class LoRAOptions(PaperOptions):
+    prefix: str = opt("", "Text before each sum (default none: the base model rarely answers in the format, LoRA "
+                          "learns it).")
+    rank: int = opt(8, "LoRA rank (adapters on peft's default modules: q_proj, v_proj for Llama-like models).",
+                    minimum=1)
+    steps: int = opt(40, "AdamW steps of each LoRA training.", minimum=1)
+    lora_batch_size: int | None = opt(16, "Training prompts per step, cycling in a seeded order (0 or none: the "
+                                          "whole training half every step).", minimum=0)
+    learning_rate: float = opt(3e-3, "AdamW learning rate of the LoRA adapters.", minimum=0.0)
+    top_k: int = opt(50, "Top CNA neurons (base vs LoRA) whose coefficients are reported.", minimum=1)
+    keep_fraction: float = opt(0.05, "Pruning: fraction of the pruned layers' FFN neurons kept (0.05: 95 percent "
+                                     "pruned, as the paper).", minimum=0.0, maximum=1.0)
+    prune_fraction: float = opt(0.25, "Pruning: the deepest fraction of layers pruned.", minimum=0.0, maximum=1.0)
+    n_random: int = opt(1, "Random keep-sets (same count per layer), each with its own new LoRA.", minimum=0)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.keep_fraction <= 0 or self.prune_fraction <= 0:
+            out.append("--keep-fraction and --prune-fraction must be above 0")
+        if self.learning_rate <= 0:
+            out.append("--learning-rate must be above 0")
+        if self.limit is not None and self.limit < 2:
+            out.append("--limit: give 2 or more (sums per half)")
+        return out
