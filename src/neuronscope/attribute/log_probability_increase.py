@@ -14,12 +14,19 @@ over a candidate set (``candidates=``: exact log-softmax over ``candidates ∪ t
 
 What ``v`` and ``r`` are:
 
-- FFN neuron ``(l, i)``: ``v = a_i · w_i``, ``r`` = the residual the FFN reads (site ``ffn_in``; for
-  parallel-residual GPT-NeoX the layer input plus the attention output). Families with a post-FFN norm
-  (Gemma-2/3, OLMo-2) add ``post_norm(ffn_out)``, not ``Σ a_i w_i``: there the neuron's write is ``a_i w_i`` read
-  through that norm frozen at ``ffn_out``'s own scale, ``g_p ⊙ a_i w_i / σ_p`` (the writes then sum to the FFN's
-  real write exactly).
-- Attention head ``(l, h)``: ``v`` = the head output (:mod:`neuronscope.attribute.heads`), ``r`` = the layer input.
+- FFN neuron ``(l, i)``: ``v`` = the neuron's write into the residual, ``r`` = the residual that write lands on:
+  site ``ffn_in`` (the input of the pre-FFN norm) for sequential blocks; for parallel-residual families (GPT-NeoX,
+  GPT-J, Falcon, Phi, Cohere) the layer output minus the FFN's write, i.e. the layer input plus the attention
+  output. The write is ``m · a_i w_i`` with ``m`` the family's residual multiplier (1 for most; Granite,
+  Falcon-H1, MiniCPM3 read it from the model); families with a post-FFN norm (Gemma-2/3, OLMo-2, GLM-4) add
+  ``post_norm(ffn_out)``, not ``Σ a_i w_i``: there the neuron's write is ``a_i w_i`` read through that norm frozen
+  at ``ffn_out``'s own scale, ``m · g_p ⊙ a_i w_i / σ_p`` (the writes then sum to the FFN's real write exactly;
+  see :class:`neuronscope.models.accounting.WriteMap`).
+- Attention head ``(l, h)``: ``v`` = the head output written into the residual the same way (multiplier, frozen
+  post-attention norm), ``r`` = the layer input.
+- The readout includes the family's logit scale (Granite ``1 / logits_scaling``, Cohere ``logit_scale``, ...)
+  and soft-cap; every scoring forward checks that the model's own logits are this readout of its last residual
+  and refuses the model otherwise.
 - Per source position / attention neuron of a head: ``v`` = the head's contribution from source ``s``
   (``A_h[t, s] · v_s W_O[slice_h]``) or one coordinate of it; ``r`` = the layer input
   (:func:`head_source_log_probability_increase`; this is what ranks image patches for the top head).
@@ -46,11 +53,12 @@ from neuronscope.attribute.heads import (
     weighted_values,
 )
 from neuronscope.attribute.registry import register
+from neuronscope.attribute.residual import ffn_residual, ffn_sites, write_note
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet, prediction_targets
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.models.attention import head_output_rows, kv_head, post_attention_norm, post_ffn_norm
+from neuronscope.models.attention import head_output_rows, kv_head
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Capture, capture
 
@@ -101,7 +109,8 @@ class FrozenReadout:
     Attributes:
         directions: ``G [V', d]`` = unembedding rows times the final norm's gain (``V'`` = full vocabulary or the
             candidate set).
-        offset: ``[V']`` = ``W_U b_f + b_U`` (final-norm bias and unembedding bias).
+        offset: ``[V']`` = ``s · (W_U b_f + b_U)`` (final-norm bias and unembedding bias, times the logit scale
+            ``s``, which ``directions`` carry too).
         centre: LayerNorm (subtract the mean of ``x``) or RMSNorm.
         softcap: the model's final logit soft-cap, or None.
         token_ids: ``[V']`` vocabulary ids of the columns, or None for the full vocabulary.
@@ -122,14 +131,15 @@ class FrozenReadout:
         device = unembedding.device
         rows = unembedding if token_ids is None else unembedding[token_ids.to(device)]
         norm = adapter.final_norm()
-        directions = rows.to(dtype) * norm.gain.to(device, dtype)
+        scale = adapter.readout.scale  # the family's logit multiplier folds into the affine readout
+        directions = rows.to(dtype) * (norm.gain.to(device, dtype) * scale)
         offset = torch.zeros(rows.shape[0], device=device, dtype=torch.float32)
         if norm.bias is not None:
             offset = offset + rows.float() @ norm.bias.to(device).float()
         bias = adapter.unembedding_bias()
         if bias is not None:
             offset = offset + (bias if token_ids is None else bias[token_ids.to(device)]).float()
-        return cls(directions, offset, norm.kind == "layer", adapter.logit_softcap, token_ids)
+        return cls(directions, offset * scale, norm.kind == "layer", adapter.readout.softcap, token_ids)
 
     @property
     def device(self) -> torch.device:
@@ -178,20 +188,16 @@ def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetS
     last = adapter.n_layers - 1
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     with capture(model, sites=sites, layers=sorted(set(layers) | {last}), positions=positions, to=device) as acts:
-        model(**batch.inputs)
-    sigma = adapter.final_norm().scale(acts.get("resid_post", last))
+        output = model(**batch.inputs)
+    final = acts.get("resid_post", last)
+    adapter.check_readout(final, getattr(output, "logits", None), positions)
+    sigma = adapter.final_norm().scale(final)
     return acts, sigma
 
 
 def _rows(targets: TargetSet) -> Iterator[tuple[int, int]]:
     """(example, target) pairs that hold a real target."""
     yield from (tuple(pair) for pair in targets.valid.nonzero().tolist())
-
-
-def _ffn_residual(adapter: ModelAdapter, acts: Capture, layer: int) -> torch.Tensor:
-    if adapter.family.parallel_residual:  # x + attn(x) + ffn(x): the FFN's write lands on x + attn(x)
-        return acts.get("resid_pre", layer).float() + acts.get("attn_out", layer).float()
-    return acts.get("ffn_in", layer).float()
 
 
 def _meta(method: str, adapter: ModelAdapter, targets: TargetSet, readout: FrozenReadout, **extra) -> dict:
@@ -250,20 +256,22 @@ def log_probability_increase(
     layer_list = adapter.resolve_layers(layers)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    has_post = adapter.family.post_ffn_norm is not None
-    sites = ["neuron", "resid_post"] + (["resid_pre", "attn_out"] if adapter.family.parallel_residual else ["ffn_in"])
-    sites += ["ffn_out"] if has_post else []
-    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+    sites = ["neuron", "resid_post"] + ffn_sites(adapter)
+    scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
+    acts, sigma = _run(model, adapter, batch, targets, sites, [adapter.require_ffn(layer) for layer in scored],
+                       readout.device)
 
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
-    for slot, layer in enumerate(layer_list):
-        base = readout.logits(_ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
+    for layer in scored:
+        slot = layer_list.index(layer)
+        base = readout.logits(ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
+        write = adapter.ffn_write(layer)
         coefficients = acts.get("neuron", layer).float() / sigma  # [B, n, d_ff]
         vectors = adapter.value_vectors(layer)  # [d_ff, d]
-        post = post_ffn_norm(adapter, layer) if has_post else None
-        if post is not None:  # the FFN's write is post_norm(ffn_out), frozen at ffn_out's scale
-            coefficients = coefficients / post.scale(acts.get("ffn_out", layer))
-            vectors = vectors.float() * post.gain.to(vectors.device)
+        if not write.identity:  # m · post_norm frozen at ffn_out's scale: m / σ_p per position, g_p per coordinate
+            coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).float()
+            gain = write.gain()
+            vectors = vectors if gain is None else vectors.float() * gain.to(vectors.device)
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
@@ -272,7 +280,7 @@ def log_probability_increase(
                     base[row, col], directions, int(columns[row, col]), readout.softcap,
                     scale=coefficients[row, col, start:stop])
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
-                 layers=layer_list, post_ffn_norm="frozen at ffn_out's scale" if has_post else None)
+                 layers=layer_list, ffn_write=write_note(adapter.ffn_write(scored[0]) if scored else None))
     return NeuronScores(scores.cpu(), meta=meta)
 
 
@@ -305,18 +313,21 @@ def head_log_probability_increase(
     layer_list = adapter.resolve_layers(layers)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    has_post = post_attention_norm(adapter, 0) is not None
-    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
-    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
+    scored = [layer for layer in layer_list if adapter.has_attention(layer)] if layers is None else layer_list
+    scored = [adapter.require_attention(layer) for layer in scored]
+    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if _attn_needs_out(adapter, scored) else [])
+    acts, sigma = _run(model, adapter, batch, targets, sites, scored, readout.device)
 
-    n_heads, head_dim = adapter.n_heads, adapter.head_dim
-    per_chunk = max(1, chunk_size // head_dim)
+    n_heads = adapter.n_heads
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), n_heads, device=readout.device)
-    for slot, layer in enumerate(layer_list):
+    for layer in scored:
+        slot, head_dim = layer_list.index(layer), adapter.head_dim_of(layer)
+        per_chunk = max(1, chunk_size // head_dim)
         base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
         coefficients = acts.get("attn", layer).float() / sigma  # [B, n, H * d_head]
-        if has_post:
-            coefficients = coefficients / post_attention_norm(adapter, layer).scale(acts.get("attn_out", layer))
+        write = adapter.attn_write(layer)
+        if not write.identity:
+            coefficients = coefficients * write.position_scale(acts.get("attn_out", layer)).float()
         rows = head_output_rows(adapter, layer)
         for first in range(0, n_heads, per_chunk):
             last = min(first + per_chunk, n_heads)
@@ -328,8 +339,12 @@ def head_log_probability_increase(
                 scores[row, col, slot, first:last] = log_probability_increase_from_logits(
                     base[row, col], delta, int(columns[row, col]), readout.softcap)
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="head", site="attn",
-                 layers=layer_list, post_attention_norm="frozen at attn_out's scale" if has_post else None)
+                 layers=layer_list, attn_write=write_note(adapter.attn_write(scored[0]) if scored else None))
     return NeuronScores(scores.cpu(), meta=meta)
+
+
+def _attn_needs_out(adapter: ModelAdapter, layers: list[int]) -> bool:
+    return any(not adapter.attn_write(layer).identity for layer in layers)
 
 
 def _sources(sources: torch.Tensor | Sequence[int] | None, batch: Batch) -> torch.Tensor:
@@ -390,32 +405,37 @@ def head_source_log_probability_increase(
     source_positions = _sources(sources, batch)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    has_post = post_attention_norm(adapter, 0) is not None
-    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
+    for layer in layer_list:
+        adapter.require_attention(layer)
+    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if _attn_needs_out(adapter, layer_list) else [])
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     with attention_probe(model, layer_list, adapter) as probe:
         acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device)
 
-    head_dim = adapter.head_dim
+    widths = {adapter.head_dim_of(layer) for layer in layer_list}
+    if coordinates and len(widths) != 1:
+        raise NeuronscopeError(f"the chosen heads have different widths {sorted(widths)}: score attention neurons "
+                               "of one layer width at a time")
     shape = (*targets.token_ids.shape, len(head_rows), source_positions.shape[1])
-    scores = torch.zeros(*shape, head_dim) if coordinates else torch.zeros(shape)
+    scores = torch.zeros(*shape, max(widths)) if coordinates else torch.zeros(shape)
     for slot, (layer, head) in enumerate(head_rows.tolist()):
         weighted = weighted_values(probe.weights[layer], probe.values[layer], positions, torch.tensor([head]),
-                                   torch.tensor([kv_head(adapter, head)]))[:, :, 0]  # [B, n, T, d_head]
-        head_site = acts.get("attn", layer)[..., adapter.head_slice(head)]
+                                   torch.tensor([kv_head(adapter, head, layer)]))[:, :, 0]  # [B, n, T, d_head]
+        head_site = acts.get("attn", layer)[..., adapter.head_slice(head, layer)]
         check_weighted_values(weighted[:, :, None], head_site[:, :, None], f"layer {layer}, head {head}")
         weighted = weighted.to(readout.device) / sigma[..., None]
-        if has_post:
-            weighted = weighted / post_attention_norm(adapter, layer).scale(acts.get("attn_out", layer))[..., None]
+        write = adapter.attn_write(layer)
+        if not write.identity:
+            weighted = weighted * write.position_scale(acts.get("attn_out", layer)).float()[..., None]
         base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
-        directions = readout.delta(head_output_rows(adapter, layer)[adapter.head_slice(head)])  # [d_head, V']
+        directions = readout.delta(head_output_rows(adapter, layer)[adapter.head_slice(head, layer)])  # [d_head, V']
         for row, col in _rows(targets):
             alpha = weighted[row, col, source_positions[row].to(weighted.device)]  # [S, d_head]
             scores[row, col, slot] = _source_scores(alpha, directions, base[row, col], int(columns[row, col]),
                                                     readout.softcap, coordinates, chunk_size)
     meta = _meta("log_probability_increase", adapter, targets, readout,
                  unit="attention_neuron" if coordinates else "head_source", heads=head_rows.tolist(),
-                 post_attention_norm="frozen at attn_out's scale" if has_post else None)
+                 attn_write=write_note(adapter.attn_write(layer_list[0])))
     return HeadSourceScores(scores, head_rows, source_positions.clone(), meta)
 
 

@@ -1,30 +1,42 @@
 """One small file per model family: text specs (``SPECS``) and vision-language wrappers (``FAMILIES``, each with
-the layout reader of its image tokens). Adding a family: a file here, its entry below, and one test."""
+the layout reader of its image tokens), and the refused model types (``refusals.py``). Adding a family: a file here,
+its entry below, and its tiny config in ``tests/helpers/tiny_models.py`` (the accounting test then checks it)."""
 
 from __future__ import annotations
 
 from neuronscope.models.families import (
     blip,
+    bloom,
     gemma,
     gpt2,
     gpt_neox,
+    granite,
+    hybrids,
     idefics3,
     llama,
     llava,
     llava_next,
-    olmo2,
+    olmo,
+    parallel,
     phi3,
+    plain_ffn,
     qwen2_vl,
 )
-from neuronscope.models.spec import FamilySpec, VisionFamily
+from neuronscope.models.families.refusals import REFUSALS
+from neuronscope.models.spec import FamilySpec, Refusal, VisionFamily
 
 TEXT_SPECS: tuple[FamilySpec, ...] = (
     *llama.SPECS,
+    *granite.SPECS,
     *gemma.SPECS,
-    *olmo2.SPECS,
+    *olmo.SPECS,
     *phi3.SPECS,
-    *gpt2.SPECS,
+    *plain_ffn.SPECS,
+    *parallel.SPECS,
     *gpt_neox.SPECS,
+    *gpt2.SPECS,
+    *bloom.SPECS,
+    *hybrids.SPECS,
 )
 VISION_FAMILIES: tuple[VisionFamily, ...] = (
     *llava.FAMILIES,
@@ -35,3 +47,5 @@ VISION_FAMILIES: tuple[VisionFamily, ...] = (
 )
 #: ``config.model_type`` -> the layout reader of its image tokens.
 LAYOUT_READERS = {model_type: family.layout for family in VISION_FAMILIES for model_type in family.model_types}
+
+__all__ = ["LAYOUT_READERS", "REFUSALS", "TEXT_SPECS", "VISION_FAMILIES", "FamilySpec", "Refusal", "VisionFamily"]
