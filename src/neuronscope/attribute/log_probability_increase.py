@@ -91,11 +91,12 @@ def log_probability_increase_from_logits(
         >>> log_probability_increase_from_logits(torch.zeros(3), torch.tensor([[1.0, 0, 0]]), 0)
         tensor([0.5472])
     """
-    base = base_logits.float()
+    wide = torch.float64 if base_logits.dtype == torch.float64 else torch.float32  # float64 stays float64
+    base = base_logits.to(wide)
     if scale is None:
-        new = base + delta_logits.float()
+        new = base + delta_logits.to(wide)
     else:
-        new = torch.addcmul(base[None], scale.float()[:, None], delta_logits)
+        new = torch.addcmul(base[None], scale.to(wide)[:, None], delta_logits.to(wide))
     if softcap:
         base = torch.tanh(base / softcap) * softcap
         new = torch.tanh(new / softcap) * softcap
@@ -133,12 +134,13 @@ class FrozenReadout:
         norm = adapter.final_norm()
         scale = adapter.readout.scale  # the family's logit multiplier folds into the affine readout
         directions = rows.to(dtype) * (norm.gain.to(device, dtype) * scale)
-        offset = torch.zeros(rows.shape[0], device=device, dtype=torch.float32)
+        wide = torch.float64 if dtype == torch.float64 else torch.float32
+        offset = torch.zeros(rows.shape[0], device=device, dtype=wide)
         if norm.bias is not None:
-            offset = offset + rows.float() @ norm.bias.to(device).float()
+            offset = offset + rows.to(wide) @ norm.bias.to(device, wide)
         bias = adapter.unembedding_bias()
         if bias is not None:
-            offset = offset + (bias if token_ids is None else bias[token_ids.to(device)]).float()
+            offset = offset + (bias if token_ids is None else bias[token_ids.to(device)]).to(wide)
         return cls(directions, offset * scale, norm.kind == "layer", adapter.readout.softcap, token_ids)
 
     @property
@@ -155,7 +157,8 @@ class FrozenReadout:
     def logits(self, residual: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``z(x) = G C(x) / σ + offset`` for residuals ``[..., d]`` and scales ``[..., 1]`` → ``[..., V']`` (no
         soft-cap)."""
-        return self.delta(residual).float() / sigma.to(self.device).float() + self.offset
+        wide = self.offset.dtype
+        return self.delta(residual).to(wide) / sigma.to(self.device, wide) + self.offset
 
     def column(self, token_ids: torch.Tensor) -> torch.Tensor:
         """Columns of ``token_ids`` (any shape) in this readout."""
@@ -187,9 +190,10 @@ def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetS
     """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]``."""
     last = adapter.n_layers - 1
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
-    with capture(model, sites=sites, layers=sorted(set(layers) | {last}), positions=positions, to=device) as acts:
+    with capture(model, sites=sites, layers=layers, positions=positions, to=device) as acts, \
+            capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:
         output = model(**batch.inputs)
-    final = acts.get("resid_post", last)
+    final = end.get("resid_post", last)
     adapter.check_readout(final, getattr(output, "logits", None), positions)
     sigma = adapter.final_norm().scale(final)
     return acts, sigma
@@ -256,7 +260,7 @@ def log_probability_increase(
     layer_list = adapter.resolve_layers(layers)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    sites = ["neuron", "resid_post"] + ffn_sites(adapter)
+    sites = list(dict.fromkeys(["neuron", "resid_post"] + ffn_sites(adapter)))
     scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
     acts, sigma = _run(model, adapter, batch, targets, sites, [adapter.require_ffn(layer) for layer in scored],
                        readout.device)
@@ -266,12 +270,12 @@ def log_probability_increase(
         slot = layer_list.index(layer)
         base = readout.logits(ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
         write = adapter.ffn_write(layer)
-        coefficients = acts.get("neuron", layer).float() / sigma  # [B, n, d_ff]
+        coefficients = acts.get("neuron", layer).to(readout.offset.dtype) / sigma  # [B, n, d_ff]
         vectors = adapter.value_vectors(layer)  # [d_ff, d]
         if not write.identity:  # m · post_norm frozen at ffn_out's scale: m / σ_p per position, g_p per coordinate
-            coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).float()
+            coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).to(coefficients.dtype)
             gain = write.gain()
-            vectors = vectors if gain is None else vectors.float() * gain.to(vectors.device)
+            vectors = vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
@@ -323,11 +327,11 @@ def head_log_probability_increase(
     for layer in scored:
         slot, head_dim = layer_list.index(layer), adapter.head_dim_of(layer)
         per_chunk = max(1, chunk_size // head_dim)
-        base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
-        coefficients = acts.get("attn", layer).float() / sigma  # [B, n, H * d_head]
+        base = readout.logits(acts.get("resid_pre", layer), sigma)
+        coefficients = acts.get("attn", layer).to(readout.offset.dtype) / sigma  # [B, n, H * d_head]
         write = adapter.attn_write(layer)
         if not write.identity:
-            coefficients = coefficients * write.position_scale(acts.get("attn_out", layer)).float()
+            coefficients = coefficients * write.position_scale(acts.get("attn_out", layer)).to(coefficients.dtype)
         rows = head_output_rows(adapter, layer)
         for first in range(0, n_heads, per_chunk):
             last = min(first + per_chunk, n_heads)

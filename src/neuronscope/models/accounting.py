@@ -56,12 +56,24 @@ class FinalNorm:
         return out
 
 
-def _eps(module: nn.Module) -> float:
+def _eps_attribute(module: nn.Module) -> float | None:
     for name in ("variance_epsilon", "eps", "epsilon", "layer_norm_eps"):
         value = getattr(module, name, None)
         if isinstance(value, (int, float)):
             return float(value)
-    return 1e-6
+    return None
+
+
+def _probed_eps(module: nn.Module, unit: torch.Tensor, gain: torch.Tensor, bias: torch.Tensor | None,
+                dtype: torch.dtype) -> float:
+    """Epsilon from the module's output on a small input ``t · unit`` (``mean(unit²) = 1``, centred for a centring
+    norm): ``out = g ⊙ unit · t / sqrt(t² + eps)``, so ``eps = t² (1 / ρ² − 1)`` with ``ρ = out / (g ⊙ unit)``."""
+    small = 1e-3
+    out = module((small * unit).to(dtype)[None])[0].to(gain.dtype) - (0 if bias is None else bias)
+    reference = gain * unit.to(gain.dtype)
+    keep = reference.abs() > 1e-3 * reference.abs().max()
+    ratio = float((out[keep] / reference[keep]).mean())
+    return max(0.0, small ** 2 * (1.0 / ratio ** 2 - 1.0))
 
 
 def _probe_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
@@ -75,7 +87,8 @@ def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
     """Any RMSNorm- or LayerNorm-like module as ``gain * normalise(x) + bias``, probed from the module itself.
 
     A norm centres when shifting its input by a constant leaves its output unchanged; its bias is its output on a
-    constant input, its gain its output on a large input (where epsilon no longer matters). So Gemma's
+    constant input, its gain its output on a large input (where epsilon no longer matters), its epsilon the
+    module's attribute or, where it has none, solved from its output on a small input. So Gemma's
     ``1 + weight``, Nemotron's ``LayerNorm1P``, Cohere's bias-free LayerNorm and OLMo's parameter-free LayerNorm
     are read the same way as a stock ``nn.LayerNorm``. Values stay float64 for float64 modules, float32
     otherwise.
@@ -86,12 +99,12 @@ def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
     """
     device, dtype = _probe_device_dtype(module)
     keep = torch.float64 if dtype == torch.float64 else torch.float32
-    eps = _eps(module)
+    eps = _eps_attribute(module)
     with torch.no_grad():
         if type(module) is nn.LayerNorm:
             weight, bias = module.weight, module.bias
             gain = weight.detach().to(keep) if weight is not None else torch.ones(d_model, device=device, dtype=keep)
-            return FinalNorm("layer", gain, None if bias is None else bias.detach().to(keep), eps)
+            return FinalNorm("layer", gain, None if bias is None else bias.detach().to(keep), float(module.eps))
         ramp = torch.linspace(-1.0, 1.0, d_model, device=device, dtype=torch.float64)
         ramp = ramp + 0.37 / d_model  # no coordinate is zero after centring
         shifted = module((ramp + 3.0).to(dtype)[None]).to(keep)
@@ -104,9 +117,13 @@ def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
             big = 100.0 * unit
             out = module(big.to(dtype)[None])[0].to(keep) - (0 if bias is None else bias)
             gain = out / unit.to(keep)
+            if eps is None:  # e.g. OLMo's parameter-free LayerNorm hard-codes it
+                eps = _probed_eps(module, unit, gain, bias, dtype)
             return FinalNorm("layer", gain, bias, eps)
-        out = module(torch.full((1, d_model), 100.0, device=device, dtype=dtype))[0]
-    return FinalNorm("rms", out.to(keep), None, eps)
+        gain = module(torch.full((1, d_model), 100.0, device=device, dtype=dtype))[0].to(keep)
+        if eps is None:
+            eps = _probed_eps(module, torch.ones(d_model, device=device, dtype=torch.float64), gain, None, dtype)
+    return FinalNorm("rms", gain, None, eps)
 
 
 def resolve_source(source: str, *, model: nn.Module, layer: nn.Module | None, config: Any) -> float | None:

@@ -37,7 +37,7 @@ SPECS = (
     gated("lfm2", ("lfm2",), mlp="feed_forward", gate="w1", up="w3", down="w2", act=None, out="out_proj",
           attn_norm="operator_norm", ffn_norm="ffn_norm", mixer=_LFM_MIXERS, final_norm="embedding_norm",
           notes="short-convolution / attention layers, each followed by a gated FFN"),
-    gated("lfm3", ("lfm3",), mlp="feed_forward", gate="w1", up="w3", down="w2", act=None, out="out_proj",
+    gated("lfm3", ("lfm3",), mlp="feed_forward", gate="w1", up="w3", down="w2", act=None,
           attn_norm="operator_norm", ffn_norm="ffn_norm", post_attn_norm="post_operator_norm",
           post_ffn_norm="post_ffn_norm", mixer=_LFM_MIXERS, final_norm="embedding_norm",
           notes="LFM2 with post norms after the mixer and the FFN"),

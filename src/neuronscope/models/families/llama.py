@@ -5,7 +5,9 @@ FFN: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``. Every model type below ha
 residual (checked on a tiny config of each by ``tests/models/test_accounting.py``); they differ in attention
 details that do not touch the accounting (QK norms, NoPE layers, sliding windows, differential attention, BitNet's
 sub-norms inside the FFN and attention, whose outputs are still the sites). MLA attention (MiniCPM3, Youtu) has
-no single value projection: attention neurons are refused there, heads work.
+no single value projection: attention neurons are refused there, heads work. MiniCPM3 scales each branch by
+``scale_depth / sqrt(L)`` (a layer attribute) and divides the final hidden state by ``logits_scaling`` before
+the unembedding (the same as dividing the logits: no unembedding bias).
 """
 
 from neuronscope.models.families.common import gated
@@ -16,7 +18,8 @@ SPECS = (
         "seed_oss", "helium", "ministral", "ministral3", "ernie4_5", "hunyuan_v1_dense", "internlm3", "exaone",
         "iquestcoder", "cwm", "diffllama", "bitnet", "mistral4_text",
     ), notes="gated FFN, RMSNorm, plain residual (Llama, Mistral, Qwen2/3, SmolLM3, Seed-OSS, ...)"),
-    gated("minicpm3", ("minicpm3", "youtu"), value=None, ffn_scale=("layer.residual_scale",),
-          attn_scale=("layer.residual_scale",),
-          notes="Llama-like with MLA attention (no value projection: heads only); MiniCPM3 scales each branch"),
+    gated("minicpm3", ("minicpm3",), value=None, ffn_scale=("layer.residual_scale",),
+          attn_scale=("layer.residual_scale",), logits=(("divide", "config.logits_scaling"),),
+          notes="Llama-like with MLA attention (heads only), each branch scaled, final hidden / logits_scaling"),
+    gated("youtu", ("youtu",), value=None, notes="Llama-like with MLA attention (no value projection: heads only)"),
 )
