@@ -26,6 +26,9 @@ _SIZES = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_ke
 # common size the config does not take).
 _EXTRA: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_embd=16, n_layer=2, n_head=4, n_positions=64),
+    "gpt-sw3": dict(n_embd=16, n_layer=2, n_head=4, n_positions=64),
+    "axk1": dict(qk_nope_head_dim=4, qk_rope_head_dim=4, v_head_dim=4, q_lora_rank=8, kv_lora_rank=8,
+                 num_key_value_heads=4),
     "gpt_bigcode": dict(n_embd=16, n_layer=2, n_head=4, n_positions=64, n_inner=24, multi_query=True),
     "gptj": dict(n_embd=16, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, n_inner=24),
     "codegen": dict(n_embd=16, n_layer=2, n_head=4, n_positions=64, n_ctx=64, rotary_dim=4, n_inner=24),
@@ -94,7 +97,7 @@ def _text_types() -> list[str]:
 
 
 #: Model types of text specs that are built only inside their VLM (their tiny config lives in the VLM helpers).
-VLM_ONLY = ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "mistral4_text")
+VLM_ONLY = ("qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text")
 
 CASES: tuple[str, ...] = tuple(
     case

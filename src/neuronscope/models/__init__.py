@@ -1,12 +1,40 @@
-"""Model loading and adapters: where the neurons, heads, final norm and unembedding are, per family."""
+"""Model loading and adapters: where the neurons, heads, residual writes, final norm and unembedding are, per
+family; the registry of families (``families/``) and its catalogue (``catalogue.py``).
 
-from neuronscope.models.adapter import FinalNorm, ModelAdapter, get_adapter, supported_families
-from neuronscope.models.families import TEXT_SPECS, VISION_FAMILIES
-from neuronscope.models.loading import LoadedModel, load_model, parse_dtype
-from neuronscope.models.sources import SMOLLM2_GGUF, smollm2_location
-from neuronscope.models.spec import FamilySpec, VisionFamily
+Names are resolved lazily, so ``import neuronscope.models.catalogue`` does not import torch.
+"""
 
-__all__ = [
-    "FamilySpec", "FinalNorm", "LoadedModel", "ModelAdapter", "TEXT_SPECS", "VISION_FAMILIES", "VisionFamily",
-    "SMOLLM2_GGUF", "get_adapter", "load_model", "parse_dtype", "smollm2_location", "supported_families",
-]
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "FinalNorm": "neuronscope.models.accounting",
+    "ModelAdapter": "neuronscope.models.adapter",
+    "get_adapter": "neuronscope.models.adapter",
+    "supported_families": "neuronscope.models.adapter",
+    "TEXT_SPECS": "neuronscope.models.families",
+    "VISION_FAMILIES": "neuronscope.models.families",
+    "REFUSALS": "neuronscope.models.families",
+    "LoadedModel": "neuronscope.models.loading",
+    "load_model": "neuronscope.models.loading",
+    "parse_dtype": "neuronscope.models.loading",
+    "SMOLLM2_GGUF": "neuronscope.models.sources",
+    "smollm2_location": "neuronscope.models.sources",
+    "FamilySpec": "neuronscope.models.spec",
+    "VisionFamily": "neuronscope.models.spec",
+    "Refusal": "neuronscope.models.spec",
+    "CatalogueEntry": "neuronscope.models.catalogue",
+    "catalogue": "neuronscope.models.catalogue",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'neuronscope.models' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -12,17 +12,23 @@ from neuronscope.models.families import (
     gpt_neox,
     granite,
     hybrids,
+    idefics2,
     idefics3,
+    internvl,
     llama,
     llava,
     llava_next,
+    llava_onevision,
     olmo,
+    paligemma,
     parallel,
     phi3,
+    pixtral,
     plain_ffn,
     qwen2_vl,
 )
 from neuronscope.models.families.refusals import REFUSALS
+from neuronscope.models.families.text_only import TEXT_ONLY
 from neuronscope.models.spec import FamilySpec, Refusal, VisionFamily
 
 TEXT_SPECS: tuple[FamilySpec, ...] = (
@@ -41,11 +47,16 @@ TEXT_SPECS: tuple[FamilySpec, ...] = (
 VISION_FAMILIES: tuple[VisionFamily, ...] = (
     *llava.FAMILIES,
     *llava_next.FAMILIES,
+    *llava_onevision.FAMILIES,
     *qwen2_vl.FAMILIES,
     *idefics3.FAMILIES,
+    *idefics2.FAMILIES,
+    *paligemma.FAMILIES,
+    *pixtral.FAMILIES,
+    *internvl.FAMILIES,
     *blip.FAMILIES,
 )
 #: ``config.model_type`` -> the layout reader of its image tokens.
 LAYOUT_READERS = {model_type: family.layout for family in VISION_FAMILIES for model_type in family.model_types}
 
-__all__ = ["LAYOUT_READERS", "REFUSALS", "TEXT_SPECS", "VISION_FAMILIES", "FamilySpec", "Refusal", "VisionFamily"]
+__all__ = ["LAYOUT_READERS", "REFUSALS", "TEXT_ONLY", "TEXT_SPECS", "VISION_FAMILIES", "FamilySpec", "Refusal", "VisionFamily"]

@@ -6,7 +6,7 @@ The neuron site is the post-GELU input of ``c_proj``; ``pre`` the ``c_fc`` outpu
 from neuronscope.models.families.common import plain
 
 SPECS = (
-    plain("gpt2", ("gpt2",), up="c_fc", down="c_proj", attn="attn", out="c_proj", attn_norm="ln_1",
+    plain("gpt2", ("gpt2", "gpt-sw3"), up="c_fc", down="c_proj", attn="attn", out="c_proj", attn_norm="ln_1",
           ffn_norm="ln_2", value="c_attn", value_layout="c_attn", conv1d=True,
           notes="GELU FFN, LayerNorm with bias, Conv1D weights"),
     plain("gpt_bigcode", ("gpt_bigcode",), up="c_fc", down="c_proj", attn="attn", out="c_proj", attn_norm="ln_1",

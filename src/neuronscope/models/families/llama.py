@@ -16,7 +16,7 @@ SPECS = (
     gated("llama", (
         "llama", "mistral", "qwen2", "qwen3", "qwen2_vl_text", "qwen2_5_vl_text", "qwen3_vl_text", "smollm3",
         "seed_oss", "helium", "ministral", "ministral3", "ernie4_5", "hunyuan_v1_dense", "internlm3", "exaone",
-        "iquestcoder", "cwm", "diffllama", "bitnet", "mistral4_text",
+        "iquestcoder", "cwm", "diffllama", "bitnet", "flint",
     ), notes="gated FFN, RMSNorm, plain residual (Llama, Mistral, Qwen2/3, SmolLM3, Seed-OSS, ...)"),
     gated("minicpm3", ("minicpm3",), value=None, ffn_scale=("layer.residual_scale",),
           attn_scale=("layer.residual_scale",), logits=(("divide", "config.logits_scaling"),),
