@@ -44,7 +44,11 @@ from neuronscope.inputs.targets import TargetSet
 from neuronscope.models import get_adapter
 from neuronscope.trace import capture, intervene, suppress
 
-POSITIONS = (5, 3)
+
+def scored_positions(inputs) -> tuple[int, ...]:
+    """Two scored positions of a batch: the last and the third from last (5 and 3 for 6 tokens)."""
+    length = int(inputs["input_ids"].shape[1])
+    return (length - 1, length - 3)
 F64 = dict(rtol=1e-9, atol=1e-10)
 
 # What the test knows of each family's logit post-processing (checked against the model's own logits below).
@@ -83,8 +87,11 @@ def _zero_output(module):
                                         if isinstance(out, tuple) else torch.zeros_like(out))
 
 
-def _run(model, inputs, zero: dict[int, list] | None = None, want: tuple[str, ...] = ()) -> dict:
-    """One forward with plain hooks: zero the outputs of ``zero[layer]`` modules, keep the layer outputs."""
+def _run(model, inputs, zero: dict[int, list] | None = None, want: tuple[str, ...] = (),
+         positions: tuple[int, ...] | None = None) -> dict:
+    """One forward with plain hooks: zero the outputs of ``zero[layer]`` modules, keep the layer outputs at
+    ``positions`` (default: the scored positions of ``inputs``)."""
+    at = positions or scored_positions(inputs)
     adapter = get_adapter(model)
     spec, handles, seen = adapter.family, [], {}
     for modules in (zero or {}).values():
@@ -92,25 +99,25 @@ def _run(model, inputs, zero: dict[int, list] | None = None, want: tuple[str, ..
     for layer in range(adapter.n_layers):
         block = adapter.layers[layer]
         handles.append(block.register_forward_pre_hook(
-            lambda m, a, k, layer=layer: seen.__setitem__(("x", layer), _pick(a[0] if a else k["hidden_states"],
-                                                                              POSITIONS)), with_kwargs=True))
+            lambda m, a, k, layer=layer: seen.__setitem__(("x", layer), _pick(a[0] if a else k["hidden_states"], at)),
+            with_kwargs=True))
         handles.append(block.register_forward_hook(
-            lambda m, a, out, layer=layer: seen.__setitem__(("y", layer), _pick(out, POSITIONS))))
+            lambda m, a, out, layer=layer: seen.__setitem__(("y", layer), _pick(out, at))))
         if "inner" in want and adapter.has_ffn(layer):
             down = adapter.module(layer, spec.down)
             handles.append(down.register_forward_pre_hook(
-                lambda m, a, layer=layer: seen.__setitem__(("a", layer), _pick(a[0], POSITIONS))))
+                lambda m, a, layer=layer: seen.__setitem__(("a", layer), _pick(a[0], at))))
             handles.append(down.register_forward_hook(
-                lambda m, a, out, layer=layer: seen.__setitem__(("o", layer), _pick(out, POSITIONS))))
+                lambda m, a, out, layer=layer: seen.__setitem__(("o", layer), _pick(out, at))))
         if "inner" in want and adapter.has_attention(layer):
             out_proj = adapter.module(layer, spec.attn_out)
             handles.append(out_proj.register_forward_pre_hook(
-                lambda m, a, layer=layer: seen.__setitem__(("h", layer), _pick(a[0], POSITIONS))))
+                lambda m, a, layer=layer: seen.__setitem__(("h", layer), _pick(a[0], at))))
             handles.append(out_proj.register_forward_hook(
-                lambda m, a, out, layer=layer: seen.__setitem__(("ho", layer), _pick(out, POSITIONS))))
+                lambda m, a, out, layer=layer: seen.__setitem__(("ho", layer), _pick(out, at))))
     try:
         with torch.no_grad():
-            seen["logits"] = _pick(model(**inputs).logits, POSITIONS)
+            seen["logits"] = _pick(model(**inputs).logits, at)
     finally:
         for handle in handles:
             handle.remove()
@@ -210,18 +217,44 @@ def make_setup(cases: tuple[str, ...]):
 
 def build(case: str):
     model = tiny_family_model(case, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, 60, (2, 6), generator=generator)
+    return build_for(case, model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+
+
+def build_for(case: str, model, inputs: dict):
+    """The setup tuple for any model and unpadded inputs (``case``'s model type names its logit facts)."""
     adapter = get_adapter(model)
     with torch.no_grad():  # stronger value vectors, so that LPIs are well away from zero
         for layer in adapter.ffn_layers:
             adapter.value_vectors(layer).mul_(4)
-    generator = torch.Generator().manual_seed(3)
-    ids = torch.randint(3, 60, (2, 6), generator=generator)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    positions = scored_positions(inputs)
     oracle = Oracle(case, model, inputs)
     predicted = oracle.real["logits"].argmax(-1)  # [B, P]
-    targets = TargetSet(predicted, torch.tensor([POSITIONS] * 2), torch.ones(2, len(POSITIONS), dtype=torch.bool))
-    batch = Batch(inputs, ["a", "b"], torch.full((2,), 6))
+    rows = int(inputs["input_ids"].shape[0])
+    targets = TargetSet(predicted, torch.tensor([positions] * rows), torch.ones(rows, 2, dtype=torch.bool))
+    batch = Batch(inputs, ["row"] * rows, torch.full((rows,), int(inputs["input_ids"].shape[1])))
     return case, model, adapter, oracle, batch, targets
+
+
+def build_vlm_setup(family: str):
+    """The oracle setup of one tiny VLM family (float64, two same-size images, no padding)."""
+    import numpy as np
+    from PIL import Image
+
+    from helpers.tiny_vlms import build_tiny_vlm, gradient_image
+    from helpers.tiny_vlms_current import FAMILIES as CURRENT_FAMILIES
+    from helpers.tiny_vlms_current import build_current_vlm
+
+    vlm = build_current_vlm(family) if family in CURRENT_FAMILIES else build_tiny_vlm(family)
+    model = vlm.model.double()
+    image = gradient_image(40, 30)
+    flipped = Image.fromarray(np.ascontiguousarray(np.asarray(image)[::-1]))
+    inputs = dict(vlm.inputs([image, flipped]))
+    inputs.pop("labels", None)
+    assert bool((inputs["attention_mask"] == 1).all())
+    inputs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
+    return build_for(model.config.model_type, model, inputs)
 
 
 def test_oracle_readout_is_the_models_own(setup):
@@ -245,7 +278,8 @@ def test_hooked_forward_equals_plain(setup):
             hooked = model(**batch.inputs).logits
     assert torch.equal(plain, hooked)
     for layer in adapter.ffn_layers:
-        torch.testing.assert_close(acts.get("neuron", layer)[:, list(POSITIONS)], oracle.real[("a", layer)], **F64)
+        at = list(scored_positions(batch.inputs))
+        torch.testing.assert_close(acts.get("neuron", layer)[:, at], oracle.real[("a", layer)], **F64)
 
 
 def _has_site(adapter, site) -> bool:
@@ -293,7 +327,7 @@ def test_head_lpi_equals_log_softmax_from_the_layer_input(setup):
     scores = head_log_probability_increase(model, batch, targets, compute_dtype=torch.float64).values
     for layer in adapter.attention_layers:
         head_dim = adapter.head_dim_of(layer)
-        site = oracle.real[("h", layer)].view(2, len(POSITIONS), adapter.n_heads, head_dim)
+        site = oracle.real[("h", layer)].view(*targets.positions.shape, adapter.n_heads, head_dim)
         rows = adapter.attn_output_weight(layer).detach().view(adapter.n_heads, head_dim, -1)
         head_out = torch.einsum("bphk,hkd->bphd", site, rows)
         writes = oracle.ca[layer][:, :, None] * head_out
@@ -321,13 +355,14 @@ def test_contributions_sum_to_the_ffn_write(setup):
 def test_zeroing_a_neuron_moves_the_residual_by_its_write(setup):
     case, model, adapter, oracle, batch, targets = setup
     index = adapter.d_ff // 2
-    positions = torch.tensor([[POSITIONS[0]]] * 2)
+    scored = scored_positions(batch.inputs)[0]
+    positions = torch.tensor([[scored]] * len(batch))
     for layer in adapter.ffn_layers:
         down = adapter.module(layer, adapter.family.down)
 
         def zero_by_hand(module, args):
             value = args[0].clone()
-            value[:, POSITIONS[0], index] = 0
+            value[:, scored, index] = 0
             return (value,)
 
         handle = down.register_forward_pre_hook(zero_by_hand)

@@ -113,6 +113,7 @@ def aya_vision_layout(request: LayoutRequest) -> ImageLayout:
 FAMILIES = (
     VisionFamily("internvl", ("internvl",), layout=internvl_layout,
                  notes="InternVL: tiles plus a thumbnail, each pixel-shuffled to a square grid"),
-    VisionFamily("aya_vision", ("aya_vision",), layout=aya_vision_layout,
-                 notes="Aya Vision: tiles plus a global tile, each pixel-shuffled to a square grid"),
+    VisionFamily("aya_vision", ("aya_vision",), layout=aya_vision_layout, logits=(),
+                 notes="Aya Vision: tiles plus a global tile, each pixel-shuffled to a square grid (its wrapper does "
+                       "not apply Cohere's logit_scale)"),
 )

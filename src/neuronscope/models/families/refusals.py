@@ -64,6 +64,9 @@ REFUSALS: tuple[Refusal, ...] = (
              "pp_formulanet", "evolla"), "encoder-decoder",
             "an encoder-decoder: the decoder's layers add cross-attention to an encoder's output, which this adapter "
             "does not account for; use a decoder-only model"),
+    Refusal(("mllama",), "cross-attention",
+            "Llama-3.2-Vision reads the image through cross-attention layers interleaved with the self-attention "
+            "ones, not through image tokens in the residual stream; no spec for its cross-attention layers yet"),
     Refusal(("git", "idefics", "blip", "fuyu", "kosmos-2"), "vision-layout",
             "its image enters through a path the adapter does not follow (GIT's image tokens run through the text "
             "stack as a prefix encoder; IDEFICS-1's gated cross-attention layers; BLIP's text decoder "
