@@ -130,7 +130,8 @@ def _layer_scale(adapter, layer) -> float:
 
 
 def _after_ffn(adapter, case, layer) -> list:
-    return [getattr(adapter.layers[layer], name) for name in AFTER_FFN.get(_model_type(case), ())
+    names = AFTER_FFN.get(_model_type(case), ()) or AFTER_FFN.get(adapter.text_config.model_type, ())
+    return [getattr(adapter.layers[layer], name) for name in names
             if getattr(adapter.layers[layer], name, None) is not None]
 
 
@@ -155,7 +156,7 @@ class Oracle:
         for layer in adapter.attention_layers:
             block = adapter.layers[layer]
             zero = [adapter.module(layer, adapter.family.down)] if adapter.has_ffn(layer) else []
-            zero += [getattr(block, name) for name in PARALLEL_MIXERS.get(_model_type(case), ())]
+            zero += [getattr(block, name) for name in PARALLEL_MIXERS.get(adapter.text_config.model_type, ())]
             zero += _after_ffn(adapter, case, layer)
             after = _run(model, inputs, {layer: zero})[("y", layer)] / _layer_scale(adapter, layer)
             self.A[layer] = after - real[("x", layer)]

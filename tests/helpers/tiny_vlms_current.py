@@ -60,7 +60,7 @@ def _smolvlm_processor_class() -> type:
         module.num2words = str
     return module.SmolVLMProcessor
 
-FAMILIES = ("paligemma", "gemma3", "janus", "mistral3", "llava_pixtral", "internvl", "aya_vision",
+FAMILIES = ("paligemma", "gemma3", "gemma4", "janus", "mistral3", "llava_pixtral", "internvl", "aya_vision",
             "llava_onevision", "qwen3_vl", "qwen3_5", "smolvlm", "idefics2")
 
 _TEXT = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -103,6 +103,43 @@ def tiny_gemma3(seed: int = 0) -> TinyVLM:
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.5)
     return TinyVLM("gemma3", _finish(model), processor, "<start_of_image>",
                    {"side": 4}, nested_images=True)
+
+
+def _accepting_none(processor_class: type, *names: str) -> type:
+    """``processor_class`` accepting None for the sub-processors ``names`` (video, audio) that images do not need."""
+
+    class ImagesOnly(processor_class):  # type: ignore[misc, valid-type]
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument is None and argument_name in names:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImagesOnly.__name__ = processor_class.__name__
+    return ImagesOnly
+
+
+def tiny_gemma4(seed: int = 0) -> TinyVLM:
+    tok = char_tokenizer([], boi_token="<start_of_image>", eoi_token="<end_of_image>",
+                         image_token="<image_soft_token>", audio_token="<audio_soft_token>",
+                         boa_token="<start_of_audio>", eoa_token="<end_of_audio>")
+    image_processor = T.Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=3)
+    processor = _accepting_none(T.Gemma4Processor, "video_processor", "feature_extractor")(
+        image_processor=image_processor, tokenizer=tok, video_processor=None, feature_extractor=None,
+        image_seq_length=70)
+    text = _text("gemma4_text", tok, global_head_dim=8, hidden_size_per_layer_input=4,
+                 layer_types=["sliding_attention", "full_attention"], sliding_window=4)
+    text.update(vocab_size=len(tok) + 2, vocab_size_per_layer_input=len(tok) + 2)  # + the processor's video token
+    text.pop("head_dim")
+    text["head_dim"] = 4
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=8, patch_size=4, pooling_kernel_size=3,
+                  position_embedding_size=64)
+    config = T.Gemma4Config(text_config=text, vision_config=vision, audio_config=None,
+                            image_token_id=tok.image_token_id, boi_token_id=tok.boi_token_id,
+                            eoi_token_id=tok.eoi_token_id)
+    torch.manual_seed(seed)
+    return TinyVLM("gemma4", _finish(T.Gemma4ForConditionalGeneration(config)), processor, "<image_soft_token>",
+                   {"kernel": 3}, nested_images=True)
 
 
 def tiny_mistral3(seed: int = 0) -> TinyVLM:

@@ -63,9 +63,9 @@ def _switch_off_vision_attention(model) -> None:
     zeroed = 0
     with torch.no_grad():
         for name, module in _tower(model).named_modules():
-            last = name.rsplit(".", 1)[-1]
+            parts = name.split(".")[-2:]  # Gemma-4 wraps its linears: self_attn.v_proj.linear
             if isinstance(module, torch.nn.Linear) and ("attn" in name or "attention" in name) \
-                    and last in _ATTENTION_LINEARS:
+                    and any(part in _ATTENTION_LINEARS for part in parts):
                 module.weight.zero_()
                 if module.bias is not None:
                     module.bias.zero_()
@@ -148,8 +148,9 @@ def _decode(vlm, pixels: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
     """Original (x, y) of processed pixels ``[..., C]`` (channels last), from the test image's colours, and
     whether each pixel is the image's (not the processor's padding)."""
     image_processor = vlm.processor.image_processor
-    mean = np.asarray(image_processor.image_mean)
-    std = np.asarray(image_processor.image_std)
+    normalised = getattr(image_processor, "do_normalize", True)
+    mean = np.asarray(image_processor.image_mean if normalised else [0.0, 0.0, 0.0])
+    std = np.asarray(image_processor.image_std if normalised else [1.0, 1.0, 1.0])
     rgb = (pixels * std + mean) * 255
     width, height = size
     inside = np.abs(rgb[..., 2] - BLUE) < 25  # not padding
@@ -176,8 +177,9 @@ def _receptive_centres(vlm, batch, positions: list[int], size) -> dict[int, tupl
         handle.remove()
     embeds = seen["embeds"]
     direction = torch.randn(embeds.shape[-1], generator=torch.Generator().manual_seed(0))
-    pixels = pixel_values.detach().numpy()
+    pixels = pixels_raw = pixel_values.detach().numpy()
     qwen = pixels.ndim == 2
+    patched = pixels.ndim == 3  # Gemma-4: [images, patches, P * P * C], channels last
     if qwen:  # [patches, C * T * P * P]
         patch = int(vlm.numbers["patch_size"])
         pixels = pixels.reshape(pixels.shape[0], 3, 2, patch, patch)
@@ -188,6 +190,9 @@ def _receptive_centres(vlm, batch, positions: list[int], size) -> dict[int, tupl
         if qwen:
             grad = grad.reshape(pixels.shape).sum(1)  # [patches, T, P, P]
             x, y, inside = _decode(vlm, np.moveaxis(pixels, 1, -1), size)
+        elif patched:
+            grad = grad.reshape(*grad.shape[:2], -1, 3).sum(-1)  # [images, patches, P * P]
+            x, y, inside = _decode(vlm, pixels_raw.reshape(*pixels_raw.shape[:2], -1, 3), size)
         else:
             grad = grad.sum(-3)  # over channels: [..., H, W]
             x, y, inside = _decode(vlm, np.moveaxis(pixels, -3, -1), size)

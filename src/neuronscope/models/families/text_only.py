@@ -19,5 +19,5 @@ TEXT_ONLY: dict[str, str] = {
     "qianfan_ocr": UNMAPPED, "qwen2_5_omni_thinker": "an omni model (audio and video too): " + UNMAPPED,
     "shieldgemma2": UNMAPPED, "unlimited_ocr": UNMAPPED, "video_llama_3": VIDEO, "video_llava": VIDEO,
     "vipllava": UNMAPPED, "emu3": "discrete VQ image tokens laid out with end-of-line tokens: " + UNMAPPED,
-    "gemma4_unified": UNMAPPED,
+    "gemma4_unified": UNMAPPED, "chameleon": "discrete VQ image tokens: " + UNMAPPED,
 }
