@@ -10,8 +10,6 @@ fails) and the rest is resolved relative to one decoder layer, by the family spe
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -24,109 +22,26 @@ from neuronscope.models.accounting import (
     readout_from_ops,
     resolve_source,
 )
-from neuronscope.models.families import REFUSALS, TEXT_SPECS, VISION_FAMILIES
-from neuronscope.models.spec import FamilySpec, Refusal, VisionFamily
+from neuronscope.models.families import VISION_FAMILIES
+from neuronscope.models.lookup import (
+    FINAL_NORM_NAMES,
+    LAYER_LIST_NAMES,
+    MOE_ISSUE,
+    config_value,
+    ffn_kind,
+    find_decoder,
+    first_attr,
+    get_path,
+    in_out,
+    is_vision_language,
+    refusal_for,
+    spec_for,
+    supported_families,
+    unsupported,
+)
+from neuronscope.models.spec import FamilySpec, VisionFamily
 
 __all__ = ["FinalNorm", "ModelAdapter", "Readout", "WriteMap", "get_adapter", "norm_affine", "supported_families"]
-
-_LAYER_LIST_NAMES = ("layers", "h", "blocks", "block", "decoder_layers")
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f", "final_norm")
-MOE_ISSUE = "mixture-of-experts layers are a separate issue (#15)"
-
-
-def _get(module: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
-def _first_attr(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | tuple[None, None]:
-    for name in names:
-        child = getattr(module, name, None)
-        if isinstance(child, nn.Module):
-            return name, child
-    return None, None
-
-
-def config_value(config: Any, *names: str) -> Any:
-    """The first of ``names`` set on ``config`` (per-layer attributes of transformers 5 raise on access: None)."""
-    for name in names:
-        try:
-            value = getattr(config, name, None)
-        except Exception:  # AmbiguousGlobalPerLayerAttributeError and friends
-            value = None
-        if value is not None:
-            return value
-    return None
-
-
-def _in_out(module: nn.Module, conv1d: bool) -> tuple[int, int]:
-    weight = module.weight
-    return (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
-
-
-def supported_families() -> list[str]:
-    """Names of the text families and vision-language wrappers with an adapter."""
-    return [spec.name for spec in TEXT_SPECS] + [vf.name for vf in VISION_FAMILIES]
-
-
-def unsupported(model_type: str, why: str) -> UnsupportedModelError:
-    """The error for a model type without an adapter (names the supported families and how to add one)."""
-    return UnsupportedModelError(
-        f"model type '{model_type}' has no adapter ({why}). Supported families: {', '.join(supported_families())} "
-        "(`neuronscope models` lists every model type with its status). To add one, write a FamilySpec in "
-        "src/neuronscope/models/families/<family>.py naming its FFN output projection, attention output "
-        "projection and residual facts (see llama.py), add it to families/__init__.py, and add its tiny config to "
-        "tests/helpers/tiny_models.py (the accounting test then checks it)."
-    )
-
-
-def refusal_for(model_type: str) -> Refusal | None:
-    """The registry's refusal of ``model_type``, or None."""
-    return next((r for r in REFUSALS if model_type in r.model_types), None)
-
-
-def spec_for(model_type: str) -> FamilySpec | None:
-    """The text family spec that adapts ``model_type``, or None."""
-    return next((spec for spec in TEXT_SPECS if model_type in spec.model_types), None)
-
-
-def _find_decoder(model: nn.Module) -> nn.Module:
-    candidates = []
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        try:
-            candidates.append(get_decoder())
-        except (AttributeError, NotImplementedError, TypeError, ValueError):
-            pass
-    for path in ("model.language_model", "language_model.model", "language_model", "model.text_model",
-                 "text_model", "transformer", "model", "gpt_neox", "backbone"):
-        candidates.append(_get(model, path))
-    for decoder in candidates:
-        if decoder is None:
-            continue
-        _, layers = _first_attr(decoder, _LAYER_LIST_NAMES)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return decoder
-    raise unsupported(getattr(model.config, "model_type", type(model).__name__), "no decoder layer list found")
-
-
-def _ffn_kind(layer: nn.Module, spec: FamilySpec) -> str:
-    """``"dense"``, ``"moe"`` or ``"none"`` for one decoder layer."""
-    ffn = _get(layer, spec.ffn)
-    if not isinstance(ffn, nn.Module):
-        return "none"
-    name = type(ffn).__name__.lower()
-    if hasattr(ffn, "experts") or hasattr(ffn, "router") or any(k in name for k in ("moe", "sparse", "expert")):
-        return "moe"
-    return "dense" if isinstance(_get(layer, spec.down), nn.Module) else "none"
-
-
-def _is_vision_language(config: Any) -> bool:
-    return any(config_value(config, name) is not None for name in ("vision_config", "vision_tower", "vq_config"))
-
 
 class ModelAdapter:
     """Where the neurons, heads, residual writes, final norm and unembedding of one model are.
@@ -161,16 +76,16 @@ class ModelAdapter:
         self.vision: VisionFamily | None = next(
             (vf for vf in VISION_FAMILIES if self.model_type in vf.model_types), None
         )
-        if self.vision is None and _is_vision_language(config) and not text_only:
+        if self.vision is None and is_vision_language(config) and not text_only:
             raise UnsupportedModelError(
                 f"vision-language model type '{self.model_type}' has no image-layout reader, so its image tokens "
                 "cannot be mapped onto the image (no heatmaps, no patches). Pass text_only=True to "
                 "get_adapter(model, text_only=True) to score its text positions only, or declare a layout reader "
                 "beside the family in neuronscope/models/families/ (see `neuronscope models`)."
             )
-        self.text_only = bool(text_only or (self.vision is None and _is_vision_language(config)))
-        self.decoder = _find_decoder(model)
-        self.layers: nn.ModuleList = _first_attr(self.decoder, _LAYER_LIST_NAMES)[1]
+        self.text_only = bool(text_only or (self.vision is None and is_vision_language(config)))
+        self.decoder = find_decoder(model)
+        self.layers: nn.ModuleList = first_attr(self.decoder, LAYER_LIST_NAMES)[1]
         self.n_layers: int = len(self.layers)
         spec = spec_for(text_type) or spec_for(self.model_type)
         self.generic = spec is None
@@ -209,7 +124,7 @@ class ModelAdapter:
             spec.mixer(layer, index, cfg) if spec.mixer is not None else "attention"
             for index, layer in enumerate(self.layers)
         )
-        kinds = tuple(_ffn_kind(layer, spec) for layer in self.layers)
+        kinds = tuple(ffn_kind(layer, spec) for layer in self.layers)
         moe = [i for i, kind in enumerate(kinds) if kind == "moe"]
         if moe:
             raise UnsupportedModelError(
@@ -222,10 +137,10 @@ class ModelAdapter:
         if not self.ffn_layers:
             raise unsupported(text_type, f"family spec '{spec.name}' names FFN '{spec.down}', absent in every layer")
         for layer in self.attention_layers:
-            if _get(self.layers[layer], spec.attn_out) is None:
+            if get_path(self.layers[layer], spec.attn_out) is None:
                 raise unsupported(text_type, f"family spec '{spec.name}' names '{spec.attn_out}', absent in layer "
                                              f"{layer}")
-        widths = {_in_out(self.module(layer, spec.down), spec.conv1d) for layer in self.ffn_layers}
+        widths = {in_out(self.module(layer, spec.down), spec.conv1d) for layer in self.ffn_layers}
         if len(widths) != 1:
             raise UnsupportedModelError(
                 f"model type '{text_type}': FFN widths differ between layers ({sorted(w[0] for w in widths)}); "
@@ -234,8 +149,8 @@ class ModelAdapter:
         self.d_ff, self.d_model = next(iter(widths))
 
     def _resolve_readout(self, model: nn.Module, text_type: str) -> None:
-        names = ((self.family.final_norm,) if self.family.final_norm else ()) + _FINAL_NORM_NAMES
-        _, self.final_norm_module = _first_attr(self.decoder, names)
+        names = ((self.family.final_norm,) if self.family.final_norm else ()) + FINAL_NORM_NAMES
+        _, self.final_norm_module = first_attr(self.decoder, names)
         if self.final_norm_module is None:
             raise unsupported(self.model_type, "no final norm found")
         self.unembed_module: nn.Module = model.get_output_embeddings()
@@ -249,7 +164,7 @@ class ModelAdapter:
     # -- structure -----------------------------------------------------------------------------------------------
     def module(self, layer: int, name: str) -> nn.Module:
         """The submodule ``name`` (dotted, relative to a decoder layer) of decoder layer ``layer``."""
-        found = _get(self.layers[self.check_layer(layer)], name)
+        found = get_path(self.layers[self.check_layer(layer)], name)
         if found is None:
             raise SiteError(
                 f"layer {layer} of '{self.model_type}' has no module '{name}' (its mixer is "
@@ -389,7 +304,7 @@ class ModelAdapter:
     def head_dim_of(self, layer: int) -> int:
         """``d_head`` of layer ``layer``'s attention (Gemma-4 widens its global layers)."""
         layer = self.require_attention(layer)
-        width = _in_out(self.module(layer, self.family.attn_out), self.family.conv1d)[0]
+        width = in_out(self.module(layer, self.family.attn_out), self.family.conv1d)[0]
         if not self.n_heads or width % self.n_heads:
             raise UnsupportedModelError(
                 f"the attention output projection of layer {layer} reads {width} coordinates, not a multiple of "
@@ -402,9 +317,9 @@ class ModelAdapter:
         layer = self.require_attention(layer)
         spec = self.family
         if spec.value is not None and spec.value_layout == "separate":
-            projection = _get(self.layers[layer], f"{spec.attention}.{spec.value}")
+            projection = get_path(self.layers[layer], f"{spec.attention}.{spec.value}")
             if isinstance(projection, nn.Module) and hasattr(projection, "weight"):
-                return _in_out(projection, spec.conv1d)[1] // self.head_dim_of(layer)
+                return in_out(projection, spec.conv1d)[1] // self.head_dim_of(layer)
         value = config_value(self.text_config, "num_key_value_heads", "multi_query_group_num")
         if config_value(self.text_config, "multi_query") is True:
             value = 1

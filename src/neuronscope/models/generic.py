@@ -41,7 +41,7 @@ def _first(module: nn.Module, names: tuple[str, ...]) -> str | None:
 
 
 def _refuse(model_type: str, why: str) -> UnsupportedModelError:
-    from neuronscope.models.adapter import unsupported
+    from neuronscope.models.lookup import unsupported
 
     return unsupported(model_type, f"the generic fallback cannot account for it exactly: {why}")
 
