@@ -2,23 +2,22 @@
 routing rules and the fused expert tensors read as neurons.
 
 See :mod:`neuronscope.results.neuron_layout` for the neuron id space, :mod:`~neuronscope.models.moe.families` for
-the families and :mod:`~neuronscope.models.moe.routing` for the routing rules.
+the families and :mod:`~neuronscope.models.moe.routing` for the routing rules. Names are imported lazily, so the
+family declarations (``families.py``, ``family.py``) load without torch.
 """
 
-from neuronscope.models.moe.families import MOE_FAMILIES, MOE_VISION_FAMILIES, find_moe, moe_family
-from neuronscope.models.moe.routing import RULES, expert_scores, route
-from neuronscope.models.moe.spec import ExpertLayer, MoEFamily, MoEStructure
-from neuronscope.models.moe.weights import (
-    expert_activations,
-    expert_bias,
-    expert_value_vectors,
-    expert_writes,
-    value_vector,
-)
-from neuronscope.results.neuron_layout import DENSE, NeuronLayout
+from neuronscope._lazy import lazy_exports
 
-__all__ = [
-    "DENSE", "MOE_FAMILIES", "MOE_VISION_FAMILIES", "RULES", "ExpertLayer", "MoEFamily", "MoEStructure",
-    "NeuronLayout", "expert_activations", "expert_bias", "expert_scores", "expert_value_vectors", "expert_writes",
-    "find_moe", "moe_family", "route", "value_vector",
-]
+_EXPORTS = {
+    **dict.fromkeys(("MOE_FAMILIES", "MOE_VISION_FAMILIES", "find_moe", "moe_family"),
+                    "neuronscope.models.moe.families"),
+    "MoEFamily": "neuronscope.models.moe.family",
+    **dict.fromkeys(("RULES", "expert_scores", "route"), "neuronscope.models.moe.routing"),
+    **dict.fromkeys(("ExpertLayer", "MoEStructure"), "neuronscope.models.moe.spec"),
+    **dict.fromkeys(("expert_activations", "expert_bias", "expert_value_vectors", "expert_writes", "value_vector"),
+                    "neuronscope.models.moe.weights"),
+    **dict.fromkeys(("DENSE", "NeuronLayout"), "neuronscope.results.neuron_layout"),
+}
+
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -30,21 +30,26 @@ new), its entry in ``MOE_FAMILIES``, and a tiny config in ``tests/helpers/tiny_m
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from neuronscope.errors import UnsupportedModelError
-from neuronscope.models.moe.spec import ExpertLayer, MoEFamily, MoEStructure
+from neuronscope.models.families.common import mixer_by_module
+from neuronscope.models.moe.family import MoEFamily
 from neuronscope.models.spec import FamilySpec, VisionFamily
+
+if TYPE_CHECKING:  # the declarations load without torch (``neuronscope models``)
+    from torch import nn
+
+    from neuronscope.models.moe.spec import ExpertLayer, MoEStructure
 
 FAMILIES_FILE = "src/neuronscope/models/moe/families.py"
 
 
-def _text(name: str, block: str = "mlp", act: str = "act_fn") -> FamilySpec:
+def _text(name: str, block: str = "mlp", act: str = "act_fn", **facts: Any) -> FamilySpec:
     return FamilySpec(name=f"{name}:dense", model_types=(), down=f"{block}.down_proj", act=f"{block}.{act}",
                       up=f"{block}.up_proj", gate=f"{block}.gate_proj", attn_out="self_attn.o_proj",
-                      ffn_norm="post_attention_layernorm", notes=f"attention and dense layers of {name}")
+                      attn_norm="input_layernorm", ffn_norm="post_attention_layernorm",
+                      notes=f"attention and dense layers of {name}", **facts)
 
 
 _SPARSE_STEP = "dense where layer in mlp_only_layers or (layer + 1) % decoder_sparse_step != 0"
@@ -59,7 +64,8 @@ MOE_FAMILIES: tuple[MoEFamily, ...] = (
     MoEFamily("qwen3_moe", ("qwen3_moe", "qwen3_vl_moe_text"), "mlp", "gate", "softmax_topk",
               _text("qwen3_moe"), dense_rule=_SPARSE_STEP, notes="Qwen3-MoE / Qwen3-VL-MoE: softmax top-k"),
     MoEFamily("qwen3_5_moe", ("qwen3_5_moe_text", "qwen3_5_moe"), "mlp", "gate", "softmax_topk",
-              _text("qwen3_5_moe"), shared=("shared_expert",), shared_gate="shared_expert_gate",
+              _text("qwen3_5_moe", mixer=mixer_by_module({"self_attn": "attention", "linear_attn": "linear_attention"})),
+              shared=("shared_expert",), shared_gate="shared_expert_gate",
               notes="Qwen3.5-MoE: softmax top-k, a sigmoid-gated shared expert, hybrid linear attention"),
     MoEFamily("olmoe", ("olmoe",), "mlp", "gate", "softmax_topk", _text("olmoe"), notes="OLMoE: softmax top-k"),
     MoEFamily("deepseek_v2", ("deepseek_v2",), "mlp", "gate", "softmax_group", _text("deepseek_v2"),
@@ -73,7 +79,8 @@ MOE_FAMILIES: tuple[MoEFamily, ...] = (
     MoEFamily("gpt_oss", ("gpt_oss",), "mlp", "router", "topk_softmax", _text("gpt_oss"),
               notes="gpt-oss: biased router, softmax over top-k, clamped biased SwiGLU experts"),
     MoEFamily("granitemoe", ("granitemoe",), "block_sparse_moe", "router", "topk_softmax",
-              _text("granitemoe", "block_sparse_moe"), residual_scale="residual_multiplier",
+              _text("granitemoe", "block_sparse_moe", attn_scale=("layer.residual_multiplier",),
+                    logits=(("divide", "config.logits_scaling"),)), residual_scale="residual_multiplier",
               notes="Granite-MoE: softmax over top-k; output times residual_multiplier"),
     MoEFamily("phimoe", ("phimoe",), "mlp", "router", "sparse_mixer", _text("phimoe"),
               notes="PhiMoE: sparse mixer top-2"),
@@ -133,6 +140,8 @@ def _resolve_layer(family: MoEFamily, index: int, block: nn.Module) -> ExpertLay
     width = int(down.shape[1] if transposed else down.shape[2])
     shared = tuple(getattr(block, name) for name in family.shared)
     gate = getattr(block, family.shared_gate) if family.shared_gate else None
+    from neuronscope.models.moe.spec import ExpertLayer
+
     return ExpertLayer(index, family, block, router, experts, shared, gate, int(down.shape[0]), int(router.top_k),
                        width, tuple(int(m.down_proj.in_features) for m in shared), transposed, interface,
                        bool(getattr(experts, "has_bias", False)))
@@ -175,4 +184,6 @@ def find_moe(model_types: tuple[str, ...], layers: nn.ModuleList, config: Any, d
         raise _not_covered(family.name, f"its MoE layers {sorted(moe)} differ from what the config says "
                                         f"({family.dense_rule}: {sorted(expected or [])})")
     scale = float(getattr(config, family.residual_scale, 1.0)) if family.residual_scale else 1.0
+    from neuronscope.models.moe.spec import MoEStructure
+
     return MoEStructure(family, moe, dense, d_model, scale)
