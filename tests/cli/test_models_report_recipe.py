@@ -52,7 +52,7 @@ def test_models_prints_the_model_type_catalogue(cli) -> None:
     assert mixtral["status"] == "verified" and mixtral["kind"] == "moe"
     assert {f["name"] for f in data["moe_families"]} >= {"mixtral", "deepseek_v3", "gpt_oss"}
     installed = json.loads(cli("models", "--json", "--installed").output)["model_types"]
-    assert {row["model_type"] for row in installed} >= {row["model_type"] for row in rows}
+    assert {row["model_type"] for row in installed} >= {row.model_type for row in rows}
 
 
 def test_model_workflows_take_text_only(cli) -> None:

@@ -68,7 +68,7 @@ def unsupported(model_type: str, why: str) -> UnsupportedModelError:
         "(`neuronscope models` lists every model type with its status). To add one, write a FamilySpec in "
         "src/neuronscope/models/families/<family>.py naming its FFN output projection, attention output "
         "projection and residual facts (see llama.py), add it to families/__init__.py, and add its tiny config to "
-        "tests/helpers/tiny_models.py (the accounting test then checks it)."
+        "tests/helpers/tiny_families.py (the accounting test then checks it)."
     )
 
 

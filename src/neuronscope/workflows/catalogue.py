@@ -39,9 +39,11 @@ def catalogue(installed: bool = False) -> dict[str, Any]:
                           for spec in TEXT_SPECS],
         "vision_families": [{"name": family.name, "model_types": list(family.model_types),
                              "spatial_map": family.spatial_map, "notes": family.notes}
-                            for family in (*VISION_FAMILIES, *MOE_VISION_FAMILIES)],
+                            for family in VISION_FAMILIES],
         "moe_families": [{"name": family.name, "model_types": list(family.model_types), "routing": family.routing,
                           "notes": family.notes} for family in MOE_FAMILIES],
+        "moe_vision_families": [{"name": family.name, "model_types": list(family.model_types),
+                                 "notes": family.notes} for family in MOE_VISION_FAMILIES],
         "methods": [{"name": info.name, "summary": info.summary, "paper": info.paper,
                      "uses_gradients": info.uses_gradients} for info in list_methods()],
         "workflows": [{"name": workflow.name, "summary": workflow.summary, "paper": workflow.paper}
