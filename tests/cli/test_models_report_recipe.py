@@ -45,6 +45,28 @@ def test_models_lists_every_family_and_method(cli) -> None:
     assert blip["spatial_map"] is False
 
 
+def test_models_prints_the_model_type_catalogue(cli) -> None:
+    from neuronscope.models.catalogue import catalogue, format_catalogue
+
+    rows = catalogue(include_installed=False)
+    result = cli("models")
+    assert result.exit_code == 0 and format_catalogue(rows) in result.output
+    for status in ("verified (", "text-only (", "refused ("):
+        assert status in result.output
+    data = json.loads(cli("models", "--json").output)
+    assert data["model_types"] == [row.as_dict() for row in rows]
+    mixtral = next(row for row in data["model_types"] if row["model_type"] == "mixtral")
+    assert mixtral["status"] == "verified" and mixtral["kind"] == "moe"
+    assert {f["name"] for f in data["moe_families"]} >= {"mixtral", "deepseek_v3", "gpt_oss"}
+    installed = json.loads(cli("models", "--json", "--installed").output)["model_types"]
+    assert {row["model_type"] for row in installed} >= {row.model_type for row in rows}
+
+
+def test_model_workflows_take_text_only(cli) -> None:
+    result = cli("locate", "--help")
+    assert result.exit_code == 0 and "--text-only" in result.output
+
+
 def test_report_is_rebuilt(cli, located_run, tmp_path) -> None:
     run = tmp_path / "run"
     shutil.copytree(located_run, run)

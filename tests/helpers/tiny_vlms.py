@@ -45,12 +45,14 @@ FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "i
 _BASE_SPECIALS = ["<unk>", "<pad>", "<s>", "</s>"]
 
 
-def char_tokenizer(special_tokens: Sequence[str] = ()) -> TokenizerClass:
+def char_tokenizer(special_tokens: Sequence[str] = (), **named_tokens: str) -> TokenizerClass:
     """A character-level fast tokenizer (printable ASCII + newline) with extra special tokens.
 
     Each character is one token (a BPE model with no merges), so token counts are easy to predict by hand.
     ``special_tokens`` become single, unsplittable special tokens in the given order, after the base ones
-    (``<unk>``, ``<pad>``, ``<s>``, ``</s>``).
+    (``<unk>``, ``<pad>``, ``<s>``, ``</s>``); ``named_tokens`` (e.g. ``boi_token="<start_of_image>"``) are added
+    too and become the tokenizer's named attributes (``tok.boi_token``, ``tok.boi_token_id``), as processors
+    expect of their real tokenizers.
 
     Example::
 
@@ -62,7 +64,8 @@ def char_tokenizer(special_tokens: Sequence[str] = ()) -> TokenizerClass:
     for c in chars:
         vocab.setdefault(c, len(vocab))
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    specials = list(_BASE_SPECIALS) + [t for t in special_tokens if t not in _BASE_SPECIALS]
+    wanted = list(special_tokens) + [t for t in named_tokens.values() if t not in special_tokens]
+    specials = list(_BASE_SPECIALS) + [t for t in wanted if t not in _BASE_SPECIALS]
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return TokenizerClass(
         tokenizer_object=backend,
@@ -71,6 +74,7 @@ def char_tokenizer(special_tokens: Sequence[str] = ()) -> TokenizerClass:
         bos_token="<s>",
         eos_token="</s>",
         padding_side="left",
+        **named_tokens,
     )
 
 
@@ -122,6 +126,7 @@ class TinyVLM:
     processor: ProcessorMixin
     image_placeholder: str
     numbers: dict[str, Any] = field(default_factory=dict)
+    nested_images: bool = False  # the processor takes images as a list per row (Idefics-style)
 
     @property
     def image_token_id(self) -> int:
@@ -148,7 +153,7 @@ class TinyVLM:
             texts = [self.prompt(len(row)) for row in per_row]
         flat = [im for row in per_row for im in row]
         kwargs: dict[str, Any] = {"padding": True, "return_tensors": "pt"}
-        if self.family == "idefics3":
+        if self.family == "idefics3" or self.nested_images:
             return self.processor(text=list(texts), images=per_row, **kwargs)
         return self.processor(text=list(texts), images=flat, **kwargs)
 

@@ -359,10 +359,10 @@ def test_text_only_model_is_a_clear_error():
 
 
 def test_unknown_vlm_family_names_the_supported_ones():
-    from transformers import PaliGemmaConfig
+    from transformers import VipLlavaConfig  # a VLM family without a layout reader (PaliGemma now has one)
 
     with pytest.raises(UnsupportedModelError, match="llava_next.*qwen2_vl"):
-        image_layout(PaliGemmaConfig(), {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
+        image_layout(VipLlavaConfig(), {"input_ids": torch.zeros(1, 3, dtype=torch.long)})
 
 
 def test_row_without_image_is_a_clear_error(vlms):

@@ -29,3 +29,15 @@ def test_round_trip_and_top_k(tmp_path):
     assert torch.equal(NeuronScores.load(tmp_path / "sp").top_k(1)[0], torch.tensor([[2, 1]]))
     with pytest.raises(NeuronscopeError):
         NeuronScores(torch.zeros(3, 4))
+
+
+def test_top_k_names_the_layers_listed_in_meta():
+    values = torch.zeros(1, 1, 2, 3)
+    values[0, 0, 1, 2] = 3.0  # slot 1 of the layer axis = model layer 7
+    values[0, 0, 0, 0] = 1.0  # slot 0 = model layer 5
+    scores = NeuronScores(values, meta={"layers": [5, 7]})
+    neurons, top = scores.top_k(2)
+    assert neurons.tolist() == [[7, 2], [5, 0]] and top.tolist() == [3.0, 1.0]
+    assert scores.to_sparse(1).top_k(1)[0].tolist() == [[7, 2]]
+    with pytest.raises(NeuronscopeError, match="meta lists"):
+        NeuronScores(values, meta={"layers": [5]}).top_k(1)

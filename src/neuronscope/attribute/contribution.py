@@ -3,6 +3,13 @@ Pre-Trained Transformers": ``s[l, i] = a[l, i] · <w_i, u_t>``, the raw logit co
 token t at the position that produces t (no final norm, no softmax, no gradient). Optionally scaled by the final
 norm frozen at that position (``final_norm=True``: ``<w_i, g_f ⊙ u_t> / σ``, LayerNorm's centring included).
 
+``a_i w_i`` is the neuron's write into the residual where the family adds its FFN output unchanged (most). Where
+it does not, ``residual_write=True`` scores the neuron's real write, ``<m · g_p ⊙ a_i w_i / σ_p, u_t>``: ``m`` the
+residual multiplier (Granite, Falcon-H1, MiniCPM3) and ``g_p / σ_p`` the post-FFN norm (Gemma-2/3, OLMo-2, GLM-4)
+frozen at the FFN output's scale; then ``Σ_i s[l, i] = <FFN write_l − its bias part, u_t>`` holds in every family
+(``tests/models/test_accounting.py``). The default keeps the paper's raw ``a_i <w_i, u_t>`` (identical where the
+family adds its FFN output unchanged). Layers without an FFN (hybrids) score 0 when ``layers`` is None.
+
 ``W_out^T u_t`` is computed for the needed targets only — never the ``d_ff × V`` table of the reference code.
 
 Selection on the device (``top_k=`` or ``threshold=``): each layer's scores are computed inside the forward, in a
@@ -29,6 +36,7 @@ from neuronscope.attribute.selection import ThresholdSelection, to_host, top_k_s
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
+from neuronscope.models.accounting import WriteMap
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
@@ -82,6 +90,8 @@ def scores_from_activations(
     token_ids: torch.Tensor,
     layers: list[int],
     final_residual: torch.Tensor | None = None,
+    ffn_outputs: torch.Tensor | None = None,
+    residual_write: bool = False,
 ) -> torch.Tensor:
     """Contribution scores from captured activations, on their device: ``[..., n, layers, d_ff]``.
 
@@ -92,23 +102,43 @@ def scores_from_activations(
         layers: the layers of ``activations``' layer axis.
         final_residual: ``[..., n, d_model]`` the last layer's output at those positions; when given, scores are
             scaled by the final norm frozen there (``<w_i, g ⊙ u_t> / σ``, LayerNorm's centring included).
+        residual_write: score the neuron's write into the residual, ``m · g_p ⊙ a_i w_i / σ_p``
+            (:meth:`ModelAdapter.ffn_write`), instead of ``a_i w_i``.
+        ffn_outputs: ``[..., n, layers, d_model]`` the FFN output projection's outputs there; needed with
+            ``residual_write`` where the family's FFN write is not its output unchanged (post norm, multiplier).
     """
     device = activations.device
     activations = activations.to(score_dtype(activations))
     unique, target_index = token_ids.unique(return_inverse=True)
     target_index = target_index.to(device)
-    if final_residual is None:
-        return contribution_scores(activations, value_projections(adapter, unique, layers, device=device),
-                                   target_index)
-    norm = adapter.final_norm()
-    sigma = norm.scale(final_residual.to(device, activations.dtype))  # [..., n, 1]
-    directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, activations.dtype)
-    directions = directions * norm.gain.to(device, activations.dtype)
-    proj = value_projections(adapter, unique, layers, directions, device=device)
-    if norm.kind == "layer":  # <w - mean(w), g ⊙ u>: the centring is linear, so it moves onto w
-        mean_w = torch.stack([adapter.value_vectors(layer).to(device, activations.dtype).mean(-1) for layer in layers])
-        proj = proj - mean_w[:, :, None] * directions.sum(-1)[None, None, :]
-    return contribution_scores(activations, proj, target_index) / sigma[..., None]
+    writes = [adapter.ffn_write(layer) if residual_write else WriteMap() for layer in layers]
+    if not all(write.identity for write in writes):
+        if ffn_outputs is None:
+            raise NeuronscopeError(f"family '{adapter.family.name}' rescales or normalises its FFN output before the "
+                                   "residual add: pass ffn_outputs (site 'ffn_out') to score neuron writes")
+        scale = torch.stack([write.position_scale(ffn_outputs[..., slot, :].to(device))[..., 0]
+                             for slot, write in enumerate(writes)], dim=-1)  # [..., n, layers]
+        activations = activations * scale[..., None].to(activations.dtype)
+    gains = [write.gain() for write in writes]
+    dtype = activations.dtype
+    directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, dtype)  # [m, d]
+    sigma = None
+    if final_residual is not None:
+        norm = adapter.final_norm()
+        sigma = norm.scale(final_residual.to(device, dtype))  # [..., n, 1]
+        directions = directions * norm.gain.to(device, dtype)
+    per_layer = []
+    for layer, gain in zip(layers, gains, strict=True):
+        layer_directions = directions if gain is None else directions * gain.to(device, dtype)
+        proj = value_projections(adapter, unique, [layer], layer_directions, device=device)[0]  # [d_ff, m]
+        if final_residual is not None and adapter.final_norm().kind == "layer":
+            # <c ⊙ w - mean(c ⊙ w), g ⊙ u>: the centring is linear, so it moves onto the (scaled) value vector
+            vectors = adapter.value_vectors(layer).to(device, dtype)
+            vectors = vectors if gain is None else vectors * gain.to(device, dtype)
+            proj = proj - vectors.mean(-1)[:, None] * directions.sum(-1)[None, :]
+        per_layer.append(proj)
+    scores = contribution_scores(activations, torch.stack(per_layer), target_index)
+    return scores if sigma is None else scores / sigma[..., None]
 
 
 @torch.no_grad()
@@ -123,6 +153,7 @@ def contribution(
     top_k: int | None = None,
     threshold: float | None = None,
     absolute: bool = False,
+    residual_write: bool = False,
 ) -> NeuronScores | SelectedScores:
     """Score every neuron's contribution to each target token.
 
@@ -139,6 +170,9 @@ def contribution(
             device during the forward (module docstring). Default None: the dense grid.
         threshold: keep every score ``>= threshold`` (``|score|`` with ``absolute``), selected on the device.
         absolute: with ``top_k`` / ``threshold``, rank by magnitude (values keep their sign).
+        residual_write: score the neuron's write into the residual stream (through the family's post-FFN norm,
+            frozen, and its residual multiplier) instead of ``a_i w_i``; the same where the family has neither.
+            Not with ``top_k`` / ``threshold`` where the family rescales its FFN output.
 
     Returns:
         dense NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets); with
@@ -163,21 +197,37 @@ def contribution(
     targets.check(batch.seq_len, adapter.vocab_size)
     if top_k is not None and threshold is not None:
         raise NeuronscopeError("give top_k or threshold, not both")
+    scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
+    scored = [adapter.require_ffn(layer) for layer in scored]
+    rescaled = residual_write and not all(adapter.ffn_write(layer).identity for layer in scored)
     if top_k is not None or threshold is not None:
-        return _selected(model, adapter, batch, targets, layer_list, site, final_norm, top_k, threshold, absolute)
-    sites = [site] + (["resid_post"] if final_norm else [])
-    capture_layers = sorted(set(layer_list) | ({adapter.n_layers - 1} if final_norm else set()))
+        if rescaled:
+            raise NeuronscopeError(f"family '{adapter.family.name}' rescales or normalises its FFN output: "
+                                   "residual_write scores come as the dense grid only; drop top_k / threshold")
+        return _selected(model, adapter, batch, targets, scored, site, final_norm, top_k, threshold, absolute)
+    sites = [site] + (["ffn_out"] if rescaled else [])
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     # Everything stays on the device of the unembedding; only the final scores come back to the CPU.
     device = adapter.unembedding().device
-    with capture(model, sites=sites, layers=capture_layers, positions=positions) as acts:
-        model(**batch.inputs, **logits_to_keep(model))
-    activations = torch.stack([acts.get(site, layer).to(device) for layer in layer_list], dim=2)  # [B, n, L, d_ff]
-    residual = acts.get("resid_post", adapter.n_layers - 1) if final_norm else None  # [B, n, d]
-    scores = scores_from_activations(adapter, activations, targets.token_ids, layer_list, final_residual=residual)
-    scores = scores.cpu()
+    last = adapter.n_layers - 1
+    options = logits_to_keep(model)
+    if final_norm:  # the readout check needs the logits at the target positions
+        options.pop("logits_to_keep", None)
+    with capture(model, sites=sites, layers=scored, positions=positions) as acts, \
+            capture(model, sites="resid_post", layers=[last], positions=positions) as final:
+        output = model(**batch.inputs, **options)
+    activations = torch.stack([acts.get(site, layer).to(device) for layer in scored], dim=2)  # [B, n, L, d_ff]
+    residual = final.get("resid_post", last) if final_norm else None  # [B, n, d]
+    if final_norm:
+        adapter.check_readout(residual, getattr(output, "logits", None), positions)
+    outputs = torch.stack([acts.get("ffn_out", layer).to(device) for layer in scored], dim=2) if rescaled else None
+    partial = scores_from_activations(adapter, activations, targets.token_ids, scored, final_residual=residual,
+                                      ffn_outputs=outputs, residual_write=residual_write).cpu()
+    scores = partial.new_zeros(*partial.shape[:2], len(layer_list), adapter.d_ff)
+    scores[:, :, [layer_list.index(layer) for layer in scored]] = partial
     scores = scores * targets.valid[:, :, None, None]
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
+            "residual_write": residual_write,
             "targets": targets.describe(), "model": adapter.describe()}
     return NeuronScores(scores, meta=meta)
 

@@ -12,11 +12,12 @@ scored position ``t`` and source position ``s``:
   ``A_h[t, s] · v_s[kv(h), n]``; its write is that number times row ``n`` of ``W_O[slice_h]``.
   ``Σ_n`` of the writes is ``c_{h,s}``.
 
-Families that normalise the attention output before the residual add (Gemma-2/3, OLMo-2:
-``post_attention_layernorm``) write ``post_norm(attn_out)``, which is not a sum of head outputs. There every write
-above is read through that norm *frozen* at the attention output's own scale ``σ_a``: ``g_a ⊙ o_h / σ_a``, the same
+Families that normalise the attention output before the residual add (Gemma-2/3, OLMo-2, GLM-4: a
+``post_attn_norm``) write ``post_norm(attn_out)``, which is not a sum of head outputs. There every write above is
+read through that norm *frozen* at the attention output's own scale ``σ_a``: ``g_a ⊙ o_h / σ_a``, the same
 linearisation as the frozen final norm; then the writes sum to ``post_norm(attn_out)`` exactly (no o_proj bias in
-those families).
+those families). Residual multipliers (Granite, Falcon-H1) scale every write the same way
+(:meth:`neuronscope.models.adapter.ModelAdapter.attn_write`).
 
 Attention probabilities come from the model's own eager attention (the decoder is switched to ``"eager"`` for the
 one forward and switched back), value states from a hook on the value projection (``v_proj``, or the value part of a
@@ -54,8 +55,9 @@ def head_outputs(adapter: ModelAdapter, layer: int, head_site: torch.Tensor) -> 
         >>> outs.sum(-2) + o_proj_bias                                 # == acts.get("attn_out", 0)
     """
     weight = adapter.attn_output_weight(layer)
-    per_head = head_site.reshape(*head_site.shape[:-1], adapter.n_heads, adapter.head_dim)
-    rows = weight.reshape(adapter.n_heads, adapter.head_dim, -1).to(per_head.device, per_head.dtype)
+    head_dim = adapter.head_dim_of(layer)
+    per_head = head_site.reshape(*head_site.shape[:-1], adapter.n_heads, head_dim)
+    rows = weight.reshape(adapter.n_heads, head_dim, -1).to(per_head.device, per_head.dtype)
     return torch.einsum("...hk,hkd->...hd", per_head, rows)
 
 
@@ -105,7 +107,7 @@ def attention_probe(model: nn.Module, layers: list[int], adapter: ModelAdapter |
             kind, projection = value_layout(adapter, layer)
 
             def keep_values(module: nn.Module, args: tuple, output: Any, layer: int = layer, kind: str = kind) -> None:
-                probe.values[layer] = value_states_from_projection(adapter, kind, output.detach())
+                probe.values[layer] = value_states_from_projection(adapter, kind, output.detach(), layer)
 
             def keep_weights(module: nn.Module, args: tuple, output: Any, layer: int = layer) -> None:
                 weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None

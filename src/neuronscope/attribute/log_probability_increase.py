@@ -14,12 +14,19 @@ over a candidate set (``candidates=``: exact log-softmax over ``candidates ∪ t
 
 What ``v`` and ``r`` are:
 
-- FFN neuron ``(l, i)``: ``v = a_i · w_i``, ``r`` = the residual the FFN reads (site ``ffn_in``; for
-  parallel-residual GPT-NeoX the layer input plus the attention output). Families with a post-FFN norm
-  (Gemma-2/3, OLMo-2) add ``post_norm(ffn_out)``, not ``Σ a_i w_i``: there the neuron's write is ``a_i w_i`` read
-  through that norm frozen at ``ffn_out``'s own scale, ``g_p ⊙ a_i w_i / σ_p`` (the writes then sum to the FFN's
-  real write exactly).
-- Attention head ``(l, h)``: ``v`` = the head output (:mod:`neuronscope.attribute.heads`), ``r`` = the layer input.
+- FFN neuron ``(l, i)``: ``v`` = the neuron's write into the residual, ``r`` = the residual that write lands on:
+  site ``ffn_in`` (the input of the pre-FFN norm) for sequential blocks; for parallel-residual families (GPT-NeoX,
+  GPT-J, Falcon, Phi, Cohere) the layer output minus the FFN's write, i.e. the layer input plus the attention
+  output. The write is ``m · a_i w_i`` with ``m`` the family's residual multiplier (1 for most; Granite,
+  Falcon-H1, MiniCPM3 read it from the model); families with a post-FFN norm (Gemma-2/3, OLMo-2, GLM-4) add
+  ``post_norm(ffn_out)``, not ``Σ a_i w_i``: there the neuron's write is ``a_i w_i`` read through that norm frozen
+  at ``ffn_out``'s own scale, ``m · g_p ⊙ a_i w_i / σ_p`` (the writes then sum to the FFN's real write exactly;
+  see :class:`neuronscope.models.accounting.WriteMap`).
+- Attention head ``(l, h)``: ``v`` = the head output written into the residual the same way (multiplier, frozen
+  post-attention norm), ``r`` = the layer input.
+- The readout includes the family's logit scale (Granite ``1 / logits_scaling``, Cohere ``logit_scale``, ...)
+  and soft-cap; every scoring forward checks that the model's own logits are this readout of its last residual
+  and refuses the model otherwise.
 - Per source position / attention neuron of a head: ``v`` = the head's contribution from source ``s``
   (``A_h[t, s] · v_s W_O[slice_h]``) or one coordinate of it; ``r`` = the layer input
   (:func:`head_source_log_probability_increase`; this is what ranks image patches for the top head).
@@ -34,23 +41,25 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from neuronscope.attribute.frozen_readout import FrozenReadout
+from neuronscope.attribute.frozen_readout import readout_for as _readout
 from neuronscope.attribute.heads import (
     HeadSourceScores,
     attention_probe,
     check_weighted_values,
     weighted_values,
 )
-from neuronscope.attribute.kernels import shifted_logsumexp, target_values
+from neuronscope.attribute.kernels import accumulation_dtype, shifted_logsumexp, target_values
+from neuronscope.attribute.residual import ffn_residual, ffn_sites, write_note
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet, prediction_targets
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.models.attention import head_output_rows, kv_head, post_attention_norm, post_ffn_norm
+from neuronscope.models.attention import head_output_rows, kv_head
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Capture, capture
 
@@ -67,11 +76,12 @@ def log_probability_increase_from_logits(
     scale: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32.
+    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32
+    (float64 when an input is float64).
 
     The full-vocabulary log-sum-exp of each row is one fused reduction
     (:func:`neuronscope.attribute.kernels.shifted_logsumexp`): ``base + scale · delta`` is never stored, and
-    ``delta`` is read in its own dtype with float32 accumulation.
+    ``delta`` is read in its own dtype with float32 accumulation (float64 for float64 inputs).
 
     Args:
         base_logits: ``[V]`` logits of the residual alone (before any soft-cap).
@@ -90,117 +100,43 @@ def log_probability_increase_from_logits(
         >>> log_probability_increase_from_logits(torch.zeros(3), torch.tensor([[1.0, 0, 0]]), 0)
         tensor([0.5472])
     """
-    base = base_logits.float()
+    acc = accumulation_dtype(base_logits, delta_logits)  # float64 inputs stay float64
+    base = base_logits.to(acc)
     capped_base = torch.tanh(base / softcap) * softcap if softcap else base
     new_target = target_values(base, delta_logits, target, scale, softcap)
     new_lse = shifted_logsumexp(base, delta_logits, scale, softcap, backend=backend)
     increase = (new_target - new_lse) - (capped_base[target] - capped_base.logsumexp(-1))
-    return increase.float()
-
-
-@dataclass
-class FrozenReadout:
-    """The model's readout with the final norm frozen: ``z(x) = G C(x) / σ + offset`` over a vocabulary subset.
-
-    Attributes:
-        directions: ``G [V', d]`` = unembedding rows times the final norm's gain (``V'`` = full vocabulary or the
-            candidate set).
-        offset: ``[V']`` = ``W_U b_f + b_U`` (final-norm bias and unembedding bias).
-        centre: LayerNorm (subtract the mean of ``x``) or RMSNorm.
-        softcap: the model's final logit soft-cap, or None.
-        token_ids: ``[V']`` vocabulary ids of the columns, or None for the full vocabulary.
-    """
-
-    directions: torch.Tensor
-    offset: torch.Tensor
-    centre: bool
-    softcap: float | None
-    token_ids: torch.Tensor | None
-
-    @classmethod
-    def from_adapter(
-        cls, adapter: ModelAdapter, token_ids: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
-    ) -> FrozenReadout:
-        """Build it from a model's final norm and unembedding (restricted to ``token_ids`` if given)."""
-        unembedding = adapter.unembedding()
-        device = unembedding.device
-        rows = unembedding if token_ids is None else unembedding[token_ids.to(device)]
-        norm = adapter.final_norm()
-        directions = rows.to(dtype) * norm.gain.to(device, dtype)
-        offset = torch.zeros(rows.shape[0], device=device, dtype=torch.float32)
-        if norm.bias is not None:
-            offset = offset + rows.float() @ norm.bias.to(device).float()
-        bias = adapter.unembedding_bias()
-        if bias is not None:
-            offset = offset + (bias if token_ids is None else bias[token_ids.to(device)]).float()
-        return cls(directions, offset, norm.kind == "layer", adapter.logit_softcap, token_ids)
-
-    @property
-    def device(self) -> torch.device:
-        return self.directions.device
-
-    def delta(self, writes: torch.Tensor) -> torch.Tensor:
-        """The linear part ``G C(v)`` for vectors ``[..., d]`` → ``[..., V']`` (divide by ``σ`` yourself)."""
-        writes = writes.to(self.device, self.directions.dtype)
-        if self.centre:
-            writes = writes - writes.mean(-1, keepdim=True)
-        return writes @ self.directions.T
-
-    def logits(self, residual: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """``z(x) = G C(x) / σ + offset`` for residuals ``[..., d]`` and scales ``[..., 1]`` → ``[..., V']`` (no
-        soft-cap)."""
-        return self.delta(residual).float() / sigma.to(self.device).float() + self.offset
-
-    def column(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Columns of ``token_ids`` (any shape) in this readout."""
-        if self.token_ids is None:
-            return token_ids.clone()
-        index = torch.searchsorted(self.token_ids.cpu(), token_ids.cpu())
-        return index.clamp(max=self.token_ids.numel() - 1)
+    return increase if acc == torch.float64 else increase.float()
 
 
 # -- model plumbing ----------------------------------------------------------------------------------------------
-def _readout(
-    adapter: ModelAdapter, targets: TargetSet, candidates: Sequence[int] | torch.Tensor | None, dtype: torch.dtype
-) -> FrozenReadout:
-    if candidates is None:
-        return FrozenReadout.from_adapter(adapter, None, dtype)
-    ids = torch.as_tensor(candidates, dtype=torch.long).reshape(-1)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= adapter.vocab_size):
-        raise NeuronscopeError(f"candidate token ids must be in [0, {adapter.vocab_size}): got {ids.tolist()[:10]}")
-    ids = torch.cat([ids, targets.token_ids[targets.valid]]).unique()  # the targets always take part
-    return FrozenReadout.from_adapter(adapter, ids, dtype)
-
-
 def _targets_or_prediction(model: nn.Module, batch: Batch, targets: TargetSet | None) -> TargetSet:
     return prediction_targets(model, batch) if targets is None else targets
 
 
 def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, sites: list[str],
-         layers: list[int], device: torch.device, final_scale: torch.Tensor | None = None) -> tuple[Capture, torch.Tensor]:
+         layers: list[int], device: torch.device, final_scale: torch.Tensor | None = None,
+         ) -> tuple[Capture, torch.Tensor]:
     """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]`` (this
     run's own, or ``final_scale`` when given: another run's, e.g. the original condition's in CNA)."""
     last = adapter.n_layers - 1
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
-    with capture(model, sites=sites, layers=sorted(set(layers) | {last}), positions=positions, to=device) as acts:
-        model(**batch.inputs)
+    with capture(model, sites=sites, layers=layers, positions=positions, to=device) as acts, \
+            capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:
+        output = model(**batch.inputs)
+    final = end.get("resid_post", last)
+    adapter.check_readout(final, getattr(output, "logits", None), positions)
     if final_scale is None:
-        return acts, adapter.final_norm().scale(acts.get("resid_post", last))
+        return acts, adapter.final_norm().scale(final)
     if torch.as_tensor(final_scale).numel() != targets.token_ids.numel():
         raise NeuronscopeError(f"final_scale holds {torch.as_tensor(final_scale).numel()} values for "
                                f"{targets.token_ids.numel()} (example, target) pairs: give one σ per pair")
-    return acts, torch.as_tensor(final_scale).float().reshape(*targets.token_ids.shape, 1).to(device)
+    return acts, torch.as_tensor(final_scale).to(final.dtype).reshape(*targets.token_ids.shape, 1).to(device)
 
 
 def _rows(targets: TargetSet) -> Iterator[tuple[int, int]]:
     """(example, target) pairs that hold a real target."""
     yield from (tuple(pair) for pair in targets.valid.nonzero().tolist())
-
-
-def _ffn_residual(adapter: ModelAdapter, acts: Capture, layer: int) -> torch.Tensor:
-    if adapter.family.parallel_residual:  # x + attn(x) + ffn(x): the FFN's write lands on x + attn(x)
-        return acts.get("resid_pre", layer).float() + acts.get("attn_out", layer).float()
-    return acts.get("ffn_in", layer).float()
 
 
 def _meta(method: str, adapter: ModelAdapter, targets: TargetSet, readout: FrozenReadout, **extra) -> dict:
@@ -220,8 +156,8 @@ def log_probability_increase(
     chunk_size: int = DEFAULT_CHUNK,
     candidates: Sequence[int] | torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
-    unit: str = "neuron",
     final_scale: torch.Tensor | None = None,
+    unit: str = "neuron",
 ) -> NeuronScores:
     """Exact LPI of every FFN neuron of ``layers`` for each target.
 
@@ -267,20 +203,22 @@ def log_probability_increase(
     layer_list = adapter.resolve_layers(layers)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    has_post = adapter.family.post_ffn_norm is not None
-    sites = ["neuron", "resid_post"] + (["resid_pre", "attn_out"] if adapter.family.parallel_residual else ["ffn_in"])
-    sites += ["ffn_out"] if has_post else []
-    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device, final_scale)
+    sites = list(dict.fromkeys(["neuron", "resid_post"] + ffn_sites(adapter)))
+    scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
+    acts, sigma = _run(model, adapter, batch, targets, sites, [adapter.require_ffn(layer) for layer in scored],
+                       readout.device, final_scale)
 
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
-    for slot, layer in enumerate(layer_list):
-        base = readout.logits(_ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
-        coefficients = acts.get("neuron", layer).float() / sigma  # [B, n, d_ff]
+    for layer in scored:
+        slot = layer_list.index(layer)
+        base = readout.logits(ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
+        write = adapter.ffn_write(layer)
+        coefficients = acts.get("neuron", layer).to(readout.offset.dtype) / sigma  # [B, n, d_ff]
         vectors = adapter.value_vectors(layer)  # [d_ff, d]
-        post = post_ffn_norm(adapter, layer) if has_post else None
-        if post is not None:  # the FFN's write is post_norm(ffn_out), frozen at ffn_out's scale
-            coefficients = coefficients / post.scale(acts.get("ffn_out", layer))
-            vectors = vectors.float() * post.gain.to(vectors.device)
+        if not write.identity:  # m · post_norm frozen at ffn_out's scale: m / σ_p per position, g_p per coordinate
+            coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).to(coefficients.dtype)
+            gain = write.gain()
+            vectors = vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
@@ -289,7 +227,7 @@ def log_probability_increase(
                     base[row, col], directions, int(columns[row, col]), readout.softcap,
                     scale=coefficients[row, col, start:stop])
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
-                 layers=layer_list, post_ffn_norm="frozen at ffn_out's scale" if has_post else None)
+                 layers=layer_list, ffn_write=write_note(adapter.ffn_write(scored[0]) if scored else None))
     return NeuronScores(scores.cpu(), meta=meta)
 
 
@@ -323,18 +261,21 @@ def head_log_probability_increase(
     layer_list = adapter.resolve_layers(layers)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    has_post = post_attention_norm(adapter, 0) is not None
-    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
-    acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device, final_scale)
+    scored = [layer for layer in layer_list if adapter.has_attention(layer)] if layers is None else layer_list
+    scored = [adapter.require_attention(layer) for layer in scored]
+    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if _attn_needs_out(adapter, scored) else [])
+    acts, sigma = _run(model, adapter, batch, targets, sites, scored, readout.device, final_scale)
 
-    n_heads, head_dim = adapter.n_heads, adapter.head_dim
-    per_chunk = max(1, chunk_size // head_dim)
+    n_heads = adapter.n_heads
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), n_heads, device=readout.device)
-    for slot, layer in enumerate(layer_list):
-        base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
-        coefficients = acts.get("attn", layer).float() / sigma  # [B, n, H * d_head]
-        if has_post:
-            coefficients = coefficients / post_attention_norm(adapter, layer).scale(acts.get("attn_out", layer))
+    for layer in scored:
+        slot, head_dim = layer_list.index(layer), adapter.head_dim_of(layer)
+        per_chunk = max(1, chunk_size // head_dim)
+        base = readout.logits(acts.get("resid_pre", layer), sigma)
+        coefficients = acts.get("attn", layer).to(readout.offset.dtype) / sigma  # [B, n, H * d_head]
+        write = adapter.attn_write(layer)
+        if not write.identity:
+            coefficients = coefficients * write.position_scale(acts.get("attn_out", layer)).to(coefficients.dtype)
         rows = head_output_rows(adapter, layer)
         for first in range(0, n_heads, per_chunk):
             last = min(first + per_chunk, n_heads)
@@ -346,8 +287,12 @@ def head_log_probability_increase(
                 scores[row, col, slot, first:last] = log_probability_increase_from_logits(
                     base[row, col], delta, int(columns[row, col]), readout.softcap)
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="head", site="attn",
-                 layers=layer_list, post_attention_norm="frozen at attn_out's scale" if has_post else None)
+                 layers=layer_list, attn_write=write_note(adapter.attn_write(scored[0]) if scored else None))
     return NeuronScores(scores.cpu(), meta=meta)
+
+
+def _attn_needs_out(adapter: ModelAdapter, layers: list[int]) -> bool:
+    return any(not adapter.attn_write(layer).identity for layer in layers)
 
 
 def _sources(sources: torch.Tensor | Sequence[int] | None, batch: Batch) -> torch.Tensor:
@@ -409,32 +354,37 @@ def head_source_log_probability_increase(
     source_positions = _sources(sources, batch)
     readout = _readout(adapter, targets, candidates, compute_dtype)
     columns = readout.column(targets.token_ids)
-    has_post = post_attention_norm(adapter, 0) is not None
-    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if has_post else [])
+    for layer in layer_list:
+        adapter.require_attention(layer)
+    sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if _attn_needs_out(adapter, layer_list) else [])
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     with attention_probe(model, layer_list, adapter) as probe:
         acts, sigma = _run(model, adapter, batch, targets, sites, layer_list, readout.device, final_scale)
 
-    head_dim = adapter.head_dim
+    widths = {adapter.head_dim_of(layer) for layer in layer_list}
+    if coordinates and len(widths) != 1:
+        raise NeuronscopeError(f"the chosen heads have different widths {sorted(widths)}: score attention neurons "
+                               "of one layer width at a time")
     shape = (*targets.token_ids.shape, len(head_rows), source_positions.shape[1])
-    scores = torch.zeros(*shape, head_dim) if coordinates else torch.zeros(shape)
+    scores = torch.zeros(*shape, max(widths)) if coordinates else torch.zeros(shape)
     for slot, (layer, head) in enumerate(head_rows.tolist()):
         weighted = weighted_values(probe.weights[layer], probe.values[layer], positions, torch.tensor([head]),
-                                   torch.tensor([kv_head(adapter, head)]))[:, :, 0]  # [B, n, T, d_head]
-        head_site = acts.get("attn", layer)[..., adapter.head_slice(head)]
+                                   torch.tensor([kv_head(adapter, head, layer)]))[:, :, 0]  # [B, n, T, d_head]
+        head_site = acts.get("attn", layer)[..., adapter.head_slice(head, layer)]
         check_weighted_values(weighted[:, :, None], head_site[:, :, None], f"layer {layer}, head {head}")
         weighted = weighted.to(readout.device) / sigma[..., None]
-        if has_post:
-            weighted = weighted / post_attention_norm(adapter, layer).scale(acts.get("attn_out", layer))[..., None]
+        write = adapter.attn_write(layer)
+        if not write.identity:
+            weighted = weighted * write.position_scale(acts.get("attn_out", layer)).float()[..., None]
         base = readout.logits(acts.get("resid_pre", layer).float(), sigma)
-        directions = readout.delta(head_output_rows(adapter, layer)[adapter.head_slice(head)])  # [d_head, V']
+        directions = readout.delta(head_output_rows(adapter, layer)[adapter.head_slice(head, layer)])  # [d_head, V']
         for row, col in _rows(targets):
             alpha = weighted[row, col, source_positions[row].to(weighted.device)]  # [S, d_head]
             scores[row, col, slot] = _source_scores(alpha, directions, base[row, col], int(columns[row, col]),
                                                     readout.softcap, coordinates, chunk_size)
     meta = _meta("log_probability_increase", adapter, targets, readout,
                  unit="attention_neuron" if coordinates else "head_source", heads=head_rows.tolist(),
-                 post_attention_norm="frozen at attn_out's scale" if has_post else None)
+                 attn_write=write_note(adapter.attn_write(layer_list[0])))
     return HeadSourceScores(scores, head_rows, source_positions.clone(), meta)
 
 

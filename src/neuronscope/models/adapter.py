@@ -1,252 +1,180 @@
-"""Resolve a family spec against a live Hugging Face model: layers, value vectors, heads, final norm, unembedding.
+"""Resolve a family spec against a live Hugging Face model: layers, value vectors, heads, residual writes, final
+norm, unembedding.
 
 Module paths move between transformers versions, so nothing here hard-codes a path from the model's root: the
 decoder comes from ``model.get_decoder()`` (probing ``language_model`` / ``text_model`` / ``transformer`` when that
-fails) and the rest is resolved relative to one decoder layer, by the family spec.
+fails) and the rest is resolved relative to one decoder layer, by the family spec. A family the registry refuses
+(mixture of experts, encoder-decoder, ...) or a configuration its spec cannot account for exactly raises
+:class:`~neuronscope.errors.UnsupportedModelError` here, before anything runs.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
-from neuronscope.errors import NeuronscopeError, UnsupportedModelError
-from neuronscope.models.families import TEXT_SPECS, VISION_FAMILIES
+from neuronscope.errors import NeuronscopeError, SiteError, UnsupportedModelError
+from neuronscope.models.accounting import (
+    FinalNorm,
+    Readout,
+    WriteMap,
+    norm_affine,
+    readout_from_ops,
+    resolve_source,
+)
+from neuronscope.models.families import VISION_FAMILIES
+from neuronscope.models.lookup import (
+    FINAL_NORM_NAMES,
+    LAYER_LIST_NAMES,
+    MOE_ISSUE,
+    config_value,
+    ffn_kind,
+    find_decoder,
+    first_attr,
+    get_path,
+    in_out,
+    is_vision_language,
+    refuse_listed,
+    spec_for,
+    supported_families,
+    unsupported,
+)
 from neuronscope.models.moe import MOE_VISION_FAMILIES, MoEStructure, find_moe
 from neuronscope.models.spec import FamilySpec, VisionFamily
 
-_LAYER_LIST_NAMES = ("layers", "h", "blocks", "block", "decoder_layers")
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
-_GENERIC_MLP = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
-_GENERIC_DOWN = ("down_proj", "c_proj", "fc2", "dense_4h_to_h", "w2", "fc_out", "proj_out", "wo")
-_GENERIC_ACT = ("act_fn", "act", "activation_fn", "activation")
-_GENERIC_ATTN = ("self_attn", "attn", "attention", "self_attention")
-_GENERIC_ATTN_OUT = ("o_proj", "out_proj", "dense", "c_proj", "wo")
-_GENERIC_FFN_NORM = ("post_attention_layernorm", "ln_2", "pre_feedforward_layernorm")
-
-
-@dataclass(frozen=True)
-class FinalNorm:
-    """The final norm as an affine map after normalisation: ``gain * normalise(x) + bias``.
-
-    ``kind`` is ``"rms"`` (x / rms(x)) or ``"layer"`` ((x - mean) / std). ``gain`` already includes
-    Gemma's ``1 + weight``.
-    """
-
-    kind: str
-    gain: torch.Tensor
-    bias: torch.Tensor | None
-    eps: float
-
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The normaliser sigma of ``x [..., d]`` (RMS, or the standard deviation for LayerNorm): ``[..., 1]``."""
-        x = x if x.dtype == torch.float64 else x.float()
-        if self.kind == "layer":
-            return (x.var(-1, unbiased=False, keepdim=True) + self.eps).sqrt()
-        return (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-
-    def frozen(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Apply the norm with its scale frozen at ``scale`` (Yu & Ananiadou's frozen final norm)."""
-        x = x if x.dtype == torch.float64 else x.float()
-        if self.kind == "layer":
-            x = x - x.mean(-1, keepdim=True)
-        out = self.gain.to(x.device, x.dtype) * x / scale.to(x.device, x.dtype)
-        if self.bias is not None:
-            out = out + self.bias.to(x.device, x.dtype)
-        return out
-
-
-def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
-    """Any RMSNorm- or LayerNorm-like module as ``gain * normalise(x) + bias``.
-
-    The RMS gain is probed from the module itself (``module(1) · sqrt(1 + eps)``), so Gemma's ``1 + weight`` is
-    handled; values stay float64 for float64 modules, float32 otherwise.
-    """
-    weight = getattr(module, "weight", None)
-    bias = getattr(module, "bias", None)
-    eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
-    device = weight.device if weight is not None else torch.device("cpu")
-    dtype = weight.dtype if weight is not None else torch.float32
-    keep = torch.float64 if dtype == torch.float64 else torch.float32
-    with torch.no_grad():
-        if isinstance(module, nn.LayerNorm) or "LayerNorm" in type(module).__name__:
-            gain = weight.detach().to(keep) if weight is not None else torch.ones(d_model, device=device)
-            return FinalNorm("layer", gain, None if bias is None else bias.detach().to(keep), eps)
-        out = module(torch.ones(1, d_model, device=device, dtype=dtype))[0]
-        gain = out.to(keep) * math.sqrt(1.0 + eps)
-    return FinalNorm("rms", gain, None, eps)
-
-
-def _get(module: nn.Module, dotted: str) -> nn.Module | None:
-    for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
-            return None
-    return module
-
-
-def _first_attr(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | tuple[None, None]:
-    for name in names:
-        child = getattr(module, name, None)
-        if isinstance(child, nn.Module):
-            return name, child
-    return None, None
-
-
-def _in_out(module: nn.Module, conv1d: bool) -> tuple[int, int]:
-    weight = module.weight
-    return (weight.shape[0], weight.shape[1]) if conv1d else (weight.shape[1], weight.shape[0])
-
-
-def supported_families() -> list[str]:
-    """Names of the text families, vision-language wrappers and mixture-of-experts families with an adapter."""
-    from neuronscope.models.moe import MOE_FAMILIES
-
-    return ([spec.name for spec in TEXT_SPECS] + [vf.name for vf in VISION_FAMILIES]
-            + [family.name for family in MOE_FAMILIES] + [vf.name for vf in MOE_VISION_FAMILIES])
-
-
-def _unsupported(model_type: str, why: str) -> UnsupportedModelError:
-    return UnsupportedModelError(
-        f"model type '{model_type}' has no adapter and the generic fallback failed ({why}). "
-        f"Supported families: {', '.join(supported_families())}. To add one, write a FamilySpec in "
-        "src/neuronscope/models/families/<family>.py naming its FFN output projection and attention output "
-        "projection (see llama.py), add it to families/__init__.py, and add a test in tests/models/."
-    )
-
-
-def _find_decoder(model: nn.Module) -> nn.Module:
-    candidates = []
-    get_decoder = getattr(model, "get_decoder", None)
-    if callable(get_decoder):
-        try:
-            candidates.append(get_decoder())
-        except (AttributeError, NotImplementedError, TypeError):
-            pass
-    for path in ("model.language_model", "language_model.model", "language_model", "model.text_model",
-                 "text_model", "transformer", "model", "gpt_neox"):
-        candidates.append(_get(model, path))
-    for decoder in candidates:
-        if decoder is None:
-            continue
-        _, layers = _first_attr(decoder, _LAYER_LIST_NAMES)
-        if isinstance(layers, nn.ModuleList) and len(layers) > 0:
-            return decoder
-    raise _unsupported(getattr(model.config, "model_type", type(model).__name__), "no decoder layer list found")
-
-
-def _generic_spec(layer: nn.Module, model_type: str) -> FamilySpec:
-    mlp_name, mlp = _first_attr(layer, _GENERIC_MLP)
-    if mlp is None:
-        raise _unsupported(model_type, "no FFN module named one of " + ", ".join(_GENERIC_MLP))
-    down_name, _ = _first_attr(mlp, _GENERIC_DOWN)
-    if down_name is None:
-        raise _unsupported(model_type, "no FFN output projection named one of " + ", ".join(_GENERIC_DOWN))
-    attn_name, attn = _first_attr(layer, _GENERIC_ATTN)
-    out_name = _first_attr(attn, _GENERIC_ATTN_OUT)[0] if attn is not None else None
-    if out_name is None:
-        raise _unsupported(model_type, "no attention output projection found")
-    act_name = _first_attr(mlp, _GENERIC_ACT)[0]
-    conv1d = type(getattr(mlp, down_name)).__name__ == "Conv1D"
-    return FamilySpec(
-        name=f"generic:{model_type}",
-        model_types=(model_type,),
-        down=f"{mlp_name}.{down_name}",
-        act=f"{mlp_name}.{act_name}" if act_name else None,
-        up=f"{mlp_name}.up_proj" if hasattr(mlp, "up_proj") else None,
-        gate=f"{mlp_name}.gate_proj" if hasattr(mlp, "gate_proj") else None,
-        attn_out=f"{attn_name}.{out_name}",
-        ffn_norm=_first_attr(layer, _GENERIC_FFN_NORM)[0],
-        conv1d=conv1d,
-        notes="generic fallback: found by module names; check the sites before trusting results",
-    )
-
-
-def _spec_for(model_type: str) -> FamilySpec | None:
-    for spec in TEXT_SPECS:
-        if model_type in spec.model_types:
-            return spec
-    return None
-
+__all__ = ["FinalNorm", "ModelAdapter", "Readout", "WriteMap", "get_adapter", "norm_affine", "supported_families"]
 
 class ModelAdapter:
-    """Where the neurons, heads, final norm and unembedding of one model are.
+    """Where the neurons, heads, residual writes, final norm and unembedding of one model are.
 
     Args:
         model: a Hugging Face causal LM or vision-language model (any device placement, incl. ``device_map``).
+        text_only: accept a vision-language model whose family has no image-layout reader, for scoring text
+            only (image heatmaps and patches then refuse). Default False: such a model is refused here.
 
     Attributes:
         family: the text family spec; ``vision``: the vision-language wrapper or None.
-        n_layers, d_model, d_ff, n_heads, n_kv_heads, head_dim, vocab_size: sizes of the language model.
+        n_layers, d_model, d_ff, n_heads, vocab_size: sizes of the language model (``d_ff`` of its FFN layers).
+        mixers: per layer, its token mixer (``"attention"``, ``"mamba"``, ``"linear_attention"``,
+            ``"short_conv"``, ``"attention+mamba"``, ``"none"``); ``ffn_kinds``: per layer ``"dense"`` or ``"none"``.
+        ffn_layers / attention_layers: layers that have a dense FFN / softmax attention.
+        parallel_residual: attention and FFN read the same layer input.
+        readout: the logit scale and soft-cap after the unembedding.
+        generic: True when no spec was registered and the generic fallback (self-checked) is in use.
 
     Example:
         >>> adapter = ModelAdapter(model)
         >>> adapter.value_vectors(0).shape  # [d_ff, d_model]
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, text_only: bool = False):
         self.model = model
         config = model.config
         self.model_type: str = getattr(config, "model_type", type(model).__name__)
+        self.text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        text_type = getattr(self.text_config, "model_type", self.model_type)
+        refuse_listed(self.model_type, text_type)
         self.vision: VisionFamily | None = next(
             (vf for vf in (*VISION_FAMILIES, *MOE_VISION_FAMILIES) if self.model_type in vf.model_types), None
         )
-        self.text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        text_type = getattr(self.text_config, "model_type", self.model_type)
-        if self.vision is None and hasattr(config, "vision_config") and text_type == self.model_type:
-            raise _unsupported(self.model_type, "a vision-language model without a registered wrapper")
-        self.decoder = _find_decoder(model)
-        self.layers: nn.ModuleList = _first_attr(self.decoder, _LAYER_LIST_NAMES)[1]
+        if self.vision is None and is_vision_language(config) and not text_only:
+            raise UnsupportedModelError(
+                f"vision-language model type '{self.model_type}' has no image-layout reader, so its image tokens "
+                "cannot be mapped onto the image (no heatmaps, no patches). Pass text_only=True to "
+                "get_adapter(model, text_only=True) to score its text positions only, or declare a layout reader "
+                "beside the family in neuronscope/models/families/ (see `neuronscope models`)."
+            )
+        self.text_only = bool(text_only or (self.vision is None and is_vision_language(config)))
+        self.decoder = find_decoder(model)
+        self.layers: nn.ModuleList = first_attr(self.decoder, LAYER_LIST_NAMES)[1]
         self.n_layers: int = len(self.layers)
         cfg = self.text_config
         # Mixture-of-experts models: MoE and dense layers resolved by models/moe (None for a dense model).
         self.moe: MoEStructure | None = find_moe(
-            (self.model_type, text_type), self.layers, cfg, int(getattr(cfg, "hidden_size", 0) or 0)
+            (self.model_type, text_type), self.layers, cfg, int(config_value(cfg, "hidden_size") or 0)
         )
-        attention_layer = 0
+        spec = self.moe.family.text if self.moe is not None else spec_for(text_type) or spec_for(self.model_type)
+        self.generic = spec is None
+        if spec is None:
+            from neuronscope.models.generic import generic_spec
+
+            spec = generic_spec(self.layers[0], self.text_config, text_type)
+        self.family: FamilySpec = spec
+        reason = spec.refuse(self.text_config) if spec.refuse is not None else None
+        if reason:
+            raise UnsupportedModelError(f"model type '{text_type}' ({spec.name}): {reason}")
+        self._resolve_layers_structure(text_type)
+        self.n_heads: int = int(config_value(cfg, "num_attention_heads", "n_head", "num_heads") or 0)
+        self._resolve_readout(model, text_type)
+        self.parallel_residual: bool = bool(
+            spec.parallel_residual(cfg) if callable(spec.parallel_residual) else spec.parallel_residual
+        )
+        if self.generic:
+            from neuronscope.models.generic import check_generic
+
+            check_generic(self)
+
+    # -- construction --------------------------------------------------------------------------------------------
+    def _resolve_layers_structure(self, text_type: str) -> None:
+        spec, cfg = self.family, self.text_config
+        self.mixers: tuple[str, ...] = tuple(
+            spec.mixer(layer, index, cfg) if spec.mixer is not None else "attention"
+            for index, layer in enumerate(self.layers)
+        )
+        kinds = tuple(ffn_kind(layer, spec) for layer in self.layers)
+        moe = [i for i, kind in enumerate(kinds) if kind == "moe"]
+        if self.moe is not None:  # an MoE family of models/moe: its MoE layers are the ones it resolved
+            kinds = tuple("moe" if self.moe.is_moe(i) else "dense" if i in self.moe.dense else kind
+                          for i, kind in enumerate(kinds))
+        elif moe:
+            raise UnsupportedModelError(
+                f"model type '{text_type}' has mixture-of-experts FFN layers ({', '.join(map(str, moe[:8]))}"
+                f"{'...' if len(moe) > 8 else ''}): {MOE_ISSUE}; this adapter scores dense FFN neurons only"
+            )
+        self.ffn_kinds: tuple[str, ...] = kinds
+        self.ffn_layers: list[int] = [i for i, kind in enumerate(kinds) if kind == "dense"]
+        self.attention_layers: list[int] = [i for i, m in enumerate(self.mixers) if "attention" in m.split("+")]
+        for layer in self.attention_layers:
+            if get_path(self.layers[layer], spec.attn_out) is None:
+                raise unsupported(text_type, f"family spec '{spec.name}' names '{spec.attn_out}', absent in layer "
+                                             f"{layer}")
         if self.moe is not None:
             # d_ff of an MoE model: its dense layers' width (sites of dense layers use it), else one routed
             # expert's width; every unit's width is in moe.layout.
-            self.family = self.moe.family.text
-            self.d_ff = next(iter(self.moe.dense.values()), self.moe.expert_width)
-            self.d_model = self.moe.d_model
-            attention_layer = next(i for i, layer in enumerate(self.layers) if _get(layer, self.family.attn_out))
-        else:
-            self.family: FamilySpec = _spec_for(text_type) or _spec_for(self.model_type) or _generic_spec(
-                self.layers[0], text_type
+            self.d_ff, self.d_model = next(iter(self.moe.dense.values()), self.moe.expert_width), self.moe.d_model
+            return
+        if not self.ffn_layers:
+            raise unsupported(text_type, f"family spec '{spec.name}' names FFN '{spec.down}', absent in every layer")
+        widths = {in_out(self.module(layer, spec.down), spec.conv1d) for layer in self.ffn_layers}
+        if len(widths) != 1:
+            raise UnsupportedModelError(
+                f"model type '{text_type}': FFN widths differ between layers ({sorted(w[0] for w in widths)}); "
+                "neuron scores need one width per model (a double-wide or per-layer FFN is not supported yet)"
             )
-            self._check_layer_modules()
-            down = self.module(0, self.family.down)
-            self.d_ff, self.d_model = _in_out(down, self.family.conv1d)
-        self.n_heads: int = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
-        self.n_kv_heads: int = int(getattr(cfg, "num_key_value_heads", None) or self.n_heads)
-        attn_in = _in_out(self.module(attention_layer, self.family.attn_out), self.family.conv1d)[0]
-        self.head_dim: int = attn_in // self.n_heads if self.n_heads else 0
-        _, self.final_norm_module = _first_attr(self.decoder, _FINAL_NORM_NAMES)
+        self.d_ff, self.d_model = next(iter(widths))
+
+    def _resolve_readout(self, model: nn.Module, text_type: str) -> None:
+        names = ((self.family.final_norm,) if self.family.final_norm else ()) + FINAL_NORM_NAMES
+        _, self.final_norm_module = first_attr(self.decoder, names)
         if self.final_norm_module is None:
-            raise _unsupported(self.model_type, "no final norm found")
+            raise unsupported(self.model_type, "no final norm found")
         self.unembed_module: nn.Module = model.get_output_embeddings()
         if self.unembed_module is None:
-            raise _unsupported(self.model_type, "no output embedding (unembedding) found")
+            raise unsupported(self.model_type, "no output embedding (unembedding) found")
         self.vocab_size: int = self.unembed_module.weight.shape[0]
-        self.logit_softcap: float | None = getattr(cfg, "final_logit_softcapping", None)
+        ops = self.vision.logits if self.vision is not None and self.vision.logits is not None else self.family.logits
+        self.readout: Readout = readout_from_ops(ops, model=model, config=self.text_config)
+        self.logit_softcap: float | None = self.readout.softcap
 
-    # -- modules -------------------------------------------------------------------------------------------------
-    def _check_layer_modules(self) -> None:
-        layer = self.layers[0]
-        spec = self.family
-        for name in (spec.down, spec.attn_out):
-            if _get(layer, name) is None:
-                raise _unsupported(self.model_type, f"family spec '{spec.name}' names '{name}', absent in layer 0")
-
+    # -- structure -----------------------------------------------------------------------------------------------
     def module(self, layer: int, name: str) -> nn.Module:
         """The submodule ``name`` (dotted, relative to a decoder layer) of decoder layer ``layer``."""
-        found = _get(self.layers[self.check_layer(layer)], name)
+        found = get_path(self.layers[self.check_layer(layer)], name)
         if found is None:
-            raise NeuronscopeError(f"layer {layer} of '{self.model_type}' has no module '{name}'")
+            raise SiteError(
+                f"layer {layer} of '{self.model_type}' has no module '{name}' (its mixer is "
+                f"{self.mixers[layer % self.n_layers]}, its FFN {self.ffn_kinds[layer % self.n_layers]})"
+            )
         return found
 
     def check_layer(self, layer: int) -> int:
@@ -265,11 +193,46 @@ class ModelAdapter:
             layers = [layers]
         return [self.check_layer(int(layer)) for layer in layers]
 
+    def has_ffn(self, layer: int) -> bool:
+        """Whether layer ``layer`` has a dense FFN (hybrids: some layers hold only a mixer)."""
+        return self.ffn_kinds[self.check_layer(layer)] == "dense"
+
+    def has_attention(self, layer: int) -> bool:
+        """Whether layer ``layer`` has softmax attention (with heads)."""
+        return self.check_layer(layer) in self.attention_layers
+
+    def require_ffn(self, layer: int) -> int:
+        """``layer`` as a non-negative index, or a :class:`SiteError` naming its mixer when it has no FFN."""
+        layer = self.check_layer(layer)
+        if self.ffn_kinds[layer] == "moe":
+            raise SiteError(f"layer {layer} is a mixture-of-experts layer: its neurons are (layer, expert, index) "
+                            "rows (neuronscope.trace.experts, neuronscope.models.moe), not dense FFN neurons")
+        if self.ffn_kinds[layer] != "dense":
+            raise SiteError(
+                f"layer {layer} of '{self.model_type}' is a {self.mixers[layer]} layer without an FFN: it has no "
+                f"neurons; FFN layers are {self.ffn_layers}"
+            )
+        return layer
+
+    def require_attention(self, layer: int) -> int:
+        """``layer`` as a non-negative index, or a :class:`SiteError` naming its mixer when it has no heads."""
+        layer = self.check_layer(layer)
+        if layer not in self.attention_layers:
+            raise SiteError(
+                f"layer {layer} of '{self.model_type}' mixes tokens with {self.mixers[layer]}, not softmax "
+                f"attention: it has no heads; attention layers are {self.attention_layers}"
+            )
+        return layer
+
     def device_of(self, layer: int) -> torch.device:
-        """The device holding layer ``layer``'s FFN output projection (an MoE layer's experts)."""
-        if self.moe is not None and self.moe.is_moe(self.check_layer(layer)):
-            return self.moe.layers[self.check_layer(layer)].device
-        return self.module(layer, self.family.down).weight.device
+        """The device holding layer ``layer``'s parameters (its FFN output projection where it has one; an MoE
+        layer's experts)."""
+        layer = self.check_layer(layer)
+        if self.moe is not None and self.moe.is_moe(layer):
+            return self.moe.layers[layer].device
+        if self.has_ffn(layer):
+            return self.module(layer, self.family.down).weight.device
+        return next(self.layers[layer].parameters()).device
 
     # -- weights -------------------------------------------------------------------------------------------------
     def value_vectors(self, layer: int) -> torch.Tensor:
@@ -278,7 +241,7 @@ class ModelAdapter:
             raise NeuronscopeError(f"layer {layer} is a mixture-of-experts layer: its value vectors are per expert "
                                    "(neuronscope.models.moe.expert_value_vectors / value_vector with "
                                    "(layer, expert, index) rows)")
-        weight = self.module(layer, self.family.down).weight
+        weight = self.module(self.require_ffn(layer), self.family.down).weight
         return weight if self.family.conv1d else weight.t()
 
     def unembedding(self) -> torch.Tensor:
@@ -293,46 +256,164 @@ class ModelAdapter:
         return norm_affine(self.final_norm_module, self.d_model)
 
     def logits_from_residual(self, residual: torch.Tensor) -> torch.Tensor:
-        """Logits ``[..., vocab]`` of a final residual ``[..., d_model]``: final norm, unembedding, soft-cap."""
+        """Logits ``[..., vocab]`` of a final residual ``[..., d_model]``: final norm, unembedding, logit scale and
+        soft-cap, as the model computes them."""
         hidden = self.final_norm_module(residual)
-        logits = self.unembed_module(hidden.to(self.unembedding().device))
-        if self.logit_softcap:
-            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
-        return logits
+        return self.readout.apply(self.unembed_module(hidden.to(self.unembedding().device)))
 
-    def head_slice(self, head: int) -> slice:
+    def check_readout(self, final_residual: torch.Tensor, logits: torch.Tensor | None,
+                      positions: torch.Tensor) -> None:
+        """Raise unless the model's ``logits [B, T, V]`` at ``positions [B, n]`` are this adapter's readout of the
+        final residual ``[B, n, d]`` (final norm, unembedding, logit scale, soft-cap), as every frozen-norm score
+        assumes. Called on each scoring forward, so a checkpoint whose readout differs from its family's is
+        refused instead of scored wrongly."""
+        if logits is None or logits.dim() != 3 or logits.shape[1] <= int(positions.max()):
+            return
+        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+        model_logits = logits[rows, positions.to(logits.device)].float()
+        with torch.no_grad():
+            ours = self.logits_from_residual(final_residual).float().to(model_logits.device)
+        error = float((ours - model_logits).norm() / (model_logits.norm() + 1e-12))
+        tolerance = 1e-4 if final_residual.dtype in (torch.float32, torch.float64) else 2e-2
+        if error > tolerance:
+            raise UnsupportedModelError(
+                f"the logits of '{self.model_type}' are not the readout of its last residual that the family spec "
+                f"'{self.family.name}' declares (final norm, unembedding, logit scale {self.readout.scale:g}, "
+                f"soft-cap {self.readout.softcap}; relative error {error:.2g}): frozen-norm scores would be "
+                "wrong. Declare the family's logit operations in its FamilySpec (logits=...)."
+            )
+
+    # -- residual writes -----------------------------------------------------------------------------------------
+    def _write_map(self, layer: int, norm_name: str | None, scales: tuple[str, ...]) -> WriteMap:
+        block = self.layers[layer]
+        multiplier = 1.0
+        for source in scales:
+            value = resolve_source(source, model=self.model, layer=block, config=self.text_config)
+            multiplier *= 1.0 if value is None else value
+        if norm_name is None:
+            return WriteMap(multiplier)
+        module = self.module(layer, norm_name)
+        norm = norm_affine(module, self.d_model)
+        if norm.kind != "rms" or norm.bias is not None:
+            raise UnsupportedModelError(
+                f"'{norm_name}' of '{self.model_type}' centres or adds a bias after the sub-block: its frozen write "
+                "is not a sum of neuron writes; this family is not supported"
+            )
+        return WriteMap(multiplier, norm, module)
+
+    def ffn_write(self, layer: int) -> WriteMap:
+        """How layer ``layer``'s FFN output reaches the residual: post-FFN norm and residual multipliers.
+
+        Example:
+            >>> adapter.ffn_write(0).apply(ffn_out)   # what the residual receives from the FFN at layer 0
+        """
+        layer = self.require_ffn(layer)
+        return self._write_map(layer, self.family.post_ffn_norm, self.family.ffn_scale)
+
+    def attn_write(self, layer: int) -> WriteMap:
+        """How layer ``layer``'s attention output reaches the residual: post-attention norm and multipliers."""
+        layer = self.require_attention(layer)
+        return self._write_map(layer, self.family.post_attn_norm, self.family.attn_scale)
+
+    # -- heads ---------------------------------------------------------------------------------------------------
+    def head_dim_of(self, layer: int) -> int:
+        """``d_head`` of layer ``layer``'s attention (Gemma-4 widens its global layers)."""
+        layer = self.require_attention(layer)
+        width = in_out(self.module(layer, self.family.attn_out), self.family.conv1d)[0]
+        if not self.n_heads or width % self.n_heads:
+            raise UnsupportedModelError(
+                f"the attention output projection of layer {layer} reads {width} coordinates, not a multiple of "
+                f"the {self.n_heads} heads of the config"
+            )
+        return width // self.n_heads
+
+    def n_kv_heads_of(self, layer: int) -> int:
+        """Key/value heads of layer ``layer`` (grouped-query attention; read from the value projection)."""
+        layer = self.require_attention(layer)
+        spec = self.family
+        if spec.value is not None and spec.value_layout == "separate":
+            projection = get_path(self.layers[layer], f"{spec.attention}.{spec.value}")
+            if isinstance(projection, nn.Module) and hasattr(projection, "weight"):
+                return in_out(projection, spec.conv1d)[1] // self.head_dim_of(layer)
+        value = config_value(self.text_config, "num_key_value_heads", "multi_query_group_num")
+        if config_value(self.text_config, "multi_query") is True:
+            value = 1
+        return int(value or self.n_heads)
+
+    @property
+    def head_dim(self) -> int:
+        """``d_head``, the same in every attention layer (else use :meth:`head_dim_of`)."""
+        dims = {self.head_dim_of(layer) for layer in self.attention_layers}
+        if len(dims) != 1:
+            raise UnsupportedModelError(
+                f"head widths differ between layers ({sorted(dims)}): use head_dim_of(layer)"
+            )
+        return dims.pop()
+
+    @property
+    def n_kv_heads(self) -> int:
+        values = {self.n_kv_heads_of(layer) for layer in self.attention_layers}
+        if len(values) != 1:
+            raise UnsupportedModelError(f"key/value heads differ between layers ({sorted(values)}): use "
+                                        "n_kv_heads_of(layer)")
+        return values.pop()
+
+    def head_slice(self, head: int, layer: int | None = None) -> slice:
         """Columns of the head site (input of the attention output projection) that belong to ``head``."""
         if not 0 <= head < self.n_heads:
             raise NeuronscopeError(f"head {head} is out of range: this model has {self.n_heads} heads per layer")
-        return slice(head * self.head_dim, (head + 1) * self.head_dim)
+        width = self.head_dim if layer is None else self.head_dim_of(layer)
+        return slice(head * width, (head + 1) * width)
 
     def attn_output_weight(self, layer: int) -> torch.Tensor:
         """``W_O`` as ``[n_heads * head_dim, d_model]`` (rows = head-site coordinates)."""
-        weight = self.module(layer, self.family.attn_out).weight
+        weight = self.module(self.require_attention(layer), self.family.attn_out).weight
         return weight if self.family.conv1d else weight.t()
 
     def describe(self) -> dict:
         """Sizes and names, for result metadata."""
+        heads = {}
+        try:
+            heads = {"n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim}
+        except (UnsupportedModelError, SiteError):
+            heads = {"head_dim": [self.head_dim_of(layer) for layer in self.attention_layers]}
         return {
             "model_type": self.model_type,
             "family": self.family.name,
             "vision": self.vision.name if self.vision else None,
+            "text_only": self.text_only,
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "d_ff": self.d_ff,
             "n_heads": self.n_heads,
-            "n_kv_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
+            **heads,
             "vocab_size": self.vocab_size,
+            "mixers": list(self.mixers) if len(set(self.mixers)) > 1 else self.mixers[0],
+            "ffn_layers": self.ffn_layers if len(self.ffn_layers) != self.n_layers else "all",
+            "parallel_residual": self.parallel_residual,
+            "logit_scale": self.readout.scale,
+            "logit_softcap": self.readout.softcap,
             **({"moe": self.moe.describe()} if self.moe is not None else {}),
         }
 
 
-def get_adapter(model: nn.Module) -> ModelAdapter:
-    """The (cached) adapter of ``model``."""
+def get_adapter(model: nn.Module, *, text_only: bool | None = None) -> ModelAdapter:
+    """The (cached) adapter of ``model``.
+
+    Args:
+        model: the model.
+        text_only: True to accept a vision-language model without an image-layout reader for text-only scoring
+            (remembered for this model, so later calls without the argument get the same adapter). None (default)
+            keeps the cached adapter, or builds one with ``text_only=False``.
+
+    Example:
+        >>> adapter = get_adapter(vlm, text_only=True)     # a VLM family without a layout reader
+        >>> adapter.text_only
+        True
+    """
     adapter = getattr(model, "_neuronscope_adapter", None)
-    if adapter is None:
-        adapter = ModelAdapter(model)
+    if adapter is None or (text_only is not None and adapter.text_only != text_only and text_only):
+        adapter = ModelAdapter(model, text_only=bool(text_only))
         # Bypass nn.Module.__setattr__ so the adapter is not registered as a submodule.
         object.__setattr__(model, "_neuronscope_adapter", adapter)
     return adapter

@@ -262,3 +262,32 @@ def sub_box(box: Box | None, row: int, col: int, rows: int, cols: int) -> Box | 
     left, top, right, bottom = box
     width, height = (right - left) / cols, (bottom - top) / rows
     return (left + col * width, top + row * height, left + (col + 1) * width, top + (row + 1) * height)
+
+
+def image_blocks(request: LayoutRequest, tokens_per_image: Sequence[int]) -> tuple[torch.Tensor, list[int],
+                                                                                  list[torch.Tensor]]:
+    """``(positions, images, blocks)`` of one row: all image-token positions, the batch-wide indices of the row's
+    images, and each image's positions (in sequence order), for families whose images take a known number of
+    image tokens each."""
+    mask = request.image_mask(image_token_id(request.config))
+    images = list(images_of_row(list(tokens_per_image), mask, request.row))
+    positions = mask[request.row].nonzero().flatten()
+    blocks, cursor = [], 0
+    for index in images:
+        blocks.append(positions[cursor:cursor + tokens_per_image[index]])
+        cursor += tokens_per_image[index]
+    return positions, images, blocks
+
+
+def square_layout(request: LayoutRequest, side: int, kind: str = "image") -> ImageLayout:
+    """Layout of a family whose every image is one ``side x side`` grid of tokens, row-major, over the whole
+    (squashed) image: PaliGemma, Gemma-3, Janus."""
+    mask = request.image_mask(image_token_id(request.config))
+    n_batch = int(mask.sum()) // (side * side)
+    positions, _, blocks = image_blocks(request, [side * side] * n_batch)
+    tiles, sizes = [], []
+    for local, block in enumerate(blocks):
+        original = request.original_size(local)
+        sizes.append(original)
+        tiles.append(Tile(side, side, block.clone(), local, kind, full_box(original)))
+    return ImageLayout(request.config.model_type, request.row, positions, tiles, image_sizes=sizes)

@@ -13,8 +13,11 @@ from typing import Any
 from neuronscope.errors import InputError, UnsupportedModelError
 from neuronscope.models.families import VISION_BY_TYPE
 from neuronscope.models.image_grid import ImageLayout, LayoutRequest, image_token_id
+from neuronscope.models.moe.families import MOE_VISION_FAMILIES
 
-SUPPORTED_FAMILIES: tuple[str, ...] = tuple(VISION_BY_TYPE)
+#: every vision-language model type with a layout reader (dense and mixture-of-experts language models)
+_READERS = {**VISION_BY_TYPE, **{t: family for family in MOE_VISION_FAMILIES for t in family.model_types}}
+SUPPORTED_FAMILIES: tuple[str, ...] = tuple(_READERS)
 
 
 def _config_of(model_or_config: Any) -> Any:
@@ -61,7 +64,7 @@ def image_layout(
     """
     config = _config_of(model_or_config)
     family = str(config.model_type)
-    vision_family = VISION_BY_TYPE.get(family)
+    vision_family = _READERS.get(family)
     if vision_family is None:
         if getattr(config, "vision_config", None) is None:
             raise UnsupportedModelError(
@@ -70,7 +73,7 @@ def image_layout(
             )
         raise UnsupportedModelError(
             f"vision-language model type {family!r} has no image-layout reader; supported: "
-            f"{', '.join(SUPPORTED_FAMILIES)}. Declare one beside the family in neuronscope/models/families/"
+            f"{', '.join(SUPPORTED_FAMILIES)}. Declare one beside the family in neuronscope/models/families/ (its reader in models/layouts/)"
         )
     request = LayoutRequest(config, batch, row, processor, original_sizes)
     if not bool(request.image_mask(image_token_id(config))[row].any()):

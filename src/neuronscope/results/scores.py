@@ -103,7 +103,12 @@ class NeuronScores:
 
     def top_k(self, k: int, example: int | None = None, target: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` neurons ``[k, 2]`` (layer, index) and their values ``[k]`` of one (example, target) or of
-        the sum over the ones not given."""
+        the sum over the ones not given. Rows name the model's layers: a method run on some ``layers`` lists them
+        in ``meta["layers"]`` (its layer axis), and the axis slot is mapped back to that layer here.
+
+        Example:
+            >>> contribution(model, batch, targets, layers=[5, 6]).top_k(1)[0]   # tensor([[6, 17]]): layer 6
+        """
         dense = self.dense()
         if example is not None:
             dense = dense[example:example + 1]
@@ -112,7 +117,13 @@ class NeuronScores:
         grid = dense.sum(dim=(0, 1))
         values, flat = grid.flatten().topk(min(k, grid.numel()))
         d_ff = grid.shape[1]
-        return torch.stack([flat // d_ff, flat % d_ff], dim=1), values
+        slots = flat // d_ff
+        layers = self.meta.get("layers")
+        if layers is not None:
+            if len(layers) != grid.shape[0]:
+                raise NeuronscopeError(f"scores have {grid.shape[0]} layers but their meta lists {len(layers)}")
+            slots = torch.as_tensor(layers, dtype=torch.long)[slots]
+        return torch.stack([slots, flat % d_ff], dim=1), values
 
     def as_dict(self) -> dict[str, Any]:
         """Shape, sparsity and how the scores were made (the tensors stay in the safetensors file)."""

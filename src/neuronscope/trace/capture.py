@@ -15,7 +15,7 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, select
-from neuronscope.trace.sites import resolve_site
+from neuronscope.trace.sites import resolve_site, site_exists
 
 
 class Capture:
@@ -100,7 +100,7 @@ def capture(
     Args:
         model: a Hugging Face causal LM or vision-language model.
         sites: one site name or several (see :mod:`neuronscope.trace.sites`). Default ``"neuron"``.
-        layers: a layer, a list, or None for all layers.
+        layers: a layer, a list, or None for all layers (hybrids: all layers that have every requested site).
         positions: ``"last"`` (default), ``"all"``, ``"prompt"``, ``"generated"`` or explicit positions.
         neurons: keep only these coordinates of the site (e.g. a head's slice); None keeps all.
         keep_grad: keep the autograd graph (for gradient methods); otherwise values are detached.
@@ -114,6 +114,8 @@ def capture(
     adapter = get_adapter(model)
     site_list = [sites] if isinstance(sites, str) else list(sites)
     layer_list = adapter.resolve_layers(layers)
+    if layers is None:
+        layer_list = [layer for layer in layer_list if all(site_exists(adapter, s, layer) for s in site_list)]
     spec = normalise(positions)
     neuron_index = None if neurons is None else torch.as_tensor(neurons, dtype=torch.long)
     result = Capture(site_list, layer_list, spec if isinstance(spec, Explicit) else None, adapter.n_layers)

@@ -208,8 +208,8 @@ def scale_heads(
     heads = torch.as_tensor(heads, dtype=torch.long).reshape(-1, 2)
     out = []
     for layer in heads[:, 0].unique().tolist():
-        columns = [torch.arange(adapter.head_slice(int(h)).start, adapter.head_slice(int(h)).stop)
-                   for h in heads[heads[:, 0] == layer, 1].tolist()]
+        slices = [adapter.head_slice(int(h), layer) for h in heads[heads[:, 0] == layer, 1].tolist()]
+        columns = [torch.arange(part.start, part.stop) for part in slices]
         out.append(Intervention("attn", layer, "scale", factor, torch.cat(columns), positions))
     return out
 

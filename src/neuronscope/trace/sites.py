@@ -12,7 +12,11 @@ Other sites:
 - ``attn``: the input of the attention output projection, ``[.., n_heads * head_dim]`` (heads are slices).
 - ``attn_out``: the attention output projection's output ``[.., d_model]``.
 - ``ffn_out``: the FFN output projection's output ``[.., d_model]`` (before any post-FFN norm).
-- ``ffn_in``: the residual that the FFN reads, i.e. the input of the pre-FFN norm (sequential blocks only).
+- ``ffn_in``: the residual that the FFN reads, i.e. the input of the pre-FFN norm (or of the FFN where it has
+  none); sequential blocks only (parallel-residual FFNs read ``resid_pre``).
+
+Hybrid families: neuron and ``ffn_*`` sites exist only in FFN layers, ``attn*`` only in softmax-attention layers;
+asking for them elsewhere raises a :class:`~neuronscope.errors.SiteError` that names the layer's mixer.
 - ``resid_pre`` / ``resid_post``: the decoder layer's input / output ``[.., d_model]``.
 """
 
@@ -72,17 +76,22 @@ def resolve_site(adapter: ModelAdapter, site: str, layer: int) -> SiteHandle:
         return SiteHandle(site, layer, adapter.module(layer, name), kind, start, width)
 
     moe = getattr(adapter, "moe", None)
-    if moe is not None and moe.is_moe(layer) and site in (*NEURON_SITES, "ffn_out"):
+    moe_layer = moe is not None and moe.is_moe(layer)
+    if moe_layer and site in (*NEURON_SITES, "ffn_out"):
         if site == "ffn_out":  # the MoE block's output (routed + shared experts)
             return SiteHandle(site, layer, moe.layers[layer].block, "output", 0, d_model)
         raise SiteError(f"layer {layer} is a mixture-of-experts layer: its neurons are (layer, expert, index) rows "
                         "of neuronscope.trace.experts (capture_experts) and expert interventions, not site "
                         f"'{site}'")
+    if not moe_layer and (site in NEURON_SITES or site in ("ffn_out", "ffn_in")):
+        adapter.require_ffn(layer)
+    elif site in ("attn", "attn_out"):
+        adapter.require_attention(layer)
 
     if site == "neuron":
         return handle(spec.down, "input")
     if site == "act":
-        return handle(_require(adapter, spec.act, site, "it has no activation module"), "output")
+        return handle(_require(adapter, spec.act, site, "its activation is not a module; use 'neuron'"), "output")
     if site in ("up", "gate"):
         if spec.fused_gate_up is not None:
             return handle(spec.fused_gate_up, "output", start=d_ff if site == "up" else 0)
@@ -95,19 +104,28 @@ def resolve_site(adapter: ModelAdapter, site: str, layer: int) -> SiteHandle:
             return handle(spec.fused_gate_up, "output", start=0)
         return handle(_require(adapter, spec.gate, site, "no first FFN projection is known"), "output")
     if site == "attn":
-        return handle(spec.attn_out, "input", width=adapter.n_heads * adapter.head_dim)
+        return handle(spec.attn_out, "input", width=adapter.n_heads * adapter.head_dim_of(layer))
     if site == "attn_out":
         return handle(spec.attn_out, "output", width=d_model)
     if site == "ffn_out":
         return handle(spec.down, "output", width=d_model)
     if site == "ffn_in":
-        if spec.parallel_residual:
+        if adapter.parallel_residual:
             raise SiteError(
                 f"site 'ffn_in' is not a tensor of family '{spec.name}' (parallel residual): the FFN reads the "
                 "layer input ('resid_pre') and its output is added to resid_pre + attn_out"
             )
-        if spec.ffn_norm is None:
-            return handle(spec.down.rsplit(".", 1)[0], "input", width=d_model)
-        return handle(spec.ffn_norm, "input", width=d_model)
+        return handle(spec.ffn if spec.ffn_norm is None else spec.ffn_norm, "input", width=d_model)
     # resid_pre / resid_post: hook the decoder layer itself.
     return SiteHandle(site, layer, adapter.layers[layer], "input" if site == "resid_pre" else "output", 0, d_model)
+
+
+def site_exists(adapter: ModelAdapter, site: str, layer: int) -> bool:
+    """Whether ``site`` exists at ``layer`` (hybrids: neuron sites need an FFN layer, head sites attention)."""
+    if site in ("ffn_out", "ffn_in") and adapter.ffn_kinds[adapter.check_layer(layer)] == "moe":
+        return True  # an MoE block's output and input (its neurons are expert rows)
+    if site in NEURON_SITES or site in ("ffn_out", "ffn_in"):
+        return adapter.has_ffn(layer)
+    if site in ("attn", "attn_out"):
+        return adapter.has_attention(layer)
+    return True

@@ -1,6 +1,7 @@
-"""``models``: what neuronscope supports — model families (text, vision-language, mixture-of-experts), attribution
-methods and workflows — read from the registries themselves, so the list cannot drift from the code. Imports no
-torch.
+"""``models``: what neuronscope supports — every model type with its status (verified on tiny configs, text-only,
+refused and why; :func:`neuronscope.models.catalogue.catalogue`), the families (text, mixture-of-experts and
+vision-language), attribution methods and workflows — read from the registries themselves, so the list cannot drift
+from the code. Imports no torch (nor transformers, unless ``--installed`` asks for the installed model types).
 
 Example:
     >>> "llama" in [family["name"] for family in catalogue()["text_families"]]
@@ -19,22 +20,29 @@ GENERIC = ("other decoder-only models: the generic fallback finds the decoder la
            "projection")
 
 
-def catalogue() -> dict[str, Any]:
-    """Families (name, model types, notes), methods and workflows, as plain data."""
+def catalogue(installed: bool = False) -> dict[str, Any]:
+    """Model types with their status, families (name, model types, notes), methods and workflows, as plain data.
+
+    Args:
+        installed: also list the causal-LM and image-text-to-text model types of the installed transformers that
+            the registry does not name (status ``generic``; imports transformers).
+    """
     from neuronscope.attribute.registry import list_methods
+    from neuronscope.models.catalogue import catalogue as model_types
     from neuronscope.models.families import TEXT_SPECS, VISION_FAMILIES
     from neuronscope.models.moe.families import MOE_FAMILIES, MOE_VISION_FAMILIES
     from neuronscope.workflows.registry import list_workflows
 
     return {
+        "model_types": [row.as_dict() for row in model_types(include_installed=installed)],
         "text_families": [{"name": spec.name, "model_types": list(spec.model_types), "notes": spec.notes}
                           for spec in TEXT_SPECS],
         "vision_families": [{"name": family.name, "model_types": list(family.model_types),
                              "spatial_map": family.spatial_map, "notes": family.notes}
                             for family in VISION_FAMILIES],
-        "moe_families": [{"name": family.name, "model_types": list(family.model_types), "notes": family.notes,
-                          "shared_experts": bool(family.shared), "dense_layers": family.dense_rule}
-                         for family in MOE_FAMILIES],
+        "moe_families": [{"name": family.name, "model_types": list(family.model_types), "routing": family.routing,
+                          "notes": family.notes, "shared_experts": bool(family.shared),
+                          "dense_layers": family.dense_rule} for family in MOE_FAMILIES],
         "moe_vision_families": [{"name": family.name, "model_types": list(family.model_types),
                                  "notes": family.notes} for family in MOE_VISION_FAMILIES],
         "methods": [{"name": info.name, "summary": info.summary, "paper": info.paper,
@@ -47,19 +55,17 @@ def catalogue() -> dict[str, Any]:
 
 def models(options: ModelsOptions, *, loaded: Any = None) -> RunResult:
     """Print the catalogue as text, or as JSON with ``--json``."""
-    data = catalogue()
+    from neuronscope.models.catalogue import CatalogueEntry, format_catalogue
+
+    data = catalogue(installed=options.installed)
     if options.as_json:
         return RunResult("models", "", data, [json.dumps(data, indent=2)])
-    lines = ["Text model families:"]
-    for family in data["text_families"]:
-        lines += [f"  {family['name']:<12} {family['notes']}", f"  {'':<12} model types: "
-                  f"{', '.join(family['model_types'])}"]
-    lines.append("Vision-language families (their language model is adapted by its text family):")
-    lines += [f"  {family['name']:<12} {family['notes']}" for family in data["vision_families"]]
-    lines.append(f"  ({data['generic_fallback']})")
-    lines.append("Mixture-of-experts families (neurons are layer:expert:index; see docs/MOE.md):")
-    lines += [f"  {family['name']:<12} {family['notes']}" for family in data["moe_families"]]
-    lines += [f"  {family['name']:<12} {family['notes']} (vision-language)" for family in data["moe_vision_families"]]
+    rows = [CatalogueEntry(**row) for row in data["model_types"]]
+    lines = ["Model types (model type, kind, family, note) by status; a VLM listed text-only loads with --text-only:"]
+    lines += format_catalogue(rows).splitlines()
+    if not options.installed:
+        lines.append("  (--installed also lists model types of the installed transformers that the registry does "
+                     "not name)")
     lines.append("Attribution methods (locate --method NAME):")
     for method in data["methods"]:
         gradients = "gradients" if method["uses_gradients"] else "no gradients"

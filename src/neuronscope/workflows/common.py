@@ -28,7 +28,8 @@ MODEL_FIELDS = ("model", "gguf_file", "dtype", "device_map")
 
 # ---------------------------------------------------------------------------------------------------- models
 def load(options: Any, loaded: Any = None, *, default: str | None = None, with_processor: bool = True) -> Any:
-    """The model the options name (``model``, ``gguf_file``, ``dtype``, ``device_map``, ``device``), placed.
+    """The model the options name (``model``, ``gguf_file``, ``dtype``, ``device_map``, ``device``), placed; with
+    ``text_only`` its adapter is built for text-only scoring (``get_adapter(model, text_only=True)``).
 
     ``loaded`` (a :class:`~neuronscope.models.loading.LoadedModel`) is used as it is when given. ``default``
     names the model to use when ``options.model`` is empty (``"smollm2"``: the PyPI SmolLM2-135M-Instruct).
@@ -37,7 +38,7 @@ def load(options: Any, loaded: Any = None, *, default: str | None = None, with_p
         OptionError: no model given. ModelLoadError: the folder or file is missing or cannot be loaded.
     """
     if loaded is not None:
-        return loaded
+        return _text_only(options, loaded)
     from neuronscope.models.loading import load_model
 
     source, gguf_file = options.model or default, options.gguf_file
@@ -59,7 +60,16 @@ def load(options: Any, loaded: Any = None, *, default: str | None = None, with_p
         device = resolve_device(getattr(options, "device", "auto") or "auto")
         if device.type != "cpu":
             result.model.to(device)
-    return result
+    return _text_only(options, result)
+
+
+def _text_only(options: Any, loaded: Any) -> Any:
+    """With ``--text-only``, the model's adapter accepts a VLM without a layout reader (text positions only)."""
+    if getattr(options, "text_only", False):
+        from neuronscope.models.adapter import get_adapter
+
+        get_adapter(loaded.model, text_only=True)
+    return loaded
 
 
 def quiet_transformers() -> None:

@@ -147,6 +147,8 @@ class ModelOptions(Options):
     gguf_file: str | None = opt(None, "A GGUF file inside the --model folder (needs the 'gguf' package).")
     dtype: str = opt("fp32", "Weights dtype: fp32, bf16, fp16 or auto.", choices=DTYPES)
     device_map: str | None = opt(None, "Spread the model over devices, e.g. 'auto' (passed to transformers).")
+    text_only: bool = opt(False, "Accept a vision-language model whose image tokens have no layout reader (see "
+                                 "'neuronscope models': text-only) and score its text positions only.")
     device: str = opt("auto", "Where to run without --device-map: auto (this process's GPU if any, else CPU), "
                                  "cpu, cuda:0, ...", runtime=True)
 

@@ -1,36 +1,29 @@
-"""Gemma, Gemma-2, Gemma-3 (text): Llama-like gated FFN, RMSNorm with a ``1 + weight`` gain.
+"""Gemma family: gated GELU FFN, RMSNorm with a ``1 + weight`` gain (read from the module), embeddings scaled by
+``sqrt(d)`` before the first layer (no effect on the accounting).
 
-Gemma-2/3 normalise the FFN output (``post_feedforward_layernorm``) before adding it to the residual, so a neuron's
-write into the residual is ``norm(ffn_out) - norm(ffn_out - a_i w_i)``, not ``a_i w_i``; and they soft-cap the
-final logits.
+- Gemma: Llama-like norms; VaultGemma: ``pre_feedforward_layernorm`` and a logit soft-cap.
+- Gemma-2 / Gemma-3: sandwich norms (``post_attention_layernorm`` after attention, ``post_feedforward_layernorm``
+  after the FFN) and a final logit soft-cap. A neuron's write is read through the post-FFN norm frozen at the FFN
+  output's scale (it sums to the FFN's real write).
+- Gemma-4 adds, after the FFN's residual add, a per-layer-input (PLE) write and a scalar on the whole layer
+  output; the FFN's write and the residual it lands on are taken at the FFN's add (site ``ffn_in``), before them.
+  Its global layers have wider heads (``head_dim_of``); values may reuse the keys (``attention_k_eq_v``) and are
+  normalised (``v_norm``), so attention neurons are refused there, heads work.
 """
 
-from neuronscope.models.spec import FamilySpec
+from neuronscope.models.families.common import gated
 
-FFN_NORM = "pre_feedforward_layernorm"
+SOFTCAP = (("softcap", "config.final_logit_softcapping"),)
 
 SPECS = (
-    FamilySpec(
-        name="gemma",
-        model_types=("gemma",),
-        down="mlp.down_proj",
-        act="mlp.act_fn",
-        up="mlp.up_proj",
-        gate="mlp.gate_proj",
-        attn_out="self_attn.o_proj",
-        ffn_norm="post_attention_layernorm",
-        notes="gated GELU FFN, RMSNorm with (1 + weight)",
-    ),
-    FamilySpec(
-        name="gemma2",
-        model_types=("gemma2", "gemma3_text", "gemma3"),
-        down="mlp.down_proj",
-        act="mlp.act_fn",
-        up="mlp.up_proj",
-        gate="mlp.gate_proj",
-        attn_out="self_attn.o_proj",
-        ffn_norm=FFN_NORM,
-        post_ffn_norm="post_feedforward_layernorm",
-        notes="gated GELU FFN with a post-FFN RMSNorm, logit soft-capping (Gemma-2, Gemma-3 text)",
-    ),
+    gated("gemma", ("gemma",), notes="gated GELU FFN, RMSNorm with (1 + weight)"),
+    gated("vaultgemma", ("vaultgemma",), ffn_norm="pre_feedforward_layernorm", logits=SOFTCAP,
+          notes="Gemma with a pre-FFN norm and a logit soft-cap"),
+    gated("gemma2", ("gemma2", "gemma3_text"), ffn_norm="pre_feedforward_layernorm",
+          post_attn_norm="post_attention_layernorm", post_ffn_norm="post_feedforward_layernorm", logits=SOFTCAP,
+          notes="gated GELU FFN with sandwich norms, logit soft-cap (Gemma-2, Gemma-3 text)"),
+    gated("gemma4", ("gemma4_text", "gemma4_unified_text"), ffn_norm="pre_feedforward_layernorm",
+          post_attn_norm="post_attention_layernorm", post_ffn_norm="post_feedforward_layernorm", logits=SOFTCAP,
+          value=None,
+          notes="Gemma-3 layout plus a per-layer-input stream and a layer scalar after the FFN; wider global heads"),
 )

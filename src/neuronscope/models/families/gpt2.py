@@ -1,21 +1,16 @@
-"""GPT-2: ``transformer.h[i].mlp.{c_fc, act, c_proj}``, ``attn.c_proj``; ``Conv1D`` weights are ``[in, out]``.
+"""GPT-2-style FFNs ``c_proj(act(c_fc(x)))``: GPT-2 (``Conv1D`` weights ``[in, out]``, fused ``attn.c_attn``),
+GPT-BigCode / StarCoder (``nn.Linear``; multi-query ``c_attn`` = ``[q | k | v]`` with one key/value head) and
+StarCoder2 (separate ``self_attn.{v,o}_proj``, LayerNorm ``input_layernorm`` / ``post_attention_layernorm``).
+The neuron site is the post-GELU input of ``c_proj``; ``pre`` the ``c_fc`` output (EleutherAI's site)."""
 
-FFN: ``c_proj(gelu(c_fc(x)))``; the neuron site is the post-GELU input of ``c_proj``, ``pre`` the ``c_fc`` output
-(the site EleutherAI's knowledge-neurons hooks). LayerNorm with bias.
-"""
-
-from neuronscope.models.spec import FamilySpec
+from neuronscope.models.families.common import plain
 
 SPECS = (
-    FamilySpec(
-        name="gpt2",
-        model_types=("gpt2",),
-        down="mlp.c_proj",
-        act="mlp.act",
-        pre="mlp.c_fc",
-        attn_out="attn.c_proj",
-        ffn_norm="ln_2",
-        conv1d=True,
-        notes="GELU FFN, LayerNorm with bias, Conv1D weights",
-    ),
+    plain("gpt2", ("gpt2", "gpt-sw3"), up="c_fc", down="c_proj", attn="attn", out="c_proj", attn_norm="ln_1",
+          ffn_norm="ln_2", value="c_attn", value_layout="c_attn", conv1d=True,
+          notes="GELU FFN, LayerNorm with bias, Conv1D weights"),
+    plain("gpt_bigcode", ("gpt_bigcode",), up="c_fc", down="c_proj", attn="attn", out="c_proj", attn_norm="ln_1",
+          ffn_norm="ln_2", value="c_attn", value_layout="qkv", notes="GELU FFN, multi-query attention (StarCoder)"),
+    plain("starcoder2", ("starcoder2",), up="c_fc", down="c_proj",
+          notes="GELU FFN, LayerNorm, grouped-query attention"),
 )

@@ -1,18 +1,11 @@
-"""Phi-3: a fused ``gate_up_proj`` whose output is ``[gate | up]``; ``down_proj``; ``self_attn.o_proj``."""
+"""Fused ``[gate | up]`` projections: Phi-3 (``mlp.gate_up_proj``, ``act_fn``... named ``activation_fn``), GLM
+(Llama norms) and GLM-4 (sandwich norms ``post_self_attn_layernorm`` / ``post_mlp_layernorm``)."""
 
-from neuronscope.models.spec import FamilySpec
-
-FFN_NORM = "post_attention_layernorm"
+from neuronscope.models.families.common import fused
 
 SPECS = (
-    FamilySpec(
-        name="phi3",
-        model_types=("phi3", "phimoe_dense"),
-        down="mlp.down_proj",
-        act="mlp.activation_fn",
-        fused_gate_up="mlp.gate_up_proj",
-        attn_out="self_attn.o_proj",
-        ffn_norm=FFN_NORM,
-        notes="fused gate/up projection, gated SiLU FFN",
-    ),
+    fused("phi3", ("phi3",), notes="fused gate/up projection, gated SiLU FFN"),
+    fused("glm", ("glm",), notes="fused gate/up projection, Llama norms"),
+    fused("glm4", ("glm4",), post_attn_norm="post_self_attn_layernorm", post_ffn_norm="post_mlp_layernorm",
+          notes="fused gate/up projection with sandwich norms"),
 )

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from neuronscope.errors import InputError, UnsupportedModelError
+from neuronscope.errors import InputError
 from neuronscope.models.image_grid import Box, ImageLayout, LayoutRequest, Tile, image_token_id, images_of_row
 
 
@@ -90,11 +90,10 @@ def llava_layout(request: LayoutRequest) -> ImageLayout:
     """Layout of one row of a LLaVA-1.5 batch (see the module docstring)."""
     config, row = request.config, request.row
     vision = config.vision_config
-    if getattr(vision, "model_type", "") == "pixtral":
-        raise UnsupportedModelError(
-            "llava with a pixtral vision tower (image rows separated by [IMG_BREAK]) has no layout reader yet; "
-            "supported llava towers: CLIP / SigLIP square grids"
-        )
+    if getattr(vision, "model_type", "") == "pixtral":  # Pixtral-12B: rows separated by [IMG_BREAK], no merger
+        from neuronscope.models.layouts.pixtral import pixtral_layout
+
+        return pixtral_layout(request, merge=1)
     mask = request.image_mask(image_token_id(config))
     pixel_values = request.tensor("pixel_values")
     if pixel_values is not None:

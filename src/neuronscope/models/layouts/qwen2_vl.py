@@ -1,4 +1,5 @@
-"""Qwen2-VL and Qwen2.5-VL (``model_type="qwen2_vl"`` / ``"qwen2_5_vl"``): a dynamic grid per image.
+"""Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 (``model_type="qwen2_vl"`` / ``"qwen2_5_vl"`` / ``"qwen3_vl"`` /
+``"qwen3_5"``): a dynamic grid per image.
 
 Module tree (transformers 5): ``*ForConditionalGeneration.model`` holds ``visual`` (patch embed, blocks,
 ``merger``) and ``language_model``. The image processor resizes each image to multiples of

@@ -1,19 +1,17 @@
 """Mixture-of-experts models: what an MoE layer is per family, the neuron id space ``(layer, expert, index)``,
 routing rules and the fused expert tensors read as neurons.
 
-See :mod:`neuronscope.results.neuron_layout` for the neuron id space, :mod:`~neuronscope.models.moe.families`
-for the families (plain data, no torch) and how they are resolved on a live model, and
-:mod:`~neuronscope.models.moe.routing` for the routing rules. Names are imported lazily, so that the family table
-loads without torch.
+See :mod:`neuronscope.results.neuron_layout` for the neuron id space, :mod:`~neuronscope.models.moe.families` for
+the families and :mod:`~neuronscope.models.moe.routing` for the routing rules. Names are imported lazily, so the
+family declarations (``families.py``, ``family.py``) load without torch.
 """
-
-from __future__ import annotations
 
 from neuronscope._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("MOE_FAMILIES", "MOE_VISION_FAMILIES", "MoEFamily", "find_moe", "moe_family"),
+    **dict.fromkeys(("MOE_FAMILIES", "MOE_VISION_FAMILIES", "find_moe", "moe_family"),
                     "neuronscope.models.moe.families"),
+    "MoEFamily": "neuronscope.models.moe.family",
     **dict.fromkeys(("RULES", "expert_scores", "route"), "neuronscope.models.moe.routing"),
     **dict.fromkeys(("ExpertLayer", "MoEStructure"), "neuronscope.models.moe.spec"),
     **dict.fromkeys(("expert_activations", "expert_bias", "expert_value_vectors", "expert_writes", "value_vector"),

@@ -1,6 +1,5 @@
 """One entry per mixture-of-experts family (transformers 5.24 module trees), and :func:`find_moe`, which resolves
-a live model's MoE and dense layers. The table is plain data (torch loads only when :func:`find_moe` runs), so
-``neuronscope models`` lists the families without torch.
+a live model's MoE and dense layers.
 
 Module trees (names relative to one decoder layer; ``E`` routed experts of ``f`` neurons each):
 
@@ -25,19 +24,20 @@ Module trees (names relative to one decoder layer; ``E`` routed experts of ``f``
   0 for unchosen experts), ``feed_forward.shared_expert``; dense ``feed_forward`` for layers not in
   ``config.moe_layers`` (every ``interleave_moe_layer_step``-th layer).
 
-Adding a family: an :class:`MoEFamily` below (its routing rule in ``routing.py`` if
+Adding a family: an :class:`~neuronscope.models.moe.spec.MoEFamily` below (its routing rule in ``routing.py`` if
 new), its entry in ``MOE_FAMILIES``, and a tiny config in ``tests/helpers/tiny_moe.py`` (every test then runs it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from neuronscope.errors import UnsupportedModelError
+from neuronscope.models.families.common import mixer_by_module
+from neuronscope.models.moe.family import MoEFamily
 from neuronscope.models.spec import FamilySpec, VisionFamily
 
-if TYPE_CHECKING:  # the table is plain data: torch loads only when a live model is resolved
+if TYPE_CHECKING:  # the declarations load without torch (``neuronscope models``)
     from torch import nn
 
     from neuronscope.models.moe.spec import ExpertLayer, MoEStructure
@@ -45,46 +45,11 @@ if TYPE_CHECKING:  # the table is plain data: torch loads only when a live model
 FAMILIES_FILE = "src/neuronscope/models/moe/families.py"
 
 
-@dataclass(frozen=True)
-class MoEFamily:
-    """Module names and routing rule of an MoE family (names relative to one decoder layer / the MoE block).
-
-    Attributes:
-        name: short family name.
-        model_types: ``config.model_type`` values (of the text config) it adapts.
-        block: the MoE block in a decoder layer (``"mlp"``, ``"block_sparse_moe"``, ``"feed_forward"``); dense
-            layers of the same model hold a plain MLP under the same name.
-        router: the router module in the block.
-        routing: the routing rule, a key of :data:`neuronscope.models.moe.routing.RULES`.
-        text: the family spec of the dense parts (attention output, FFN norm, the dense MLP of dense layers).
-        experts: the fused experts module in the block.
-        shared: shared-expert MLP modules in the block, in id order (ids ``E``, ``E + 1``, ...).
-        shared_gate: a ``Linear`` whose sigmoid multiplies the shared expert's output (Qwen2-MoE, Qwen3.5-MoE).
-        weight_on_input: the router weight scales the expert's *input* (Llama-4), not its output.
-        residual_scale: config attribute that multiplies the block's output before the residual add (Granite).
-        dense_rule: how the config says which layers are dense (documentation, checked against the modules).
-        notes: one line shown to users.
-    """
-
-    name: str
-    model_types: tuple[str, ...]
-    block: str
-    router: str
-    routing: str
-    text: FamilySpec
-    experts: str = "experts"
-    shared: tuple[str, ...] = ()
-    shared_gate: str | None = None
-    weight_on_input: bool = False
-    residual_scale: str | None = None
-    dense_rule: str = "none: every layer is an MoE layer"
-    notes: str = ""
-
-
-def _text(name: str, block: str = "mlp", act: str = "act_fn") -> FamilySpec:
+def _text(name: str, block: str = "mlp", act: str = "act_fn", **facts: Any) -> FamilySpec:
     return FamilySpec(name=f"{name}:dense", model_types=(), down=f"{block}.down_proj", act=f"{block}.{act}",
                       up=f"{block}.up_proj", gate=f"{block}.gate_proj", attn_out="self_attn.o_proj",
-                      ffn_norm="post_attention_layernorm", notes=f"attention and dense layers of {name}")
+                      attn_norm="input_layernorm", ffn_norm="post_attention_layernorm",
+                      notes=f"attention and dense layers of {name}", **facts)
 
 
 _SPARSE_STEP = "dense where layer in mlp_only_layers or (layer + 1) % decoder_sparse_step != 0"
@@ -99,7 +64,8 @@ MOE_FAMILIES: tuple[MoEFamily, ...] = (
     MoEFamily("qwen3_moe", ("qwen3_moe", "qwen3_vl_moe_text"), "mlp", "gate", "softmax_topk",
               _text("qwen3_moe"), dense_rule=_SPARSE_STEP, notes="Qwen3-MoE / Qwen3-VL-MoE: softmax top-k"),
     MoEFamily("qwen3_5_moe", ("qwen3_5_moe_text", "qwen3_5_moe"), "mlp", "gate", "softmax_topk",
-              _text("qwen3_5_moe"), shared=("shared_expert",), shared_gate="shared_expert_gate",
+              _text("qwen3_5_moe", mixer=mixer_by_module({"self_attn": "attention", "linear_attn": "linear_attention"})),
+              shared=("shared_expert",), shared_gate="shared_expert_gate",
               notes="Qwen3.5-MoE: softmax top-k, a sigmoid-gated shared expert, hybrid linear attention"),
     MoEFamily("olmoe", ("olmoe",), "mlp", "gate", "softmax_topk", _text("olmoe"), notes="OLMoE: softmax top-k"),
     MoEFamily("deepseek_v2", ("deepseek_v2",), "mlp", "gate", "softmax_group", _text("deepseek_v2"),
@@ -113,7 +79,8 @@ MOE_FAMILIES: tuple[MoEFamily, ...] = (
     MoEFamily("gpt_oss", ("gpt_oss",), "mlp", "router", "topk_softmax", _text("gpt_oss"),
               notes="gpt-oss: biased router, softmax over top-k, clamped biased SwiGLU experts"),
     MoEFamily("granitemoe", ("granitemoe",), "block_sparse_moe", "router", "topk_softmax",
-              _text("granitemoe", "block_sparse_moe"), residual_scale="residual_multiplier",
+              _text("granitemoe", "block_sparse_moe", attn_scale=("layer.residual_multiplier",),
+                    logits=(("divide", "config.logits_scaling"),)), residual_scale="residual_multiplier",
               notes="Granite-MoE: softmax over top-k; output times residual_multiplier"),
     MoEFamily("phimoe", ("phimoe",), "mlp", "router", "sparse_mixer", _text("phimoe"),
               notes="PhiMoE: sparse mixer top-2"),
@@ -160,8 +127,6 @@ def _experts_module(layer: nn.Module) -> nn.Module | None:
 
 
 def _resolve_layer(family: MoEFamily, index: int, block: nn.Module) -> ExpertLayer:
-    from neuronscope.models.moe.spec import ExpertLayer
-
     experts = getattr(block, family.experts)
     router = getattr(block, family.router, None)
     if router is None:
@@ -175,6 +140,8 @@ def _resolve_layer(family: MoEFamily, index: int, block: nn.Module) -> ExpertLay
     width = int(down.shape[1] if transposed else down.shape[2])
     shared = tuple(getattr(block, name) for name in family.shared)
     gate = getattr(block, family.shared_gate) if family.shared_gate else None
+    from neuronscope.models.moe.spec import ExpertLayer
+
     return ExpertLayer(index, family, block, router, experts, shared, gate, int(down.shape[0]), int(router.top_k),
                        width, tuple(int(m.down_proj.in_features) for m in shared), transposed, interface,
                        bool(getattr(experts, "has_bias", False)))
@@ -216,7 +183,7 @@ def find_moe(model_types: tuple[str, ...], layers: nn.ModuleList, config: Any, d
     if not moe or (expected is not None and expected != set(moe)):
         raise _not_covered(family.name, f"its MoE layers {sorted(moe)} differ from what the config says "
                                         f"({family.dense_rule}: {sorted(expected or [])})")
+    scale = float(getattr(config, family.residual_scale, 1.0)) if family.residual_scale else 1.0
     from neuronscope.models.moe.spec import MoEStructure
 
-    scale = float(getattr(config, family.residual_scale, 1.0)) if family.residual_scale else 1.0
     return MoEStructure(family, moe, dense, d_model, scale)

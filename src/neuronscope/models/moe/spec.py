@@ -1,5 +1,4 @@
-"""What a mixture-of-experts layer is: a family's facts (:class:`MoEFamily`, pure data, declared in
-:mod:`~neuronscope.models.moe.families`) and one MoE layer resolved
+"""What a mixture-of-experts layer is: a family's facts (:class:`MoEFamily`, pure data) and one MoE layer resolved
 on a live model (:class:`ExpertLayer`).
 
 In transformers 5 the routed experts of a layer are fused parameters inside one ``*Experts`` module:
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from neuronscope.models.moe.families import MoEFamily
+from neuronscope.models.moe.family import MoEFamily
 from neuronscope.results.neuron_layout import DENSE, NeuronLayout
 
 

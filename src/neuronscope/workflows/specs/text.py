@@ -31,6 +31,8 @@ DEFAULT_TOP_K = 20
 @dataclass(kw_only=True)
 class ModelsOptions(Options):
     as_json: bool = opt(False, "Print machine-readable JSON.", flag="--json")
+    installed: bool = opt(False, "Also list model types of the installed transformers that the registry does not "
+                                 "name (imports transformers).")
 
 
 @dataclass(kw_only=True)
