@@ -53,6 +53,11 @@ def locate(options: LocateOptions, *, loaded: Any = None) -> RunResult:
     from neuronscope.models.adapter import get_adapter
 
     adapter = get_adapter(loaded.model)
+    if options.raising_pool is not None and adapter.moe is not None:
+        from neuronscope.errors import OptionError
+
+        raise OptionError("--raising-pool measures dense FFN neurons; on a mixture-of-experts model measure "
+                          "expert neurons with 'neuronscope intervene --mode amplify' instead")
     layer_list = adapter.resolve_layers(layer_request)
     token_ids = resolve_targets(loaded.processor, records, adapter.vocab_size, leading_space=options.leading_space,
                                 first_piece=options.first_piece)
@@ -159,12 +164,22 @@ def _finish(run: Any, options: LocateOptions, records: list[Any], loaded: Any, l
         neurons = scores.rows(flat[:, 1].contiguous())
         write_unit_table(run, scores)
     else:
-        neurons, chosen = select_neurons(mean_scores, layer_list, options.threshold, top_k)
+        neurons, chosen = select_neurons(mean_scores, layer_list, options.threshold, options.raising_pool or top_k)
+    raising: dict[str, Any] = {}
+    if options.raising_pool is not None:
+        from neuronscope.workflows.raising import keep_raising
+
+        neurons, effects, raising = keep_raising(loaded, options, merged.records, neurons, top_k)
+        slots = torch.tensor([layer_list.index(layer) for layer in neurons[:, 0].tolist()], dtype=torch.long)
+        chosen = mean_scores[slots, neurons[:, 1]].to(chosen.dtype)  # the method's scores; effects in metrics
+        raising["raising_effects"] = [{"layer": int(layer), "index": int(index), "mean_log_p_change": float(value)}
+                                      for (layer, index), value in zip(neurons.tolist(), effects.tolist(),
+                                                                       strict=True)]
     rows = write_selection(run, loaded.model, loaded.processor, neurons, chosen, adapter.n_layers, options.explain_k)
     write_png(run, "plots/scores.png", score_histogram_figure(mean_scores, title="Mean score of every neuron",
                                                               log_count=True))
     metrics = {"prompts": len(records), "neurons_scored": int(mean_scores.numel()), "neurons_selected": len(rows),
-               "max_mean_score": float(mean_scores.max()), "min_mean_score": float(mean_scores.min())}
+               "max_mean_score": float(mean_scores.max()), "min_mean_score": float(mean_scores.min()), **raising}
     run.write_json("metrics.json", metrics)
     run.write_text("summary.txt", f"{options.method} scores of {mean_scores.numel()} neurons of {options.model} "
                    f"over {len(records)} prompts; {len(rows)} selected (threshold {options.threshold}, top-k "

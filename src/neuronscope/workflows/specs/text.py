@@ -48,6 +48,10 @@ class LocateOptions(ModelOptions, PromptOptions, RunOptions, BatchOptions):
     explain_k: int = opt(10, "Top tokens shown per selected neuron.", minimum=1)
     keep_top: int | None = opt(None, "Store only each prompt's k best neurons (sparse; for big models and "
                                         "datasets).", minimum=1)
+    raising_pool: int | None = opt(None, "Choose among the N best-scored neurons those that raise the target when "
+                                         "each alone is scaled by --raising-factor (one forward per candidate and "
+                                         "prompt; docs/EFFECTS.md).", minimum=1)
+    raising_factor: float = opt(2.0, "The scale --raising-pool measures each candidate at.", minimum=0.0)
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -59,6 +63,11 @@ class LocateOptions(ModelOptions, PromptOptions, RunOptions, BatchOptions):
             except Exception as error:  # noqa: BLE001 - OptionError, reported with the others
                 problems.append(str(error))
         problems += missing(self, "out")
+        if self.raising_pool is not None and self.threshold is not None:
+            problems.append("--raising-pool chooses among the top neurons: use it with --top-k, not --threshold")
+        if self.raising_pool is not None and self.raising_pool < (self.top_k or DEFAULT_TOP_K):
+            problems.append(f"--raising-pool {self.raising_pool} is smaller than --top-k "
+                            f"{self.top_k or DEFAULT_TOP_K}: give a pool at least as large")
         from neuronscope.attribute.registry import get_method
 
         try:
