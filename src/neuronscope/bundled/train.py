@@ -109,9 +109,10 @@ def _start(config: TrainConfig) -> tuple[Any, Any]:
     if not config.init_from:
         processor = build_processor()
         return build_model(processor.tokenizer, config), processor
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
-    return LlavaForConditionalGeneration.from_pretrained(config.init_from), AutoProcessor.from_pretrained(config.init_from)
+    # the processor is the one this code builds (the saved one is the same; this stays so on older transformers)
+    return LlavaForConditionalGeneration.from_pretrained(config.init_from), build_processor()
 
 
 def _environment(config: TrainConfig) -> dict[str, str]:
