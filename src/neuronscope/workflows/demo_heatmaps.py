@@ -1,6 +1,6 @@
 """The demo's heatmaps: for every located concept, its top neurons over several of its images, one sheet per
-concept (``heatmaps/concept-<concept>.png``), maps in numeric order of k, the object outlined and the share of each map's
-mask on the object measured (:mod:`neuronscope.workflows.multimodal.localisation`).
+concept (``heatmaps/concept-<concept>.png``), maps in numeric order of k, the object outlined and the share of each
+map's mask on the object measured (:mod:`neuronscope.workflows.multimodal.localisation`).
 
 Example:
     >>> table = draw_heatmap_sheets(run, model, processor, scenes, images, located)  # doctest: +SKIP
