@@ -84,7 +84,7 @@ case $round in
         run ft_pw1_1000 $again --steps "$(scale 1000)" --patch-word-loss 1
         run ft_pw3_1000 $again --steps "$(scale 1000)" --patch-word-loss 3
         run ft_pw1_2000 $again --steps "$(scale 2000)" --patch-word-loss 1
-        run ft_pw1_1000_lr3e-4 $again --steps "$(scale 1000)" --patch-word-loss 1 --lr 3e-4
+        run ft_pw1_300 $again --steps "$(scale 300)" --patch-word-loss 1  # as results/bundled/localisation_ft_pw1_300_cpu.json
       else
         run sc_pw1_s1 $fresh --steps "$(scale 1000)" --patch-word-loss 1 --seed 1
         run sc_pw03_s1 $fresh --steps "$(scale 1000)" --patch-word-loss 0.3 --seed 1
