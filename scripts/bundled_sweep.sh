@@ -4,8 +4,8 @@
 # Usage: bash scripts/bundled_sweep.sh OUT_DIR ROUND
 #   ROUND 2, 3, 4 (the rounds that chose the shipped recipe, 6-8 minutes on an H100): OUT_DIR/<name>.json and the
 #     models in OUT_DIR/<name>/. Neuron scores: score_neurons() in bundled_sweep.py, or bundled_ground_truth.py.
-#   ROUND 5 (default; issue 18, heatmaps that localise): six further stage-3 runs of the shipped model with the
-#     patch-word loss (and one without, as the control) beside the shipped model scored as it is; ROUND 6: the full
+#   ROUND 5 (default; issue 18, heatmaps that localise): six further stage-3 runs of the shipped model, five with the
+#     patch-word loss and one without (the control), beside the shipped model scored as it is; ROUND 6: the full
 #     recipe from scratch with the patch-word loss. Each candidate is trained under $WORK (default
 #     /tmp/bundled_sweep<ROUND>) and stopped after LIMIT seconds (default 480, so that a round ends within 9
 #     minutes); OUT_DIR receives at most 8 files: summary.json (each candidate's caption exact-match rate, MCQA
