@@ -100,8 +100,16 @@ class _LinkCollector(HTMLParser):
             self.styles.append(data)
 
 
+def _inside_folder(url: str) -> bool:
+    """A relative path that stays in the report's folder: no scheme, no leading `/`, no `..` part."""
+    path = url.split("#", 1)[0].split("?", 1)[0]
+    return bool(path) and not re.match(r"^[a-z][a-z0-9+.-]*:|^/|^\\", path, re.IGNORECASE) \
+        and ".." not in path.replace("\\", "/").split("/")
+
+
 def static_problems(html: str) -> list[str]:
-    """Every reference in the HTML that is not a `data:` URI or an in-page `#anchor`."""
+    """Every reference in the HTML that is not a `data:` URI, an in-page `#anchor`, or an `<a href>` to a file in
+    the report's folder (a relative path without `..`: followed only when clicked, never loaded)."""
     collector = _LinkCollector()
     collector.feed(html)
     problems = []
@@ -110,6 +118,8 @@ def static_problems(html: str) -> list[str]:
         for url in candidates:
             if url.startswith("data:") or (attribute == "href" and url.startswith("#")):
                 continue
+            if tag == "a" and attribute == "href" and _inside_folder(url):
+                continue  # a link to a file next to the report: opened when clicked, never loaded by the page
             kind = "the network" if re.match(r"^(https?:)?//", url, re.IGNORECASE) else "another file"
             problems.append(f"<{tag} {attribute}=\"{url[:80]}\"> points to {kind}; embed it as a data: URI")
     for css in collector.styles:

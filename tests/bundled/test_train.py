@@ -63,10 +63,12 @@ def test_command_line_options_map_onto_the_config_and_defaults_are_the_shipped_r
     parser = config_parser()
     assert config_from(parser, parser.parse_args([])) == TrainConfig()
     args = parser.parse_args(["--seed", "3", "--text-steps", "7", "--text-mix", "1", "2", "3", "4", "--train-vision",
-                              "--text-batch", "5", "--lr", "0.01", "--hidden-act", "relu", "--activation-l1", "0.2"])
+                              "--text-batch", "5", "--lr", "0.01", "--hidden-act", "relu", "--activation-l1", "0.2",
+                              "--patch-word-loss", "0.7", "--init-from", "some/folder"])
     assert config_from(parser, args) == TrainConfig(seed=3, text_pretrain_steps=7, text_mix=(1.0, 2.0, 3.0, 4.0),
                                                     freeze_vision=False, text_pretrain_batch=5, lr=0.01,
-                                                    hidden_act="relu", activation_l1=0.2)
+                                                    hidden_act="relu", activation_l1=0.2, patch_word_loss=0.7,
+                                                    init_from="some/folder")
     with pytest.raises(SystemExit):
         config_from(parser, parser.parse_args(["--text-mix", "1", "2"]))
 
@@ -94,3 +96,21 @@ def test_activation_penalty_is_the_mean_absolute_ffn_activation_over_layers():
     with torch.no_grad():
         model(**batch)
     assert float(penalty.take()) == 0.0
+
+
+def test_init_from_continues_a_saved_model_and_the_patch_word_loss_is_logged(tmp_path):
+    base = _weights(tmp_path, "base", steps=0)
+    same = _weights(tmp_path, "same", steps=0, vision_pretrain_steps=0, text_pretrain_steps=0,
+                    init_from=str(tmp_path / "base"))
+    assert all((base[k] == same[k]).all() for k in base)  # no steps: the saved weights, untouched
+    summary = train(TrainConfig(**{**TINY, "vision_pretrain_steps": 0, "text_pretrain_steps": 0, "steps": 2,
+                                   "patch_word_loss": 0.5, "init_from": str(tmp_path / "base")}),
+                    tmp_path / "more", log_every=1)
+    logged = [h["patch_word_loss"] for h in summary["history"] if h.get("stage") == "joint"]
+    assert len(logged) == 2 and all(value > 0 for value in logged)
+    assert [h["stage"] for h in summary["history"]] == ["joint", "joint"]  # stages of 0 steps are skipped
+    more = load_file(tmp_path / "more" / "model.safetensors")
+    vision_before, lm_before = _split(base)
+    vision_after, lm_after = _split(more)
+    assert all((vision_before[k] == vision_after[k]).all() for k in vision_before)
+    assert any((lm_before[k] != lm_after[k]).any() for k in lm_before)

@@ -33,3 +33,25 @@ def test_quick_demo(tmp_path):
     report = (out / "report.html").read_text()
     assert "data:image/png;base64" in report and "http://" not in report and "https://" not in report
     assert (out / "edit.safetensors").is_file() and any((out / "heatmaps").glob("*.png"))
+    _check_heatmaps_and_links(out, metrics, report)
+
+
+def _check_heatmaps_and_links(out, metrics, report):
+    """One heatmap sheet per located concept, its table in numeric order of k, and a link to every file written."""
+    from urllib.parse import quote
+
+    from neuronscope.workflows.demo_heatmaps import LOCALISATION_KEY
+
+    table = metrics[LOCALISATION_KEY]
+    concepts = json.loads((out / "locate" / "concepts.json").read_text())
+    assert set(table) == {c["concept"] for c in concepts}  # every concept the demo located
+    sheets = sorted(path.name for path in (out / "heatmaps").glob("*.png"))
+    assert sheets == sorted(f"concept-{concept}.png" for concept in table)
+    for row in table.values():
+        ks = [int(key.split()[1]) for key in row if key.startswith("top ")]
+        assert ks == sorted(ks) and ks[0] == 1 and 1 <= row["images"] <= 3
+        assert all(0 <= row[f"top {k}"] <= 1 for k in ks) and 0 < row["object area"] < 0.5
+    written = [path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()]
+    assert len(written) > 100  # the pipeline's own heatmaps under locate/heatmaps/ too
+    missing = [name for name in written if name != "report.html" and f'href="{quote(name)}"' not in report]
+    assert missing == []

@@ -40,6 +40,7 @@ class EmbeddedImage:
     title: str
     data_uri: str | None
     note: str = ""
+    wide: bool = False  # spans the whole row of figures (e.g. a sheet of heatmaps)
 
 
 @dataclass
@@ -212,6 +213,25 @@ def _cell(value: Any) -> Any:
 
 def _left_out(total: int, shown: int) -> str:
     return f"showing the first {shown} of {total} rows" if total > shown else ""
+
+
+def png_width(data: bytes) -> int:
+    """Width in pixels from a PNG's header (0 if ``data`` is not a PNG)."""
+    return int.from_bytes(data[16:20], "big") if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24 else 0
+
+
+def natural_key(path: Path | str) -> list[Any]:
+    """Sort key that compares the digit runs of a name as numbers: ``top1 < top10 < top50 < top100 < top500``."""
+    parts = re.split(r"(\d+)", str(path))
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in parts]
+
+
+def _file_link(run: Path, path: Path) -> Markup:
+    """``<a href>`` to a file of the run folder, by its path relative to the folder (followed only when clicked)."""
+    from urllib.parse import quote
+
+    relative = path.relative_to(run).as_posix()
+    return Markup(f'<a href="{escape(quote(relative))}">{escape(relative)}</a>')
 
 
 def _label(stem: str) -> str:

@@ -23,6 +23,9 @@ folder):
 | `*.png` (top level) | "Figures" |
 | `skipped.json` | "Skipped inputs": `[{"source", "record", "image"?, "reason"}]` (e.g. `ImageDataset.summary()["skipped_inputs"]`) |
 | vision runs' files | "VQA vs textual QA", "Important image patches", "Logit lens over image tokens", "Invariance and semantic sensitivity" (see `neuronscope.report.vision`; files shown there are not repeated under "Tables" / "Plots" / "Heatmaps") |
+| every file (with `link_files=True`) | "Files": a link to each file of the folder, by relative path, and its size |
+
+Figures are shown in natural order: digit runs compare as numbers (`top1, top10, top50, top100, top500`).
 
 Example:
     >>> from neuronscope.report import RunDir, build_report
@@ -50,6 +53,7 @@ from neuronscope.report.cells import (
     Table,
     _cell,
     _data_uri,
+    _file_link,
     _find_skipped,
     _flatten,
     _is_matrix,
@@ -64,6 +68,8 @@ from neuronscope.report.cells import (
     _thumbnail,
     _top_tokens,
     _word_diff,
+    natural_key,
+    png_width,
 )
 from neuronscope.report.vision import vision_sections
 from neuronscope.results.io import atomic_write_text
@@ -71,6 +77,8 @@ from neuronscope.results.io import atomic_write_text
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
 REPORT_NAME = "report.html"
+#: PNGs wider than this span the whole row of figures
+WIDE_FIGURE_PX = 1000
 #: Images larger than this are listed, not embedded, to keep the report openable.
 def build_report(
     run_dir: str | Path,
@@ -78,6 +86,7 @@ def build_report(
     title: str | None = None,
     out_name: str = REPORT_NAME,
     max_rows: int = 200,
+    link_files: bool = False,
 ) -> Path:
     """Write the run's self-contained HTML report and return its path.
 
@@ -86,6 +95,8 @@ def build_report(
         title: page title (default: config "title", else "neuronscope run · <folder name>").
         out_name: file name of the report inside the folder (default "report.html").
         max_rows: rows shown per table (default 200; the table says how many were left out).
+        link_files: add a "Files" section linking every file in the folder (relative links, followed only when
+            clicked; default False).
 
     Raises:
         InputError: the folder does not exist, or one of its files is damaged (the message names it).
@@ -107,13 +118,16 @@ def build_report(
         _captions_section(run, max_rows),
         *vision,
         _tables_section(run, max_rows, shown),
-        _figures_section(run, "plots", "Plots", [p for p in sorted((run / "plots").glob("*.png")) if p not in shown]),
+        _figures_section(run, "plots", "Plots",
+                         [p for p in sorted((run / "plots").glob("*.png"), key=natural_key) if p not in shown]),
         *_topic_sections(run),
         _figures_section(run, "heatmaps", "Heatmaps",
-                         [p for p in sorted((run / "heatmaps").glob("*.png")) if p not in shown]),
+                         [p for p in sorted((run / "heatmaps").glob("*.png"), key=natural_key) if p not in shown]),
         _figures_section(run, "figures", "Figures",
-                         sorted(path for path in run.glob("*.png") if path.name not in _caption_images(run))),
+                         sorted((path for path in run.glob("*.png") if path.name not in _caption_images(run)),
+                                key=natural_key)),
         _skipped_section(run, metrics, max_rows),
+        _files_section(run, out_name) if link_files else None,
     ]
     sections = [section for section in sections if section is not None]
     if title is None:
@@ -269,7 +283,9 @@ def _figures_section(run: Path, section_id: str, title: str, files: list[Path]) 
             note = f"{path.relative_to(run)} is {size / 2**20:.0f} MiB: too large to embed; open it next to this report"
             section.figures.append(EmbeddedImage(_label(path.stem), None, note))
         else:
-            section.figures.append(EmbeddedImage(_label(path.stem), _data_uri(path.read_bytes(), "image/png")))
+            data = path.read_bytes()
+            section.figures.append(EmbeddedImage(_label(path.stem), _data_uri(data, "image/png"),
+                                                 wide=png_width(data) > WIDE_FIGURE_PX))
     return section
 
 
@@ -277,7 +293,7 @@ def _topic_sections(run: Path) -> list[Section | None]:
     """One figure section per sub-folder of ``plots/`` (e.g. a reproduction's topics), in name order."""
     folders = sorted(path for path in (run / "plots").glob("*") if path.is_dir()) if (run / "plots").is_dir() else []
     return [_figures_section(run, f"plots-{folder.name}", _label(re.sub(r"^\d+_", "", folder.name)).capitalize(),
-                             sorted(folder.glob("*.png"))) for folder in folders]
+                             sorted(folder.glob("*.png"), key=natural_key)) for folder in folders]
 
 
 def _skipped_section(run: Path, metrics: Any, max_rows: int) -> Section | None:
@@ -292,4 +308,16 @@ def _skipped_section(run: Path, metrics: Any, max_rows: int) -> Section | None:
         return None
     section = Section("skipped", f"Skipped inputs ({len(skipped)})")
     section.tables.append(_records_table("Inputs left out of this run, with the reason", skipped, max_rows))
+    return section
+
+
+def _files_section(run: Path, out_name: str) -> Section | None:
+    files = sorted((path for path in run.rglob("*") if path.is_file() and not path.is_symlink()
+                    and path.relative_to(run).as_posix() != out_name), key=lambda p: natural_key(p.relative_to(run)))
+    if not files:
+        return None
+    section = Section("files", f"Files ({len(files)})")
+    rows = [[_file_link(run, path), _cell(path.stat().st_size)] for path in files]
+    section.tables.append(Table("Every file in this run's folder (links open next to this report)",
+                                ["file", "bytes"], rows))
     return section

@@ -3,14 +3,16 @@
 1. caption held-out images of coloured shapes with the bundled LLaVA (its own greedy captions, Pan et al.'s prompt);
 2. locate the neurons of every colour and shape word (contribution scores at the positions that produced the word);
 3. print each concept's top neurons with the tokens their value vectors promote;
-4. draw heatmaps of the top neurons over the images;
+4. draw heatmaps of every concept's top neurons over several of its images (one sheet per concept, maps in numeric
+   order of k, the object outlined) and measure the share of each map's 95th-percentile mask on the object;
 5. suppress each colour's top-k neurons during captioning (k = 10, 30, 100, 300): the colour's rate in the captions of
    images that have it, the other words' rates (specificity: each word's rate over the images that show that word),
    and the same for random neurons with the same number per layer;
 6. edit one colour's top neurons' value vectors towards another colour (the signed closed-form shift
    ``w_i += sign(<w_i, u_old>) (u_new - u_old)``: a gated neuron that fires negatively needs the opposite push), then
    every colour's, against the same edit of random neurons; captions before / after;
-7. write everything — a self-contained HTML report, PNGs, JSON and CSV — into one folder, named at the end.
+7. write everything — a self-contained HTML report (linking every file written), PNGs, JSON and CSV — into one
+   folder, named at the end.
 
 Every rate is a fraction of captions: a word's rate is over the images whose scene shows that word.
 """
@@ -18,7 +20,6 @@ Every rate is a fraction of captions: a word's rate is over the images whose sce
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ from neuronscope.workflows.specs.vision import DemoOptions
 #: λ of the demo's signed token shift (chosen among 0.2, 0.3, 0.5 and 1 on the demo's own 24 images: 1 also
 #: rewrote the shape words after the colour; see MODEL_CARD.md)
 EDIT_STRENGTH = 0.3
+#: images per concept on its heatmap sheet
+HEATMAP_IMAGES = 3
 
 
 def _say(text: str) -> None:
@@ -45,6 +48,7 @@ class _Demo:
     run: Any
     model: Any
     processor: Any
+    scenes: list[Any]
     images: list[Any]
     shows: dict[str, list[int]]  # word -> images whose scene shows it
     n_neurons: int
@@ -101,7 +105,7 @@ def run_demo(out_dir: str | Path = "neuronscope-demo", *, quick: bool = False, n
 
     demo.metrics["seconds"] = round(time.time() - started, 1)
     demo.run.write_json("metrics.json", demo.metrics)
-    report = build_report(demo.run.path)
+    report = build_report(demo.run.path, link_files=True)
     _say(f"done in {demo.metrics['seconds']} s. Open {report} (a self-contained HTML report); "
          f"PNGs, JSON and CSV are in {demo.run.path}/")
     return demo.run.path
@@ -156,7 +160,7 @@ def _start(out_dir: str | Path, quick: bool, n_images: int, n_neurons: int, n_ra
         image.resize((128, 128)).save(run.path / "images" / f"image_{i:02d}.png")
     words_in = [{obj.colour for obj in scene.objects} | {obj.shape for obj in scene.objects} for scene in scenes]
     shows = {word: [i for i, words in enumerate(words_in) if word in words] for word in (*COLOURS, *SHAPES)}
-    return _Demo(run, model, processor, images, shows, n_neurons, n_random, seed)
+    return _Demo(run, model, processor, scenes, images, shows, n_neurons, n_random, seed)
 
 
 def _locate(demo: _Demo) -> None:
@@ -168,7 +172,7 @@ def _locate(demo: _Demo) -> None:
     concepts = {word: [word] for word in (*COLOURS, *SHAPES)}
     demo.located = find_multimodal_neurons(demo.model, demo.processor, demo.images, concepts=concepts, top_k=1000,
                                            run_dir=demo.run.path / "locate", overwrite=True, heatmaps=1,
-                                           heatmap_neurons=2, max_new_tokens=12)
+                                           heatmap_neurons=2, heatmap_absolute=True, max_new_tokens=12)
     demo.captions = [record["caption"] for record in demo.located.captions]
     for i in range(min(4, len(demo.captions))):
         _say(f"      image {i}: {demo.captions[i]}")
@@ -186,12 +190,22 @@ def _locate(demo: _Demo) -> None:
         _say(f"      {concept:>8}: " + " | ".join(shown))
     demo.run.write_csv("neurons.csv", rows, ["concept", "layer", "neuron", "top tokens"])
     demo.run.write_json("top_tokens.json", table)
-    _say("[4/7] heatmaps of the top neurons over the images")
-    (demo.run.path / "heatmaps").mkdir(exist_ok=True)
-    heatmaps = sorted((demo.run.path / "locate" / "heatmaps").glob("*.png"))
-    for path in heatmaps[:12]:
-        shutil.copy(path, demo.run.path / "heatmaps" / path.name)
-    _say(f"      {len(heatmaps)} heatmaps in {demo.run.path / 'locate' / 'heatmaps'}")
+    _heatmaps(demo)
+
+
+def _heatmaps(demo: _Demo) -> None:
+    from neuronscope.workflows.demo_heatmaps import LOCALISATION_KEY, draw_heatmap_sheets
+
+    _say("[4/7] heatmaps of every concept's top neurons over its images, and how much of each mask is on the object")
+    table = draw_heatmap_sheets(demo.run, demo.model, demo.processor, demo.scenes, demo.images, demo.located,
+                                images_per_concept=HEATMAP_IMAGES)
+    demo.metrics[LOCALISATION_KEY] = table
+    for concept, row in table.items():
+        _say(f"      {concept:>8}: top-100 mask {row.get('top 100', float('nan')):.0%} on the object "
+             f"(object area {row['object area']:.0%}, {row['images']} images)")
+    singles = len(list((demo.run.path / "locate" / "heatmaps").glob("*.png")))
+    _say(f"      one sheet per concept in {demo.run.path / 'heatmaps'}; the pipeline's {singles} single maps in "
+         f"{demo.run.path / 'locate' / 'heatmaps'} (all linked from the report)")
 
 
 def _suppression(demo: _Demo, ks: list[int], concept: str) -> list[Any]:
