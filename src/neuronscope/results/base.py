@@ -41,6 +41,7 @@ FORMATS: dict[str, str] = {
     "neuronscope.icl_two_towers": "neuronscope.attribute.icl_towers:TwoTowers",
     "neuronscope.icl_label_merge": "neuronscope.attribute.icl_towers:LabelMerge",
     "neuronscope.icl_bias": "neuronscope.attribute.icl_bias:ICLBias",
+    "neuronscope.specificity": "neuronscope.measure.specificity:SpecificityReport",
 }
 
 R = TypeVar("R", bound="JsonResult")

@@ -2,9 +2,11 @@
 and after and the probability change ratio ``PCR = (P_after − P_before) / P_before`` (Chen, Dejl & Toni 2024).
 
 Neurons from ``--neurons`` or a locate run (``--run``: its model, prompts, site and target rules are the
-defaults). With ``--background`` (JSONL prompts whose answers should not change), the same intervention is
-measured on them too — their own next tokens as targets — so the terminal and ``metrics.json`` show how specific
-the set is. With ``--out``: ``tables/intervene.csv``, ``metrics.json`` and ``report.html``.
+defaults). Specificity is measured by default (``--no-specificity`` skips it): each mode's intervention on the
+target prompts and on background prompts (``--background``, the run's, else a built-in set; their answers: a
+record's target, else the model's own next token), grouped (same template / other templates), and ``--draws``
+random same-layer sets on both (:mod:`neuronscope.workflows.specificity`). With ``--out``:
+``tables/intervene.csv``, ``specificity.json``, ``metrics.json`` and ``report.html``.
 
 Example:
     >>> intervene(InterveneOptions(run=Path("runs/paris"), mode="suppress"))   # doctest: +SKIP
@@ -18,13 +20,18 @@ import torch
 
 from neuronscope.workflows.common import (
     RunResult,
-    background_scorer,
     fit_neurons,
     load,
     neurons_of,
     prompt_scorer,
     run_prompts,
     with_model_of,
+)
+from neuronscope.workflows.specificity import (
+    background_for,
+    measure_neurons,
+    measured_prompts,
+    write_specificity,
 )
 from neuronscope.workflows.specs.text import InterveneOptions
 
@@ -59,6 +66,7 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     records = run_prompts(options, run_config)
     site = options.site or run_config.get("site") or "neuron"
     leading_space = run_config.get("leading_space", True) if options.run else options.leading_space
+    background = background_for(options, [r.prompt for r in records], run_config) if options.specificity else []
     if options.out is not None:
         RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
@@ -66,12 +74,12 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     selected = fit_neurons(selected, adapter.n_layers, adapter.d_ff)
     scorer = prompt_scorer(loaded, records, leading_space=leading_space, chat=options.chat,
                            first_piece=options.first_piece, batch_size=options.batch_size)
-    background = background_scorer(options, loaded)
     before = scorer.base_probabilities()
     table = [{"id": r.id, "prompt": r.prompt, "target": r.target, "token_id": int(t), "p_before": float(p)}
              for r, t, p in zip(records, scorer.targets.token_ids[:, 0].tolist(), before.tolist(), strict=True)]
     metrics: dict[str, Any] = {"neurons": int(len(selected)), "prompts": len(records), "site": site}
-    lines = []
+    measured = measured_prompts(loaded, scorer, background, chat=options.chat, batch_size=options.batch_size)
+    lines, reports = [], {}
     for name in modes_of(options.mode):
         changes = interventions_for(selected, name, options.factor, options.positions, site)
         after = scorer.probabilities(None, changes)
@@ -81,19 +89,22 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
             row[f"pcr_{name}"] = (p - row["p_before"]) / row["p_before"] if row["p_before"] > 0 else float("nan")
         line = (f"{name}: mean PCR {summary['pcr']['mean']:+.4f} (sd {summary['pcr']['std']:.4f}, "
                 f"n {summary['pcr']['n']}); mean P {summary['p_before_mean']:.4g} -> {summary['p_after_mean']:.4g}")
-        if background is not None:
-            summary["background"] = pcr_summary(background.base_probabilities(), background.probabilities(None, changes))
-            line += f"; background prompts {summary['background']['pcr']['mean']:+.4f}"
         lines.append(line)
+        if options.specificity:
+            reports[name] = measure_neurons(loaded, measured, selected, positions=options.positions,
+                                            factor=0.0 if name == "suppress" else options.factor, site=site,
+                                            draws=options.draws, seed=options.seed)
     if options.out is None:
+        lines += write_specificity(None, reports, metrics) if reports else []
         return RunResult("intervene", "", metrics, lines)
-    _write(options, table, metrics)
+    lines += _write(options, table, metrics, reports)
     return RunResult("intervene", str(options.out), metrics, [*lines, f"results in {options.out}"])
 
 
-def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
-    from neuronscope.report import build_report
+def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any],
+           reports: dict[str, Any]) -> list[str]:
     from neuronscope.runs.folder import RunDir
+    from neuronscope.workflows.common import finish_run
 
     results = RunDir(options.out, overwrite=options.overwrite)
     results.write_config({"command": "intervene", **options.recorded()})
@@ -101,5 +112,6 @@ def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict
     modes = modes_of(options.mode)
     columns = ["id", "prompt", "target", "token_id", "p_before"] + [f"{k}_{m}" for m in modes for k in ("p", "pcr")]
     results.write_csv("tables/intervene.csv", table, columns)
-    results.write_json("metrics.json", metrics)
-    build_report(results.path)
+    lines = write_specificity(results, reports, metrics) if reports else []
+    finish_run(results, metrics)
+    return lines

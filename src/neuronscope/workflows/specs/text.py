@@ -15,7 +15,13 @@ from neuronscope.workflows.options import (
     parse_key_values,
     parse_layers,
 )
-from neuronscope.workflows.specs.common import NeuronOptions, PromptOptions
+from neuronscope.workflows.specs.common import (
+    BACKGROUND_HELP,
+    NeuronOptions,
+    PromptOptions,
+    SelectionOptions,
+    SpecificityOptions,
+)
 
 NEURON_SITES = ("neuron", "act", "up", "gate", "pre")
 MODES = ("suppress", "amplify", "both")
@@ -29,7 +35,7 @@ class ModelsOptions(Options):
 
 
 @dataclass(kw_only=True)
-class LocateOptions(ModelOptions, PromptOptions, RunOptions, BatchOptions):
+class LocateOptions(ModelOptions, PromptOptions, SelectionOptions, SpecificityOptions, RunOptions, BatchOptions):
     method: str = opt("contribution", "Attribution method (see 'neuronscope models').")
     site: str = opt("neuron", "Neuron site: neuron (default), act, up, gate, pre.", choices=NEURON_SITES)
     layers: str | None = opt(None, "Layers to score, e.g. '0,2,5' or '4-7' (default all).")
@@ -71,13 +77,11 @@ class ExplainOptions(ModelOptions, NeuronOptions):
 
 
 @dataclass(kw_only=True)
-class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions):
+class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, SpecificityOptions, BatchOptions):
     mode: str = opt("both", "suppress (x0), amplify (x factor) or both.", choices=MODES)
     factor: float = opt(2.0, "Amplification factor.")
     positions: str = opt("last", "Positions changed: last or all.", choices=POSITIONS)
     site: str | None = opt(None, "Neuron site (default: the run's, else neuron).", choices=NEURON_SITES)
-    background: Path | None = opt(None, "JSONL prompts whose answers should not change (specificity): the same "
-                                           "intervention is measured on them too.")
     out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
     overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
 
@@ -91,7 +95,7 @@ class EvaluateOptions(ModelOptions, BatchOptions):
     factor: float = opt(2.0, "Amplification factor.")
     positions: str = opt("last", "Positions changed: last or all.", choices=POSITIONS)
     prompts: Path | None = opt(None, "Evaluate on these JSONL prompts instead of the run's (e.g. held-out ones).")
-    background: Path | None = opt(None, "JSONL prompts whose answers should not change (specificity).")
+    background: Path | None = opt(None, BACKGROUND_HELP + " Default: the locate run's, else the built-in set.")
 
     def problems(self) -> list[str]:
         problems = super().problems()
