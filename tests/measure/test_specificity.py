@@ -123,3 +123,12 @@ def test_pooled_reports_take_the_median_over_every_pair() -> None:
     assert both.background["same"]["median"] == -0.1 and both.background["all others"]["n"] == 4
     assert both.background["all others"]["median"] == pytest.approx(-0.25)
     assert both.random_target["median"] == pytest.approx(0.05) and both.n_neurons == 3
+
+
+def test_an_empty_set_changes_nothing(tiny) -> None:
+    model, tokenizer = tiny
+    scorer = BatchedPrefixScorer(model, tokenizer, PROMPTS, TARGETS)
+    report = neuron_specificity(scorer, torch.zeros(0, 2, dtype=torch.long), target_rows=[0], groups=GROUPS,
+                                d_ff=24, n_layers=2, n_random=3)
+    assert report.target == {"median": 0.0, "mean": 0.0, "n": 1} and report.random_target is None
+    assert report.background["other templates"]["n"] == 4 and report.pcr is None

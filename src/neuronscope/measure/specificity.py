@@ -164,20 +164,23 @@ def neuron_specificity(
         n_random, seed, exclude: the random same-layer sets (see :func:`~.pcr.pcr_against_random`).
 
     Returns:
-        :class:`SpecificityReport` (its ``pcr`` the PCR report, target first, then one group per background group).
+        :class:`SpecificityReport` (its ``pcr`` the PCR report, target first, then one group per background group);
+        an empty set changes nothing: its changes are all 0 and it has no random figures.
     """
     groups = {name: list(rows) for name, rows in groups.items() if len(rows)}
     neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    where = "at every position" if positions == "all" else f"at the {positions} position"
+    result = SpecificityReport(intervention=f"x{factor:g} {where}", n_neurons=len(neurons), n_random=n_random,
+                               seed=seed)
+    if len(neurons) == 0:  # nothing is changed: every change is 0 (no random sets of size 0)
+        return result._set({"target": [0.0] * len(target_rows), **{name: [0.0] * len(rows)
+                                                                  for name, rows in groups.items()}})
     pcr_groups = [NeuronGroup(neurons, own=list(target_rows), name="target")]
     pcr_groups += [NeuronGroup(neurons, own=[], unrelated=rows, name=name) for name, rows in groups.items()]
     report: PCRReport = pcr_against_random(scorer, pcr_groups, factor=factor, d_ff=d_ff, n_layers=n_layers,
                                            positions=positions, site=site, n_random=n_random, seed=seed,
                                            exclude=exclude)
-    where = "at every position" if positions == "all" else f"at the {positions} position"
-    result = SpecificityReport(intervention=f"x{factor:g} {where}", n_neurons=len(neurons), n_random=n_random,
-                               seed=seed, pcr=report)
-    if len(neurons) == 0:
-        return result
+    result.pcr = report
     sizes = [len(rows) for rows in groups.values()]
     values = {"target": report.values["own"], "random target": report.values["random_own"]}
     for name, own, random in zip(groups, _split(report.values["unrelated"], sizes),

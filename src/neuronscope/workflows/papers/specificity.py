@@ -148,7 +148,7 @@ def choose(plain: dict[str, Any], tried: dict[str, dict[str, Any]]) -> str:
     drop = -plain["own"] if plain["own"] else 0.0
 
     def kept(row: dict[str, Any]) -> float:
-        return -row["own"] / drop if drop > 0 else 0.0
+        return -row["own"] / drop if drop > 0 and row["own"] is not None else 0.0
 
     meeting = [name for name, row in tried.items() if kept(row) >= GOAL["kept_own_drop"]]
     if meeting:
