@@ -183,3 +183,23 @@ def test_edit_make_measures_locality_before_saving(files) -> None:
     assert table["background: other templates"]["median change"] == pytest.approx(by_hand(others), rel=1e-4,
                                                                                   abs=1e-9)
     assert (out / "edit.safetensors").exists() and (out / "specificity.json").exists()
+
+
+def test_paraphrase_selection_keeps_neurons_in_most_prompts_top_sets(files) -> None:
+    from neuronscope.results.scores import NeuronScores
+
+    prompts = files["root"] / "paraphrases.jsonl"
+    rows = [TARGET, {"prompt": "the capital of france is the city", "target": "paris"},
+            {"prompt": "capital of france is", "target": "paris"}]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    folder = files["root"] / "paraphrase"
+    result = run("locate", model=str(files["model"]), prompts=prompts, selection="paraphrase", top_k=5,
+                 specificity=False, out=folder)
+    scores = NeuronScores.load(folder / "scores").dense()[:, 0].double()  # [3 prompts, layers, d_ff]
+    in_top = (scores > 0.2 * scores.amax(dim=(1, 2), keepdim=True)).sum(0) >= 2  # more than half of 3
+    mean = scores.mean(0)
+    want = sorted(((float(mean[layer, i]), layer, i) for layer, i in in_top.nonzero().tolist()),
+                  key=lambda t: (-t[0], t[1], t[2]))
+    assert selected(folder) == [(layer, i) for _, layer, i in want[:5]]
+    assert result.metrics["selection"] == {"name": "paraphrase", "rule": "plain", "strength": 1.0, "agreement": 2,
+                                           "membership": 0.2}

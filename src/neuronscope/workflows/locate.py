@@ -8,7 +8,8 @@ model is loaded.
 Selection (``--selection``, :mod:`neuronscope.aggregate.specific`): ``plain`` ranks the mean score over the
 prompts; ``contrast`` and ``inverse-frequency`` also score the background prompts (``--background``, default a
 built-in set) for their own answers and keep the prompts' neurons the background does not share; ``--agreement K``
-keeps neurons in the top set of at least K prompts (paraphrases of one fact). Specificity is measured on every run
+keeps neurons in the top set of at least K prompts (paraphrases of one fact; ``paraphrase`` is the plain rule with it,
+default more than half the prompts). Specificity is measured on every run
 (``--no-specificity`` skips it): the selection zeroed at the last position, the relative change of each target and
 background prompt's answer probability, against ``--draws`` random same-layer sets
 (:mod:`neuronscope.workflows.specificity`).
@@ -53,7 +54,7 @@ def locate(options: LocateOptions, *, loaded: Any = None) -> RunResult:
     from neuronscope.runs.session import run_session
 
     records = prompt_records(options.prompts, options.prompt, options.target)
-    selection = options.specific_selection()
+    selection = options.specific_selection(len(records))
     if selection.agreement is not None and selection.agreement > len(records):
         raise OptionError(f"--agreement {selection.agreement} needs at least {selection.agreement} prompts "
                           f"(paraphrases of the fact); {len(records)} given")
@@ -128,7 +129,7 @@ def _finish(run: Any, options: LocateOptions, records: list[Any], background: li
     from neuronscope.report.plots import score_histogram_figure
     from neuronscope.runs.shards import merge_shards
 
-    selection = options.specific_selection()
+    selection = options.specific_selection(len(records))
     n = len(records)
     merged = merge_shards(run, expected=n + (len(background) if selection.uses_background else 0))
     if not merged.records:
@@ -152,7 +153,7 @@ def _finish(run: Any, options: LocateOptions, records: list[Any], background: li
     metrics: dict[str, Any] = {
         "prompts": n, "neurons_scored": int(mean_scores.numel()), "neurons_selected": len(rows),
         "max_mean_score": float(mean_scores.max()), "min_mean_score": float(mean_scores.min()),
-        "selection": selection.as_dict(), "background_prompts_scored": len(merged.records) - n}
+        "selection": {"name": options.selection, **selection.as_dict()}, "background_prompts_scored": len(merged.records) - n}
     measured = []
     if options.specificity and len(neurons):
         prompts = measured_prompts(loaded, _own_scorer(loaded, records, options), background, chat=options.chat,

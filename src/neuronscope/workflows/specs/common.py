@@ -67,7 +67,7 @@ class NeuronOptions(Options):
 
 
 #: ``--selection`` choices (see :mod:`neuronscope.aggregate.specific`).
-SELECTIONS = ("plain", "contrast", "inverse-frequency")
+SELECTIONS = ("plain", "contrast", "inverse-frequency", "paraphrase")
 BACKGROUND_HELP = ("JSONL prompts whose answers should not change: other facts of the same template, other templates "
                    "(a record's \"group\" names its group, its \"target\" its answer, default the model's own next "
                    "token). Default: a built-in set of short facts in 8 templates.")
@@ -89,8 +89,10 @@ class SelectionOptions(Options):
     """How the neurons are selected from the scores: plain, or specific against the background prompts."""
 
     selection: str = opt("plain", "plain (the mean score), contrast (mean normalised score minus --strength x the "
-                                  "background's, as CNA) or inverse-frequency (QRNCA's ICA and common-neuron removal "
-                                  "against the background).", choices=SELECTIONS)
+                                  "background's, as CNA), inverse-frequency (QRNCA's ICA and common-neuron removal "
+                                  "against the background) or paraphrase (plain among the neurons in the top set of "
+                                  "--agreement prompts, default more than half: the prompts are paraphrases of one "
+                                  "fact, as Dai et al.).", choices=SELECTIONS)
     strength: float | None = opt(None, "Background strength: contrast's weight (default 1) or inverse-frequency's "
                                        "common-neuron fraction (default 0.3).", minimum=0.0)
     agreement: int | None = opt(None, "Paraphrase agreement: keep neurons in the top set of at least this many of the "
@@ -107,10 +109,14 @@ class SelectionOptions(Options):
                             f"the fact); {len(self.prompt)} given")
         return problems
 
-    def specific_selection(self) -> Any:
-        """The :class:`~neuronscope.aggregate.specific.SpecificSelection` these options name."""
+    def specific_selection(self, n_prompts: int = 1) -> Any:
+        """The :class:`~neuronscope.aggregate.specific.SpecificSelection` these options name (``paraphrase``: the
+        plain rule with ``--agreement``, default ``n_prompts // 2 + 1``)."""
         from neuronscope.aggregate.specific import SpecificSelection
 
+        if self.selection == "paraphrase":
+            agreement = self.agreement if self.agreement is not None else n_prompts // 2 + 1
+            return SpecificSelection("plain", 1.0, agreement, self.membership)
         default = 0.3 if self.selection == "inverse-frequency" else 1.0
         return SpecificSelection(self.selection, default if self.strength is None else self.strength,
                                  self.agreement, self.membership)
