@@ -161,6 +161,7 @@ def test_intervene_reports_each_group_as_computed_by_hand(files) -> None:
     saved = json.loads((out / "specificity.json").read_text())["suppress"]
     assert saved["n_neurons"] == 2 and saved["n_random"] == 1
     assert any(line.startswith("specificity (") for line in result.lines)
+    assert "background: same template" in (out / "report.html").read_text()
 
 
 def test_edit_make_measures_locality_before_saving(files) -> None:
