@@ -107,7 +107,7 @@ class SpecificityRecipeOptions(PaperOptions, DataOptions):
                       choices=("facts", "shapes"))
     n_facts: int = opt(30, "Eval facts (as many background facts and half as many dev facts are dealt besides).",
                        minimum=3)
-    methods: list[str] = opt(list(SPECIFICITY_METHODS), "Attribution methods (comma-separated).",
+    methods: list[str] = opt(list(SPECIFICITY_METHODS), "Attribution method (repeatable; default all three).",
                              choices=SPECIFICITY_METHODS)
     top_k: int | None = opt(None, "Neurons per fact (default 20; shapes: per word, default 300 of its 2,048).",
                             minimum=1)
