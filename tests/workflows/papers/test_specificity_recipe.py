@@ -14,7 +14,7 @@ from helpers.word_models import save_tiny_llama
 from neuronscope.models import load_model
 from neuronscope.workflows.papers.specificity import run_specificity
 
-TEMPLATES = {"the capital of {} is": ["france", "rome", "berlin", "madrid"],
+TEMPLATES = {"the capital of {} is": ["france", "rome", "berlin", "madrid", "city", "country", "red", "blue", "green"],
              "the colour of the {} is": ["sky", "grass", "cat", "dog"],
              "{} and the dog": ["the cat", "a cat", "the sky", "a dog"]}
 
@@ -50,3 +50,11 @@ def test_recipe_reports_plain_and_specific_on_the_eval_facts(tmp_path: Path) -> 
     curve = (out / "tables" / "tradeoff.csv").read_text().splitlines()
     assert len(curve) == 1 + 3 + 2 * 3  # header, the dev rows (plain + 2 tried), eval rows (2 sizes x 3)
     assert (out / "report.html").exists() and (out / "metrics.json").exists()
+    # one template only: every other eval fact is of the same template
+    metrics = run_specificity(tmp_path / "one", model=loaded, data_dir=tmp_path / "data", limit=3, n_templates=1,
+                              methods=["contribution"], top_k=3, n_random=0, strengths=(1.0,), common_thresholds=(),
+                              ks=(3,), n_candidates=0)
+    plain = metrics["methods"]["contribution"]["plain"]
+    assert plain["other_templates"] is None and plain["same_template"] == plain["all_others"]
+    templates = {line.split(",")[2] for line in (tmp_path / "one" / "tables" / "facts.csv").read_text().splitlines()[1:]}
+    assert len(templates) == 1

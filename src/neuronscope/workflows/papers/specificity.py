@@ -62,8 +62,9 @@ GOAL = {"kept_own_drop": 0.8, "others_median_drop": 0.15}
 
 
 def facts_by_role(model: Any, tokenizer: Any, facts: Sequence[dict[str, Any]], n_eval: int, n_background: int,
-                  n_dev: int) -> tuple[dict[str, list[dict[str, Any]]], int]:
-    """The facts the model completes (answer's first token top-1), dealt per template to eval / background / dev.
+                  n_dev: int, n_templates: int | None = None) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The facts the model completes (answer's first token top-1), dealt per template to eval / background / dev
+    (``n_templates``: only the templates with the most such facts, so that eval facts share templates).
 
     Returns ``({role: facts}, number of facts the model completes)``; each fact gains ``target_id`` and
     ``target`` (the answer's first token and its text).
@@ -78,6 +79,8 @@ def facts_by_role(model: Any, tokenizer: Any, facts: Sequence[dict[str, Any]], n
     caps = {"eval": n_eval, "background": n_background, "dev": n_dev}
     roles: dict[str, list[dict[str, Any]]] = {role: [] for role in ROLES}
     templates = [t for t, kept in by_template.items() if len(kept) >= len(ROLES)]
+    if n_templates is not None:  # the most completed facts first; ties in file order
+        templates = sorted(templates, key=lambda t: -len(by_template[t]))[:n_templates]
     for turn in range(max((len(by_template[t]) for t in templates), default=0)):
         for template in templates:  # every template gives each role one fact per turn, while it has some
             kept = by_template[template]
@@ -174,6 +177,7 @@ def run_specificity(
     ks: Sequence[int] = (10, 20, 40),
     n_candidates: int | None = 200,
     n_images: int = 24,
+    n_templates: int | None = None,
 ) -> dict[str, Any]:
     """Run the specificity recipe and write its results folder; returns the metrics (see the module docstring)."""
     if source == "shapes":
@@ -190,13 +194,13 @@ def run_specificity(
     config = {"experiment": "specificity", "model": model_name(loaded), "seed": seed, "n_facts": n_eval,
               "methods": list(methods), "top_k": top_k, "steps": steps, "grid": "dai", "n_random": n_random,
               "strengths": list(strengths), "common_thresholds": list(common_thresholds), "ks": list(ks),
-              "n_candidates": n_candidates, "intervention": "x0 at the last position",
+              "n_candidates": n_candidates, "n_templates": n_templates, "intervention": "x0 at the last position",
               "choice": f"on the dev facts: keep >= {GOAL['kept_own_drop']:.0%} of the plain own drop, then the "
                         "smallest median drop of the other facts"}
     run = open_run(out_dir, config)
     with watch("screen"):
         roles, completed = facts_by_role(lm, tokenizer, read_known_facts(known_facts_path(data_dir)), n_eval,
-                                         n_eval, max(3, n_eval // 2))
+                                         n_eval, max(3, n_eval // 2), n_templates)
     if min(len(facts) for facts in roles.values()) < 2:
         raise NothingProcessedError(f"only {[len(f) for f in roles.values()]} facts per role: raise --limit")
     write_table(run, "tables/facts.csv", [{"role": role, **{key: fact[key] for key in (

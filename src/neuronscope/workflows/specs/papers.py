@@ -121,6 +121,8 @@ class SpecificityRecipeOptions(PaperOptions, DataOptions):
     n_candidates: int = opt(200, "LPI's log-softmax over the union of the facts' top-N next tokens (0: the full "
                                  "vocabulary).", minimum=0)
     n_images: int = opt(24, "shapes: held-out images captioned.", minimum=2)
+    n_templates: int | None = opt(None, "Only the N templates with the most completed facts, so that eval facts share "
+                                        "templates (the same-template figure); default every template.", minimum=1)
 
     def problems(self) -> list[str]:
         return super().problems() + (missing(self, "data") if self.source == "facts" else [])
