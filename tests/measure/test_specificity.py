@@ -123,6 +123,8 @@ def test_pooled_reports_take_the_median_over_every_pair() -> None:
     assert both.background["same"]["median"] == -0.1 and both.background["all others"]["n"] == 4
     assert both.background["all others"]["median"] == pytest.approx(-0.25)
     assert both.random_target["median"] == pytest.approx(0.05) and both.n_neurons == 3
+    apart = pooled([first, second], everything="all others", leave_out=("other",))
+    assert apart.background["all others"]["n"] == 3 and apart.background["other"]["n"] == 1
 
 
 def test_an_empty_set_changes_nothing(tiny) -> None:

@@ -233,11 +233,12 @@ def edit_specificity(
     return result._set(values)
 
 
-def pooled(reports: Sequence[SpecificityReport], *, everything: str | None = None) -> SpecificityReport:
+def pooled(reports: Sequence[SpecificityReport], *, everything: str | None = None,
+           leave_out: Sequence[str] = ()) -> SpecificityReport:
     """One report from many (e.g. one per fact, each fact's set measured on it and on the other facts): every
     change of every report pooled, so the target figure is the median over the reports' target prompts and a
     group's the median over all its (report, prompt) pairs. ``everything`` names an extra group pooling every
-    background group (e.g. ``"all other facts"``).
+    background group but those in ``leave_out`` (e.g. ``"all other facts"``).
 
     Example:
         >>> one = SpecificityReport("x0", 1)._set({"target": [-0.9], "others": [-0.1, 0.0]})
@@ -251,7 +252,8 @@ def pooled(reports: Sequence[SpecificityReport], *, everything: str | None = Non
         for key, items in report.values.items():
             values.setdefault(key, []).extend(items)
     if everything:
-        groups = [key for key in values if key not in ("target", "random target") and not key.startswith("random ")]
+        groups = [key for key in values if key not in ("target", "random target", *leave_out)
+                  and not key.startswith("random ")]
         values[everything] = [v for g in groups for v in values[g]]
         values[f"random {everything}"] = [v for g in groups for v in values.get(f"random {g}", [])]
     n_neurons = round(sum(r.n_neurons for r in reports) / len(reports)) if reports else 0

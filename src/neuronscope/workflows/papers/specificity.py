@@ -11,14 +11,16 @@ Steps (every setting is chosen on facts disjoint from the facts the figures are 
 3. per fact, the plain selection (its top-``top_k`` neurons) and the specific ones (:mod:`neuronscope.aggregate.
    specific`, the background facts as background, each for its own answer) over the strengths tried;
 4. zero the selection at the last position: the change of the fact's own answer probability and of every other
-   fact's answer probability (same template / other templates), and ``n_random`` random same-layer sets for both
+   fact's answer probability (other facts with the same answer token apart — their answer *is* the fact's —, then
+   same template / other templates), and ``n_random`` random same-layer sets for both
    (:func:`~neuronscope.measure.specificity.neuron_specificity`);
 5. on the dev facts, choose each method's setting: among those keeping >= 80 % of the plain selection's median
    own-answer drop, the one with the smallest median drop of the other facts (if none keeps 80 %, the one keeping
    the most); report plain and chosen on the eval facts, with the whole trade-off curve (sizes ``ks`` x settings).
 
 Figures: "own" = median over the eval facts of the relative change of the fact's own answer probability; "others" =
-median over every (fact, other eval fact) pair of the relative change of the other fact's answer probability;
+median over every (fact, other eval fact with another answer token) pair of the relative change of the other fact's
+answer probability ("same answer": the pairs that share the answer token, reported apart);
 random = the same for random same-layer sets, pooled over facts, draws and prompts.
 
 ``source="shapes"``: the bundled shapes model's concept neurons measured the same way (:mod:`.specificity_shapes`).
@@ -114,12 +116,14 @@ def measure_selection(scorer: Any, facts: Sequence[dict[str, Any]], scores: torc
     for i, fact in enumerate(facts):
         neurons = select_specific(scores[i:i + 1], background if selection.uses_background else None, selection,
                                   top_k=top_k)[0]
-        same = [j for j, other in enumerate(facts) if j != i and other.get("template") == fact.get("template")]
-        groups = {"same template": same,
-                  "other templates": [j for j in range(len(facts)) if j != i and j not in same]}
+        answer = [j for j, other in enumerate(facts) if j != i and other["target_id"] == fact["target_id"]]
+        same = [j for j, other in enumerate(facts)
+                if j != i and j not in answer and other.get("template") == fact.get("template")]
+        groups = {"same answer": answer, "same template": same,
+                  "other templates": [j for j in range(len(facts)) if j != i and j not in same + answer]}
         reports.append(neuron_specificity(scorer, neurons, target_rows=[i], groups=groups, d_ff=adapter.d_ff,
                                           n_layers=adapter.n_layers, n_random=n_random, seed=seed + i))
-    return pooled(reports, everything="all others")
+    return pooled(reports, everything="all others", leave_out=("same answer",))
 
 
 def settings(strengths: Sequence[float], common_thresholds: Sequence[float]) -> list[SpecificSelection]:
@@ -139,7 +143,7 @@ def figures(report: Any) -> dict[str, Any]:
 
     out = {"own": median(report.target), "random_own": median(report.random_target), "n_facts":
            report.target["n"] if report.target else 0, "mean_neurons": report.n_neurons}
-    for group in ("same template", "other templates", "all others"):
+    for group in ("same answer", "same template", "other templates", "all others"):
         key = group.replace(" ", "_")
         out[key] = median(report.background.get(group))
         out[f"random_{key}"] = median(report.random_background.get(group))
@@ -271,7 +275,8 @@ def _table(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             row = result[kind]
             name = f"{method} / {kind}" + (f" ({result['chosen']})" if kind == "specific" else "")
             plain_drop = -result["plain"]["own"] if result["plain"]["own"] else None
-            table[name] = {"own answer (median)": row["own"], "same template": row["same_template"],
+            table[name] = {"own answer (median)": row["own"], "same answer": row["same_answer"],
+                           "same template": row["same_template"],
                            "other templates": row["other_templates"], "all other facts": row["all_others"],
                            "random own": row["random_own"], "random others": row["random_all_others"],
                            "kept own drop": (-row["own"] / plain_drop) if plain_drop else None,
