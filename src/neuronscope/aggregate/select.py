@@ -354,6 +354,7 @@ def layer_histogram(neurons: Tensor, n_layers: int) -> Tensor:
 
 def select_neurons(
     mean_scores: Tensor, layers: list[int] | None = None, threshold: float | None = None, top_k: int | None = 20,
+    allowed: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The neurons a locate run keeps: above ``threshold`` × the maximum (if given), the ``top_k`` best (if given).
 
@@ -362,6 +363,8 @@ def select_neurons(
         layers: the model layer of each row (default ``0 .. rows - 1``).
         threshold: a fraction in [0, 1] of the maximum mean score (see :func:`threshold_relative_mask`).
         top_k: at most this many, best first; None keeps every neuron over the threshold.
+        allowed: ``BoolTensor [scored layers, d_ff]``: only these neurons may be chosen, and the threshold is
+            relative to their maximum (default: every neuron; see :mod:`.specific`).
 
     Returns:
         ``(neurons [n, 2] with model layer numbers, their scores [n])``, best first; ties: lower layer, then index.
@@ -370,10 +373,11 @@ def select_neurons(
         >>> select_neurons(torch.tensor([[1.0, 3.0], [2.0, 0.5]]), [4, 7], 0.4, None)[0].tolist()
         [[4, 1], [7, 0]]
     """
+    pool = torch.ones_like(mean_scores, dtype=torch.bool) if allowed is None else allowed.bool()
     if threshold is not None:
-        candidates = mask_to_neurons(threshold_relative_mask(mean_scores, threshold))
-    else:
-        candidates = mask_to_neurons(torch.ones_like(mean_scores, dtype=torch.bool))
+        ranked = mean_scores if allowed is None else torch.where(pool, mean_scores, float("-inf"))
+        pool = pool & threshold_relative_mask(ranked, threshold)
+    candidates = mask_to_neurons(pool)
     values = mean_scores[candidates[:, 0], candidates[:, 1]]
     order = torch.sort(values, descending=True, stable=True).indices
     if top_k is not None:

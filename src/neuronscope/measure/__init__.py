@@ -18,7 +18,7 @@ from __future__ import annotations
 from neuronscope._lazy import lazy_exports
 
 _EXPORTS = {
-    **dict.fromkeys(("CausalEffect", "ConceptCaptions", "SpecificityReport", "Summary", "causal_effect",
+    **dict.fromkeys(("CausalEffect", "ConceptCaptions", "ConceptSpecificity", "Summary", "causal_effect",
                      "compile_concept_pattern", "concept_rate", "mentions_concept", "probability_change_ratio",
                      "specificity", "summarise"), "neuronscope.measure.metrics"),
     **dict.fromkeys(("edit_success", "generalisation", "kl_divergence", "locality_kl", "reliability",
@@ -28,6 +28,7 @@ _EXPORTS = {
     **dict.fromkeys(("ForwardScorer", "PrefixCacheScorer", "Scorer", "last_logits", "target_probability"),
                     "neuronscope.measure.probability"),
     **dict.fromkeys(("NeuronGroup", "PCRReport", "pcr_against_random"), "neuronscope.measure.pcr"),
+    **dict.fromkeys(("SpecificityReport", "neuron_specificity", "edit_specificity"), "neuronscope.measure.specificity"),
     **dict.fromkeys(("EditEvaluation", "EditScores", "evaluate_edit", "random_edits"), "neuronscope.measure.editing"),
     **dict.fromkeys(("caption_images", "concept_removal", "removal_records"), "neuronscope.measure.captions"),
     **dict.fromkeys(("PruningReport", "prune_experiment"), "neuronscope.measure.pruning"),

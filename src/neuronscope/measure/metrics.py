@@ -26,7 +26,7 @@ from neuronscope.results.base import JsonResult
 __all__ = [
     "CausalEffect",
     "ConceptCaptions",
-    "SpecificityReport",
+    "ConceptSpecificity",
     "Summary",
     "causal_effect",
     "compile_concept_pattern",
@@ -239,7 +239,7 @@ class ConceptCaptions:
 
 
 @dataclass(frozen=True)
-class SpecificityReport(JsonResult):
+class ConceptSpecificity(JsonResult):
     """Effect of perturbing one concept's neurons on that concept and on the others.
 
     Attributes:
@@ -250,7 +250,7 @@ class SpecificityReport(JsonResult):
             others do not (our one-number summary; Pan et al. report the rates themselves).
     """
 
-    format: ClassVar[str] = "neuronscope.specificity"
+    format: ClassVar[str] = "neuronscope.concept_specificity"
 
     target: CausalEffect
     others: dict[str, CausalEffect]
@@ -264,7 +264,7 @@ class SpecificityReport(JsonResult):
 
 def specificity(
     target: ConceptCaptions, others: Mapping[str, ConceptCaptions], *, plurals: bool = True
-) -> SpecificityReport:
+) -> ConceptSpecificity:
     """Specificity of a concept's neurons (Pan et al. 2024): perturbing them should remove that concept only.
 
     The caller perturbs the target concept's neurons, captions the target's images and the other concepts'
@@ -282,4 +282,4 @@ def specificity(
         name: causal_effect(c.before, c.after, c.words, plurals=plurals) for name, c in others.items()
     }
     mean_other = sum(e.drop for e in other_effects.values()) / len(other_effects) if other_effects else 0.0
-    return SpecificityReport(target_effect, other_effects, mean_other, target_effect.drop - mean_other)
+    return ConceptSpecificity(target_effect, other_effects, mean_other, target_effect.drop - mean_other)

@@ -271,14 +271,3 @@ def _predicted_targets(loaded: Any, batch: Any, token_ids: list[int | None], lab
     last = batch.seq_len - 1
     return TargetSet(torch.cat([p.token_ids for p in parts]), torch.full((len(batch), 1), last, dtype=torch.long),
                      torch.ones(len(batch), 1, dtype=torch.bool), [label for p in parts for label in p.labels])
-
-
-def background_scorer(options: Any, loaded: Any) -> Any:
-    """The scorer of the ``--background`` prompts (their own predictions as targets), or None."""
-    if options.background is None:
-        return None
-    from neuronscope.inputs.prompts import prompt_records
-
-    records = prompt_records(options.background, (), (), default_target="prediction")
-    records = [type(r)(r.id, r.prompt, "prediction", r.extra) for r in records]
-    return prompt_scorer(loaded, records, chat=getattr(options, "chat", False), batch_size=options.batch_size)

@@ -3,7 +3,10 @@
 - ``make``: an edit folder (``edit.safetensors`` + ``edit.json``, plus ``config.json``) for some neurons: erase
   (``w_i ← 0``), noise (``+σ·N(0, I)``), token-shift (``+λ(u_t − u_s)``, with ``--signed``
   ``+λ·sign(⟨w_i, u_s⟩)(u_t − u_s)``) or knowledge-neuron (``−λ1·e(s) + λ2·e(t)``). The edit records how its model
-  was loaded (folder, GGUF file, dtype), so ``apply`` and ``export`` load the same model by default.
+  was loaded (folder, GGUF file, dtype), so ``apply`` and ``export`` load the same model by default. Before anything
+  is saved, the edit is measured on its prompts (``--prompt``, else the ``--run``'s) and on background prompts
+  (``--background``, else a built-in set), against random edits of same-layer neurons: ``specificity.json``,
+  ``metrics.json``, ``report.html`` and the terminal (:mod:`neuronscope.workflows.specificity`).
 - ``apply``: write the edited model as a plain Hugging Face folder (a GGUF model is written de-quantised) that also
   keeps the original columns (``neuronscope_originals.safetensors``), so that ``revert`` restores every bit.
 - ``revert``: from such a folder, write the original model back out.
@@ -20,8 +23,14 @@ from typing import Any
 
 from neuronscope.edit.weights import EDIT_RECORD
 from neuronscope.errors import EditMismatchError, InputError, RunFolderError
-from neuronscope.workflows.common import fit_to_model, load, neurons_of, with_model_of
+from neuronscope.workflows.common import finish_run, fit_to_model, load, neurons_of, with_model_of
 from neuronscope.workflows.result import RunResult
+from neuronscope.workflows.specificity import (
+    background_for,
+    measure_edit,
+    measured_prompts,
+    write_specificity,
+)
 from neuronscope.workflows.specs.edits import EditApplyOptions, EditMakeOptions, EditRevertOptions
 
 ORIGINALS = "neuronscope_originals.safetensors"
@@ -69,6 +78,9 @@ def make(options: EditMakeOptions, *, loaded: Any = None) -> RunResult:
 
     selected, run_config = neurons_of(options)
     options = with_model_of(options, run_config)
+    records = _edit_prompts(options, run_config)
+    background = background_for(options, [r.prompt for r in records], run_config) if records and options.specificity \
+        else []
     RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
@@ -87,12 +99,43 @@ def make(options: EditMakeOptions, *, loaded: Any = None) -> RunResult:
         edit = ValueVectorEdit.knowledge_neuron(model, selected, source, target, options.lambda1, options.lambda2,
                                                 reason=options.reason)
     edit.model.update({"source": loaded.source, "load": loaded.describe()})
+    report = _locality(options, loaded, edit, records, background, run_config)
     results = RunDir(options.out, overwrite=options.overwrite)  # after the edit is made: nothing half done
     results.write_config({"command": "edit make", **options.recorded()})
     results.write_meta({"runtime": options.runtime()})
     path = edit.save(results.file("edit"))
-    return RunResult("edit make", str(options.out), edit.as_dict(),
-                     [f"{kind} edit of {len(selected)} neurons written: {path}"])
+    lines = [f"{kind} edit of {len(selected)} neurons written: {path}"]
+    if report is not None:
+        metrics: dict[str, Any] = {"neurons": len(selected), "kind": kind, "prompts": len(records)}
+        lines += write_specificity(results, {"edit": report}, metrics)
+        finish_run(results, metrics, "\n".join(lines))
+    elif options.specificity:
+        lines.append("no prompts to measure the edit on: pass --prompt (or --run) to see its effect and locality")
+    return RunResult("edit make", str(options.out), edit.as_dict(), lines)
+
+
+def _edit_prompts(options: EditMakeOptions, run_config: dict[str, Any]) -> list[Any]:
+    """The prompts the edit is measured on: ``--prompt`` / ``--prompts``, else the ``--run``'s (none: [])."""
+    from neuronscope.inputs.prompts import prompt_records
+
+    if options.prompt or options.prompts:
+        return prompt_records(options.prompts, options.prompt, [])
+    if run_config.get("prompts") or run_config.get("prompt"):
+        return prompt_records(run_config.get("prompts"), run_config.get("prompt") or [], run_config.get("target") or [])
+    return []
+
+
+def _locality(options: EditMakeOptions, loaded: Any, edit: Any, records: list[Any], background: list[Any],
+              run_config: dict[str, Any]) -> Any:
+    """The edit's specificity report on its prompts and the background prompts (None: nothing to measure)."""
+    if not records or not options.specificity:
+        return None
+    from neuronscope.workflows.common import prompt_scorer
+
+    own = prompt_scorer(loaded, records, leading_space=run_config.get("leading_space", True),
+                        first_piece=bool(run_config.get("first_piece", False)), chat=options.chat)
+    return measure_edit(loaded, measured_prompts(loaded, own, background, chat=options.chat), edit,
+                        draws=options.draws, seed=options.seed)
 
 
 def _edit_and_model(options: EditApplyOptions, loaded: Any) -> tuple[Any, Any, EditApplyOptions]:

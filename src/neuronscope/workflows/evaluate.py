@@ -4,10 +4,12 @@ PCR of the run's targets when its selected neurons are suppressed (x0) and ampli
 ``--draws`` random sets with the same number of neurons in each layer (drawn from the other neurons of those
 layers, seeded; the ``(layer, expert, index)`` neurons of a mixture-of-experts model: the same number in each
 (layer, expert), so the random neurons sit in the same experts), through
-:func:`~neuronscope.measure.pcr.pcr_against_random`. With ``--background`` prompts
-(whose own next tokens are their targets) the same sets are measured on them too: the located set should move
-its own targets, not theirs. Written into the run folder: ``evaluation.json`` (and under "evaluation" in its
-``metrics.json``), ``tables/evaluation.csv``, ``plots/evaluation_pcr.png``, ``evaluate_config.json``; the report is
+:func:`~neuronscope.measure.pcr.pcr_against_random`. The same sets are measured on background prompts
+(``--background``, else the run's, else the built-in set; their answers: a record's target, else the model's own
+next token), by group (same template / other templates): the located set should move its own targets, not theirs
+(:mod:`neuronscope.workflows.specificity`; dense neurons). Written into the run folder: ``evaluation.json``
+(and under "evaluation" in its ``metrics.json``), ``evaluation_specificity.json`` and that table in
+``metrics.json``, ``tables/evaluation.csv``, ``plots/evaluation_pcr.png``, ``evaluate_config.json``; the report is
 rebuilt. The locate results themselves are not touched.
 
 Example:
@@ -21,7 +23,6 @@ from typing import Any
 from neuronscope.errors import InputError
 from neuronscope.workflows.common import (
     RunResult,
-    background_scorer,
     fit_to_model,
     load,
     prompt_scorer,
@@ -31,12 +32,17 @@ from neuronscope.workflows.common import (
     write_png,
 )
 from neuronscope.workflows.intervene import modes_of
+from neuronscope.workflows.specificity import (
+    background_for,
+    measure_neurons,
+    measured_prompts,
+    write_specificity,
+)
 from neuronscope.workflows.specs.text import EvaluateOptions
 
 
 def evaluate(options: EvaluateOptions, *, loaded: Any = None) -> RunResult:
     """Run ``evaluate`` (see the module docstring)."""
-    from neuronscope.measure.pcr import NeuronGroup, pcr_against_random
     from neuronscope.models.adapter import get_adapter
 
     selected, run_config = read_run_neurons(options.run_dir)
@@ -44,6 +50,7 @@ def evaluate(options: EvaluateOptions, *, loaded: Any = None) -> RunResult:
         raise InputError(f"{options.run_dir} selected no neurons; rerun locate with a lower --threshold or a --top-k")
     options = with_model_of(options, run_config)
     records = run_prompts(options, run_config)
+    background = background_for(options, [r.prompt for r in records], run_config)
     loaded = load(options, loaded)
     adapter = get_adapter(loaded.model)
     selected = fit_to_model(selected, adapter)
@@ -52,17 +59,25 @@ def evaluate(options: EvaluateOptions, *, loaded: Any = None) -> RunResult:
     own = prompt_scorer(loaded, records, leading_space=run_config.get("leading_space", True),
                         first_piece=bool(run_config.get("first_piece", False)), chat=bool(run_config.get("chat")),
                         batch_size=options.batch_size)
-    scorer, background_rows = _with_background(own, background_scorer(options, loaded))
-    group = NeuronGroup(selected, own=list(range(len(records))), unrelated=background_rows, name="located")
+    prompts = measured_prompts(loaded, own, background, chat=bool(run_config.get("chat")),
+                               batch_size=options.batch_size)
     evaluation: dict[str, Any] = {"neurons": int(len(selected)), "prompts": len(records), "draws": options.draws,
-                                  "seed": options.seed, "site": site, "background_prompts": len(background_rows)}
-    table, labels, values, lines = [], [], [], []
+                                  "seed": options.seed, "site": site, "background_prompts": len(background)}
+    table, labels, values, lines, reports = [], [], [], [], {}
     for name in modes_of(options.mode):
         factor = 0.0 if name == "suppress" else options.factor
-        report = pcr_against_random(scorer, [group], factor=factor, d_ff=adapter.d_ff, n_layers=adapter.n_layers,
-                                    positions=options.positions, site=site, n_random=options.draws,
-                                    seed=options.seed, layout=layout)
-        evaluation["baseline"] = report.baseline
+        if layout is None:
+            reports[name] = measure_neurons(loaded, prompts, selected, factor=factor, positions=options.positions,
+                                            site=site, draws=options.draws, seed=options.seed)
+            report = reports[name].pcr
+        else:  # expert neurons: random neurons of the same (layer, expert) units, on the run's prompts
+            from neuronscope.measure.pcr import NeuronGroup, pcr_against_random
+
+            group = NeuronGroup(selected, own=list(range(len(records))), name="located")
+            report = pcr_against_random(own, [group], factor=factor, d_ff=adapter.d_ff, n_layers=adapter.n_layers,
+                                        positions=options.positions, site=site, n_random=options.draws,
+                                        seed=options.seed, layout=layout)
+            evaluation["baseline"] = report.baseline
         entry, rows = _mode_entry(report, len(records), options.draws)
         evaluation[name] = entry
         table += [{"mode": name, **row} for row in rows]
@@ -70,18 +85,9 @@ def evaluate(options: EvaluateOptions, *, loaded: Any = None) -> RunResult:
         labels += [f"{name}: located"] + ([f"{name}: random (mean)"] if randoms else [])
         values += [entry["located_mean_pcr"]] + ([sum(randoms) / len(randoms)] if randoms else [])
         lines.append(_line(name, entry))
-    _write(options, evaluation, table, labels, values)
+    lines += _write(options, evaluation, table, labels, values, reports)
     return RunResult("evaluate", str(options.run_dir), evaluation, [*lines, f"evaluation written into "
                                                                            f"{options.run_dir}"])
-
-
-def _with_background(own: Any, background: Any) -> tuple[Any, list[int]]:
-    """One scorer over the run's prompts followed by the background prompts (rows after the run's)."""
-    if background is None:
-        return own, []
-    from neuronscope.measure.probability import JoinedScorer
-
-    return JoinedScorer(own, background), list(range(len(own), len(own) + len(background)))
 
 
 def _mode_entry(report: Any, n_prompts: int, draws: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -115,7 +121,7 @@ def _line(name: str, entry: dict[str, Any]) -> str:
 
 
 def _write(options: EvaluateOptions, evaluation: dict[str, Any], table: list[dict[str, Any]], labels: list[str],
-           values: list[float]) -> None:
+           values: list[float], reports: dict[str, Any]) -> list[str]:
     from neuronscope.report import build_report
     from neuronscope.report.plots import bar_chart_figure
     from neuronscope.runs.folder import RunDir
@@ -125,8 +131,10 @@ def _write(options: EvaluateOptions, evaluation: dict[str, Any], table: list[dic
     run.write_json("evaluation.json", evaluation)
     metrics = run.read_json("metrics.json") if run.exists("metrics.json") else {}
     metrics["evaluation"] = evaluation
+    lines = write_specificity(run, reports, metrics, "evaluation_specificity")
     run.write_json("metrics.json", metrics)
     run.write_csv("tables/evaluation.csv", table, ["mode", "set", "mean_pcr"])
     write_png(run, "plots/evaluation_pcr.png", bar_chart_figure(labels, values, title="Mean PCR: located vs random "
                                                                 "neurons", ylabel="mean PCR"))
     build_report(run.path)
+    return lines

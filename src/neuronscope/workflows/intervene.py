@@ -13,8 +13,11 @@ Attention heads instead (``--heads 22.7,24.7`` or the top in-context heads of a 
 slice of the attention output projection's input, and ``--draws N`` adds ``random_<mode>``: N random sets of as
 many heads (never the chosen ones), their per-draw mean PCR and mean / min / max.
 
-With ``--background`` (JSONL prompts whose answers should not change), the same intervention is measured on them
-too — their own next tokens as targets — so the terminal and ``metrics.json`` show how specific the set is. With ``--out``: ``tables/intervene.csv``, ``metrics.json`` and ``report.html``.
+Specificity of a neuron set is measured by default (``--no-specificity`` skips it): each mode's intervention on
+the target prompts and on background prompts (``--background``, the run's, else a built-in set; their answers: a
+record's target, else the model's own next token), grouped (same template / other templates), and ``--draws``
+random same-layer sets on both (:mod:`neuronscope.workflows.specificity`). With ``--out``:
+``tables/intervene.csv``, ``specificity.json``, ``metrics.json`` and ``report.html``.
 
 Example:
     >>> intervene(InterveneOptions(run=Path("runs/paris"), mode="suppress"))   # doctest: +SKIP
@@ -29,7 +32,6 @@ import torch
 from neuronscope.errors import InputError
 from neuronscope.workflows.common import (
     RunResult,
-    background_scorer,
     fit_to_model,
     load,
     neurons_of,
@@ -40,6 +42,12 @@ from neuronscope.workflows.common import (
 )
 from neuronscope.workflows.head_interventions import fit_heads, read_icl_run
 from neuronscope.workflows.options import parse_heads
+from neuronscope.workflows.specificity import (
+    background_for,
+    measure_neurons,
+    measured_prompts,
+    write_specificity,
+)
 from neuronscope.workflows.specs.text import InterveneOptions
 
 
@@ -105,6 +113,8 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     first_piece = options.first_piece or (recipe is not None and not options.has_prompts)  # the ICL label token
     heads = recipe.top(options.head_ranking, options.top_heads) if recipe else None
     heads = torch.tensor(parse_heads(options.heads), dtype=torch.long) if options.heads else heads
+    specific = options.specificity and selected is not None and not (options.drop_expert or options.force_routing)
+    background = background_for(options, [r.prompt for r in records], run_config) if specific else []
     if options.out is not None:
         RunDir.check(options.out, overwrite=options.overwrite)
     loaded = load(options, loaded)
@@ -112,10 +122,10 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
     if (options.drop_expert or options.force_routing) and adapter.moe is None:
         raise InputError("--drop-expert / --force-routing need a mixture-of-experts model; this one is dense")
     selected = fit_to_model(selected, adapter) if selected is not None else None
+    specific = specific and adapter.moe is None  # expert neurons: their random sets are the PCR baseline's
     heads = fit_heads(heads, adapter.n_layers, adapter.n_heads) if heads is not None else None
     scorer = prompt_scorer(loaded, records, leading_space=leading_space, chat=options.chat,
                            first_piece=first_piece, batch_size=options.batch_size)
-    background = background_scorer(options, loaded)
     before = scorer.base_probabilities()
     table = [{"id": r.id, "prompt": r.prompt, "target": r.target, "token_id": int(t), "p_before": float(p)}
              for r, t, p in zip(records, scorer.targets.token_ids[:, 0].tolist(), before.tolist(), strict=True)]
@@ -124,7 +134,8 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
                                "force_routing": list(options.force_routing)}
     if heads is not None:
         metrics["heads"] = [f"{layer}.{head}" for layer, head in heads.tolist()]
-    lines = []
+    measured = measured_prompts(loaded, scorer, background, chat=options.chat, batch_size=options.batch_size)
+    lines, reports = [], {}
     conditions = conditions_of(options, selected, site, None if heads is None else (loaded.model, heads))
     for name, changes in conditions:
         after = scorer.probabilities(None, changes)
@@ -134,15 +145,17 @@ def intervene(options: InterveneOptions, *, loaded: Any = None) -> RunResult:
             row[f"pcr_{name}"] = (p - row["p_before"]) / row["p_before"] if row["p_before"] > 0 else float("nan")
         line = (f"{name}: mean PCR {summary['pcr']['mean']:+.4f} (sd {summary['pcr']['std']:.4f}, "
                 f"n {summary['pcr']['n']}); mean P {summary['p_before_mean']:.4g} -> {summary['p_after_mean']:.4g}")
-        if background is not None:
-            summary["background"] = pcr_summary(background.base_probabilities(), background.probabilities(None, changes))
-            line += f"; background prompts {summary['background']['pcr']['mean']:+.4f}"
         lines.append(line)
+        if specific and name in ("suppress", "amplify"):
+            reports[name] = measure_neurons(loaded, measured, selected, positions=options.positions,
+                                            factor=0.0 if name == "suppress" else options.factor, site=site,
+                                            draws=options.draws, seed=options.seed)
     if heads is not None and options.draws:
         conditions += _random_heads(options, scorer, before, loaded.model, heads, table, metrics, lines)
     if options.out is None:
+        lines += write_specificity(None, reports, metrics) if reports else []
         return RunResult("intervene", "", metrics, lines)
-    _write(options, table, metrics, [name for name, _ in conditions])
+    lines += _write(options, table, metrics, [name for name, _ in conditions], reports)
     return RunResult("intervene", str(options.out), metrics, [*lines, f"results in {options.out}"])
 
 
@@ -169,7 +182,8 @@ def _random_heads(options: InterveneOptions, scorer: Any, before: torch.Tensor, 
     return names
 
 
-def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any], modes: list[str]) -> None:
+def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict[str, Any], modes: list[str],
+           reports: dict[str, Any]) -> list[str]:
     from neuronscope.report import build_report
     from neuronscope.runs.folder import RunDir
 
@@ -178,6 +192,7 @@ def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict
     results.write_meta({"runtime": options.runtime()})
     columns = ["id", "prompt", "target", "token_id", "p_before"] + [f"{k}_{m}" for m in modes for k in ("p", "pcr")]
     results.write_csv("tables/intervene.csv", table, columns)
+    lines = write_specificity(results, reports, metrics) if reports else []
     results.write_json("metrics.json", metrics)
     from neuronscope.report.plots import bar_chart_figure
 
@@ -185,6 +200,7 @@ def _write(options: InterveneOptions, table: list[dict[str, Any]], metrics: dict
         modes, [mean_pcr(metrics[mode]) for mode in modes], title=f"Mean PCR over {metrics['prompts']} prompts",
         xlabel="condition", ylabel="mean PCR (random_*: mean over the draws)"))
     build_report(results.path)
+    return lines
 
 
 def mean_pcr(summary: dict[str, Any]) -> float:

@@ -200,6 +200,11 @@ _WORKFLOWS = (
     W("recipe bias", "neuronscope.workflows.papers.bias:bias", papers.BiasOptions,
       "Gender-bias edit by comparative neuron analysis on occupation prompts, vs random neurons.", paper=YU,
       default_model=SMOLLM2, example="neuronscope recipe bias --out runs/bias"),
+    W("recipe specificity", "neuronscope.workflows.papers.specificity:specificity", papers.SpecificityRecipeOptions,
+      "Specific neurons: plain vs specific selection of ROME facts' neurons, own vs other facts' drop, vs random.",
+      paper="Dai et al. 2022; Chen, Dejl & Toni 2024; Yu & Ananiadou 2024", default_model=SMOLLM2,
+      example="neuronscope recipe specificity --data ../shared/data --out runs/specificity --limit 6\n"
+              "neuronscope recipe specificity --source shapes --out runs/specificity-shapes"),
     W("recipe fact-editing", "neuronscope.workflows.papers.fact_editing:fact_editing", papers.FactEditingOptions,
       "Value-vector editing of facts (closed-form and optimised) vs random-neuron edits.",
       paper="Pan et al. 2024; Dai et al. 2022", default_model=SMOLLM2,

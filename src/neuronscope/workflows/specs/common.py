@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from neuronscope.workflows.options import Options, opt, parse_neurons
 
@@ -68,3 +69,59 @@ class NeuronOptions(Options):
             except Exception as error:  # noqa: BLE001 - OptionError; reported with the others
                 problems.append(str(error))
         return problems
+
+
+#: ``--selection`` choices (see :mod:`neuronscope.aggregate.specific`).
+SELECTIONS = ("plain", "contrast", "inverse-frequency", "paraphrase")
+BACKGROUND_HELP = ("JSONL prompts whose answers should not change: other facts of the same template, other templates "
+                   "(a record's \"group\" names its group, its \"target\" its answer, default the model's own next "
+                   "token). Default: a built-in set of short facts in 8 templates.")
+
+
+@dataclass(kw_only=True)
+class SpecificityOptions(Options):
+    """Background prompts and the specificity measurement every run reports (target / background / random)."""
+
+    background: Path | None = opt(None, BACKGROUND_HELP)
+    specificity: bool = opt(True, "Measure specificity: the change of the target and background prompts' answers, and "
+                                  "of random same-layer sets (--no-specificity skips it).")
+    draws: int = opt(5, "Random same-layer neuron sets of the specificity measurement.", minimum=0)
+    seed: int = opt(0, "Seed of the random sets.")
+
+
+@dataclass(kw_only=True)
+class SelectionOptions(Options):
+    """How the neurons are selected from the scores: plain, or specific against the background prompts."""
+
+    selection: str = opt("plain", "plain (the mean score), contrast (mean normalised score minus --strength x the "
+                                  "background's, as CNA), inverse-frequency (QRNCA's ICA and common-neuron removal "
+                                  "against the background) or paraphrase (plain among the neurons in the top set of "
+                                  "--agreement prompts, default more than half: the prompts are paraphrases of one "
+                                  "fact, as Dai et al.).", choices=SELECTIONS)
+    strength: float | None = opt(None, "Background strength: contrast's weight (default 1) or inverse-frequency's "
+                                       "common-neuron fraction (default 0.3).", minimum=0.0)
+    agreement: int | None = opt(None, "Paraphrase agreement: keep neurons in the top set of at least this many of the "
+                                      "prompts (paraphrases of one fact, as Dai et al.).", minimum=1)
+    membership: float = opt(0.2, "A prompt's top set: scores above this fraction of its maximum.", minimum=0.0,
+                            maximum=0.99)
+
+    def problems(self) -> list[str]:
+        problems = super().problems()
+        if self.selection == "inverse-frequency" and self.strength is not None and self.strength > 1:
+            problems.append(f"--strength {self.strength}: inverse-frequency's strength is a fraction in [0, 1]")
+        if self.agreement is not None and len(getattr(self, "prompt", [])) and self.agreement > len(self.prompt):
+            problems.append(f"--agreement {self.agreement} needs at least {self.agreement} prompts (paraphrases of "
+                            f"the fact); {len(self.prompt)} given")
+        return problems
+
+    def specific_selection(self, n_prompts: int = 1) -> Any:
+        """The :class:`~neuronscope.aggregate.specific.SpecificSelection` these options name (``paraphrase``: the
+        plain rule with ``--agreement``, default ``n_prompts // 2 + 1``)."""
+        from neuronscope.aggregate.specific import SpecificSelection
+
+        if self.selection == "paraphrase":
+            agreement = self.agreement if self.agreement is not None else n_prompts // 2 + 1
+            return SpecificSelection("plain", 1.0, agreement, self.membership)
+        default = 0.3 if self.selection == "inverse-frequency" else 1.0
+        return SpecificSelection(self.selection, default if self.strength is None else self.strength,
+                                 self.agreement, self.membership)

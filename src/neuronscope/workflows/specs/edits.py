@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neuronscope.workflows.options import ModelOptions, Options, missing, opt
-from neuronscope.workflows.specs.common import NeuronOptions
+from neuronscope.workflows.specs.common import NeuronOptions, SpecificityOptions
 
 KINDS = ("erase", "noise", "token-shift", "knowledge-neuron")
 REMOVE_METHODS = ("optimised", "erase", "token_shift")
@@ -24,7 +24,7 @@ class OutputFolderOptions(Options):
 
 
 @dataclass(kw_only=True)
-class EditMakeOptions(ModelOptions, NeuronOptions, OutputFolderOptions):
+class EditMakeOptions(ModelOptions, NeuronOptions, SpecificityOptions, OutputFolderOptions):
     kind: str = opt("erase", "erase, noise, token-shift or knowledge-neuron.", choices=KINDS)
     source: str | None = opt(None, "Source token (word or id:N) for token-shift / knowledge-neuron.")
     target: str | None = opt(None, "Target token (word or id:N) for token-shift / knowledge-neuron.")
@@ -34,8 +34,12 @@ class EditMakeOptions(ModelOptions, NeuronOptions, OutputFolderOptions):
     lambda1: float = opt(1.0, "lambda1 (source) of knowledge-neuron.")
     lambda2: float = opt(1.0, "lambda2 (target) of knowledge-neuron.")
     sigma: float = opt(1.0, "Noise scale of noise.", minimum=0.0)
-    seed: int = opt(0, "Seed of noise.")
+    seed: int = opt(0, "Seed of noise and of the random edits of the locality measurement.")
     reason: str = opt("", "Why: recorded in the edit file.")
+    prompt: list[str] = opt([], "A prompt the edit is for (repeatable): its answer's change is measured before the edit "
+                                "is saved (default: the --run's prompts).")
+    prompts: Path | None = opt(None, "JSONL prompts the edit is for ({\"prompt\", \"target\"?} per line).")
+    chat: bool = opt(False, "Wrap the measured prompts in the chat template.")
 
     def problems(self) -> list[str]:
         problems = super().problems()
@@ -43,6 +47,8 @@ class EditMakeOptions(ModelOptions, NeuronOptions, OutputFolderOptions):
             problems.append(f"--kind {self.kind} needs --target (and usually --source)")
         if self.signed and self.source is None:
             problems.append("--signed needs --source (the signs are those of <w_i, u_source>)")
+        if self.prompt and self.prompts is not None:
+            problems.append("give the edit's prompts either in a file (--prompts) or as --prompt flags, not both")
         return problems
 
 

@@ -232,3 +232,31 @@ class LoRAOptions(PaperOptions):
         if self.limit is not None and self.limit < 2:
             out.append("--limit: give 2 or more (sums per half)")
         return out
+SPECIFICITY_METHODS = ("contribution", "integrated_gradients", "log_probability_increase")
+
+
+@dataclass(kw_only=True)
+class SpecificityRecipeOptions(PaperOptions, DataOptions):
+    source: str = opt("facts", "ROME known facts (SmolLM2 by default), or the bundled shapes model's concept neurons.",
+                      choices=("facts", "shapes"))
+    n_facts: int = opt(30, "Eval facts (as many background facts and half as many dev facts are dealt besides).",
+                       minimum=3)
+    methods: list[str] = opt(list(SPECIFICITY_METHODS), "Attribution method (repeatable; default all three).",
+                             choices=SPECIFICITY_METHODS)
+    top_k: int | None = opt(None, "Neurons per fact (default 20; shapes: per word, default 300 of its 2,048).",
+                            minimum=1)
+    steps: int = opt(20, "Integrated-gradient steps.", minimum=1)
+    n_random: int = opt(5, "Random same-layer sets per fact (shapes: per concept).", minimum=0)
+    strengths: list[float] = opt([0.5, 1.0, 2.0, 4.0], "Contrast strengths tried on the dev facts (comma-separated).",
+                                 minimum=0.0)
+    common_thresholds: list[float] = opt([0.05, 0.1, 0.3], "Inverse-frequency common-neuron fractions tried on the "
+                                         "dev facts (comma-separated).", minimum=0.0, maximum=1.0)
+    ks: list[int] = opt([10, 20, 40], "Set sizes of the trade-off curve on the eval facts.", minimum=1)
+    n_candidates: int = opt(200, "LPI's log-softmax over the union of the facts' top-N next tokens (0: the full "
+                                 "vocabulary).", minimum=0)
+    n_images: int = opt(24, "shapes: held-out images captioned.", minimum=2)
+    n_templates: int | None = opt(None, "Only the N templates with the most completed facts, so that eval facts share "
+                                        "templates (the same-template figure); default every template.", minimum=1)
+
+    def problems(self) -> list[str]:
+        return super().problems() + (missing(self, "data") if self.source == "facts" else [])

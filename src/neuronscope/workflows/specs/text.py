@@ -18,7 +18,13 @@ from neuronscope.workflows.options import (
     parse_key_values,
     parse_layers,
 )
-from neuronscope.workflows.specs.common import NeuronOptions, PromptOptions
+from neuronscope.workflows.specs.common import (
+    BACKGROUND_HELP,
+    NeuronOptions,
+    PromptOptions,
+    SelectionOptions,
+    SpecificityOptions,
+)
 
 NEURON_SITES = ("neuron", "act", "up", "gate", "pre")
 MODES = ("suppress", "amplify", "both")
@@ -36,7 +42,7 @@ class ModelsOptions(Options):
 
 
 @dataclass(kw_only=True)
-class LocateOptions(ModelOptions, PromptOptions, RunOptions, BatchOptions):
+class LocateOptions(ModelOptions, PromptOptions, SelectionOptions, SpecificityOptions, RunOptions, BatchOptions):
     method: str = opt("contribution", "Attribution method (see 'neuronscope models').")
     site: str = opt("neuron", "Neuron site: neuron (default), act, up, gate, pre.", choices=NEURON_SITES)
     layers: str | None = opt(None, "Layers to score, e.g. '0,2,5' or '4-7' (default all).")
@@ -87,14 +93,12 @@ class ExplainOptions(ModelOptions, NeuronOptions):
 
 
 @dataclass(kw_only=True)
-class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions):
+class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, SpecificityOptions, BatchOptions):
     mode: str = opt("both", "Neurons: suppress (x0), amplify (x factor) or both. --drop-expert: zero (its output "
                             "weight 0), reroute (the router's next choice) or both.", choices=MODES + DROP_MODES)
     factor: float = opt(2.0, "Amplification factor.")
     positions: str = opt("last", "Positions changed: last or all.", choices=POSITIONS)
     site: str | None = opt(None, "Neuron site (default: the run's, else neuron).", choices=NEURON_SITES)
-    background: Path | None = opt(None, "JSONL prompts whose answers should not change (specificity): the same "
-                                           "intervention is measured on them too.")
     drop_expert: list[str] = opt([], "Mixture-of-experts models: drop experts of a layer, layer:expert[,expert] "
                                      "(repeatable), e.g. '1:5'; --mode zero, reroute or both.")
     force_routing: list[str] = opt([], "Mixture-of-experts models: route the tokens of a layer to exactly these "
@@ -106,9 +110,8 @@ class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, BatchOptions)
                                         "with their true labels as targets.")
     top_heads: int = opt(3, "With --heads-from: how many of its top heads.", minimum=1)
     head_ranking: str = opt("lpi", "With --heads-from: the ranking, lpi or ablation.", choices=HEAD_RANKINGS)
-    draws: int = opt(0, "Heads: also this many random sets of as many heads (from all heads, never the chosen "
-                        "ones), reported as random_<mode>.", minimum=0)
-    seed: int = opt(0, "Seed of the random heads.")
+    draws: int = opt(5, "Random sets: same-layer neuron sets of the specificity measurement, or with heads as "
+                        "many random heads (never the chosen ones), reported as random_<mode>.", minimum=0)
     out: Path | None = opt(None, "Results folder (optional).", short="-o", runtime=True)
     overwrite: bool = opt(False, "Replace an earlier run in --out.", runtime=True)
 
@@ -169,7 +172,7 @@ class EvaluateOptions(ModelOptions, BatchOptions):
     factor: float = opt(2.0, "Amplification factor.")
     positions: str = opt("last", "Positions changed: last or all.", choices=POSITIONS)
     prompts: Path | None = opt(None, "Evaluate on these JSONL prompts instead of the run's (e.g. held-out ones).")
-    background: Path | None = opt(None, "JSONL prompts whose answers should not change (specificity).")
+    background: Path | None = opt(None, BACKGROUND_HELP + " Default: the locate run's, else the built-in set.")
 
     def problems(self) -> list[str]:
         problems = super().problems()
