@@ -157,9 +157,6 @@ class InterveneOptions(ModelOptions, NeuronOptions, PromptOptions, SpecificityOp
                             "(--drop-expert / --force-routing), not several: run intervene once for each")
         elif self.on_heads and self.mode in DROP_MODES:
             problems.append(f"--mode {self.mode} drops experts; heads take suppress, amplify or both")
-        if self.draws and not self.on_heads:
-            problems.append("--draws compares heads with random heads (give --heads or --heads-from); random "
-                            "neurons: 'neuronscope evaluate RUN_DIR --draws N'")
         return problems
 
 
