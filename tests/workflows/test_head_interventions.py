@@ -127,7 +127,6 @@ def test_intervene_heads_from_a_recipe_icl_folder(tmp_path) -> None:
     (["--heads", "1.2,1.2"], "twice"),
     (["--heads", "1.2", "--neurons", "0:1"], "not several"),
     (["--heads", "1.2", "--mode", "zero"], "heads take suppress"),
-    (["--draws", "2", "--neurons", "0:1"], "evaluate RUN_DIR"),
     (["--heads", "2.0,1.9"], "2.0, 1.9 are outside the model"),
     (["--heads-from", "nowhere"], "not a finished 'neuronscope recipe icl' folder"),
 ])

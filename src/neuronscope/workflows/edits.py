@@ -109,6 +109,9 @@ def make(options: EditMakeOptions, *, loaded: Any = None) -> RunResult:
         metrics: dict[str, Any] = {"neurons": len(selected), "kind": kind, "prompts": len(records)}
         lines += write_specificity(results, {"edit": report}, metrics)
         finish_run(results, metrics, "\n".join(lines))
+    elif options.specificity and records:
+        lines.append("expert-neuron edit: its locality is not measured here; 'neuronscope evaluate' compares the "
+                     "neurons with random neurons of the same experts")
     elif options.specificity:
         lines.append("no prompts to measure the edit on: pass --prompt (or --run) to see its effect and locality")
     return RunResult("edit make", str(options.out), edit.as_dict(), lines)
@@ -128,8 +131,10 @@ def _edit_prompts(options: EditMakeOptions, run_config: dict[str, Any]) -> list[
 def _locality(options: EditMakeOptions, loaded: Any, edit: Any, records: list[Any], background: list[Any],
               run_config: dict[str, Any]) -> Any:
     """The edit's specificity report on its prompts and the background prompts (None: nothing to measure)."""
-    if not records or not options.specificity:
-        return None
+    from neuronscope.models.adapter import get_adapter
+
+    if not records or not options.specificity or get_adapter(loaded.model).moe is not None:
+        return None  # expert-neuron edits: 'neuronscope evaluate' measures them against same-expert neurons
     from neuronscope.workflows.common import prompt_scorer
 
     own = prompt_scorer(loaded, records, leading_space=run_config.get("leading_space", True),

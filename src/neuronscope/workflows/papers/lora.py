@@ -81,6 +81,10 @@ def _accuracy(lm: Any, data: tuple[Any, Any]) -> float:
     return float(task_accuracy(lm, *data)[0].double().mean())
 
 
+METHOD = {"cna": "LPI over the ten digit tokens (as they follow '='), both models at the base run's final-norm scale",
+          "pruning": "zero every other neuron of the pruned layers at every position, then a new LoRA"}
+
+
 def run_lora(
     out_dir: str | Path,
     *,
@@ -108,11 +112,9 @@ def run_lora(
     layers = deep_layers(adapter.n_layers, prune_fraction)
     lora = {"rank": rank, "steps": steps, "learning_rate": learning_rate,
             "batch_size": lora_batch_size or None}
-    config = {"experiment": "lora_mechanism_and_pruning", "model": model_name(loaded), "seed": seed,
-              "prefix": prefix, **lora, "top_k": top_k, "keep_fraction": keep_fraction, "pruned_layers": layers,
-              "n_random": n_random, "cna": "LPI over the ten digit tokens (as they follow '='), both models at the base run's final-norm "
-              "scale", "pruning": "zero every other neuron of the pruned layers at every position, then a new LoRA"}
-    run = open_run(out_dir, config)
+    run = open_run(out_dir, {"experiment": "lora_mechanism_and_pruning", "model": model_name(loaded), "seed": seed,
+                             "prefix": prefix, **lora, "top_k": top_k, "keep_fraction": keep_fraction,
+                             "pruned_layers": layers, "n_random": n_random, **METHOD})
     pairs = arithmetic_prompts(prefix)
     random.Random(seed).shuffle(pairs)
     if limit is not None:
