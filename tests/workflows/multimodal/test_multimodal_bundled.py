@@ -105,10 +105,6 @@ def test_suppression_lowers_the_colour_log_probability_more_than_random_neurons(
         assert located_mean < random_mean - 0.03, (colour, located_mean, random_mean)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit of the shipped model (MODEL_CARD.md, Limits): its colour neurons act at the text position and do "
-    "not fire on the object's image tokens, so their heatmaps do not localise (0.7 % of mask pixels on the object, "
-    "area 8 %); the previous model's did (44 %). Strict: it fails loudly if a retrained model localises again."))
 def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
     import numpy as np
 
@@ -130,7 +126,10 @@ def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
             on_object.append(float(truth[mask].mean()))
             area.append(float(truth.mean()))
     print(f"95th-percentile mask pixels on the object: {np.mean(on_object):.3f} (object area {np.mean(area):.3f})")
+    # measured on the shipped weights (MODEL_CARD.md, "Heatmaps"): 0.765 on the object, area 0.078; the goal of
+    # issue 18 is at least half of the mask on the object
     assert np.mean(on_object) > 3 * np.mean(area)
+    assert np.mean(on_object) >= 0.5
 
 
 def test_important_patches_of_a_colour_question_sit_on_the_asked_shape(found):
