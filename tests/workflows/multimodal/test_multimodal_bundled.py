@@ -1,10 +1,10 @@
 """Integration on the bundled shapes VLM: the neurons found for a colour word matter for that word, more than random
-neurons of the same number and layers.
+neurons of the same number and layers, and their heatmaps land on the coloured object.
 
 Measured on the shipped model (``results/bundled/suppression.json``: 48 held-out scenes, top-1000 per pair, captions
-suppressed at every generated step with ``positions="last"``): zeroing a colour's top 300 of 2,048 neurons removes
-it from 0 % of its images' captions for red, green, yellow and purple, 20 % left for white and 77 % for blue (random
-300: 100 % left for all); top 100: 22-100 % left; top 10: no change. This test uses other scenes and prints its
+suppressed at every generated step with ``positions="last"``): zeroing a colour's top 300 of 2,048 neurons leaves
+it in 0 % of its images' captions for red, green and yellow, 10 % for white, 22 % for purple and 100 % for blue
+(random 300: 100 % left for all); top 100: 0-100 % left; top 10: 90-100 %. This test uses other scenes and prints its
 figures. Skipped until the bundled model is in the package."""
 
 from __future__ import annotations
