@@ -10,7 +10,7 @@ finished):
    shape word the model names, its top-100 contribution neurons' mean |activation| over the image tokens of up to
    four of its images, cut at the 95th percentile; the figure is the share of the cut's pixels on the word's
    object (``absolute``: per concept and pooled over colours / shapes; ``signed``: the same with the signed
-   activation; ``test_figure``: located on colours only, the two colours with most pairs, as the xfail test of
+   activation; ``test_figure``: located on colours only, the two colours with most pairs, as the heatmap test of
    ``test_multimodal_bundled.py`` measures it, except that each image counts once);
 3. with ``--images N > 0``, the suppression table (:func:`score_neurons`).
 
