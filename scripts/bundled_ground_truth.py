@@ -6,6 +6,7 @@
 3. QRNCA on the model's own multiple-choice questions in five domains (``run_qrnca_domains(source="shapes")``).
 
     python scripts/bundled_ground_truth.py --out results/bundled [--model DIR]
+    python scripts/bundled_ground_truth.py --out results/bundled --per-word-only   # specificity per word's images
 """
 
 from __future__ import annotations
@@ -33,15 +34,23 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 30, 100, 300])
     parser.add_argument("--random", type=int, default=3)
     parser.add_argument("--qrnca-per-domain", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--per-word-only", action="store_true",
+                        help="only the suppression table with each other word's rate over the images that show it "
+                             "(suppression_per_word.json); no QRNCA")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     model = LlavaForConditionalGeneration.from_pretrained(args.model).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    records = score_neurons(model, processor, args.images, args.ks, n_random=args.random)
-    (out / "suppression.json").write_text(json.dumps(records, indent=1) + "\n")
+    records = score_neurons(model, processor, args.images, args.ks, n_random=args.random,
+                            per_word=args.per_word_only)
+    name = "suppression_per_word.json" if args.per_word_only else "suppression.json"
+    (out / name).write_text(json.dumps(records, indent=1) + "\n")
+    if args.per_word_only:
+        return
     for record in records:
         print(record, flush=True)
     seconds_removal = time.time() - started

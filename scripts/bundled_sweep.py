@@ -10,7 +10,7 @@ finished):
    shape word the model names, its top-100 contribution neurons' mean |activation| over the image tokens of up to
    four of its images, cut at the 95th percentile; the figure is the share of the cut's pixels on the word's
    object (``absolute``: per concept and pooled over colours / shapes; ``signed``: the same with the signed
-   activation; ``test_figure``: located on colours only, the two colours with most pairs, as the xfail test of
+   activation; ``test_figure``: located on colours only, the two colours with most pairs, as the heatmap test of
    ``test_multimodal_bundled.py`` measures it, except that each image counts once);
 3. with ``--images N > 0``, the suppression table (:func:`score_neurons`).
 
@@ -43,9 +43,11 @@ GOAL = {"localisation": 0.5, "caption_exact": 0.99, "mcqa": 0.7}
 PACK = 6
 
 
-def score_neurons(model: Any, processor: Any, n_images: int, ks: Sequence[int], n_random: int = 1) -> list[dict]:
+def score_neurons(model: Any, processor: Any, n_images: int, ks: Sequence[int], n_random: int = 1,
+                  per_word: bool = False) -> list[dict]:
     """The suppression table of a bundled-world model: each colour's and shape's top-k contribution neurons (located
-    on ``n_images`` held-out captions) zeroed while captioning, vs ``n_random`` random same-layer sets."""
+    on ``n_images`` held-out captions) zeroed while captioning, vs ``n_random`` random same-layer sets. The other
+    words' rates are over all images, or with ``per_word`` each over the images that show that word."""
     from neuronscope.bundled import (
         CAPTION_PREFIX,
         CAPTION_PROMPT,
@@ -68,7 +70,8 @@ def score_neurons(model: Any, processor: Any, n_images: int, ks: Sequence[int], 
     shows = {c: v for c, v in shows.items() if c in neurons and v}
     rows = concept_removal(model, processor, images, shows, neurons, ks, prompt=CAPTION_PROMPT,
                            assistant_prefix=CAPTION_PREFIX, d_ff=get_adapter(model).d_ff,
-                           words=[*COLOURS, *SHAPES], n_random=n_random, seed=0)  # fmt: skip
+                           words=[*COLOURS, *SHAPES], n_random=n_random, seed=0,
+                           word_images=shows if per_word else None)  # fmt: skip
     return removal_records(rows)
 
 

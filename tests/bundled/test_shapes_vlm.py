@@ -134,3 +134,20 @@ def test_multiple_choice_on_held_out_wordings_is_well_above_chance(shapes_vlm):
     predicted = next_token_answers(model, processor.tokenizer, prompts)
     accuracy = sum(p == t for p, t in zip(predicted, letters, strict=True)) / len(letters)
     assert accuracy >= 0.5, accuracy  # chance is 0.25; the card says 0.70
+
+
+def test_the_shipped_summary_records_the_fine_tune_and_the_base_run_it_started_from():
+    from neuronscope.bundled.base_lm import shipped_config
+    from neuronscope.bundled.train import TrainConfig
+
+    summary = json.loads((SHAPES_VLM_PATH / "training_summary.json").read_text())
+    # the shipped weights: a further stage 3 with the patch-word loss (MODEL_CARD.md, Training)
+    assert summary["config"]["vision_pretrain_steps"] == summary["config"]["text_pretrain_steps"] == 0
+    assert summary["config"]["patch_word_loss"] > 0 and summary["config"]["init_from"]
+    # base_lm rebuilds the base run's stage 2: its config is the from-scratch recipe (the defaults, as the card says)
+    config = shipped_config(SHAPES_VLM_PATH / "training_summary.json")
+    defaults = TrainConfig()
+    assert (config.vision_pretrain_steps, config.text_pretrain_steps, config.text_mix, config.seed) == (
+        defaults.vision_pretrain_steps, defaults.text_pretrain_steps, defaults.text_mix, defaults.seed)
+    assert config.patch_word_loss == 0.0 and config.init_from == ""
+    assert any(row.get("stage") == "text" for row in summary["base"]["history"])

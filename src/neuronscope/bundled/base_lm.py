@@ -10,9 +10,11 @@ text prompts, ``neuronscope recipe base-vs-vlm``) needs that Llama, so this modu
 3. stage 2 exactly as :func:`neuronscope.bundled.train.train` runs it (same batches, optimiser, schedule);
 4. the language model and ``lm_head`` saved as a plain ``LlamaForCausalLM`` folder with the tokenizer.
 
-On the GPU that trained the shipped weights this is bit-for-bit the base; elsewhere the kernels sum in another
-order, so it is the base up to that drift. ``base_summary.json`` says how close it is: the text losses of this run
-next to those ``training_summary.json`` recorded at the same steps.
+The shipped weights are a further stage 3 of an earlier model (``--init-from``, with the patch-word loss; see
+``MODEL_CARD.md``): their base is still the Llama of that earlier model's stage 2, whose config and losses
+``training_summary.json`` keeps under ``"base"``. On the GPU that trained them this is bit-for-bit the base;
+elsewhere the kernels sum in another order, so it is the base up to that drift. ``base_summary.json`` says how close
+it is: the text losses of this run next to those ``training_summary.json`` recorded at the same steps.
 
 Command (about 40 minutes on one CPU core, a minute or two on a GPU)::
 
@@ -67,7 +69,7 @@ def _loss_drift(history: list[dict[str, Any]], reference: Path | None) -> dict[s
     """This run's stage-2 losses against the shipped run's at the same steps (max and final absolute gap)."""
     if reference is None or not reference.is_file():
         return {"reference": None}
-    recorded = json.loads(reference.read_text(encoding="utf-8")).get("history", [])
+    recorded = base_record(reference).get("history", [])
     theirs = {row["step"]: row["text_loss"] for row in recorded if row.get("stage") == "text" and "step" in row}
     ours = {row["step"]: row["text_loss"] for row in history if row.get("stage") == "text" and "step" in row}
     shared = sorted(set(theirs) & set(ours))
@@ -131,9 +133,17 @@ def train_base_lm(out_dir: str | Path, config: train.TrainConfig | None = None, 
     return summary
 
 
+def base_record(reference: Path) -> dict[str, Any]:
+    """The record of the from-scratch run in a ``training_summary.json``: its ``"base"`` entry when the weights are a
+    further stage 3 of an earlier model (``--init-from``; stages 1 and 2 happened in that run), else the file itself."""
+    recorded = json.loads(reference.read_text(encoding="utf-8"))
+    return recorded.get("base", recorded)
+
+
 def shipped_config(reference: Path) -> train.TrainConfig:
-    """The :class:`~neuronscope.bundled.train.TrainConfig` recorded in a ``training_summary.json`` (CPU, 1 thread)."""
-    recorded = json.loads(reference.read_text(encoding="utf-8"))["config"]
+    """The :class:`~neuronscope.bundled.train.TrainConfig` of the from-scratch run recorded in a
+    ``training_summary.json`` (:func:`base_record`), on the CPU with 1 thread."""
+    recorded = base_record(reference)["config"]
     known = {key: value for key, value in recorded.items() if key in train.TrainConfig.__dataclass_fields__}
     if "text_mix" in known:
         known["text_mix"] = tuple(known["text_mix"])

@@ -1,10 +1,10 @@
 """Integration on the bundled shapes VLM: the neurons found for a colour word matter for that word, more than random
-neurons of the same number and layers.
+neurons of the same number and layers, and their heatmaps land on the coloured object.
 
 Measured on the shipped model (``results/bundled/suppression.json``: 48 held-out scenes, top-1000 per pair, captions
-suppressed at every generated step with ``positions="last"``): zeroing a colour's top 300 of 2,048 neurons removes
-it from 0 % of its images' captions for red, green, yellow and purple, 20 % left for white and 77 % for blue (random
-300: 100 % left for all); top 100: 22-100 % left; top 10: no change. This test uses other scenes and prints its
+suppressed at every generated step with ``positions="last"``): zeroing a colour's top 300 of 2,048 neurons leaves
+it in 0 % of its images' captions for red, green and yellow, 10 % for white, 22 % for purple and 100 % for blue
+(random 300: 100 % left for all); top 100: 0-100 % left; top 10: 90-100 %. This test uses other scenes and prints its
 figures. Skipped until the bundled model is in the package."""
 
 from __future__ import annotations
@@ -105,10 +105,6 @@ def test_suppression_lowers_the_colour_log_probability_more_than_random_neurons(
         assert located_mean < random_mean - 0.03, (colour, located_mean, random_mean)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit of the shipped model (MODEL_CARD.md, Limits): its colour neurons act at the text position and do "
-    "not fire on the object's image tokens, so their heatmaps do not localise (0.7 % of mask pixels on the object, "
-    "area 8 %); the previous model's did (44 %). Strict: it fails loudly if a retrained model localises again."))
 def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
     import numpy as np
 
@@ -130,7 +126,10 @@ def test_heatmaps_of_absolute_activation_land_on_the_coloured_object(found):
             on_object.append(float(truth[mask].mean()))
             area.append(float(truth.mean()))
     print(f"95th-percentile mask pixels on the object: {np.mean(on_object):.3f} (object area {np.mean(area):.3f})")
+    # measured on the shipped weights (MODEL_CARD.md, "Heatmaps"): 0.765 on the object, area 0.078; the goal of
+    # issue 18 is at least half of the mask on the object
     assert np.mean(on_object) > 3 * np.mean(area)
+    assert np.mean(on_object) >= 0.5
 
 
 def test_important_patches_of_a_colour_question_sit_on_the_asked_shape(found):
