@@ -57,6 +57,19 @@ def test_an_identical_pair_agrees_fully(tmp_path):
     assert all(float(row["cna"]) == 0.0 for row in _read(tmp_path / "cna" / "tables" / "cna_neurons.csv"))
 
 
+def _base_sigma(model, batch) -> torch.Tensor:
+    """RMS of the final norm's input at the last position, by a plain pre-hook on the stock module: ``[1, 1]``."""
+    captured = {}
+    norm = model.model.norm
+    handle = norm.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0][0, -1].double()))
+    try:
+        with torch.no_grad():
+            model(**batch.inputs)
+    finally:
+        handle.remove()
+    return torch.sqrt(captured["x"].pow(2).mean() + norm.variance_epsilon).reshape(1, 1)
+
+
 def test_cna_equals_the_lpi_difference_computed_in_each_model(tmp_path):
     vlm, base = _pair(tmp_path, amplified=[(1, 3), (0, 10)])
     result = run("recipe base-vs-vlm", model=str(tmp_path / "vlm"), base_model=str(tmp_path / "base"),
@@ -67,7 +80,10 @@ def test_cna_equals_the_lpi_difference_computed_in_each_model(tmp_path):
         batch = encode_prompts(vlm.processor.tokenizer, prompt, model=base)
         targets = token_targets(batch, token)
         lpi_base.append(log_probability_increase(base, batch, targets).values[0, 0])
-        lpi_vlm.append(log_probability_increase(vlm.model, batch, targets).values[0, 0])
+        # CNA's default reads both models at the base run's final-norm scale (the reference's): the VLM's LPI
+        # here freezes its final norm at the base's σ, read off the stock norm module's input.
+        lpi_vlm.append(log_probability_increase(vlm.model, batch, targets,
+                                                final_scale=_base_sigma(base, batch)).values[0, 0])
         with torch.no_grad():
             correct["base"] += int(base(**batch.inputs).logits[0, -1].argmax()) == token
             correct["vlm"] += int(vlm.model(**batch.inputs).logits[0, -1].argmax()) == token
