@@ -107,6 +107,9 @@ def bench(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype) 
     def score() -> None:
         moe_contribution(model, batch, targets)
 
+    def score_top_k() -> None:  # selected on the device: only the 20 x 1000 best and the bias terms reach the host
+        moe_contribution(model, batch, targets, top_k=1000)
+
     with HookSet(adapter) as hooks:  # which path read the activations (one forward)
         ExpertHooks(adapter, hooks).on_experts(sorted(adapter.moe.layers)[0], lambda call: sources.append(call.source))
         forward()
@@ -114,12 +117,13 @@ def bench(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype) 
     result = {"layers": layers, "tokens": length, "targets": args.caption, "weights_gib": round(weights, 2),
               "n_neurons_scored_per_target": adapter.moe.layout.n_neurons,
               "experts_implementation": model.config._experts_implementation, "activations": sources[0]}
-    for key, function in (("forward", forward), ("capture", capture_only), ("contribution", score)):
+    for key, function in (("forward", forward), ("capture", capture_only), ("contribution", score),
+                          ("contribution_top_k", score_top_k)):
         seconds, peak = timed(function, device, args.repeats)
         result[key] = {"seconds": round(seconds, 5), "peak_gib": round(peak, 2)}
         if device == "cuda":
             result[key]["peak_over_weights"] = round(peak / weights, 3)
-    for key in ("capture", "contribution"):
+    for key in ("capture", "contribution", "contribution_top_k"):
         result[f"{key}_over_forward"] = round(result[key]["seconds"] / result["forward"]["seconds"], 3)
     return result
 

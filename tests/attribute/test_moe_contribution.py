@@ -10,6 +10,7 @@ import torch
 
 from helpers.tiny_moe import CORE, MOE_FAMILIES, random_ids, tiny_moe_model
 from neuronscope.attribute import contribution
+from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models import get_adapter
@@ -139,3 +140,20 @@ def test_dense_selection_math_through_the_flat_grid():
     grid_rows = top_k_neurons(scores.as_grid().sum(dim=(0, 1)), 5)
     rows = scores.rows(grid_rows[0] if isinstance(grid_rows, tuple) else grid_rows)
     assert torch.equal(rows, scores.top_k(5)[0])
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_top_k_on_the_device_equals_the_dense_top_k(absolute):
+    """``top_k`` selection of expert neurons == the dense scores' own top-k (values, ids, bias terms)."""
+    model = tiny_moe_model(MOE_FAMILIES[0])
+    batch, targets = _batch(2)
+    dense = contribution(model, batch, targets)
+    sparse = contribution(model, batch, targets, top_k=7, absolute=absolute)
+    assert sparse.indices is not None and sparse.values.shape[-1] == 7
+    key = dense.values.abs() if absolute else dense.values
+    want = key.topk(7, dim=-1).indices
+    assert torch.equal(sparse.indices, want)
+    assert torch.equal(sparse.values, dense.values.gather(-1, want))
+    assert (sparse.bias is None and dense.bias is None) or torch.equal(sparse.bias, dense.bias)
+    with pytest.raises(NeuronscopeError, match="top_k"):
+        contribution(model, batch, targets, threshold=0.1)

@@ -192,7 +192,10 @@ def contribution(
     if adapter.moe is not None:  # mixture-of-experts models: (layer, expert, index) neurons, ExpertNeuronScores
         from neuronscope.attribute.moe_contribution import moe_contribution
 
-        return moe_contribution(model, batch, targets, layers=layers, final_norm=final_norm, site=site)
+        if threshold is not None:
+            raise NeuronscopeError("a threshold on expert neurons is not supported: pass top_k (selected on the device)")
+        return moe_contribution(model, batch, targets, layers=layers, final_norm=final_norm, site=site, top_k=top_k,
+                                absolute=absolute)
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
     if top_k is not None and threshold is not None:

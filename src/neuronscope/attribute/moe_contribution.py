@@ -104,6 +104,8 @@ def moe_contribution(
     layers: list[int] | None = None,
     final_norm: bool = False,
     site: str = "neuron",
+    top_k: int | None = None,
+    absolute: bool = False,
 ) -> ExpertNeuronScores:
     """Score every neuron of an MoE model (routed and shared experts, dense layers) for each target.
 
@@ -114,6 +116,9 @@ def moe_contribution(
         layers: layers to score; default all.
         final_norm: scale by the final norm frozen at the target position.
         site: ``"neuron"`` only (the input of each expert's down projection).
+        top_k: keep each (example, target)'s ``top_k`` best neurons, selected on the device (sparse scores; only
+            they and the bias terms come to the host). Default None: every neuron.
+        absolute: with ``top_k``, rank by magnitude (values keep their sign).
 
     Returns:
         :class:`ExpertNeuronScores` ``[examples, targets, neurons]`` on the CPU (zeros where a row has fewer
@@ -141,7 +146,14 @@ def moe_contribution(
     residual = resid.get("resid_post", last) if final_norm else None
     scores, bias, layout = scores_from_capture(adapter, acts, targets.token_ids, layer_list, residual)
     valid = targets.valid.to(scores.device)[..., None]
-    scores, bias = (scores * valid).cpu(), None if bias is None else (bias * valid).cpu()
+    scores, bias = scores * valid, None if bias is None else (bias * valid).cpu()
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
             "targets": targets.describe(), "model": adapter.describe()}
-    return ExpertNeuronScores(scores, layout, None, bias, meta)
+    if top_k is None:
+        return ExpertNeuronScores(scores.cpu(), layout, None, bias, meta)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise NeuronscopeError(f"top_k must be a positive number of neurons, got {top_k!r}")
+    key = scores.abs() if absolute else scores
+    indices = key.topk(min(top_k, scores.shape[-1]), dim=-1).indices  # [B, n, k], on the device
+    values = scores.gather(-1, indices)
+    return ExpertNeuronScores(values.cpu(), layout, indices.cpu(), bias, {**meta, "top_k_kept": top_k})
