@@ -8,27 +8,9 @@ import json
 import torch
 from cli_helpers import assert_user_error, contribution_by_hand, load_tiny
 
+from helpers.scaled_neuron import log_p_with_neuron_scaled
+
 PROMPTS = [("the capital of france is", "paris"), ("the colour of the sky is", "blue"), ("grass is", "green")]
-
-
-def _log_p(model, tokenizer, prompt, token, neuron=None, factor=1.0) -> float:
-    handle = None
-    if neuron is not None:
-        layer, index = neuron
-
-        def scale(module, args):
-            hidden = args[0].clone()
-            hidden[:, -1, index] *= factor
-            return (hidden,)
-
-        handle = model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(scale)
-    try:
-        with torch.no_grad():
-            logits = model(**tokenizer(prompt, return_tensors="pt")).logits[0, -1]
-    finally:
-        if handle is not None:
-            handle.remove()
-    return float(logits.double().log_softmax(-1)[token])
 
 
 def test_raising_pool_keeps_the_candidates_that_raise_the_target(cli, tiny_model, tmp_path) -> None:
@@ -44,8 +26,10 @@ def test_raising_pool_keeps_the_candidates_that_raise_the_target(cli, tiny_model
     pairs = [(p, t) for (p, _), t in zip(PROMPTS, tokens, strict=True)]
     mean = torch.stack([contribution_by_hand(model, tokenizer, p, t) for p, t in pairs]).mean(0)
     pool = [divmod(int(i), mean.shape[1]) for i in mean.flatten().topk(10).indices]
-    effects = {n: sum(_log_p(model, tokenizer, p, t, n, 2.0) - _log_p(model, tokenizer, p, t)
-                      for p, t in pairs) / len(pairs) for n in pool}
+    inputs = {p: tokenizer(p, return_tensors="pt") for p, _ in pairs}
+    effects = {n: sum(log_p_with_neuron_scaled(model, inputs[p], t, n, 2.0)
+                      - log_p_with_neuron_scaled(model, inputs[p], t) for p, t in pairs) / len(pairs)
+               for n in pool}
     want = [n for n in sorted(pool, key=lambda n: -effects[n]) if effects[n] > 0][:3]
 
     kept = [(row["layer"], row["index"]) for row in json.loads((out / "neurons.json").read_text())["neurons"]]

@@ -5,28 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers.scaled_neuron import log_p_with_neuron_scaled
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.errors import OptionError
 from neuronscope.inputs.batch import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.measure.effects import raising_neurons, single_neuron_effects
-
-
-def _log_p_with_scaled_column(model, inputs, row, token, layer, index, factor) -> float:
-    """log P(token) at the last position of ``row`` with neuron (layer, index) scaled at the last position only,
-    by a forward pre-hook on the stock down projection (independent of neuronscope's sites)."""
-    def scale(module, args):
-        hidden = args[0].clone()
-        hidden[:, -1, index] *= factor
-        return (hidden,)
-
-    handle = model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(scale)
-    try:
-        with torch.no_grad():
-            logits = model(**{k: v[row:row + 1] for k, v in inputs.items()}).logits[0, -1]
-    finally:
-        handle.remove()
-    return float(logits.double().log_softmax(-1)[token])
 
 
 @pytest.mark.parametrize("factor", [2.0, 0.0])
@@ -39,9 +23,10 @@ def test_effects_equal_one_forward_per_neuron(factor) -> None:
     neurons = torch.tensor([[0, 3], [1, 7], [0, 11], [1, 0], [1, 23]])
     effects = single_neuron_effects(model, batch, targets, neurons, factor=factor, chunk=2)
     for row in range(3):
-        base = _log_p_with_scaled_column(model, inputs, row, int(tokens[row, 0]), 0, 0, 1.0)
+        one = {k: v[row:row + 1] for k, v in inputs.items()}
+        base = log_p_with_neuron_scaled(model, one, int(tokens[row, 0]))
         for j, (layer, index) in enumerate(neurons.tolist()):
-            want = _log_p_with_scaled_column(model, inputs, row, int(tokens[row, 0]), layer, index, factor) - base
+            want = log_p_with_neuron_scaled(model, one, int(tokens[row, 0]), (layer, index), factor) - base
             assert effects[row, j].item() == pytest.approx(want, abs=1e-5), (row, layer, index)
 
 

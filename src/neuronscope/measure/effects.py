@@ -26,11 +26,6 @@ from neuronscope.trace import Intervention, intervene
 from neuronscope.trace.positions import PositionSpec
 
 
-def _rows(inputs: dict, row: int, copies: int) -> dict:
-    return {key: value[row:row + 1].repeat(copies, *([1] * (value.dim() - 1))) if isinstance(value, torch.Tensor)
-            and value.dim() > 0 and value.shape[0] > row else value for key, value in inputs.items()}
-
-
 def _one_at_a_time(chunk: torch.Tensor, factor: float, site: str, positions: PositionSpec) -> list[Intervention]:
     """Interventions for ``len(chunk)`` rows where row ``b`` scales neuron ``chunk[b]`` and nothing else."""
     out = []
@@ -66,11 +61,11 @@ def single_neuron_effects(model: nn.Module, batch: Batch, targets: TargetSet, ne
     effects = torch.zeros(examples, len(neurons), dtype=torch.float64)
     for row in range(examples):
         token, where = int(targets.token_ids[row, 0]), int(targets.positions[row, 0])
-        base = model(**_rows(batch.inputs, row, 1)).logits[0, where].double().log_softmax(-1)[token]
+        base = model(**batch.select([row]).inputs).logits[0, where].double().log_softmax(-1)[token]
         for start in range(0, len(neurons), chunk):
             part = neurons[start:start + chunk]
             with intervene(model, _one_at_a_time(part, factor, site, positions)):
-                logits = model(**_rows(batch.inputs, row, len(part))).logits[:, where]
+                logits = model(**batch.select([row] * len(part)).inputs).logits[:, where]
             effects[row, start:start + len(part)] = (logits.double().log_softmax(-1)[:, token] - base).cpu()
     return effects
 

@@ -38,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -176,7 +175,9 @@ def _finish(run: Any, options: LocateOptions, records: list[Any], background: li
             neurons, chosen = select_specific(dense[:n], dense[n:] if selection.uses_background else None,
                                               selection, top_k=pool, threshold=options.threshold, layers=layer_list)
         if options.raising_pool is not None:
-            neurons, chosen, raising = _raising(loaded, options, merged.records[:n], neurons, chosen, top_k)
+            from neuronscope.workflows.raising import keep_raising
+
+            neurons, chosen, raising = keep_raising(loaded, options, merged.records[:n], neurons, chosen, top_k)
     rows = write_selection(run, loaded.model, loaded.processor, neurons, chosen, adapter.n_layers, options.explain_k)
     write_png(run, "plots/scores.png", score_histogram_figure(mean_scores, title="Mean score of every neuron",
                                                               log_count=True))
@@ -249,22 +250,8 @@ def _expert_scores(merged: Any, adapter: Any, layer_list: list[int], meta: dict[
         indices, mean_scores = None, values.double().mean(dim=(0, 1))
     else:  # --keep-top: a neuron outside an example's top-k counts as 0 in the mean
         values, indices = merged.tensors["values"], merged.tensors["indices"]  # [N, 1, k]
-        total = torch.zeros(math.prod((layout.n_neurons,)), dtype=torch.float64)
+        total = torch.zeros(layout.n_neurons, dtype=torch.float64)
         total.index_add_(0, indices.reshape(-1), values.reshape(-1).double())
         mean_scores = total / (values.shape[0] * values.shape[1])
         meta = {**meta, "top_k_kept": keep_top}
     return ExpertNeuronScores(values, layout, indices, merged.tensors.get("bias"), meta), mean_scores
-
-
-def _raising(loaded: Any, options: LocateOptions, records: list[dict[str, Any]], pool: torch.Tensor,
-             pool_scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """``--raising-pool``: the pool's neurons that raise the target, their selection scores, and the measured
-    effects for ``metrics.json``."""
-    from neuronscope.workflows.raising import keep_raising
-
-    neurons, effects, raising = keep_raising(loaded, options, records, pool, top_k)
-    score_of = {tuple(row): value for row, value in zip(pool.tolist(), pool_scores.tolist(), strict=True)}
-    chosen = torch.tensor([score_of[tuple(row)] for row in neurons.tolist()], dtype=pool_scores.dtype)
-    raising["raising_effects"] = [{"layer": int(layer), "index": int(index), "mean_log_p_change": float(value)}
-                                  for (layer, index), value in zip(neurons.tolist(), effects.tolist(), strict=True)]
-    return neurons, chosen, raising

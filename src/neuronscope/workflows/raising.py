@@ -17,8 +17,9 @@ from neuronscope.workflows.specs.text import LocateOptions
 
 
 def keep_raising(loaded: Any, options: LocateOptions, records: list[dict[str, Any]], pool: torch.Tensor,
-                 top_k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """``(neurons [n, 2], mean effects [n], facts for metrics.json)`` of the candidates ``pool`` that raise it.
+                 pool_scores: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """``(neurons [n, 2], their selection scores [n], facts for metrics.json)``: the candidates ``pool`` (scored
+    ``pool_scores`` by the method) that raise the target most; each one's measured effect goes into the facts.
 
     ``records`` are the run's merged example records (prompt, token id); candidates are scored on all of them.
     """
@@ -40,4 +41,7 @@ def keep_raising(loaded: Any, options: LocateOptions, records: list[dict[str, An
     if not len(kept):
         raise NothingProcessedError(f"none of the {len(pool)} best neurons raises the target when scaled by "
                                     f"{options.raising_factor} alone; try a larger --raising-pool or leave it out")
-    return pool[kept], mean[kept].float(), facts
+    facts["raising_effects"] = [{"layer": int(layer), "index": int(index), "mean_log_p_change": float(value)}
+                                for (layer, index), value in zip(pool[kept].tolist(), mean[kept].tolist(),
+                                                                 strict=True)]
+    return pool[kept], pool_scores[kept], facts
