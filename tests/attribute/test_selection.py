@@ -35,8 +35,8 @@ def test_top_k_on_device_equals_dense_top_k(family, site, final_norm, absolute, 
         import importlib
 
         module = importlib.import_module("neuronscope.attribute.contribution")  # the module, not the function
-        monkeypatch.setattr(module, "top_k_selector", lambda rows, k, d_ff, layers, device, absolute:
-                            RunningTopK(rows, k, d_ff, device, absolute))
+        monkeypatch.setattr(module, "top_k_selector", lambda rows, k, d_ff, layers, device, absolute,
+                            dtype=torch.float32: RunningTopK(rows, k, d_ff, device, absolute))
     model = tiny_text_model(family, dtype=torch.float64)
     batch = _batch(batch=2, length=7, left_pad=(0, 2))
     targets = _targets()

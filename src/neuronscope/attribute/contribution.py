@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.selection import ThresholdSelection, to_host, top_k_selector
+from neuronscope.attribute.selection import BufferedTopK, ThresholdSelection, to_host, top_k_selector
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -80,8 +80,16 @@ def value_projections(
     out = []
     for layer in layers:
         weights = adapter.value_vectors(layer)  # [d_ff, d_model]
-        out.append((weights @ directions.to(weights.device, weights.dtype).T).to(score_dtype(weights)).to(device))
+        out.append(value_products(weights, directions).T.to(score_dtype(weights)).to(device))
     return torch.stack(out)
+
+
+def value_products(weights: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """``<w_i, v_j>`` as ``[m, d_ff]`` for value vectors ``weights [d_ff, d]`` and ``directions [m, d]``, in the
+    weights' dtype on their device. Every contribution path computes the products this one way (the same
+    matrix product on the same operands), so that the dense grid and the device-selected top-k hold the same
+    numbers to the last bit."""
+    return directions.to(weights.device, weights.dtype) @ weights.T
 
 
 def scores_from_activations(
@@ -274,11 +282,24 @@ def layer_projection(adapter: ModelAdapter, layer: int, directions: torch.Tensor
     moved onto ``w`` when ``centre``), as :func:`value_projections` computes it."""
     weights = adapter.value_vectors(layer)
     dtype = score_dtype(weights)
-    proj = (weights @ directions.to(weights.device, weights.dtype).T).to(dtype).to(device)
+    proj = value_products(weights, directions).T.to(dtype).to(device)
     if centre:
         mean_w = weights.to(device, dtype).mean(-1)
         proj = proj - mean_w[:, None] * directions.to(device, dtype).sum(-1)[None, :]
     return proj
+
+
+def row_projections(adapter: ModelAdapter, layer: int, directions: torch.Tensor, row_target: torch.Tensor,
+                    centre: bool) -> torch.Tensor:
+    """``<w_i, u_r>`` of one layer for each score row ``r``: ``[rows, d_ff]`` in the score dtype on the weights'
+    device, row ``r`` being direction ``row_target[r]`` of ``directions [m, d]`` (LayerNorm's centring moved onto
+    ``w`` when ``centre``): :func:`layer_projection`'s numbers, bit for bit, gathered by row."""
+    weights = adapter.value_vectors(layer)  # [d_ff, d]
+    dtype = score_dtype(weights)
+    proj = value_products(weights, directions).to(dtype)  # [m, d_ff]
+    if centre:
+        proj = proj - weights.to(dtype).mean(-1)[None, :] * directions.to(proj.device, dtype).sum(-1)[:, None]
+    return proj.index_select(0, row_target)
 
 
 def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, layer_list: list[int],
@@ -295,27 +316,36 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
         directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
     rows = n_rows * n_targets
     deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
+    dtype = score_dtype(adapter.value_vectors(layer_list[0]))
     selector: Any = (top_k_selector(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff,
-                                    len(layer_list), device, absolute)
+                                    len(layer_list), device, absolute, dtype)
                      if top_k is not None else ThresholdSelection(threshold, adapter.d_ff, absolute))
+    in_place = isinstance(selector, BufferedTopK) and not deferred
+    centre = norm is not None and norm.kind == "layer"
     kept_layers: list[tuple[int, torch.Tensor]] = []
-    # index tensors on every layer's device before the forward: no host-to-device copies inside it
-    indexing = {}
+    # per device, before the forward (no host-to-device copies inside it): each score row's flat token index
+    # b·T + position and its direction u_t
+    flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
+    row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
+    per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
     for layer in layer_list:
         here = adapter.value_vectors(layer).device
-        if here not in indexing:
-            indexing[here] = (torch.arange(n_rows, device=here)[:, None], positions.to(here), target_index.to(here))
+        if here not in per_device:
+            per_device[here] = (flat_index.to(here), directions.to(here), row_target.to(here))
 
     def hook_for(slot: int, layer: int):
         def score(tensor: torch.Tensor, call) -> None:
             if call.offset != 0:
                 return None
             here = tensor.device
-            row_index, position_index, token_index = indexing.get(here) or (
-                torch.arange(n_rows, device=here)[:, None], positions.to(here), target_index.to(here))
-            acts = tensor[row_index, position_index]  # [B, n, d_ff]
-            proj = layer_projection(adapter, layer, directions, norm is not None and norm.kind == "layer", here)
-            scores = (acts.to(proj.dtype) * proj.T[token_index]).reshape(rows, -1).to(device)
+            index, layer_directions, layer_rows = per_device.get(here) or (
+                flat_index.to(here), directions.to(here), row_target.to(here))
+            acts = tensor.reshape(-1, tensor.shape[-1]).index_select(0, index)  # [rows, d_ff]
+            proj = row_projections(adapter, layer, layer_directions, layer_rows, centre)  # [rows, d_ff], score dtype
+            if in_place and here == selector.buffer.device:
+                torch.mul(acts, proj, out=selector.slot(slot))  # one kernel into the selection buffer
+                return None
+            scores = (acts.to(proj.dtype) * proj).to(device)
             if deferred:
                 kept_layers.append((slot, scores))
             else:

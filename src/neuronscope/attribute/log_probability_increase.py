@@ -75,6 +75,7 @@ def log_probability_increase_from_logits(
     *,
     scale: torch.Tensor | None = None,
     backend: str = "auto",
+    base_log_probability: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32
     (float64 when an input is float64).
@@ -92,6 +93,8 @@ def log_probability_increase_from_logits(
             neuron's activation times its direction is never stored on its own).
         backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see
             :mod:`neuronscope.attribute.kernels`).
+        base_log_probability: ``log softmax(base)[target]`` when already known (:func:`target_log_probability`:
+            computed once per target, not once per chunk of neurons).
 
     Returns:
         ``[N]`` log-probability increases.
@@ -102,11 +105,18 @@ def log_probability_increase_from_logits(
     """
     acc = accumulation_dtype(base_logits, delta_logits)  # float64 inputs stay float64
     base = base_logits.to(acc)
-    capped_base = torch.tanh(base / softcap) * softcap if softcap else base
     new_target = target_values(base, delta_logits, target, scale, softcap)
     new_lse = shifted_logsumexp(base, delta_logits, scale, softcap, backend=backend)
-    increase = (new_target - new_lse) - (capped_base[target] - capped_base.logsumexp(-1))
+    before = target_log_probability(base, target, softcap) if base_log_probability is None else base_log_probability
+    increase = (new_target - new_lse) - before.to(acc)
     return increase if acc == torch.float64 else increase.float()
+
+
+def target_log_probability(base_logits: torch.Tensor, target: int, softcap: float | None = None) -> torch.Tensor:
+    """``log softmax(cap(base))[target]`` (0-d) in the accumulation dtype of ``base_logits``."""
+    base = base_logits.to(accumulation_dtype(base_logits))
+    capped = torch.tanh(base / softcap) * softcap if softcap else base
+    return capped[target] - capped.logsumexp(-1)
 
 
 # -- model plumbing ----------------------------------------------------------------------------------------------
@@ -219,13 +229,16 @@ def log_probability_increase(
             coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).to(coefficients.dtype)
             gain = write.gain()
             vectors = vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
+        pairs = [(row, col, int(columns[row, col])) for row, col in _rows(targets)]
+        before = {(row, col): target_log_probability(base[row, col], column, readout.softcap)
+                  for row, col, column in pairs}  # once per target, not per chunk
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
-            for row, col in _rows(targets):
+            for row, col, column in pairs:
                 scores[row, col, slot, start:stop] = log_probability_increase_from_logits(
-                    base[row, col], directions, int(columns[row, col]), readout.softcap,
-                    scale=coefficients[row, col, start:stop])
+                    base[row, col], directions, column, readout.softcap,
+                    scale=coefficients[row, col, start:stop], base_log_probability=before[row, col])
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
                  layers=layer_list, ffn_write=write_note(adapter.ffn_write(scored[0]) if scored else None))
     return NeuronScores(scores.cpu(), meta=meta)

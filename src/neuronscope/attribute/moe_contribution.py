@@ -30,10 +30,15 @@ from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.models.moe import DENSE, NeuronLayout
-from neuronscope.models.moe.weights import layer_projection, unit_biases
+from neuronscope.models.moe.weights import (
+    layer_projection,
+    routed_projection,
+    shared_projections,
+    unit_biases,
+)
 from neuronscope.results.expert_scores import ExpertNeuronScores
 from neuronscope.trace import capture
-from neuronscope.trace.experts import ExpertCapture, capture_experts
+from neuronscope.trace.experts import ExpertCapture, MoEActivations, capture_experts
 
 
 def sub_layout(adapter: ModelAdapter, layers: list[int]) -> NeuronLayout:
@@ -52,6 +57,27 @@ def unit_coefficients(adapter: ModelAdapter, acts: ExpertCapture, layer: int) ->
     g = routing.weights.to(routing.acts.dtype)
     routed = g.new_zeros(*g.shape[:2], routing.n_experts).scatter_add(2, routing.experts.to(g.device), g)
     return torch.cat([routed, *[w[..., None].to(g) for w in routing.shared_weights]], dim=-1)
+
+
+def _routed_scores(adapter: ModelAdapter, routing: MoEActivations, directions: torch.Tensor,
+                   target_index: torch.Tensor, block: torch.Tensor) -> None:
+    """Write one MoE layer's scores into ``block [B, n, n_l]`` (zeros on entry): ``g · a · ⟨w, u_t⟩`` of the ``k``
+    routed experts' neurons of each (row, target), gathered and scattered to their experts' columns (the
+    unrouted ones stay 0, and no ``[B, n, E, f]`` activation grid is built), then each shared expert's block."""
+    dtype = block.dtype
+    n_experts, width = routing.n_experts, routing.acts.shape[-1]
+    routed = routed_projection(adapter, routing.layer, directions)  # [E, m, f]
+    experts = routing.experts.to(block.device)  # [B, n, k]
+    weighted = routing.acts.to(block.device, dtype) * routing.weights[..., None].to(block.device, dtype)
+    values = weighted * routed[experts, target_index[..., None].expand_as(experts)]  # [B, n, k, f]
+    grid = block[..., :n_experts * width].unflatten(-1, (n_experts, width))
+    grid.scatter_add_(2, experts[..., None].expand_as(values), values)
+    offset = n_experts * width
+    for acts, gate, proj in zip(routing.shared_acts, routing.shared_weights,
+                                shared_projections(adapter, routing.layer, directions), strict=True):
+        weighted = acts.to(block.device, dtype) * gate[..., None].to(block.device, dtype)
+        block[..., offset:offset + acts.shape[-1]] = weighted * proj.T[target_index]
+        offset += acts.shape[-1]
 
 
 def scores_from_capture(
@@ -75,9 +101,13 @@ def scores_from_capture(
     bias = torch.zeros(*first.shape[:2], len(layout.units), dtype=dtype, device=device)
     has_bias = False
     for layer in layers:
-        weighted = acts.weighted(layer).to(device, dtype)  # [B, n, n_l]
-        proj = layer_projection(adapter, layer, directions, centre=centre)  # [n_l, m]
-        scores[..., layout.layer_block(layer)] = weighted * proj.T[target_index]
+        block = scores[..., layout.layer_block(layer)]  # [B, n, n_l] view
+        if adapter.moe.is_moe(layer) and not centre:
+            _routed_scores(adapter, acts.moe(layer), directions, target_index, block)
+        else:
+            weighted = acts.weighted(layer).to(device, dtype)  # [B, n, n_l]
+            proj = layer_projection(adapter, layer, directions, centre=centre)  # [n_l, m]
+            block.copy_(weighted * proj.T[target_index])
         biases = unit_biases(adapter, layer)
         if any(b is not None for b in biases):
             has_bias = True

@@ -74,6 +74,12 @@ class BufferedTopK:
         self.buffer[:, layer * self.d_ff:(layer + 1) * self.d_ff] = scores
         self._done = None
 
+    def slot(self, layer: int) -> torch.Tensor:
+        """The buffer's ``[rows, d_ff]`` view for ``layer``, to write that layer's scores into in place (e.g. with
+        ``torch.mul(..., out=)``: one kernel, no temporary)."""
+        self._done = None
+        return self.buffer[:, layer * self.d_ff:(layer + 1) * self.d_ff]
+
     def _finish(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._done is None:
             keep = min(self.k, self.buffer.shape[-1])
@@ -95,13 +101,13 @@ SELECTOR = "auto"  # or "buffered" / "running": forces one (benchmarks compare t
 
 
 def top_k_selector(rows: int, k: int, d_ff: int, layers: int, device: torch.device | str,
-                   absolute: bool = False) -> RunningTopK | BufferedTopK:
+                   absolute: bool = False, dtype: torch.dtype = torch.float32) -> RunningTopK | BufferedTopK:
     """One buffer and one top-k at the end when the buffer is small (``rows × layers × d_ff`` float32 ≤
     ``BUFFER_LIMIT``; always on a CPU, where a per-layer top-k costs about a sort), else the running merge (memory
-    ``rows × (k + d_ff)``). ``SELECTOR`` forces one."""
+    ``rows × (k + d_ff)``). ``SELECTOR`` forces one. ``dtype``: the buffer's (the scores')."""
     small = rows * layers * d_ff * 4 <= BUFFER_LIMIT or torch.device(device).type == "cpu"
     if SELECTOR == "buffered" or (SELECTOR == "auto" and small):
-        return BufferedTopK(rows, k, d_ff, layers, device, absolute)
+        return BufferedTopK(rows, k, d_ff, layers, device, absolute, dtype)
     return RunningTopK(rows, k, d_ff, device, absolute)
 
 

@@ -16,6 +16,7 @@ checkpoint (:func:`resolve_source`).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +84,36 @@ def _probe_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+_PROBED: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, FinalNorm]] = weakref.WeakKeyDictionary()
+
+
+def _state(module: nn.Module, d_model: int) -> tuple:
+    """What a norm's probe depends on: its tensors (where they are, their dtype and every in-place change to them,
+    through autograd's version counters) and the width."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return (d_model, _eps_attribute(module), *((t.data_ptr(), t.dtype, t._version) for t in tensors))
+
+
 def norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
+    """:func:`probe_norm_affine`, probed once per module and state: probing runs the module on a few inputs and
+    reads a result back (the host waits for the device), which a scoring call would otherwise pay each time. A
+    changed weight (in place, replaced, moved or cast) is probed again; a write through ``param.data``, which
+    PyTorch does not count, is not seen: call :func:`forget_norm_probes` after one."""
+    state = _state(module, d_model)
+    found = _PROBED.get(module)
+    if found is not None and found[0] == state:
+        return found[1]
+    norm = probe_norm_affine(module, d_model)
+    _PROBED[module] = (state, norm)
+    return norm
+
+
+def forget_norm_probes() -> None:
+    """Drop every probed norm (after changing a norm's weights through ``.data``)."""
+    _PROBED.clear()
+
+
+def probe_norm_affine(module: nn.Module, d_model: int) -> FinalNorm:
     """Any RMSNorm- or LayerNorm-like module as ``gain * normalise(x) + bias``, probed from the module itself.
 
     A norm centres when shifting its input by a constant leaves its output unchanged; its bias is its output on a

@@ -14,7 +14,7 @@ from torch import nn
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, select
+from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, on_device, select
 from neuronscope.trace.sites import resolve_site, site_exists
 
 
@@ -138,7 +138,7 @@ def capture(
             selection = select(spec, call)
             rows = torch.arange(call.batch, device=device)[:, None]
             index = None if neuron_index is None else neuron_index.to(device)
-            per_call[key] = (selection, rows, selection.local.to(device), index)
+            per_call[key] = (selection, rows, on_device(selection.local, device), index)
         return per_call[key]
 
     with HookSet(adapter) as hooks:

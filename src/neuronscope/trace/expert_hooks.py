@@ -48,6 +48,7 @@ class ExpertCall:
         self.hidden: torch.Tensor | None = None
         self._acts: torch.Tensor | None = None
         self._have: torch.Tensor | None = None
+        self._complete = False  # every routed pair's activations are in _acts (no per-row bookkeeping)
         self.source = "recomputed"  # or "intercepted": read from the stock experts implementation
         self._changes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._writes: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -57,11 +58,12 @@ class ExpertCall:
                                    f"{call.batch} x {call.seq_len}: packed (padding-free) batches are not supported")
 
     # -- rows ------------------------------------------------------------------------------------------------
-    def rows(self, selection: Selection, valid_only: bool = True) -> torch.Tensor:
+    def rows(self, selection: Selection, valid_only: bool = True, local: torch.Tensor | None = None) -> torch.Tensor:
         """Token rows ``b·T + t`` of a selection: ``[R]`` of the valid entries (row-major), or ``[B·P]`` of all
-        (``valid_only=False``, clamped positions included, for ``[B, P]`` records)."""
+        (``valid_only=False``, clamped positions included, for ``[B, P]`` records). ``local``: the selection's
+        ``local`` already on the routing's device (saves a host-to-device copy, which makes the host wait)."""
         device = self.experts.device
-        local = selection.local.to(device)
+        local = selection.local.to(device) if local is None else local
         flat = torch.arange(local.shape[0], device=device)[:, None] * self.call.seq_len + local
         return flat[selection.valid.to(device)] if valid_only else flat.reshape(-1)
 
@@ -79,8 +81,8 @@ class ExpertCall:
         if self._acts is None:
             self._acts = self.hidden.new_zeros(self.n_tokens, self.moe.top_k, self.moe.width)
             self._have = torch.zeros(self.n_tokens, dtype=torch.bool, device=self.hidden.device)
-        missing = rows[~self._have[rows]].unique()
-        if missing.numel():
+        missing = None if self._complete else rows[~self._have[rows]].unique()  # the host waits here: recompute only
+        if missing is not None and missing.numel():
             experts = self.experts[missing]
             with torch.no_grad():
                 if self.moe.family.weight_on_input:  # Llama-4: expert-major input rows e·N + n, one per pair
@@ -108,7 +110,7 @@ class ExpertCall:
             unsorted[order.to(hidden.device)] = hidden
             hidden = unsorted
         self._acts = hidden.view(self.n_tokens, self.moe.top_k, self.moe.width)
-        self._have = torch.ones(self.n_tokens, dtype=torch.bool, device=hidden.device)
+        self._complete = True
         self.source = "intercepted"
 
     def change(self, rows: torch.Tensor, delta: torch.Tensor) -> None:

@@ -34,7 +34,7 @@ from neuronscope.models.moe import expert_scores
 from neuronscope.trace.capture import Capture, capture
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, select
+from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, on_device, select
 
 
 @dataclass
@@ -124,8 +124,21 @@ class ExpertCapture(Capture):
 
 
 def _recorder(result: ExpertCapture, spec, keep_grad: bool, to):
+    # The selection depends on the call, not on the layer: resolved once per call (and its positions once per
+    # device), so a forward costs no per-layer position work nor host-to-device copies (each makes the host wait).
+    per_call: dict[tuple[int, str], tuple] = {}
+
+    def selection_on(call: CallState, device: torch.device) -> tuple:
+        key = (call.calls, str(device))
+        if key not in per_call:
+            if per_call and next(iter(per_call))[0] != call.calls:
+                per_call.clear()
+            selection = select(spec, call)
+            per_call[key] = (selection, on_device(selection.local, device))
+        return per_call[key]
+
     def store(key: tuple[str, int], values: torch.Tensor, selection) -> None:
-        values = values if keep_grad else values.detach().clone()
+        values = values if keep_grad else values.detach()  # every stored value is a fresh gather: no clone needed
         values = values if to is None else values.to(to)
         if selection.slots is not None:
             result._fill(key, values, selection.valid, selection.slots)
@@ -133,11 +146,11 @@ def _recorder(result: ExpertCapture, spec, keep_grad: bool, to):
             result._record(key, values, selection.absolute)
 
     def experts_handler(call: ExpertCall) -> None:
-        selection = select(spec, call.call)
+        selection, local = selection_on(call.call, call.experts.device)
         if selection.empty:
             return
         shape = selection.local.shape
-        rows = call.rows(selection, valid_only=False)
+        rows = call.rows(selection, valid_only=False, local=local)
         acts = call.activations(rows).reshape(*shape, -1)  # [B, P, k·f]
         if keep_grad:  # the stored tensor is a leaf the layer's output depends on (leaf - leaf = 0: unchanged)
             acts = acts.detach().requires_grad_(True)
@@ -152,10 +165,10 @@ def _recorder(result: ExpertCapture, spec, keep_grad: bool, to):
 
     def shared_handler(layer: int, name: str):
         def handler(tensor: torch.Tensor, call: CallState) -> None:
-            selection = select(spec, call)
+            selection, local = selection_on(call, tensor.device)
             if selection.empty:
                 return None
-            index = (torch.arange(tensor.shape[0], device=tensor.device)[:, None], selection.local.to(tensor.device))
+            index = (torch.arange(tensor.shape[0], device=tensor.device)[:, None], local)
             values = tensor[index]
             replaced = None
             if keep_grad and name.startswith("moe.shared"):  # a leaf the expert's output depends on

@@ -76,6 +76,15 @@ def normalise(spec: PositionSpec) -> str | Explicit:
     return Explicit(positions, valid)
 
 
+def on_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor`` on ``device``; a host tensor goes to a GPU through pinned memory, asynchronously (a copy from
+    ordinary host memory makes the host wait for everything queued on the device first)."""
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 @dataclass
 class Selection:
     """The positions of one call that a spec selects.

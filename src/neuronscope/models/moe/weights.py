@@ -108,6 +108,28 @@ def value_vector(adapter, row: torch.Tensor | tuple[int, ...] | list[int]) -> to
     return expert_value_vectors(moe.layers[layer], expert)[index]
 
 
+def routed_projection(adapter, layer: int, directions: torch.Tensor) -> torch.Tensor:
+    """``⟨w_{e,i}, v_j⟩`` of the routed experts of an MoE layer: ``[E, m, f]`` for directions ``v [m, d]``, in the
+    directions' dtype on their device: one batched product over the experts, reading ``down_proj`` once in its
+    own layout and dtype (no weight is copied or converted whole)."""
+    expert_layer = adapter.moe.layers[layer]
+    down = expert_layer.experts.down_proj  # [E, f, d] (transposed) or [E, d, f]
+    local = directions.to(down.device, down.dtype)
+    routed = local @ (down.transpose(1, 2) if expert_layer.transposed else down)  # [E, m, f]
+    return routed.to(directions.device, directions.dtype)
+
+
+def _projection(vectors: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """``vectors [w, d] @ directions [m, d]ᵀ`` in the vectors' dtype on their device, as ``[w, m]`` in the
+    directions' dtype on theirs."""
+    return (vectors @ directions.to(vectors.device, vectors.dtype).T).to(directions.device, directions.dtype)
+
+
+def shared_projections(adapter, layer: int, directions: torch.Tensor) -> list[torch.Tensor]:
+    """``⟨w, v_j⟩`` of each shared expert of an MoE layer: ``[f_s, m]`` per shared expert (layout order)."""
+    return [_projection(shared.down_proj.weight.t(), directions) for shared in adapter.moe.layers[layer].shared]
+
+
 def layer_projection(adapter, layer: int, directions: torch.Tensor, centre: bool = False) -> torch.Tensor:
     """``⟨w, v⟩`` for every neuron ``w`` of a layer in layout order (routed experts, then shared experts; a dense
     layer's neurons) and directions ``v [m, d]``: ``[n_l, m]`` in the directions' dtype, on their device.
@@ -121,14 +143,10 @@ def layer_projection(adapter, layer: int, directions: torch.Tensor, centre: bool
     else:
         expert_layer = moe.layers[layer]
         down = expert_layer.experts.down_proj
-        local = directions.to(down.device, down.dtype)
-        # one batched matmul over the experts, reading down_proj once in its own layout: [E, f, m]
-        routed = down @ local.T if expert_layer.transposed else (local @ down).transpose(1, 2)
-        routed = routed.reshape(-1, directions.shape[0]).to(device, dtype)
+        routed = routed_projection(adapter, layer, directions).transpose(1, 2).reshape(-1, directions.shape[0])
         blocks = [shared.down_proj.weight.t() for shared in expert_layer.shared]
     parts = [] if routed is None else [routed]
-    for vectors in blocks:
-        parts.append((vectors @ directions.to(vectors.device, vectors.dtype).T).to(device, dtype))
+    parts += [_projection(vectors, directions) for vectors in blocks]
     out = torch.cat(parts)
     if not centre:
         return out

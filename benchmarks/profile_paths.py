@@ -1,0 +1,151 @@
+"""Where the time goes in the paths that miss their issue-19 / issue-15 goals: a torch.profiler trace of each, as
+text tables (top operators by device time and by host time, device-busy time vs wall time, synchronisations).
+
+Not a benchmark (the profiler adds overhead): it says *what* to optimise; the figures of record come from
+``run_all.py``. One process, the same random bf16 shapes as the tables:
+
+    python benchmarks/profile_paths.py OUT                    # CUDA; OUT/profile_<path>.txt + OUT/profile.json
+    python benchmarks/profile_paths.py OUT --only contribution ig
+    python benchmarks/profile_paths.py OUT --tiny             # CPU smoke run (figures mean nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import LLAMA2_7B, TINY, build_llama, free, text_batch
+
+PATHS = ("contribution", "ig", "lpi", "moe")
+
+
+def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, calls: int = 3) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    function()
+    if cuda:
+        torch.cuda.synchronize()
+    walls = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        if cuda:
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - start)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        for _ in range(calls):
+            function()
+        if cuda:
+            torch.cuda.synchronize()
+    averages = prof.key_averages()
+    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / calls
+    syncs = sum(e.count for e in averages if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                          "cudaMemcpyAsync", "cudaEventSynchronize")) / calls
+    kernels = sum(e.count for e in averages if e.device_type is not None and "cuda" in str(e.device_type).lower()
+                  ) / calls
+    text = [f"# {name}: wall {min(walls) * 1e3:.2f} ms (best of {calls}, unprofiled); device busy "
+            f"{device_us / 1e3:.2f} ms per call; memcpy/sync calls per call {syncs:.0f}; device ops per call "
+            f"{kernels:.0f}", ""]
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    text.append(averages.table(sort_by=sort, row_limit=30, max_name_column_width=70))
+    text.append(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
+    grouped = prof.key_averages(group_by_input_shape=True)
+    text.append(grouped.table(sort_by=sort, row_limit=20, max_name_column_width=60, max_shapes_column_width=60))
+    (out / f"profile_{name}.txt").write_text("\n".join(text))
+    return {"wall_ms": min(walls) * 1e3, "device_busy_ms": device_us / 1e3, "syncs_per_call": syncs}
+
+
+def _dense(args, where, out, cuda) -> dict[str, Any]:
+    from neuronscope.attribute.contribution import contribution
+    from neuronscope.attribute.integrated_gradients import integrated_gradients
+    from neuronscope.attribute.log_probability_increase import log_probability_increase
+    from neuronscope.inputs.targets import TargetSet, token_targets
+
+    shape = TINY if args.tiny else LLAMA2_7B
+    model = build_llama(shape, torch.float32 if args.tiny else torch.bfloat16, where)
+    vocab, results = shape["vocab_size"], {}
+    prompt, caption = (30, 5) if args.tiny else (600, 20)
+    ids = torch.randint(3, vocab, (1, prompt + caption), device=where)
+    batch = text_batch(ids)
+    positions = torch.arange(prompt - 1, prompt + caption - 1)[None]
+    targets = TargetSet(ids[:, -caption:].cpu(), positions, torch.ones(1, caption, dtype=torch.bool))
+    if "contribution" in args.only:
+        k = 50 if args.tiny else 10_000
+        results["forward_620"] = _profile("forward_620", torch.no_grad(lambda: model(**batch.inputs)), out, cuda)
+        results["contribution"] = _profile(
+            "contribution", lambda: contribution(model, batch, targets, top_k=k), out, cuda)
+    if "ig" in args.only:
+        ig_ids = torch.randint(3, vocab, (1, 30 if args.tiny else 200), device=where)
+        ig_batch = text_batch(ig_ids)
+        ig_targets = token_targets(ig_batch, 7)
+        results["ig"] = _profile("ig", lambda: integrated_gradients(model, ig_batch, ig_targets, steps=20), out, cuda)
+    if "lpi" in args.only:
+        lpi_ids = torch.randint(3, vocab, (1, 32), device=where)
+        lpi_batch = text_batch(lpi_ids)
+        lpi_targets = token_targets(lpi_batch, 7)
+        results["lpi"] = _profile("lpi", lambda: log_probability_increase(
+            model, lpi_batch, lpi_targets, layers=[0], chunk_size=2048, compute_dtype=model.dtype), out, cuda)
+    return results
+
+
+def _moe(args, where, out, cuda) -> dict[str, Any]:
+    import bench_moe
+
+    from neuronscope.attribute.moe_contribution import moe_contribution
+    from neuronscope.inputs import Batch
+    from neuronscope.inputs.targets import TargetSet
+    from neuronscope.trace.experts import capture_experts
+
+    results = {}
+    for name in bench_moe.SHAPES:
+        model = bench_moe.build(name, 2 if args.tiny else bench_moe.SHAPES[name][2], args.tiny, str(where),
+                                torch.float32 if args.tiny else torch.bfloat16)
+        prompt, caption = 600, 20
+        ids = torch.randint(0, model.config.vocab_size, (1, prompt + caption), device=where)
+        batch = Batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ["?"],
+                      torch.tensor([prompt + caption]))
+        positions = torch.arange(prompt - 1, prompt + caption - 1)[None]
+        targets = TargetSet(ids[:, prompt:].cpu(), positions, torch.ones_like(positions, dtype=torch.bool))
+
+        def capture_only(model=model, batch=batch, positions=positions):
+            with torch.no_grad(), capture_experts(model, positions=positions):
+                model(**batch.inputs)
+
+        results[f"{name}_forward"] = _profile(f"moe_{name}_forward", torch.no_grad(
+            lambda model=model, batch=batch: model(**batch.inputs)), out, cuda)
+        results[f"{name}_capture"] = _profile(f"moe_{name}_capture", capture_only, out, cuda)
+        results[f"{name}_top_k"] = _profile(f"moe_{name}_top_k", lambda model=model, batch=batch, targets=targets:
+                                            moe_contribution(model, batch, targets, top_k=1000), out, cuda)
+        del model
+        free()
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--only", nargs="+", default=list(PATHS), choices=PATHS)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available() and not args.tiny
+    where = torch.device("cuda" if cuda else "cpu")
+    if not cuda:
+        torch.set_num_threads(1)
+    results = _dense(args, where, out, cuda)
+    free()
+    if "moe" in args.only:
+        results.update(_moe(args, where, out, cuda))
+    (out / "profile.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
