@@ -256,6 +256,10 @@ def test_files_report_and_resume(vlm32, tmp_path, monkeypatch):
     assert [e["concept"] for e in entries] == whole.concepts
     first = entries[0]["neurons"][0]
     assert [first[key] for key in ("layer", "expert", "neuron")] == rows[0].tolist() and first["kind"] == "routed"
+    layer, expert, index = rows[0].tolist()  # its value vector: column `index` of expert `expert`'s down_proj
+    adapter = get_adapter(model)
+    logits = adapter.unembedding().detach() @ adapter.moe.layers[layer].experts.down_proj[expert, :, index].detach()
+    assert first["top_tokens"] == [processor.tokenizer.decode([t]) for t in logits.topk(10).indices.tolist()]
     with open(folder / "neurons.csv") as handle:
         table = list(csv.DictReader(handle))
     assert list(table[0])[:7] == ["concept", "rank", "layer", "expert", "kind", "neuron", "sum"]

@@ -139,7 +139,7 @@ def caption_experts(
         acts = stack.enter_context(capture_experts(model, layers=layers, positions="last"))
         resid = stack.enter_context(capture(model, "resid_post", [last], "last")) if final_norm else None
         generation = generate(model, processor, batch, max_new_tokens=max_new_tokens)
-    steps = int(acts.weighted(layers[0]).shape[1])
+    steps = int(acts.positions(layer=layers[0]).shape[1])  # one column per forward call
     grid = score_grid(adapter)
 
     def score(targets: Sequence[Sequence[Any]], k: int) -> list[SparseTopK]:
