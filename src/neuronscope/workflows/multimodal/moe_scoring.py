@@ -34,7 +34,7 @@ from neuronscope.aggregate.select import SparseTopK, sparse_top_k
 from neuronscope.attribute.moe_contribution import scores_from_capture
 from neuronscope.errors import InputError
 from neuronscope.inputs.batch import Batch, Generation, generate
-from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.models.moe.weights import unit_biases
 from neuronscope.trace import capture
 from neuronscope.trace.experts import ExpertCapture, MoEActivations, capture_experts
@@ -130,8 +130,6 @@ def caption_experts(
         CPU (float32 values, flat ids of the layout, best first; ties by ascending id).
     """
     _check_site(site)
-    from neuronscope.models.adapter import get_adapter
-
     adapter = get_adapter(model)
     layers = list(range(adapter.n_layers))
     last = adapter.n_layers - 1
