@@ -4,6 +4,7 @@
 | --- | --- |
 | :mod:`.pipeline` | :func:`find_multimodal_neurons` and the ``recipe multimodal`` workflow |
 | :mod:`.scoring` | captioning and scoring of one batch of images |
+| :mod:`.moe_scoring` | the same on a mixture-of-experts VLM: expert neurons ``(layer, expert, index)`` |
 | :mod:`.nouns` | the target words of a caption (nouns through a tagger, or a concept list) |
 | :mod:`.results` | :class:`MultimodalNeurons` and its files |
 | :mod:`.heatmaps` | heatmaps of a concept's neurons over its images |

@@ -3,6 +3,12 @@ model's vision grid, upsampled onto the image; binary masks above a percentile (
 
 Files: ``heatmaps/<concept>.image<i>.<what>.png`` (overlay) and ``....mask.png`` in the run folder, for the top
 single neurons and the mean of the top-k for each k of :data:`~neuronscope.vision.heatmap.TOP_KS`.
+
+On a mixture-of-experts model the neurons are ``(layer, expert, index)`` rows and the map of an expert neuron is
+its *gated* activation ``g_e · a_{e,i}`` at each image token (what multiplies its value vector in the layer's
+output): 0 at the image tokens the router did not send to expert ``e``. Shared experts' neurons carry their gate
+(1 where there is none); a dense layer's neurons (expert -1) their plain activation. Single-neuron maps are named
+``top<n>.L<layer>E<expert>N<index>``.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from torch import nn
 
 from neuronscope.errors import InputError
 from neuronscope.inputs.batch import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT, to_model
+from neuronscope.models.adapter import get_adapter
 from neuronscope.models.image_layout import image_layout
 from neuronscope.runs.folder import RunDir
 from neuronscope.trace import capture
+from neuronscope.trace.experts import capture_experts
 from neuronscope.vision.heatmap import TOP_KS, image_heatmap, mask_above_percentile, mask_overlay, overlay
 from neuronscope.workflows.multimodal.results import MultimodalNeurons
 from neuronscope.workflows.multimodal.scoring import encode_captioning
@@ -58,18 +66,36 @@ def image_token_activations(
 ) -> tuple[Any, torch.Tensor]:
     """The layout of ``image``'s tokens and ``neurons``' activations there: ``[n_image_tokens, n]``.
 
-    One forward of the captioning prompt, capturing ``site`` only at the image-token positions.
+    One forward of the captioning prompt, capturing ``site`` only at the image-token positions. On an MoE model
+    ``neurons`` are ``[n, 3]`` (layer, expert, index) rows and the values are the gated activations ``g_e ·
+    a_{e,i}`` (0 at tokens not routed to expert ``e``; see the module docstring).
     """
-    neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    moe = get_adapter(model).moe
+    neurons = _neuron_rows(model, neurons)
     batch = encode_captioning(processor, [image], prompt, assistant_prefix)
     layout = image_layout(model, batch.inputs, 0, processor=processor, original_sizes=[image.size])
     if not layout.has_spatial_map:
         return layout, torch.zeros(layout.n_image_tokens, len(neurons))
     layers = sorted({int(layer) for layer in neurons[:, 0].tolist()})
-    with capture(model, sites=site, layers=layers, positions=layout.positions[None, :], to="cpu") as acts:
+    positions = layout.positions[None, :]
+    if moe is not None:
+        with capture_experts(model, layers=layers, positions=positions, to="cpu") as experts:
+            model(**to_model(batch, model).inputs)
+        local = moe.layout.flat(neurons) - torch.tensor([moe.layout.layer_block(int(row[0])).start for row in neurons])
+        columns = [experts.weighted(int(row[0]))[0, :, int(i)] for row, i in zip(neurons, local, strict=True)]
+        return layout, torch.stack(columns, dim=1).float()
+    with capture(model, sites=site, layers=layers, positions=positions, to="cpu") as acts:
         model(**to_model(batch, model).inputs)
     columns = [acts.get(site, int(layer))[0, :, int(index)] for layer, index in neurons.tolist()]
     return layout, torch.stack(columns, dim=1).float()
+
+
+def _neuron_rows(model: nn.Module, neurons: torch.Tensor) -> torch.Tensor:
+    """``[n, 2]`` (layer, index) rows of a dense model; ``[n, 3]`` (layer, expert, index) rows of an MoE model."""
+    moe = get_adapter(model).moe
+    if moe is None:
+        return torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    return moe.layout.check(torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 3))
 
 
 def neuron_heatmaps(
@@ -96,14 +122,14 @@ def neuron_heatmaps(
     BLIP-2) draw nothing: the result says why (``drawn=False``), and ``heatmaps/<name>.txt`` records it.
 
     Args:
-        neurons: ``[m, 2]`` (layer, index) ranked best first.
+        neurons: ``[m, 2]`` (layer, index) ranked best first; ``[m, 3]`` (layer, expert, index) on an MoE model.
         absolute: draw ``|activation|`` instead of the signed activation (default False, as Pan et al.): gated
             FFNs' activations are signed, and a neuron may mark the object by a strongly negative value.
 
     Example:
         >>> maps = neuron_heatmaps(model, processor, image, result.concept_neurons("dog", 1000), out=run)  # doctest: +SKIP
     """
-    neurons = torch.as_tensor(neurons, dtype=torch.long).reshape(-1, 2)
+    neurons = _neuron_rows(model, neurons)
     if len(neurons) == 0:
         raise InputError("no neurons to draw: pass at least one (layer, index) row")
     layout, acts = image_token_activations(model, processor, image, neurons, prompt=prompt,
@@ -117,8 +143,9 @@ def neuron_heatmaps(
     result = HeatmapResult(True)
     maps: dict[str, torch.Tensor] = {}
     for number in range(min(single_neurons, len(neurons))):
-        layer, index = neurons[number].tolist()
-        maps[f"top{number + 1}.L{layer}N{index}"] = acts[:, number]
+        row = neurons[number].tolist()
+        expert = f"E{row[1]}" if len(row) == 3 else ""
+        maps[f"top{number + 1}.L{row[0]}{expert}N{row[-1]}"] = acts[:, number]
     for k in ks:
         if 0 < k <= len(neurons):
             maps[f"mean_top{k}"] = acts[:, :k].mean(dim=1)

@@ -7,7 +7,8 @@ sharded across processes, out-of-memory back-off); each batch is captioned and s
 skipped in the ledger and counted; a run in which no image could be captioned fails (nothing to report).
 
 Results folder (``run_dir``): ``examples/<index>.{json,safetensors}`` per image (caption, generated ids, targets;
-top-k values and flat indices ``layer * d_ff + index`` per target); ``captions.json``; ``pairs.safetensors`` +
+top-k values and flat indices ``layer * d_ff + index`` per target; on a mixture-of-experts model the flat neuron ids
+of its :class:`~neuronscope.models.moe.NeuronLayout`, which ``config.json`` holds); ``captions.json``; ``pairs.safetensors`` +
 ``pairs.json``; ``concepts.json`` and ``neurons.csv`` (per concept, the top neurons with sum, frequency and top
 tokens); ``concepts.safetensors``; ``metrics.json`` (counts, skipped images); ``skipped.json``; ``plots/*.png``;
 ``heatmaps/*.png``; ``report.html``.
@@ -15,7 +16,7 @@ tokens); ``concepts.safetensors``; ``metrics.json`` (counts, skipped images); ``
 Example:
     >>> found = find_multimodal_neurons(model, processor, ["a.jpg", "b.jpg"], concepts=["dog", "cat"],
     ...                                 run_dir="runs/dogs")  # doctest: +SKIP
-    >>> found.concept_neurons("dog", 10)  # [10, 2] (layer, index) rows  # doctest: +SKIP
+    >>> found.concept_neurons("dog", 10)  # [10, 2] (layer, index) rows; [10, 3] (layer, expert, index) for MoE  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.errors import InputError, NothingProcessedError, UnsupportedModelError
+from neuronscope.errors import InputError, NothingProcessedError
 from neuronscope.inputs.batch import DEFAULT_CAPTION_PREFIX, DEFAULT_CAPTION_PROMPT
 from neuronscope.inputs.images import ImageRecord, image_records
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.runs.folder import RunDir
 from neuronscope.runs.loop import Example, Skip, run_loop
+from neuronscope.workflows.multimodal.moe_scoring import moe_config, score_grid
 from neuronscope.workflows.multimodal.nouns import ConceptSpec, Tagger, resolve_tagger
 from neuronscope.workflows.multimodal.results import RANK_BY, MultimodalNeurons, write_results
 from neuronscope.workflows.multimodal.scoring import caption_and_score
@@ -67,7 +69,9 @@ def find_multimodal_neurons(
     """Find multimodal neurons (Pan et al. 2024) for a set of images; see the module docstring for the steps.
 
     Args:
-        model, processor: a vision-language model and its processor (with a chat template).
+        model, processor: a vision-language model and its processor (with a chat template). A
+            mixture-of-experts VLM (Qwen3-VL-MoE) is scored over its expert neurons (:mod:`.moe_scoring`):
+            neurons are ``(layer, expert, index)`` rows, heatmaps show ``g_e · a_{e,i}`` (0 where not routed).
         images: PIL images, image paths, ``ImageRecord``s or an ``ImageDataset`` (:mod:`neuronscope.inputs.images`).
         prompt: the user turn (default ``"Describe the image in few words."``).
         assistant_prefix: how the answer starts (default ``"An image of"``); None for none.
@@ -76,7 +80,8 @@ def find_multimodal_neurons(
         tagger: a part-of-speech tagger (callable), a spaCy pipeline name, or None for spaCy's
             ``en_core_web_sm`` if installed (an error says how to install it otherwise).
         top_k: neurons kept per (image, target); default 10,000 (the authors' number).
-        site: ``"neuron"`` (default: the FFN output projection's input) or ``"act"`` (the authors' hook).
+        site: ``"neuron"`` (default: the FFN output projection's input) or ``"act"`` (the authors' hook; dense
+            models only).
         final_norm: scale scores by the final norm frozen at the target position (default False: raw logits).
         batch_size: images per ``generate`` call (default 8; halved on out-of-memory).
         max_new_tokens: caption length limit (default 20).
@@ -100,16 +105,18 @@ def find_multimodal_neurons(
         raise InputError(f"rank_by must be one of {RANK_BY}, got {rank_by!r}")
     if top_k < 1 or batch_size < 1 or max_new_tokens < 1:
         raise InputError("top_k, batch_size and max_new_tokens must be at least 1")
-    adapter = _dense_adapter(model)
+    adapter = get_adapter(model)
+    expert_axis = moe_config(adapter, site)  # {} for a dense model, whose config stays as it is
     records, pre_skipped = image_records(images)
     resolved_tagger = resolve_tagger(concepts, tagger)
-    k = min(top_k, adapter.n_layers * adapter.d_ff)
+    n_layers, d_ff = score_grid(adapter)
+    k = min(top_k, n_layers * d_ff)
     config = {
         "pipeline": "multimodal_neurons", "method": "contribution", "prompt": prompt,
         "assistant_prefix": assistant_prefix, "concepts": _jsonable_concepts(concepts),
         "targets": "concepts" if concepts is not None else "nouns", "top_k": k, "site": site,
         "final_norm": final_norm, "max_new_tokens": max_new_tokens, "n_images": len(records),
-        "image_ids": [record.id for record in records], "model": adapter.describe(),
+        "image_ids": [record.id for record in records], "model": adapter.describe(), **expert_axis,
     }
     run = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(
         run_dir, resume=resume, overwrite=overwrite)
@@ -155,18 +162,6 @@ def find_multimodal_neurons(
                                   single_neurons=heatmap_neurons, prompt=prompt, assistant_prefix=assistant_prefix,
                                   rank_by=rank_by, max_concepts=heatmap_concepts, absolute=heatmap_absolute)
     return result
-
-
-def _dense_adapter(model: Any) -> Any:
-    """The model's adapter; an MoE model is refused (the pipeline's files and heatmaps are for dense neurons)."""
-    adapter = get_adapter(model)
-    if adapter.moe is not None:
-        raise UnsupportedModelError(
-            f"the multimodal-neurons pipeline scores dense FFN neurons, and layers {sorted(adapter.moe.layers)} of "
-            "this model are mixture-of-experts layers: not covered by it yet (its capture during generation and its "
-            "heatmaps in workflows/multimodal/ need the expert axis); the library scores such a model's expert "
-            "neurons on image + text batches with neuronscope.attribute.contribution (see docs/MOE.md)")
-    return adapter
 
 
 def multimodal(options: MultimodalOptions, *, loaded: Any = None) -> RunResult:
@@ -244,7 +239,8 @@ def _assemble(outcomes: dict[int, dict[str, Any]], records: list[ImageRecord], p
     }
     return MultimodalNeurons(captions, pairs, torch.stack(values) if values else torch.zeros(0, k),
                              torch.stack(flats) if flats else torch.zeros(0, k, dtype=torch.long), adapter.n_layers,
-                             adapter.d_ff, meta=config, metrics=metrics)
+                             adapter.d_ff, meta=config, metrics=metrics,
+                             layout=None if adapter.moe is None else adapter.moe.layout)
 
 
 def _first_reason(result: MultimodalNeurons) -> str:

@@ -10,6 +10,9 @@
 4. **Scores**: ``s[l, i] = a[l, i] · <w_i, u_t>`` for all ``layers × d_ff`` neurons
    (:func:`neuronscope.attribute.contribution.scores_from_activations`; optional frozen final-norm scaling);
    the top ``top_k`` per (image, target) are kept, sparse, selected on the device.
+
+On a mixture-of-experts model the same steps run over its expert neurons (:mod:`.moe_scoring`): ``g_e · a_{e,i}
+· <w_{e,i}, u_t>``, flat ids of its :class:`~neuronscope.models.moe.NeuronLayout`.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from neuronscope.inputs.batch import (
     DEFAULT_CAPTION_PREFIX,
     DEFAULT_CAPTION_PROMPT,
     Batch,
+    Generation,
     encode_images,
     generate,
     to_model,
 )
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.trace import capture
+from neuronscope.workflows.multimodal.moe_scoring import Scorer, caption_experts, score_grid
 from neuronscope.workflows.multimodal.nouns import ConceptSpec, Tagger, TargetWord, select_targets
 
 
@@ -101,6 +106,30 @@ def caption_and_score(
         raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
     adapter = get_adapter(model)
     batch = to_model(encode_captioning(processor, images, prompt, assistant_prefix), model)
+    if adapter.moe is not None:  # expert neurons: the same steps with the expert axis
+        generation, steps, score = caption_experts(model, processor, batch, site=site, final_norm=final_norm,
+                                                   max_new_tokens=max_new_tokens)
+    else:
+        generation, steps, score = _caption_dense(model, processor, batch, adapter, site, final_norm,
+                                                  max_new_tokens)
+    stop = _stop_ids(model, processor)
+    tokens = generation.tokens.cpu()
+    n_layers, d_ff = score_grid(adapter)
+    k = min(top_k, n_layers * d_ff)
+    records, chosen = [], []
+    for row in range(len(images)):
+        ids = _cut(tokens[row].tolist(), stop)
+        ids = ids[:steps]  # a token needs the forward call that produced it
+        caption, targets = select_targets(processor, ids, concepts=concepts, tagger=tagger)
+        records.append({"caption": caption, "generated_ids": ids, "prompt_len": generation.prompt_len,
+                        "targets": [_target_record(t, generation.prompt_len) for t in targets]})
+        chosen.append(targets)
+    return batch, generation.sequences.cpu(), records, score(chosen, k)
+
+
+def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: ModelAdapter, site: str,
+                   final_norm: bool, max_new_tokens: int) -> tuple[Generation, int, Scorer]:
+    """Generate while capturing the dense neuron site: ``(generation, steps captured, score(targets, k))``."""
     layers = list(range(adapter.n_layers))
     sites = [site] + (["resid_post"] if final_norm else [])
     # kept where computed (a few MB: batch x steps x layers x d_ff), scored there, only the top-k leave the device
@@ -109,29 +138,25 @@ def caption_and_score(
     score_device = adapter.unembedding().device
     stacked = acts.stack(site, device=score_device).transpose(1, 2)  # [B, P, L, d_ff]
     residual = acts.get("resid_post", adapter.n_layers - 1).to(score_device) if final_norm else None  # [B, P, d]
-    stop = _stop_ids(model, processor)
-    tokens = generation.tokens.cpu()
-    k = min(top_k, adapter.n_layers * adapter.d_ff)
-    records, tops = [], []
-    for row in range(len(images)):
-        ids = _cut(tokens[row].tolist(), stop)
-        ids = ids[: stacked.shape[1]]  # a token needs the forward call that produced it
-        caption, targets = select_targets(processor, ids, concepts=concepts, tagger=tagger)
-        record = {"caption": caption, "generated_ids": ids, "prompt_len": generation.prompt_len,
-                  "targets": [_target_record(t, generation.prompt_len) for t in targets]}
-        if targets:
-            steps = torch.tensor([t.step for t in targets], device=score_device)
-            scores = pair_scores(
-                adapter, stacked[row, steps], torch.tensor([t.token_id for t in targets]),
-                final_residual=None if residual is None else residual[row, steps],
-            )
-            top = sparse_top_k(scores, k)
-            top = SparseTopK(top.values.float().cpu(), top.flat_indices.cpu(), top.n_layers, top.d_ff)
-        else:
-            top = SparseTopK(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), adapter.n_layers, adapter.d_ff)
-        records.append(record)
-        tops.append(top)
-    return batch, generation.sequences.cpu(), records, tops
+
+    def score(chosen: Sequence[Sequence[TargetWord]], k: int) -> list[SparseTopK]:
+        tops = []
+        for row, targets in enumerate(chosen):
+            if targets:
+                steps = torch.tensor([t.step for t in targets], device=score_device)
+                scores = pair_scores(
+                    adapter, stacked[row, steps], torch.tensor([t.token_id for t in targets]),
+                    final_residual=None if residual is None else residual[row, steps],
+                )
+                top = sparse_top_k(scores, k)
+                top = SparseTopK(top.values.float().cpu(), top.flat_indices.cpu(), top.n_layers, top.d_ff)
+            else:
+                top = SparseTopK(torch.zeros(0, k), torch.zeros(0, k, dtype=torch.long), adapter.n_layers,
+                                 adapter.d_ff)
+            tops.append(top)
+        return tops
+
+    return generation, stacked.shape[1], score
 
 
 def _target_record(target: TargetWord, prompt_len: int) -> dict[str, Any]:
