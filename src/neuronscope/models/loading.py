@@ -137,6 +137,12 @@ def load_model(
                 f"'{source}' has no usable {'processor' if vision else 'tokenizer'} ({str(err).splitlines()[0]}); "
                 "save one beside the weights, or load with with_processor=False"
             ) from None
+        except ImportError as err:  # e.g. Qwen-VL's video processor without torchvision
+            missing = "torchvision" if "torchvision" in str(err).lower() else "the package it names"
+            raise ModelLoadError(
+                f"the {'processor' if vision else 'tokenizer'} of '{source}' needs a package that is not installed "
+                f"({str(err).strip().splitlines()[0]}): pip install {missing}, then load again"
+            ) from None
     model.eval()
     return LoadedModel(model, processor, source, gguf_file, revision)
 
