@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from common import LLAMA2_7B, TINY, build_llama, free, text_batch
 
-PATHS = ("contribution", "ig", "lpi", "moe")
+PATHS = ("contribution", "ig", "lpi", "lpi_layer", "moe")
 
 
 def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, calls: int = 3) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, call
             torch.cuda.synchronize()
         walls.append(time.perf_counter() - start)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities, record_shapes=True) as prof:
+    with profile(activities=activities, record_shapes=True, with_stack=True) as prof:
         for _ in range(calls):
             function()
         if cuda:
@@ -57,6 +57,11 @@ def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, call
     text.append(averages.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70))
     grouped = prof.key_averages(group_by_input_shape=True)
     text.append(grouped.table(sort_by=sort, row_limit=20, max_name_column_width=60, max_shapes_column_width=60))
+    stacks = prof.key_averages(group_by_stack_n=6)
+    text.append(stacks.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=40))
+    ours = sorted((e for e in averages if "neuronscope/" in e.key), key=lambda e: -e.cpu_time_total)
+    text.append("neuronscope's own functions: host time per call (ms, children included), calls per call")
+    text += [f"  {e.cpu_time_total / calls / 1e3:8.3f}  {e.count / calls:6.1f}  {e.key}" for e in ours[:40]]
     (out / f"profile_{name}.txt").write_text("\n".join(text))
     return {"wall_ms": min(walls) * 1e3, "device_busy_ms": device_us / 1e3, "syncs_per_call": syncs}
 
@@ -92,6 +97,20 @@ def _dense(args, where, out, cuda) -> dict[str, Any]:
         results["lpi"] = _profile("lpi", lambda: log_probability_increase(
             model, lpi_batch, lpi_targets, layers=[0], chunk_size=2048, compute_dtype=model.dtype), out, cuda)
     return results
+
+
+def _lpi_layer(args, where, out, cuda) -> dict[str, Any]:
+    """The LPI table's own set-up: a one-layer model of the Llama-2-7B width, one target, chunk 2048."""
+    from neuronscope.attribute.log_probability_increase import log_probability_increase
+    from neuronscope.inputs.targets import token_targets
+
+    shape = {**(TINY if args.tiny else LLAMA2_7B), "num_hidden_layers": 1}
+    model = build_llama(shape, torch.float32 if args.tiny else torch.bfloat16, where)
+    batch = text_batch(torch.randint(3, shape["vocab_size"], (1, 32), device=where))
+    targets = token_targets(batch, 7)
+    return {"lpi_layer": _profile("lpi_layer", lambda: log_probability_increase(
+        model, batch, targets, layers=[0], chunk_size=64 if args.tiny else 2048, compute_dtype=model.dtype),
+        out, cuda)}
 
 
 def _moe(args, where, out, cuda) -> dict[str, Any]:
@@ -141,6 +160,9 @@ def main() -> None:
         torch.set_num_threads(1)
     results = _dense(args, where, out, cuda)
     free()
+    if "lpi_layer" in args.only:
+        results.update(_lpi_layer(args, where, out, cuda))
+        free()
     if "moe" in args.only:
         results.update(_moe(args, where, out, cuda))
     (out / "profile.json").write_text(json.dumps(results, indent=1))

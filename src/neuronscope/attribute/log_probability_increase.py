@@ -125,7 +125,7 @@ def _targets_or_prediction(model: nn.Module, batch: Batch, targets: TargetSet | 
 
 
 def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, sites: list[str],
-         layers: list[int], device: torch.device, final_scale: torch.Tensor | None = None,
+         layers: list[int], device: torch.device, final_scale: torch.Tensor | None = None, defer: bool = False,
          ) -> tuple[Capture, torch.Tensor]:
     """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]`` (this
     run's own, or ``final_scale`` when given: another run's, e.g. the original condition's in CNA)."""
@@ -135,7 +135,7 @@ def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetS
             capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:
         output = model(**batch.inputs)
     final = end.get("resid_post", last)
-    adapter.check_readout(final, getattr(output, "logits", None), positions)
+    adapter.check_readout(final, getattr(output, "logits", None), positions, defer=defer)
     if final_scale is None:
         return acts, adapter.final_norm().scale(final)
     if torch.as_tensor(final_scale).numel() != targets.token_ids.numel():
@@ -216,7 +216,7 @@ def log_probability_increase(
     sites = list(dict.fromkeys(["neuron", "resid_post"] + ffn_sites(adapter)))
     scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
     acts, sigma = _run(model, adapter, batch, targets, sites, [adapter.require_ffn(layer) for layer in scored],
-                       readout.device, final_scale)
+                       readout.device, final_scale, defer=True)  # checked when the scores are read back
 
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
     for layer in scored:
@@ -241,6 +241,7 @@ def log_probability_increase(
                     scale=coefficients[row, col, start:stop], base_log_probability=before[row, col])
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
                  layers=layer_list, ffn_write=write_note(adapter.ffn_write(scored[0]) if scored else None))
+    adapter.finish_checks()
     return NeuronScores(scores.cpu(), meta=meta)
 
 

@@ -42,9 +42,23 @@ from neuronscope.trace.experts import ExpertCapture, MoEActivations, capture_exp
 
 
 def sub_layout(adapter: ModelAdapter, layers: list[int]) -> NeuronLayout:
-    """The model's neuron layout restricted to ``layers`` (flat ids renumbered from 0)."""
-    units = [tuple(row[:3]) for row in adapter.moe.layout.units.tolist() if row[0] in set(layers)]
-    return NeuronLayout.from_units(units, {k: v for k, v in adapter.moe.layout.n_routed.items() if k in layers})
+    """The model's neuron layout restricted to ``layers`` (flat ids renumbered from 0); built once per adapter and
+    layer list (a fact of the architecture: a scoring call does not pay for it again)."""
+    cache = adapter.__dict__.setdefault("_sub_layouts", {})
+    key = tuple(layers)
+    if key not in cache:
+        wanted = set(layers)
+        units = [tuple(row[:3]) for row in adapter.moe.layout.units.tolist() if row[0] in wanted]
+        n_routed = {k: v for k, v in adapter.moe.layout.n_routed.items() if k in wanted}
+        layout = NeuronLayout.from_units(units, n_routed)
+        cache[key] = (layout, {layer: layout.layer_block(layer) for layer in layers})
+    return cache[key][0]
+
+
+def layer_blocks(adapter: ModelAdapter, layers: list[int]) -> dict[int, slice]:
+    """Each layer's slice of :func:`sub_layout`'s flat ids."""
+    sub_layout(adapter, layers)
+    return adapter.__dict__["_sub_layouts"][tuple(layers)][1]
 
 
 def unit_coefficients(adapter: ModelAdapter, acts: ExpertCapture, layer: int) -> torch.Tensor:
@@ -68,7 +82,8 @@ def _routed_scores(adapter: ModelAdapter, routing: MoEActivations, directions: t
     n_experts, width = routing.n_experts, routing.acts.shape[-1]
     routed = routed_projection(adapter, routing.layer, directions)  # [E, m, f]
     experts = routing.experts.to(block.device)  # [B, n, k]
-    weighted = routing.acts.to(block.device, dtype) * routing.weights[..., None].to(block.device, dtype)
+    # g · a in one kernel (the activations are promoted to the score dtype inside the product)
+    weighted = routing.acts.to(block.device) * routing.weights[..., None].to(block.device, dtype)
     values = weighted * routed[experts, target_index[..., None].expand_as(experts)]  # [B, n, k, f]
     grid = block[..., :n_experts * width].unflatten(-1, (n_experts, width))
     grid.scatter_add_(2, experts[..., None].expand_as(values), values)
@@ -100,8 +115,9 @@ def scores_from_capture(
     scores = torch.zeros(*first.shape[:2], layout.n_neurons, dtype=dtype, device=device)
     bias = torch.zeros(*first.shape[:2], len(layout.units), dtype=dtype, device=device)
     has_bias = False
+    blocks = layer_blocks(adapter, layers)
     for layer in layers:
-        block = scores[..., layout.layer_block(layer)]  # [B, n, n_l] view
+        block = scores[..., blocks[layer]]  # [B, n, n_l] view
         if adapter.moe.is_moe(layer) and not centre:
             _routed_scores(adapter, acts.moe(layer), directions, target_index, block)
         else:
@@ -170,7 +186,8 @@ def moe_contribution(
     device = adapter.unembedding().device
     last = adapter.n_layers - 1
     with ExitStack() as stack:
-        acts = stack.enter_context(capture_experts(model, layers=layer_list, positions=positions, to=device))
+        acts = stack.enter_context(capture_experts(model, layers=layer_list, positions=positions, to=device,
+                                                   router_logits=False))
         resid = stack.enter_context(capture(model, "resid_post", [last], positions)) if final_norm else None
         model(**batch.inputs)
     residual = resid.get("resid_post", last) if final_norm else None

@@ -40,11 +40,12 @@ from neuronscope.models.lookup import (
     unsupported,
 )
 from neuronscope.models.moe import MOE_VISION_FAMILIES, MoEStructure, find_moe
+from neuronscope.models.readout_check import ReadoutChecks
 from neuronscope.models.spec import FamilySpec, VisionFamily
 
 __all__ = ["FinalNorm", "ModelAdapter", "Readout", "WriteMap", "get_adapter", "norm_affine", "supported_families"]
 
-class ModelAdapter:
+class ModelAdapter(ReadoutChecks):
     """Where the neurons, heads, residual writes, final norm and unembedding of one model are.
 
     Args:
@@ -260,28 +261,6 @@ class ModelAdapter:
         soft-cap, as the model computes them."""
         hidden = self.final_norm_module(residual)
         return self.readout.apply(self.unembed_module(hidden.to(self.unembedding().device)))
-
-    def check_readout(self, final_residual: torch.Tensor, logits: torch.Tensor | None,
-                      positions: torch.Tensor) -> None:
-        """Raise unless the model's ``logits [B, T, V]`` at ``positions [B, n]`` are this adapter's readout of the
-        final residual ``[B, n, d]`` (final norm, unembedding, logit scale, soft-cap), as every frozen-norm score
-        assumes. Called on each scoring forward, so a checkpoint whose readout differs from its family's is
-        refused instead of scored wrongly."""
-        if logits is None or logits.dim() != 3 or logits.shape[1] <= int(positions.max()):
-            return
-        rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-        model_logits = logits[rows, positions.to(logits.device)].float()
-        with torch.no_grad():
-            ours = self.logits_from_residual(final_residual).float().to(model_logits.device)
-        error = float((ours - model_logits).norm() / (model_logits.norm() + 1e-12))
-        tolerance = 1e-4 if final_residual.dtype in (torch.float32, torch.float64) else 2e-2
-        if error > tolerance:
-            raise UnsupportedModelError(
-                f"the logits of '{self.model_type}' are not the readout of its last residual that the family spec "
-                f"'{self.family.name}' declares (final norm, unembedding, logit scale {self.readout.scale:g}, "
-                f"soft-cap {self.readout.softcap}; relative error {error:.2g}): frozen-norm scores would be "
-                "wrong. Declare the family's logit operations in its FamilySpec (logits=...)."
-            )
 
     # -- residual writes -----------------------------------------------------------------------------------------
     def _write_map(self, layer: int, norm_name: str | None, scales: tuple[str, ...]) -> WriteMap:

@@ -44,7 +44,8 @@ class MoEActivations:
     Attributes:
         experts: ``[B, P, k]`` chosen experts; ``router_weights``: ``[B, P, k]`` the router's weights;
         weights: ``[B, P, k]`` ``g``, what multiplies each chosen expert's output; ``acts``: ``[B, P, k, f]``;
-        logits: ``[B, P, E]`` router logits (:meth:`probabilities`: the router's scores of all experts);
+        logits: ``[B, P, E]`` router logits (:meth:`probabilities`: the router's scores of all experts; None when
+        captured without them);
         ``shared_acts`` / ``shared_weights``: per shared expert ``[B, P, f_s]`` / ``[B, P]``; ``n_experts``: ``E``;
         ``routing``: the family's routing rule.
     """
@@ -55,7 +56,7 @@ class MoEActivations:
     router_weights: torch.Tensor
     weights: torch.Tensor
     acts: torch.Tensor
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     shared_acts: list[torch.Tensor]
     shared_weights: list[torch.Tensor]
     routing: str = "softmax_topk"
@@ -89,6 +90,7 @@ class ExpertCapture(Capture):
         super().__init__(["moe"], moe_layers, explicit, adapter.n_layers)
         self.adapter, self.all_layers = adapter, layers
         self.dense_capture: Capture | None = None
+        self.router_logits = True
 
     def moe(self, layer: int) -> MoEActivations:
         layer = self.adapter.check_layer(layer)
@@ -103,7 +105,8 @@ class ExpertCapture(Capture):
         router_weights = self.get("moe.weights", layer)
         weights = torch.ones_like(router_weights) if moe.family.weight_on_input else router_weights
         return MoEActivations(layer, moe.n_experts, self.get("moe.experts", layer).long(), router_weights, weights,
-                              acts.view(*acts.shape[:2], k, moe.width), self.get("moe.logits", layer), shared, gates,
+                              acts.view(*acts.shape[:2], k, moe.width),
+                              self.get("moe.logits", layer) if self.router_logits else None, shared, gates,
                               moe.family.routing)
 
     def dense(self, layer: int) -> torch.Tensor:
@@ -123,7 +126,7 @@ class ExpertCapture(Capture):
         return super().positions(site, self.layers[0] if layer is None else layer)
 
 
-def _recorder(result: ExpertCapture, spec, keep_grad: bool, to):
+def _recorder(result: ExpertCapture, spec, keep_grad: bool, to, router_logits: bool = True):
     # The selection depends on the call, not on the layer: resolved once per call (and its positions once per
     # device), so a forward costs no per-layer position work nor host-to-device copies (each makes the host wait).
     per_call: dict[tuple[int, str], tuple] = {}
@@ -161,7 +164,8 @@ def _recorder(result: ExpertCapture, spec, keep_grad: bool, to):
         store(("moe.acts", layer), acts, selection)
         store(("moe.experts", layer), call.experts[rows].reshape(*shape, -1), selection)
         store(("moe.weights", layer), call.weights[rows].reshape(*shape, -1), selection)
-        store(("moe.logits", layer), call.logits[rows].reshape(*shape, -1), selection)
+        if router_logits:
+            store(("moe.logits", layer), call.logits[rows].reshape(*shape, -1), selection)
 
     def shared_handler(layer: int, name: str):
         def handler(tensor: torch.Tensor, call: CallState) -> None:
@@ -190,6 +194,7 @@ def capture_experts(
     positions: PositionSpec = "last",
     keep_grad: bool = False,
     to: torch.device | str | None = None,
+    router_logits: bool = True,
 ) -> Iterator[ExpertCapture]:
     """Record routing and expert-neuron activations (and dense layers' neurons) while the block runs the model.
 
@@ -201,6 +206,7 @@ def capture_experts(
         keep_grad: keep the autograd graph: expert activations are leaves the layer output depends on (for
             gradients with respect to them); otherwise values are detached.
         to: move captured values to this device; default: where computed.
+        router_logits: also keep the router's logits (default True; ``MoEActivations.logits`` is None without).
 
     Example:
         >>> with capture_experts(model, layers=[1]) as acts:
@@ -213,6 +219,7 @@ def capture_experts(
     layer_list = adapter.resolve_layers(layers)
     spec = normalise(positions)
     result = ExpertCapture(adapter, layer_list, spec if isinstance(spec, Explicit) else None)
+    result.router_logits = router_logits
     dense_layers = [layer for layer in layer_list if not adapter.moe.is_moe(layer)]
     with ExitStack() as stack:
         if dense_layers:
@@ -220,7 +227,7 @@ def capture_experts(
                 capture(model, "neuron", dense_layers, positions, keep_grad=keep_grad, to=to))
         hooks = stack.enter_context(HookSet(adapter))
         moe_hooks = stack.enter_context(ExpertHooks(adapter, hooks))
-        experts_handler, shared_handler = _recorder(result, spec, keep_grad, to)
+        experts_handler, shared_handler = _recorder(result, spec, keep_grad, to, router_logits)
         for layer in result.layers:
             moe_hooks.on_experts(layer, experts_handler)
             for j in range(len(adapter.moe.layers[layer].shared)):
