@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from neuronscope.attribute.selection import BufferedTopK, ThresholdSelection, to_host, top_k_selector
+from neuronscope.attribute.stacked import StackedScores, fits
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -327,6 +328,8 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     # b·T + position and its direction u_t
     flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
     row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
+    stacked = (StackedScores(adapter, layer_list, directions, row_target, flat_index, dtype, centre)
+               if in_place and fits(adapter, layer_list, rows, device) else None)
     per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
     for layer in layer_list:
         here = adapter.value_vectors(layer).device
@@ -336,6 +339,9 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     def hook_for(slot: int, layer: int):
         def score(tensor: torch.Tensor, call) -> None:
             if call.offset != 0:
+                return None
+            if stacked is not None:  # two kernels now, the scores of all layers after the forward
+                stacked.record(slot, tensor)
                 return None
             here = tensor.device
             index, layer_directions, layer_rows = per_device.get(here) or (
@@ -365,14 +371,26 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
         else:
             model(**batch.inputs, **logits_to_keep(model))
             sigma = None
+    if stacked is not None:
+        stacked.write(selector.whole())
+    return _kept(adapter, targets, selector, sigma, kept_layers, {
+        "method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
+        "targets": targets.describe(), "model": adapter.describe(), "absolute": absolute}, top_k, threshold)
+
+
+def _kept(adapter: ModelAdapter, targets: TargetSet, selector: Any, sigma: torch.Tensor | None,
+          kept_layers: list[tuple[int, torch.Tensor]], meta: dict[str, Any], top_k: int | None,
+          threshold: float | None) -> NeuronScores | SelectedScores:
+    """After the forward: the kept scores (scaled by ``1 / σ``, zero for missing targets), on the host."""
+    n_rows, n_targets = targets.token_ids.shape
+    rows, device = n_rows * n_targets, adapter.unembedding().device
     valid = targets.valid.reshape(rows).to(device)
-    meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
-            "targets": targets.describe(), "model": adapter.describe(), "absolute": absolute}
+    layers = len(meta["layers"])
     if top_k is not None:
         values = selector.values if sigma is None else selector.values / sigma.to(selector.values.dtype)
         values = values * valid[:, None]
         values, indices = to_host(values.reshape(n_rows, n_targets, -1), selector.indices.reshape(n_rows, n_targets, -1))
-        return NeuronScores(values, indices, (len(layer_list), adapter.d_ff), {**meta, "top_k_kept": top_k})
+        return NeuronScores(values, indices, (layers, adapter.d_ff), {**meta, "top_k_kept": top_k})
     for slot, scores in kept_layers:
         selector.add(slot, scores / sigma.to(scores.dtype))
     selector.finish()
@@ -381,5 +399,5 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     coordinates = torch.stack([flat_rows // n_targets, flat_rows % n_targets, flat // adapter.d_ff,
                                flat % adapter.d_ff], dim=1)[keep]
     coordinates, values = to_host(coordinates, selector.values[keep])
-    return SelectedScores(coordinates, values, (n_rows, n_targets, len(layer_list), adapter.d_ff),
+    return SelectedScores(coordinates, values, (n_rows, n_targets, layers, adapter.d_ff),
                           {**meta, "threshold": threshold})

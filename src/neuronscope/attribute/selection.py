@@ -74,6 +74,11 @@ class BufferedTopK:
         self.buffer[:, layer * self.d_ff:(layer + 1) * self.d_ff] = scores
         self._done = None
 
+    def whole(self) -> torch.Tensor:
+        """The whole ``[rows, layers × d_ff]`` buffer, to write every layer's scores into at once."""
+        self._done = None
+        return self.buffer
+
     def slot(self, layer: int) -> torch.Tensor:
         """The buffer's ``[rows, d_ff]`` view for ``layer``, to write that layer's scores into in place (e.g. with
         ``torch.mul(..., out=)``: one kernel, no temporary)."""
