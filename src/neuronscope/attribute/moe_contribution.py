@@ -24,6 +24,7 @@ from contextlib import ExitStack
 import torch
 from torch import nn
 
+from neuronscope.attribute import moe_stacked
 from neuronscope.attribute.contribution import score_dtype
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
@@ -39,6 +40,7 @@ from neuronscope.models.moe.weights import (
 from neuronscope.results.expert_scores import ExpertNeuronScores
 from neuronscope.trace import capture
 from neuronscope.trace.experts import ExpertCapture, MoEActivations, capture_experts
+from neuronscope.trace.hooks import HookSet
 
 
 def sub_layout(adapter: ModelAdapter, layers: list[int]) -> NeuronLayout:
@@ -141,6 +143,17 @@ def scores_from_capture(
     return scores, (bias if has_bias else None), layout
 
 
+def _stacked(adapter: ModelAdapter, layers: list[int], positions: torch.Tensor, targets: TargetSet,
+             final_norm: bool, device: torch.device) -> moe_stacked.StackedExperts:
+    """The stacked scorer with :func:`scores_from_capture`'s directions (final-norm gain included)."""
+    dtype = score_dtype(adapter.moe.layers[layers[0]].experts.down_proj)
+    unique, target_index = targets.token_ids.unique(return_inverse=True)
+    directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, dtype)
+    if final_norm:
+        directions = directions * adapter.final_norm().gain.to(device, dtype)
+    return moe_stacked.StackedExperts(adapter, layers, positions, directions, target_index)
+
+
 @torch.no_grad()
 def moe_contribution(
     model: nn.Module,
@@ -185,13 +198,26 @@ def moe_contribution(
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     device = adapter.unembedding().device
     last = adapter.n_layers - 1
+    centre = final_norm and adapter.final_norm().kind == "layer"
+    stacked = (_stacked(adapter, layer_list, positions, targets, final_norm, device)
+               if top_k is not None and moe_stacked.fits(adapter, layer_list, centre) else None)
     with ExitStack() as stack:
-        acts = stack.enter_context(capture_experts(model, layers=layer_list, positions=positions, to=device,
-                                                   router_logits=False))
+        if stacked is None:
+            acts = stack.enter_context(capture_experts(model, layers=layer_list, positions=positions, to=device,
+                                                       router_logits=False))
+        else:  # a few kernels a layer (attribute/moe_stacked.py); the same numbers
+            stacked.attach(stack.enter_context(HookSet(adapter)))
         resid = stack.enter_context(capture(model, "resid_post", [last], positions)) if final_norm else None
         model(**batch.inputs)
     residual = resid.get("resid_post", last) if final_norm else None
-    scores, bias, layout = scores_from_capture(adapter, acts, targets.token_ids, layer_list, residual)
+    if stacked is None:
+        scores, bias, layout = scores_from_capture(adapter, acts, targets.token_ids, layer_list, residual)
+    else:
+        layout, bias = sub_layout(adapter, layer_list), None
+        scores = torch.zeros(*targets.token_ids.shape, layout.n_neurons, dtype=stacked.dtype, device=device)
+        stacked.write(scores)
+        if residual is not None:
+            scores = scores / adapter.final_norm().scale(residual.to(device, stacked.dtype))
     valid = targets.valid.to(scores.device)[..., None]
     scores, bias = scores * valid, None if bias is None else (bias * valid).cpu()
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
