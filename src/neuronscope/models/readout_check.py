@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from neuronscope.errors import UnsupportedModelError
+from neuronscope.models.devices import on_device
 
 
 class ReadoutChecks:
@@ -23,7 +24,7 @@ class ReadoutChecks:
         if logits is None or logits.dim() != 3 or logits.shape[1] <= int(positions.max()):
             return
         rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
-        model_logits = logits[rows, positions.to(logits.device)].float()
+        model_logits = logits[rows, on_device(positions, logits.device)].float()
         with torch.no_grad():
             ours = self.logits_from_residual(final_residual).float().to(model_logits.device)
         error = (ours - model_logits).norm() / (model_logits.norm() + 1e-12)

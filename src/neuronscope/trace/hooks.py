@@ -57,10 +57,7 @@ class HookSet:
             call.calls += 1
             if offset == 0:
                 call.prompt_len = call.seq_len
-                mask = kwargs.get("attention_mask")
-                call.right_padded = bool(
-                    isinstance(mask, torch.Tensor) and mask.dim() == 2 and bool((mask[:, -1] == 0).any())
-                )
+                call.mask, call._right_padded = kwargs.get("attention_mask"), None  # read when needed
 
         self._handles.append(self.adapter.decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
 

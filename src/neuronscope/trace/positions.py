@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from neuronscope.errors import PositionError
+from neuronscope.models.devices import on_device  # noqa: F401  (re-exported for the trace floor)
 
 NAMED = ("last", "all", "prompt", "generated")
 PositionSpec = str | int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
@@ -34,8 +35,23 @@ class CallState:
     seq_len: int = 0
     batch: int = 0
     prompt_len: int = 0
-    right_padded: bool = False
     calls: int = 0
+    mask: torch.Tensor | None = None  # the first call's 2-D attention mask (for right_padded)
+    _right_padded: bool | None = None
+
+    @property
+    def right_padded(self) -> bool:
+        """Whether the first call's batch is right-padded; read from the mask only when a position spec needs it
+        (reading it back makes the host wait for the device)."""
+        if self._right_padded is None:
+            mask = self.mask
+            self._right_padded = bool(isinstance(mask, torch.Tensor) and mask.dim() == 2
+                                      and bool((mask[:, -1] == 0).any()))
+        return self._right_padded
+
+    @right_padded.setter
+    def right_padded(self, value: bool) -> None:
+        self._right_padded = value
 
 
 @dataclass
@@ -74,15 +90,6 @@ def normalise(spec: PositionSpec) -> str | Explicit:
         positions[r, : len(row)] = torch.tensor(row, dtype=torch.long)
         valid[r, : len(row)] = True
     return Explicit(positions, valid)
-
-
-def on_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """``tensor`` on ``device``; a host tensor goes to a GPU through pinned memory, asynchronously (a copy from
-    ordinary host memory makes the host wait for everything queued on the device first)."""
-    device = torch.device(device)
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 @dataclass
