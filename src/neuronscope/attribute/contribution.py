@@ -290,12 +290,12 @@ def layer_projection(adapter: ModelAdapter, layer: int, directions: torch.Tensor
     return proj
 
 
-def row_projections(adapter: ModelAdapter, layer: int, directions: torch.Tensor, row_target: torch.Tensor,
+def row_projections(weights: torch.Tensor, directions: torch.Tensor, row_target: torch.Tensor,
                     centre: bool) -> torch.Tensor:
-    """``<w_i, u_r>`` of one layer for each score row ``r``: ``[rows, d_ff]`` in the score dtype on the weights'
-    device, row ``r`` being direction ``row_target[r]`` of ``directions [m, d]`` (LayerNorm's centring moved onto
-    ``w`` when ``centre``): :func:`layer_projection`'s numbers, bit for bit, gathered by row."""
-    weights = adapter.value_vectors(layer)  # [d_ff, d]
+    """``<w_i, u_r>`` of one layer's value vectors ``weights [d_ff, d]`` for each score row ``r``: ``[rows, d_ff]``
+    in the score dtype on the weights' device, row ``r`` being direction ``row_target[r]`` of ``directions [m, d]``
+    (LayerNorm's centring moved onto ``w`` when ``centre``): :func:`layer_projection`'s numbers, bit for bit,
+    gathered by row."""
     dtype = score_dtype(weights)
     proj = value_products(weights, directions).to(dtype)  # [m, d_ff]
     if centre:
@@ -317,7 +317,8 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
         directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
     rows = n_rows * n_targets
     deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
-    dtype = score_dtype(adapter.value_vectors(layer_list[0]))
+    weights = {layer: adapter.value_vectors(layer) for layer in layer_list}  # looked up once a call
+    dtype = score_dtype(weights[layer_list[0]])
     selector: Any = (top_k_selector(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff,
                                     len(layer_list), device, absolute, dtype)
                      if top_k is not None else ThresholdSelection(threshold, adapter.d_ff, absolute))
@@ -328,11 +329,11 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     # b·T + position and its direction u_t
     flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
     row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
-    stacked = (StackedScores(adapter, layer_list, directions, row_target, flat_index, dtype, centre)
-               if in_place and fits(adapter, layer_list, rows, device) else None)
+    stacked = (StackedScores([weights[layer] for layer in layer_list], directions, row_target, flat_index, dtype,
+                             centre) if in_place and fits(adapter.d_ff, list(weights.values()), rows, device) else None)
     per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
     for layer in layer_list:
-        here = adapter.value_vectors(layer).device
+        here = weights[layer].device
         if here not in per_device:
             per_device[here] = (flat_index.to(here), directions.to(here), row_target.to(here))
 
@@ -347,7 +348,7 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
             index, layer_directions, layer_rows = per_device.get(here) or (
                 flat_index.to(here), directions.to(here), row_target.to(here))
             acts = tensor.reshape(-1, tensor.shape[-1]).index_select(0, index)  # [rows, d_ff]
-            proj = row_projections(adapter, layer, layer_directions, layer_rows, centre)  # [rows, d_ff], score dtype
+            proj = row_projections(weights[layer], layer_directions, layer_rows, centre)  # [rows, d_ff], score dtype
             if in_place and here == selector.buffer.device:
                 torch.mul(acts, proj, out=selector.slot(slot))  # one kernel into the selection buffer
                 return None

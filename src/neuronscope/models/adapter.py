@@ -10,6 +10,8 @@ fails) and the rest is resolved relative to one decoder layer, by the family spe
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -350,7 +352,13 @@ class ModelAdapter(ReadoutChecks):
         return weight if self.family.conv1d else weight.t()
 
     def describe(self) -> dict:
-        """Sizes and names, for result metadata."""
+        """Sizes and names, for result metadata (a fact of the architecture, like ``d_ff``: read once, since the
+        head widths take a module lookup per layer and every scoring call records them)."""
+        if "_described" not in self.__dict__:
+            self.__dict__["_described"] = self._describe()
+        return copy.deepcopy(self.__dict__["_described"])
+
+    def _describe(self) -> dict:
         heads = {}
         try:
             heads = {"n_kv_heads": self.n_kv_heads, "head_dim": self.head_dim}
