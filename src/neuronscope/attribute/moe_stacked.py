@@ -78,11 +78,11 @@ class StackedExperts:
             if self.rows is None:
                 selection = select(self.spec, call.call)
                 self.rows = call.rows(selection, valid_only=False, local=on_device(selection.local, self.device))
-            acts = call.activations(self.rows)  # [R, k, f]
-            if self.acts is None:
-                self.acts = acts.new_empty(len(self.layers), *acts.shape)
+            if self.acts is None:  # in the dtype the activations come in
+                first = call.activations(self.rows)
+                self.acts = first.new_empty(len(self.layers), *first.shape)
                 self.weights = call.weights.new_empty(len(self.layers), *self.experts.shape[1:])
-            self.acts[slot].copy_(acts)
+            call.activations_into(self.rows, self.acts[slot])  # [R, k, f]
             torch.index_select(call.experts, 0, self.rows, out=self.experts[slot])
             torch.index_select(call.weights, 0, self.rows, out=self.weights[slot])
             down = call.moe.experts.down_proj  # [E, d, f], or [E, f, d] transposed

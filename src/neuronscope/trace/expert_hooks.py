@@ -99,16 +99,22 @@ class ExpertCall:
             values = values + torch.zeros_like(self._acts).index_add(0, changed_rows, deltas)[rows]
         return values
 
+    def activations_into(self, rows: torch.Tensor, out: torch.Tensor) -> None:
+        """:meth:`activations` of ``rows`` written into ``out [R, k, f]`` (one gather kernel when the stock
+        implementation gave every activation and nothing changed them)."""
+        if self._complete and not self._changes and out.dtype == self._acts.dtype:
+            torch.index_select(self._acts, 0, rows, out=out)
+        else:
+            out.copy_(self.activations(rows))
+
     def intercepted(self, hidden: torch.Tensor, order: torch.Tensor | None) -> None:
         """Activations of every routed pair as the stock experts implementation computed them: ``hidden [N·k, f]``
         in flat (token, slot) order, or sorted by ``order`` (row ``r`` is flat pair ``order[r]``)."""
         if hidden.shape[0] != self.n_tokens * self.moe.top_k:
             return  # not the layout this reader knows: recompute instead
         hidden = hidden.detach()
-        if order is not None:
-            unsorted = torch.empty_like(hidden)
-            unsorted[order.to(hidden.device)] = hidden
-            hidden = unsorted
+        if order is not None:  # one copy kernel: unsorted[order[r]] = hidden[r]
+            hidden = torch.empty_like(hidden).index_copy_(0, order.to(hidden.device), hidden)
         self._acts = hidden.view(self.n_tokens, self.moe.top_k, self.moe.width)
         self._complete = True
         self.source = "intercepted"
