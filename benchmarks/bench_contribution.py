@@ -28,6 +28,7 @@ from common import (
     load_smollm2,
     main,
     measure,
+    paired,
     strip,
     text_batch,
     weights_bytes,
@@ -83,6 +84,8 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
                 dense = measured["result"].values
         for name in ("forward_no_logits", "top_k", "top_k_running_merge", "dense"):
             entry[f"{name}_over_forward"] = entry[name]["seconds"] / entry["forward"]["seconds"]
+        entry["top_k_over_forward_paired"] = paired(
+            forward, lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k), where, pairs=repeats * 3)
         flat = dense.flatten(2)
         order = flat.topk(kept.values.shape[-1], dim=-1).indices
         same = (torch.sort(order, -1).values == torch.sort(kept.indices, -1).values).float().mean()

@@ -29,6 +29,7 @@ import time
 
 import torch
 import transformers as T
+from common import paired
 
 from neuronscope.attribute.moe_contribution import moe_contribution
 from neuronscope.inputs import Batch
@@ -125,6 +126,7 @@ def bench(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype) 
             result[key]["peak_over_weights"] = round(peak / weights, 3)
     for key in ("capture", "contribution", "contribution_top_k"):
         result[f"{key}_over_forward"] = round(result[key]["seconds"] / result["forward"]["seconds"], 3)
+    result["contribution_top_k_over_forward_paired"] = paired(forward, score_top_k, device, args.repeats * 3)
     return result
 
 

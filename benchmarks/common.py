@@ -96,6 +96,26 @@ def measure(function: Callable[[], Any], where: torch.device | str, repeats: int
     return out
 
 
+def paired(first: Callable[[], Any], second: Callable[[], Any], where: torch.device | str, pairs: int = 15
+           ) -> dict[str, Any]:
+    """``second``'s time over ``first``'s, measured in alternating pairs (one warm-up each), so that a host whose
+    speed drifts during the run slows both alike: the median and quartiles of the ``pairs`` per-pair ratios."""
+    first(), second()
+    sync(where)
+    ratios, times = [], {"first": [], "second": []}
+    for _ in range(pairs):
+        for key, function in (("first", first), ("second", second)):
+            start = time.perf_counter()
+            function()
+            sync(where)
+            times[key].append(time.perf_counter() - start)
+        ratios.append(times["second"][-1] / times["first"][-1])
+    quartiles = statistics.quantiles(ratios, n=4)
+    return {"pairs": pairs, "ratio_median": statistics.median(ratios), "ratio_q1": quartiles[0],
+            "ratio_q3": quartiles[2], "first_median_s": statistics.median(times["first"]),
+            "second_median_s": statistics.median(times["second"])}
+
+
 def strip(entry: dict[str, Any]) -> dict[str, Any]:
     """A measurement without its result object, numbers rounded, for the JSON table."""
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in entry.items() if k != "result"}

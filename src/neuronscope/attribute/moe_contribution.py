@@ -26,10 +26,12 @@ from torch import nn
 
 from neuronscope.attribute import moe_stacked
 from neuronscope.attribute.contribution import score_dtype
+from neuronscope.attribute.selection import to_host
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.models.devices import on_device
 from neuronscope.models.moe import DENSE, NeuronLayout
 from neuronscope.models.moe.weights import (
     layer_projection,
@@ -193,6 +195,8 @@ def moe_contribution(
     if site != "neuron":
         raise NeuronscopeError(f"MoE contribution is defined at the 'neuron' site (each expert's down-projection "
                                f"input), not '{site}'")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise NeuronscopeError(f"top_k must be a positive number of neurons, got {top_k!r}")
     layer_list = adapter.resolve_layers(layers)
     targets.check(batch.seq_len, adapter.vocab_size)
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
@@ -218,15 +222,13 @@ def moe_contribution(
         stacked.write(scores)
         if residual is not None:
             scores = scores / adapter.final_norm().scale(residual.to(device, stacked.dtype))
-    valid = targets.valid.to(scores.device)[..., None]
+    valid = on_device(targets.valid, scores.device)[..., None]
     scores, bias = scores * valid, None if bias is None else (bias * valid).cpu()
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
             "targets": targets.describe(), "model": adapter.describe()}
     if top_k is None:
         return ExpertNeuronScores(scores.cpu(), layout, None, bias, meta)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise NeuronscopeError(f"top_k must be a positive number of neurons, got {top_k!r}")
-    key = scores.abs() if absolute else scores
-    indices = key.topk(min(top_k, scores.shape[-1]), dim=-1).indices  # [B, n, k], on the device
-    values = scores.gather(-1, indices)
-    return ExpertNeuronScores(values.cpu(), layout, indices.cpu(), bias, {**meta, "top_k_kept": top_k})
+    found = (scores.abs() if absolute else scores).topk(min(top_k, scores.shape[-1]), dim=-1)  # on the device
+    values = scores.gather(-1, found.indices) if absolute else found.values
+    values, indices = to_host(values, found.indices)  # pinned, one wait
+    return ExpertNeuronScores(values, layout, indices, bias, {**meta, "top_k_kept": top_k})

@@ -88,8 +88,9 @@ class BufferedTopK:
     def _finish(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._done is None:
             keep = min(self.k, self.buffer.shape[-1])
-            order = (self.buffer.abs() if self.absolute else self.buffer).topk(keep, dim=-1, sorted=True).indices
-            self._done = self.buffer.gather(-1, order), order
+            found = (self.buffer.abs() if self.absolute else self.buffer).topk(keep, dim=-1, sorted=True)
+            values = self.buffer.gather(-1, found.indices) if self.absolute else found.values
+            self._done = values, found.indices
         return self._done
 
     @property
