@@ -197,3 +197,11 @@ def target_values(base: torch.Tensor, delta: torch.Tensor, target: int, scale: t
     column = delta[:, target].to(acc)
     value = base[target].to(acc) + (column if scale is None else scale.to(acc) * column)
     return _capped(value, softcap)
+
+
+def target_log_probability(base_logits: torch.Tensor, target: int, softcap: float | None = None) -> torch.Tensor:
+    """``log softmax(cap(base))[target]`` (0-d) in the accumulation dtype of ``base_logits``: the
+    subtrahend of every LPI."""
+    base = base_logits.to(accumulation_dtype(base_logits))
+    capped = torch.tanh(base / softcap) * softcap if softcap else base
+    return capped[target] - capped.logsumexp(-1)

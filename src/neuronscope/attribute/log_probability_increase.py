@@ -53,7 +53,12 @@ from neuronscope.attribute.heads import (
     check_weighted_values,
     weighted_values,
 )
-from neuronscope.attribute.kernels import accumulation_dtype, shifted_logsumexp, target_values
+from neuronscope.attribute.kernels import (
+    accumulation_dtype,
+    shifted_logsumexp,
+    target_log_probability,
+    target_values,
+)
 from neuronscope.attribute.residual import ffn_residual, ffn_sites, write_note
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
@@ -75,7 +80,6 @@ def log_probability_increase_from_logits(
     *,
     scale: torch.Tensor | None = None,
     backend: str = "auto",
-    base_log_probability: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32
     (float64 when an input is float64).
@@ -93,8 +97,6 @@ def log_probability_increase_from_logits(
             neuron's activation times its direction is never stored on its own).
         backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see
             :mod:`neuronscope.attribute.kernels`).
-        base_log_probability: ``log softmax(base)[target]`` when already known (:func:`target_log_probability`:
-            computed once per target, not once per chunk of neurons).
 
     Returns:
         ``[N]`` log-probability increases.
@@ -107,16 +109,8 @@ def log_probability_increase_from_logits(
     base = base_logits.to(acc)
     new_target = target_values(base, delta_logits, target, scale, softcap)
     new_lse = shifted_logsumexp(base, delta_logits, scale, softcap, backend=backend)
-    before = target_log_probability(base, target, softcap) if base_log_probability is None else base_log_probability
-    increase = (new_target - new_lse) - before.to(acc)
+    increase = (new_target - new_lse) - target_log_probability(base, target, softcap)
     return increase if acc == torch.float64 else increase.float()
-
-
-def target_log_probability(base_logits: torch.Tensor, target: int, softcap: float | None = None) -> torch.Tensor:
-    """``log softmax(cap(base))[target]`` (0-d) in the accumulation dtype of ``base_logits``."""
-    base = base_logits.to(accumulation_dtype(base_logits))
-    capped = torch.tanh(base / softcap) * softcap if softcap else base
-    return capped[target] - capped.logsumexp(-1)
 
 
 # -- model plumbing ----------------------------------------------------------------------------------------------
@@ -230,15 +224,21 @@ def log_probability_increase(
             gain = write.gain()
             vectors = vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
         pairs = [(row, col, int(columns[row, col])) for row, col in _rows(targets)]
-        before = {(row, col): target_log_probability(base[row, col], column, readout.softcap)
-                  for row, col, column in pairs}  # once per target, not per chunk
+        acc = accumulation_dtype(base, readout.directions)  # per chunk: products, log-sum-exps, target columns
+        lse = torch.empty(len(pairs), adapter.d_ff, dtype=acc, device=readout.device)
+        picked = torch.empty(len(pairs), adapter.d_ff, dtype=readout.directions.dtype, device=readout.device)
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
-            for row, col, column in pairs:
-                scores[row, col, slot, start:stop] = log_probability_increase_from_logits(
-                    base[row, col], directions, column, readout.softcap,
-                    scale=coefficients[row, col, start:stop], base_log_probability=before[row, col])
+            for slot_p, (row, col, column) in enumerate(pairs):
+                lse[slot_p, start:stop] = shifted_logsumexp(base[row, col], directions,
+                                                            coefficients[row, col, start:stop], readout.softcap)
+                picked[slot_p, start:stop] = directions[:, column]
+        for slot_p, (row, col, column) in enumerate(pairs):  # log_probability_increase_from_logits, all neurons
+            new_target = target_values(base[row, col, column:column + 1], picked[slot_p][:, None], 0,
+                                       coefficients[row, col], readout.softcap)
+            increase = (new_target - lse[slot_p]) - target_log_probability(base[row, col], column, readout.softcap)
+            scores[row, col, slot] = increase if acc == torch.float64 else increase.float()
     meta = _meta("log_probability_increase", adapter, targets, readout, unit="neuron", site="neuron",
                  layers=layer_list, ffn_write=write_note(adapter.ffn_write(scored[0]) if scored else None))
     adapter.finish_checks()
