@@ -21,6 +21,7 @@ from neuronscope.attribute.prefix_rows import RowPlanner, cache_keyword, shared_
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.runs.batching import AdaptiveBatcher, free_memory, is_out_of_memory
+from neuronscope.trace.last_step import returned_cache
 from neuronscope.trace.positions import CallState
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
@@ -122,8 +123,7 @@ def _prefix_cache(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, 
     with torch.no_grad():
         out = model(input_ids=ids[None, :scored], attention_mask=torch.ones_like(ids[None, :scored]),
                     position_ids=positions[None, :scored], use_cache=True)
-    found = getattr(out, "cache", None)  # transformers >= 5.24; "past_key_values" before
-    return found if found is not None else getattr(out, "past_key_values", None)
+    return returned_cache(out)
 
 
 def _layer_major_rows(layers: list[int], alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

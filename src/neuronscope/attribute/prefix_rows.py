@@ -24,21 +24,15 @@ may see, so their mask is the same picture with that layer's own cached length.
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from neuronscope.trace.last_step import cache_keyword  # noqa: F401  (re-exported: the rows' cache keyword)
+
 MASKED_ATTENTION = ("sdpa", "eager")
-
-
-def cache_keyword(model: nn.Module) -> str:
-    """The name under which this model's forward takes a KV cache (``cache`` from transformers 5.24 on, else
-    ``past_key_values``)."""
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _text_config(model: nn.Module):

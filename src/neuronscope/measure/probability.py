@@ -29,6 +29,7 @@ from neuronscope.inputs.batch import Batch
 from neuronscope.inputs.targets import TargetSet, first_token
 from neuronscope.runs.batching import AdaptiveBatcher
 from neuronscope.trace import Intervention, intervene
+from neuronscope.trace.last_step import cache_keyword, returned_cache
 
 
 def target_probability(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
@@ -147,7 +148,7 @@ class PrefixCacheScorer:
             ids = self.ids[row]
             if len(ids) < 2:
                 raise InputError(f"prompt {self.prompts[row]!r} has a single token: it needs a prefix")
-            self._caches[row] = self.model(input_ids=ids[None, :-1], use_cache=True).past_key_values
+            self._caches[row] = returned_cache(self.model(input_ids=ids[None, :-1], use_cache=True))
         return self._caches[row]
 
     @torch.no_grad()
@@ -164,7 +165,7 @@ class PrefixCacheScorer:
                 ids = self.ids[row]
                 cache = caches[row]
                 n = len(ids)
-                logits = self.model(input_ids=ids[None, -1:], past_key_values=cache, use_cache=True,
+                logits = self.model(input_ids=ids[None, -1:], **{cache_keyword(self.model): cache}, use_cache=True,
                                     position_ids=torch.tensor([[n - 1]])).logits[0, -1].float()
                 _drop_last_token(cache, n - 1)
                 out.append(logits)
@@ -179,10 +180,10 @@ class PrefixCacheScorer:
         if n < 2:
             raise InputError("prompts need a prefix of at least one token")
         if key not in self._caches:
-            self._caches[key] = self.model(input_ids=ids[:, :-1], use_cache=True).past_key_values
+            self._caches[key] = returned_cache(self.model(input_ids=ids[:, :-1], use_cache=True))
         cache = self._caches[key]
         with intervene(self.model, list(interventions)):
-            logits = self.model(input_ids=ids[:, -1:], past_key_values=cache, use_cache=True,
+            logits = self.model(input_ids=ids[:, -1:], **{cache_keyword(self.model): cache}, use_cache=True,
                                 position_ids=torch.full((len(rows), 1), n - 1)).logits[:, -1].float()
         _drop_last_token(cache, n - 1)
         return logits
@@ -265,8 +266,8 @@ class BatchedPrefixScorer:
         ids, mask = inputs["input_ids"][:, shift:], inputs["attention_mask"][:, shift:]
         positions = inputs.get("position_ids", (mask.long().cumsum(-1) - 1).clamp(min=0))[:, shift:]
         if start not in self._caches:
-            self._caches[start] = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                                             position_ids=positions[:, :-1], use_cache=True).past_key_values
+            self._caches[start] = returned_cache(self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                                                            position_ids=positions[:, :-1], use_cache=True))
         return ids, mask, positions, self._caches[start]
 
     @torch.no_grad()
@@ -280,7 +281,7 @@ class BatchedPrefixScorer:
             keep = int(cache.get_seq_length())
             with intervene(self.model, list(interventions)):
                 logits = self.model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
-                                    past_key_values=cache, use_cache=True).logits[:, -1].float().cpu()
+                                    **{cache_keyword(self.model): cache}, use_cache=True).logits[:, -1].float().cpu()
             _drop_last_token(cache, keep)
             found.update({start + i: logits[i] for i in range(len(logits))})
         return torch.stack([found[row] for row in rows]) if rows else torch.zeros(0)

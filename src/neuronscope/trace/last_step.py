@@ -43,12 +43,14 @@ class Chunk:
 Condition = Callable[[Chunk], AbstractContextManager]
 
 
-def _cache_keyword(model: nn.Module) -> str:
-    # transformers >= 5.24 names the KV cache "cache"; earlier releases "past_key_values".
+def cache_keyword(model: nn.Module) -> str:
+    """The name under which this model's forward takes a KV cache (``cache`` from transformers 5.24 on, else
+    ``past_key_values``)."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _returned_cache(output: object) -> object:
+def returned_cache(output: object) -> object:
+    """The KV cache a forward returned (``output.cache`` from transformers 5.24 on, else ``past_key_values``)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else getattr(output, "past_key_values", None)
 
@@ -83,7 +85,7 @@ def last_position_logits(
         raise NeuronscopeError("last_position_logits needs prompts of at least two tokens")
     if chunk_size < 1:
         raise NeuronscopeError(f"chunk_size must be at least 1, got {chunk_size}")
-    keyword = _cache_keyword(model)
+    keyword = cache_keyword(model)
     out: dict[str, list[torch.Tensor]] = {name: [] for name in conditions}
     for start in range(0, len(batch), chunk_size):
         rows = torch.arange(start, min(start + chunk_size, len(batch)))
@@ -97,7 +99,7 @@ def last_position_logits(
         chunk = Chunk(rows, shift)
         prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                        use_cache=True, logits_to_keep=1)
-        cache = _returned_cache(prefix)
+        cache = returned_cache(prefix)
         if cache is None or not hasattr(cache, "crop"):
             raise NeuronscopeError("the model returned no croppable KV cache; run full forwards instead")
         length = int(cache.get_seq_length())
