@@ -179,7 +179,7 @@ def test_float32_sequence_equals_plain_to_1e_5():
     assert float((fast - plain).abs().max() / plain.abs().max()) < 1e-5
 
 
-def test_planner_tries_each_size_once_then_uses_the_fastest():
+def test_planner_tries_each_size_twice_round_by_round_then_uses_the_fastest():
     planner = RowPlanner(per_row=1.0, per_row_key=0.0, budget=1000.0)
     cpu = torch.device("cpu")
     assert planner.candidates(100, 5, cpu) == [100, 50, 25]
@@ -189,6 +189,12 @@ def test_planner_tries_each_size_once_then_uses_the_fastest():
     planner.timed(50, 50, 0.5)  # 100 rows/s
     assert planner.next_chunk(50, 5, cpu, total=100) == (25, 25)  # the rest of a 100-row prompt
     planner.timed(25, 25, 0.5)  # 50 rows/s
+    assert planner.next_chunk(100, 5, cpu) == (100, 100)  # second round: a first chunk pays one-time costs
+    planner.timed(100, 100, 1.25)  # 80 rows/s: its best
+    assert planner.next_chunk(100, 5, cpu) == (50, 50)
+    planner.timed(50, 50, 1.0)  # 50 rows/s: the best stays 100
+    assert planner.next_chunk(100, 5, cpu) == (25, 25)
+    planner.timed(25, 25, 1.0)
     assert planner.next_chunk(100, 5, cpu) == (50, None)  # the fastest, balanced
     assert planner.next_chunk(70, 5, cpu, total=100) == (35, None)
     assert planner.chunks(100, 5, cpu) == [50, 50]

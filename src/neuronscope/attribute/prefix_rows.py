@@ -33,6 +33,7 @@ from torch import nn
 from neuronscope.trace.last_step import cache_keyword  # noqa: F401  (re-exported: the rows' cache keyword)
 
 MASKED_ATTENTION = ("sdpa", "eager")
+TRIALS = 2  # timed chunks per candidate size before the planner settles
 
 
 def _text_config(model: nn.Module):
@@ -115,8 +116,10 @@ class RowPlanner:
     correction measured on the device after each chunk's forward (the memory it holds for the backward); the
     largest ``r`` whose model fits in the budget is ``fit``. An out-of-memory error halves the limit.
 
-    Speed: the candidates are ``fit``, ``fit / 2`` and ``fit / 4``. Each is tried once, on real rows (no work is
-    thrown away), and its rows per second recorded; then the fastest is used, in balanced chunks (no small tail).
+    Speed: the candidates are ``fit``, ``fit / 2`` and ``fit / 4``. Each is tried
+    :data:`TRIALS` times, round by round, on real rows (no work is thrown away), and its best rows per second
+    recorded (a size's first chunk pays one-time costs: new kernels, allocator growth); then the fastest is used,
+    in balanced chunks (no small tail).
     On a GPU each chunk reads all weights once, so the largest usually wins; on a CPU smaller chunks can be faster
     (cache-resident activations). :func:`planner_for` keeps one planner per model, so that what was measured
     carries over to the next calls.
@@ -137,6 +140,7 @@ class RowPlanner:
     correction: float = 1.0
     history: list[tuple[int, int]] = field(default_factory=list)
     speeds: dict[int, float] = field(default_factory=dict)
+    trials: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def for_model(cls, model: nn.Module, limit: int | None = None, budget: float | None = None) -> RowPlanner:
@@ -187,9 +191,10 @@ class RowPlanner:
         ``remaining`` left: an untried candidate (to be timed: ``candidate`` is returned), else a balanced chunk of
         the fastest one (``candidate`` None)."""
         sizes = self.candidates(remaining if total is None else total, prefix, device)
-        untried = [size for size in sizes if size not in self.speeds and size <= remaining]
-        if untried and len(sizes) > 1:
-            return untried[0], untried[0]
+        untried = [size for size in sizes if self.trials.get(size, 0) < TRIALS and size <= remaining]
+        if untried and len(sizes) > 1:  # round by round: each size once, then each again
+            size = min(untried, key=lambda size: self.trials.get(size, 0))
+            return size, size
         best = max(sizes, key=lambda size: self.speeds.get(size, 0.0)) if self.speeds else sizes[0]
         count = -(-remaining // best)
         return -(-remaining // count), None
@@ -206,6 +211,7 @@ class RowPlanner:
 
     def timed(self, candidate: int, rows: int, seconds: float) -> None:
         """Record the rows per second of a chunk planned as ``candidate``."""
+        self.trials[candidate] = self.trials.get(candidate, 0) + 1
         if seconds > 0:
             self.speeds[candidate] = max(self.speeds.get(candidate, 0.0), rows / seconds)
 
@@ -220,6 +226,7 @@ class RowPlanner:
         """An out-of-memory chunk of ``failed_rows``: never try more than half of it again."""
         self.limit = max(1, failed_rows // 2)
         self.speeds = {size: speed for size, speed in self.speeds.items() if size <= self.limit}
+        self.trials = {size: n for size, n in self.trials.items() if size <= self.limit}
 
 
 _PLANNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
