@@ -14,7 +14,7 @@ from torch import nn
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, on_device, select
+from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, per_call
 from neuronscope.trace.sites import resolve_site, site_exists
 
 
@@ -126,27 +126,15 @@ def capture(
                 f"neuron index {int(neuron_index.max())} is out of range for site '{handle.site}' "
                 f"(width {handle.width})"
             )
-    # The selection depends only on the call, not on the layer: resolve it once per call (and its index
-    # tensors once per device), so that a forward costs no per-layer host work or host-to-device copies.
-    per_call: dict[tuple[int, str], tuple] = {}
-
-    def selection_on(call: CallState, device: torch.device) -> tuple:
-        key = (call.calls, str(device))
-        if key not in per_call:
-            if per_call and next(iter(per_call))[0] != call.calls:
-                per_call.clear()
-            selection = select(spec, call)
-            rows = torch.arange(call.batch, device=device)[:, None]
-            index = None if neuron_index is None else neuron_index.to(device)
-            per_call[key] = (selection, rows, on_device(selection.local, device), index)
-        return per_call[key]
+    selection_on = per_call(spec, lambda call, device: (  # once per call and device
+        torch.arange(call.batch, device=device)[:, None], None if neuron_index is None else neuron_index.to(device)))
 
     with HookSet(adapter) as hooks:
         for handle in handles:
             key = (handle.site, handle.layer)
 
             def record(tensor: torch.Tensor, call: CallState, key: tuple[str, int] = key) -> None:
-                selection, rows, local, index = selection_on(call, tensor.device)
+                selection, local, rows, index = selection_on(call, tensor.device)
                 if selection.empty:
                     return None
                 values = tensor if selection.everything else tensor[rows, local]

@@ -34,7 +34,7 @@ from neuronscope.models.moe import expert_scores
 from neuronscope.trace.capture import Capture, capture
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, on_device, select
+from neuronscope.trace.positions import CallState, Explicit, PositionSpec, normalise, per_call
 
 
 @dataclass
@@ -127,18 +127,7 @@ class ExpertCapture(Capture):
 
 
 def _recorder(result: ExpertCapture, spec, keep_grad: bool, to, router_logits: bool = True):
-    # The selection depends on the call, not on the layer: resolved once per call (and its positions once per
-    # device), so a forward costs no per-layer position work nor host-to-device copies (each makes the host wait).
-    per_call: dict[tuple[int, str], tuple] = {}
-
-    def selection_on(call: CallState, device: torch.device) -> tuple:
-        key = (call.calls, str(device))
-        if key not in per_call:
-            if per_call and next(iter(per_call))[0] != call.calls:
-                per_call.clear()
-            selection = select(spec, call)
-            per_call[key] = (selection, on_device(selection.local, device))
-        return per_call[key]
+    selection_on = per_call(spec)  # once per call and device
 
     def store(key: tuple[str, int], values: torch.Tensor, selection) -> None:
         values = values if keep_grad else values.detach()  # every stored value is a fresh gather: no clone needed

@@ -15,7 +15,7 @@ Position specs:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -153,3 +153,22 @@ def select(spec: str | Explicit, call: CallState) -> Selection:
     in_call = valid & (local >= 0) & (local < call.seq_len)
     return Selection(local.clamp(0, max(call.seq_len - 1, 0)), in_call, absolute,
                      slots=torch.arange(positions.shape[1]))
+
+
+def per_call(spec: str | Explicit, extra: Callable[[CallState, torch.device], tuple] | None = None
+             ) -> Callable[[CallState, torch.device], tuple]:
+    """``resolve(call, device) -> (selection, local on device, *extra(call, device))``, resolved once per forward
+    call and device: the selection depends on the call, not on the layer, so a forward costs no per-layer position
+    work nor host-to-device copies (each makes the host wait); ``extra`` adds per-call, per-device tensors."""
+    cache: dict[tuple[int, str], tuple] = {}
+
+    def resolve(call: CallState, device: torch.device) -> tuple:
+        key = (call.calls, str(device))
+        if key not in cache:
+            if cache and next(iter(cache))[0] != call.calls:
+                cache.clear()
+            selection = select(spec, call)
+            cache[key] = (selection, on_device(selection.local, device), *(extra(call, device) if extra else ()))
+        return cache[key]
+
+    return resolve
