@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.interrupt import interrupt_at_call
 from helpers.moe_vlm import chat_qwen3_vl_moe
 from helpers.tiny_vlms import gradient_image
 from neuronscope.attribute.moe_contribution import moe_contribution
@@ -274,16 +275,7 @@ def test_files_report_and_resume(vlm32, tmp_path, monkeypatch):
     assert "Top neurons" in report and "<th>expert</th><th>kind</th><th>neuron</th>" in report.replace("\n", "")
     assert "Heatmaps" in report and report.count("data:image/png") >= len(list(folder.glob("heatmaps/*.png")))
 
-    calls = {"n": 0}
-    real = multimodal.caption_and_score
-
-    def crash_on_second_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the run is killed half-way
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(multimodal, "caption_and_score", crash_on_second_batch)
+    calls = interrupt_at_call(monkeypatch, multimodal, "caption_and_score")
     cut = dict(options, heatmaps=0)
     with pytest.raises(KeyboardInterrupt):
         find_multimodal_neurons(model, processor, IMAGES, run_dir=tmp_path / "cut", **cut)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from helpers.interrupt import interrupt_at_call
 from helpers.pipeline_vlms import chat_vlm
 from helpers.tiny_vlms import gradient_image
 from neuronscope.attribute.contribution import contribution
@@ -94,16 +95,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tmp_path, monkeypatch)
     options = dict(concepts=concepts, top_k=16, batch_size=2, max_new_tokens=5, heatmaps=0)
     whole = find_multimodal_neurons(model, processor, IMAGES, run_dir=tmp_path / "whole", **options)
 
-    calls = {"n": 0}
-    real = multimodal.caption_and_score
-
-    def crash_on_second_batch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the run is killed half-way
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(multimodal, "caption_and_score", crash_on_second_batch)
+    calls = interrupt_at_call(monkeypatch, multimodal, "caption_and_score")
     with pytest.raises(KeyboardInterrupt):
         find_multimodal_neurons(model, processor, IMAGES, run_dir=tmp_path / "cut", **options)
     calls["n"] = 10  # no more crashes; count the batches the resumed run computes
