@@ -22,11 +22,12 @@ def _inputs() -> tuple[Batch, TargetSet]:
     return batch, TargetSet(torch.tensor([[5], [9]]), torch.tensor([[5], [4]]), torch.ones(2, 1, dtype=torch.bool))
 
 
-def _wrong_readout(model) -> None:
-    """The adapter believes in a readout that is not the model's (twice its logits)."""
+def _wrong_readout(model):
+    """The adapter believes in a readout that is not the model's (twice its logits); returns the undo."""
     adapter = get_adapter(model)
     right = adapter.logits_from_residual
     adapter.logits_from_residual = lambda residual: 2.0 * right(residual)
+    return lambda: setattr(adapter, "logits_from_residual", right)
 
 
 @pytest.mark.parametrize("scorer", ["contribution", "contribution_top_k", "lpi"])
@@ -37,11 +38,12 @@ def test_a_readout_that_is_not_the_models_is_refused(scorer: str) -> None:
            "contribution_top_k": lambda: contribution(model, batch, targets, final_norm=True, top_k=5),
            "lpi": lambda: log_probability_increase(model, batch, targets, layers=[0])}[scorer]
     run()  # the real readout passes
-    _wrong_readout(model)
+    undo = _wrong_readout(model)
     if scorer == "contribution_top_k":  # the device-selected path reads no logits: nothing to compare
         run()
         return
     with pytest.raises(UnsupportedModelError) as error:
         run()
     assert "\n" not in str(error.value) and "not the readout of its last residual" in str(error.value)
-    assert get_adapter(model).__dict__.get("_pending_checks") == []  # nothing left queued for a later call
+    undo()
+    run()  # the failed check is not left queued for a later call

@@ -29,19 +29,23 @@ class ReadoutChecks:
             ours = self.logits_from_residual(final_residual).float().to(model_logits.device)
         error = (ours - model_logits).norm() / (model_logits.norm() + 1e-12)
         tolerance = 1e-4 if final_residual.dtype in (torch.float32, torch.float64) else 2e-2
-        self.__dict__.setdefault("_pending_checks", []).append((error, tolerance))
-        if not defer:
-            self.finish_checks()
+        if defer:  # the current scoring call's check (one left by a call that raised before reading it is dropped)
+            self.__dict__["_pending_checks"] = [(error, tolerance)]
+        else:
+            self._raise_if_wrong(error, tolerance)
 
     def finish_checks(self) -> None:
-        """Raise for any readout check queued with ``defer=True`` that failed (:meth:`check_readout`)."""
+        """Raise if the readout check queued with ``defer=True`` failed (:meth:`check_readout`)."""
         pending, self.__dict__["_pending_checks"] = self.__dict__.get("_pending_checks", []), []
         for error, tolerance in pending:
-            if float(error) > tolerance:
-                raise UnsupportedModelError(
-                    f"the logits of '{self.model_type}' are not the readout of its last residual that the family "
-                    f"spec '{self.family.name}' declares (final norm, unembedding, logit scale "
-                    f"{self.readout.scale:g}, soft-cap {self.readout.softcap}; relative error {float(error):.2g}): "
-                    "frozen-norm scores would be wrong. Declare the family's logit operations in its FamilySpec "
-                    "(logits=...)."
-                )
+            self._raise_if_wrong(error, tolerance)
+
+    def _raise_if_wrong(self, error: torch.Tensor, tolerance: float) -> None:
+        if float(error) > tolerance:
+            raise UnsupportedModelError(
+                f"the logits of '{self.model_type}' are not the readout of its last residual that the family "
+                f"spec '{self.family.name}' declares (final norm, unembedding, logit scale "
+                f"{self.readout.scale:g}, soft-cap {self.readout.softcap}; relative error {float(error):.2g}): "
+                "frozen-norm scores would be wrong. Declare the family's logit operations in its FamilySpec "
+                "(logits=...)."
+            )
