@@ -1,13 +1,15 @@
-"""A mixture-of-experts vision-language model (tiny Qwen3-VL-MoE) on image + text inputs: capture leaves the
+"""Mixture-of-experts vision-language models (tiny Qwen3-VL-MoE and Qwen3.5-MoE) on image + text inputs: capture leaves the
 logits bit for bit, routing is recorded at image and text positions, and the contribution identity holds per
 layer at both."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
 from helpers.tiny_moe import tiny_qwen3_vl_moe
+from helpers.tiny_vlms_current import tiny_qwen3_5_moe
 from neuronscope.attribute import contribution
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -15,10 +17,19 @@ from neuronscope.models import get_adapter
 from neuronscope.trace.experts import capture_experts
 
 
-def test_qwen3_vl_moe_capture_and_contribution_on_image_and_text():
-    model, processor = tiny_qwen3_vl_moe()
+def _qwen3_5_moe():
+    """Tiny Qwen3.5-MoE VLM (hybrid linear attention, a gated shared expert) in float64 (batched_mm experts)."""
+    vlm = tiny_qwen3_5_moe()
+    model = vlm.model.to(torch.float64)
+    model.set_experts_implementation("batched_mm")
+    return model, vlm.processor
+
+
+@pytest.mark.parametrize("family", ["qwen3_vl_moe", "qwen3_5_moe"])
+def test_moe_vlm_capture_and_contribution_on_image_and_text(family):
+    model, processor = tiny_qwen3_vl_moe() if family == "qwen3_vl_moe" else _qwen3_5_moe()
     adapter = get_adapter(model)
-    assert adapter.vision.name == "qwen3_vl_moe" and sorted(adapter.moe.layers) == [0, 1]
+    assert adapter.vision.name == family and sorted(adapter.moe.layers) == [0, 1]
     text = "<|vision_start|><|image_pad|><|vision_end|>a red cat"
     encoded = processor(text=[text], images=[Image.new("RGB", (16, 24), (200, 30, 30))], return_tensors="pt")
     encoded["pixel_values"] = encoded["pixel_values"].to(torch.float64)

@@ -9,7 +9,7 @@ Tiny numbers (so tests can reason by hand):
 - mistral3: Pixtral patch 4, merge 2 (a token per 8x8 px), longest edge 48.  llava_pixtral: patch 8, no merge.
 - internvl / aya_vision: 32 px tiles, patch 4, shuffle x2 -> 4x4 tokens per tile, 1..4 tiles plus a thumbnail.
 - llava_onevision: SigLIP 16 px / patch 4 -> 4x4 per crop, pinpoints up to 48 px, anyres_max_2.
-- qwen3_vl / qwen3_5: patch 4, merge 2, as qwen2_vl.
+- qwen3_vl / qwen3_5 / qwen3_5_moe: patch 4, merge 2, as qwen2_vl.
 - smolvlm: as idefics3 (32 px tiles, patch 4, shuffle x2), through SmolVLMProcessor.
 - idefics2: 4 perceiver latents per image (no spatial map).
 """
@@ -61,7 +61,8 @@ def _smolvlm_processor_class() -> type:
     return module.SmolVLMProcessor
 
 FAMILIES = ("paligemma", "gemma3", "gemma4", "janus", "mistral3", "llava_pixtral", "internvl", "aya_vision",
-            "llava_onevision", "qwen3_vl", "qwen3_5", "smolvlm", "idefics2")
+            "llava_onevision", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "smolvlm", "idefics2")
+MOE_FAMILIES = ("qwen3_5_moe",)  # their language model's neurons are expert neurons (tests/attribute/test_moe_vlm.py)
 
 _TEXT = dict(hidden_size=16, intermediate_size=24, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              head_dim=4, max_position_embeddings=4096)
@@ -240,15 +241,19 @@ def _qwen3(family: str, seed: int) -> TinyVLM:
     text = _tiny_qwen_text(len(tok), tok.pad_token_id)
     text.update(hidden_size=16, intermediate_size=24, head_dim=4,
                 rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 0], "rope_theta": 10000.0})
-    if family == "qwen3_5":
+    if family in ("qwen3_5", "qwen3_5_moe"):
         text.update(layer_types=["linear_attention", "full_attention"], linear_num_key_heads=2,
                     linear_num_value_heads=2, linear_key_head_dim=4, linear_value_head_dim=4,
                     linear_conv_kernel_dim=2)
+        if family == "qwen3_5_moe":  # the MoE language model: 4 routed experts (top-2) and a gated shared one
+            text.update(moe_intermediate_size=8, shared_expert_intermediate_size=12, num_experts=4,
+                        num_experts_per_tok=2)
         vision.pop("deepstack_visual_indexes")
-        config = T.Qwen3_5Config(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                                 video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                                 vision_end_token_id=ids["<|vision_end|>"])
-        model_class = T.Qwen3_5ForConditionalGeneration
+        config_class, model_class = ((T.Qwen3_5Config, T.Qwen3_5ForConditionalGeneration) if family == "qwen3_5"
+                                     else (T.Qwen3_5MoeConfig, T.Qwen3_5MoeForConditionalGeneration))
+        config = config_class(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"])
     else:
         config = T.Qwen3VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
                                  video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
@@ -265,6 +270,10 @@ def tiny_qwen3_vl(seed: int = 0) -> TinyVLM:
 
 def tiny_qwen3_5(seed: int = 0) -> TinyVLM:
     return _qwen3("qwen3_5", seed)
+
+
+def tiny_qwen3_5_moe(seed: int = 0) -> TinyVLM:
+    return _qwen3("qwen3_5_moe", seed)
 
 
 def tiny_smolvlm(seed: int = 0) -> TinyVLM:

@@ -21,5 +21,5 @@ TEXT_ONLY: dict[str, str] = {
     "vipllava": UNMAPPED, "emu3": "discrete VQ image tokens laid out with end-of-line tokens: " + UNMAPPED,
     "gemma4_unified": UNMAPPED, "llama4": "Llama-4's tiles plus a global image (its MoE language model is covered): "
     + UNMAPPED,
-    "qwen3_5_moe": "Qwen3.5-MoE's wrapper (its MoE language model is covered as qwen3_5_moe_text): " + UNMAPPED, "chameleon": "discrete VQ image tokens: " + UNMAPPED,
+    "chameleon": "discrete VQ image tokens: " + UNMAPPED,
 }

@@ -94,6 +94,8 @@ MOE_FAMILIES: tuple[MoEFamily, ...] = (
 MOE_VISION_FAMILIES: tuple[VisionFamily, ...] = (
     VisionFamily("qwen3_vl_moe", ("qwen3_vl_moe",), layout="neuronscope.models.layouts.qwen2_vl:qwen2_vl_layout",
                  notes="Qwen3-VL-MoE: dynamic grid from image_grid_thw, 2x2 merge (as Qwen2-VL)"),
+    VisionFamily("qwen3_5_moe", ("qwen3_5_moe",), layout="neuronscope.models.layouts.qwen2_vl:qwen2_vl_layout",
+                 notes="Qwen3.5-MoE: dynamic grid from image_grid_thw, 2x2 merge (as Qwen2-VL)"),
 )
 
 
