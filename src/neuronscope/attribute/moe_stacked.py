@@ -58,11 +58,11 @@ class StackedExperts:
         self.spec = Explicit(positions.cpu(), torch.ones_like(positions, dtype=torch.bool).cpu())
         self.target_index = target_index.to(self.device)
         self.cast = directions.to(self.device, down.dtype)
-        shape = (len(layers), *positions.shape)
         self.rows: torch.Tensor | None = None  # [R] token rows b·T + t of the targets (R = B·n), once per call
-        self.acts: torch.Tensor | None = None  # [L, R, k, f] in the activations' dtype
-        self.experts = torch.empty(*shape, first.top_k, dtype=torch.long, device=self.device).flatten(1, 2)
-        self.weights: torch.Tensor | None = None  # [L, R, k]
+        # [L, R, k, f], [L, R, k], [L, R, k], in the dtypes the stock modules give them, made at the first layer
+        self.acts: torch.Tensor | None = None
+        self.experts: torch.Tensor | None = None
+        self.weights: torch.Tensor | None = None
         self.routed = torch.empty(len(layers), first.n_experts, directions.shape[0], first.width, dtype=down.dtype,
                                   device=self.device)
 
@@ -78,10 +78,11 @@ class StackedExperts:
             if self.rows is None:
                 selection = select(self.spec, call.call)
                 self.rows = call.rows(selection, valid_only=False, local=on_device(selection.local, self.device))
-            if self.acts is None:  # in the dtype the activations come in
+            if self.acts is None:
                 first = call.activations(self.rows)
                 self.acts = first.new_empty(len(self.layers), *first.shape)
-                self.weights = call.weights.new_empty(len(self.layers), *self.experts.shape[1:])
+                self.experts = call.experts.new_empty(len(self.layers), *first.shape[:2])
+                self.weights = call.weights.new_empty(len(self.layers), *first.shape[:2])
             call.activations_into(self.rows, self.acts[slot])  # [R, k, f]
             torch.index_select(call.experts, 0, self.rows, out=self.experts[slot])
             torch.index_select(call.weights, 0, self.rows, out=self.weights[slot])
@@ -93,10 +94,11 @@ class StackedExperts:
     def write(self, scores: torch.Tensor) -> None:
         """After the forward: every layer's scores into ``scores [B, n, L·E·f]`` (zeros on entry)."""
         n_layers, rows, k, width = self.acts.shape
+        experts = self.experts.long()
         weighted = self.acts * self.weights[..., None].to(self.dtype)  # [L, R, k, f]: g · a, in the score dtype
         slots = torch.arange(n_layers, device=self.device)[:, None, None]
         targets = self.target_index.reshape(1, rows, 1)
-        values = weighted * self.routed[slots, self.experts, targets]  # [L, R, k, f]
+        values = weighted * self.routed[slots, experts, targets]  # [L, R, k, f]
         grid = scores.view(rows, n_layers, self.moe.n_experts, width)
-        index = self.experts.transpose(0, 1)[..., None].expand(rows, n_layers, k, width)
+        index = experts.transpose(0, 1)[..., None].expand(rows, n_layers, k, width)
         grid.scatter_add_(2, index, values.transpose(0, 1))
