@@ -111,7 +111,41 @@ def _drop_last_token(cache: Any, keep: int) -> None:
         raise NeuronscopeError(f"could not restore the prefix cache to {keep} tokens; update neuronscope")
 
 
-class PrefixCacheScorer:
+class _LastTokenScores:
+    """What the prefix-cache scorers share, from their ``last_logits(rows, interventions)`` and ``targets``:
+    target probabilities, target ranks, the unintervened probabilities (computed once) and releasing the caches."""
+
+    targets: torch.Tensor
+    _caches: dict[Any, Any]
+    _base: torch.Tensor | None
+
+    def probabilities(self, rows: Sequence[int] | None = None,
+                      interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+        """``[len(rows)]`` float64 target probabilities under ``interventions`` at the last position."""
+        rows = list(range(len(self))) if rows is None else list(rows)
+        if not rows:
+            return torch.zeros(0, dtype=torch.float64)
+        return target_probability(self.last_logits(rows, interventions), self.targets[rows])
+
+    def ranks(self, rows: Sequence[int] | None = None, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+        """0-based rank of each row's target among all tokens (0 = top-1)."""
+        rows = list(range(len(self))) if rows is None else list(rows)
+        logits = self.last_logits(rows, interventions)
+        picked = logits.gather(-1, self.targets[rows, None])
+        return (logits > picked).sum(-1)
+
+    def base_probabilities(self) -> torch.Tensor:
+        """Unintervened target probabilities of every prompt (computed once)."""
+        if self._base is None:
+            self._base = self.probabilities()
+        return self._base
+
+    def release(self) -> None:
+        """Free the prefix caches."""
+        self._caches.clear()
+
+
+class PrefixCacheScorer(_LastTokenScores):
     """Next-token distributions at the end of fixed prompts, under interventions at the last position only.
 
     Args:
@@ -188,21 +222,6 @@ class PrefixCacheScorer:
         _drop_last_token(cache, n - 1)
         return logits
 
-    def probabilities(self, rows: Sequence[int] | None = None,
-                      interventions: Sequence[Intervention] = ()) -> torch.Tensor:
-        """``[len(rows)]`` float64 target probabilities under ``interventions`` at the last position."""
-        rows = list(range(len(self))) if rows is None else list(rows)
-        if not rows:
-            return torch.zeros(0, dtype=torch.float64)
-        return target_probability(self.last_logits(rows, interventions), self.targets[rows])
-
-    def ranks(self, rows: Sequence[int] | None = None, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
-        """0-based rank of each row's target among all tokens (0 = top-1)."""
-        rows = list(range(len(self))) if rows is None else list(rows)
-        logits = self.last_logits(rows, interventions)
-        picked = logits.gather(-1, self.targets[rows, None])
-        return (logits > picked).sum(-1)
-
     @torch.no_grad()
     def last_activations(self, rows: Sequence[int] | None = None) -> torch.Tensor:
         """``[len(rows), layers, d_ff]`` FFN neuron activations at the last position (no intervention)."""
@@ -217,18 +236,8 @@ class PrefixCacheScorer:
             out.append(acts.stack().reshape(-1, acts.stack().shape[-1]).float())
         return torch.stack(out)
 
-    def base_probabilities(self) -> torch.Tensor:
-        """Unintervened target probabilities of every prompt (computed once)."""
-        if self._base is None:
-            self._base = self.probabilities()
-        return self._base
 
-    def release(self) -> None:
-        """Free the prefix caches."""
-        self._caches.clear()
-
-
-class BatchedPrefixScorer:
+class BatchedPrefixScorer(_LastTokenScores):
     """:class:`PrefixCacheScorer`'s measurements for many rows at once: the prompts are left-padded
     (:func:`~neuronscope.inputs.batch.encode_prompts`, position ids skipping the padding) into chunks of
     ``chunk_size`` rows whose prefixes are cached once; a call runs one batched last-token step per chunk that holds
@@ -285,30 +294,6 @@ class BatchedPrefixScorer:
             _drop_last_token(cache, keep)
             found.update({start + i: logits[i] for i in range(len(logits))})
         return torch.stack([found[row] for row in rows]) if rows else torch.zeros(0)
-
-    def probabilities(self, rows: Sequence[int] | None = None,
-                      interventions: Sequence[Intervention] = ()) -> torch.Tensor:
-        """``[len(rows)]`` float64 target probabilities under ``interventions`` at the last position."""
-        rows = list(range(len(self))) if rows is None else list(rows)
-        if not rows:
-            return torch.zeros(0, dtype=torch.float64)
-        return target_probability(self.last_logits(rows, interventions), self.targets[rows])
-
-    def ranks(self, rows: Sequence[int] | None = None, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
-        """0-based rank of each row's target among all tokens (0 = top-1)."""
-        rows = list(range(len(self))) if rows is None else list(rows)
-        logits = self.last_logits(rows, interventions)
-        return (logits > logits.gather(-1, self.targets[rows, None])).sum(-1)
-
-    def base_probabilities(self) -> torch.Tensor:
-        """Unintervened target probabilities of every prompt (computed once)."""
-        if self._base is None:
-            self._base = self.probabilities()
-        return self._base
-
-    def release(self) -> None:
-        """Free the prefix caches."""
-        self._caches.clear()
 
 
 class JoinedScorer:
