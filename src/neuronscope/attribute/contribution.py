@@ -281,26 +281,25 @@ def layer_projection(adapter: ModelAdapter, layer: int, directions: torch.Tensor
                      device: torch.device) -> torch.Tensor:
     """``<w_i, direction_j>`` of one layer ``[d_ff, m]`` in the score dtype on ``device`` (LayerNorm's centring
     moved onto ``w`` when ``centre``), as :func:`value_projections` computes it."""
-    weights = adapter.value_vectors(layer)
+    return centred_products(adapter.value_vectors(layer), directions, centre).T.to(device)
+
+
+def centred_products(weights: torch.Tensor, directions: torch.Tensor, centre: bool) -> torch.Tensor:
+    """:func:`value_products` ``[m, d_ff]`` in the score dtype on the weights' device, with LayerNorm's centring
+    moved onto the value vectors when ``centre``: ``<w - mean(w), v> = <w, v> - mean(w) · Σ v``."""
     dtype = score_dtype(weights)
-    proj = value_products(weights, directions).T.to(dtype).to(device)
+    proj = value_products(weights, directions).to(dtype)
     if centre:
-        mean_w = weights.to(device, dtype).mean(-1)
-        proj = proj - mean_w[:, None] * directions.to(device, dtype).sum(-1)[None, :]
+        proj = proj - weights.to(dtype).mean(-1)[None, :] * directions.to(proj.device, dtype).sum(-1)[:, None]
     return proj
 
 
 def row_projections(weights: torch.Tensor, directions: torch.Tensor, row_target: torch.Tensor,
                     centre: bool) -> torch.Tensor:
     """``<w_i, u_r>`` of one layer's value vectors ``weights [d_ff, d]`` for each score row ``r``: ``[rows, d_ff]``
-    in the score dtype on the weights' device, row ``r`` being direction ``row_target[r]`` of ``directions [m, d]``
-    (LayerNorm's centring moved onto ``w`` when ``centre``): :func:`layer_projection`'s numbers, bit for bit,
-    gathered by row."""
-    dtype = score_dtype(weights)
-    proj = value_products(weights, directions).to(dtype)  # [m, d_ff]
-    if centre:
-        proj = proj - weights.to(dtype).mean(-1)[None, :] * directions.to(proj.device, dtype).sum(-1)[:, None]
-    return proj.index_select(0, row_target)
+    in the score dtype on the weights' device, row ``r`` being direction ``row_target[r]`` of ``directions [m, d]``:
+    :func:`centred_products` gathered by row."""
+    return centred_products(weights, directions, centre).index_select(0, row_target)
 
 
 def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, layer_list: list[int],
