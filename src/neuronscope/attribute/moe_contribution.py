@@ -85,12 +85,12 @@ def _routed_scores(adapter: ModelAdapter, routing: MoEActivations, directions: t
     dtype = block.dtype
     n_experts, width = routing.n_experts, routing.acts.shape[-1]
     routed = routed_projection(adapter, routing.layer, directions)  # [E, m, f]
-    experts = routing.experts.to(block.device)  # [B, n, k]
-    # g · a in one kernel (the activations are promoted to the score dtype inside the product)
-    weighted = routing.acts.to(block.device) * routing.weights[..., None].to(block.device, dtype)
-    values = weighted * routed[experts, target_index[..., None].expand_as(experts)]  # [B, n, k, f]
-    grid = block[..., :n_experts * width].unflatten(-1, (n_experts, width))
-    grid.scatter_add_(2, experts[..., None].expand_as(values), values)
+    rows = routing.experts.shape[0] * routing.experts.shape[1]
+    grid = block[..., :n_experts * width].view(rows, 1, n_experts, width)  # block is B·n rows of the scores
+    moe_stacked.scatter_routed(routing.acts.to(block.device).reshape(1, rows, -1, width),
+                               routing.weights.to(block.device).reshape(1, rows, -1),
+                               routing.experts.to(block.device).reshape(1, rows, -1), routed[None],
+                               target_index.reshape(-1), grid)
     offset = n_experts * width
     for acts, gate, proj in zip(routing.shared_acts, routing.shared_weights,
                                 shared_projections(adapter, routing.layer, directions), strict=True):
@@ -108,13 +108,8 @@ def scores_from_capture(
     layout = sub_layout(adapter, layers)
     first = acts.weighted(layers[0])
     dtype, device = score_dtype(first), first.device
-    unique, target_index = token_ids.unique(return_inverse=True)
-    directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, dtype)
-    centre = False
-    if final_residual is not None:
-        norm = adapter.final_norm()
-        directions = directions * norm.gain.to(device, dtype)
-        centre = norm.kind == "layer"
+    directions, target_index = target_directions(adapter, token_ids, final_residual is not None, device, dtype)
+    centre = final_residual is not None and adapter.final_norm().kind == "layer"
     target_index = target_index.to(device)
     scores = torch.zeros(*first.shape[:2], layout.n_neurons, dtype=dtype, device=device)
     bias = torch.zeros(*first.shape[:2], len(layout.units), dtype=dtype, device=device)
@@ -145,14 +140,22 @@ def scores_from_capture(
     return scores, (bias if has_bias else None), layout
 
 
-def _stacked(adapter: ModelAdapter, layers: list[int], positions: torch.Tensor, targets: TargetSet,
-             final_norm: bool, device: torch.device) -> moe_stacked.StackedExperts:
-    """The stacked scorer with :func:`scores_from_capture`'s directions (final-norm gain included)."""
-    dtype = score_dtype(adapter.moe.layers[layers[0]].experts.down_proj)
-    unique, target_index = targets.token_ids.unique(return_inverse=True)
+def target_directions(adapter: ModelAdapter, token_ids: torch.Tensor, final_norm: bool, device: torch.device,
+                      dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(directions [m, d], target_index)``: the distinct targets' unembedding rows (times the final norm's gain
+    when ``final_norm``) in ``dtype`` on ``device``, and which of them each ``token_ids`` entry is."""
+    unique, target_index = token_ids.unique(return_inverse=True)
     directions = adapter.unembedding()[unique.to(adapter.unembedding().device)].to(device, dtype)
     if final_norm:
         directions = directions * adapter.final_norm().gain.to(device, dtype)
+    return directions, target_index
+
+
+def _stacked(adapter: ModelAdapter, layers: list[int], positions: torch.Tensor, targets: TargetSet,
+             final_norm: bool, device: torch.device) -> moe_stacked.StackedExperts:
+    """The stacked scorer with :func:`scores_from_capture`'s directions."""
+    dtype = score_dtype(adapter.moe.layers[layers[0]].experts.down_proj)
+    directions, target_index = target_directions(adapter, targets.token_ids, final_norm, device, dtype)
     return moe_stacked.StackedExperts(adapter, layers, positions, directions, target_index)
 
 

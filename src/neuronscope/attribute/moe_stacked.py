@@ -93,12 +93,26 @@ class StackedExperts:
 
     def write(self, scores: torch.Tensor) -> None:
         """After the forward: every layer's scores into ``scores [B, n, L·E·f]`` (zeros on entry)."""
-        n_layers, rows, k, width = self.acts.shape
-        experts = self.experts.long()
-        weighted = self.acts * self.weights[..., None].to(self.dtype)  # [L, R, k, f]: g · a, in the score dtype
-        slots = torch.arange(n_layers, device=self.device)[:, None, None]
-        targets = self.target_index.reshape(1, rows, 1)
-        values = weighted * self.routed[slots, experts, targets]  # [L, R, k, f]
+        n_layers, rows, _, width = self.acts.shape
         grid = scores.view(rows, n_layers, self.moe.n_experts, width)
-        index = experts.transpose(0, 1)[..., None].expand(rows, n_layers, k, width)
-        grid.scatter_add_(2, index, values.transpose(0, 1))
+        scatter_routed(self.acts, self.weights, self.experts, self.routed, self.target_index.reshape(rows), grid)
+
+
+def scatter_routed(acts: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, routed: torch.Tensor,
+                   target_index: torch.Tensor, grid: torch.Tensor) -> None:
+    """Pure math: add ``g · a · <w_{e,i}, u_t>`` of the ``k`` routed experts of each score row into their experts'
+    columns of ``grid [R, L, E, f]`` (zeros where unrouted).
+
+    Args:
+        acts: ``[L, R, k, f]`` routed activations; ``weights``: ``[L, R, k]`` what multiplies each expert's output
+            (``g``); ``experts``: ``[L, R, k]`` which experts.
+        routed: ``[L, E, m, f]`` ``<w_{e,i}, u_j>`` for the ``m`` distinct targets; ``target_index``: ``[R]`` which
+            one each row scores. The product is formed in ``grid``'s dtype (activations promoted inside it).
+    """
+    n_layers, rows, k, width = acts.shape
+    experts = experts.long()
+    weighted = acts * weights[..., None].to(grid.dtype)  # [L, R, k, f]: g · a, in the score dtype
+    slots = torch.arange(n_layers, device=grid.device)[:, None, None]
+    values = weighted * routed[slots, experts, target_index.reshape(1, rows, 1)]  # [L, R, k, f]
+    index = experts.transpose(0, 1)[..., None].expand(rows, n_layers, k, width)
+    grid.scatter_add_(2, index, values.transpose(0, 1))
