@@ -10,10 +10,11 @@ from captum.attr import IntegratedGradients
 
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute.integrated_gradients import integrated_gradients
-from neuronscope.attribute.prefix_rows import RowPlanner, cache_keyword, shared_prefix_mask
+from neuronscope.attribute.prefix_rows import RowPlanner, shared_prefix_mask
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
+from neuronscope.trace.last_step import cache_keyword
 
 EXACT = dict(rtol=1e-7, atol=1e-13)
 # eager attention runs its softmax in float32 even for float64 models: rounding at float32's level

@@ -331,7 +331,7 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     stacked = (StackedScores([weights[layer] for layer in layer_list], directions, row_target, flat_index, dtype,
                              centre) if in_place and fits(adapter.d_ff, list(weights.values()), rows, device) else None)
     per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
-    for layer in layer_list:
+    for layer in layer_list if stacked is None else []:  # the stacked path holds its own
         here = weights[layer].device
         if here not in per_device:
             per_device[here] = (flat_index.to(here), directions.to(here), row_target.to(here))

@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.prefix_rows import RowPlanner, cache_keyword, shared_prefix_mask
+from neuronscope.attribute.prefix_rows import RowPlanner, shared_prefix_mask
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.runs.batching import AdaptiveBatcher, free_memory, is_out_of_memory
-from neuronscope.trace.last_step import returned_cache
+from neuronscope.trace.last_step import cache_keyword, returned_cache
 from neuronscope.trace.positions import CallState
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")

@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 
 from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.devices import on_device
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.positions import Explicit, on_device, select
+from neuronscope.trace.positions import Explicit, select
 
 
 def fits(adapter: ModelAdapter, layers: list[int], centre: bool) -> bool:

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from neuronscope.trace.last_step import cache_keyword  # noqa: F401  (re-exported: the rows' cache keyword)
-
 MASKED_ATTENTION = ("sdpa", "eager")
 TRIALS = 2  # timed chunks per candidate size before the planner settles
 

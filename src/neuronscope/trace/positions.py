@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from neuronscope.errors import PositionError
-from neuronscope.models.devices import on_device  # noqa: F401  (re-exported for the trace floor)
+from neuronscope.models.devices import on_device
 
 NAMED = ("last", "all", "prompt", "generated")
 PositionSpec = str | int | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
