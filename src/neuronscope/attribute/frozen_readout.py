@@ -23,9 +23,13 @@ from neuronscope.models.adapter import ModelAdapter
 class FrozenReadout:
     """The model's readout with the final norm frozen: ``z(x) = G C(x) / σ + offset`` over a vocabulary subset.
 
+    ``G = W_U diag(g · s)`` is never stored: :meth:`delta` multiplies the (few) vectors by ``g · s`` and then by the
+    unembedding rows, which are the model's own tensor wherever the dtype allows (a full-vocabulary readout of a
+    bf16 model computed in bf16 copies nothing).
+
     Attributes:
-        directions: ``G [V', d]`` = unembedding rows times the final norm's gain (``V'`` = full vocabulary or the
-            candidate set).
+        rows: ``W_U [V', d]``, the unembedding rows (``V'`` = full vocabulary or the candidate set).
+        gain: ``[d]`` = the final norm's gain times the family's logit scale ``s``.
         offset: ``[V']`` = ``s · (W_U b_f + b_U)`` (final-norm bias and unembedding bias, times the logit scale
             ``s``, which ``directions`` carry too).
         centre: LayerNorm (subtract the mean of ``x``) or RMSNorm.
@@ -33,7 +37,8 @@ class FrozenReadout:
         token_ids: ``[V']`` vocabulary ids of the columns, or None for the full vocabulary.
     """
 
-    directions: torch.Tensor
+    rows: torch.Tensor
+    gain: torch.Tensor
     offset: torch.Tensor
     centre: bool
     softcap: float | None
@@ -49,7 +54,7 @@ class FrozenReadout:
         rows = unembedding if token_ids is None else unembedding[token_ids.to(device)]
         norm = adapter.final_norm()
         scale = adapter.readout.scale  # the family's logit multiplier folds into the affine readout
-        directions = rows.to(dtype) * (norm.gain.to(device, dtype) * scale)
+        gain = norm.gain.to(device, dtype) * scale
         wide = torch.float64 if dtype == torch.float64 else torch.float32
         offset = torch.zeros(rows.shape[0], device=device, dtype=wide)
         if norm.bias is not None:
@@ -57,18 +62,24 @@ class FrozenReadout:
         bias = adapter.unembedding_bias()
         if bias is not None:
             offset = offset + (bias if token_ids is None else bias[token_ids.to(device)]).to(wide)
-        return cls(directions, offset * scale, norm.kind == "layer", adapter.readout.softcap, token_ids)
+        return cls(rows.to(dtype), gain, offset * scale, norm.kind == "layer", adapter.readout.softcap, token_ids)
 
     @property
     def device(self) -> torch.device:
-        return self.directions.device
+        return self.rows.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the products (the compute dtype)."""
+        return self.rows.dtype
 
     def delta(self, writes: torch.Tensor) -> torch.Tensor:
-        """The linear part ``G C(v)`` for vectors ``[..., d]`` → ``[..., V']`` (divide by ``σ`` yourself)."""
-        writes = writes.to(self.device, self.directions.dtype)
+        """The linear part ``G C(v) = W_U (g · s ⊙ C(v))`` for vectors ``[..., d]`` → ``[..., V']`` (divide by
+        ``σ`` yourself)."""
+        writes = writes.to(self.device, self.rows.dtype)
         if self.centre:
             writes = writes - writes.mean(-1, keepdim=True)
-        return writes @ self.directions.T
+        return (writes * self.gain) @ self.rows.T
 
     def logits(self, residual: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``z(x) = G C(x) / σ + offset`` for residuals ``[..., d]`` and scales ``[..., 1]`` → ``[..., V']`` (no

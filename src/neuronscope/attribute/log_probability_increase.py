@@ -147,7 +147,7 @@ def _meta(method: str, adapter: ModelAdapter, targets: TargetSet, readout: Froze
     return {"method": method, "targets": targets.describe(), "model": adapter.describe(),
             "vocabulary": "full" if readout.token_ids is None else readout.token_ids.tolist(),
             "final_norm": "frozen at the final residual's scale",
-            "compute_dtype": str(readout.directions.dtype).removeprefix("torch."), **extra}
+            "compute_dtype": str(readout.dtype).removeprefix("torch."), **extra}
 
 
 @torch.no_grad()
@@ -224,9 +224,9 @@ def log_probability_increase(
             gain = write.gain()
             vectors = vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
         pairs = [(row, col, int(columns[row, col])) for row, col in _rows(targets)]
-        acc = accumulation_dtype(base, readout.directions)  # per chunk: products, log-sum-exps, target columns
+        acc = accumulation_dtype(base, readout.rows)  # per chunk: products, log-sum-exps, target columns
         lse = torch.empty(len(pairs), adapter.d_ff, dtype=acc, device=readout.device)
-        picked = torch.empty(len(pairs), adapter.d_ff, dtype=readout.directions.dtype, device=readout.device)
+        picked = torch.empty(len(pairs), adapter.d_ff, dtype=readout.dtype, device=readout.device)
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
             directions = readout.delta(vectors[start:stop])  # [c, V']
