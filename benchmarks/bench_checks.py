@@ -4,6 +4,8 @@ path against its plain oracle, in float32 (TF32 off) on small random models, on 
 - IG: ``"sequence"`` (4-D mask over a shared prefix cache; sdpa and eager attention) and ``"packed"`` against
   ``"plain"``, several layers, both grids; the largest difference over the largest score.
 - contribution: the device-selected top-k (both selectors) against the top-k of the dense grid.
+- greedy decoding: CUDA-graph replays and eager static decoding against ``model.generate`` (tokens equal), and
+  the streaming multimodal scores with graphs against without.
 - LPI log-sum-exp: every kernel (plain, compiled, Triton) against ``torch.logsumexp`` of the materialised float64
   values, with and without soft-cap, float32 and bf16 deltas.
 
@@ -102,6 +104,51 @@ def kernel_checks(where: torch.device) -> list[dict[str, Any]]:
     return out
 
 
+def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
+    """Greedy decoding: CUDA-graph replays (the default on a GPU) and eager static decoding against
+    ``model.generate``, on a left-padded text batch and a LLaVA batch; then the streaming scores with and without
+    graphs."""
+    import bench_multimodal
+
+    from neuronscope.attribute.streaming import caption_contributions
+    from neuronscope.inputs import encode_images, generate
+    from neuronscope.inputs.batch import Batch
+    from neuronscope.trace.decode import greedy_generate, static_decode_blocker
+
+    vlm, processor = bench_multimodal.build(True, where, torch.float32)
+    images = bench_multimodal._images(3, 28)
+    image_batch = encode_images(processor, images, "Describe the image in few words.", assistant_prefix="An image of")
+    model = build_llama(TINY if tiny else SMALL, torch.float32, where, seed=5)
+    ids = torch.randint(3, model.config.vocab_size, (3, 20), device=where)
+    mask = torch.ones_like(ids)
+    mask[1, :6] = mask[2, :2] = 0
+    text = Batch({"input_ids": ids, "attention_mask": mask}, ["?"] * 3, mask.sum(-1).cpu())
+    out = []
+    for name, net, batch in (("text", model, text), ("llava", vlm, image_batch)):
+        tokenizer = processor.tokenizer
+        expected = generate(net, tokenizer, batch, max_new_tokens=12, min_new_tokens=12).sequences
+        entry: dict[str, Any] = {"decode": name, "static": static_decode_blocker(net, batch, {}) is None}
+        for graphs in (False, True) if where.type == "cuda" else (False,):
+            try:
+                got = greedy_generate(net, tokenizer, batch, max_new_tokens=12, min_new_tokens=12, graphs=graphs)
+                entry[f"tokens_equal_generate_graphs_{graphs}"] = bool(torch.equal(got.sequences, expected))
+            except Exception as error:  # noqa: BLE001 - reported, not fatal
+                entry["error"] = f"graphs={graphs}: {type(error).__name__}: {error}"[:300]
+        entry["ok"] = entry["static"] and all(v for k, v in entry.items() if k.startswith("tokens_equal"))
+        out.append(entry)
+    kept = {}
+    for graphs in (False, True) if where.type == "cuda" else (False,):
+        kept[graphs] = caption_contributions(vlm, processor, image_batch, max_new_tokens=8, top_k=50,
+                                             min_new_tokens=8, graphs=graphs)
+    if len(kept) == 2:
+        a, b = kept[False], kept[True]
+        diff = float((a.values - b.values).abs().max()) / float(a.values.abs().max())
+        out.append({"decode": "streaming scores, graphs vs eager", "max_abs_diff_over_max": diff,
+                    "indices_equal": bool(torch.equal(a.flat_indices, b.flat_indices)),
+                    "ok": diff < 1e-5 and torch.equal(a.generation.sequences, b.generation.sequences)})
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     where = torch.device("cpu") if args.tiny or args.smollm2 else device()
     shape = TINY if args.tiny else SMALL
@@ -109,10 +156,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         table = {"table": "checks", "device": str(where), "integrated_gradients": ig_checks(where, shape),
-                 "contribution_top_k": contribution_checks(where, shape), "log_sum_exp": kernel_checks(where)}
+                 "contribution_top_k": contribution_checks(where, shape), "log_sum_exp": kernel_checks(where),
+                 "decode": decode_checks(where, args.tiny)}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-    rows = table["integrated_gradients"] + table["contribution_top_k"] + table["log_sum_exp"]
+    rows = table["integrated_gradients"] + table["contribution_top_k"] + table["log_sum_exp"] + table["decode"]
     table["all_ok"] = all(row.get("ok", False) for row in rows if "error" not in row)
     table["errors"] = [row for row in rows if "error" in row]
     return table

@@ -11,7 +11,10 @@ capturing with :func:`neuronscope.trace.capture`:
 - scores are computed layer by layer for the chosen pairs only (``<w_i, u_t>`` of that layer for their tokens)
   and merged into a running top-k on the device (:class:`~neuronscope.attribute.selection.RunningTopK`); the
   ``[pairs, layers, d_ff]`` grid never exists and nothing dense reaches the host;
-- one pinned asynchronous copy of the kept values and indices at the end.
+- one pinned asynchronous copy of the kept values and indices at the end;
+- decoding by :func:`neuronscope.trace.decode.greedy_generate`: a static KV cache, and on a GPU each decode step
+  replayed from one CUDA graph (the buffers are indexed by its device clock), the same tokens as
+  ``model.generate``.
 
 Example:
     >>> batch = encode_images(processor, images, assistant_prefix="An image of")
@@ -31,8 +34,9 @@ from torch import nn
 from neuronscope.attribute.contribution import CONTRIBUTION_SITES, layer_projection
 from neuronscope.attribute.selection import to_host, top_k_selector
 from neuronscope.errors import InputError
-from neuronscope.inputs import Batch, Generation, generate
+from neuronscope.inputs import Batch, Generation
 from neuronscope.models.adapter import get_adapter
+from neuronscope.trace.decode import DecodeClock, greedy_generate
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
@@ -124,7 +128,8 @@ def caption_contributions(
         site: ``"neuron"`` (default) or ``"act"``.
         absolute: rank by ``|score|``.
         pair_chunk: targets scored at once (memory ``pair_chunk × (top_k + d_ff)`` float32).
-        generate_kwargs: passed to ``model.generate``.
+        generate_kwargs: ``min_new_tokens`` / ``suppress_tokens``, or any ``model.generate`` keyword (which then
+            decodes instead of :func:`neuronscope.trace.decode.greedy_generate`'s static, CUDA-graph decoding).
 
     Returns:
         :class:`CaptionContributions`.
@@ -136,15 +141,15 @@ def caption_contributions(
     buffers: list[torch.Tensor | None] = [None] * adapter.n_layers
     rows = len(batch)
 
+    clock = DecodeClock.on(model)
+
     def hook_for(layer: int):
         def keep(tensor: torch.Tensor, call) -> None:
-            step = call.calls - 1
-            if step >= max_new_tokens:
-                return None
             if buffers[layer] is None:
                 buffers[layer] = torch.zeros(rows, max_new_tokens, tensor.shape[-1], dtype=dtype,
                                              device=tensor.device)
-            buffers[layer][:, step].copy_(tensor[:, -1])
+            # indexed by the device clock, so that CUDA-graph replays of the decode step write the right step
+            buffers[layer].index_copy_(1, clock.on_device(tensor.device), tensor[:, -1:].to(dtype))
             return None
 
         return keep
@@ -152,7 +157,8 @@ def caption_contributions(
     with HookSet(adapter) as hooks:
         for layer in range(adapter.n_layers):
             hooks.add(resolve_site(adapter, site, layer), hook_for(layer))
-        generation = generate(model, processor, batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+        generation = greedy_generate(model, processor, batch, max_new_tokens=max_new_tokens, clock=clock,
+                                     **generate_kwargs)
     chosen = (select or every_step(_stop_ids(processor)))(generation)
     pairs = _pairs(generation, chosen)
     device = adapter.unembedding().device

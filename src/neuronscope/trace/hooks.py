@@ -28,6 +28,10 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
     return None
 
 
+def _capturing(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
 class HookSet:
     """Hooks installed on one model; use as a context manager so they are removed even when the forward raises."""
 
@@ -46,7 +50,9 @@ class HookSet:
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             offset = 0
             if cache is not None and hasattr(cache, "get_seq_length"):
-                offset = int(cache.get_seq_length())
+                length = cache.get_seq_length()  # a device tensor for static caches
+                # while a CUDA graph is being captured the device cannot be read: the call follows the last one
+                offset = call.offset + call.seq_len if _capturing(length) else int(length)
             tokens = kwargs.get("input_ids")
             if tokens is None and args:
                 tokens = args[0]

@@ -1,0 +1,316 @@
+"""Greedy decoding with a static KV cache, each decode step replayed from one CUDA graph captured per batch.
+
+Why: on a GPU a decode step of a 7B model is a few milliseconds of device work behind ~20 ms of host time (about
+a thousand kernels launched from Python), so captioning is bound by the host. Here the prompt runs as usual
+(eagerly, with every hook), the first decode step runs eagerly too (it warms up what the capture must not
+allocate), the second is *captured* into a CUDA graph (recorded, not run) and every later step is one replay of
+that graph. The host then only launches the graph and checks whether every row has stopped.
+
+What it computes is ``model.generate(do_sample=False)``'s greedy decoding: the argmax of the last position's
+logits (float32), rows that produced an end-of-sequence token continue with the pad token, decoding stops when
+every row has stopped or after ``max_new_tokens``; ``min_new_tokens`` and ``suppress_tokens`` act as transformers'
+logits processors of those names. The cache is a ``StaticCache`` of ``prompt + max_new_tokens`` positions with a
+4-D mask that opens one position per step (built once by transformers' own ``create_masks_for_generate``), so
+attention runs over a fixed length with the unwritten positions masked out: the same tokens, activations equal to
+the dynamic cache's up to float rounding (``tests/trace/test_decode.py``; graph == eager on the GPU in
+``benchmarks/bench_checks.py``).
+
+Hooks on the stock modules run during the prompt and the first step and are recorded into the graph: a hook that
+writes per-step results must index with :attr:`DecodeClock.step` (a device tensor holding the step the running
+call produces: 0 for the prompt, ``k`` for the call that produces new token ``k``), never with a host counter.
+:func:`greedy_generate` keeps the clock right on every path, including the fallback to ``model.generate`` for
+what this decoder does not cover (:func:`static_decode_blocker` says why).
+
+Example:
+    >>> clock = DecodeClock.on(model)
+    >>> with HookSet(adapter) as hooks:       # a hook: buffer.index_copy_(1, clock.step, tensor[:, -1:])
+    ...     generation = greedy_generate(model, processor, batch, max_new_tokens=20, clock=clock)
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
+from neuronscope.trace.last_step import cache_keyword
+
+#: ``model.generate`` keywords this decoder implements itself (everything else falls back to ``generate``).
+OWN_KEYWORDS = frozenset({"min_new_tokens", "suppress_tokens"})
+
+#: generation-config fields whose non-default values add logits processors or change the search.
+_SEARCH_FIELDS = ("num_beams", "num_beam_groups", "penalty_alpha", "repetition_penalty", "encoder_repetition_penalty",
+                  "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length",
+                  "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
+                  "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty", "renormalize_logits",
+                  "guidance_scale", "watermarking_config", "stop_strings", "assistant_model", "prompt_lookup_num_tokens")
+_TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids"})
+#: prompt-only inputs of the vision-language models whose decode steps need nothing but text inputs.
+_PROMPT_ONLY_INPUTS = frozenset({"pixel_values", "image_sizes", "pixel_attention_mask"})
+
+
+@dataclass
+class DecodeClock:
+    """``step [1]`` (int64, on the model's input device): the step that the running forward call produces."""
+
+    step: torch.Tensor
+
+    @classmethod
+    def on(cls, model: nn.Module) -> DecodeClock:
+        return cls(torch.zeros(1, dtype=torch.long, device=_input_device(model)))
+
+    def on_device(self, device: torch.device) -> torch.Tensor:
+        """The step as an index on ``device`` (the same tensor on the clock's own device)."""
+        return self.step if self.step.device == device else self.step.to(device)
+
+
+def _input_device(model: nn.Module) -> torch.device:
+    try:
+        return model.get_input_embeddings().weight.device
+    except AttributeError:
+        return next(model.parameters()).device
+
+
+def _defaults() -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig()
+
+
+def static_decode_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[str, Any]) -> str | None:
+    """Why :func:`greedy_generate` would hand this call to ``model.generate`` (None: it decodes itself)."""
+    other = sorted(set(generate_kwargs) - OWN_KEYWORDS)
+    if other:
+        return f"generate keywords {other}"
+    config = getattr(model, "generation_config", None)
+    defaults = _defaults()
+    for field in (name for name in _SEARCH_FIELDS if name not in OWN_KEYWORDS):
+        if config is not None and getattr(config, field, None) != getattr(defaults, field, None):
+            return f"generation_config.{field} = {getattr(config, field)!r}"
+    extra = sorted(set(batch.inputs) - _TEXT_INPUTS - _PROMPT_ONLY_INPUTS)
+    if extra:
+        return f"inputs {extra} (their decode steps need more than text inputs)"
+    if getattr(type(model), "create_masks_for_generate", None) is not None:
+        return f"{type(model).__name__} builds its own generation masks"
+    forward = inspect.signature(model.forward).parameters
+    if not {"position_ids", "attention_mask", cache_keyword(model)} <= set(forward):
+        return "the forward takes no position_ids, attention_mask or cache"
+    if len({p.device for p in model.parameters()}) > 1:
+        return "the model spans several devices"
+    return None
+
+
+def _kinds(cache: Any) -> set[str]:
+    return {type(layer).__name__ for layer in getattr(cache, "layers", [])}
+
+
+class _Picker:
+    """Greedy choice with transformers' ``min_new_tokens`` and ``suppress_tokens`` processors (graph-safe)."""
+
+    def __init__(self, eos: torch.Tensor | None, min_new_tokens: int, suppress: torch.Tensor | None):
+        self.eos, self.min_new_tokens, self.suppress = eos, min_new_tokens, suppress
+
+    def __call__(self, logits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        scores = logits.float()
+        if self.suppress is not None:
+            scores = scores.index_fill(-1, self.suppress, float("-inf"))
+        if self.eos is not None and self.min_new_tokens > 0:  # end of sequence barred before min_new_tokens
+            barred = (step < self.min_new_tokens)[:, None]
+            eos_scores = scores.index_select(-1, self.eos)
+            scores = scores.index_copy(-1, self.eos, torch.where(barred, float("-inf"), eos_scores))
+        return scores.argmax(-1)
+
+
+def _token_tensor(ids: Iterable[int] | int | None, device: torch.device) -> torch.Tensor | None:
+    if ids is None:
+        return None
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
+class _StaticDecoder:
+    """One batch's greedy decoding; :meth:`run` returns ``[B, prompt + steps]`` sequences."""
+
+    def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int, pad_id: int,
+                 clock: DecodeClock, min_new_tokens: int, suppress: Iterable[int] | None):
+        from transformers import StaticCache
+
+        self.model, self.inputs, self.steps, self.clock = model, inputs, max_new_tokens, clock
+        ids = inputs["input_ids"]
+        self.device = ids.device
+        self.rows, self.prompt = ids.shape
+        self.pad = torch.tensor(pad_id, dtype=torch.long, device=self.device)
+        eos = _token_tensor(getattr(model.generation_config, "eos_token_id", None), self.device)
+        self.eos = eos
+        self.pick = _Picker(eos, min_new_tokens, _token_tensor(suppress, self.device))
+        self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
+        self.keyword = cache_keyword(model)
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        self.tokens = torch.full((self.rows, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
+        self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=self.device)
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Pick, pad the stopped rows, record the token at the clock's step and update who has stopped."""
+        chosen = torch.where(self.unfinished, self.pick(logits, self.clock.step), self.pad)
+        self.tokens.index_copy_(1, self.clock.step, chosen[:, None])
+        if self.eos is not None:
+            self.unfinished &= ~(chosen[:, None] == self.eos).any(-1)
+        return chosen
+
+    def _prefill(self) -> torch.Tensor:
+        mask = self.inputs["attention_mask"]
+        position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        self.clock.step.zero_()
+        inputs = {k: v for k, v in self.inputs.items() if k != "position_ids"}
+        out = self.model(**inputs, position_ids=position, use_cache=True, **{self.keyword: self.cache}, **self.keep)
+        self.position = position[:, -1:].clone()
+        return self._choose(out.logits[:, -1])
+
+    def _decode_mask(self) -> torch.Tensor | None:
+        """The 4-D mask of the first decode step, built by transformers (None where it builds none)."""
+        from transformers.masking_utils import create_masks_for_generate
+
+        grown = torch.cat([self.inputs["attention_mask"], self.inputs["attention_mask"].new_ones(self.rows, 1)], 1)
+        embeds = torch.empty((self.rows, 1, 0), dtype=self.model.dtype, device=self.device)
+        mask = create_masks_for_generate(self.model.config, embeds, grown, self.cache, self.position + 1)
+        width = self.prompt + self.steps
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != width or mask.shape[-2] != 1:
+            return None
+        return mask.clone()
+
+    def run(self, graphs: bool) -> torch.Tensor:
+        kinds = _kinds(self.cache)
+        if kinds != {"StaticLayer"}:  # sliding-window, chunked or linear-attention layers
+            raise _Unsupported(f"cache layers {sorted(kinds)}")
+        chosen = self._prefill()
+        done = 1
+        if self.steps > 1 and bool(self.unfinished.any()):
+            done = self._decode(chosen, graphs)
+        return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
+
+    def _decode(self, chosen: torch.Tensor, graphs: bool) -> int:
+        token = chosen[:, None].clone()
+        mask = self._decode_mask()
+        if mask is None:  # transformers builds no 4-D mask here (e.g. no padding to mask): grow the 2-D one eagerly
+            return self._decode_growing(token)
+        open_key = mask[..., self.prompt - 1:self.prompt].clone()  # the last prompt key is real in every row
+        first_new_key = torch.tensor([self.prompt - 1], dtype=torch.long, device=self.device)
+
+        def step() -> None:  # every operation reads and writes fixed buffers: safe to capture
+            self.clock.step.add_(1)
+            self.position.add_(1)
+            mask.index_copy_(-1, first_new_key + self.clock.step, open_key)
+            out = self.model(input_ids=token, attention_mask=mask, position_ids=self.position, use_cache=True,
+                             **{self.keyword: self.cache}, **self.keep)
+            token.copy_(self._choose(out.logits[:, -1])[:, None])
+
+        done = 1
+        graph = None
+        while done < self.steps:
+            if graphs and done == 2:
+                graph = _capture(step)
+            if graph is None:
+                if graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
+                    _on_side_stream(step)
+                else:
+                    step()
+            else:
+                graph.replay()
+            done += 1
+            if not bool(self.unfinished.any()):
+                break
+        del graph
+        return done
+
+    def _decode_growing(self, token: torch.Tensor) -> int:
+        mask = self.inputs["attention_mask"]
+        done = 1
+        while done < self.steps:
+            self.clock.step.add_(1)
+            self.position.add_(1)
+            mask = torch.cat([mask, mask.new_ones(self.rows, 1)], 1)
+            out = self.model(input_ids=token, attention_mask=mask, position_ids=self.position, use_cache=True,
+                             **{self.keyword: self.cache}, **self.keep)
+            token = self._choose(out.logits[:, -1])[:, None]
+            done += 1
+            if not bool(self.unfinished.any()):
+                break
+        return done
+
+
+class _Unsupported(Exception):
+    """The static decoder cannot run this model (the caller falls back to ``model.generate``)."""
+
+
+def _on_side_stream(function) -> None:
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        function()
+    torch.cuda.current_stream().wait_stream(stream)
+
+
+def _capture(function) -> torch.cuda.CUDAGraph:
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        function()
+    return graph
+
+
+def _clocked_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int, clock: DecodeClock | None,
+                      **kwargs: Any) -> Generation:
+    """``model.generate`` with the clock set before every forward call."""
+    from neuronscope.inputs.batch import generate
+
+    if clock is None:
+        return generate(model, processor, batch, max_new_tokens=max_new_tokens, **kwargs)
+    calls = [0]
+
+    def tick(module: nn.Module, args: tuple, kwargs_: dict) -> None:
+        clock.step.fill_(calls[0])
+        calls[0] += 1
+
+    handle = model.register_forward_pre_hook(tick, with_kwargs=True)
+    try:
+        return generate(model, processor, batch, max_new_tokens=max_new_tokens, **kwargs)
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int = 20, *,
+                    clock: DecodeClock | None = None, graphs: bool | None = None, **kwargs: Any) -> Generation:
+    """Greedy decoding of a left-padded batch (as :func:`neuronscope.inputs.generate`), with a static cache and
+    CUDA-graph replays where it can (see the module docstring).
+
+    Args:
+        clock: kept equal to the step each forward call produces (hooks index per-step buffers with it).
+        graphs: replay the decode steps from a CUDA graph; default: on a CUDA model. ``False`` runs the same static
+            decoding eagerly (what the tests compare with ``model.generate``).
+        kwargs: ``min_new_tokens`` / ``suppress_tokens``; any other ``generate`` keyword falls back to
+            ``model.generate``.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    moved = to_model(batch, model)
+    if static_decode_blocker(model, moved, kwargs) is not None:
+        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
+    clock = clock or DecodeClock.on(model)
+    graphs = moved.input_ids.device.type == "cuda" if graphs is None else graphs
+    tokenizer = _tokenizer(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = model.generation_config  # keywords override the generation config, as in model.generate
+    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
+    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
+    decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, int(pad_id), clock, int(min_new or 0), suppress)
+    try:
+        sequences = decoder.run(graphs)
+    except _Unsupported:
+        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
+    texts = tokenizer.batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
+    return Generation(sequences, moved.seq_len, [text.strip() for text in texts])
