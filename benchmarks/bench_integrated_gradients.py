@@ -65,10 +65,31 @@ def table(model, where: torch.device, length: int, steps: int, repeats: int, swe
         loop["seconds"] *= model.config.num_hidden_layers / len(loop_layers)
         loop["median_seconds"] = loop["seconds"]
     rows["qrneuron_loop"] = strip(loop)
-    fast = measure(ig(method="sequence"), where, repeats, weights=weights)
+    from neuronscope.attribute.prefix_rows import planner_for
+
+    planned = ig(method="sequence")
+    first = measure(planned, where, repeats=1, warmup=0, weights=weights)  # this call starts the size trials
+    for _ in range(8):  # the planner tries each size on the first calls; then it keeps the fastest
+        if not any(n < 2 for n in planner_for(model).trials.values()):
+            break
+        planned()
+    fast = measure(planned, where, repeats, warmup=0, weights=weights)
     fast_scores = fast.pop("result")
     rows["sequence_planned"] = strip(fast)
     rows["sequence_planned"]["speedup_over_loop"] = loop["seconds"] / fast["seconds"]
+    planner = planner_for(model)
+    rows["sequence_planned"]["chunks"] = planner.chunks(rows["rows"], length - 1, where)
+    rows["sequence_planned"]["rows_per_second_tried"] = {str(k): round(v, 1) for k, v in planner.speeds.items()}
+    rows["sequence_planned"]["first_call_seconds"] = first["seconds"]
+    if where.type == "cuda":  # the planner held to the memory goal: one chunk may use 0.25x the weights
+        budget = 0.25 * weights
+        capped = ig(method="sequence", memory_budget=budget)
+        for _ in range(8):
+            capped()
+        entry = strip(measure(capped, where, repeats, warmup=0, weights=weights))
+        entry["chunks"] = planner_for(model, budget=budget).chunks(rows["rows"], length - 1, where)
+        entry["speedup_over_loop"] = loop["seconds"] / entry["seconds"]
+        rows["sequence_planned_memory_budget_0.25x_weights"] = entry
     compare = fast_scores if loop_layers is None else fast_scores[:, :, loop_layers]
     rows["agreement_with_loop"] = _agreement(compare, plain)
     rows["sequence_fixed_batch"] = []

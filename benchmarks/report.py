@@ -60,6 +60,11 @@ def contribution(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _chunks(entry: dict[str, Any]) -> str:
+    chunks = entry.get("chunks")
+    return f" ({' + '.join(str(c) for c in chunks)} rows)" if chunks else ""
+
+
 def integrated_gradients(table: dict[str, Any]) -> list[str]:
     rows = table["rows"]
     loop, fast = rows["qrneuron_loop"], rows["sequence_planned"]
@@ -71,8 +76,17 @@ def integrated_gradients(table: dict[str, Any]) -> list[str]:
              "| what | time | vs the loop | peak / weights |", "| --- | --- | --- | --- |",
              f"| qrneuron's per-layer loop{timed} | {_s(loop['seconds'])} | 1× | "
              f"{_x(loop.get('peak_over_weights'), 3)} |",
-             f"| sequence path, planned rows (goal ≥ 100×, ≤ 1.3× weights) | {_s(fast['seconds'])} | "
+             f"| sequence path, planned rows{_chunks(fast)} (goal ≥ 100×, ≤ 1.3× weights) | {_s(fast['seconds'])} | "
              f"**{_x(speedup, 1)}** ({_met(speedup >= 100)}) | {_x(peak, 3)} ({_met(None if peak is None else peak <= 1.3)}) |"]
+    if "first_call_seconds" in fast:
+        lines.append(f"| the same, first call (sizes being tried) | {_s(fast['first_call_seconds'])} | "
+                     f"{_x(loop['seconds'] / fast['first_call_seconds'], 1)} | |")
+    capped = rows.get("sequence_planned_memory_budget_0.25x_weights")
+    if capped and "seconds" in capped:
+        cap_peak = capped.get("peak_over_weights")
+        lines.append(f"| sequence path, planned within 0.25× the weights a chunk{_chunks(capped)} | "
+                     f"{_s(capped['seconds'])} | {_x(capped['speedup_over_loop'], 1)} | {_x(cap_peak, 3)} "
+                     f"({_met(None if cap_peak is None else cap_peak <= 1.3)}) |")
     for entry in rows["sequence_fixed_batch"]:
         if "seconds" in entry:
             lines.append(f"| sequence path, {entry['batch_size']} rows per chunk | {_s(entry['seconds'])} | "

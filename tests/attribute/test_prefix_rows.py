@@ -213,6 +213,12 @@ def test_repeated_calls_with_size_trials_give_the_same_scores():
     from neuronscope.attribute.prefix_rows import planner_for
 
     assert set(planner_for(model).speeds) == {32, 16, 8}
+    budget = 64 * planner_for(model).per_row  # a memory budget gets its own planner, kept between calls too
+    for _ in range(4):  # 32 | 16 8 8 | 32 | 16 16: each size tried twice
+        torch.testing.assert_close(integrated_gradients(model, batch, targets, steps=16, memory_budget=budget).values,
+                                   plain, **EXACT)
+    assert planner_for(model, budget=budget) is planner_for(model, budget=budget)
+    assert set(planner_for(model, budget=budget).trials.values()) == {2}  # each size tried twice, then no more
 
 
 def test_bf16_agreement_is_stated():

@@ -231,10 +231,10 @@ _PLANNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def planner_for(model: nn.Module, limit: int | None = None, budget: float | None = None) -> RowPlanner:
-    """The model's planner: one kept per model (its measured speeds carry over between calls) unless a fixed
-    ``limit`` or ``budget`` is asked for, which gets a fresh one."""
-    if limit is not None or budget is not None:
-        return RowPlanner.for_model(model, limit, budget)
-    if model not in _PLANNERS:
-        _PLANNERS[model] = RowPlanner.for_model(model)
-    return _PLANNERS[model]
+    """The model's planner for this ``limit`` and ``budget``: one kept per model and setting, so that its measured
+    speeds carry over between calls (the sizes are tried on the first calls only)."""
+    planners = _PLANNERS.setdefault(model, {})
+    key = (limit, budget)
+    if key not in planners:
+        planners[key] = RowPlanner.for_model(model, limit, budget)
+    return planners[key]
