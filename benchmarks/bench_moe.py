@@ -1,6 +1,6 @@
 """Time the contribution score over all expert neurons of an MoE model against a teacher-forced forward; JSON.
 
-Two random bf16 models built on the GPU (no download), at reduced depth (``--layers``):
+Two random bf16 models built on the GPU (no download), at full depth (``--layers`` for fewer):
 
 - ``mixtral_8x7b``: Mixtral-8x7B's shapes (d = 4096, 8 experts of 14336 neurons, top-2, 32 heads / 8 KV heads,
   V = 32000);
@@ -42,11 +42,11 @@ from neuronscope.trace.hooks import HookSet
 SHAPES = {
     "mixtral_8x7b": (T.MixtralConfig, dict(hidden_size=4096, intermediate_size=14336, num_local_experts=8,
                                            num_experts_per_tok=2, num_attention_heads=32, num_key_value_heads=8,
-                                           vocab_size=32000), 4),
+                                           vocab_size=32000), 32),
     "qwen3_30b_a3b": (T.Qwen3MoeConfig, dict(hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
                                              num_experts=128, num_experts_per_tok=8, num_attention_heads=32,
                                              num_key_value_heads=4, head_dim=128, vocab_size=151936,
-                                             norm_topk_prob=True), 6),
+                                             norm_topk_prob=True), 48),
 }
 TINY = {
     "mixtral_8x7b": dict(hidden_size=64, intermediate_size=224, num_local_experts=8, num_experts_per_tok=2,
@@ -82,9 +82,11 @@ def build(name: str, layers: int, tiny: bool, device: str, dtype: torch.dtype) -
         return T.AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
 
 
-def bench(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype) -> dict:
+def bench(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype,
+          model: torch.nn.Module | None = None) -> dict:
     layers = args.layers or (2 if args.tiny else SHAPES[name][2])
-    model = build(name, layers, args.tiny, device, dtype)
+    model = build(name, layers, args.tiny, device, dtype) if model is None else model
+    layers = model.config.num_hidden_layers
     adapter = get_adapter(model)
     vocab = model.config.vocab_size
     length = args.prompt + args.caption
@@ -131,14 +133,20 @@ def bench(name: str, args: argparse.Namespace, device: str, dtype: torch.dtype) 
 
 
 def run(args: argparse.Namespace) -> dict:
-    """The ``moe`` table of ``benchmarks/run_all.py``: the default shapes, on the GPU (or tiny on the CPU)."""
-    options = argparse.Namespace(tiny=args.tiny, layers=None, prompt=12, caption=20, repeats=5)
+    """The ``moe`` table of ``benchmarks/run_all.py``: both shapes at full depth, each built once and timed with a
+    20-token caption after prompts of 12, 200 and 600 tokens (32, 220 and 620 tokens in all); on the GPU (or tiny
+    on the CPU)."""
     device = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
     table: dict = {"table": "moe", "goal": "contribution of every expert neuron <= 1.3x a forward",
                    "dtype": str(dtype)}
     for name in SHAPES:
-        table[name] = bench(name, options, device, dtype)
+        model = build(name, 2 if args.tiny else SHAPES[name][2], args.tiny, device, dtype)
+        for prompt in (12, 200, 600):
+            options = argparse.Namespace(tiny=args.tiny, layers=None, prompt=prompt, caption=20, repeats=5)
+            key = name if prompt == 12 else f"{name}_{prompt + 20}"
+            table[key] = bench(name, options, device, dtype, model)
+        del model
         if device == "cuda":
             torch.cuda.empty_cache()
     return table
@@ -148,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="CPU smoke run on tiny shapes")
     parser.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default 4 / 6; --tiny: 2)")
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers (default: all, 32 / 48; --tiny: 2)")
     parser.add_argument("--prompt", type=int, default=12, help="prompt tokens before the caption")
     parser.add_argument("--caption", type=int, default=20, help="caption tokens (targets)")
     parser.add_argument("--repeats", type=int, default=5)

@@ -209,8 +209,8 @@ def main() -> None:
            f"{env.get('cpu_threads', '?')}.", ""]
     checks = _load(folder, "checks")
     if checks is not None:
-        failed = [row for part in ("integrated_gradients", "contribution_top_k", "log_sum_exp")
-                  for row in checks[part] if not row.get("ok", False)]
+        failed = [row for part in ("integrated_gradients", "contribution_top_k", "log_sum_exp", "decode")
+                  for row in checks.get(part, []) if not row.get("ok", False)]
         out += [f"Correctness on this device (`checks.json`, float32, each fast path against its plain oracle): "
                 f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "
                 f"{len(failed)} rows not ok (errors or differences): {failed[:4]}", ""]
