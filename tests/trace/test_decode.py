@@ -144,3 +144,26 @@ def test_what_it_does_not_cover_falls_back_to_generate():
     assert "inputs" in static_decode_blocker(vlm.model, batch, {})
     with pytest.raises(ValueError, match="max_new_tokens"):
         greedy_generate(model, _Tokens(), _text("llama")[1], max_new_tokens=0)
+
+
+def test_step_buffers_hold_what_capture_at_the_last_position_holds():
+    from neuronscope.trace import capture
+    from neuronscope.trace.decode import StepBuffers
+
+    model, batch = _text("qwen3")
+    model.to(torch.float64)
+    adapter = get_adapter(model)
+    layers = list(range(adapter.n_layers))
+    with capture(model, sites=["neuron", "resid_post"], layers=layers, positions="last") as acts:
+        generate(model, _Tokens(), batch, max_new_tokens=5)
+    clock = DecodeClock.on(model)
+    buffers = StepBuffers(clock, 5)
+    with HookSet(adapter) as hooks:
+        buffers.install(hooks, adapter, "neuron", layers)
+        buffers.install(hooks, adapter, "resid_post", [layers[-1]])
+        produced = greedy_generate(model, _Tokens(), batch, max_new_tokens=5, clock=clock, graphs=False)
+    steps = produced.tokens.shape[1]
+    torch.testing.assert_close(buffers.stack("neuron", steps), acts.stack("neuron").transpose(1, 2), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(buffers.get("resid_post", layers[-1])[:, :steps], acts.get("resid_post", layers[-1]),
+                               rtol=1e-10, atol=1e-12)

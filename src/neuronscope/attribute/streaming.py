@@ -36,9 +36,8 @@ from neuronscope.attribute.selection import to_host, top_k_selector
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, Generation
 from neuronscope.models.adapter import get_adapter
-from neuronscope.trace.decode import DecodeClock, greedy_generate
+from neuronscope.trace.decode import DecodeClock, StepBuffers, greedy_generate
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.sites import resolve_site
 
 StepSelector = Callable[[Generation], Sequence[Sequence[int]]]
 
@@ -138,27 +137,13 @@ def caption_contributions(
         raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
     adapter = get_adapter(model)
     dtype = next(model.parameters()).dtype
-    buffers: list[torch.Tensor | None] = [None] * adapter.n_layers
-    rows = len(batch)
-
     clock = DecodeClock.on(model)
-
-    def hook_for(layer: int):
-        def keep(tensor: torch.Tensor, call) -> None:
-            if buffers[layer] is None:
-                buffers[layer] = torch.zeros(rows, max_new_tokens, tensor.shape[-1], dtype=dtype,
-                                             device=tensor.device)
-            # indexed by the device clock, so that CUDA-graph replays of the decode step write the right step
-            buffers[layer].index_copy_(1, clock.on_device(tensor.device), tensor[:, -1:].to(dtype))
-            return None
-
-        return keep
-
+    steps = StepBuffers(clock, max_new_tokens, dtype)  # indexed by the device clock: graph replays write them too
     with HookSet(adapter) as hooks:
-        for layer in range(adapter.n_layers):
-            hooks.add(resolve_site(adapter, site, layer), hook_for(layer))
+        steps.install(hooks, adapter, site, range(adapter.n_layers))
         generation = greedy_generate(model, processor, batch, max_new_tokens=max_new_tokens, clock=clock,
                                      **generate_kwargs)
+    buffers = [steps.get(site, layer) for layer in range(adapter.n_layers)]
     chosen = (select or every_step(_stop_ids(processor)))(generation)
     pairs = _pairs(generation, chosen)
     device = adapter.unembedding().device

@@ -69,6 +69,53 @@ class DecodeClock:
         return self.step if self.step.device == device else self.step.to(device)
 
 
+class StepBuffers:
+    """One device buffer ``[batch, steps, width]`` per (site, layer), filled at the last position of every forward
+    call at the :class:`DecodeClock`'s step: what ``capture(..., positions="last")`` keeps during ``generate``, in
+    a form CUDA-graph replays can write (no per-call lists, clones or host work).
+
+    Example:
+        >>> buffers = StepBuffers(clock, steps=20)
+        >>> with HookSet(adapter) as hooks:
+        ...     buffers.install(hooks, adapter, "neuron", range(adapter.n_layers))
+        ...     generation = greedy_generate(model, processor, batch, max_new_tokens=20, clock=clock)
+        >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
+    """
+
+    def __init__(self, clock: DecodeClock, steps: int, dtype: torch.dtype | None = None):
+        self.clock, self.steps, self.dtype = clock, steps, dtype
+        self.buffers: dict[tuple[str, int], torch.Tensor] = {}
+
+    def install(self, hooks: Any, adapter: Any, site: str, layers: Iterable[int]) -> None:
+        """Hook ``site`` of each layer (``hooks``: a :class:`neuronscope.trace.hooks.HookSet`)."""
+        from neuronscope.trace.sites import resolve_site
+
+        for layer in layers:
+            hooks.add(resolve_site(adapter, site, layer), self._keeper(site, layer))
+
+    def _keeper(self, site: str, layer: int):
+        key = (site, layer)
+
+        def keep(tensor: torch.Tensor, call: Any) -> None:
+            buffer = self.buffers.get(key)
+            if buffer is None:
+                buffer = self.buffers[key] = torch.zeros(tensor.shape[0], self.steps, tensor.shape[-1],
+                                                         dtype=self.dtype or tensor.dtype, device=tensor.device)
+            buffer.index_copy_(1, self.clock.on_device(tensor.device), tensor[:, -1:].to(buffer.dtype))
+            return None
+
+        return keep
+
+    def get(self, site: str, layer: int) -> torch.Tensor | None:
+        """``[batch, steps, width]`` (None if the layer never ran)."""
+        return self.buffers.get((site, layer))
+
+    def stack(self, site: str, steps: int, device: torch.device | None = None) -> torch.Tensor:
+        """``[batch, steps, layers, width]`` of the first ``steps`` steps, layers in order."""
+        layers = sorted(layer for name, layer in self.buffers if name == site)
+        return torch.stack([self.buffers[(site, layer)][:, :steps].to(device) for layer in layers], 2)
+
+
 def _input_device(model: nn.Module) -> torch.device:
     try:
         return model.get_input_embeddings().weight.device

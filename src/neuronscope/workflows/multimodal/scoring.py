@@ -3,8 +3,9 @@
 1. **Caption**: the image and ``prompt`` go through the processor's chat template, the answer starts with
    ``assistant_prefix`` ("An image of"), and the model continues greedily (``max_new_tokens``).
 2. **Capture during generation**: the neuron site is captured at the last position of every forward call of
-   ``generate`` (``positions="last"``), i.e. at exactly the position whose logits produce each generated token:
-   no re-forward of the caption is needed.
+   the greedy decoding (:func:`neuronscope.trace.decode.greedy_generate`: a static cache, and on a GPU each decode
+   step replayed from a CUDA graph), i.e. at exactly the position whose logits produce each generated token: no
+   re-forward of the caption is needed.
 3. **Targets**: the nouns of the generated caption (a part-of-speech tagger) or the words of a concept list;
    each scored at the first sub-token of its first occurrence (:mod:`.nouns`).
 4. **Scores**: ``s[l, i] = a[l, i] · <w_i, u_t>`` for all ``layers × d_ff`` neurons
@@ -33,11 +34,11 @@ from neuronscope.inputs.batch import (
     Batch,
     Generation,
     encode_images,
-    generate,
     to_model,
 )
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.trace import capture
+from neuronscope.trace.decode import DecodeClock, StepBuffers, greedy_generate
+from neuronscope.trace.hooks import HookSet
 from neuronscope.workflows.multimodal.moe_scoring import Scorer, caption_experts, score_grid
 from neuronscope.workflows.multimodal.nouns import ConceptSpec, Tagger, TargetWord, select_targets
 
@@ -130,14 +131,20 @@ def caption_and_score(
 def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: ModelAdapter, site: str,
                    final_norm: bool, max_new_tokens: int) -> tuple[Generation, int, Scorer]:
     """Generate while capturing the dense neuron site: ``(generation, steps captured, score(targets, k))``."""
-    layers = list(range(adapter.n_layers))
-    sites = [site] + (["resid_post"] if final_norm else [])
-    # kept where computed (a few MB: batch x steps x layers x d_ff), scored there, only the top-k leave the device
-    with capture(model, sites=sites, layers=layers, positions="last") as acts:
-        generation = generate(model, processor, batch, max_new_tokens=max_new_tokens)
+    last = adapter.n_layers - 1
+    clock = DecodeClock.on(model)
+    # the site at the last position of every call, in device buffers indexed by the decode clock (so that the
+    # CUDA-graph replays of greedy_generate write them too): a few MB, scored there, only the top-k leave the device
+    buffers = StepBuffers(clock, max_new_tokens)
+    with HookSet(adapter) as hooks:
+        buffers.install(hooks, adapter, site, range(adapter.n_layers))
+        if final_norm:
+            buffers.install(hooks, adapter, "resid_post", [last])
+        generation = greedy_generate(model, processor, batch, max_new_tokens=max_new_tokens, clock=clock)
     score_device = adapter.unembedding().device
-    stacked = acts.stack(site, device=score_device).transpose(1, 2)  # [B, P, L, d_ff]
-    residual = acts.get("resid_post", adapter.n_layers - 1).to(score_device) if final_norm else None  # [B, P, d]
+    produced = generation.tokens.shape[1]
+    stacked = buffers.stack(site, produced, device=score_device)  # [B, P, L, d_ff]
+    residual = buffers.get("resid_post", last)[:, :produced].to(score_device) if final_norm else None  # [B, P, d]
 
     def score(chosen: Sequence[Sequence[TargetWord]], k: int) -> list[SparseTopK]:
         tops = []
