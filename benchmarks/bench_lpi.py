@@ -60,6 +60,8 @@ def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[
     chunks = [64] if tiny else [1024, 2048]
     repeats = 2 if tiny else 5
     base_memory = torch.cuda.memory_allocated() if where.type == "cuda" else 0
+    with torch.no_grad():  # the one-layer model's own forward, which every call runs once
+        forward = measure(lambda: model(**batch.inputs), where, repeats, warmup=1)["seconds"]
     for chunk in chunks:
         matmul = measure(lambda chunk=chunk: _matmul_only(model, chunk, torch.bfloat16), where, repeats)
         for backend in backends:
@@ -77,6 +79,7 @@ def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[
             entry.update(strip(got))
             entry.update({"flop_floor_s": floor, "over_floor": got["seconds"] / floor,
                           "matmul_only_s": matmul["seconds"], "over_matmul_only": got["seconds"] / matmul["seconds"],
+                          "forward_s": forward,
                           "max_abs_diff_vs_plain": float((values - reference).abs().max())})
             if "peak_gib" in got:
                 entry["peak_above_model_gib"] = got["peak_gib"] - base_memory / 2**30
@@ -89,6 +92,29 @@ def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[
                  f"top{top}_overlap_bf16_vs_fp32": len(set(full.topk(top).indices.tolist())
                                                        & set(half.topk(top).indices.tolist())) / top}
     return {"rows": rows, "agreement": agreement}
+
+
+def _all_layers(model, where: torch.device) -> dict[str, Any]:
+    """LPI of every neuron of every layer of the whole model (one forward for all layers), triton kernel, bf16."""
+    from neuronscope.attribute import kernels
+    from neuronscope.attribute.log_probability_increase import log_probability_increase
+    from neuronscope.inputs.targets import token_targets
+
+    config = model.config
+    ids = torch.randint(3, config.vocab_size, (1, 32), device=where)
+    batch = text_batch(ids)
+    targets = token_targets(batch, 7)
+    floor = (config.num_hidden_layers * 2 * config.intermediate_size * config.hidden_size * config.vocab_size
+             / (PEAK_TFLOPS["bfloat16"] * 1e12))
+    backend = "plain" if where.type == "cpu" else "triton"
+    with kernels.use_backend(backend), torch.no_grad():
+        got = measure(lambda: log_probability_increase(model, batch, targets, chunk_size=2048,
+                                                       compute_dtype=torch.bfloat16).values, where, 3, warmup=1)
+        forward = measure(lambda: model(**batch.inputs), where, 3, warmup=1)
+    got.pop("result")
+    forward.pop("result")
+    return {"layers": config.num_hidden_layers, "backend": backend, "chunk_size": 2048, **strip(got),
+            "flop_floor_s": floor, "over_floor": got["seconds"] / floor, "forward_s": forward["seconds"]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,7 +130,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for row in rows:
         if "over_floor" in row and (row["shape"] not in best or row["over_floor"] < best[row["shape"]]["over_floor"]):
             best[row["shape"]] = row
+    shared = getattr(args, "shared_model", None)  # run_all's Llama-2-7B: every layer's LPI in one call
+    whole = _all_layers(shared if shared is not None else build_llama(TINY, torch.float32, where), where) \
+        if shared is not None or args.tiny else None
     return {"table": "lpi", "goal": "<= 2x the FLOP floor at V = 32k and 128k, no extra memory",
+            "all_layers": whole,
             "best": {name: {k: row[k] for k in ("backend", "chunk_size", "seconds", "over_floor")}
                      for name, row in best.items()},
             "rows": rows, "agreement": agreement}

@@ -119,6 +119,15 @@ def lpi(table: dict[str, Any]) -> list[str]:
         lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | {_s(row['seconds'])} | "
                      f"{_s(row['flop_floor_s'])} | {_x(row['over_floor'])} ({_met(row['over_floor'] <= 2)}) | "
                      f"{_x(row['over_matmul_only'])} | {'—' if peak is None else f'{peak:.2f} GiB'} |")
+    forwards = {row["shape"]: row["forward_s"] for row in table["rows"] if "forward_s" in row}
+    for shape, seconds in forwards.items():
+        lines.append(f"\n{shape}: each call includes one forward of the one-layer model, {_s(seconds)} on its own.")
+    whole = table.get("all_layers")
+    if whole:
+        lines.append(f"\nEvery layer at once ({whole['layers']} layers of the whole model, one forward, chunk "
+                     f"{whole['chunk_size']}, {whole['backend']}): {_s(whole['seconds'])} against a FLOP floor of "
+                     f"{_s(whole['flop_floor_s'])}, **{_x(whole['over_floor'])}** ({_met(whole['over_floor'] <= 2)}); "
+                     f"its forward alone {_s(whole['forward_s'])}.")
     for entry in table["agreement"]:
         lines.append(f"\n{entry['shape']}: bf16 vs fp32 products, largest LPI difference "
                      f"{entry['max_abs_error_bf16_vs_fp32_compute']:.2g} on LPIs up to {entry['max_abs_lpi_fp32']:.2g}.")

@@ -65,15 +65,15 @@ def main() -> None:
     if args.only:
         tables = [t for t in tables if t[0] in args.only]
     shared = None
-    if not cpu_mode and any(name in ("contribution", "integrated_gradients", "peers") for name, _ in tables):
-        shared = build_llama(LLAMA2_7B, torch.bfloat16, device())  # built once for the three tables
+    if not cpu_mode and any(name in ("contribution", "integrated_gradients", "peers", "lpi") for name, _ in tables):
+        shared = build_llama(LLAMA2_7B, torch.bfloat16, device())  # built once for the four tables
     args.shared_model = shared
     for name, module in tables:
         left = args.budget - (time.perf_counter() - start)
         if not cpu_mode and left < COST[name]:
             log["skipped"].append({"table": name, "seconds_left": left, "usual_cost": COST[name]})
             continue
-        if name == "lpi" and shared is not None:  # the 7B model is not needed any more
+        if name == "multimodal" and shared is not None:  # the 7B model is not needed any more
             args.shared_model = shared = None
             free()
         began = time.perf_counter()
