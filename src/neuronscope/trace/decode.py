@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -261,6 +262,7 @@ class _StaticDecoder:
         while done < self.steps:
             if graphs and done == 2:
                 graph = _capture(step)
+                graphs = graph is not None  # a step that cannot be captured runs eagerly from here on
             if graph is None:
                 if graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
                     _on_side_stream(step)
@@ -302,10 +304,17 @@ def _on_side_stream(function) -> None:
     torch.cuda.current_stream().wait_stream(stream)
 
 
-def _capture(function) -> torch.cuda.CUDAGraph:
+def _capture(function) -> torch.cuda.CUDAGraph | None:
+    """The graph of one call of ``function`` (recorded, not run), or None with a warning if it cannot be captured
+    (an operation of the model or of a hook that reads the device from the host)."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        function()
+    try:
+        with torch.cuda.graph(graph):
+            function()
+    except RuntimeError as error:
+        warnings.warn(f"the decode step could not be captured into a CUDA graph, decoding eagerly: {error}",
+                      stacklevel=3)
+        return None
     return graph
 
 
