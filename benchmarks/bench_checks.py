@@ -140,6 +140,10 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
     for graphs in (False, True) if where.type == "cuda" else (False,):
         kept[graphs] = caption_contributions(vlm, processor, image_batch, max_new_tokens=8, top_k=50,
                                              min_new_tokens=8, graphs=graphs)
+    from neuronscope.trace.hooks import foreign_hooks
+
+    out.append({"decode": "hooks on the LLaVA model not declared graph-safe (0: graphs by default)",
+                "foreign_hooks": foreign_hooks(vlm), "ok": foreign_hooks(vlm) == 0})
     if len(kept) == 2:
         a, b = kept[False], kept[True]
         diff = float((a.values - b.values).abs().max()) / float(a.values.abs().max())

@@ -4,7 +4,8 @@ d_ff 14336).
 
 Floor = the ``value vectors × unembedding`` product, ``2 · d_ff · d · V`` FLOPs at the device's bf16 dense peak
 (989 TFLOP/s on an H200); ``matmul_only_s`` is the measured time of those products alone at the same chunking (what
-any exact method must at least do). Memory: the peak above the one-layer model's weights and inputs.
+any exact method must at least do); ``scoring_only_s`` the products, log-sum-exps and target columns without the
+call's forward and set-up (what the call does once the activations are captured). Memory: the peak above the one-layer model's weights and inputs.
 
     python benchmarks/bench_lpi.py OUT            # CUDA
     python benchmarks/bench_lpi.py OUT --tiny     # CPU smoke test
@@ -42,6 +43,24 @@ def _matmul_only(model, chunk: int, compute: torch.dtype) -> None:
         readout.delta(vectors[start:start + chunk])
 
 
+def _scoring_only(model, chunk: int, backend: str) -> None:
+    """What the call does after its forward, for one target: per chunk the products, the log-sum-exps and the
+    target column (the activations and the base logits stand in as random tensors)."""
+    from neuronscope.attribute import kernels
+    from neuronscope.attribute.log_probability_increase import FrozenReadout
+    from neuronscope.models import get_adapter
+
+    adapter = get_adapter(model)
+    readout = FrozenReadout.from_adapter(adapter, None, torch.bfloat16)
+    vectors = adapter.value_vectors(0)
+    base = torch.zeros(adapter.vocab_size, device=vectors.device)
+    coefficients = torch.ones(adapter.d_ff, device=vectors.device)
+    for start in range(0, adapter.d_ff, chunk):
+        directions = readout.delta(vectors[start:start + chunk])
+        kernels.shifted_logsumexp(base, directions, coefficients[start:start + chunk], None, backend=backend)
+        directions[:, 7]
+
+
 def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[str, Any]:
     from neuronscope.attribute import kernels
     from neuronscope.attribute.log_probability_increase import log_probability_increase
@@ -77,7 +96,10 @@ def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[
             values = got.pop("result")
             reference = values if reference is None else reference
             entry.update(strip(got))
+            scoring = measure(lambda chunk=chunk, backend=backend: _scoring_only(model, chunk, backend), where,
+                              repeats)["seconds"]
             entry.update({"flop_floor_s": floor, "over_floor": got["seconds"] / floor,
+                          "scoring_only_s": scoring, "scoring_only_over_floor": scoring / floor,
                           "matmul_only_s": matmul["seconds"], "over_matmul_only": got["seconds"] / matmul["seconds"],
                           "forward_s": forward,
                           "max_abs_diff_vs_plain": float((values - reference).abs().max())})

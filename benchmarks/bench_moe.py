@@ -29,7 +29,7 @@ import time
 
 import torch
 import transformers as T
-from common import paired
+from common import free, paired
 
 from neuronscope.attribute.moe_contribution import moe_contribution
 from neuronscope.inputs import Batch
@@ -147,8 +147,7 @@ def run(args: argparse.Namespace) -> dict:
             key = name if prompt == 12 else f"{name}_{prompt + 20}"
             table[key] = bench(name, options, device, dtype, model)
         del model
-        if device == "cuda":
-            torch.cuda.empty_cache()
+        free()  # the adapter and the hooks hold cycles: collected before the next model is built
     return table
 
 

@@ -167,3 +167,26 @@ def test_step_buffers_hold_what_capture_at_the_last_position_holds():
                                atol=1e-12)
     torch.testing.assert_close(buffers.get("resid_post", layers[-1])[:, :steps], acts.get("resid_post", layers[-1]),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_hooks_not_declared_graph_safe_are_counted_and_honoured_step_by_step(monkeypatch):
+    """An intervention picks its positions on the host at each call: greedy_generate counts its hooks as foreign
+    (so a GPU would decode without graphs) and the static decoding still applies it at every step as
+    model.generate does."""
+    from neuronscope.trace.hooks import foreign_hooks
+    from neuronscope.trace.intervene import amplify, intervene
+
+    model, batch = _text("llama")
+    adapter = get_adapter(model)
+    neurons = torch.stack([torch.ones(24, dtype=torch.long), torch.arange(24)], 1)  # all of layer 1
+    with HookSet(adapter, graph_safe=True):
+        assert foreign_hooks(model) == 0
+    # a tiny random model's FFN writes are small: amplified 1000x they change the tokens
+    with intervene(model, amplify(neurons, 1000.0, positions="last") + amplify(neurons[:4], 1000.0, positions=[0, 2])):
+        assert foreign_hooks(model) > 0
+        expected = generate(model, _Tokens(), batch, max_new_tokens=6)
+        _no_fallback(monkeypatch)
+        got = greedy_generate(model, _Tokens(), batch, max_new_tokens=6, graphs=False)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert not torch.equal(expected.sequences, generate(model, _Tokens(), batch, max_new_tokens=6).sequences)
+    assert foreign_hooks(model) == 0

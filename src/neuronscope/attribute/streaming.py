@@ -139,7 +139,7 @@ def caption_contributions(
     dtype = next(model.parameters()).dtype
     clock = DecodeClock.on(model)
     steps = StepBuffers(clock, max_new_tokens, dtype)  # indexed by the device clock: graph replays write them too
-    with HookSet(adapter) as hooks:
+    with HookSet(adapter, graph_safe=True) as hooks:
         steps.install(hooks, adapter, site, range(adapter.n_layers))
         generation = greedy_generate(model, processor, batch, max_new_tokens=max_new_tokens, clock=clock,
                                      **generate_kwargs)

@@ -18,12 +18,14 @@ the dynamic cache's up to float rounding (``tests/trace/test_decode.py``; graph 
 Hooks on the stock modules run during the prompt and the first step and are recorded into the graph: a hook that
 writes per-step results must index with :attr:`DecodeClock.step` (a device tensor holding the step the running
 call produces: 0 for the prompt, ``k`` for the call that produces new token ``k``), never with a host counter.
+Graphs are used by default only when every hook on the model belongs to a ``HookSet(..., graph_safe=True)``; any
+other hook (an intervention that picks positions, a peer tool's hook) makes the decoding eager, still static.
 :func:`greedy_generate` keeps the clock right on every path, including the fallback to ``model.generate`` for
 what this decoder does not cover (:func:`static_decode_blocker` says why).
 
 Example:
     >>> clock = DecodeClock.on(model)
-    >>> with HookSet(adapter) as hooks:       # a hook: buffer.index_copy_(1, clock.step, tensor[:, -1:])
+    >>> with HookSet(adapter, graph_safe=True) as hooks:   # buffer.index_copy_(1, clock.step, tensor[:, -1:])
     ...     generation = greedy_generate(model, processor, batch, max_new_tokens=20, clock=clock)
 """
 
@@ -39,6 +41,7 @@ import torch
 from torch import nn
 
 from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
+from neuronscope.trace.hooks import foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 
 #: ``model.generate`` keywords this decoder implements itself (everything else falls back to ``generate``).
@@ -77,7 +80,7 @@ class StepBuffers:
 
     Example:
         >>> buffers = StepBuffers(clock, steps=20)
-        >>> with HookSet(adapter) as hooks:
+        >>> with HookSet(adapter, graph_safe=True) as hooks:
         ...     buffers.install(hooks, adapter, "neuron", range(adapter.n_layers))
         ...     generation = greedy_generate(model, processor, batch, max_new_tokens=20, clock=clock)
         >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
@@ -346,8 +349,10 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
 
     Args:
         clock: kept equal to the step each forward call produces (hooks index per-step buffers with it).
-        graphs: replay the decode steps from a CUDA graph; default: on a CUDA model. ``False`` runs the same static
-            decoding eagerly (what the tests compare with ``model.generate``).
+        graphs: replay the decode steps from a CUDA graph; default: on a CUDA model whose only hooks are those of
+            graph-safe :class:`~neuronscope.trace.hooks.HookSet` s (``HookSet(adapter, graph_safe=True)``). ``False``
+            runs the same static decoding eagerly (what the tests compare with ``model.generate``); ``True`` forces
+            graphs whatever hooks there are.
         kwargs: ``min_new_tokens`` / ``suppress_tokens``; any other ``generate`` keyword falls back to
             ``model.generate``.
     """
@@ -357,7 +362,8 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
     if static_decode_blocker(model, moved, kwargs) is not None:
         return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
     clock = clock or DecodeClock.on(model)
-    graphs = moved.input_ids.device.type == "cuda" if graphs is None else graphs
+    if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
+        graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
     tokenizer = _tokenizer(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = model.generation_config  # keywords override the generation config, as in model.generate

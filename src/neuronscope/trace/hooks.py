@@ -32,13 +32,54 @@ def _capturing(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-class HookSet:
-    """Hooks installed on one model; use as a context manager so they are removed even when the forward raises."""
+#: ids of the live hooks of graph-safe hook sets (see :func:`foreign_hooks`).
+_GRAPH_SAFE: set[int] = set()
 
-    def __init__(self, adapter: ModelAdapter):
+
+class _Handles(list):
+    """The hook handles of one set; a graph-safe set records their ids in :data:`_GRAPH_SAFE` while they live."""
+
+    def __init__(self, graph_safe: bool):
+        super().__init__()
+        self.graph_safe = graph_safe
+
+    def append(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+        super().append(handle)
+        if self.graph_safe:
+            _GRAPH_SAFE.add(handle.id)
+
+    def clear(self) -> None:
+        for handle in self:
+            _GRAPH_SAFE.discard(handle.id)
+        super().clear()
+
+
+def foreign_hooks(model: nn.Module) -> int:
+    """How many forward hooks on ``model`` (or global ones) are not of a graph-safe :class:`HookSet`: hooks whose
+    work may depend on the step (positions picked on the host, host counters), which a CUDA-graph replay would
+    freeze at the captured step."""
+    from torch.nn.modules import module as torch_module
+
+    count = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
+    for sub in model.modules():
+        for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
+            count += sum(1 for key in hooks if key not in _GRAPH_SAFE)
+    return count
+
+
+class HookSet:
+    """Hooks installed on one model; use as a context manager so they are removed even when the forward raises.
+
+    ``graph_safe=True`` declares that every callback added does the same device work at every decode step (it
+    indexes per-step results with a device clock, as :class:`neuronscope.trace.decode.StepBuffers` does), so that
+    :func:`neuronscope.trace.decode.greedy_generate` may replay the decode steps from a CUDA graph; any other hook
+    on the model makes it decode eagerly.
+    """
+
+    def __init__(self, adapter: ModelAdapter, graph_safe: bool = False):
         self.adapter = adapter
         self.call = CallState()
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = _Handles(graph_safe)
         self._watch_decoder()
 
     # -- call tracking ---------------------------------------------------------------------------------------

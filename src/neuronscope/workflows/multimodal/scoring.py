@@ -136,7 +136,7 @@ def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: Mode
     # the site at the last position of every call, in device buffers indexed by the decode clock (so that the
     # CUDA-graph replays of greedy_generate write them too): a few MB, scored there, only the top-k leave the device
     buffers = StepBuffers(clock, max_new_tokens)
-    with HookSet(adapter) as hooks:
+    with HookSet(adapter, graph_safe=True) as hooks:
         buffers.install(hooks, adapter, site, range(adapter.n_layers))
         if final_norm:
             buffers.install(hooks, adapter, "resid_post", [last])
