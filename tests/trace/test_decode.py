@@ -127,6 +127,10 @@ def test_a_vision_language_model_decodes_statically(monkeypatch):
     _no_fallback(monkeypatch)
     got = greedy_generate(model, processor, batch, max_new_tokens=6, graphs=False)
     assert torch.equal(got.sequences, expected.sequences) and got.texts == expected.texts
+    from neuronscope.trace.hooks import foreign_hooks
+
+    # transformers installs its output-capturing hooks on the vision tower on first use: not counted as foreign
+    assert any(sub._forward_hooks for sub in model.modules()) and foreign_hooks(model) == 0
 
 
 def test_what_it_does_not_cover_falls_back_to_generate():

@@ -54,16 +54,24 @@ class _Handles(list):
         super().clear()
 
 
+def _transformers_output_capture(hook: Any) -> bool:
+    """transformers' own output-capturing hooks (installed on first use by ``transformers.utils.output_capturing``):
+    they record only while a caller asks for hidden states or attentions, and do no device work otherwise."""
+    return (getattr(hook, "__module__", "") or "").startswith("transformers.") and \
+        getattr(hook, "__qualname__", "").endswith("output_capturing_hook")
+
+
 def foreign_hooks(model: nn.Module) -> int:
     """How many forward hooks on ``model`` (or global ones) are not of a graph-safe :class:`HookSet`: hooks whose
     work may depend on the step (positions picked on the host, host counters), which a CUDA-graph replay would
-    freeze at the captured step."""
+    freeze at the captured step. transformers' own output-capturing hooks are not counted."""
     from torch.nn.modules import module as torch_module
 
     count = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
     for sub in model.modules():
         for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
-            count += sum(1 for key in hooks if key not in _GRAPH_SAFE)
+            count += sum(1 for key, hook in hooks.items()
+                         if key not in _GRAPH_SAFE and not _transformers_output_capture(hook))
     return count
 
 
