@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
+from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
+from neuronscope.models.decoding import PROMPT_ONLY_INPUTS, TEXT_INPUTS
 from neuronscope.trace.hooks import foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 
@@ -53,9 +54,6 @@ _SEARCH_FIELDS = ("num_beams", "num_beam_groups", "penalty_alpha", "repetition_p
                   "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
                   "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty", "renormalize_logits",
                   "guidance_scale", "watermarking_config", "stop_strings", "assistant_model", "prompt_lookup_num_tokens")
-_TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids"})
-#: prompt-only inputs of the vision-language models whose decode steps need nothing but text inputs.
-_PROMPT_ONLY_INPUTS = frozenset({"pixel_values", "image_sizes", "pixel_attention_mask"})
 
 
 @dataclass
@@ -120,13 +118,6 @@ class StepBuffers:
         return torch.stack([self.buffers[(site, layer)][:, :steps].to(device) for layer in layers], 2)
 
 
-def _input_device(model: nn.Module) -> torch.device:
-    try:
-        return model.get_input_embeddings().weight.device
-    except AttributeError:
-        return next(model.parameters()).device
-
-
 def _defaults() -> Any:
     from transformers import GenerationConfig
 
@@ -143,7 +134,7 @@ def static_decode_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[
     for field in (name for name in _SEARCH_FIELDS if name not in OWN_KEYWORDS):
         if config is not None and getattr(config, field, None) != getattr(defaults, field, None):
             return f"generation_config.{field} = {getattr(config, field)!r}"
-    extra = sorted(set(batch.inputs) - _TEXT_INPUTS - _PROMPT_ONLY_INPUTS)
+    extra = sorted(set(batch.inputs) - TEXT_INPUTS - PROMPT_ONLY_INPUTS)
     if extra:
         return f"inputs {extra} (their decode steps need more than text inputs)"
     if getattr(type(model), "create_masks_for_generate", None) is not None:

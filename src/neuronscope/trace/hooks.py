@@ -43,14 +43,14 @@ class _Handles(list):
         super().__init__()
         self.graph_safe = graph_safe
 
-    def append(self, handle: torch.utils.hooks.RemovableHandle) -> None:
+    def append(self, handle: Any) -> None:  # torch's RemovableHandle, or anything with remove() (expert hooks)
         super().append(handle)
-        if self.graph_safe:
+        if self.graph_safe and hasattr(handle, "id"):
             _GRAPH_SAFE.add(handle.id)
 
     def clear(self) -> None:
         for handle in self:
-            _GRAPH_SAFE.discard(handle.id)
+            _GRAPH_SAFE.discard(getattr(handle, "id", None))
         super().clear()
 
 
