@@ -78,11 +78,6 @@ def integrated_gradients(table: dict[str, Any]) -> list[str]:
              f"{_x(loop.get('peak_over_weights'), 3)} |",
              f"| sequence path, planned rows{_chunks(fast)} (goal ≥ 100×, ≤ 1.3× weights) | {_s(fast['seconds'])} | "
              f"**{_x(speedup, 1)}** ({_met(speedup >= 100)}) | {_x(peak, 3)} ({_met(None if peak is None else peak <= 1.3)}) |"]
-    if "paired_speedup_median" in fast:
-        low, high = fast["paired_speedup_range"]
-        lines.append(f"| the same, loop and planned path in 3 alternating pairs (the goal's judge) | | "
-                     f"**{_x(fast['paired_speedup_median'], 1)}** median ({low:.1f}-{high:.1f}; "
-                     f"{_met(fast['paired_speedup_median'] >= 100)}) | |")
     if "first_call_seconds" in fast:
         lines.append(f"| the same, first call (sizes being tried) | {_s(fast['first_call_seconds'])} | "
                      f"{_x(loop['seconds'] / fast['first_call_seconds'], 1)} | |")
