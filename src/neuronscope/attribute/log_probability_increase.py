@@ -134,7 +134,7 @@ def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetS
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     with capture(model, sites=sites, layers=layers, positions=positions, to=device) as acts, \
             capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:
-        output = model(**batch.inputs)
+        output = model(**batch.forward_inputs())  # no host wait: the queued products run meanwhile
     final = end.get("resid_post", last)
     adapter.check_readout(final, getattr(output, "logits", None), positions, defer=defer)
     if final_scale is None:

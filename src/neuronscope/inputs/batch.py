@@ -75,6 +75,16 @@ class Batch:
         """Map positions in each row's own (unpadded) tokens ``[batch, k]`` to padded positions."""
         return positions + self.pad_lengths[:, None]
 
+    def forward_inputs(self) -> dict[str, Any]:
+        """``inputs`` without the attention mask when no row is padded (said by ``lengths``, on the host).
+
+        transformers checks an attention mask's values before building the causal mask, which makes the host wait
+        for everything already queued on the GPU; an all-ones mask is the same as none, so it is left out."""
+        mask = self.inputs.get("attention_mask")
+        if mask is None or bool((self.lengths != self.seq_len).any()):
+            return self.inputs
+        return {key: value for key, value in self.inputs.items() if key != "attention_mask"}
+
     def to(self, device: torch.device | str) -> Batch:
         moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.inputs.items()}
         return Batch(moved, self.texts, self.lengths, self.images, self.meta)
