@@ -194,3 +194,12 @@ def test_hooks_not_declared_graph_safe_are_counted_and_honoured_step_by_step(mon
     assert torch.equal(got.sequences, expected.sequences)
     assert not torch.equal(expected.sequences, generate(model, _Tokens(), batch, max_new_tokens=6).sequences)
     assert foreign_hooks(model) == 0
+
+
+def test_an_accelerate_hook_counts_as_foreign():
+    from neuronscope.trace.hooks import foreign_hooks
+
+    model, _ = _text("llama")
+    assert foreign_hooks(model) == 0
+    model.model.layers[0]._hf_hook = object()  # what accelerate's add_hook_to_module leaves on a module
+    assert foreign_hooks(model) == 1

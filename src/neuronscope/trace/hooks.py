@@ -64,11 +64,13 @@ def _transformers_output_capture(hook: Any) -> bool:
 def foreign_hooks(model: nn.Module) -> int:
     """How many forward hooks on ``model`` (or global ones) are not of a graph-safe :class:`HookSet`: hooks whose
     work may depend on the step (positions picked on the host, host counters), which a CUDA-graph replay would
-    freeze at the captured step. transformers' own output-capturing hooks are not counted."""
+    freeze at the captured step. transformers' own output-capturing hooks are not counted; an accelerate hook
+    (``_hf_hook``: device placement, offloading) counts as one."""
     from torch.nn.modules import module as torch_module
 
     count = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
     for sub in model.modules():
+        count += int(hasattr(sub, "_hf_hook"))
         for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
             count += sum(1 for key, hook in hooks.items()
                          if key not in _GRAPH_SAFE and not _transformers_output_capture(hook))
