@@ -27,7 +27,7 @@ from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.moe import DENSE, route
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.intervene import OPS, Intervention, _apply
+from neuronscope.trace.intervene import OPS, Intervention, _apply, _Placed
 from neuronscope.trace.positions import PositionSpec, normalise, select
 
 DROP_MODES = ("zero", "reroute")
@@ -258,9 +258,9 @@ def install_experts(hooks: HookSet, adapter: ModelAdapter,
             routed.setdefault(layer, []).append(item)
         else:
             dense = Intervention("neuron", layer, item.op, item.value, item.neurons, item.positions)
-            index = None if item.neurons is None else item.neurons.reshape(-1)
+            index = None if item.neurons is None else torch.as_tensor(item.neurons).reshape(-1).cpu()
             moe_hooks.on_shared(layer, item.expert - moe.n_experts,
-                                lambda tensor, call, dense=dense, index=index: _apply(tensor, dense, index, call))
+                                lambda tensor, call, placed=_Placed(dense, index): _apply(tensor, placed, call))
     for layer, layer_items in routing.items():
         moe_hooks.on_router(layer, _routing_handler(layer_items))
     for layer, layer_items in routed.items():

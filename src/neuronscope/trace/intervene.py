@@ -19,6 +19,7 @@ from torch import nn
 
 from neuronscope.errors import NeuronscopeError
 from neuronscope.models.adapter import ModelAdapter, get_adapter
+from neuronscope.models.devices import on_device
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.positions import CallState, PositionSpec, normalise, select
 from neuronscope.trace.sites import resolve_site
@@ -56,31 +57,65 @@ class Intervention:
             raise NeuronscopeError(f"intervention value must be finite, got {value}")
 
 
-def _apply(tensor: torch.Tensor, item: Intervention, index: torch.Tensor | None, call: CallState) -> torch.Tensor:
-    selection = select(normalise(item.positions), call)
-    if selection.empty:
+class _Placed:
+    """One intervention's index tensors on the device of the tensor it changes, made without making the host wait:
+    the neuron index and a tensor value once per device, the selected (row, position) pairs once per forward call,
+    all through pinned memory (a copy from ordinary host memory waits for everything queued on the GPU first, which
+    during ``generate`` would be once per layer and step)."""
+
+    def __init__(self, item: Intervention, index: torch.Tensor | None):
+        self.item, self.index = item, index
+        self.spec = normalise(item.positions)
+        self._constant: dict[str, tuple] = {}
+        self._call: tuple | None = None
+
+    def constants(self, device: torch.device, width: int) -> tuple[torch.Tensor, object]:
+        """``(coordinates, value)`` on ``device``."""
+        key = str(device)
+        if key not in self._constant:
+            coords = torch.arange(width) if self.index is None else self.index
+            value = self.item.value
+            if isinstance(value, torch.Tensor):
+                value = on_device(value, device)
+            self._constant[key] = (on_device(coords, device), value)
+        return self._constant[key]
+
+    def pairs(self, call: CallState, device: torch.device) -> tuple | None:
+        """``(rows, positions, columns)`` on ``device`` of this call's selected pairs, or None if none is."""
+        key = (call.calls, str(device))
+        if self._call is None or self._call[0] != key:
+            selection = select(self.spec, call)
+            if selection.empty:
+                self._call = (key, None)
+            else:
+                rows, cols = selection.valid.nonzero(as_tuple=True)
+                placed = on_device(torch.stack([rows, selection.local[rows, cols], cols]), device)
+                self._call = (key, (placed[0], placed[1], placed[2]))
+        return self._call[1]
+
+
+def _apply(tensor: torch.Tensor, placed: _Placed, call: CallState) -> torch.Tensor:
+    pairs = placed.pairs(call, tensor.device)
+    if pairs is None:
         return tensor
-    device = tensor.device
+    rows, positions, cols = pairs
+    coords, value = placed.constants(tensor.device, tensor.shape[-1])
+    item = placed.item
     out = tensor.clone()
-    rows, cols = (selection.valid.nonzero(as_tuple=True))
-    positions = selection.local[rows, cols].to(device)
-    rows_dev = rows.to(device)
-    coords = torch.arange(tensor.shape[-1], device=device) if index is None else index.to(device)
-    current = out[rows_dev[:, None], positions[:, None], coords[None, :]]  # [N, n]
-    value = item.value
+    current = out[rows[:, None], positions[:, None], coords[None, :]]  # [N, n]
     if isinstance(value, torch.Tensor):
-        value = value.to(device=device, dtype=tensor.dtype)
+        value = value.to(dtype=tensor.dtype)
         if value.dim() == 3:  # [batch, P, n] aligned with the selection
-            value = value[rows_dev, cols.to(device)]
+            value = value[rows, cols]
         elif value.dim() == 2:  # [batch, n]
-            value = value[rows_dev]
+            value = value[rows]
     if item.op == "set" or item.op == "patch":
-        new = torch.broadcast_to(torch.as_tensor(value, device=device, dtype=tensor.dtype), current.shape)
+        new = torch.broadcast_to(torch.as_tensor(value, device=tensor.device, dtype=tensor.dtype), current.shape)
     elif item.op == "scale":
         new = current * value
     else:
         new = current + value
-    out[rows_dev[:, None], positions[:, None], coords[None, :]] = new
+    out[rows[:, None], positions[:, None], coords[None, :]] = new
     return out
 
 
@@ -99,18 +134,18 @@ def install(hooks: HookSet, adapter: ModelAdapter, interventions: Sequence[Inter
         grouped.setdefault((item.site, adapter.check_layer(item.layer)), []).append(item)
     for (site, layer), items in grouped.items():
         handle = resolve_site(adapter, site, layer)
-        indices = []
+        placed = []
         for item in items:
             index = None if item.neurons is None else torch.as_tensor(item.neurons, dtype=torch.long).reshape(-1)
             if index is not None and index.numel() and (int(index.max()) >= handle.width or int(index.min()) < 0):
                 raise NeuronscopeError(
                     f"neuron index out of range for site '{site}' at layer {layer}: width is {handle.width}"
                 )
-            indices.append(index)
+            placed.append(_Placed(item, None if index is None else index.cpu()))
 
-        def change(tensor: torch.Tensor, call: CallState, items=items, indices=indices) -> torch.Tensor:
-            for item, index in zip(items, indices, strict=True):
-                tensor = _apply(tensor, item, index, call)
+        def change(tensor: torch.Tensor, call: CallState, placed=placed) -> torch.Tensor:
+            for one in placed:
+                tensor = _apply(tensor, one, call)
             return tensor
 
         hooks.add(handle, change)
