@@ -189,20 +189,20 @@ def test_chunked_equals_unchunked_and_registered():
 
 @pytest.mark.parametrize("family", ["llama", "gemma2"])  # gemma2: a post-FFN norm scales the scored vectors
 def test_products_queued_before_the_forward_give_the_same_scores(family, monkeypatch):
-    """What a GPU does (the first layer's first products issued before the forward, within PREFETCH_BYTES), forced
+    """What a GPU does (the first layer's first products issued before the forward, within QUEUE_BYTES), forced
     on the CPU: the same scores to the bit, whether all, some or none of the chunks are queued."""
-    import importlib
-
-    lpi = importlib.import_module("neuronscope.attribute.log_probability_increase")  # the module, not the function
+    from neuronscope.attribute import frozen_readout
+    from neuronscope.attribute.residual import scored_value_vectors
 
     model = _strong(tiny_text_model(family))
+    adapter = get_adapter(model)
     batch = _batch()
     plain = log_probability_increase(model, batch, chunk_size=5, layers=[1, 0]).values
-    monkeypatch.setattr(lpi, "PREFETCH_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(frozen_readout, "QUEUE_DEVICES", ("cpu", "cuda"))
     for budget in (5 * 64 * 4, 10**9):  # one chunk of 5 neurons x V = 64 float32, or every chunk
-        monkeypatch.setattr(lpi, "PREFETCH_BYTES", budget)
-        queued = lpi._queue_products(get_adapter(model), lpi.FrozenReadout.from_adapter(get_adapter(model)), 1, 5)
-        assert len(queued) == (1 if budget < 10**9 else -(-get_adapter(model).d_ff // 5))
+        monkeypatch.setattr(frozen_readout, "QUEUE_BYTES", budget)
+        queued = FrozenReadout.from_adapter(adapter).queue(scored_value_vectors(adapter, 1), 5)
+        assert len(queued) == (1 if budget < 10**9 else -(-adapter.d_ff // 5))
         assert torch.equal(log_probability_increase(model, batch, chunk_size=5, layers=[1, 0]).values, plain)
 
 

@@ -18,6 +18,12 @@ from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.adapter import ModelAdapter
 
+#: :meth:`FrozenReadout.queue` issues products up to this many bytes ahead (on a one-layer LPI call at V = 32k the
+#: model's forward is ~1.5 ms of host time in which the GPU would otherwise idle).
+QUEUE_BYTES = 640 * 2**20
+#: device types whose products are worth issuing ahead (a CPU computes each one at once: nothing to overlap).
+QUEUE_DEVICES = ("cuda",)
+
 
 @dataclass
 class FrozenReadout:
@@ -80,6 +86,15 @@ class FrozenReadout:
         if self.centre:
             writes = writes - writes.mean(-1, keepdim=True)
         return (writes * self.gain) @ self.rows.T
+
+    def queue(self, vectors: torch.Tensor, chunk_size: int) -> list[torch.Tensor]:
+        """On a GPU, :meth:`delta` of the first chunks of ``vectors [n, d]`` issued now, in chunk order, up to
+        :data:`QUEUE_BYTES` (e.g. before a forward, so that they run while the host issues its kernels)."""
+        if self.device.type not in QUEUE_DEVICES:
+            return []
+        per_chunk = chunk_size * self.rows.shape[0] * self.rows.element_size()
+        count = min(-(-vectors.shape[0] // chunk_size), QUEUE_BYTES // max(per_chunk, 1))
+        return [self.delta(vectors[start * chunk_size:(start + 1) * chunk_size]) for start in range(count)]
 
     def logits(self, residual: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``z(x) = G C(x) / σ + offset`` for residuals ``[..., d]`` and scales ``[..., 1]`` → ``[..., V']`` (no

@@ -59,7 +59,7 @@ from neuronscope.attribute.kernels import (
     target_log_probability,
     target_values,
 )
-from neuronscope.attribute.residual import ffn_residual, ffn_sites, write_note
+from neuronscope.attribute.residual import ffn_residual, ffn_sites, scored_value_vectors, write_note
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet, prediction_targets
@@ -69,13 +69,6 @@ from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import Capture, capture
 
 DEFAULT_CHUNK = 1024
-
-#: On a GPU, the first layer's first products (``value vectors × unembedding``) are queued before the forward, up to
-#: this many bytes: they run while the host is still issuing the forward's kernels (on a one-layer call at
-#: V = 32k the forward is ~1.5 ms of host time in which the GPU would otherwise idle).
-PREFETCH_BYTES = 640 * 2**20
-#: device types that queue products before the forward (a CPU computes them at once: nothing to overlap).
-PREFETCH_DEVICES = ("cuda",)
 
 
 # -- pure math ---------------------------------------------------------------------------------------------------
@@ -145,25 +138,6 @@ def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetS
     return acts, torch.as_tensor(final_scale).to(final.dtype).reshape(*targets.token_ids.shape, 1).to(device)
 
 
-def _scored_vectors(adapter: ModelAdapter, layer: int) -> torch.Tensor:
-    """``[d_ff, d]`` the vectors whose readout is scored: the value vectors, times the post-FFN norm's gain ``g_p``
-    in families that have one (``m / σ_p`` is a per-position factor, applied to the coefficients)."""
-    vectors = adapter.value_vectors(layer)
-    write = adapter.ffn_write(layer)
-    gain = None if write.identity else write.gain()
-    return vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
-
-
-def _queue_products(adapter: ModelAdapter, readout: FrozenReadout, layer: int, chunk_size: int) -> list[torch.Tensor]:
-    """On a GPU, ``layer``'s first chunks of products, issued now (up to :data:`PREFETCH_BYTES`), in chunk order."""
-    if readout.device.type not in PREFETCH_DEVICES:
-        return []
-    per_chunk = chunk_size * readout.rows.shape[0] * readout.rows.element_size()
-    count = min(-(-adapter.d_ff // chunk_size), PREFETCH_BYTES // max(per_chunk, 1))
-    vectors = _scored_vectors(adapter, layer)
-    return [readout.delta(vectors[start * chunk_size:(start + 1) * chunk_size]) for start in range(count)]
-
-
 def _rows(targets: TargetSet) -> Iterator[tuple[int, int]]:
     """(example, target) pairs that hold a real target."""
     yield from (tuple(pair) for pair in targets.valid.nonzero().tolist())
@@ -197,8 +171,7 @@ def log_probability_increase(
         targets: target tokens and their positions; default the model's own prediction at the last position.
         layers: layers to score; default all.
         chunk_size: neurons scored at once; peak extra memory is about ``3 × chunk_size × V`` float32 logits
-            (default 1024: ~400 MB for V = 32k), plus on a GPU up to :data:`PREFETCH_BYTES` of the first layer's
-            products, queued before the forward.
+            (default 1024: ~400 MB for V = 32k), plus on a GPU ``frozen_readout.QUEUE_BYTES`` issued early.
         candidates: token ids; if given the log-softmax is exact over ``candidates ∪ targets`` instead of the whole
             vocabulary.
         compute_dtype: dtype of the ``value vectors × unembedding`` products (float32 default; bfloat16 is faster
@@ -237,7 +210,7 @@ def log_probability_increase(
     sites = list(dict.fromkeys(["neuron", "resid_post"] + ffn_sites(adapter)))
     scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
     captured = [adapter.require_ffn(layer) for layer in scored]
-    queued = _queue_products(adapter, readout, scored[0], chunk_size) if scored else []  # before the forward
+    ahead = readout.queue(scored_value_vectors(adapter, scored[0]), chunk_size) if scored else []  # GPU: run early
     acts, sigma = _run(model, adapter, batch, targets, sites, captured, readout.device, final_scale,
                        defer=True)  # checked when the scores are read back
 
@@ -247,7 +220,7 @@ def log_probability_increase(
         base = readout.logits(ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
         write = adapter.ffn_write(layer)
         coefficients = acts.get("neuron", layer).to(readout.offset.dtype) / sigma  # [B, n, d_ff]
-        vectors = _scored_vectors(adapter, layer)  # [d_ff, d]
+        vectors = scored_value_vectors(adapter, layer)  # [d_ff, d]
         if not write.identity:  # m · post_norm frozen at ffn_out's scale: m / σ_p per position, g_p per coordinate
             coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).to(coefficients.dtype)
         pairs = [(row, col, int(columns[row, col])) for row, col in _rows(targets)]
@@ -256,7 +229,7 @@ def log_probability_increase(
         picked = torch.empty(len(pairs), adapter.d_ff, dtype=readout.dtype, device=readout.device)
         for start in range(0, adapter.d_ff, chunk_size):
             stop = min(start + chunk_size, adapter.d_ff)
-            directions = queued.pop(0) if queued else readout.delta(vectors[start:stop])  # [c, V']
+            directions = ahead.pop(0) if ahead else readout.delta(vectors[start:stop])  # [c, V']
             for slot_p, (row, col, column) in enumerate(pairs):
                 lse[slot_p, start:stop] = shifted_logsumexp(base[row, col], directions,
                                                             coefficients[row, col, start:stop], readout.softcap)

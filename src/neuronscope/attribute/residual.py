@@ -33,6 +33,15 @@ def ffn_residual(adapter: ModelAdapter, acts: Capture, layer: int) -> torch.Tens
     return _wide(acts.get("ffn_in", layer))
 
 
+def scored_value_vectors(adapter: ModelAdapter, layer: int) -> torch.Tensor:
+    """``[d_ff, d]`` the vectors whose readout scores a neuron's write: the value vectors, times the post-FFN norm's
+    gain ``g_p`` in families that have one (its ``m / σ_p`` is a per-position factor, for the coefficients)."""
+    vectors = adapter.value_vectors(layer)
+    write = adapter.ffn_write(layer)
+    gain = None if write.identity else write.gain()
+    return vectors if gain is None else vectors.to(gain.dtype) * gain.to(vectors.device)
+
+
 def _wide(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype == torch.float64 else tensor.float()
 
