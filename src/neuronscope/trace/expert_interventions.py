@@ -24,6 +24,7 @@ import torch
 
 from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.devices import on_device
 from neuronscope.models.moe import DENSE, route
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
@@ -171,11 +172,11 @@ def _routed_handler(items: list[ExpertIntervention], width: int):
             if pair_row.numel() == 0:
                 continue
             coords = (torch.arange(width, device=base.device) if item.neurons is None
-                      else item.neurons.to(base.device))
+                      else on_device(item.neurons, base.device))
             token, slot = where[pair_row], pair_slot
             current = new[token[:, None], slot[:, None], coords[None, :]]
-            value = _layer_value(item, rows_b.to(base.device)[pair_row], cols.to(base.device)[pair_row],
-                                 base.device, base.dtype)
+            placed = on_device(torch.stack([rows_b, cols]), base.device)  # one pinned copy, no host wait
+            value = _layer_value(item, placed[0][pair_row], placed[1][pair_row], base.device, base.dtype)
             new = new.index_put((token[:, None], slot[:, None], coords[None, :]), _new_values(current, item, value))
         if new is not base:
             call.change(union, new - base)
@@ -191,7 +192,7 @@ def _routing_handler(items: list[RoutingIntervention]):
             if selection.empty:
                 continue
             rows = call.rows(selection).unique()
-            chosen = torch.tensor(item.experts, device=call.experts.device)
+            chosen = on_device(torch.tensor(item.experts), call.experts.device)
             if item.kind != "force":
                 rows = rows[torch.isin(call.experts[rows], chosen).any(-1)]
             if rows.numel() == 0:
