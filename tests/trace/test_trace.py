@@ -192,3 +192,23 @@ def test_bad_inputs_have_clear_errors():
             model(**right_padded)
     with pytest.raises(NeuronscopeError, match="finite"):
         Intervention("neuron", 0, "scale", float("nan"))
+
+
+def test_an_intervention_places_its_indices_once_per_device_and_once_per_call(monkeypatch):
+    """Index tensors go to the device through models.devices.on_device (pinned, asynchronous on a GPU): the
+    neuron index once per device, the selected (row, position) pairs once per forward call and layer."""
+    import importlib
+
+    intervene_module = importlib.import_module("neuronscope.trace.intervene")  # the module, not the function
+    model = tiny_text_model("llama")
+    inputs = random_batch(batch=2, length=5, seed=4)
+    placed = []
+    original = intervene_module.on_device
+    monkeypatch.setattr(intervene_module, "on_device", lambda tensor, device: placed.append(tuple(tensor.shape))
+                        or original(tensor, device))
+    neurons = torch.tensor([[0, 1], [1, 2]])
+    with intervene(model, suppress(neurons, positions="all")), torch.no_grad():
+        model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    pairs = [shape for shape in placed if len(shape) == 2 and shape[0] == 3]  # [3, N]: rows, positions, columns
+    assert len(pairs) == 2 * 4  # two layers, four calls
+    assert len(placed) - len(pairs) == 2  # each layer's neuron index, once
