@@ -32,28 +32,6 @@ def _capturing(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and value.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-#: ids of the live hooks of graph-safe hook sets (see :func:`foreign_hooks`).
-_GRAPH_SAFE: set[int] = set()
-
-
-class _Handles(list):
-    """The hook handles of one set; a graph-safe set records their ids in :data:`_GRAPH_SAFE` while they live."""
-
-    def __init__(self, graph_safe: bool):
-        super().__init__()
-        self.graph_safe = graph_safe
-
-    def append(self, handle: Any) -> None:  # torch's RemovableHandle, or anything with remove() (expert hooks)
-        super().append(handle)
-        if self.graph_safe and hasattr(handle, "id"):
-            _GRAPH_SAFE.add(handle.id)
-
-    def clear(self) -> None:
-        for handle in self:
-            _GRAPH_SAFE.discard(getattr(handle, "id", None))
-        super().clear()
-
-
 def _transformers_output_capture(hook: Any) -> bool:
     """transformers' own output-capturing hooks (installed on first use by ``transformers.utils.output_capturing``):
     they record only while a caller asks for hidden states or attentions, and do no device work otherwise."""
@@ -72,8 +50,8 @@ def foreign_hooks(model: nn.Module) -> int:
     for sub in model.modules():
         count += int(hasattr(sub, "_hf_hook"))
         for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
-            count += sum(1 for key, hook in hooks.items()
-                         if key not in _GRAPH_SAFE and not _transformers_output_capture(hook))
+            count += sum(1 for hook in hooks.values()
+                         if not getattr(hook, "graph_safe", False) and not _transformers_output_capture(hook))
     return count
 
 
@@ -89,8 +67,14 @@ class HookSet:
     def __init__(self, adapter: ModelAdapter, graph_safe: bool = False):
         self.adapter = adapter
         self.call = CallState()
-        self._handles: list[torch.utils.hooks.RemovableHandle] = _Handles(graph_safe)
+        self.graph_safe = graph_safe
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._watch_decoder()
+
+    def _declared(self, hook: Callable) -> Callable:
+        """``hook``, marked graph-safe when this set is (what :func:`foreign_hooks` reads)."""
+        hook.graph_safe = self.graph_safe
+        return hook
 
     # -- call tracking ---------------------------------------------------------------------------------------
     def _watch_decoder(self) -> None:
@@ -116,7 +100,8 @@ class HookSet:
                 call.prompt_len = call.seq_len
                 call.mask, call._right_padded = kwargs.get("attention_mask"), None  # read when needed
 
-        self._handles.append(self.adapter.decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
+        self._handles.append(self.adapter.decoder.register_forward_pre_hook(self._declared(before_decoder),
+                                                                            with_kwargs=True))
 
     # -- site hooks ------------------------------------------------------------------------------------------
     def add(self, handle: SiteHandle, callback: SiteCallback) -> None:
@@ -144,7 +129,7 @@ class HookSet:
                 new = rewrite(kwargs["hidden_states"])
                 return None if new is None else (args, {**kwargs, "hidden_states": new})
 
-            self._handles.append(handle.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            self._handles.append(handle.module.register_forward_pre_hook(self._declared(pre_hook), with_kwargs=True))
         else:
 
             def post_hook(module: nn.Module, args: tuple, output: Any) -> Any:
@@ -156,7 +141,7 @@ class HookSet:
                     return new
                 return type(output)((new, *output[1:])) if isinstance(output, tuple) else [new, *output[1:]]
 
-            self._handles.append(handle.module.register_forward_hook(post_hook))
+            self._handles.append(handle.module.register_forward_hook(self._declared(post_hook)))
 
     def remove(self) -> None:
         for hook_handle in self._handles:
