@@ -135,6 +135,7 @@ def test_a_vision_language_model_decodes_statically(monkeypatch):
 
 def test_what_it_does_not_cover_falls_back_to_generate():
     model, batch = _text("gemma3_text")  # sliding-window layers: the cache is not one static length
+    assert "cache layers" in static_decode_blocker(model, batch, {})
     expected = generate(model, _Tokens(), batch, max_new_tokens=5)
     assert torch.equal(greedy_generate(model, _Tokens(), batch, max_new_tokens=5).sequences, expected.sequences)
     model, batch = _text("llama")

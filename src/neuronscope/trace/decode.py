@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from collections.abc import Iterable
@@ -44,6 +45,7 @@ from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenize
 from neuronscope.models.decoding import PROMPT_ONLY_INPUTS, TEXT_INPUTS
 from neuronscope.trace.hooks import foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
+from neuronscope.trace.sites import resolve_site
 
 #: ``model.generate`` keywords this decoder implements itself (everything else falls back to ``generate``).
 OWN_KEYWORDS = frozenset({"min_new_tokens", "suppress_tokens"})
@@ -90,8 +92,6 @@ class StepBuffers:
 
     def install(self, hooks: Any, adapter: Any, site: str, layers: Iterable[int]) -> None:
         """Hook ``site`` of each layer (``hooks``: a :class:`neuronscope.trace.hooks.HookSet`)."""
-        from neuronscope.trace.sites import resolve_site
-
         for layer in layers:
             hooks.add(resolve_site(adapter, site, layer), self._keeper(site, layer))
 
@@ -118,6 +118,7 @@ class StepBuffers:
         return torch.stack([self.buffers[(site, layer)][:, :steps].to(device) for layer in layers], 2)
 
 
+@functools.cache
 def _defaults() -> Any:
     from transformers import GenerationConfig
 
@@ -144,11 +145,17 @@ def static_decode_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[
         return "the forward takes no position_ids, attention_mask or cache"
     if len({p.device for p in model.parameters()}) > 1:
         return "the model spans several devices"
+    kinds = _cache_kinds(model)
+    if kinds != {"StaticLayer"}:
+        return f"cache layers {sorted(kinds)} (sliding-window, chunked or linear attention)"
     return None
 
 
-def _kinds(cache: Any) -> set[str]:
-    return {type(layer).__name__ for layer in getattr(cache, "layers", [])}
+def _cache_kinds(model: nn.Module) -> set[str]:
+    """The layer kinds of the static cache transformers builds for ``model`` (built lazily: no tensors yet)."""
+    from transformers import StaticCache
+
+    return {type(layer).__name__ for layer in StaticCache(config=model.config, max_cache_len=1).layers}
 
 
 class _Picker:
@@ -187,9 +194,8 @@ class _StaticDecoder:
         self.device = ids.device
         self.rows, self.prompt = ids.shape
         self.pad = torch.tensor(pad_id, dtype=torch.long, device=self.device)
-        eos = _token_tensor(getattr(model.generation_config, "eos_token_id", None), self.device)
-        self.eos = eos
-        self.pick = _Picker(eos, min_new_tokens, _token_tensor(suppress, self.device))
+        self.eos = _token_tensor(getattr(model.generation_config, "eos_token_id", None), self.device)
+        self.pick = _Picker(self.eos, min_new_tokens, _token_tensor(suppress, self.device))
         self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
         self.keyword = cache_keyword(model)
         self.keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
@@ -226,68 +232,58 @@ class _StaticDecoder:
         return mask.clone()
 
     def run(self, graphs: bool) -> torch.Tensor:
-        kinds = _kinds(self.cache)
-        if kinds != {"StaticLayer"}:  # sliding-window, chunked or linear-attention layers
-            raise _Unsupported(f"cache layers {sorted(kinds)}")
         chosen = self._prefill()
         done = 1
         if self.steps > 1 and bool(self.unfinished.any()):
-            done = self._decode(chosen, graphs)
+            done = self._decode(chosen[:, None].clone(), graphs)
         return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
 
-    def _decode(self, chosen: torch.Tensor, graphs: bool) -> int:
-        token = chosen[:, None].clone()
+    def _forward_step(self, token: torch.Tensor, mask: torch.Tensor) -> None:
+        """One decode step: the clock and the positions move on, the model runs, ``token`` becomes its choice."""
+        self.clock.step.add_(1)
+        self.position.add_(1)
+        out = self.model(input_ids=token, attention_mask=mask, position_ids=self.position, use_cache=True,
+                         **{self.keyword: self.cache}, **self.keep)
+        token.copy_(self._choose(out.logits[:, -1])[:, None])
+
+    def _decode(self, token: torch.Tensor, graphs: bool) -> int:
         mask = self._decode_mask()
-        if mask is None:  # transformers builds no 4-D mask here (e.g. no padding to mask): grow the 2-D one eagerly
-            return self._decode_growing(token)
+        if mask is None:  # transformers builds no 4-D mask here: grow the 2-D one, eagerly (its shape changes)
+            grown = [self.inputs["attention_mask"]]
+
+            def step() -> None:
+                grown[0] = torch.cat([grown[0], grown[0].new_ones(self.rows, 1)], 1)
+                self._forward_step(token, grown[0])
+
+            return self._steps(step, graphs=False)
         open_key = mask[..., self.prompt - 1:self.prompt].clone()  # the last prompt key is real in every row
-        first_new_key = torch.tensor([self.prompt - 1], dtype=torch.long, device=self.device)
+        prompt = torch.tensor([self.prompt], dtype=torch.long, device=self.device)
 
         def step() -> None:  # every operation reads and writes fixed buffers: safe to capture
-            self.clock.step.add_(1)
-            self.position.add_(1)
-            mask.index_copy_(-1, first_new_key + self.clock.step, open_key)
-            out = self.model(input_ids=token, attention_mask=mask, position_ids=self.position, use_cache=True,
-                             **{self.keyword: self.cache}, **self.keep)
-            token.copy_(self._choose(out.logits[:, -1])[:, None])
+            mask.index_copy_(-1, prompt + self.clock.step, open_key)  # the key this step writes (before the clock)
+            self._forward_step(token, mask)
 
-        done = 1
-        graph = None
+        return self._steps(step, graphs)
+
+    def _steps(self, step, graphs: bool) -> int:
+        """Run ``step`` until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
+        stream when graphs follow), the second captured, the rest replayed; the number of tokens produced."""
+        done, graph = 1, None
         while done < self.steps:
             if graphs and done == 2:
                 graph = _capture(step)
                 graphs = graph is not None  # a step that cannot be captured runs eagerly from here on
-            if graph is None:
-                if graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
-                    _on_side_stream(step)
-                else:
-                    step()
-            else:
+            if graph is not None:
                 graph.replay()
+            elif graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
+                _on_side_stream(step)
+            else:
+                step()
             done += 1
             if not bool(self.unfinished.any()):
                 break
         del graph
         return done
-
-    def _decode_growing(self, token: torch.Tensor) -> int:
-        mask = self.inputs["attention_mask"]
-        done = 1
-        while done < self.steps:
-            self.clock.step.add_(1)
-            self.position.add_(1)
-            mask = torch.cat([mask, mask.new_ones(self.rows, 1)], 1)
-            out = self.model(input_ids=token, attention_mask=mask, position_ids=self.position, use_cache=True,
-                             **{self.keyword: self.cache}, **self.keep)
-            token = self._choose(out.logits[:, -1])[:, None]
-            done += 1
-            if not bool(self.unfinished.any()):
-                break
-        return done
-
-
-class _Unsupported(Exception):
-    """The static decoder cannot run this model (the caller falls back to ``model.generate``)."""
 
 
 def _on_side_stream(function) -> None:
@@ -361,9 +357,6 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
     min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
     suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
     decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, int(pad_id), clock, int(min_new or 0), suppress)
-    try:
-        sequences = decoder.run(graphs)
-    except _Unsupported:
-        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
+    sequences = decoder.run(graphs)
     texts = tokenizer.batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
     return Generation(sequences, moved.seq_len, [text.strip() for text in texts])
