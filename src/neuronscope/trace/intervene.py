@@ -59,15 +59,14 @@ class Intervention:
 
 class _Placed:
     """One intervention's index tensors on the device of the tensor it changes, made without making the host wait:
-    the neuron index and a tensor value once per device, the selected (row, position) pairs once per forward call,
-    all through pinned memory (a copy from ordinary host memory waits for everything queued on the GPU first, which
+    the neuron index and a tensor value once per device, the selected (row, position) pairs at each call, all
+    through pinned memory (a copy from ordinary host memory waits for everything queued on the GPU first, which
     during ``generate`` would be once per layer and step)."""
 
     def __init__(self, item: Intervention, index: torch.Tensor | None):
         self.item, self.index = item, index
         self.spec = normalise(item.positions)
         self._constant: dict[str, tuple] = {}
-        self._call: tuple | None = None
 
     def constants(self, device: torch.device, width: int) -> tuple[torch.Tensor, object]:
         """``(coordinates, value)`` on ``device``."""
@@ -82,16 +81,12 @@ class _Placed:
 
     def pairs(self, call: CallState, device: torch.device) -> tuple | None:
         """``(rows, positions, columns)`` on ``device`` of this call's selected pairs, or None if none is."""
-        key = (call.calls, str(device))
-        if self._call is None or self._call[0] != key:
-            selection = select(self.spec, call)
-            if selection.empty:
-                self._call = (key, None)
-            else:
-                rows, cols = selection.valid.nonzero(as_tuple=True)
-                placed = on_device(torch.stack([rows, selection.local[rows, cols], cols]), device)
-                self._call = (key, (placed[0], placed[1], placed[2]))
-        return self._call[1]
+        selection = select(self.spec, call)
+        if selection.empty:
+            return None
+        rows, cols = selection.valid.nonzero(as_tuple=True)
+        placed = on_device(torch.stack([rows, selection.local[rows, cols], cols]), device)
+        return placed[0], placed[1], placed[2]
 
 
 def _apply(tensor: torch.Tensor, placed: _Placed, call: CallState) -> torch.Tensor:
