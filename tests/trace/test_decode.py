@@ -172,6 +172,15 @@ def test_step_buffers_hold_what_capture_at_the_last_position_holds():
                                atol=1e-12)
     torch.testing.assert_close(buffers.get("resid_post", layers[-1])[:, :steps], acts.get("resid_post", layers[-1]),
                                rtol=1e-10, atol=1e-12)
+    from neuronscope.trace.decode import buffered_generate
+
+    again, kept = buffered_generate(model, _Tokens(), batch, {"neuron": layers, "resid_post": [layers[-1]]}, 5,
+                                    graphs=False)
+    assert torch.equal(again.sequences, produced.sequences)
+    torch.testing.assert_close(kept.stack("neuron", steps), acts.stack("neuron").transpose(1, 2), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(kept.get("resid_post", layers[-1])[:, :steps], acts.get("resid_post", layers[-1]),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_hooks_not_declared_graph_safe_are_counted_and_honoured_step_by_step(monkeypatch):

@@ -36,8 +36,7 @@ from neuronscope.attribute.selection import to_host, top_k_selector
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, Generation
 from neuronscope.models.adapter import get_adapter
-from neuronscope.trace.decode import DecodeClock, StepBuffers, greedy_generate
-from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.decode import buffered_generate
 
 StepSelector = Callable[[Generation], Sequence[Sequence[int]]]
 
@@ -137,12 +136,8 @@ def caption_contributions(
         raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
     adapter = get_adapter(model)
     dtype = next(model.parameters()).dtype
-    clock = DecodeClock.on(model)
-    steps = StepBuffers(clock, max_new_tokens, dtype)  # indexed by the device clock: graph replays write them too
-    with HookSet(adapter, graph_safe=True) as hooks:
-        steps.install(hooks, adapter, site, range(adapter.n_layers))
-        generation = greedy_generate(model, processor, batch, max_new_tokens=max_new_tokens, clock=clock,
-                                     **generate_kwargs)
+    generation, steps = buffered_generate(model, processor, batch, {site: range(adapter.n_layers)}, max_new_tokens,
+                                          dtype=dtype, **generate_kwargs)
     buffers = [steps.get(site, layer) for layer in range(adapter.n_layers)]
     chosen = (select or every_step(_stop_ids(processor)))(generation)
     pairs = _pairs(generation, chosen)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +42,9 @@ import torch
 from torch import nn
 
 from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
+from neuronscope.models.adapter import get_adapter
 from neuronscope.models.decoding import PROMPT_ONLY_INPUTS, TEXT_INPUTS
-from neuronscope.trace.hooks import foreign_hooks
+from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.sites import resolve_site
 
@@ -79,7 +80,7 @@ class StepBuffers:
     a form CUDA-graph replays can write (no per-call lists, clones or host work).
 
     Example:
-        >>> buffers = StepBuffers(clock, steps=20)
+        >>> buffers = StepBuffers(clock, steps=20)       # or all of it at once: buffered_generate
         >>> with HookSet(adapter, graph_safe=True) as hooks:
         ...     buffers.install(hooks, adapter, "neuron", range(adapter.n_layers))
         ...     generation = greedy_generate(model, processor, batch, max_new_tokens=20, clock=clock)
@@ -326,6 +327,26 @@ def _clocked_generate(model: nn.Module, processor: Any, batch: Batch, max_new_to
         return generate(model, processor, batch, max_new_tokens=max_new_tokens, **kwargs)
     finally:
         handle.remove()
+
+
+def buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites: Mapping[str, Iterable[int]],
+                      max_new_tokens: int = 20, *, dtype: torch.dtype | None = None,
+                      **kwargs: Any) -> tuple[Generation, StepBuffers]:
+    """:func:`greedy_generate` with each ``site → layers`` of ``sites`` kept at the last position of every call in
+    :class:`StepBuffers` (under a graph-safe hook set: on a GPU the decode steps still replay from a CUDA graph).
+
+    Example:
+        >>> generation, buffers = buffered_generate(model, processor, batch, {"neuron": range(adapter.n_layers)})
+        >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
+    """
+    adapter = get_adapter(model)
+    clock = DecodeClock.on(model)
+    buffers = StepBuffers(clock, max_new_tokens, dtype)
+    with HookSet(adapter, graph_safe=True) as hooks:
+        for site, layers in sites.items():
+            buffers.install(hooks, adapter, site, layers)
+        generation = greedy_generate(model, processor, batch, max_new_tokens, clock=clock, **kwargs)
+    return generation, buffers
 
 
 @torch.no_grad()

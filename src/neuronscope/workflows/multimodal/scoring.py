@@ -37,8 +37,7 @@ from neuronscope.inputs.batch import (
     to_model,
 )
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.trace.decode import DecodeClock, StepBuffers, greedy_generate
-from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.decode import buffered_generate
 from neuronscope.workflows.multimodal.moe_scoring import Scorer, caption_experts, score_grid
 from neuronscope.workflows.multimodal.nouns import ConceptSpec, Tagger, TargetWord, select_targets
 
@@ -132,15 +131,10 @@ def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: Mode
                    final_norm: bool, max_new_tokens: int) -> tuple[Generation, int, Scorer]:
     """Generate while capturing the dense neuron site: ``(generation, steps captured, score(targets, k))``."""
     last = adapter.n_layers - 1
-    clock = DecodeClock.on(model)
-    # the site at the last position of every call, in device buffers indexed by the decode clock (so that the
-    # CUDA-graph replays of greedy_generate write them too): a few MB, scored there, only the top-k leave the device
-    buffers = StepBuffers(clock, max_new_tokens)
-    with HookSet(adapter, graph_safe=True) as hooks:
-        buffers.install(hooks, adapter, site, range(adapter.n_layers))
-        if final_norm:
-            buffers.install(hooks, adapter, "resid_post", [last])
-        generation = greedy_generate(model, processor, batch, max_new_tokens=max_new_tokens, clock=clock)
+    # the site at the last position of every call, in device buffers (written by the CUDA-graph replays too): a few
+    # MB, scored there, only the top-k leave the device
+    sites = {site: range(adapter.n_layers), **({"resid_post": [last]} if final_norm else {})}
+    generation, buffers = buffered_generate(model, processor, batch, sites, max_new_tokens)
     score_device = adapter.unembedding().device
     produced = generation.tokens.shape[1]
     stacked = buffers.stack(site, produced, device=score_device)  # [B, P, L, d_ff]
