@@ -3,6 +3,8 @@ path against its plain oracle, in float32 (TF32 off) on small random models, on 
 
 - IG: ``"sequence"`` (4-D mask over a shared prefix cache; sdpa and eager attention) and ``"packed"`` against
   ``"plain"``, several layers, both grids; the largest difference over the largest score.
+- IG on CUDA graphs: replays against eager calls of the same prompts (several prompts per graph, two prefix
+  buckets, one and two chunks, after an in-place weight edit; no graph under eager attention).
 - contribution: the device-selected top-k (both selectors) against the top-k of the dense grid.
 - greedy decoding: CUDA-graph replays and eager static decoding against ``model.generate`` (tokens equal), and
   the streaming multimodal scores with graphs against without.
@@ -47,6 +49,43 @@ def ig_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
                 out.append({"attention": attention, "grid": grid, "method": method, "path": fast.meta["path"],
                             "max_abs_diff_over_max": _relative(fast.values, plain), "ok": _relative(fast.values,
                                                                                                      plain) < 1e-3})
+    return out
+
+
+def ig_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
+    """CUDA-graph replays of IG against eager calls of the same prompts: one graph per prefix bucket and chunking,
+    replayed for other prompts of its bucket, and after an in-place weight edit (which a replay reads)."""
+    from neuronscope.attribute import ig_graphs
+    from neuronscope.attribute.integrated_gradients import integrated_gradients
+    from neuronscope.inputs.targets import token_targets
+
+    out = []
+    lengths = [24, 24, 30, 40, 70, 70, 70, 24]  # prefixes of 23-39 share bucket 64; 69 is bucket 128
+    for attention in ("sdpa", "eager"):
+        model = build_llama(shape, torch.float32, where, seed=5)
+        model.set_attn_implementation(attention)
+        prompts = {n: torch.randint(3, shape["vocab_size"], (1, n), device=where) for n in set(lengths)}
+        rows = shape["num_hidden_layers"] * 8
+        for chunk in (rows, rows // 2):
+            ig_graphs.release_graphs(model)
+            worst = 0.0
+            for step, n in enumerate(lengths + [30]):
+                if step == len(lengths):  # an in-place edit: the graph reads the weights where they are
+                    with torch.no_grad():
+                        model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+                batch = text_batch(prompts[n])
+                targets = token_targets(batch, 5)
+
+                replayed, eager = (integrated_gradients(model, batch, targets, steps=8, batch_size=chunk,
+                                                        graphs=graphs).values for graphs in (True, False))
+                worst = max(worst, _relative(replayed, eager))
+            graphs = ig_graphs._BY_MODEL.get(model)
+            out.append({"ig_graphs": f"{attention}, {rows // chunk} chunk(s)", "max_abs_diff_over_max": worst,
+                        "graphs_kept": 0 if graphs is None else len(graphs.entries),
+                        "ok": worst < 1e-4 and (where.type != "cuda" or (0 if graphs is None else len(graphs.entries))
+                                                == (2 if attention == "sdpa" else 0))})
+        ig_graphs.release_graphs(model)
+        del model
     return out
 
 
@@ -160,11 +199,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         table = {"table": "checks", "device": str(where), "integrated_gradients": ig_checks(where, shape),
+                 "ig_graphs": ig_graph_checks(where, shape),
                  "contribution_top_k": contribution_checks(where, shape), "log_sum_exp": kernel_checks(where),
                  "decode": decode_checks(where, args.tiny)}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-    rows = table["integrated_gradients"] + table["contribution_top_k"] + table["log_sum_exp"] + table["decode"]
+    rows = table["integrated_gradients"] + table["ig_graphs"] + table["contribution_top_k"] + table["log_sum_exp"] + table["decode"]
     table["all_ok"] = all(row.get("ok", False) for row in rows if "error" not in row)
     table["errors"] = [row for row in rows if "error" in row]
     return table

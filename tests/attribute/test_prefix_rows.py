@@ -181,6 +181,8 @@ def test_float32_sequence_equals_plain_to_1e_5():
 
 
 def test_planner_tries_each_size_twice_round_by_round_then_uses_the_fastest():
+    """Sizes are tried on a call's first chunk only (it runs every layer; a later chunk may enter the decoder at a
+    deeper layer and cost less per row), so the rest of a call takes the fastest size known so far."""
     planner = RowPlanner(per_row=1.0, per_row_key=0.0, budget=1000.0)
     cpu = torch.device("cpu")
     assert planner.candidates(100, 5, cpu) == [100, 50, 25]
@@ -188,14 +190,17 @@ def test_planner_tries_each_size_twice_round_by_round_then_uses_the_fastest():
     planner.timed(100, 100, 2.0)  # 50 rows/s
     assert planner.next_chunk(100, 5, cpu) == (50, 50)
     planner.timed(50, 50, 0.5)  # 100 rows/s
-    assert planner.next_chunk(50, 5, cpu, total=100) == (25, 25)  # the rest of a 100-row prompt
+    assert planner.next_chunk(50, 5, cpu, total=100) == (50, None)  # the rest of a 100-row prompt: not a trial
+    assert planner.next_chunk(100, 5, cpu) == (25, 25)
     planner.timed(25, 25, 0.5)  # 50 rows/s
     assert planner.next_chunk(100, 5, cpu) == (100, 100)  # second round: a first chunk pays one-time costs
     planner.timed(100, 100, 1.25)  # 80 rows/s: its best
+    assert not planner.settled(100, 5, cpu)
     assert planner.next_chunk(100, 5, cpu) == (50, 50)
     planner.timed(50, 50, 1.0)  # 50 rows/s: the best stays 100
     assert planner.next_chunk(100, 5, cpu) == (25, 25)
     planner.timed(25, 25, 1.0)
+    assert planner.settled(100, 5, cpu)
     assert planner.next_chunk(100, 5, cpu) == (50, None)  # the fastest, balanced
     assert planner.next_chunk(70, 5, cpu, total=100) == (35, None)
     assert planner.chunks(100, 5, cpu) == [50, 50]
@@ -214,7 +219,7 @@ def test_repeated_calls_with_size_trials_give_the_same_scores():
 
     assert set(planner_for(model).speeds) == {32, 16, 8}
     budget = 64 * planner_for(model).per_row  # a memory budget gets its own planner, kept between calls too
-    for _ in range(4):  # 32 | 16 8 8 | 32 | 16 16: each size tried twice
+    for _ in range(6):  # first chunks 32 | 16 | 8 | 32 | 16 | 8: each size tried twice
         torch.testing.assert_close(integrated_gradients(model, batch, targets, steps=16, memory_budget=budget).values,
                                    plain, **EXACT)
     assert planner_for(model, budget=budget) is planner_for(model, budget=budget)

@@ -17,12 +17,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.prefix_rows import RowPlanner, shared_prefix_mask
+from neuronscope.attribute.prefix_rows import (
+    MASKED_ATTENTION,
+    RowPlanner,
+    attention_implementation,
+    rows_mask,
+    shared_prefix_mask,
+)
 from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
+from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import AdaptiveBatcher, free_memory, is_out_of_memory
+from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.last_step import cache_keyword, returned_cache
+from neuronscope.trace.layer_entry import can_enter, entered_at
 from neuronscope.trace.positions import CallState
+from neuronscope.trace.sites import resolve_site
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -120,15 +130,41 @@ def _prefix_cache(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, 
     """The KV cache of the positions before the scored one (None when there are none)."""
     if scored == 0:
         return None
-    with torch.no_grad():
-        out = model(input_ids=ids[None, :scored], attention_mask=torch.ones_like(ids[None, :scored]),
-                    position_ids=positions[None, :scored], use_cache=True)
+    with torch.no_grad():  # no attention mask: there is no padding, and transformers would check its values
+        out = model(input_ids=ids[None, :scored], position_ids=positions[None, :scored], use_cache=True)
     return returned_cache(out)
 
 
 def _layer_major_rows(layers: list[int], alphas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows ``(l0, k0..), (l1, k0..), ...``: their layer and α, ``[layers · steps]`` each."""
     return torch.tensor(layers).repeat_interleave(alphas.numel()), alphas.repeat(len(layers))
+
+
+def _chunk_plan(chunk_layer: torch.Tensor, alphas: torch.Tensor, start: int
+                ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """The scaler's plan of the layer-major rows ``start ..`` whose layers are ``chunk_layer`` (host tensor):
+    per layer, its query tokens (one range) and their α, a slice of ``alphas`` (all rows, on the device)."""
+    plan = {}
+    for layer in dict.fromkeys(chunk_layer.tolist()):  # layer-major: each layer's rows are one range
+        where = (chunk_layer == layer).nonzero()[:, 0]
+        first, last = int(where[0]), int(where[-1]) + 1
+        plan[layer] = (torch.arange(first, last, device=alphas.device), alphas[start + first:start + last])
+    return plan
+
+
+def _add_chunk(sums: tuple[torch.Tensor, torch.Tensor] | None, scaler: _RowScaler, plan: dict, grads: tuple,
+               slot_of: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(activations, gradient sums)`` ``[layers, d_ff]`` with one chunk's gradients added (summed over its rows)
+    and its layers' unscaled activations kept (on the device; created by the first chunk)."""
+    if sums is None:
+        work = _work_dtype(grads[0].dtype)
+        grad_sums = torch.zeros(len(slot_of), grads[0].shape[-1], dtype=work, device=grads[0].device)
+        sums = (torch.zeros_like(grad_sums), grad_sums)
+    activations, grad_sums = sums
+    for layer, grad in zip(plan, grads, strict=True):
+        grad_sums[slot_of[layer]] += grad.to(grad_sums.dtype).sum(0)
+        activations[slot_of[layer]] = scaler.activations[layer][0].to(grad_sums.dtype)
+    return sums
 
 
 def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
@@ -177,74 +213,117 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
     return torch.stack([activations[layer] * grad_sums[layer] / steps for layer in layers])
 
 
+def _entry_prefix(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, where: torch.Tensor
+                  ) -> tuple[Any, torch.Tensor]:
+    """A forward of ``ids [1, n]`` (no grad) that keeps every layer's input at position ``where`` (``[1]`` long,
+    on the device): ``(KV cache, residuals [layers, d_model])``. Device work only (it is captured in graphs)."""
+    adapter = get_adapter(model)
+    kept: list[torch.Tensor | None] = [None] * adapter.n_layers
+
+    def keeper(layer: int):
+        def keep(tensor: torch.Tensor, call: CallState) -> None:
+            kept[layer] = tensor[0].index_select(0, where)[0]
+
+        return keep
+
+    with HookSet(adapter, graph_safe=True) as hooks:
+        for layer in range(adapter.n_layers):
+            hooks.add(resolve_site(adapter, "resid_pre", layer), keeper(layer))
+        with torch.no_grad():
+            out = model(input_ids=ids, position_ids=positions, use_cache=True)
+    return returned_cache(out), torch.stack(kept)
+
+
+def _chunk_grads(model: nn.Module, scaler: _RowScaler, plan: dict, inputs: dict[str, Any], cache: Any, entry: int,
+                 residuals: torch.Tensor | None, target: torch.Tensor, observe: Callable[[], None] | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+    """Forward and backward of one chunk of rows (the query tokens of ``inputs``), the decoder entered at layer
+    ``entry`` with ``residuals[entry]`` as every row's input there: the gradients of ``Σ P(target)`` with respect
+    to the plan's leaves, layer by layer. ``observe`` runs between the forward and the backward."""
+    if cache is not None:
+        inputs = {**inputs, cache_keyword(model): cache, "use_cache": True}
+    scaler.start(plan, tokens=True)
+    try:
+        residual = None if residuals is None else residuals[entry]
+        with entered_at(get_adapter(model), entry, residual), torch.enable_grad():
+            logits = model(**inputs).logits[0]
+            probability = logits.to(_work_dtype(logits.dtype)).softmax(-1).index_select(-1, target)
+            if observe is not None:
+                observe()
+            return torch.autograd.grad(probability.sum(), [scaler.leaves[layer] for layer in plan])
+    finally:
+        scaler.stop()
+
+
 def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
                  token: int, layers: list[int], alphas: torch.Tensor, planner: RowPlanner) -> torch.Tensor | None:
     """NA ``[layers, d_ff]`` of one (example, target): the prefix once, then every (layer, step) row as one query
-    token of a single sequence that sees the shared cache and itself only. None: the model cannot take the mask."""
+    token of a single sequence that sees the shared cache and itself only. None: the model cannot take the mask.
+
+    Decoders with full attention in every layer (:func:`~neuronscope.trace.layer_entry.can_enter`) run the scored
+    token with the prefix, keeping each layer's input there, and a chunk whose rows scale layers ``a ..`` only
+    enters the decoder at layer ``a`` (below it, its rows would compute what the scored token computed)."""
     device = ids.device
+    if attention_implementation(model) not in MASKED_ATTENTION:
+        return None
     row_layer, row_alpha = _layer_major_rows(layers, alphas)
     # on the device before any forward is queued: no host-to-device copy (a stream synchronisation) in between
     alpha_on_device = row_alpha.to(device)
-    cache = _prefix_cache(model, ids, positions, scored)
-    if cache is None and scored > 0:
-        return None
+    target = torch.full((1,), token, dtype=torch.long, device=device)
+    enter = can_enter(get_adapter(model))
+    residuals = None
+    if enter:  # the cache holds the scored token too; the rows' mask hides it (they see their own key instead)
+        cache, residuals = _entry_prefix(model, ids[None, :scored + 1], positions[None, :scored + 1],
+                                         torch.full((1,), scored, dtype=torch.long, device=device))
+        visible = torch.arange(scored + 1, device=device) < scored
+    else:
+        cache = _prefix_cache(model, ids, positions, scored)
+        if cache is None and scored > 0:
+            return None
+    boolean, dtype = attention_implementation(model) == "sdpa", next(model.parameters()).dtype
     slot_of = {layer: slot for slot, layer in enumerate(layers)}
-    grad_sums = activations = None
-    keyword, start = cache_keyword(model), 0
-    while start < row_layer.numel():
-        rows, candidate = planner.next_chunk(row_layer.numel() - start, scored, device, row_layer.numel())
+    sums, start, total = None, 0, row_layer.numel()
+    while start < total:
+        rows, candidate = planner.next_chunk(total - start, scored, device, total)
         began = time.perf_counter()
-        mask = shared_prefix_mask(model, cache, scored, rows, device)
+        mask = rows_mask(visible, rows, boolean, dtype) if enter else shared_prefix_mask(model, cache, scored, rows,
+                                                                                         device)
         if mask is None:
             return None
         chunk_layer = row_layer[start:start + rows]
-        plan = {}
-        for layer in dict.fromkeys(chunk_layer.tolist()):  # layer-major: each layer's rows are one range
-            where = (chunk_layer == layer).nonzero()[:, 0]
-            first, last = int(where[0]), int(where[-1]) + 1
-            plan[layer] = (torch.arange(first, last, device=device), alpha_on_device[start + first:start + last])
-        kwargs: dict[str, Any] = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
-                                      position_ids=positions[scored].expand(1, rows))
-        if cache is not None:
-            kwargs.update({keyword: copy.deepcopy(cache), "use_cache": True})
-        else:
-            kwargs["use_cache"] = False
+        plan = _chunk_plan(chunk_layer, alpha_on_device, start)
+        inputs = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
+                      position_ids=positions[scored].expand(1, rows), use_cache=cache is not None)
+        last = start + rows == total
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-        scaler.start(plan, tokens=True)
+
+        def observe(rows: int = rows, before: int | None = before) -> None:
+            if before is not None:  # what the rows keep for the backward (the planner's model is corrected)
+                planner.observe(rows, scored, torch.cuda.memory_allocated(device) - before)
+
         failed = False
         try:
-            with torch.enable_grad():
-                probability = _target_probability(model(**kwargs).logits[0], token)
-                if before is not None:  # what the rows keep for the backward (the planner's model is corrected)
-                    planner.observe(rows, scored, torch.cuda.memory_allocated(device) - before)
-                leaves = [scaler.leaves[layer] for layer in plan]
-                grads = torch.autograd.grad(probability.sum(), leaves)
+            grads = _chunk_grads(model, scaler, plan, inputs, cache if last or cache is None else copy.deepcopy(cache),
+                                 int(chunk_layer.min()) if enter else 0, residuals, target, observe)
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
             if not is_out_of_memory(error):
                 raise
             failed = True
-        finally:
-            scaler.stop()
         if failed:  # outside the except block, so that the traceback no longer holds the chunk's tensors
-            del kwargs
+            del inputs
             free_memory()
             if rows == 1:
                 raise NeuronscopeError("out of memory with one integrated-gradients row: use a smaller dtype, "
                                        "shorter prompts or spread the model over more GPUs (device_map)")
             planner.shrink(rows)
             continue
-        if grad_sums is None:
-            work = _work_dtype(grads[0].dtype)
-            grad_sums = torch.zeros(len(layers), grads[0].shape[-1], dtype=work, device=device)
-            activations = torch.zeros_like(grad_sums)
-        for layer, grad in zip(plan, grads, strict=True):
-            grad_sums[slot_of[layer]] += grad.to(grad_sums.dtype).sum(0)
-            activations[slot_of[layer]] = scaler.activations[layer][0].to(grad_sums.dtype)
+        sums = _add_chunk(sums, scaler, plan, grads, slot_of)
         if candidate is not None:  # a size being tried: time it (one synchronisation)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             planner.timed(candidate, rows, time.perf_counter() - began)
         start += rows
+    activations, grad_sums = sums
     return (activations * grad_sums / alphas.numel()).cpu()
 
 

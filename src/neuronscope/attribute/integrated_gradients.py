@@ -23,9 +23,10 @@ Three paths compute the same numbers:
   sequence (all copies of the scored token at its position id) under a 4-D mask that lets each see the shared
   prefix cache and itself only (:mod:`neuronscope.attribute.prefix_rows`); token ``r`` scales layer ``l_r``'s site
   by ``α_{k_r}``, and one backward serves all rows. Memory grows with the rows, not rows × prefix; rows per
-  forward: the fastest measured size that fits in the free memory (:class:`~.prefix_rows.RowPlanner`). Models
+  forward: the fastest measured size that fits in the memory budget (:class:`~.prefix_rows.RowPlanner`). Models
   whose attention cannot take a 4-D mask (flash / flex) use ``"packed"`` instead (``meta["path"]`` says which
-  ran).
+  ran). On a GPU, a call whose shape came before is replayed from a CUDA graph (:mod:`.ig_graphs`): the host no
+  longer issues its thousands of kernels one by one.
 - ``method="packed"``: the same rows as separate batch rows, each with its own copy of the prefix cache.
 - ``method="plain"``: per (example, target, layer) the full example sequence is run as ``m`` rows (chunked by
   ``batch_size``), without a cache; the slow reference.
@@ -46,6 +47,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuronscope.attribute.ig_graphs import graphed_sequence
 from neuronscope.attribute.ig_paths import (
     _check_text_inputs,
     _example,
@@ -97,6 +99,7 @@ def integrated_gradients(
     batch_size: int | None = None,
     method: str = "sequence",
     memory_budget: float | None = None,
+    graphs: bool = True,
 ) -> NeuronScores:
     """Knowledge-neuron integrated gradients of every neuron of the chosen layers, for each target.
 
@@ -109,7 +112,7 @@ def integrated_gradients(
         site: ``"neuron"`` (default), ``"act"`` or ``"up"``; all three give the same scores (module docstring).
         layers: layers to score; default all. Each layer is attributed separately (other layers untouched).
         batch_size: the most rows per forward: (layer, step) rows for ``"sequence"`` and ``"packed"``, steps for
-            ``"plain"``. Default for ``"sequence"``: the fastest measured size that fits in the free memory
+            ``"plain"``. Default for ``"sequence"``: the fastest measured size that fits in ``memory_budget``
             (:class:`~neuronscope.attribute.prefix_rows.RowPlanner`: the largest size that fits, its half and its
             quarter are each tried once on real rows and timed, then the fastest is used in balanced chunks; kept
             per model across calls; halved on out-of-memory); for ``"packed"`` all ``layers × steps`` rows on a GPU,
@@ -117,8 +120,13 @@ def integrated_gradients(
         method: ``"sequence"`` (default: prefix once, all rows as query tokens of one sequence under a 4-D mask,
             one backward), ``"packed"`` (rows as batch rows, each with a copy of the prefix cache) or ``"plain"``
             (the reference: one layer at a time, full sequence, no cache). All give the same scores.
-        memory_budget: bytes one ``"sequence"`` chunk may use (default: 90 % of the free device memory; 4 GiB on
-            a CPU).
+        memory_budget: bytes one ``"sequence"`` chunk may use (default on a GPU: 90 % of the free memory, capped
+            at a quarter of the weights' bytes or 2 GiB if that is more, so that the peak stays within ~1.3× the
+            weights; 4 GiB on a CPU). More rows a chunk are faster only without CUDA graphs.
+        graphs: on a CUDA device, replay a ``"sequence"`` call whose shape came before from a CUDA graph (captured
+            on the shape's second call; prompts are padded to buckets of 64 positions so that similar lengths share
+            one: :mod:`neuronscope.attribute.ig_graphs`); False: every call runs eagerly. Same scores either way (up
+            to float rounding).
 
     Returns:
         NeuronScores ``[examples, targets, layers, d_ff]`` (float32, float64 for float64 models; zeros where a
@@ -160,7 +168,7 @@ def integrated_gradients(
     dtype = _work_dtype(next(model.parameters()).dtype)
     scores = torch.zeros(len(batch), targets.n_targets, len(layer_list), adapter.d_ff, dtype=dtype)
     scaler = _RowScaler()
-    with HookSet(adapter) as hooks:
+    with HookSet(adapter, graph_safe=True) as hooks:  # the scaling is the same at every call of a shape
         for layer in layer_list:
             hooks.add(resolve_site(adapter, site, layer), scaler.callback(layer))
         embed_device = model.get_input_embeddings().weight.device
@@ -168,7 +176,10 @@ def integrated_gradients(
             ids, positions, scored = _example(batch, row, int(targets.positions[row, column]))
             args = (model, scaler, ids.to(embed_device), positions.to(embed_device), scored,
                     int(targets.token_ids[row, column]), layer_list, alphas)
-            found = _ig_sequence(*args, planner) if method == "sequence" else None
+            found = None
+            if method == "sequence":  # a replay of this shape's CUDA graph, else the eager call
+                found = graphed_sequence(*args, planner, site) if graphs else None
+                found = _ig_sequence(*args, planner) if found is None else found
             if found is None:  # "packed" / "plain" asked, or attention that cannot take a 4-D mask
                 ran = "plain" if method == "plain" else "packed"
                 found = (_ig_plain if ran == "plain" else _ig_packed)(*args, batch_size)

@@ -32,6 +32,11 @@ from torch import nn
 
 MASKED_ATTENTION = ("sdpa", "eager")
 TRIALS = 2  # timed chunks per candidate size before the planner settles
+# On a GPU a chunk may use at most this share of the weights' bytes by default (but at least CHUNK_FLOOR), so that
+# IG's peak stays within 1.3x the weights: at 7B, 320 + 320 rows peak at 1.25x where one chunk of 640 peaks at
+# 1.40x, and with CUDA-graph replays the two chunks cost 72 ms against 65 ms (H200, 2026-12-01).
+CHUNK_OF_WEIGHTS = 0.25
+CHUNK_FLOOR = 2 * 2**30
 
 
 def _text_config(model: nn.Module):
@@ -53,14 +58,21 @@ def cached_lengths(cache) -> list[int]:
             for layer in layers]
 
 
-def _one_mask(prefix: int, rows: int, boolean: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[1, 1, rows, prefix + rows]``: all of the prefix, and the diagonal of the rows block."""
-    visible = torch.cat([torch.ones(rows, prefix, dtype=torch.bool, device=device),
+def rows_mask(visible_prefix: torch.Tensor, rows: int, boolean: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``[1, 1, rows, P + rows]``: the prefix keys where ``visible_prefix [P]`` is True, and the diagonal of the
+    rows block (boolean, or additive ``0 / dtype min`` when ``boolean`` is False). Device work only, no host copy."""
+    device = visible_prefix.device
+    visible = torch.cat([visible_prefix.expand(rows, -1),
                          torch.eye(rows, dtype=torch.bool, device=device)], dim=1)[None, None]
     if boolean:
         return visible
     blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)  # a fill, not a host copy
     return torch.where(visible, torch.zeros((), dtype=dtype, device=device), blocked)
+
+
+def _one_mask(prefix: int, rows: int, boolean: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[1, 1, rows, prefix + rows]``: all of the prefix, and the diagonal of the rows block."""
+    return rows_mask(torch.ones(prefix, dtype=torch.bool, device=device), rows, boolean, dtype)
 
 
 def shared_prefix_mask(model: nn.Module, cache, prefix: int, rows: int, device: torch.device | str
@@ -115,8 +127,9 @@ class RowPlanner:
     largest ``r`` whose model fits in the budget is ``fit``. An out-of-memory error halves the limit.
 
     Speed: the candidates are ``fit``, ``fit / 2`` and ``fit / 4``. Each is tried
-    :data:`TRIALS` times, round by round, on real rows (no work is thrown away), and its best rows per second
-    recorded (a size's first chunk pays one-time costs: new kernels, allocator growth); then the fastest is used,
+    :data:`TRIALS` times, round by round, on the first chunk of a call (real rows: no work is thrown away; a first
+    chunk runs every layer, where a later one may enter the decoder deeper, so first chunks compare), and its best
+    rows per second recorded (a size's first chunk pays one-time costs: new kernels, allocator growth); then the fastest is used,
     in balanced chunks (no small tail).
     On a GPU each chunk reads all weights once, so the largest usually wins; on a CPU smaller chunks can be faster
     (cache-resident activations). :func:`planner_for` keeps one planner per model, so that what was measured
@@ -125,9 +138,11 @@ class RowPlanner:
     Attributes:
         per_row: bytes a row keeps for the backward, per row (all layers, logits included).
         per_row_key: bytes per row and per key position (attention weights of every layer).
-        budget: bytes available for one chunk (default: 90 % of the free device memory, or 4 GiB on a CPU).
+        budget: bytes available for one chunk (default on a GPU: 90 % of the free device memory, at most
+            ``CHUNK_OF_WEIGHTS`` of the weights' bytes or ``CHUNK_FLOOR`` if that is more; 4 GiB on a CPU).
         limit: an upper bound on rows per chunk (the user's ``batch_size``: then no sizes are tried), or None.
         correction: measured / modelled memory of the last chunk (starts at 1).
+        weights: the model's parameter bytes (the default GPU budget's cap).
         speeds: candidate size -> best measured rows per second.
     """
 
@@ -136,6 +151,7 @@ class RowPlanner:
     budget: float | None = None
     limit: int | None = None
     correction: float = 1.0
+    weights: float = 0.0
     history: list[tuple[int, int]] = field(default_factory=list)
     speeds: dict[int, float] = field(default_factory=dict)
     trials: dict[int, int] = field(default_factory=dict)
@@ -155,7 +171,8 @@ class RowPlanner:
         # three times (logits, softmax, its gradient)
         per_row = layers * size * (8 * d_model + 4 * d_ff) + 3 * 4 * vocab
         per_row_key = 0.0 if attention_implementation(model) == "sdpa" and parameter.is_cuda else 2 * layers * heads * 4
-        return cls(float(per_row), float(per_row_key), budget, limit)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        return cls(float(per_row), float(per_row_key), budget, limit, weights=float(weights))
 
     def modelled(self, rows: int, prefix: int) -> float:
         return rows * (self.per_row + self.per_row_key * (prefix + rows)) * self.correction
@@ -166,7 +183,8 @@ class RowPlanner:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-            return 0.9 * (free + cached)
+            cap = max(CHUNK_OF_WEIGHTS * self.weights, CHUNK_FLOOR) if self.weights else float("inf")
+            return min(0.9 * (free + cached), cap)
         return 4.0 * 2**30
 
     def fit(self, total: int, prefix: int, device: torch.device) -> int:
@@ -189,13 +207,20 @@ class RowPlanner:
         ``remaining`` left: an untried candidate (to be timed: ``candidate`` is returned), else a balanced chunk of
         the fastest one (``candidate`` None)."""
         sizes = self.candidates(remaining if total is None else total, prefix, device)
-        untried = [size for size in sizes if self.trials.get(size, 0) < TRIALS and size <= remaining]
+        first = total is None or remaining == total  # later chunks may enter the decoder deeper: not comparable
+        untried = [size for size in sizes if self.trials.get(size, 0) < TRIALS and size <= remaining] if first else []
         if untried and len(sizes) > 1:  # round by round: each size once, then each again
             size = min(untried, key=lambda size: self.trials.get(size, 0))
             return size, size
         best = max(sizes, key=lambda size: self.speeds.get(size, 0.0)) if self.speeds else sizes[0]
         count = -(-remaining // best)
         return -(-remaining // count), None
+
+    def settled(self, total: int, prefix: int, device: torch.device) -> bool:
+        """Whether every candidate size has been tried: from now on each call of ``total`` rows is cut into the
+        same :meth:`chunks` (what a CUDA graph of the call needs)."""
+        sizes = self.candidates(total, prefix, device)
+        return len(sizes) == 1 or all(self.trials.get(size, 0) >= TRIALS for size in sizes if size <= total)
 
     def chunks(self, total: int, prefix: int, device: torch.device) -> list[int]:
         """Balanced chunk sizes of the fastest known candidate (the plan when nothing is left to try)."""

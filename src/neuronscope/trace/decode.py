@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +43,7 @@ from torch import nn
 from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
 from neuronscope.models.decoding import PROMPT_ONLY_INPUTS, TEXT_INPUTS
+from neuronscope.trace.graphs import capture, on_side_stream
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.sites import resolve_site
@@ -272,12 +272,13 @@ class _StaticDecoder:
         done, graph = 1, None
         while done < self.steps:
             if graphs and done == 2:
-                graph = _capture(step)
+                captured = capture(step, "the decode step")
+                graph = None if captured is None else captured[0]
                 graphs = graph is not None  # a step that cannot be captured runs eagerly from here on
             if graph is not None:
                 graph.replay()
             elif graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
-                _on_side_stream(step)
+                on_side_stream(step)
             else:
                 step()
             done += 1
@@ -285,28 +286,6 @@ class _StaticDecoder:
                 break
         del graph
         return done
-
-
-def _on_side_stream(function) -> None:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        function()
-    torch.cuda.current_stream().wait_stream(stream)
-
-
-def _capture(function) -> torch.cuda.CUDAGraph | None:
-    """The graph of one call of ``function`` (recorded, not run), or None with a warning if it cannot be captured
-    (an operation of the model or of a hook that reads the device from the host)."""
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            function()
-    except RuntimeError as error:
-        warnings.warn(f"the decode step could not be captured into a CUDA graph, decoding eagerly: {error}",
-                      stacklevel=3)
-        return None
-    return graph
 
 
 def _clocked_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int, clock: DecodeClock | None,

@@ -1,0 +1,57 @@
+"""Run a decoder from one of its layers on, with a given residual stream as that layer's input (model plumbing).
+
+Integrated gradients' rows of layer ``l`` compute, below ``l``, exactly what the scored token computes in a plain
+forward: only their input to some layer ``a ≤ l`` is needed. :func:`entered_at` runs the stock model with its
+layer list holding ``layers[a:]`` for the time of a forward (each attention module keeps its own layer index, so a
+KV cache is still read and written at the right layers) and replaces the input of layer ``a`` with a given
+residual stream; the embedding still runs (its output is replaced), the final norm and the head run as usual.
+
+Only for decoders whose layers all take the same mask (:func:`can_enter`): models that pick a mask per layer
+type by the layer's index in the list would pick the wrong one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.lookup import LAYER_LIST_NAMES, first_attr
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.sites import resolve_site
+
+
+def full_attention_everywhere(model: nn.Module) -> bool:
+    """Whether every decoder layer attends to all earlier keys (no sliding window, one layer type)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    kinds = set(getattr(config, "layer_types", None) or ())
+    if kinds:
+        return kinds == {"full_attention"}
+    return getattr(config, "sliding_window", None) is None
+
+
+def can_enter(adapter: ModelAdapter) -> bool:
+    """Whether :func:`entered_at` serves this model: a dense decoder with one layer list and full attention in
+    every layer."""
+    return (adapter.moe is None and first_attr(adapter.decoder, LAYER_LIST_NAMES)[0] is not None
+            and full_attention_everywhere(adapter.model))
+
+
+@contextmanager
+def entered_at(adapter: ModelAdapter, first: int, residual: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, forwards run decoder layers ``first ..`` only, every position of layer ``first``'s input
+    being ``residual [d_model]`` (broadcast). ``first == 0``: nothing changes."""
+    if first == 0:
+        yield
+        return
+    name, layers = first_attr(adapter.decoder, LAYER_LIST_NAMES)
+    with HookSet(adapter, graph_safe=True) as hooks:
+        hooks.add(resolve_site(adapter, "resid_pre", first), lambda tensor, call: residual.expand_as(tensor).contiguous())
+        setattr(adapter.decoder, name, nn.ModuleList(list(layers)[first:]))
+        try:
+            yield
+        finally:
+            setattr(adapter.decoder, name, layers)

@@ -1,0 +1,241 @@
+"""Integrated gradients replayed from CUDA graphs (attribute/ig_graphs.py), checked on the CPU.
+
+What a graph records is ``_rows_call`` on a right-padded prefix; here it runs eagerly and must equal the
+unpadded sequence path and the plain loop. The capture / replay bookkeeping (first call eager, second captured,
+later ones replayed with new values in the static buffers) runs with a stand-in graph that re-runs the recorded
+function into its captured output, as a replay would. On the GPU, replay == eager is checked by
+``benchmarks/bench_checks.py``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import transformers as T
+
+from helpers.tiny_models import TEXT_FAMILIES, random_batch, tiny_text_model
+from neuronscope.attribute import ig_graphs
+from neuronscope.attribute.ig_paths import _example, _ig_sequence, _RowScaler
+from neuronscope.attribute.integrated_gradients import alpha_grid, integrated_gradients
+from neuronscope.attribute.prefix_rows import RowPlanner, planner_for
+from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
+from neuronscope.models import get_adapter
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.layer_entry import can_enter
+from neuronscope.trace.sites import resolve_site
+
+EXACT = dict(rtol=1e-7, atol=1e-13)
+EAGER = dict(rtol=1e-5, atol=1e-10)  # eager attention's softmax runs in float32
+
+
+def _model(family: str = "llama", attention: str = "sdpa"):
+    model = tiny_text_model(family, dtype=torch.float64)
+    model.set_attn_implementation(attention)
+    return model
+
+
+def _batch(length: int, seed: int) -> Batch:
+    inputs = random_batch(batch=1, length=length, seed=seed)
+    mask = inputs["attention_mask"]
+    return Batch({**inputs, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, [""], mask.sum(-1))
+
+
+def _installed(model, layers):
+    adapter = get_adapter(model)
+    scaler, hooks = _RowScaler(), HookSet(adapter, graph_safe=True)
+    for layer in layers:
+        hooks.add(resolve_site(adapter, "neuron", layer), scaler.callback(layer))
+    return scaler, hooks
+
+
+@pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("gpt2", "sdpa"),
+                                              ("gpt_neox", "eager")])
+@pytest.mark.parametrize("chunks", [[10], [6, 4]])
+def test_the_padded_call_a_graph_records_equals_the_sequence_path(family, attention, chunks):
+    """One set of buffers (bucket 16) refilled for prompts of 3, 9 and 14 prefix positions: each call equals the
+    unpadded sequence path; two chunks share the padded prefix cache through a copy."""
+    model = _model(family, attention)
+    layers, alphas = [1, 0], alpha_grid(5)
+    scaler, hooks = _installed(model, layers)
+    tolerance = EXACT if attention == "sdpa" else EAGER
+    with hooks:
+        call = static = None
+        for length, seed in ((4, 1), (10, 2), (15, 3)):
+            ids, positions, scored = _example(_batch(length, seed), 0, length - 1)
+            if call is None:
+                static, _, call = ig_graphs.prepared_call(model, scaler, 16, ids, positions, scored, 7, layers,
+                                                          alphas, chunks)
+            else:
+                static.fill(ids, positions, scored, 7, torch.cat([alphas, alphas]))
+            padded = call()
+            unpadded = _ig_sequence(model, scaler, ids, positions, scored, 7, layers, alphas,
+                                    RowPlanner.for_model(model, limit=chunks[0]))
+            assert padded.abs().min() > 0
+            torch.testing.assert_close(padded, unpadded, **tolerance)
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_forward_hooks_with_kwargs",
+               "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+class _StandInGraph:
+    """What a CUDA graph does, on the CPU: ``replay`` runs the recorded call again into its captured output, with
+    the hooks the model had at capture (a graph holds their kernels; the replaying call's own hooks do not run)."""
+
+    def __init__(self, call, out):
+        self.call, self.out, self.replays = call, out, 0
+        self.modules = list(call.args[0].modules())
+        self.hooks = [{name: dict(getattr(module, name)) for name in _HOOK_DICTS} for module in self.modules]
+
+    def replay(self):
+        self.replays += 1
+        current = [{name: getattr(module, name) for name in _HOOK_DICTS} for module in self.modules]
+        try:
+            for module, recorded in zip(self.modules, self.hooks, strict=True):
+                for name, hooks in recorded.items():
+                    setattr(module, name, OrderedDict(hooks))
+            self.out.copy_(self.call())
+        finally:
+            for module, kept in zip(self.modules, current, strict=True):
+                for name, hooks in kept.items():
+                    setattr(module, name, hooks)
+
+
+@pytest.fixture
+def stand_in_graphs(monkeypatch):
+    """Graphs on the CPU: no device check, the capture replaced by a stand-in."""
+    captured = []
+
+    def capture(call, what, pool=None):
+        out = call()
+        captured.append(_StandInGraph(call, out))
+        return captured[-1], out
+
+    monkeypatch.setattr(ig_graphs, "graph_blocker", lambda model, device: None)
+    monkeypatch.setattr(ig_graphs, "capture", capture)
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+    return captured
+
+
+def test_first_call_eager_second_captured_later_ones_replayed_with_their_own_values(stand_in_graphs):
+    model = _model()
+    plains, graphed = [], []
+    for length, seed in ((12, 1), (9, 2), (14, 3), (5, 4)):  # prefixes of 11, 8, 13 and 4: one bucket of 64
+        batch = _batch(length, seed)
+        targets = token_targets(batch, 7)
+        graphed.append(integrated_gradients(model, batch, targets, steps=4).values)
+        plains.append(integrated_gradients(model, batch, targets, steps=4, method="plain").values)
+    for fast, plain in zip(graphed, plains, strict=True):
+        torch.testing.assert_close(fast, plain, **EXACT)
+    assert len(stand_in_graphs) == 1 and stand_in_graphs[0].replays == 3  # calls 2 (after its capture), 3, 4
+    assert len(ig_graphs._BY_MODEL[model].entries) == 1
+    ig_graphs.release_graphs(model)
+    assert model not in ig_graphs._BY_MODEL
+
+
+def test_other_layers_sites_steps_or_replaced_weights_get_their_own_graph(stand_in_graphs):
+    model = _model()
+    batch = _batch(8, 1)
+    targets = token_targets(batch, 7)
+
+    def run(**options):
+        return integrated_gradients(model, batch, targets, **{"steps": 4, **options}).values
+
+    for _ in range(3):
+        run()
+    for _ in range(2):
+        run(layers=[1])
+        run(site="act")
+    assert len(stand_in_graphs) == 3
+    reference = integrated_gradients(model, batch, targets, steps=4, method="plain").values
+    with torch.no_grad():  # new weight tensors: the captured graph would read freed memory
+        down = get_adapter(model).module(0, get_adapter(model).family.down)
+        down.weight = torch.nn.Parameter(down.weight * 2)
+    changed = integrated_gradients(model, batch, targets, steps=4, method="plain").values
+    assert not torch.allclose(changed, reference)
+    torch.testing.assert_close(run(), changed, **EXACT)  # not the old graph: the eager call of a new key
+    assert len(stand_in_graphs) == 3
+
+
+def test_the_graph_waits_for_the_planner_to_settle(stand_in_graphs):
+    model = _model()
+    batch = _batch(8, 1)
+    targets = token_targets(batch, 7)
+    planner = planner_for(model)
+    for _ in range(6):
+        integrated_gradients(model, batch, targets, steps=8)
+    assert planner.settled(16, 7, torch.device("cpu"))
+    assert planner.trials and all(count >= 2 for count in planner.trials.values())
+    assert len(stand_in_graphs) == 1
+
+
+def test_graph_blocker_says_why():
+    model = _model()
+    cuda = torch.device("cuda")
+    assert ig_graphs.graph_blocker(model, torch.device("cpu")) == "not on a CUDA device"
+    assert ig_graphs.graph_blocker(model, cuda) is None
+    handle = model.model.layers[0].register_forward_hook(lambda *args: None)
+    assert "not graph-safe" in ig_graphs.graph_blocker(model, cuda)
+    handle.remove()
+    config = T.Gemma3TextConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                intermediate_size=24, head_dim=4, vocab_size=64, sliding_window=3,
+                                layer_types=["sliding_attention", "full_attention"])
+    gemma = T.AutoModelForCausalLM.from_config(config).eval()
+    assert "sliding window" in ig_graphs.graph_blocker(gemma, cuda)
+
+
+def test_planner_is_settled_once_every_size_was_tried_twice():
+    planner = RowPlanner(per_row=1.0, per_row_key=0.0, budget=1e9)
+    cpu = torch.device("cpu")
+    assert not planner.settled(64, 10, cpu)
+    for size in planner.candidates(64, 10, cpu):
+        planner.timed(size, size, 1.0)
+        planner.timed(size, size, 1.0)
+    assert planner.settled(64, 10, cpu)
+    assert RowPlanner(per_row=1.0, per_row_key=0.0, limit=16).settled(64, 10, cpu)
+
+
+def test_the_default_gpu_chunk_budget_is_capped_at_a_quarter_of_the_weights(monkeypatch):
+    from neuronscope.attribute import prefix_rows
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * 2**30, 140 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+    cuda = torch.device("cuda")
+    seven_b = RowPlanner(per_row=1.0, per_row_key=0.0, weights=13.5e9)
+    assert seven_b.available(cuda) == pytest.approx(0.25 * 13.5e9)
+    small = RowPlanner(per_row=1.0, per_row_key=0.0, weights=270e6)
+    assert small.available(cuda) == prefix_rows.CHUNK_FLOOR
+    assert RowPlanner(per_row=1.0, per_row_key=0.0, weights=13.5e9, budget=5e9).available(cuda) == 5e9
+    assert RowPlanner.for_model(_model()).weights == sum(p.numel() * 8 for p in _model().parameters())
+
+
+ENTERED = ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "phi3", "olmo2")  # mistral, gemma2/3: sliding windows
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_chunks_enter_the_decoder_at_their_first_layer_with_the_same_scores(family):
+    """Rows of layer 1 only: their chunk runs layer 1 alone, fed the scored token's input to it (read from the
+    prefix run); the scores equal the plain loop's. Layer 0 runs once for the prefix and once for the chunk of
+    layer-0 rows, not a third time. Sliding-window families keep every layer (``can_enter`` is False)."""
+    model = _model(family, "eager" if family == "gemma2" else "sdpa")
+    batch = _batch(9, 4)
+    targets = token_targets(batch, 7)
+    adapter = get_adapter(model)
+    calls = []
+    handle = adapter.layers[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        fast = integrated_gradients(model, batch, targets, steps=3, batch_size=3)
+    finally:
+        handle.remove()
+    plain = integrated_gradients(model, batch, targets, steps=3, method="plain").values
+    assert fast.meta["path"] == "sequence"
+    torch.testing.assert_close(fast.values, plain, **(EAGER if family == "gemma2" else EXACT))
+    entered = family in ENTERED
+    assert can_enter(adapter) == entered
+    assert len(calls) == (2 if entered else 3)
+    name = next(name for name in ("layers", "h") if hasattr(adapter.decoder, name))
+    assert getattr(adapter.decoder, name) is adapter.layers  # the layer list is back in place
