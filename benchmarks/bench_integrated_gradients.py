@@ -85,8 +85,10 @@ def table(model, where: torch.device, length: int, steps: int, repeats: int, swe
     def ig(**options):
         return lambda: integrated_gradients(model, batch, targets, steps=steps, **options).values
 
-    loop = measure(ig(method="plain", batch_size=steps, layers=loop_layers), where, repeats=1, warmup=0,
-                   weights=weights)
+    # one warm-up call on a GPU: the loop's first call grows the allocator's pool to 4.5x the weights (seconds of
+    # cudaMalloc that a run over many prompts pays once)
+    loop = measure(ig(method="plain", batch_size=steps, layers=loop_layers), where, repeats=1,
+                   warmup=1 if where.type == "cuda" else 0, weights=weights)
     plain = loop.pop("result")
     if loop_layers is not None:  # the loop is linear in layers: timed on some, scaled to all (said so)
         loop["timed_layers"] = len(loop_layers)

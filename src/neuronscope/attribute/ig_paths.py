@@ -295,10 +295,12 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
         inputs = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
                       position_ids=positions[scored].expand(1, rows), use_cache=cache is not None)
         last = start + rows == total
-        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+        # what a first chunk keeps for the backward corrects the planner's memory model (a later chunk may enter
+        # the decoder deeper and keep less)
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" and start == 0 else None
 
         def observe(rows: int = rows, before: int | None = before) -> None:
-            if before is not None:  # what the rows keep for the backward (the planner's model is corrected)
+            if before is not None:
                 planner.observe(rows, scored, torch.cuda.memory_allocated(device) - before)
 
         failed = False
