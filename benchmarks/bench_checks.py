@@ -60,7 +60,7 @@ def ig_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
     from neuronscope.inputs.targets import token_targets
 
     out = []
-    lengths = [24, 24, 30, 40, 70, 70, 70, 24]  # prefixes of 23-39 share bucket 64; 69 is bucket 128
+    lengths = [24, 24, 30, 28, 70, 70, 70, 24]  # prompts of 24-30 share bucket 32; 70 is bucket 96
     for attention in ("sdpa", "eager"):
         model = build_llama(shape, torch.float32, where, seed=5)
         model.set_attn_implementation(attention)
@@ -175,12 +175,21 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
                 entry["error"] = f"graphs={graphs}: {type(error).__name__}: {error}"[:300]
         entry["ok"] = entry["static"] and all(v for k, v in entry.items() if k.startswith("tokens_equal"))
         out.append(entry)
+    from neuronscope.trace import intervene, suppress
+    from neuronscope.trace.hooks import foreign_hooks
+
+    neurons = torch.tensor([[layer, index] for layer in range(model.config.num_hidden_layers) for index in (3, 9)])
+    with intervene(model, suppress(neurons, positions="all")):  # declared graph-safe: greedy decoding replays
+        steady = foreign_hooks(model) == 0
+        expected = generate(model, processor.tokenizer, text, max_new_tokens=12, min_new_tokens=12).sequences
+        got = greedy_generate(model, processor.tokenizer, text, max_new_tokens=12, min_new_tokens=12)
+    out.append({"decode": "text under suppress(positions='all'), graphs by default vs generate",
+                "graph_safe": steady, "tokens_equal": bool(torch.equal(got.sequences, expected)),
+                "ok": steady and bool(torch.equal(got.sequences, expected))})
     kept = {}
     for graphs in (False, True) if where.type == "cuda" else (False,):
         kept[graphs] = caption_contributions(vlm, processor, image_batch, max_new_tokens=8, top_k=50,
                                              min_new_tokens=8, graphs=graphs)
-    from neuronscope.trace.hooks import foreign_hooks
-
     out.append({"decode": "hooks on the LLaVA model not declared graph-safe (0: graphs by default)",
                 "foreign_hooks": foreign_hooks(vlm), "ok": foreign_hooks(vlm) == 0})
     if len(kept) == 2:

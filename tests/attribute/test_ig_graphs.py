@@ -123,7 +123,7 @@ def stand_in_graphs(monkeypatch):
 def test_first_call_eager_second_captured_later_ones_replayed_with_their_own_values(stand_in_graphs):
     model = _model()
     plains, graphed = [], []
-    for length, seed in ((12, 1), (9, 2), (14, 3), (5, 4)):  # prefixes of 11, 8, 13 and 4: one bucket of 64
+    for length, seed in ((12, 1), (9, 2), (14, 3), (5, 4)):  # prompts of 12, 9, 14 and 5 positions: one bucket of 32
         batch = _batch(length, seed)
         targets = token_targets(batch, 7)
         graphed.append(integrated_gradients(model, batch, targets, steps=4).values)

@@ -207,8 +207,39 @@ def test_an_intervention_places_its_indices_once_per_device_and_once_per_call(mo
     monkeypatch.setattr(intervene_module, "on_device", lambda tensor, device: placed.append(tuple(tensor.shape))
                         or original(tensor, device))
     neurons = torch.tensor([[0, 1], [1, 2]])
-    with intervene(model, suppress(neurons, positions="all")), torch.no_grad():
+    with intervene(model, suppress(neurons, positions="last")), torch.no_grad():
         model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
     pairs = [shape for shape in placed if len(shape) == 2 and shape[0] == 3]  # [3, N]: rows, positions, columns
     assert len(pairs) == 2 * 4  # two layers, four calls
     assert len(placed) - len(pairs) == 2  # each layer's neuron index, once
+    placed.clear()
+    with intervene(model, suppress(neurons, positions="all")), torch.no_grad():  # a column operation: no pairs
+        model.generate(**inputs, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert placed == [(1,), (1,)]  # each layer's neuron index, once
+
+
+@pytest.mark.parametrize("op,value", [("set", 0.0), ("set", 1.5), ("scale", 0.5), ("add", -2.0), ("scale", "per"),
+                                      ("patch", "per")])
+def test_an_everywhere_intervention_equals_the_same_one_on_explicit_positions(op, value):
+    """positions="all" with a number (or one value per neuron) is applied as one column operation; the same
+    change given as explicit positions (every position, through the per-call pairs) gives the same logits bit for
+    bit; and such a hook set is declared graph-safe (the same device work at every call)."""
+    from neuronscope.trace.hooks import foreign_hooks
+
+    model = tiny_text_model("llama")
+    inputs = random_batch(batch=2, length=6, seed=5, left_pad=(2, 0))
+    neurons = torch.tensor([1, 4, 7])
+    if value == "per":
+        value = torch.tensor([0.5, -1.0, 2.0])
+    everywhere = [Intervention("neuron", layer, op, value, neurons, positions="all") for layer in (0, 1)]
+    explicit = [Intervention("neuron", layer, op, value, neurons, positions=list(range(6))) for layer in (0, 1)]
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        with intervene(model, everywhere):
+            assert foreign_hooks(model) == 0
+            fast = model(**inputs).logits
+        with intervene(model, explicit):
+            assert foreign_hooks(model) > 0
+            reference = model(**inputs).logits
+    assert not torch.equal(fast, plain)
+    assert torch.equal(fast, reference)

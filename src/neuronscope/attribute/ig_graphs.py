@@ -54,8 +54,10 @@ from neuronscope.trace.graphs import capture
 from neuronscope.trace.hooks import foreign_hooks
 from neuronscope.trace.layer_entry import can_enter
 
-BUCKET = 64  # prefix positions are padded to a multiple of this, so that similar prompts share a graph
-GRAPHS_PER_MODEL = 8
+# Prefix positions are padded to a multiple of BUCKET, so that similar prompts share a graph: each padded position
+# costs a prefix forward position (T = 200 pads to 224); prompts of 32-512 positions make 16 graphs, all kept.
+BUCKET = 32
+GRAPHS_PER_MODEL = 32
 
 
 @dataclass

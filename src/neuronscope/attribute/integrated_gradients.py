@@ -124,7 +124,7 @@ def integrated_gradients(
             at a quarter of the weights' bytes or 2 GiB if that is more, so that the peak stays within ~1.3× the
             weights; 4 GiB on a CPU). More rows a chunk are faster only without CUDA graphs.
         graphs: on a CUDA device, replay a ``"sequence"`` call whose shape came before from a CUDA graph (captured
-            on the shape's second call; prompts are padded to buckets of 64 positions so that similar lengths share
+            on the shape's second call; prompts are padded to buckets of 32 positions so that similar lengths share
             one: :mod:`neuronscope.attribute.ig_graphs`); False: every call runs eagerly. Same scores either way (up
             to float rounding).
 

@@ -89,7 +89,32 @@ class _Placed:
         return placed[0], placed[1], placed[2]
 
 
+def _everywhere(placed: _Placed) -> bool:
+    """Whether the intervention changes every position of every call by the same values (``positions="all"``, a
+    number or one value per coordinate): then it is a column operation, with no per-call host work."""
+    value = placed.item.value
+    return placed.spec == "all" and (not isinstance(value, torch.Tensor) or value.dim() <= 1)
+
+
+def _apply_everywhere(tensor: torch.Tensor, placed: _Placed) -> torch.Tensor:
+    """The columns ``coords`` of every position changed at once (same values as :func:`_apply`'s pairs)."""
+    coords, value = placed.constants(tensor.device, tensor.shape[-1])
+    op = placed.item.op
+    if isinstance(value, torch.Tensor):
+        value = value.to(dtype=tensor.dtype)
+    elif op in ("set", "patch"):
+        return tensor.index_fill(-1, coords, value)
+    if op in ("set", "patch"):
+        new = value.expand(*tensor.shape[:-1], coords.numel())
+    else:
+        current = tensor.index_select(-1, coords)
+        new = current * value if op == "scale" else current + value
+    return tensor.index_copy(-1, coords, new)
+
+
 def _apply(tensor: torch.Tensor, placed: _Placed, call: CallState) -> torch.Tensor:
+    if _everywhere(placed):
+        return _apply_everywhere(tensor, placed)
     pairs = placed.pairs(call, tensor.device)
     if pairs is None:
         return tensor
@@ -148,10 +173,16 @@ def install(hooks: HookSet, adapter: ModelAdapter, interventions: Sequence[Inter
 
 @contextmanager
 def intervene(model: nn.Module, interventions: Intervention | Sequence[Intervention]) -> Iterator[None]:
-    """Apply ``interventions`` to every forward run inside the block; hooks are removed on exit, also on error."""
+    """Apply ``interventions`` to every forward run inside the block; hooks are removed on exit, also on error.
+
+    Interventions at ``positions="all"`` with a number (or one value per neuron) are one column operation per
+    call, with no host work; a set of only those is declared graph-safe, so that
+    :func:`~neuronscope.trace.decode.greedy_generate` still replays its decode steps from a CUDA graph."""
     adapter = get_adapter(model)
     items = list(interventions) if isinstance(interventions, Iterable) else [interventions]
-    with HookSet(adapter) as hooks:
+    # the same device work at every call (positions "all", fixed values): CUDA-graph decoding may replay it
+    steady = all(isinstance(item, Intervention) and _everywhere(_Placed(item, None)) for item in items)
+    with HookSet(adapter, graph_safe=steady) as hooks:
         install(hooks, adapter, items)
         yield
 
