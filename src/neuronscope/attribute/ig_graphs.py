@@ -37,12 +37,10 @@ from torch import nn
 
 from neuronscope.attribute.ig_paths import (
     _add_chunk,
-    _chunk_grads,
-    _chunk_plan,
-    _entry_prefix,
     _layer_major_rows,
     _RowScaler,
 )
+from neuronscope.attribute.ig_segments import Segment, chunk_grads, chunk_layout, entry_prefix
 from neuronscope.attribute.prefix_rows import (
     RowPlanner,
     attention_implementation,
@@ -99,24 +97,27 @@ class _Static:
             self.alphas_host = row_alpha.clone()
 
 
-def _rows_call(model: nn.Module, scaler: _RowScaler, static: _Static, plans: list[tuple[int, dict, int]],
+def _rows_call(model: nn.Module, scaler: _RowScaler, static: _Static, plans: list[tuple[dict, list[Segment]]],
                slot_of: dict[int, int], steps: int, boolean: bool) -> torch.Tensor:
     """One call of the sequence path on the padded prefix of ``static``: NA ``[layers, d_ff]`` on the device.
 
     Device work only (no host wait): it runs eagerly (a test on any device) and is what is captured. ``plans``:
-    per chunk its rows, its scaler plan and the layer its rows enter the decoder at.
+    per chunk its scaler plan and its segments (:func:`~neuronscope.attribute.ig_segments.chunk_layout`).
     """
     device = static.prefix_ids.device
-    cache, residuals = _entry_prefix(model, static.prefix_ids, static.prefix_positions, static.scored.view(1))
+    cache, residuals = entry_prefix(model, static.prefix_ids, static.prefix_positions, static.scored.view(1))
     # the rows see the real prefix only: neither the padding nor the scored token's own cached key
     visible = torch.arange(static.prefix_ids.shape[1], device=device) < static.scored
     dtype = next(model.parameters()).dtype
+
+    def inputs_for(count: int) -> dict[str, Any]:
+        return {"input_ids": static.token.expand(1, count), "position_ids": static.token_position.expand(1, count),
+                "attention_mask": rows_mask(visible, count, boolean, dtype)}
+
     sums = None
-    for index, (rows, plan, entry) in enumerate(plans):
-        inputs = {"input_ids": static.token.expand(1, rows), "position_ids": static.token_position.expand(1, rows),
-                  "attention_mask": rows_mask(visible, rows, boolean, dtype)}
+    for index, (plan, segments) in enumerate(plans):
         chunk_cache = cache if index == len(plans) - 1 else copy.deepcopy(cache)
-        grads = _chunk_grads(model, scaler, plan, inputs, chunk_cache, entry, residuals, static.target)
+        grads = chunk_grads(model, scaler, plan, segments, inputs_for, chunk_cache, residuals, static.target)
         sums = _add_chunk(sums, scaler, plan, grads, slot_of)
     activations, grad_sums = sums
     return activations * grad_sums / steps
@@ -198,8 +199,8 @@ def prepared_call(model: nn.Module, scaler: _RowScaler, bucket: int, ids: torch.
     static = _Static.empty(bucket, row_layer.numel(), ids, positions)
     static.fill(ids, positions, scored, token, row_alpha)
     starts = [sum(chunks[:index]) for index in range(len(chunks))]
-    plans = [(rows, _chunk_plan(row_layer[start:start + rows], static.alphas, start),
-              int(row_layer[start:start + rows].min())) for start, rows in zip(starts, chunks, strict=True)]
+    plans = [chunk_layout(row_layer[start:start + rows], static.alphas, start, True)
+             for start, rows in zip(starts, chunks, strict=True)]
     boolean = attention_implementation(model) == "sdpa"
     call = functools.partial(_rows_call, model, scaler, static, plans,
                              {layer: slot for slot, layer in enumerate(layers)}, alphas.numel(), boolean)

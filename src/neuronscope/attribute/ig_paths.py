@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuronscope.attribute.ig_segments import chunk_grads, chunk_layout, entry_prefix
 from neuronscope.attribute.prefix_rows import (
     MASKED_ATTENTION,
     RowPlanner,
@@ -28,11 +29,9 @@ from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import AdaptiveBatcher, free_memory, is_out_of_memory
-from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.last_step import cache_keyword, returned_cache
-from neuronscope.trace.layer_entry import can_enter, entered_at
+from neuronscope.trace.layer_entry import can_enter
 from neuronscope.trace.positions import CallState
-from neuronscope.trace.sites import resolve_site
 
 _TEXT_KEYS = ("input_ids", "attention_mask", "position_ids")
 
@@ -140,18 +139,6 @@ def _layer_major_rows(layers: list[int], alphas: torch.Tensor) -> tuple[torch.Te
     return torch.tensor(layers).repeat_interleave(alphas.numel()), alphas.repeat(len(layers))
 
 
-def _chunk_plan(chunk_layer: torch.Tensor, alphas: torch.Tensor, start: int
-                ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """The scaler's plan of the layer-major rows ``start ..`` whose layers are ``chunk_layer`` (host tensor):
-    per layer, its query tokens (one range) and their α, a slice of ``alphas`` (all rows, on the device)."""
-    plan = {}
-    for layer in dict.fromkeys(chunk_layer.tolist()):  # layer-major: each layer's rows are one range
-        where = (chunk_layer == layer).nonzero()[:, 0]
-        first, last = int(where[0]), int(where[-1]) + 1
-        plan[layer] = (torch.arange(first, last, device=alphas.device), alphas[start + first:start + last])
-    return plan
-
-
 def _add_chunk(sums: tuple[torch.Tensor, torch.Tensor] | None, scaler: _RowScaler, plan: dict, grads: tuple,
                slot_of: dict[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(activations, gradient sums)`` ``[layers, d_ff]`` with one chunk's gradients added (summed over its rows)
@@ -213,56 +200,15 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
     return torch.stack([activations[layer] * grad_sums[layer] / steps for layer in layers])
 
 
-def _entry_prefix(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, where: torch.Tensor
-                  ) -> tuple[Any, torch.Tensor]:
-    """A forward of ``ids [1, n]`` (no grad) that keeps every layer's input at position ``where`` (``[1]`` long,
-    on the device): ``(KV cache, residuals [layers, d_model])``. Device work only (it is captured in graphs)."""
-    adapter = get_adapter(model)
-    kept: list[torch.Tensor | None] = [None] * adapter.n_layers
-
-    def keeper(layer: int):
-        def keep(tensor: torch.Tensor, call: CallState) -> None:
-            kept[layer] = tensor[0].index_select(0, where)[0]
-
-        return keep
-
-    with HookSet(adapter, graph_safe=True) as hooks:
-        for layer in range(adapter.n_layers):
-            hooks.add(resolve_site(adapter, "resid_pre", layer), keeper(layer))
-        with torch.no_grad():
-            out = model(input_ids=ids, position_ids=positions, use_cache=True)
-    return returned_cache(out), torch.stack(kept)
-
-
-def _chunk_grads(model: nn.Module, scaler: _RowScaler, plan: dict, inputs: dict[str, Any], cache: Any, entry: int,
-                 residuals: torch.Tensor | None, target: torch.Tensor, observe: Callable[[], None] | None = None
-                 ) -> tuple[torch.Tensor, ...]:
-    """Forward and backward of one chunk of rows (the query tokens of ``inputs``), the decoder entered at layer
-    ``entry`` with ``residuals[entry]`` as every row's input there: the gradients of ``Σ P(target)`` with respect
-    to the plan's leaves, layer by layer. ``observe`` runs between the forward and the backward."""
-    if cache is not None:
-        inputs = {**inputs, cache_keyword(model): cache, "use_cache": True}
-    scaler.start(plan, tokens=True)
-    try:
-        residual = None if residuals is None else residuals[entry]
-        with entered_at(get_adapter(model), entry, residual), torch.enable_grad():
-            logits = model(**inputs).logits[0]
-            probability = logits.to(_work_dtype(logits.dtype)).softmax(-1).index_select(-1, target)
-            if observe is not None:
-                observe()
-            return torch.autograd.grad(probability.sum(), [scaler.leaves[layer] for layer in plan])
-    finally:
-        scaler.stop()
-
-
 def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions: torch.Tensor, scored: int,
                  token: int, layers: list[int], alphas: torch.Tensor, planner: RowPlanner) -> torch.Tensor | None:
     """NA ``[layers, d_ff]`` of one (example, target): the prefix once, then every (layer, step) row as one query
     token of a single sequence that sees the shared cache and itself only. None: the model cannot take the mask.
 
     Decoders with full attention in every layer (:func:`~neuronscope.trace.layer_entry.can_enter`) run the scored
-    token with the prefix, keeping each layer's input there, and a chunk whose rows scale layers ``a ..`` only
-    enters the decoder at layer ``a`` (below it, its rows would compute what the scored token computed)."""
+    token with the prefix, keeping each layer's input there, and a chunk's rows join the decoder in segments at
+    their own layers (:mod:`neuronscope.attribute.ig_segments`: below its layer a row would compute what the
+    scored token computed)."""
     device = ids.device
     if attention_implementation(model) not in MASKED_ATTENTION:
         return None
@@ -273,8 +219,8 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
     enter = can_enter(get_adapter(model))
     residuals = None
     if enter:  # the cache holds the scored token too; the rows' mask hides it (they see their own key instead)
-        cache, residuals = _entry_prefix(model, ids[None, :scored + 1], positions[None, :scored + 1],
-                                         torch.full((1,), scored, dtype=torch.long, device=device))
+        cache, residuals = entry_prefix(model, ids[None, :scored + 1], positions[None, :scored + 1],
+                                        torch.full((1,), scored, dtype=torch.long, device=device))
         visible = torch.arange(scored + 1, device=device) < scored
     else:
         cache = _prefix_cache(model, ids, positions, scored)
@@ -286,14 +232,16 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
     while start < total:
         rows, candidate = planner.next_chunk(total - start, scored, device, total)
         began = time.perf_counter()
-        mask = rows_mask(visible, rows, boolean, dtype) if enter else shared_prefix_mask(model, cache, scored, rows,
-                                                                                         device)
-        if mask is None:
+        mask = None if enter else shared_prefix_mask(model, cache, scored, rows, device)
+        if mask is None and not enter:
             return None
-        chunk_layer = row_layer[start:start + rows]
-        plan = _chunk_plan(chunk_layer, alpha_on_device, start)
-        inputs = dict(input_ids=ids[scored].expand(1, rows), attention_mask=mask,
-                      position_ids=positions[scored].expand(1, rows), use_cache=cache is not None)
+        plan, segments = chunk_layout(row_layer[start:start + rows], alpha_on_device, start, enter)
+
+        def inputs_for(count: int, mask=mask) -> dict[str, Any]:
+            return dict(input_ids=ids[scored].expand(1, count), position_ids=positions[scored].expand(1, count),
+                        attention_mask=rows_mask(visible, count, boolean, dtype) if enter else mask,
+                        use_cache=cache is not None)
+
         last = start + rows == total
         # what a first chunk keeps for the backward corrects the planner's memory model (a later chunk may enter
         # the decoder deeper and keep less)
@@ -305,14 +253,13 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
 
         failed = False
         try:
-            grads = _chunk_grads(model, scaler, plan, inputs, cache if last or cache is None else copy.deepcopy(cache),
-                                 int(chunk_layer.min()) if enter else 0, residuals, target, observe)
+            grads = chunk_grads(model, scaler, plan, segments, inputs_for,
+                                cache if last or cache is None else copy.deepcopy(cache), residuals, target, observe)
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled, others re-raised
             if not is_out_of_memory(error):
                 raise
             failed = True
         if failed:  # outside the except block, so that the traceback no longer holds the chunk's tensors
-            del inputs
             free_memory()
             if rows == 1:
                 raise NeuronscopeError("out of memory with one integrated-gradients row: use a smaller dtype, "

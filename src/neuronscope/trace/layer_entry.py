@@ -1,10 +1,11 @@
-"""Run a decoder from one of its layers on, with a given residual stream as that layer's input (model plumbing).
+"""Run a slice of a decoder's layers, with a given residual stream as the first one's input (model plumbing).
 
 Integrated gradients' rows of layer ``l`` compute, below ``l``, exactly what the scored token computes in a plain
 forward: only their input to some layer ``a ≤ l`` is needed. :func:`entered_at` runs the stock model with its
 layer list holding ``layers[a:]`` for the time of a forward (each attention module keeps its own layer index, so a
 KV cache is still read and written at the right layers) and replaces the input of layer ``a`` with a given
-residual stream; the embedding still runs (its output is replaced), the final norm and the head run as usual.
+residual stream; the embedding still runs (its output is replaced), the final norm and the head run as usual. It
+can also stop before the last layer (``layers[a:b]``) and hand back the output of layer ``b - 1``.
 
 Only for decoders whose layers all take the same mask (:func:`can_enter`): models that pick a mask per layer
 type by the layer's index in the list would pick the wrong one.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -40,18 +42,39 @@ def can_enter(adapter: ModelAdapter) -> bool:
             and full_attention_everywhere(adapter.model))
 
 
+@dataclass
+class Entry:
+    """What :func:`entered_at` hands back: the output of its last layer when it stops early (else None)."""
+
+    output: torch.Tensor | None = None
+
+
 @contextmanager
-def entered_at(adapter: ModelAdapter, first: int, residual: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, forwards run decoder layers ``first ..`` only, every position of layer ``first``'s input
-    being ``residual [d_model]`` (broadcast). ``first == 0``: nothing changes."""
-    if first == 0:
-        yield
+def entered_at(adapter: ModelAdapter, first: int, residual: torch.Tensor | None, stop: int | None = None
+               ) -> Iterator[Entry]:
+    """Within the block, forwards run decoder layers ``first .. stop - 1`` only (``stop`` None: to the last layer),
+    with ``residual`` (``[d_model]`` for every position, or the layer input's whole shape) as the input of layer
+    ``first`` (None: the input the layers before would give, i.e. ``first`` must be 0). With ``stop``, the output of
+    layer ``stop - 1`` is kept in the yielded :class:`Entry` (the final norm and the head still run on it)."""
+    entry = Entry()
+    if first == 0 and stop is None and residual is None:
+        yield entry
         return
+    if residual is None and first != 0:
+        raise ValueError("entering the decoder past layer 0 needs the residual stream to start from")
     name, layers = first_attr(adapter.decoder, LAYER_LIST_NAMES)
     with HookSet(adapter, graph_safe=True) as hooks:
-        hooks.add(resolve_site(adapter, "resid_pre", first), lambda tensor, call: residual.expand_as(tensor).contiguous())
-        setattr(adapter.decoder, name, nn.ModuleList(list(layers)[first:]))
+        if residual is not None:
+            hooks.add(resolve_site(adapter, "resid_pre", first),
+                      lambda tensor, call: residual.expand_as(tensor).contiguous())
+        if stop is not None:
+
+            def keep(tensor: torch.Tensor, call) -> None:
+                entry.output = tensor
+
+            hooks.add(resolve_site(adapter, "resid_post", stop - 1), keep)
+        setattr(adapter.decoder, name, nn.ModuleList(list(layers)[first:stop]))
         try:
-            yield
+            yield entry
         finally:
             setattr(adapter.decoder, name, layers)
