@@ -6,7 +6,7 @@ prefix once, all 640 (layer, step) rows as query tokens of one sequence under a 
 planned row batch and at fixed ones (to show that the planner picks the fastest), and the previous ``"packed"``
 path. The planned rows are timed in steady state (CUDA-graph replays on a GPU), with the shape's first (eager) and
 second (captured) calls, every call eager (``graphs=False``), and with a chunk budget of the free memory instead of
-the default cap at a quarter of the weights. Peak memory over the weights. Agreement: bf16 (the benchmarked run) and fp32 on a 4-layer model of the same
+the default cap at 30 % of the weights. Peak memory over the weights. Agreement: bf16 (the benchmarked run) and fp32 on a 4-layer model of the same
 width (TF32 off), as the largest difference over the largest score, and top-100 overlap.
 
     python benchmarks/bench_integrated_gradients.py OUT
@@ -113,10 +113,12 @@ def table(model, where: torch.device, length: int, steps: int, repeats: int, swe
     planner = planner_for(model)
     rows["sequence_planned"]["chunks"] = planner.chunks(rows["rows"], length - 1, where)
     rows["sequence_planned"]["rows_per_second_tried"] = {str(k): round(v, 1) for k, v in planner.speeds.items()}
+    rows["sequence_planned"]["planner"] = {"correction": planner.correction, "budget_gib": planner.available(where)
+                                           / 2**30, "observed": planner.history[-4:]}
     rows["sequence_planned"]["first_call_seconds"] = first["seconds"]
     from neuronscope.attribute.ig_graphs import release_graphs
 
-    if where.type == "cuda":  # without the default cap of a chunk at a quarter of the weights: the free memory
+    if where.type == "cuda":  # without the default cap of a chunk at 30 % of the weights: the free memory
         release_graphs(model)
         budget = 0.9 * torch.cuda.mem_get_info(where)[0]
         uncapped = ig(method="sequence", memory_budget=budget)

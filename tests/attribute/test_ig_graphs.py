@@ -198,7 +198,7 @@ def test_planner_is_settled_once_every_size_was_tried_twice():
     assert RowPlanner(per_row=1.0, per_row_key=0.0, limit=16).settled(64, 10, cpu)
 
 
-def test_the_default_gpu_chunk_budget_is_capped_at_a_quarter_of_the_weights(monkeypatch):
+def test_the_default_gpu_chunk_budget_is_capped_at_30_percent_of_the_weights(monkeypatch):
     from neuronscope.attribute import prefix_rows
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (100 * 2**30, 140 * 2**30))
@@ -206,7 +206,7 @@ def test_the_default_gpu_chunk_budget_is_capped_at_a_quarter_of_the_weights(monk
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
     cuda = torch.device("cuda")
     seven_b = RowPlanner(per_row=1.0, per_row_key=0.0, weights=13.5e9)
-    assert seven_b.available(cuda) == pytest.approx(0.25 * 13.5e9)
+    assert seven_b.available(cuda) == pytest.approx(prefix_rows.CHUNK_OF_WEIGHTS * 13.5e9) == pytest.approx(4.05e9)
     small = RowPlanner(per_row=1.0, per_row_key=0.0, weights=270e6)
     assert small.available(cuda) == prefix_rows.CHUNK_FLOOR
     assert RowPlanner(per_row=1.0, per_row_key=0.0, weights=13.5e9, budget=5e9).available(cuda) == 5e9

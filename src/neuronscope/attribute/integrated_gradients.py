@@ -121,7 +121,7 @@ def integrated_gradients(
             one backward), ``"packed"`` (rows as batch rows, each with a copy of the prefix cache) or ``"plain"``
             (the reference: one layer at a time, full sequence, no cache). All give the same scores.
         memory_budget: bytes one ``"sequence"`` chunk may use (default on a GPU: 90 % of the free memory, capped
-            at a quarter of the weights' bytes or 2 GiB if that is more, so that the peak stays within ~1.3× the
+            at 30 % of the weights' bytes or 2 GiB if that is more, so that the peak stays within ~1.3× the
             weights; 4 GiB on a CPU). More rows a chunk are faster only without CUDA graphs.
         graphs: on a CUDA device, replay a ``"sequence"`` call whose shape came before from a CUDA graph (captured
             on the shape's second call; prompts are padded to buckets of 32 positions so that similar lengths share
