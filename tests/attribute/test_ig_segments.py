@@ -1,0 +1,128 @@
+"""Integrated gradients' rows joining the decoder in segments at their own layers (attribute/ig_segments.py,
+trace/layer_entry.py): the layout of a chunk's rows, and scores equal to the plain loop's in float64 while each
+decoder layer runs only for the rows that need it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as T
+
+from helpers.tiny_models import CONFIGS, TEXT_FAMILIES, random_batch, tiny_text_model
+from neuronscope.attribute.ig_segments import SEGMENTS, Segment, chunk_layout
+from neuronscope.attribute.integrated_gradients import integrated_gradients
+from neuronscope.inputs import Batch
+from neuronscope.inputs.targets import token_targets
+from neuronscope.models import get_adapter
+from neuronscope.trace.layer_entry import can_enter, entered_at
+
+EXACT = dict(rtol=1e-7, atol=1e-13)
+EAGER = dict(rtol=1e-5, atol=1e-10)  # eager attention's softmax runs in float32
+
+
+def _model(family: str = "llama", attention: str = "sdpa"):
+    model = tiny_text_model(family, dtype=torch.float64)
+    model.set_attn_implementation(attention)
+    return model
+
+
+def _batch(length: int, seed: int) -> Batch:
+    inputs = random_batch(batch=1, length=length, seed=seed)
+    mask = inputs["attention_mask"]
+    return Batch({**inputs, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, [""], mask.sum(-1))
+
+
+def test_a_slice_of_the_layers_from_a_residual_gives_the_plain_hidden_states():
+    """Layers 1-2 of a 4-layer model, started from the plain forward's input to layer 1: the kept output of layer 2
+    and the final logits (layers 1-3) equal the plain forward's; the layer list is restored afterwards."""
+    config = CONFIGS["llama"]()
+    config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    adapter = get_adapter(model)
+    ids = random_batch(batch=1, length=5, seed=2)["input_ids"]
+    with torch.no_grad():
+        plain = model(input_ids=ids, output_hidden_states=True)
+        with entered_at(adapter, 1, plain.hidden_states[1][0], stop=3) as entry:
+            model(input_ids=ids)
+        torch.testing.assert_close(entry.output, plain.hidden_states[3], **EXACT)
+        with entered_at(adapter, 1, plain.hidden_states[1][0]):
+            logits = model(input_ids=ids).logits
+    torch.testing.assert_close(logits, plain.logits, **EXACT)
+    assert model.model.layers is adapter.layers and len(model.model.layers) == 4
+    with pytest.raises(ValueError, match="residual"):
+        with entered_at(adapter, 2, None):
+            pass
+
+
+ENTERED = ("gpt2", "gpt_neox", "llama", "qwen2", "qwen3", "phi3", "olmo2")  # mistral, gemma2/3: sliding windows
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+def test_chunks_enter_the_decoder_at_their_first_layer_with_the_same_scores(family):
+    """Rows of layer 1 only: their chunk runs layer 1 alone, fed the scored token's input to it (read from the
+    prefix run); the scores equal the plain loop's. Layer 0 runs once for the prefix and once for the chunk of
+    layer-0 rows, not a third time. Sliding-window families keep every layer (``can_enter`` is False)."""
+    model = _model(family, "eager" if family == "gemma2" else "sdpa")
+    batch = _batch(9, 4)
+    targets = token_targets(batch, 7)
+    adapter = get_adapter(model)
+    calls = []
+    handle = adapter.layers[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        fast = integrated_gradients(model, batch, targets, steps=3, batch_size=3)
+    finally:
+        handle.remove()
+    plain = integrated_gradients(model, batch, targets, steps=3, method="plain").values
+    assert fast.meta["path"] == "sequence"
+    torch.testing.assert_close(fast.values, plain, **(EAGER if family == "gemma2" else EXACT))
+    entered = family in ENTERED
+    assert can_enter(adapter) == entered
+    assert len(calls) == (2 if entered else 3)
+    name = next(name for name in ("layers", "h") if hasattr(adapter.decoder, name))
+    assert getattr(adapter.decoder, name) is adapter.layers  # the layer list is back in place
+
+
+def test_chunk_layout_stacks_the_segments_rows_in_layer_order():
+    layers = torch.tensor([5, 0, 3]).repeat_interleave(2)  # layer-major rows, layers in the caller's order
+    alphas = torch.arange(10, dtype=torch.float64)
+    plan, segments = chunk_layout(layers, alphas, 4, enter=True)
+    assert segments == [Segment(0, 3, 2), Segment(3, 5, 4), Segment(5, None, 6)]
+    assert {layer: (rows.tolist(), a.tolist()) for layer, (rows, a) in plan.items()} == {
+        0: ([0, 1], [6.0, 7.0]), 3: ([2, 3], [8.0, 9.0]), 5: ([4, 5], [4.0, 5.0])}
+    plan, segments = chunk_layout(layers, alphas, 4, enter=False)
+    assert segments == [Segment(0, None, 6)] and plan[5][0].tolist() == [0, 1]
+    _, segments = chunk_layout(torch.arange(32).repeat_interleave(20), torch.zeros(640), 0, enter=True)
+    assert len(segments) == SEGMENTS and [s.join for s in segments] == list(range(0, 32, 4))
+    assert [s.rows for s in segments] == [80 * (k + 1) for k in range(SEGMENTS)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+@pytest.mark.parametrize("batch_size", [None, 8])
+def test_rows_join_the_decoder_in_segments_with_the_same_scores(family, batch_size):
+    """Six layers scored in the order 5, 0, 3, 1 (4 steps: 16 rows): one chunk of segments joining at layers 0, 1,
+    3 and 5, or two chunks of 8 rows; every decoder layer runs once for the prefix and once per chunk that reaches
+    it; the scores equal the plain loop's in float64."""
+    config = CONFIGS[family]()
+    for name in ("num_hidden_layers", "n_layer"):
+        if hasattr(config, name):
+            setattr(config, name, 6)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(config, dtype=torch.float64).eval()
+    batch = _batch(10, 6)
+    targets = token_targets(batch, 7)
+    adapter = get_adapter(model)
+    calls = {layer: 0 for layer in range(6)}
+    handles = [adapter.layers[layer].register_forward_pre_hook(
+        lambda module, args, layer=layer: calls.__setitem__(layer, calls[layer] + 1)) for layer in range(6)]
+    try:
+        fast = integrated_gradients(model, batch, targets, steps=4, layers=[5, 0, 3, 1], batch_size=batch_size)
+    finally:
+        for handle in handles:
+            handle.remove()
+    plain = integrated_gradients(model, batch, targets, steps=4, layers=[5, 0, 3, 1], method="plain").values
+    torch.testing.assert_close(fast.values, plain, **EXACT)
+    if batch_size is None:  # prefix + one chunk (layer 0 joins first)
+        assert calls == {layer: 2 for layer in range(6)}
+    else:  # chunks of layers {5, 0} and {3, 1}: the second starts at layer 1
+        assert calls == {0: 2, 1: 3, 2: 3, 3: 3, 4: 3, 5: 3}
