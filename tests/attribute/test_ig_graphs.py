@@ -184,6 +184,8 @@ def test_graph_blocker_says_why():
                                 layer_types=["sliding_attention", "full_attention"])
     gemma = T.AutoModelForCausalLM.from_config(config).eval()
     assert "sliding window" in ig_graphs.graph_blocker(gemma, cuda)
+    model.lm_head.to("meta")  # stands for a second device
+    assert ig_graphs.graph_blocker(model, cuda) == "the model spans several devices"
 
 
 def test_planner_is_settled_once_every_size_was_tried_twice():

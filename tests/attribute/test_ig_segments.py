@@ -126,3 +126,22 @@ def test_rows_join_the_decoder_in_segments_with_the_same_scores(family, batch_si
         assert calls == {layer: 2 for layer in range(6)}
     else:  # chunks of layers {5, 0} and {3, 1}: the second starts at layer 1
         assert calls == {0: 2, 1: 3, 2: 3, 3: 3, 4: 3, 5: 3}
+
+
+@pytest.mark.parametrize("case", ["lfm2", "falcon_h1", "jamba", "nemotron_h", "qwen3_next"])
+def test_hybrid_decoders_take_the_plain_path(case):
+    """Mamba, short-convolution and linear-attention mixers would mix rows put side by side in one sequence (the
+    scores came out wrong, or the call failed on the mask); IG on hybrids runs the plain path and equals it."""
+    from helpers.tiny_families import tiny_family_model
+
+    model = tiny_family_model(case, dtype=torch.float64)
+    adapter = get_adapter(model)
+    assert any(mixer != "attention" for mixer in adapter.mixers)
+    batch = _batch(8, 3)
+    targets = token_targets(batch, 7)
+    fast = integrated_gradients(model, batch, targets, steps=3, layers=adapter.ffn_layers)
+    plain = integrated_gradients(model, batch, targets, steps=3, layers=adapter.ffn_layers, method="plain").values
+    assert fast.meta["path"] == "plain"
+    assert fast.values.abs().max() > 0
+    torch.testing.assert_close(fast.values, plain, **EXACT)
+    assert not can_enter(adapter)

@@ -160,6 +160,8 @@ def graph_blocker(model: nn.Module, device: torch.device) -> str | None:
         return "layers with a sliding window, or no single layer list"
     if foreign_hooks(model):
         return "hooks on the model that are not graph-safe (an intervention?)"
+    if len({parameter.device for parameter in model.parameters()}) > 1:
+        return "the model spans several devices"
     return None
 
 

@@ -34,6 +34,9 @@ Three paths compute the same numbers:
 In every path the scaled site is a fresh autograd leaf, so the backward never goes below the scored layer
 (``torch.autograd.grad`` on those leaves only). Causality makes the prefix reuse exact.
 
+Hybrid decoders (Mamba, short-convolution or linear-attention mixers: ``adapter.mixers``) always take ``"plain"``:
+their mixers would mix the rows of one sequence, and their recurrent caches cannot be shared or copied over rows.
+
 Text models only: vision-language inputs (``pixel_values`` ...) raise an error.
 
 Example:
@@ -168,6 +171,7 @@ def integrated_gradients(
     dtype = _work_dtype(next(model.parameters()).dtype)
     scores = torch.zeros(len(batch), targets.n_targets, len(layer_list), adapter.d_ff, dtype=dtype)
     scaler = _RowScaler()
+    mixed = any(mixer != "attention" for mixer in adapter.mixers)  # hybrids: Mamba, short convolutions, ...
     with HookSet(adapter, graph_safe=True) as hooks:  # the scaling is the same at every call of a shape
         for layer in layer_list:
             hooks.add(resolve_site(adapter, site, layer), scaler.callback(layer))
@@ -176,15 +180,16 @@ def integrated_gradients(
             ids, positions, scored = _example(batch, row, int(targets.positions[row, column]))
             args = (model, scaler, ids.to(embed_device), positions.to(embed_device), scored,
                     int(targets.token_ids[row, column]), layer_list, alphas)
-            found = None
-            if method == "sequence":  # a replay of this shape's CUDA graph, else the eager call
-                found = graphed_sequence(*args, planner, site) if graphs else None
-                found = _ig_sequence(*args, planner) if found is None else found
-            if found is None:  # "packed" / "plain" asked, or attention that cannot take a 4-D mask
-                ran = "plain" if method == "plain" else "packed"
-                found = (_ig_plain if ran == "plain" else _ig_packed)(*args, batch_size)
+            # hybrids' non-attention token mixers would mix the rows (sequence) or their caches (packed)
+            if mixed or method == "plain":
+                ran, found = "plain", _ig_plain(*args, batch_size)
             else:
-                ran = "sequence"
+                ran, found = "sequence", None
+                if method == "sequence":  # a replay of this shape's CUDA graph, else the eager call
+                    found = graphed_sequence(*args, planner, site) if graphs else None
+                    found = _ig_sequence(*args, planner) if found is None else found
+                if found is None:  # "packed" asked, or attention that cannot take a 4-D mask
+                    ran, found = "packed", _ig_packed(*args, batch_size)
             used.add(ran)
             scores[row, column] = found
     meta = {"method": "integrated_gradients", "site": site, "layers": layer_list, "steps": steps, "grid": grid,

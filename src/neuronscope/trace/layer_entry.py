@@ -36,10 +36,10 @@ def full_attention_everywhere(model: nn.Module) -> bool:
 
 
 def can_enter(adapter: ModelAdapter) -> bool:
-    """Whether :func:`entered_at` serves this model: a dense decoder with one layer list and full attention in
-    every layer."""
-    return (adapter.moe is None and first_attr(adapter.decoder, LAYER_LIST_NAMES)[0] is not None
-            and full_attention_everywhere(adapter.model))
+    """Whether :func:`entered_at` serves this model: a dense decoder of a declared family (generic adapters are not
+    checked against it), one layer list, attention as every layer's token mixer and full attention in each."""
+    return (adapter.moe is None and not adapter.generic and first_attr(adapter.decoder, LAYER_LIST_NAMES)[0] is not None
+            and all(mixer == "attention" for mixer in adapter.mixers) and full_attention_everywhere(adapter.model))
 
 
 @dataclass
