@@ -50,22 +50,21 @@ def _graphed(function, where: torch.device, repeats: int, weights: int) -> dict[
     a replay allocates nothing, it reuses the memory its capture allocated."""
     from neuronscope.attribute import ig_graphs
 
-    if where.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    if where.type != "cuda":  # no graphs off a GPU: every call is eager
+        return measure(function, where, repeats, warmup=0, weights=weights)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(2):
         start = time.perf_counter()
         function()
-        if where.type == "cuda":
-            torch.cuda.synchronize()
+        torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    before = torch.cuda.max_memory_allocated() if where.type == "cuda" else 0
+    before = torch.cuda.max_memory_allocated()
     out = measure(function, where, repeats, warmup=0, weights=weights)
     out["first_of_shape_seconds"], out["capture_call_seconds"] = times
-    if where.type == "cuda":
-        peak = max(before, torch.cuda.max_memory_allocated())
-        out["peak_gib"], out["peak_over_weights"] = peak / 2**30, peak / weights
+    peak = max(before, torch.cuda.max_memory_allocated())
+    out["peak_gib"], out["peak_over_weights"] = peak / 2**30, peak / weights
     out["graphs_kept"] = sum(len(graphs.entries) for graphs in ig_graphs._BY_MODEL.values())
     return out
 

@@ -15,31 +15,17 @@ import pytest
 import torch
 import transformers as T
 
-from helpers.tiny_models import random_batch, tiny_text_model
+from helpers.ig_cases import EAGER, EXACT, float64_model, one_row_batch
 from neuronscope.attribute import ig_graphs
 from neuronscope.attribute.ig_paths import _example, _ig_sequence, _RowScaler
 from neuronscope.attribute.integrated_gradients import alpha_grid, integrated_gradients
 from neuronscope.attribute.prefix_rows import RowPlanner, planner_for
-from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
-EXACT = dict(rtol=1e-7, atol=1e-13)
-EAGER = dict(rtol=1e-5, atol=1e-10)  # eager attention's softmax runs in float32
-
-
-def _model(family: str = "llama", attention: str = "sdpa"):
-    model = tiny_text_model(family, dtype=torch.float64)
-    model.set_attn_implementation(attention)
-    return model
-
-
-def _batch(length: int, seed: int) -> Batch:
-    inputs = random_batch(batch=1, length=length, seed=seed)
-    mask = inputs["attention_mask"]
-    return Batch({**inputs, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, [""], mask.sum(-1))
+_model, _batch = float64_model, one_row_batch
 
 
 def _installed(model, layers):
