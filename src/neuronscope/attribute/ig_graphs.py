@@ -156,6 +156,8 @@ def graph_blocker(model: nn.Module, device: torch.device) -> str | None:
         return "not on a CUDA device"
     if attention_implementation(model) != "sdpa":  # eager attention's capture fails on a host copy (H200 check)
         return f"attention '{attention_implementation(model)}' (graphs are captured with 'sdpa' only)"
+    if get_adapter(model).position_bias:
+        return "ALiBi position biases (the rows run as batch rows)"
     if not can_enter(get_adapter(model)):
         return "layers with a sliding window, or no single layer list"
     if foreign_hooks(model):

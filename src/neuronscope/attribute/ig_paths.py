@@ -210,8 +210,8 @@ def _ig_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positi
     their own layers (:mod:`neuronscope.attribute.ig_segments`: below its layer a row would compute what the
     scored token computed)."""
     device = ids.device
-    if attention_implementation(model) not in MASKED_ATTENTION:
-        return None
+    if attention_implementation(model) not in MASKED_ATTENTION or get_adapter(model).position_bias:
+        return None  # the 4-D mask cannot be taken, or ALiBi would see the rows at other positions
     row_layer, row_alpha = _layer_major_rows(layers, alphas)
     # on the device before any forward is queued: no host-to-device copy (a stream synchronisation) in between
     alpha_on_device = row_alpha.to(device)

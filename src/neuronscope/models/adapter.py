@@ -62,6 +62,7 @@ class ModelAdapter(ReadoutChecks):
             ``"short_conv"``, ``"attention+mamba"``, ``"none"``); ``ffn_kinds``: per layer ``"dense"`` or ``"none"``.
         ffn_layers / attention_layers: layers that have a dense FFN / softmax attention.
         parallel_residual: attention and FFN read the same layer input.
+        position_bias: attention adds a bias from the keys' positions (ALiBi).
         readout: the logit scale and soft-cap after the unembedding.
         generic: True when no spec was registered and the generic fallback (self-checked) is in use.
 
@@ -112,6 +113,7 @@ class ModelAdapter(ReadoutChecks):
         self.parallel_residual: bool = bool(
             spec.parallel_residual(cfg) if callable(spec.parallel_residual) else spec.parallel_residual
         )
+        self.position_bias: bool = bool(spec.position_bias(cfg) if callable(spec.position_bias) else spec.position_bias)
         if self.generic:
             from neuronscope.models.generic import check_generic
 

@@ -47,6 +47,9 @@ class FamilySpec:
         parallel_residual: attention and FFN both read the layer input (GPT-NeoX, GPT-J, Falcon, Phi, Cohere),
             so the FFN's write lands on ``x + attn(x)``. A bool, or a callable ``config -> bool`` where the
             checkpoint decides (GPT-NeoX ``use_parallel_residual``, Falcon ``parallel_attn``).
+        position_bias: attention adds a bias computed from the keys' positions in the sequence (ALiBi: BLOOM, MPT,
+            Falcon with ``alibi``), so that query tokens put side by side cannot stand for one position (IG's
+            sequence path then takes batch rows). A bool, or a callable ``config -> bool``.
         value: the value projection, relative to the attention module (``v_proj``, ``qkv_proj``, ...), or None
             where values cannot be read from one projection (then attention neurons are refused, heads work).
         value_layout: one of :data:`VALUE_LAYOUTS`.
@@ -78,6 +81,7 @@ class FamilySpec:
     post_attn_norm: str | None = None
     post_ffn_norm: str | None = None
     parallel_residual: bool | Callable[[Any], bool] = False
+    position_bias: bool | Callable[[Any], bool] = False
     value: str | None = "v_proj"
     value_layout: str = "separate"
     ffn_scale: tuple[str, ...] = ()

@@ -30,5 +30,6 @@ SPECS = (
           value="query_key_value", value_layout="per_head_qkv", notes="squared-ReLU FFN, LayerNorm, QK norms"),
     plain("falcon", ("falcon",), up="dense_h_to_4h", down="dense_4h_to_h", attn="self_attention", out="dense",
           attn_norm="ln_attn|input_layernorm", parallel_residual=_falcon_parallel, value=None,
+          position_bias=lambda config: bool(getattr(config, "alibi", False)),
           notes="GELU FFN, parallel (parallel_attn / new_decoder_architecture) or sequential residual"),
 )
