@@ -36,6 +36,8 @@ In every path the scaled site is a fresh autograd leaf, so the backward never go
 
 Hybrid decoders (Mamba, short-convolution or linear-attention mixers: ``adapter.mixers``) always take ``"plain"``:
 their mixers would mix the rows of one sequence, and their recurrent caches cannot be shared or copied over rows.
+ALiBi decoders (``adapter.position_bias``: BLOOM, MPT, Falcon with ``alibi``) take ``"packed"`` for
+``"sequence"``: their bias would see the rows of one sequence at other positions.
 
 Text models only: vision-language inputs (``pixel_values`` ...) raise an error.
 
