@@ -1,9 +1,10 @@
 """Integrated gradients' sequence path replayed from one CUDA graph per shape (model plumbing).
 
 A call of the sequence path (:func:`~neuronscope.attribute.ig_paths._ig_sequence`) is one forward of the prefix,
-then per chunk of rows one forward and one backward: for the 640 rows of a 32-layer 7B model about 5,600 kernels,
-which Python and autograd take longer to issue (110-200 ms on an H200's host) than the GPU takes to run (~60 ms).
-When a call of the same shape comes back, :func:`graphed_sequence` replays the whole call from one CUDA graph:
+then per chunk of rows the forwards of its segments and one backward: for the 640 rows of a 32-layer 7B model
+thousands of small kernels, which Python and autograd take longer to issue (130-310 ms a call on an H200's host)
+than the GPU takes to run them (a replay: 52 ms; BENCHMARKS.md). When a call of the same shape comes back,
+:func:`graphed_sequence` replays the whole call from one CUDA graph:
 
 - the prefix (with the scored token, as the eager path runs it) is padded on the right to a multiple of
   :data:`BUCKET` positions, so that prompts of similar lengths share a graph: causal attention leaves the real
@@ -17,7 +18,8 @@ When a call of the same shape comes back, :func:`graphed_sequence` replays the w
   time, and each result is copied out right after its replay); at most :data:`GRAPHS_PER_MODEL` are kept, the
   least recently used dropped first; :func:`release_graphs` frees them all;
 - only on CUDA with ``sdpa`` attention (under ``eager`` attention the capture fails on a host-to-device copy),
-  with one mask for every layer (full attention in all layers), when the model carries no hook but
+  on one device, without ALiBi, with one mask for every layer (full attention in all layers, attention as every
+  layer's token mixer: :func:`~neuronscope.trace.layer_entry.can_enter`), when the model carries no hook but
   graph-safe ones (an intervention's hook could depend on the call: a replay would freeze it), and with the
   weights at the addresses they had at capture (the addresses are part of the key: replaced weights recapture,
   weights edited in place are read as they are).
