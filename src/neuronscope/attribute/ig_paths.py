@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.ig_segments import chunk_grads, chunk_layout, entry_prefix
+from neuronscope.attribute.ig_segments import chunk_grads, chunk_layout, entry_prefix, target_probability
 from neuronscope.attribute.prefix_rows import (
     MASKED_ATTENTION,
     RowPlanner,
@@ -109,11 +109,6 @@ def _example(batch: Batch, row: int, position: int) -> tuple[torch.Tensor, torch
     return ids[real], positions, int(hits[0, 0])
 
 
-def _target_probability(logits: torch.Tensor, token: int) -> torch.Tensor:
-    """``P(token)`` of each row of ``logits [rows, vocab]`` in at least float32."""
-    return logits.to(_work_dtype(logits.dtype)).softmax(-1)[:, token]
-
-
 def _accumulate(scaler: _RowScaler, probability: torch.Tensor, grad_sums: dict[int, torch.Tensor],
                 activations: dict[int, torch.Tensor]) -> None:
     """Backward of ``Σ P`` to this chunk's leaves only; add each layer's gradients over its rows."""
@@ -186,7 +181,7 @@ def _ig_packed(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, position
         try:
             with torch.enable_grad():
                 logits = model(**kwargs).logits[:, -1]
-                probability = _target_probability(logits, token)
+                probability = target_probability(logits, token)
                 chunk_sums: dict[int, torch.Tensor] = {}
                 _accumulate(scaler, probability, chunk_sums, activations)
         finally:
@@ -293,7 +288,7 @@ def _ig_plain(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, positions
                     logits = model(input_ids=ids[None].expand(rows, -1),
                                    attention_mask=torch.ones(rows, ids.numel(), dtype=torch.long, device=ids.device),
                                    position_ids=positions[None].expand(rows, -1)).logits[:, scored]
-                    _accumulate(scaler, _target_probability(logits, token), grad_sums, activations)
+                    _accumulate(scaler, target_probability(logits, token), grad_sums, activations)
             finally:
                 scaler.stop()
         out.append(activations[layer] * grad_sums[layer] / steps)

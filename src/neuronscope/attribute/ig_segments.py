@@ -94,8 +94,10 @@ def entry_prefix(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, w
     return returned_cache(out), torch.stack(kept)
 
 
-def _keeps_few_logits(model: nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+def target_probability(logits: torch.Tensor, target: int | torch.Tensor) -> torch.Tensor:
+    """``P(target)`` of each row of ``logits [rows, vocab]``, in at least float32. ``target``: a token id, or a
+    ``[1]`` long tensor on the device (which a CUDA graph's static buffer can hold)."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)[:, target]
 
 
 def chunk_grads(model: nn.Module, scaler: Any, plan: dict, segments: list[Segment],
@@ -110,6 +112,7 @@ def chunk_grads(model: nn.Module, scaler: Any, plan: dict, segments: list[Segmen
     """
     adapter = get_adapter(model)
     extra: dict[str, Any] = {} if cache is None else {cache_keyword(model): cache, "use_cache": True}
+    keeps_few_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
     scaler.start(plan, tokens=True)
     try:
         with torch.enable_grad():
@@ -121,13 +124,12 @@ def chunk_grads(model: nn.Module, scaler: Any, plan: dict, segments: list[Segmen
                     joining = residuals[segment.join].expand(1, new, -1)
                     residual = joining if hidden is None else torch.cat([hidden, joining.to(hidden.dtype)], dim=1)
                 inputs = {**inputs_for(segment.rows), **extra}
-                if segment.stop is not None and _keeps_few_logits(model):
+                if segment.stop is not None and keeps_few_logits:
                     inputs["logits_to_keep"] = 1  # an inner segment's logits are not used
                 with entered_at(adapter, segment.join, residual, segment.stop) as entry:
                     logits = model(**inputs).logits[0]
                 hidden = entry.output
-            probability = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
-            probability = probability.index_select(-1, target)
+            probability = target_probability(logits, target)
             if observe is not None:
                 observe()
             return torch.autograd.grad(probability.sum(), [scaler.leaves[layer] for layer in plan])
