@@ -66,6 +66,7 @@ class _Placed:
     def __init__(self, item: Intervention, index: torch.Tensor | None):
         self.item, self.index = item, index
         self.spec = normalise(item.positions)
+        self.everywhere = _everywhere(item)
         self._constant: dict[str, tuple] = {}
 
     def constants(self, device: torch.device, width: int) -> tuple[torch.Tensor, object]:
@@ -89,31 +90,30 @@ class _Placed:
         return placed[0], placed[1], placed[2]
 
 
-def _everywhere(placed: _Placed) -> bool:
+def _everywhere(item: Intervention) -> bool:
     """Whether the intervention changes every position of every call by the same values (``positions="all"``, a
     number or one value per coordinate): then it is a column operation, with no per-call host work."""
-    value = placed.item.value
-    return placed.spec == "all" and (not isinstance(value, torch.Tensor) or value.dim() <= 1)
+    value = item.value
+    return normalise(item.positions) == "all" and (not isinstance(value, torch.Tensor) or value.dim() <= 1)
 
 
 def _apply_everywhere(tensor: torch.Tensor, placed: _Placed) -> torch.Tensor:
     """The columns ``coords`` of every position changed at once (same values as :func:`_apply`'s pairs)."""
     coords, value = placed.constants(tensor.device, tensor.shape[-1])
-    op = placed.item.op
     if isinstance(value, torch.Tensor):
         value = value.to(dtype=tensor.dtype)
-    elif op in ("set", "patch"):
-        return tensor.index_fill(-1, coords, value)
-    if op in ("set", "patch"):
+    if placed.item.op in ("set", "patch"):
+        if not isinstance(value, torch.Tensor):
+            return tensor.index_fill(-1, coords, value)
         new = value.expand(*tensor.shape[:-1], coords.numel())
     else:
         current = tensor.index_select(-1, coords)
-        new = current * value if op == "scale" else current + value
+        new = current * value if placed.item.op == "scale" else current + value
     return tensor.index_copy(-1, coords, new)
 
 
 def _apply(tensor: torch.Tensor, placed: _Placed, call: CallState) -> torch.Tensor:
-    if _everywhere(placed):
+    if placed.everywhere:
         return _apply_everywhere(tensor, placed)
     pairs = placed.pairs(call, tensor.device)
     if pairs is None:
@@ -181,7 +181,7 @@ def intervene(model: nn.Module, interventions: Intervention | Sequence[Intervent
     adapter = get_adapter(model)
     items = list(interventions) if isinstance(interventions, Iterable) else [interventions]
     # the same device work at every call (positions "all", fixed values): CUDA-graph decoding may replay it
-    steady = all(isinstance(item, Intervention) and _everywhere(_Placed(item, None)) for item in items)
+    steady = all(isinstance(item, Intervention) and _everywhere(item) for item in items)
     with HookSet(adapter, graph_safe=steady) as hooks:
         install(hooks, adapter, items)
         yield
