@@ -210,9 +210,9 @@ def log_probability_increase(
     sites = list(dict.fromkeys(["neuron", "resid_post"] + ffn_sites(adapter)))
     scored = [layer for layer in layer_list if adapter.has_ffn(layer)] if layers is None else layer_list
     captured = [adapter.require_ffn(layer) for layer in scored]
-    ahead = readout.queue(scored_value_vectors(adapter, scored[0]), chunk_size) if scored else []  # GPU: run early
-    acts, sigma = _run(model, adapter, batch, targets, sites, captured, readout.device, final_scale,
-                       defer=True)  # checked when the scores are read back
+    first = scored_value_vectors(adapter, scored[0]) if scored else None
+    ahead = readout.queue(first, chunk_size) if scored else []  # GPU: the first products run during the forward
+    acts, sigma = _run(model, adapter, batch, targets, sites, captured, readout.device, final_scale, defer=True)
 
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
     for layer in scored:
@@ -220,7 +220,7 @@ def log_probability_increase(
         base = readout.logits(ffn_residual(adapter, acts, layer), sigma)  # [B, n, V']
         write = adapter.ffn_write(layer)
         coefficients = acts.get("neuron", layer).to(readout.offset.dtype) / sigma  # [B, n, d_ff]
-        vectors = scored_value_vectors(adapter, layer)  # [d_ff, d]
+        vectors = first if layer == scored[0] else scored_value_vectors(adapter, layer)  # [d_ff, d]
         if not write.identity:  # m · post_norm frozen at ffn_out's scale: m / σ_p per position, g_p per coordinate
             coefficients = coefficients * write.position_scale(acts.get("ffn_out", layer)).to(coefficients.dtype)
         pairs = [(row, col, int(columns[row, col])) for row, col in _rows(targets)]
