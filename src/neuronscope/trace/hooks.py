@@ -58,10 +58,11 @@ def foreign_hooks(model: nn.Module) -> int:
 class HookSet:
     """Hooks installed on one model; use as a context manager so they are removed even when the forward raises.
 
-    ``graph_safe=True`` declares that every callback added does the same device work at every decode step (it
-    indexes per-step results with a device clock, as :class:`neuronscope.trace.decode.StepBuffers` does), so that
-    :func:`neuronscope.trace.decode.greedy_generate` may replay the decode steps from a CUDA graph; any other hook
-    on the model makes it decode eagerly.
+    ``graph_safe=True`` declares that every callback added does the same device work at every call of one shape
+    (at every decode step it indexes per-step results with a device clock, as
+    :class:`neuronscope.trace.decode.StepBuffers` does), so that a CUDA graph may replay those calls
+    (:func:`neuronscope.trace.decode.greedy_generate`'s decode steps, :mod:`neuronscope.attribute.ig_graphs`' calls);
+    any other hook on the model makes them run eagerly.
     """
 
     def __init__(self, adapter: ModelAdapter, graph_safe: bool = False):
