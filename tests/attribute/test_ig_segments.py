@@ -184,3 +184,30 @@ def test_every_dense_family_gets_the_plain_scores_by_default(case):
     for batch_size in (None, 3):
         fast = integrated_gradients(model, batch, targets, steps=3, layers=layers, batch_size=batch_size).values
         assert float((fast - plain).abs().max()) <= 1e-6 * scale
+
+
+def test_the_prefix_run_keeps_every_layers_input_at_the_scored_position():
+    """entry_prefix's residuals are the plain forward's hidden states (the input of each layer) at the scored
+    position, and its cache holds the prefix and the scored token."""
+    from neuronscope.attribute.ig_segments import entry_prefix
+
+    model = _model("llama")
+    ids = random_batch(batch=1, length=6, seed=4)["input_ids"]
+    positions = torch.arange(6)[None]
+    with torch.no_grad():
+        plain = model(input_ids=ids, output_hidden_states=True)
+    cache, residuals = entry_prefix(model, ids, positions, torch.tensor([4]))
+    expected = torch.stack([plain.hidden_states[layer][0, 4] for layer in range(get_adapter(model).n_layers)])
+    torch.testing.assert_close(residuals, expected, **EXACT)
+    assert cache.get_seq_length() == 6
+
+
+def test_rows_mask_hides_the_prefix_keys_it_is_told_to():
+    from neuronscope.attribute.prefix_rows import rows_mask
+
+    visible = torch.tensor([True, False, True])
+    mask = rows_mask(visible, 2, True, torch.float32)
+    assert mask.shape == (1, 1, 2, 5)
+    assert mask[0, 0].int().tolist() == [[1, 0, 1, 1, 0], [1, 0, 1, 0, 1]]
+    additive = rows_mask(visible, 2, False, torch.float32)[0, 0]
+    assert torch.equal(additive == 0, mask[0, 0]) and additive.min() == torch.finfo(torch.float32).min
