@@ -58,6 +58,7 @@ def ig_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
     from neuronscope.attribute import ig_graphs
     from neuronscope.attribute.integrated_gradients import integrated_gradients
     from neuronscope.inputs.targets import token_targets
+    from neuronscope.trace.graphs import kept_graphs
 
     out = []
     lengths = [24, 24, 30, 28, 70, 70, 70, 24]  # prompts of 24-30 share bucket 32; 70 is bucket 96
@@ -79,11 +80,10 @@ def ig_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
                 replayed, eager = (integrated_gradients(model, batch, targets, steps=8, batch_size=chunk,
                                                         graphs=graphs).values for graphs in (True, False))
                 worst = max(worst, _relative(replayed, eager))
-            graphs = ig_graphs._BY_MODEL.get(model)
+            kept = kept_graphs(model, "integrated_gradients")
             out.append({"ig_graphs": f"{attention}, {rows // chunk} chunk(s)", "max_abs_diff_over_max": worst,
-                        "graphs_kept": 0 if graphs is None else len(graphs.entries),
-                        "ok": worst < 1e-4 and (where.type != "cuda" or (0 if graphs is None else len(graphs.entries))
-                                                == (2 if attention == "sdpa" else 0))})
+                        "graphs_kept": kept,
+                        "ok": worst < 1e-4 and (where.type != "cuda" or kept == (2 if attention == "sdpa" else 0))})
         ig_graphs.release_graphs(model)
         del model
     return out
@@ -113,6 +113,49 @@ def contribution_checks(where: torch.device, shape: dict) -> list[dict[str, Any]
         diff = float((dense.gather(-1, order) - kept.values).abs().max())
         out.append({"selector": mode, "kept_set_equal_fraction": same, "max_abs_value_diff": diff,
                     "ok": same > 0.999 and diff < 1e-5 * float(dense.abs().max())})
+    return out
+
+
+def contribution_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
+    """The device-selected top-k replayed from CUDA graphs against eager calls of the same batches: one graph per
+    length bucket, replayed for other lengths of its bucket and after an in-place weight edit; none under eager
+    attention."""
+    from neuronscope.attribute.contribution import contribution
+    from neuronscope.inputs import Batch
+    from neuronscope.inputs.targets import TargetSet
+    from neuronscope.trace.graphs import kept_graphs, release_graphs
+
+    out = []
+    lengths = [24, 24, 30, 28, 70, 70, 70, 24]  # 24-30 share bucket 32; 70 is bucket 96
+    for attention in ("sdpa", "eager"):
+        model = build_llama(shape, torch.float32, where, seed=6)
+        model.set_attn_implementation(attention)
+        for final_norm in (False, True):
+            release_graphs(model)
+            worst, same = 0.0, 1.0
+            for step, n in enumerate(lengths + [30]):
+                if step == len(lengths):  # an in-place edit: the graph reads the weights where they are
+                    with torch.no_grad():
+                        model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+                ids = torch.randint(3, shape["vocab_size"], (2, n), device=where)
+                mask = torch.ones_like(ids)
+                mask[1, :3] = 0  # a left-padded row
+                batch = Batch({"input_ids": ids, "attention_mask": mask,
+                               "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, ["?", "?"], mask.sum(-1).cpu())
+                targets = TargetSet(ids[:, -5:].cpu(), torch.arange(n - 6, n - 1)[None].expand(2, -1).clone(),
+                                    torch.ones(2, 5, dtype=torch.bool))
+                replayed, eager = (contribution(model, batch, targets, top_k=200, final_norm=final_norm,
+                                                graphs=graphs) for graphs in (True, False))
+                worst = max(worst, float((replayed.values - eager.values).abs().max() / eager.values.abs().max()))
+                same = min(same, float((torch.sort(replayed.indices, -1).values
+                                        == torch.sort(eager.indices, -1).values).float().mean()))
+            kept = kept_graphs(model, "contribution")
+            out.append({"contribution_graphs": f"{attention}, final_norm={final_norm}", "max_abs_diff_over_max": worst,
+                        "kept_set_equal_fraction_min": same, "graphs_kept": kept,
+                        "ok": worst < 1e-4 and same > 0.99
+                        and (where.type != "cuda" or kept == (2 if attention == "sdpa" else 0))})
+        release_graphs(model)
+        del model
     return out
 
 
@@ -209,11 +252,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         table = {"table": "checks", "device": str(where), "integrated_gradients": ig_checks(where, shape),
                  "ig_graphs": ig_graph_checks(where, shape),
-                 "contribution_top_k": contribution_checks(where, shape), "log_sum_exp": kernel_checks(where),
+                 "contribution_top_k": contribution_checks(where, shape),
+                 "contribution_graphs": contribution_graph_checks(where, shape), "log_sum_exp": kernel_checks(where),
                  "decode": decode_checks(where, args.tiny)}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
-    rows = table["integrated_gradients"] + table["ig_graphs"] + table["contribution_top_k"] + table["log_sum_exp"] + table["decode"]
+    rows = [row for name in ("integrated_gradients", "ig_graphs", "contribution_top_k", "contribution_graphs",
+                             "log_sum_exp", "decode") for row in table[name]]
     table["all_ok"] = all(row.get("ok", False) for row in rows if "error" not in row)
     table["errors"] = [row for row in rows if "error" in row]
     return table

@@ -4,7 +4,9 @@ of the same sequence (Llama-2-7B shape, bf16; batch 1 and 8; T = 600 prompt + 20
 Rows: ``forward`` (the model's plain forward, ``model(**inputs)``, with its logits and KV cache: what the goal is
 measured against), ``forward_no_logits`` (the same with ``logits_to_keep=1, use_cache=False``), ``top_k``
 (``contribution(..., top_k=10_000)``: scores per layer inside the forward, selection on the device, sparse
-result; one buffer and one top-k at these sizes), ``top_k_running_merge`` (the same with the layer-by-layer
+result; one buffer and one top-k at these sizes; on a GPU replayed from a CUDA graph after a shape's first two
+calls, which are timed apart, the peak covering the capture), ``top_k_eager`` (the same with ``graphs=False``:
+every call eager), ``top_k_running_merge`` (the same with the layer-by-layer
 running top-k forced) and ``dense`` (the dense grid copied to the host, the old path). Peak memory is the largest allocation during the timed calls, weights included,
 divided by the weights. Agreement: the device-selected top-k against the top-k of the dense grid.
 
@@ -25,6 +27,7 @@ from common import (
     build_llama,
     device,
     free,
+    graphed,
     load_smollm2,
     main,
     measure,
@@ -48,6 +51,7 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
           top_k: int = 10_000) -> list[dict[str, Any]]:
     from neuronscope.attribute import selection
     from neuronscope.attribute.contribution import contribution
+    from neuronscope.trace.graphs import release_graphs
 
     weights = weights_bytes(model)
     vocab = model.config.vocab_size
@@ -72,20 +76,27 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
             finally:
                 selection.SELECTOR = "auto"
 
+        def top(b=batch, t=targets):
+            return contribution(model, b, t, top_k=top_k)
+
         for name, function in (("forward", forward), ("forward_no_logits", forward_no_logits),
-                               ("top_k", lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k)),
+                               ("top_k", top),
+                               ("top_k_eager", lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k,
+                                                                                      graphs=False)),
                                ("top_k_running_merge", running),
                                ("dense", lambda b=batch, t=targets: contribution(model, b, t))):
-            measured = measure(function, where, repeats, weights=weights)
+            measured = (graphed if name == "top_k" else measure)(function, where, repeats, weights=weights)
             entry[name] = strip(measured)
             if name == "top_k":
                 kept = measured["result"]
             if name == "dense":
                 dense = measured["result"].values
-        for name in ("forward_no_logits", "top_k", "top_k_running_merge", "dense"):
+        for name in ("forward_no_logits", "top_k", "top_k_eager", "top_k_running_merge", "dense"):
             entry[f"{name}_over_forward"] = entry[name]["seconds"] / entry["forward"]["seconds"]
-        entry["top_k_over_forward_paired"] = paired(
-            forward, lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k), where, pairs=repeats * 3)
+        entry["top_k_over_forward_paired"] = paired(forward, top, where, pairs=repeats * 3)
+        entry["top_k_eager_over_forward_paired"] = paired(
+            forward, lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k, graphs=False), where,
+            pairs=repeats * 3)
         flat = dense.flatten(2)
         order = flat.topk(kept.values.shape[-1], dim=-1).indices
         same = (torch.sort(order, -1).values == torch.sort(kept.indices, -1).values).float().mean()
@@ -94,6 +105,7 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
                               "max_abs_score": float(flat.abs().max())}
         rows.append(entry)
         del dense, kept
+        release_graphs(model)
         free()
     return rows
 

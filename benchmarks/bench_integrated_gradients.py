@@ -27,6 +27,7 @@ from common import (
     build_llama,
     device,
     free,
+    graphed,
     load_smollm2,
     main,
     measure,
@@ -42,31 +43,6 @@ def _agreement(fast: torch.Tensor, plain: torch.Tensor) -> dict[str, float]:
     overlap = len(set(fast.flatten().topk(top).indices.tolist()) & set(plain.flatten().topk(top).indices.tolist()))
     return {"max_abs_diff_over_max": float((fast - plain).abs().max()) / scale if scale else 0.0,
             f"top{top}_overlap": overlap / top}
-
-
-def _graphed(function, where: torch.device, repeats: int, weights: int) -> dict[str, Any]:
-    """A shape's calls in order: the first (eager: a shape seen once is not captured), the second (run, then
-    captured into a CUDA graph) and ``repeats`` replays (``seconds`` is their best). The peak covers all of them:
-    a replay allocates nothing, it reuses the memory its capture allocated."""
-    from neuronscope.attribute import ig_graphs
-
-    if where.type != "cuda":  # no graphs off a GPU: every call is eager
-        return measure(function, where, repeats, warmup=0, weights=weights)
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(2):
-        start = time.perf_counter()
-        function()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    before = torch.cuda.max_memory_allocated()
-    out = measure(function, where, repeats, warmup=0, weights=weights)
-    out["first_of_shape_seconds"], out["capture_call_seconds"] = times
-    peak = max(before, torch.cuda.max_memory_allocated())
-    out["peak_gib"], out["peak_over_weights"] = peak / 2**30, peak / weights
-    out["graphs_kept"] = sum(len(graphs.entries) for graphs in ig_graphs._BY_MODEL.values())
-    return out
 
 
 def table(model, where: torch.device, length: int, steps: int, repeats: int, sweep: list[int],
@@ -105,7 +81,7 @@ def table(model, where: torch.device, length: int, steps: int, repeats: int, swe
     eager = strip(measure(ig(method="sequence", graphs=False), where, repeats, warmup=0, weights=weights))
     eager["speedup_over_loop"] = loop["seconds"] / eager["seconds"]
     rows["sequence_planned_eager"] = eager
-    fast = _graphed(planned, where, repeats, weights)
+    fast = graphed(planned, where, repeats, weights)
     fast_scores = fast.pop("result")
     rows["sequence_planned"] = strip(fast)
     rows["sequence_planned"]["speedup_over_loop"] = loop["seconds"] / fast["seconds"]
@@ -125,7 +101,7 @@ def table(model, where: torch.device, length: int, steps: int, repeats: int, swe
             if planner_for(model, budget=budget).settled(rows["rows"], length - 1, where):
                 break
             uncapped()
-        entry = _graphed(uncapped, where, repeats, weights)
+        entry = graphed(uncapped, where, repeats, weights)
         entry.pop("result")
         entry = strip(entry)
         entry["chunks"] = planner_for(model, budget=budget).chunks(rows["rows"], length - 1, where)

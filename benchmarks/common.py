@@ -96,6 +96,31 @@ def measure(function: Callable[[], Any], where: torch.device | str, repeats: int
     return out
 
 
+def graphed(function, where: torch.device, repeats: int, weights: int) -> dict[str, Any]:
+    """A shape's calls in order: the first (eager: a shape seen once is not captured), the second (run, then
+    captured into a CUDA graph) and ``repeats`` replays (``seconds`` is their best). The peak covers all of them:
+    a replay allocates nothing, it reuses the memory its capture allocated."""
+    from neuronscope.trace.graphs import kept_graphs
+
+    if where.type != "cuda":  # no graphs off a GPU: every call is eager
+        return measure(function, where, repeats, warmup=0, weights=weights)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        function()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    before = torch.cuda.max_memory_allocated()
+    out = measure(function, where, repeats, warmup=0, weights=weights)
+    out["first_of_shape_seconds"], out["capture_call_seconds"] = times
+    peak = max(before, torch.cuda.max_memory_allocated())
+    out["peak_gib"], out["peak_over_weights"] = peak / 2**30, peak / weights
+    out["graphs_kept"] = kept_graphs()
+    return out
+
+
 def paired(first: Callable[[], Any], second: Callable[[], Any], where: torch.device | str, pairs: int = 15
            ) -> dict[str, Any]:
     """``second``'s time over ``first``'s, measured in alternating pairs (one warm-up each), so that a host whose

@@ -47,14 +47,23 @@ def _ratio(best: float, pairs: dict | None, goal: float) -> str:
 
 def contribution(table: dict[str, Any]) -> list[str]:
     lines = [f"### Contribution ({table['model']})", "",
-             "| batch × tokens | forward | top-k on device | ratio (goal ≤ 1.10×) | peak / weights (goal ≤ 1.10) | "
-             "dense grid to host (before) | top-k = dense top-k |", "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| batch × tokens | forward | top-k on device (graph replay) | ratio (goal ≤ 1.10×) | peak / weights "
+             "(goal ≤ 1.10; capture included) | top-k, every call eager | shape's first / capture call | "
+             "dense grid to host (before) | top-k = dense top-k |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in table["rows"]:
         ratio, peak = row["top_k_over_forward"], row["top_k"].get("peak_over_weights")
+        eager = row.get("top_k_eager")
+        eager_text = "—" if eager is None else (
+            f"{_s(eager['seconds'])}: {_ratio(row['top_k_eager_over_forward'], row.get('top_k_eager_over_forward_paired'), 1.10)}")
+        phases = row["top_k"]
+        first = (f"{_s(phases['first_of_shape_seconds'])} / {_s(phases['capture_call_seconds'])}"
+                 if "capture_call_seconds" in phases else "—")
         lines.append(f"| {row['batch']} × {row['length']} ({row['targets_per_row']} targets) | "
                      f"{_s(row['forward']['seconds'])} | {_s(row['top_k']['seconds'])} | "
                      f"{_ratio(ratio, row.get('top_k_over_forward_paired'), 1.10)} | {_x(peak, 3) if peak else '—'} "
-                     f"({_met(None if peak is None else peak <= 1.10)}) | {_x(row['dense_over_forward'])} | "
+                     f"({_met(None if peak is None else peak <= 1.10)}) | {eager_text} | {first} | "
+                     f"{_x(row['dense_over_forward'])} | "
                      f"{row['agreement']['kept_set_equal_fraction']:.3f} of the kept sets equal, max value diff "
                      f"{row['agreement']['max_abs_value_diff']:.2g} |")
     return lines
@@ -242,7 +251,8 @@ def main() -> None:
            f"{env.get('cpu_threads', '?')}.", ""]
     checks = _load(folder, "checks")
     if checks is not None:
-        failed = [row for part in ("integrated_gradients", "contribution_top_k", "log_sum_exp", "decode")
+        failed = [row for part in ("integrated_gradients", "ig_graphs", "contribution_top_k", "contribution_graphs",
+                                   "log_sum_exp", "decode")
                   for row in checks.get(part, []) if not row.get("ok", False)]
         out += [f"Correctness on this device (`checks.json`, float32, each fast path against its plain oracle): "
                 f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "

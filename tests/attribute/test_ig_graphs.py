@@ -22,6 +22,7 @@ from neuronscope.attribute.integrated_gradients import alpha_grid, integrated_gr
 from neuronscope.attribute.prefix_rows import RowPlanner, planner_for
 from neuronscope.inputs.targets import token_targets
 from neuronscope.models import get_adapter
+from neuronscope.trace import graphs as graphs_module
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
@@ -100,7 +101,7 @@ def stand_in_graphs(monkeypatch):
         return captured[-1], out
 
     monkeypatch.setattr(ig_graphs, "graph_blocker", lambda model, device: None)
-    monkeypatch.setattr(ig_graphs, "capture", capture)
+    monkeypatch.setattr(graphs_module, "capture", capture)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
     return captured
 
@@ -116,9 +117,9 @@ def test_first_call_eager_second_captured_later_ones_replayed_with_their_own_val
     for fast, plain in zip(graphed, plains, strict=True):
         torch.testing.assert_close(fast, plain, **EXACT)
     assert len(stand_in_graphs) == 1 and stand_in_graphs[0].replays == 3  # calls 2 (after its capture), 3, 4
-    assert len(ig_graphs._BY_MODEL[model].entries) == 1
+    assert graphs_module.kept_graphs(model, "integrated_gradients") == 1
     ig_graphs.release_graphs(model)
-    assert model not in ig_graphs._BY_MODEL
+    assert graphs_module.kept_graphs(model) == 0
 
 
 def test_other_layers_sites_steps_or_replaced_weights_get_their_own_graph(stand_in_graphs):

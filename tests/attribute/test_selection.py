@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers.tiny_models import random_batch, tiny_text_model
+from neuronscope.attribute import selection
 from neuronscope.attribute.contribution import SelectedScores, contribution
 from neuronscope.attribute.selection import BufferedTopK, RunningTopK, ThresholdSelection, to_host
 from neuronscope.errors import NeuronscopeError
@@ -31,12 +32,8 @@ def _targets() -> TargetSet:
 @pytest.mark.parametrize("absolute", [False, True])
 @pytest.mark.parametrize("selector", ["buffered", "running"])
 def test_top_k_on_device_equals_dense_top_k(family, site, final_norm, absolute, selector, monkeypatch):
-    if selector == "running":  # the GPU's selector, forced on the CPU
-        import importlib
-
-        module = importlib.import_module("neuronscope.attribute.contribution")  # the module, not the function
-        monkeypatch.setattr(module, "top_k_selector", lambda rows, k, d_ff, layers, device, absolute,
-                            dtype=torch.float32: RunningTopK(rows, k, d_ff, device, absolute))
+    if selector == "running":  # the GPU's selector at large sizes, forced on the CPU (layer by layer)
+        monkeypatch.setattr(selection, "SELECTOR", "running")
     model = tiny_text_model(family, dtype=torch.float64)
     batch = _batch(batch=2, length=7, left_pad=(0, 2))
     targets = _targets()

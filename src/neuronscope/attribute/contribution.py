@@ -20,7 +20,8 @@ when that buffer is small (≤ 512 MiB), else merged layer by layer into a runni
 reaches the host, the forward skips the logits and the KV cache it does not need (``logits_to_keep=1``,
 ``use_cache=False``), and the kept entries come back through one pinned asynchronous copy. The final-norm scale
 ``1 / σ`` is a positive factor per (example, target), so the top-k is selected before it is known and scaled after
-the forward.
+the forward. At small batches the top-k takes the fewest kernels, and on a GPU a call whose shape came before is
+replayed from a CUDA graph (:mod:`neuronscope.attribute.contribution_graphs`).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuronscope.attribute import selection
 from neuronscope.attribute.selection import BufferedTopK, ThresholdSelection, to_host, top_k_selector
-from neuronscope.attribute.stacked import StackedScores, fits
+from neuronscope.attribute.stacked import fits
 from neuronscope.errors import NeuronscopeError
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
@@ -163,6 +165,7 @@ def contribution(
     threshold: float | None = None,
     absolute: bool = False,
     residual_write: bool = False,
+    graphs: bool = True,
 ) -> NeuronScores | SelectedScores:
     """Score every neuron's contribution to each target token.
 
@@ -182,6 +185,9 @@ def contribution(
         residual_write: score the neuron's write into the residual stream (through the family's post-FFN norm,
             frozen, and its residual multiplier) instead of ``a_i w_i``; the same where the family has neither.
             Not with ``top_k`` / ``threshold`` where the family rescales its FFN output.
+        graphs: with ``top_k`` on a CUDA device, replay a call whose shape came before from a CUDA graph (text
+            inputs, ``sdpa`` attention: :mod:`neuronscope.attribute.contribution_graphs`); False: every call runs
+            eagerly. The same scores up to rounding.
 
     Returns:
         dense NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets); with
@@ -216,7 +222,8 @@ def contribution(
         if rescaled:
             raise NeuronscopeError(f"family '{adapter.family.name}' rescales or normalises its FFN output: "
                                    "residual_write scores come as the dense grid only; drop top_k / threshold")
-        return _selected(model, adapter, batch, targets, scored, site, final_norm, top_k, threshold, absolute)
+        return _selected(model, adapter, batch, targets, scored, site, final_norm, top_k, threshold, absolute,
+                         graphs)
     sites = [site] + (["ffn_out"] if rescaled else [])
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     # Everything stays on the device of the unembedding; only the final scores come back to the CPU.
@@ -304,8 +311,10 @@ def row_projections(weights: torch.Tensor, directions: torch.Tensor, row_target:
 
 def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, layer_list: list[int],
               site: str, final_norm: bool, top_k: int | None, threshold: float | None,
-              absolute: bool) -> NeuronScores | SelectedScores:
+              absolute: bool, graphs: bool) -> NeuronScores | SelectedScores:
     """Scores computed layer by layer inside the forward and selected on the device (module docstring)."""
+    from neuronscope.attribute import contribution_graphs as fast
+
     device = adapter.unembedding().device
     n_rows, n_targets = targets.token_ids.shape
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
@@ -315,23 +324,31 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     if norm is not None:
         directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
     rows = n_rows * n_targets
-    deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
     weights = {layer: adapter.value_vectors(layer) for layer in layer_list}  # looked up once a call
     dtype = score_dtype(weights[layer_list[0]])
+    meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
+            "targets": targets.describe(), "model": adapter.describe(), "absolute": absolute}
+    # per device, before the forward (no host-to-device copies inside it): each score row's flat token index
+    # b·T + position and its direction u_t
+    flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
+    row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
+    if top_k is not None and selection.SELECTOR != "running" and fits(adapter.d_ff, list(weights.values()), rows,
+                                                                         device):
+        scoring = fast.Scoring(tuple(layer_list), tuple(weights.values()), site, norm,
+                               min(top_k, len(layer_list) * adapter.d_ff), absolute, dtype)
+        found = fast.graphed_top_k(model, adapter, batch, positions, targets.token_ids, scoring) if graphs else None
+        values, indices = found or fast.stacked_top_k(model, adapter, batch.inputs, flat_index.to(device), directions,
+                                                      row_target.to(device), scoring)
+        return _kept_top_k(adapter, targets, values, indices, {**meta, "top_k_kept": top_k})
+    deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
     selector: Any = (top_k_selector(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff,
                                     len(layer_list), device, absolute, dtype)
                      if top_k is not None else ThresholdSelection(threshold, adapter.d_ff, absolute))
     in_place = isinstance(selector, BufferedTopK) and not deferred
     centre = norm is not None and norm.kind == "layer"
     kept_layers: list[tuple[int, torch.Tensor]] = []
-    # per device, before the forward (no host-to-device copies inside it): each score row's flat token index
-    # b·T + position and its direction u_t
-    flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
-    row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
-    stacked = (StackedScores([weights[layer] for layer in layer_list], directions, row_target, flat_index, dtype,
-                             centre) if in_place and fits(adapter.d_ff, list(weights.values()), rows, device) else None)
     per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
-    for layer in layer_list if stacked is None else []:  # the stacked path holds its own
+    for layer in layer_list:
         here = weights[layer].device
         if here not in per_device:
             per_device[here] = (flat_index.to(here), directions.to(here), row_target.to(here))
@@ -339,9 +356,6 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
     def hook_for(slot: int, layer: int):
         def score(tensor: torch.Tensor, call) -> None:
             if call.offset != 0:
-                return None
-            if stacked is not None:  # two kernels now, the scores of all layers after the forward
-                stacked.record(slot, tensor)
                 return None
             here = tensor.device
             index, layer_directions, layer_rows = per_device.get(here) or (
@@ -371,26 +385,28 @@ def _selected(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: Ta
         else:
             model(**batch.inputs, **logits_to_keep(model))
             sigma = None
-    if stacked is not None:
-        stacked.write(selector.whole())
-    return _kept(adapter, targets, selector, sigma, kept_layers, {
-        "method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
-        "targets": targets.describe(), "model": adapter.describe(), "absolute": absolute}, top_k, threshold)
-
-
-def _kept(adapter: ModelAdapter, targets: TargetSet, selector: Any, sigma: torch.Tensor | None,
-          kept_layers: list[tuple[int, torch.Tensor]], meta: dict[str, Any], top_k: int | None,
-          threshold: float | None) -> NeuronScores | SelectedScores:
-    """After the forward: the kept scores (scaled by ``1 / σ``, zero for missing targets), on the host."""
-    n_rows, n_targets = targets.token_ids.shape
-    rows, device = n_rows * n_targets, adapter.unembedding().device
-    valid = targets.valid.reshape(rows).to(device)
-    layers = len(meta["layers"])
     if top_k is not None:
         values = selector.values if sigma is None else selector.values / sigma.to(selector.values.dtype)
-        values = values * valid[:, None]
-        values, indices = to_host(values.reshape(n_rows, n_targets, -1), selector.indices.reshape(n_rows, n_targets, -1))
-        return NeuronScores(values, indices, (layers, adapter.d_ff), {**meta, "top_k_kept": top_k})
+        return _kept_top_k(adapter, targets, values, selector.indices, {**meta, "top_k_kept": top_k})
+    return _kept_threshold(adapter, targets, selector, sigma, kept_layers, {**meta, "threshold": threshold})
+
+
+def _kept_top_k(adapter: ModelAdapter, targets: TargetSet, values: torch.Tensor, indices: torch.Tensor,
+                meta: dict[str, Any]) -> NeuronScores:
+    """After the forward: the kept top-k ``[rows, k]`` (zero for missing targets) on the host."""
+    n_rows, n_targets = targets.token_ids.shape
+    values = values * targets.valid.reshape(-1, 1).to(values.device)
+    values, indices = to_host(values.reshape(n_rows, n_targets, -1), indices.reshape(n_rows, n_targets, -1))
+    return NeuronScores(values, indices, (len(meta["layers"]), adapter.d_ff), meta)
+
+
+def _kept_threshold(adapter: ModelAdapter, targets: TargetSet, selector: ThresholdSelection,
+                    sigma: torch.Tensor | None, kept_layers: list[tuple[int, torch.Tensor]], meta: dict[str, Any]
+                    ) -> SelectedScores:
+    """After the forward: the scores at or above the threshold (scaled by ``1 / σ``, none for missing targets), on
+    the host."""
+    n_rows, n_targets = targets.token_ids.shape
+    valid = targets.valid.reshape(-1).to(adapter.unembedding().device)
     for slot, scores in kept_layers:
         selector.add(slot, scores / sigma.to(scores.dtype))
     selector.finish()
@@ -399,5 +415,4 @@ def _kept(adapter: ModelAdapter, targets: TargetSet, selector: Any, sigma: torch
     coordinates = torch.stack([flat_rows // n_targets, flat_rows % n_targets, flat // adapter.d_ff,
                                flat % adapter.d_ff], dim=1)[keep]
     coordinates, values = to_host(coordinates, selector.values[keep])
-    return SelectedScores(coordinates, values, (n_rows, n_targets, layers, adapter.d_ff),
-                          {**meta, "threshold": threshold})
+    return SelectedScores(coordinates, values, (n_rows, n_targets, len(meta["layers"]), adapter.d_ff), meta)

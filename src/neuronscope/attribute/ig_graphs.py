@@ -14,9 +14,8 @@ than the GPU takes to run them (a replay: 52 ms; BENCHMARKS.md). When a call of 
   length, the α grid) is copied into static buffers (:class:`_Static`) before the replay; the chunks are the
   planner's settled ones (:meth:`~neuronscope.attribute.prefix_rows.RowPlanner.settled`);
 - the first call of a shape runs eagerly (one prompt never pays for a capture); the second is captured and
-  replayed, later ones replay. Graphs of one model share one memory pool (they never run at the same
-  time, and each result is copied out right after its replay); at most :data:`GRAPHS_PER_MODEL` are kept, the
-  least recently used dropped first; :func:`release_graphs` frees them all;
+  replayed, later ones replay (:class:`~neuronscope.trace.graphs.ShapeGraphs`: one memory pool, at most
+  :data:`GRAPHS_PER_MODEL` graphs, the least recently used dropped first); :func:`release_graphs` frees them all;
 - only on CUDA with ``sdpa`` attention (under ``eager`` attention the capture fails on a host-to-device copy),
   on one device, without ALiBi, with one mask for every layer (full attention in all layers, attention as every
   layer's token mixer: :func:`~neuronscope.trace.layer_entry.can_enter`), when the model carries no hook but
@@ -29,8 +28,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import weakref
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +47,7 @@ from neuronscope.attribute.prefix_rows import (
 )
 from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import free_memory
-from neuronscope.trace.graphs import capture
+from neuronscope.trace.graphs import ShapeGraphs, graphs_of, release_graphs
 from neuronscope.trace.hooks import foreign_hooks
 from neuronscope.trace.layer_entry import can_enter
 
@@ -58,6 +55,8 @@ from neuronscope.trace.layer_entry import can_enter
 # costs a prefix forward position (T = 200 pads to 224); prompts of 32-512 positions make 16 graphs, all kept.
 BUCKET = 32
 GRAPHS_PER_MODEL = 32
+
+__all__ = ["BUCKET", "GRAPHS_PER_MODEL", "graph_blocker", "graphed_sequence", "prepared_call", "release_graphs"]
 
 
 @dataclass
@@ -133,25 +132,6 @@ class _Graph:
     plans: list  # the index tensors the graph reads stay alive with it
 
 
-@dataclass
-class _Graphs:
-    """One model's graphs: the shapes seen once, the captured ones (least recently used first), their pool."""
-
-    seen: set = field(default_factory=set)
-    failed: set = field(default_factory=set)
-    entries: OrderedDict = field(default_factory=OrderedDict)
-    pool: Any = None
-
-
-_BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def release_graphs(model: nn.Module) -> None:
-    """Drop the model's integrated-gradients graphs and give their memory back to the device."""
-    if _BY_MODEL.pop(model, None) is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def graph_blocker(model: nn.Module, device: torch.device) -> str | None:
     """Why a call on this model cannot be replayed from a graph, or None."""
     if device.type != "cuda":
@@ -182,16 +162,14 @@ def graphed_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, po
     bucket = -(-(scored + 1) // BUCKET) * BUCKET
     key = (bucket, tuple(chunks), tuple(layers), alphas.numel(), site, ids.dtype, positions.dtype,
            tuple(parameter.data_ptr() for parameter in model.parameters()))
-    graphs = _BY_MODEL.setdefault(model, _Graphs())
+    graphs = graphs_of(model, "integrated_gradients", GRAPHS_PER_MODEL)
     _, row_alpha = _layer_major_rows(layers, alphas)
-    entry = graphs.entries.get(key)
+    entry = graphs.replayable(key)
     if entry is not None:
-        graphs.entries.move_to_end(key)
         entry.static.fill(ids, positions, scored, token, row_alpha)
         entry.graph.replay()
         return entry.out.cpu()
-    if key in graphs.failed or key not in graphs.seen:
-        graphs.seen.add(key)
+    if graphs.eager_first(key):
         return None
     return _capture_call(model, scaler, graphs, key, ids, positions, scored, token, layers, alphas, chunks)
 
@@ -213,7 +191,7 @@ def prepared_call(model: nn.Module, scaler: _RowScaler, bucket: int, ids: torch.
     return static, plans, call
 
 
-def _capture_call(model: nn.Module, scaler: _RowScaler, graphs: _Graphs, key: tuple, ids: torch.Tensor,
+def _capture_call(model: nn.Module, scaler: _RowScaler, graphs: ShapeGraphs, key: tuple, ids: torch.Tensor,
                   positions: torch.Tensor, scored: int, token: int, layers: list[int], alphas: torch.Tensor,
                   chunks: list[int]) -> torch.Tensor | None:
     """Capture the call into a graph kept under ``key`` and replay it for this call's result; None (the eager path
@@ -222,15 +200,10 @@ def _capture_call(model: nn.Module, scaler: _RowScaler, graphs: _Graphs, key: tu
     No eager warm-up on a side stream first: the shape's first call ran eagerly already, and a warm-up on a new
     stream would grow the allocator's pool of that stream by the call's whole working set (seconds at 7B)."""
     static, plans, call = prepared_call(model, scaler, key[0], ids, positions, scored, token, layers, alphas, chunks)
-    if graphs.pool is None:
-        graphs.pool = torch.cuda.graph_pool_handle()
-    captured = capture(call, "the integrated-gradients rows", graphs.pool)
+    captured = graphs.capture(call, "the integrated-gradients rows", key)
     if captured is None:
-        graphs.failed.add(key)
         free_memory()
         return None
-    entry = graphs.entries[key] = _Graph(captured[0], static, captured[1], plans)
-    while len(graphs.entries) > GRAPHS_PER_MODEL:
-        graphs.entries.popitem(last=False)
+    entry = graphs.keep(key, _Graph(captured[0], static, captured[1], plans))
     entry.graph.replay()
     return entry.out.cpu()

@@ -5,16 +5,21 @@ no longer issues them one by one. What the function reads and writes must live a
 filled before each replay), and it must not make the host wait for the device (``.item()``, a data-dependent
 shape): such an operation fails the capture, and :func:`capture` then returns None with a warning so that the
 caller runs eagerly. As CUDA graphs ask, the eager warm-up before a capture runs on a side stream
-(:func:`on_side_stream`).
+(:func:`on_side_stream`). :class:`ShapeGraphs` keeps a path's graphs per model and call shape;
+:func:`release_graphs` frees them.
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
 
 
 def on_side_stream(function: Callable[[], Any]) -> Any:
@@ -40,3 +45,67 @@ def capture(function: Callable[[], Any], what: str, pool: Any = None) -> tuple[t
         warnings.warn(f"{what} could not be captured into a CUDA graph, running eagerly: {error}", stacklevel=3)
         return None
     return graph, result
+
+
+@dataclass
+class ShapeGraphs:
+    """One model's graphs of one path, keyed by call shape: a shape's first call runs eagerly (one call never pays
+    for a capture), its second is captured, later ones replay. At most ``limit`` graphs are kept, the least
+    recently used dropped first; they share one memory pool (they never run at the same time, and each result is
+    copied out right after its replay)."""
+
+    limit: int
+    seen: set = field(default_factory=set)
+    failed: set = field(default_factory=set)
+    entries: OrderedDict = field(default_factory=OrderedDict)
+    pool: Any = None
+
+    def replayable(self, key: Any) -> Any:
+        """The entry kept under ``key`` (now the most recently used), or None."""
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
+    def eager_first(self, key: Any) -> bool:
+        """Whether this call of ``key`` runs eagerly: its shape's first call (noted now), or a shape whose capture
+        failed."""
+        if key in self.failed or key not in self.seen:
+            self.seen.add(key)
+            return True
+        return False
+
+    def capture(self, function: Callable[[], Any], what: str, key: Any) -> tuple[torch.cuda.CUDAGraph, Any] | None:
+        """:func:`capture` into this path's pool; a failed capture is remembered (that shape stays eager)."""
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
+        captured = capture(function, what, self.pool)
+        if captured is None:
+            self.failed.add(key)
+        return captured
+
+    def keep(self, key: Any, entry: Any) -> Any:
+        self.entries[key] = entry
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
+        return entry
+
+
+_BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def graphs_of(model: nn.Module, path: str, limit: int) -> ShapeGraphs:
+    """The :class:`ShapeGraphs` of ``path`` (e.g. ``"integrated_gradients"``) on ``model``, made on first use."""
+    return _BY_MODEL.setdefault(model, {}).setdefault(path, ShapeGraphs(limit))
+
+
+def kept_graphs(model: nn.Module | None = None, path: str | None = None) -> int:
+    """How many graphs ``model`` (default: every model) keeps, of ``path`` (default: every path)."""
+    models = list(_BY_MODEL.values()) if model is None else [_BY_MODEL.get(model, {})]
+    return sum(len(graphs.entries) for paths in models for name, graphs in paths.items() if path in (None, name))
+
+
+def release_graphs(model: nn.Module) -> None:
+    """Drop every graph kept for ``model`` (integrated gradients, contribution) and give their memory back."""
+    if _BY_MODEL.pop(model, None) is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,196 @@
+"""The device-selected top-k contribution in the fewest kernels, and replayed from one CUDA graph per call shape
+(model plumbing).
+
+A GPU forward of a 7B model at batch 1 is bound by the host issuing its ~1,300 kernels, so every kernel the
+scoring adds shows in the wall time. :func:`stacked_top_k` is the call's device work: two kernels a layer inside
+the forward (:class:`~neuronscope.attribute.stacked.StackedScores`), four after it for every layer at once and one
+top-k; no host wait. When a call of the same shape comes back, :func:`graphed_top_k` replays it from a CUDA graph,
+one launch for the whole call:
+
+- the batch is padded on the right to a multiple of :data:`BUCKET` positions (padded ids and position ids repeat
+  the last column, the attention mask is 0 there): under causal attention no real position sees a later one, so the
+  real positions' activations are the unpadded call's up to rounding (the graph's attention takes a 4-D mask where
+  an unpadded eager call may take sdpa's causal kernel);
+- every per-call value goes into static buffers before the replay (:class:`_Static`): the padded inputs, each
+  score row's flat token index ``b · bucket + position`` and its target token, whose unembedding row the graph
+  gathers itself (one direction per score row, not per distinct token: the shape does not depend on how many
+  distinct tokens a call has);
+- the first call of a shape runs eagerly, the second is captured and replayed, later ones replay
+  (:class:`~neuronscope.trace.graphs.ShapeGraphs`); :func:`~neuronscope.trace.graphs.release_graphs` frees them;
+- only on CUDA, with ``sdpa`` attention (under ``eager`` attention a capture fails on a host-to-device copy), text
+  inputs (token ids, mask, position ids), one device, and no hook on the model but graph-safe ones (a replay would
+  freeze an intervention at the captured call); the weights' addresses are part of the key (replaced weights
+  recapture; weights edited in place are read where they are).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.contribution import logits_to_keep
+from neuronscope.attribute.prefix_rows import attention_implementation
+from neuronscope.attribute.selection import BufferedTopK
+from neuronscope.attribute.stacked import StackedScores
+from neuronscope.inputs import Batch
+from neuronscope.models.accounting import FinalNorm
+from neuronscope.models.adapter import ModelAdapter
+from neuronscope.trace.graphs import graphs_of
+from neuronscope.trace.hooks import HookSet, foreign_hooks
+from neuronscope.trace.sites import resolve_site
+
+# Positions are padded to a multiple of BUCKET, so that captions of similar lengths share a graph (620 -> 640).
+BUCKET = 32
+GRAPHS_PER_MODEL = 16
+TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids"})
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What one stacked call scores: the layers (slot ``s`` is ``layers[s]``), their value vectors, the site, the
+    final norm to divide by (or None), how many to keep per row, by magnitude or not, in which dtype."""
+
+    layers: tuple[int, ...]
+    weights: tuple[torch.Tensor, ...]
+    site: str
+    norm: FinalNorm | None
+    k: int
+    absolute: bool
+    dtype: torch.dtype
+
+
+@torch.no_grad()
+def stacked_top_k(model: nn.Module, adapter: ModelAdapter, inputs: dict[str, Any], flat_index: torch.Tensor,
+                  directions: torch.Tensor, row_target: torch.Tensor, scoring: Scoring
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of ``inputs`` scored by :class:`StackedScores` and one top-k: ``(values, indices) [rows, k]`` on
+    the device, values divided by the final norm's ``σ`` at each row's position when ``scoring.norm`` is set.
+    Device work only (what a graph records).
+
+    ``flat_index [rows]``: each score row's token ``b · T + position``; ``directions [m, d]`` the target
+    directions (final-norm gain applied); ``row_target [rows]``: which one each row uses."""
+    centre = scoring.norm is not None and scoring.norm.kind == "layer"
+    stacked = StackedScores(list(scoring.weights), directions, row_target, flat_index, scoring.dtype, centre)
+    selector = BufferedTopK(row_target.numel(), scoring.k, adapter.d_ff, len(scoring.layers), directions.device,
+                            scoring.absolute, scoring.dtype)
+    final: list[torch.Tensor] = []
+
+    def record(slot: int):
+        def hook(tensor: torch.Tensor, call) -> None:
+            if call.offset == 0:
+                stacked.record(slot, tensor)
+
+        return hook
+
+    def last_rows(tensor: torch.Tensor, call) -> None:
+        final.append(tensor.reshape(-1, tensor.shape[-1]).index_select(0, stacked.flat_index))
+
+    with HookSet(adapter) as hooks:
+        for slot, layer in enumerate(scoring.layers):
+            hooks.add(resolve_site(adapter, scoring.site, layer), record(slot))
+        if scoring.norm is not None:
+            hooks.add(resolve_site(adapter, "resid_post", adapter.n_layers - 1), last_rows)
+        model(**inputs, **logits_to_keep(model))
+    stacked.write(selector.whole())
+    values = selector.values
+    if scoring.norm is not None:
+        values = values / scoring.norm.scale(final[0].to(values.device)).to(values.dtype)
+    return values, selector.indices
+
+
+@dataclass
+class _Static:
+    """The buffers a graph reads: the padded inputs ``[B, bucket]``, each score row's flat token index and target
+    token ``[rows]``, and the rows' directions' index (``arange(rows)``, fixed)."""
+
+    inputs: dict[str, torch.Tensor]
+    flat_index: torch.Tensor
+    tokens: torch.Tensor
+    row_target: torch.Tensor
+
+    @classmethod
+    def empty(cls, inputs: dict[str, torch.Tensor], bucket: int, rows: int) -> _Static:
+        device = inputs["input_ids"].device
+        padded = {name: value.new_zeros(value.shape[0], bucket) for name, value in inputs.items()}
+        return cls(padded, torch.zeros(rows, dtype=torch.long, device=device),
+                   torch.zeros(rows, dtype=torch.long, device=device), torch.arange(rows, device=device))
+
+    def fill(self, inputs: dict[str, torch.Tensor], flat_index: torch.Tensor, tokens: torch.Tensor) -> None:
+        for name, static in self.inputs.items():
+            value, length = inputs[name], inputs[name].shape[1]
+            static[:, :length].copy_(value)
+            if name == "attention_mask":
+                static[:, length:].zero_()
+            else:
+                static[:, length:].copy_(value[:, -1:].expand(-1, static.shape[1] - length))
+        self.flat_index.copy_(flat_index, non_blocking=True)
+        self.tokens.copy_(tokens, non_blocking=True)
+
+
+def _call(model: nn.Module, adapter: ModelAdapter, static: _Static, scoring: Scoring
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The function a graph records: the rows' directions gathered on the device, then :func:`stacked_top_k`."""
+    directions = adapter.unembedding().index_select(0, static.tokens)
+    if scoring.norm is not None:
+        directions = directions.to(scoring.norm.gain.dtype) * scoring.norm.gain.to(directions.device)
+    return stacked_top_k(model, adapter, static.inputs, static.flat_index, directions, static.row_target, scoring)
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    static: _Static
+    out: tuple[torch.Tensor, torch.Tensor]
+
+
+def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
+    """Why a call on this model and batch cannot be replayed from a graph, or None."""
+    if batch.input_ids.device.type != "cuda":
+        return "not on a CUDA device"
+    if set(batch.inputs) - TEXT_INPUTS:
+        return f"inputs other than token ids, mask and position ids ({sorted(set(batch.inputs) - TEXT_INPUTS)})"
+    if attention_implementation(model) != "sdpa":
+        return f"attention '{attention_implementation(model)}' (graphs are captured with 'sdpa' only)"
+    if foreign_hooks(model):
+        return "hooks on the model that are not graph-safe (an intervention?)"
+    if len({parameter.device for parameter in model.parameters()}) > 1:
+        return "the model spans several devices"
+    return None
+
+
+def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positions: torch.Tensor,
+                  tokens: torch.Tensor, scoring: Scoring) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`stacked_top_k`'s ``(values, indices)`` of this call from its shape's CUDA graph (valid until the next
+    replay: copy them out), or None when the call is to run eagerly: the first of its shape, a failed capture, or a
+    model, batch or device that cannot be graphed (:func:`graph_blocker`).
+
+    ``positions [B, n]``: each target's producing position (in range); ``tokens [B, n]``: the target tokens."""
+    if graph_blocker(model, batch) is not None:
+        return None
+    size, length = batch.input_ids.shape
+    bucket = -(-length // BUCKET) * BUCKET
+    rows = tokens.numel()
+    key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute, scoring.norm is not None,
+           tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())),
+           tuple(parameter.data_ptr() for parameter in model.parameters()))
+    device = batch.input_ids.device
+    flat_index = (torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1).to(device, non_blocking=True)
+    tokens = tokens.reshape(-1).to(device, non_blocking=True)
+    graphs = graphs_of(model, "contribution", GRAPHS_PER_MODEL)
+    entry = graphs.replayable(key)
+    if entry is None:
+        if graphs.eager_first(key):
+            return None
+        static = _Static.empty(dict(batch.inputs), bucket, rows)
+        static.fill(batch.inputs, flat_index, tokens)
+        captured = graphs.capture(lambda: _call(model, adapter, static, scoring), "the contribution forward", key)
+        if captured is None:
+            return None
+        entry = graphs.keep(key, _Graph(captured[0], static, captured[1]))
+    else:
+        entry.static.fill(batch.inputs, flat_index, tokens)
+    entry.graph.replay()
+    return entry.out
