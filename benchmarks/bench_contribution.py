@@ -47,6 +47,34 @@ def _targets(ids: torch.Tensor, caption: int):
     return TargetSet(ids[:, -caption:].cpu(), positions.clone(), torch.ones(rows, caption, dtype=torch.bool))
 
 
+def _agreement(kept, flat: torch.Tensor) -> dict[str, float]:
+    """A top-k result against the top-k of a dense grid ``flat [rows, targets, L·d_ff]``: the mean fraction of each
+    kept set found in the other, and the largest difference between the two kept value lists (best first)."""
+    k = kept.values.shape[-1]
+    order = flat.topk(k, dim=-1).indices
+    offset = torch.arange(order[..., 0].numel(), device=order.device).view(order.shape[:-1])[..., None] * flat.shape[-1]
+    found = torch.isin(kept.indices.to(order.device) + offset, order + offset).float().mean()  # rows kept apart
+    return {"kept_overlap": float(found), "max_abs_value_diff": float((flat.gather(-1, order) - kept.values).abs().max())}
+
+
+def _padded(batch, length: int):
+    """``batch`` padded on the right to ``length`` positions as a CUDA-graph replay pads it (ids and position ids
+    repeat the last column, mask 0): an eager call on it takes the replay's attention kernel (a 4-D mask)."""
+    from neuronscope.inputs import Batch
+
+    inputs = {}
+    for name, value in batch.inputs.items():
+        extra = value[:, -1:].expand(-1, length - value.shape[1])
+        inputs[name] = torch.cat([value, torch.zeros_like(extra) if name == "attention_mask" else extra], dim=1)
+    return Batch(inputs, batch.texts, batch.lengths)
+
+
+def kept_length(length: int) -> int:
+    from neuronscope.attribute.contribution_graphs import BUCKET
+
+    return -(-length // BUCKET) * BUCKET
+
+
 def table(model, where: torch.device, batches: list[int], prompt: int, caption: int, repeats: int,
           top_k: int = 10_000) -> list[dict[str, Any]]:
     from neuronscope.attribute import selection
@@ -89,6 +117,8 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
             entry[name] = strip(measured)
             if name == "top_k":
                 kept = measured["result"]
+            if name == "top_k_eager":
+                kept_eager = measured["result"]
             if name == "dense":
                 dense = measured["result"].values
         for name in ("forward_no_logits", "top_k", "top_k_eager", "top_k_running_merge", "dense"):
@@ -98,10 +128,10 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
             forward, lambda b=batch, t=targets: contribution(model, b, t, top_k=top_k, graphs=False), where,
             pairs=repeats * 3)
         flat = dense.flatten(2)
-        order = flat.topk(kept.values.shape[-1], dim=-1).indices
-        same = (torch.sort(order, -1).values == torch.sort(kept.indices, -1).values).float().mean()
-        entry["agreement"] = {"kept_set_equal_fraction": float(same),
-                              "max_abs_value_diff": float((flat.gather(-1, order) - kept.values).abs().max()),
+        entry["agreement"] = {"replay_vs_dense": _agreement(kept, flat), "eager_vs_dense": _agreement(kept_eager, flat),
+                              "replay_vs_eager_on_the_padded_batch": _agreement(
+                                  kept, contribution(model, _padded(batch, kept_length(ids.shape[1])), targets,
+                                                     graphs=False).values.flatten(2)),
                               "max_abs_score": float(flat.abs().max())}
         rows.append(entry)
         del dense, kept

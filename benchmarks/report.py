@@ -45,11 +45,22 @@ def _ratio(best: float, pairs: dict | None, goal: float) -> str:
             f"({_met(median <= goal)})")
 
 
+def _agreement(agreement: dict[str, Any]) -> str:
+    if "kept_set_equal_fraction" in agreement:  # runs before the replays
+        return (f"{agreement['kept_set_equal_fraction']:.3f} of the kept sets equal, max value diff "
+                f"{agreement['max_abs_value_diff']:.2g}")
+    parts = {"replay_vs_dense": "replay", "eager_vs_dense": "eager",
+             "replay_vs_eager_on_the_padded_batch": "replay vs eager on the padded batch"}
+    return "; ".join(f"{label}: overlap {agreement[key]['kept_overlap']:.4f}, max diff "
+                     f"{agreement[key]['max_abs_value_diff']:.2g}" for key, label in parts.items()
+                     if key in agreement) + f" (scores up to {agreement['max_abs_score']:.2g})"
+
+
 def contribution(table: dict[str, Any]) -> list[str]:
     lines = [f"### Contribution ({table['model']})", "",
-             "| batch × tokens | forward | top-k on device (graph replay) | ratio (goal ≤ 1.10×) | peak / weights "
+             "| batch × tokens | forward | top-k on device (replayed where graphed) | ratio (goal ≤ 1.10×) | peak / weights "
              "(goal ≤ 1.10; capture included) | top-k, every call eager | shape's first / capture call | "
-             "dense grid to host (before) | top-k = dense top-k |",
+             "dense grid to host (before) | top-k vs the dense grid's top-k |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in table["rows"]:
         ratio, peak = row["top_k_over_forward"], row["top_k"].get("peak_over_weights")
@@ -59,13 +70,14 @@ def contribution(table: dict[str, Any]) -> list[str]:
         phases = row["top_k"]
         first = (f"{_s(phases['first_of_shape_seconds'])} / {_s(phases['capture_call_seconds'])}"
                  if "capture_call_seconds" in phases else "—")
+        if phases.get("graphs_kept") == 0:
+            first += " (no graph: every call eager)"
         lines.append(f"| {row['batch']} × {row['length']} ({row['targets_per_row']} targets) | "
                      f"{_s(row['forward']['seconds'])} | {_s(row['top_k']['seconds'])} | "
                      f"{_ratio(ratio, row.get('top_k_over_forward_paired'), 1.10)} | {_x(peak, 3) if peak else '—'} "
                      f"({_met(None if peak is None else peak <= 1.10)}) | {eager_text} | {first} | "
                      f"{_x(row['dense_over_forward'])} | "
-                     f"{row['agreement']['kept_set_equal_fraction']:.3f} of the kept sets equal, max value diff "
-                     f"{row['agreement']['max_abs_value_diff']:.2g} |")
+                     f"{_agreement(row['agreement'])} |")
     return lines
 
 

@@ -106,6 +106,21 @@ def test_first_call_eager_second_captured_later_ones_replayed_with_their_own_val
     assert graphs_module.kept_graphs(model) == 0
 
 
+def test_a_shape_computes_the_same_numbers_eager_captured_or_replayed(stand_in_graphs, monkeypatch):
+    """The shape's first call runs eagerly on the padded batch the graph replays: repeated calls agree bit for bit
+    (float32, where the padded and the unpadded call differ in the last bits)."""
+    model = tiny_text_model("llama", dtype=torch.float32)
+    batch, targets = _batch(12, 1)
+    calls = []
+    original = fast._call
+    monkeypatch.setattr(fast, "_call", lambda *args: calls.append(args[2].inputs["input_ids"].shape) or original(*args))
+    first, second, third = (contribution(model, batch, targets, top_k=11) for _ in range(3))
+    assert calls[0] == (2, 32)  # the eager first call: the padded batch
+    for later in (second, third):
+        assert torch.equal(later.values, first.values) and torch.equal(later.indices, first.indices)
+    assert stand_in_graphs[0].replays == 2
+
+
 def test_other_shapes_options_or_replaced_weights_get_their_own_graph(stand_in_graphs):
     model = tiny_text_model("llama", dtype=torch.float64)
     batch, targets = _batch(10, 1)

@@ -7,10 +7,12 @@ the forward (:class:`~neuronscope.attribute.stacked.StackedScores`), four after 
 top-k; no host wait. When a call of the same shape comes back, :func:`graphed_top_k` replays it from a CUDA graph,
 one launch for the whole call:
 
-- the batch is padded on the right to a multiple of :data:`BUCKET` positions (padded ids and position ids repeat
-  the last column, the attention mask is 0 there): under causal attention no real position sees a later one, so the
-  real positions' activations are the unpadded call's up to rounding (the graph's attention takes a 4-D mask where
-  an unpadded eager call may take sdpa's causal kernel);
+- the batch is padded on the right to the next multiple of :data:`BUCKET` positions above its length (padded ids
+  and position ids repeat the last column, the attention mask is 0 there): under causal attention no real position
+  sees a later one, so the real positions' activations are the unpadded call's up to rounding (the padded call's
+  attention takes a 4-D mask where an unpadded call may take sdpa's causal kernel: in bfloat16 a kept set can
+  differ at its boundary). Every call this module serves runs on the padded batch, its shape's eager first call
+  too, so that calls of one shape compute the same numbers whether they are replayed or not;
 - every per-call value goes into static buffers before the replay (:class:`_Static`): the padded inputs, each
   score row's flat token index ``b · bucket + position`` and its target token, whose unembedding row the graph
   gathers itself (one direction per score row, not per distinct token: the shape does not depend on how many
@@ -163,15 +165,16 @@ def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
 
 def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positions: torch.Tensor,
                   tokens: torch.Tensor, scoring: Scoring) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """:func:`stacked_top_k`'s ``(values, indices)`` of this call from its shape's CUDA graph (valid until the next
-    replay: copy them out), or None when the call is to run eagerly: the first of its shape, a failed capture, or a
-    model, batch or device that cannot be graphed (:func:`graph_blocker`).
+    """:func:`stacked_top_k`'s ``(values, indices)`` of this call on its padded batch: replayed from its shape's CUDA
+    graph (valid until the next replay: copy them out), or run eagerly on the same padded inputs (the shape's first
+    call, a failed capture); None for a model, batch or device that cannot be graphed (:func:`graph_blocker`), which
+    the unpadded eager path then takes.
 
     ``positions [B, n]``: each target's producing position (in range); ``tokens [B, n]``: the target tokens."""
     if graph_blocker(model, batch) is not None:
         return None
     size, length = batch.input_ids.shape
-    bucket = -(-length // BUCKET) * BUCKET
+    bucket = (length // BUCKET + 1) * BUCKET  # at least one padded position: every call takes the 4-D mask
     rows = tokens.numel()
     key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute, scoring.norm is not None,
            tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())),
@@ -181,16 +184,16 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
     tokens = tokens.reshape(-1).to(device, non_blocking=True)
     graphs = graphs_of(model, "contribution", GRAPHS_PER_MODEL)
     entry = graphs.replayable(key)
-    if entry is None:
-        if graphs.eager_first(key):
-            return None
-        static = _Static.empty(dict(batch.inputs), bucket, rows)
-        static.fill(batch.inputs, flat_index, tokens)
-        captured = graphs.capture(lambda: _call(model, adapter, static, scoring), "the contribution forward", key)
-        if captured is None:
-            return None
-        entry = graphs.keep(key, _Graph(captured[0], static, captured[1]))
-    else:
+    if entry is not None:
         entry.static.fill(batch.inputs, flat_index, tokens)
+        entry.graph.replay()
+        return entry.out
+    static = _Static.empty(dict(batch.inputs), bucket, rows)
+    static.fill(batch.inputs, flat_index, tokens)
+    captured = None if graphs.eager_first(key) else graphs.capture(
+        lambda: _call(model, adapter, static, scoring), "the contribution forward", key)
+    if captured is None:  # the shape's first call, or one that cannot be captured: eager, on the same padded inputs
+        return _call(model, adapter, static, scoring)
+    entry = graphs.keep(key, _Graph(captured[0], static, captured[1]))
     entry.graph.replay()
     return entry.out
