@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import stand_in_graphs as stand_in
 from helpers.tiny_models import random_batch, tiny_text_model
 from neuronscope.attribute import contribution_graphs as fast
 from neuronscope.attribute.contribution import contribution
@@ -78,17 +79,7 @@ class _StandInGraph:
 @pytest.fixture
 def stand_in_graphs(monkeypatch):
     """Graphs on the CPU: no device check, the capture replaced by a stand-in."""
-    captured = []
-
-    def capture(call, what, pool=None):
-        out = call()
-        captured.append(_StandInGraph(call, out))
-        return captured[-1], out
-
-    monkeypatch.setattr(fast, "graph_blocker", lambda model, batch: None)
-    monkeypatch.setattr(graphs_module, "capture", capture)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    return captured
+    return stand_in.install(monkeypatch, fast, _StandInGraph)
 
 
 def test_first_call_eager_second_captured_later_ones_replayed_with_their_own_values(stand_in_graphs):

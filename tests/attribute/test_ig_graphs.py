@@ -15,6 +15,7 @@ import pytest
 import torch
 import transformers as T
 
+from helpers import stand_in_graphs as stand_in
 from helpers.ig_cases import EAGER, EXACT, float64_model, one_row_batch
 from neuronscope.attribute import ig_graphs
 from neuronscope.attribute.ig_paths import _example, _ig_sequence, _RowScaler
@@ -93,17 +94,7 @@ class _StandInGraph:
 @pytest.fixture
 def stand_in_graphs(monkeypatch):
     """Graphs on the CPU: no device check, the capture replaced by a stand-in."""
-    captured = []
-
-    def capture(call, what, pool=None):
-        out = call()
-        captured.append(_StandInGraph(call, out))
-        return captured[-1], out
-
-    monkeypatch.setattr(ig_graphs, "graph_blocker", lambda model, device: None)
-    monkeypatch.setattr(graphs_module, "capture", capture)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: None)
-    return captured
+    return stand_in.install(monkeypatch, ig_graphs, _StandInGraph)
 
 
 def test_first_call_eager_second_captured_later_ones_replayed_with_their_own_values(stand_in_graphs):
