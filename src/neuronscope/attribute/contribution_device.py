@@ -42,9 +42,9 @@ def row_projections(weights: torch.Tensor, directions: torch.Tensor, row_target:
     return centred_products(weights, directions, centre).index_select(0, row_target)
 
 
-def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, layer_list: list[int],
-              site: str, final_norm: bool, top_k: int | None, threshold: float | None,
-              absolute: bool, graphs: bool) -> NeuronScores | SelectedScores:
+def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet,
+                          layer_list: list[int], site: str, final_norm: bool, top_k: int | None,
+                          threshold: float | None, absolute: bool, graphs: bool) -> NeuronScores | SelectedScores:
     """Scores computed inside the forward and selected on the device (module docstring); ``layer_list``: the
     scored layers (each with an FFN)."""
     device = adapter.unembedding().device
@@ -64,8 +64,9 @@ def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch,
     # b·T + position and its direction u_t
     flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
     row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
-    if top_k is not None and selection.SELECTOR != "running" and fits(adapter.d_ff, list(weights.values()), rows,
-                                                                         device):
+    stacked = top_k is not None and selection.SELECTOR != "running" and fits(adapter.d_ff, list(weights.values()),
+                                                                             rows, device)
+    if stacked:
         scoring = fast.Scoring(tuple(layer_list), tuple(weights.values()), site, norm,
                                min(top_k, len(layer_list) * adapter.d_ff), absolute, dtype)
         found = fast.graphed_top_k(model, adapter, batch, positions, targets.token_ids, scoring) if graphs else None
