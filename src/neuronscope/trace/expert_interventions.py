@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from neuronscope.models.devices import on_device
 from neuronscope.models.moe import DENSE, route
 from neuronscope.trace.expert_hooks import ExpertCall, ExpertHooks
 from neuronscope.trace.hooks import HookSet
-from neuronscope.trace.intervene import OPS, Intervention, _apply, _Placed
+from neuronscope.trace.intervene import Intervention, _apply, _Placed, check_change
 from neuronscope.trace.positions import PositionSpec, normalise, select
 
 DROP_MODES = ("zero", "reroute")
@@ -54,12 +53,7 @@ class ExpertIntervention:
     positions: PositionSpec = "last"
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise InputError(f"unknown intervention op '{self.op}': use one of {', '.join(OPS)}")
-        value = self.value
-        finite = math.isfinite(value) if isinstance(value, (int, float)) else bool(torch.isfinite(value).all())
-        if not finite:
-            raise InputError(f"intervention value must be finite, got {value}")
+        check_change(self.op, self.value)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neuronscope.errors import NeuronscopeError
+from neuronscope.errors import InputError, NeuronscopeError
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.models.devices import on_device
 from neuronscope.trace.hooks import HookSet
@@ -49,12 +49,16 @@ class Intervention:
     positions: PositionSpec = "last"
 
     def __post_init__(self) -> None:
-        if self.op not in OPS:
-            raise NeuronscopeError(f"unknown intervention op '{self.op}': use one of {', '.join(OPS)}")
-        value = self.value
-        finite = math.isfinite(value) if isinstance(value, (int, float)) else bool(torch.isfinite(value).all())
-        if not finite:
-            raise NeuronscopeError(f"intervention value must be finite, got {value}")
+        check_change(self.op, self.value)
+
+
+def check_change(op: str, value: float | torch.Tensor) -> None:
+    """An intervention's op is one of :data:`OPS` and its value finite (:class:`InputError` otherwise)."""
+    if op not in OPS:
+        raise InputError(f"unknown intervention op '{op}': use one of {', '.join(OPS)}")
+    finite = math.isfinite(value) if isinstance(value, (int, float)) else bool(torch.isfinite(value).all())
+    if not finite:
+        raise InputError(f"intervention value must be finite, got {value}")
 
 
 class _Placed:
