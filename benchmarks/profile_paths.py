@@ -5,7 +5,7 @@ Not a benchmark (the profiler adds overhead): it says *what* to optimise; the fi
 ``run_all.py``. One process, the same random bf16 shapes as the tables:
 
     python benchmarks/profile_paths.py OUT                    # CUDA; OUT/profile_<path>.txt + OUT/profile.json
-    python benchmarks/profile_paths.py OUT --only contribution ig
+    python benchmarks/profile_paths.py OUT --only contribution ig multimodal
     python benchmarks/profile_paths.py OUT --tiny             # CPU smoke run (figures mean nothing)
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from common import LLAMA2_7B, TINY, build_llama, free, text_batch
 
-PATHS = ("contribution", "ig", "lpi", "lpi_layer", "moe")
+PATHS = ("contribution", "ig", "lpi", "lpi_layer", "moe", "multimodal")
 
 
 def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, calls: int = 3) -> dict[str, Any]:
@@ -152,6 +152,27 @@ def _moe(args, where, out, cuda) -> dict[str, Any]:
     return results
 
 
+def _multimodal(args, where, out, cuda) -> dict[str, Any]:
+    """The multimodal table's streaming pipeline (caption, then score) at batch 16 (tiny: 2), as the table runs it:
+    where its time goes beside the decode steps' graph replays (encoding, vision tower, prefill, scoring)."""
+    import bench_multimodal
+
+    from neuronscope.attribute.streaming import caption_contributions
+    from neuronscope.inputs import encode_images
+
+    model, processor = bench_multimodal.build(args.tiny, where, torch.float32 if args.tiny else torch.bfloat16)
+    size, tokens, top_k = (2, 4, 50) if args.tiny else (16, 20, 10_000)
+    images = bench_multimodal._images(size, 28 if args.tiny else 336)
+
+    def streaming():
+        batch = encode_images(processor, images, "Describe the image in few words.", assistant_prefix="An image of")
+        return caption_contributions(model, processor, batch, max_new_tokens=tokens, top_k=top_k,
+                                     select=lambda generation: [[0, 1, 2]] * generation.tokens.shape[0],
+                                     min_new_tokens=tokens, suppress_tokens=[4])
+
+    return {"multimodal_streaming": _profile("multimodal_streaming", streaming, out, cuda, calls=2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
@@ -164,13 +185,16 @@ def main() -> None:
     where = torch.device("cuda" if cuda else "cpu")
     if not cuda:
         torch.set_num_threads(1)
-    results = _dense(args, where, out, cuda)
+    results = _dense(args, where, out, cuda) if {"contribution", "ig", "lpi"} & set(args.only) else {}
     free()
     if "lpi_layer" in args.only:
         results.update(_lpi_layer(args, where, out, cuda))
         free()
     if "moe" in args.only:
         results.update(_moe(args, where, out, cuda))
+        free()
+    if "multimodal" in args.only:
+        results.update(_multimodal(args, where, out, cuda))
     (out / "profile.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
