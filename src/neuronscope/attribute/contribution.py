@@ -176,9 +176,11 @@ def contribution(
         residual_write: score the neuron's write into the residual stream (through the family's post-FFN norm,
             frozen, and its residual multiplier) instead of ``a_i w_i``; the same where the family has neither.
             Not with ``top_k`` / ``threshold`` where the family rescales its FFN output.
-        graphs: with ``top_k`` on a CUDA device, replay a call whose shape came before from a CUDA graph (text
-            inputs, ``sdpa`` attention: :mod:`neuronscope.attribute.contribution_graphs`); False: every call runs
-            eagerly. The same scores up to rounding.
+        graphs: with ``top_k`` on a CUDA device, run small calls on the batch padded to a length bucket and
+            replay a call whose shape came before from a CUDA graph (text inputs, ``sdpa`` attention:
+            :mod:`neuronscope.attribute.contribution_graphs`); the same scores up to rounding (in bfloat16 a kept
+            set can differ at its boundary). False: every call eager and unpadded, its kept values the dense
+            grid's to the last bit.
 
     Returns:
         dense NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets); with
