@@ -131,6 +131,23 @@ def test_other_shapes_options_or_replaced_weights_get_their_own_graph(stand_in_g
     assert len(stand_in_graphs) == 6  # the new key's first call ran eagerly
 
 
+def test_a_final_norm_edited_in_place_is_read_again(stand_in_graphs):
+    """The final norm's gain is probed from the module into a tensor of its own: a graph that read it would replay
+    the old gain after an in-place edit of the norm, so the probed gain's address is part of the key."""
+    model = tiny_text_model("llama", dtype=torch.float64)
+    batch, targets = _batch(10, 1)
+    for _ in range(3):
+        contribution(model, batch, targets, top_k=11, final_norm=True)
+    assert len(stand_in_graphs) == 1
+    with torch.no_grad():
+        model.model.norm.weight.mul_(torch.linspace(0.5, 2.0, model.model.norm.weight.numel(), dtype=torch.float64))
+    expected = contribution(model, batch, targets, top_k=11, final_norm=True, graphs=False)
+    for _ in range(3):
+        got = contribution(model, batch, targets, top_k=11, final_norm=True)
+        torch.testing.assert_close(got.values, expected.values, **EXACT)
+    assert len(stand_in_graphs) == 2
+
+
 def test_thresholds_dense_grids_and_unstacked_calls_are_never_graphed(stand_in_graphs, monkeypatch):
     from neuronscope.attribute import selection, stacked
 

@@ -22,7 +22,8 @@ one launch for the whole call:
 - only on CUDA, with ``sdpa`` attention (under ``eager`` attention a capture fails on a host-to-device copy), text
   inputs (token ids, mask, position ids), one device, and no hook on the model but graph-safe ones (a replay would
   freeze an intervention at the captured call); the weights' addresses are part of the key (replaced weights
-  recapture; weights edited in place are read where they are).
+  recapture; weights edited in place are read where they are), and so is the address of the final norm's probed
+  gain (:func:`~neuronscope.models.accounting.norm_affine` probes a changed norm again, into a new tensor).
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     static: _Static
     out: tuple[torch.Tensor, torch.Tensor]
+    scoring: Scoring  # the tensors made outside the graph that it reads (the probed final-norm gain) stay alive
 
 
 def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
@@ -176,7 +178,9 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
     size, length = batch.input_ids.shape
     bucket = (length // BUCKET + 1) * BUCKET  # at least one padded position: every call takes the 4-D mask
     rows = tokens.numel()
-    key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute, scoring.norm is not None,
+    # the final norm's gain is probed from the module (a new tensor whenever the norm changes): its address too
+    key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute,
+           None if scoring.norm is None else scoring.norm.gain.data_ptr(),
            tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())),
            tuple(parameter.data_ptr() for parameter in model.parameters()))
     device = batch.input_ids.device
@@ -194,6 +198,6 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
         lambda: _call(model, adapter, static, scoring), "the contribution forward", key)
     if captured is None:  # the shape's first call, or one that cannot be captured: eager, on the same padded inputs
         return _call(model, adapter, static, scoring)
-    entry = graphs.keep(key, _Graph(captured[0], static, captured[1]))
+    entry = graphs.keep(key, _Graph(captured[0], static, captured[1], scoring))
     entry.graph.replay()
     return entry.out
