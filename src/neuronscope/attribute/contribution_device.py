@@ -27,6 +27,7 @@ from neuronscope.attribute.selection import BufferedTopK, ThresholdSelection, to
 from neuronscope.attribute.stacked import fits
 from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
+from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
@@ -42,6 +43,20 @@ def row_projections(weights: torch.Tensor, directions: torch.Tensor, row_target:
     return centred_products(weights, directions, centre).index_select(0, row_target)
 
 
+def _score_rows(adapter: ModelAdapter, targets: TargetSet, positions: torch.Tensor, length: int,
+                norm: FinalNorm | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(flat_index, directions, row_target)``: each score row's token ``b·T + position`` in the forward (on the
+    host), the distinct target directions ``u_t`` ``[m, d]`` (the final norm's gain applied when given) and which
+    one each row uses (on the host)."""
+    device = adapter.unembedding().device
+    unique, target_index = targets.token_ids.unique(return_inverse=True)
+    directions = adapter.unembedding()[unique.to(device)]
+    if norm is not None:
+        directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
+    flat_index = (torch.arange(positions.shape[0], device=positions.device)[:, None] * length + positions).reshape(-1)
+    return flat_index, directions, target_index.reshape(-1)
+
+
 def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet,
                           layer_list: list[int], site: str, final_norm: bool, top_k: int | None,
                           threshold: float | None, absolute: bool, graphs: bool) -> NeuronScores | SelectedScores:
@@ -49,30 +64,25 @@ def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch,
     scored layers (each with an FFN)."""
     device = adapter.unembedding().device
     n_rows, n_targets = targets.token_ids.shape
-    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
-    unique, target_index = targets.token_ids.unique(return_inverse=True)
-    directions = adapter.unembedding()[unique.to(device)]
-    norm = adapter.final_norm() if final_norm else None
-    if norm is not None:
-        directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
     rows = n_rows * n_targets
+    positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
+    norm = adapter.final_norm() if final_norm else None
     weights = {layer: adapter.value_vectors(layer) for layer in layer_list}  # looked up once a call
     dtype = score_dtype(weights[layer_list[0]])
     meta = {"method": "contribution", "site": site, "layers": layer_list, "final_norm": final_norm,
             "targets": targets.describe(), "model": adapter.describe(), "absolute": absolute}
-    # per device, before the forward (no host-to-device copies inside it): each score row's flat token index
-    # b·T + position and its direction u_t
-    flat_index = (torch.arange(n_rows, device=positions.device)[:, None] * batch.seq_len + positions).reshape(-1)
-    row_target = target_index.reshape(-1)  # which of the m distinct directions each score row uses
     stacked = top_k is not None and selection.SELECTOR != "running" and fits(adapter.d_ff, list(weights.values()),
                                                                              rows, device)
     if stacked:
         scoring = fast.Scoring(tuple(layer_list), tuple(weights.values()), site, norm,
                                min(top_k, len(layer_list) * adapter.d_ff), absolute, dtype)
         found = fast.graphed_top_k(model, adapter, batch, positions, targets.token_ids, scoring) if graphs else None
-        values, indices = found or fast.stacked_top_k(model, adapter, batch.inputs, flat_index.to(device), directions,
-                                                      row_target.to(device), scoring)
-        return _kept_top_k(adapter, targets, values, indices, {**meta, "top_k_kept": top_k})
+        if found is None:  # eager, on the unpadded batch
+            flat_index, directions, row_target = _score_rows(adapter, targets, positions, batch.seq_len, norm)
+            found = fast.stacked_top_k(model, adapter, batch.inputs, flat_index.to(device), directions,
+                                       row_target.to(device), scoring)
+        return _kept_top_k(adapter, targets, *found, {**meta, "top_k_kept": top_k})
+    flat_index, directions, row_target = _score_rows(adapter, targets, positions, batch.seq_len, norm)
     deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
     selector: Any = (top_k_selector(rows, min(top_k, len(layer_list) * adapter.d_ff), adapter.d_ff,
                                     len(layer_list), device, absolute, dtype)

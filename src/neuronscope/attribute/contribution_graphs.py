@@ -41,6 +41,7 @@ from neuronscope.attribute.stacked import StackedScores
 from neuronscope.inputs import Batch
 from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.devices import on_device
 from neuronscope.trace.graphs import graphs_of
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.sites import resolve_site
@@ -129,8 +130,8 @@ class _Static:
                 static[:, length:].zero_()
             else:
                 static[:, length:].copy_(value[:, -1:].expand(-1, static.shape[1] - length))
-        self.flat_index.copy_(flat_index, non_blocking=True)
-        self.tokens.copy_(tokens, non_blocking=True)
+        self.flat_index.copy_(flat_index)
+        self.tokens.copy_(tokens)
 
 
 def _call(model: nn.Module, adapter: ModelAdapter, static: _Static, scoring: Scoring
@@ -183,9 +184,8 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
            None if scoring.norm is None else scoring.norm.gain.data_ptr(),
            tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())),
            tuple(parameter.data_ptr() for parameter in model.parameters()))
-    device = batch.input_ids.device
-    flat_index = (torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1).to(device, non_blocking=True)
-    tokens = tokens.reshape(-1).to(device, non_blocking=True)
+    flat = (torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1)
+    flat_index, tokens = on_device(torch.stack([flat, tokens.cpu().reshape(-1)]), batch.input_ids.device)
     graphs = graphs_of(model, "contribution", GRAPHS_PER_MODEL)
     entry = graphs.replayable(key)
     if entry is not None:
