@@ -42,8 +42,8 @@ from neuronscope.inputs import Batch
 from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
-from neuronscope.trace.graphs import graphs_of
-from neuronscope.trace.hooks import HookSet, foreign_hooks
+from neuronscope.trace.graphs import graphs_of, replay_blocker
+from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
 # Positions are padded to a multiple of BUCKET, so that captions of similar lengths share a graph (620 -> 640).
@@ -153,16 +153,11 @@ class _Graph:
 
 def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
     """Why a call on this model and batch cannot be replayed from a graph, or None."""
-    if batch.input_ids.device.type != "cuda":
-        return "not on a CUDA device"
+    common = replay_blocker(model, batch.input_ids.device, attention_implementation(model))
+    if common is not None:
+        return common
     if set(batch.inputs) - TEXT_INPUTS:
         return f"inputs other than token ids, mask and position ids ({sorted(set(batch.inputs) - TEXT_INPUTS)})"
-    if attention_implementation(model) != "sdpa":
-        return f"attention '{attention_implementation(model)}' (graphs are captured with 'sdpa' only)"
-    if foreign_hooks(model):
-        return "hooks on the model that are not graph-safe (an intervention?)"
-    if len({parameter.device for parameter in model.parameters()}) > 1:
-        return "the model spans several devices"
     return None
 
 

@@ -47,8 +47,7 @@ from neuronscope.attribute.prefix_rows import (
 )
 from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import free_memory
-from neuronscope.trace.graphs import ShapeGraphs, graphs_of, release_graphs
-from neuronscope.trace.hooks import foreign_hooks
+from neuronscope.trace.graphs import ShapeGraphs, graphs_of, release_graphs, replay_blocker
 from neuronscope.trace.layer_entry import can_enter
 
 # Prefix positions are padded to a multiple of BUCKET, so that similar prompts share a graph: each padded position
@@ -134,18 +133,13 @@ class _Graph:
 
 def graph_blocker(model: nn.Module, device: torch.device) -> str | None:
     """Why a call on this model cannot be replayed from a graph, or None."""
-    if device.type != "cuda":
-        return "not on a CUDA device"
-    if attention_implementation(model) != "sdpa":  # eager attention's capture fails on a host copy (H200 check)
-        return f"attention '{attention_implementation(model)}' (graphs are captured with 'sdpa' only)"
+    common = replay_blocker(model, device, attention_implementation(model))
+    if common is not None:
+        return common
     if get_adapter(model).position_bias:
         return "ALiBi position biases (the rows run as batch rows)"
     if not can_enter(get_adapter(model)):
         return "layers with a sliding window, or no single layer list"
-    if foreign_hooks(model):
-        return "hooks on the model that are not graph-safe (an intervention?)"
-    if len({parameter.device for parameter in model.parameters()}) > 1:
-        return "the model spans several devices"
     return None
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from neuronscope.trace.hooks import foreign_hooks
+
 
 def on_side_stream(function: Callable[[], Any]) -> Any:
     """``function()`` on a fresh side stream that waits for the current one (and is waited for); its result."""
@@ -45,6 +47,22 @@ def capture(function: Callable[[], Any], what: str, pool: Any = None) -> tuple[t
         warnings.warn(f"{what} could not be captured into a CUDA graph, running eagerly: {error}", stacklevel=3)
         return None
     return graph, result
+
+
+def replay_blocker(model: nn.Module, device: torch.device, attention: str) -> str | None:
+    """Why no call of ``model`` on ``device`` can be replayed from a CUDA graph, whatever the path (None: it can):
+    not CUDA, ``attention`` (the decoder's attention implementation) other than ``sdpa`` (under ``eager`` a capture
+    fails on a host-to-device copy), a hook that is not graph-safe (a replay would freeze it at the captured call),
+    or parameters on several devices."""
+    if device.type != "cuda":
+        return "not on a CUDA device"
+    if attention != "sdpa":
+        return f"attention '{attention}' (graphs are captured with 'sdpa' only)"
+    if foreign_hooks(model):
+        return "hooks on the model that are not graph-safe (an intervention?)"
+    if len({parameter.device for parameter in model.parameters()}) > 1:
+        return "the model spans several devices"
+    return None
 
 
 @dataclass
