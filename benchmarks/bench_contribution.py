@@ -69,16 +69,11 @@ def _padded(batch, length: int):
     return Batch(inputs, batch.texts, batch.lengths)
 
 
-def kept_length(length: int) -> int:
-    from neuronscope.attribute.contribution_graphs import BUCKET
-
-    return -(-length // BUCKET) * BUCKET
-
-
 def table(model, where: torch.device, batches: list[int], prompt: int, caption: int, repeats: int,
           top_k: int = 10_000) -> list[dict[str, Any]]:
     from neuronscope.attribute import selection
     from neuronscope.attribute.contribution import contribution
+    from neuronscope.attribute.contribution_graphs import padded_length
     from neuronscope.trace.graphs import release_graphs
 
     weights = weights_bytes(model)
@@ -130,7 +125,7 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
         flat = dense.flatten(2)
         entry["agreement"] = {"replay_vs_dense": _agreement(kept, flat), "eager_vs_dense": _agreement(kept_eager, flat),
                               "replay_vs_eager_on_the_padded_batch": _agreement(
-                                  kept, contribution(model, _padded(batch, kept_length(ids.shape[1])), targets,
+                                  kept, contribution(model, _padded(batch, padded_length(ids.shape[1])), targets,
                                                      graphs=False).values.flatten(2)),
                               "max_abs_score": float(flat.abs().max())}
         rows.append(entry)

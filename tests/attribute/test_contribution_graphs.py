@@ -184,3 +184,7 @@ def test_graph_blocker_says_why():
     model.set_attn_implementation("sdpa")
     model.lm_head.to("meta")  # stands for a second device
     assert fast.graph_blocker(model, batch_on) == "the model spans several devices"
+
+
+def test_a_batch_is_padded_past_its_length_to_the_next_bucket():
+    assert [fast.padded_length(n) for n in (1, 31, 32, 620, 640)] == [32, 32, 64, 640, 672]

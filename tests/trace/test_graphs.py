@@ -42,3 +42,37 @@ def test_a_captured_call_hands_back_its_graph_and_its_result(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph", recording)
     graph, result = graphs.capture(lambda: torch.arange(3), "rows", pool="shared")
     assert isinstance(graph, Graph) and result.tolist() == [0, 1, 2] and seen["pool"] == "shared"
+
+
+def test_shape_graphs_run_a_shape_eagerly_first_keep_the_recent_ones_and_are_released(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(graphs, "capture", lambda function, what, pool=None: None if what == "fails" else
+                        ("graph", function()))
+    model = torch.nn.Linear(2, 2)
+    kept = graphs.graphs_of(model, "path", limit=2)
+    assert graphs.graphs_of(model, "path", limit=2) is kept
+    assert kept.eager_first("a") and not kept.eager_first("a")  # a shape's first call only
+    assert kept.capture(lambda: 1, "fails", "a") is None and kept.eager_first("a")  # stays eager once failed
+    assert kept.capture(lambda: 2, "works", "b") == ("graph", 2) and kept.pool == "pool"
+    for key in ("b", "c"):
+        kept.keep(key, key.upper())
+    assert kept.replayable("b") == "B"  # now the most recently used
+    kept.keep("d", "D")  # over the limit: "c", the least recently used, goes
+    assert kept.replayable("c") is None and kept.replayable("b") == "B" and kept.replayable("d") == "D"
+    graphs.graphs_of(model, "other", limit=4).keep("x", "X")
+    assert graphs.kept_graphs(model, "path") == 2 and graphs.kept_graphs(model) == 3
+    graphs.release_graphs(model)
+    assert graphs.kept_graphs(model) == 0
+
+
+def test_replay_blocker_names_what_stops_every_path(monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    cuda = torch.device("cuda")
+    assert graphs.replay_blocker(model, torch.device("cpu"), "sdpa") == "not on a CUDA device"
+    assert "'eager'" in graphs.replay_blocker(model, cuda, "eager")
+    assert graphs.replay_blocker(model, cuda, "sdpa") is None
+    handle = model.register_forward_hook(lambda *args: None)
+    assert "not graph-safe" in graphs.replay_blocker(model, cuda, "sdpa")
+    handle.remove()
+    model.bias = torch.nn.Parameter(torch.zeros(2, device="meta"))  # stands for a second device
+    assert graphs.replay_blocker(model, cuda, "sdpa") == "the model spans several devices"

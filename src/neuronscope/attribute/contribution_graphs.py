@@ -52,6 +52,12 @@ GRAPHS_PER_MODEL = 16
 TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids"})
 
 
+def padded_length(length: int) -> int:
+    """The positions a batch of ``length`` is padded to: the next multiple of :data:`BUCKET` above it (at least one
+    padded position, so that every call of a shape takes the same 4-D mask)."""
+    return (length // BUCKET + 1) * BUCKET
+
+
 @dataclass(frozen=True)
 class Scoring:
     """What one stacked call scores: the layers (slot ``s`` is ``layers[s]``), their value vectors, the site, the
@@ -172,7 +178,7 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
     if graph_blocker(model, batch) is not None:
         return None
     size, length = batch.input_ids.shape
-    bucket = (length // BUCKET + 1) * BUCKET  # at least one padded position: every call takes the 4-D mask
+    bucket = padded_length(length)
     rows = tokens.numel()
     # the final norm's gain is probed from the module (a new tensor whenever the norm changes): its address too
     key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute,
