@@ -73,8 +73,7 @@ def table(model, where: torch.device, batches: list[int], prompt: int, caption: 
           top_k: int = 10_000) -> list[dict[str, Any]]:
     from neuronscope.attribute import selection
     from neuronscope.attribute.contribution import contribution
-    from neuronscope.attribute.contribution_graphs import padded_length
-    from neuronscope.trace.graphs import release_graphs
+    from neuronscope.trace.graphs import padded_length, release_graphs
 
     weights = weights_bytes(model)
     vocab = model.config.vocab_size

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from common import LLAMA2_7B, build_llama, free, text_batch
 
+PATHS = ("forward", "contribution", "ig", "lpi", "lpi_layer", "moe")
+
 
 def _where() -> str:
     frames = traceback.extract_stack()[:-3]
@@ -62,24 +64,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--only", nargs="+", default=list(PATHS), choices=PATHS)
     args = parser.parse_args()
     where = torch.device("cuda")
-    model = build_llama({**LLAMA2_7B, "num_hidden_layers": args.layers}, torch.bfloat16, where)
-    ids = torch.randint(3, 32000, (1, 620), device=where)
-    batch = text_batch(ids)
-    positions = torch.arange(599, 619)[None]
-    targets = TargetSet(ids[:, -20:].cpu(), positions, torch.ones(1, 20, dtype=torch.bool))
-    short = text_batch(ids[:, :200])
-    result = {
-        "forward": count(torch.no_grad(lambda: model(**batch.inputs))),
-        "contribution": count(lambda: contribution(model, batch, targets, top_k=10_000)),
-        "ig": count(lambda: integrated_gradients(model, short, token_targets(short, 7), steps=20)),
-        "lpi": count(lambda: log_probability_increase(model, short, token_targets(short, 7), layers=[0],
-                                                      chunk_size=2048, compute_dtype=torch.bfloat16)),
-    }
-    model = None  # the dense model's memory back before the MoE shapes
-    free()
-    for name in bench_moe.SHAPES:
+    result = {}
+    if {"forward", "contribution", "ig", "lpi"} & set(args.only):
+        model = build_llama({**LLAMA2_7B, "num_hidden_layers": args.layers}, torch.bfloat16, where)
+        ids = torch.randint(3, 32000, (1, 620), device=where)
+        batch = text_batch(ids)
+        positions = torch.arange(599, 619)[None]
+        targets = TargetSet(ids[:, -20:].cpu(), positions, torch.ones(1, 20, dtype=torch.bool))
+        short = text_batch(ids[:, :200])
+        paths = {
+            "forward": torch.no_grad(lambda: model(**batch.inputs)),
+            "contribution": lambda: contribution(model, batch, targets, top_k=10_000),
+            "ig": lambda: integrated_gradients(model, short, token_targets(short, 7), steps=20),
+            "lpi": lambda: log_probability_increase(model, short, token_targets(short, 7), layers=[0],
+                                                    chunk_size=2048, compute_dtype=torch.bfloat16),
+        }
+        result.update({name: count(path) for name, path in paths.items() if name in args.only})
+        model = None  # the dense model's memory back before the next shapes
+        free()
+    if "lpi_layer" in args.only:  # the LPI table's own set-up: one layer, 32 tokens, one target
+        model = build_llama({**LLAMA2_7B, "num_hidden_layers": 1}, torch.bfloat16, where)
+        short = text_batch(torch.randint(3, 32000, (1, 32), device=where))
+        for chunk in (1024, 2048):
+            result[f"lpi_layer_chunk{chunk}"] = count(lambda chunk=chunk: log_probability_increase(
+                model, short, token_targets(short, 7), layers=[0], chunk_size=chunk, compute_dtype=torch.bfloat16))
+        model = None
+        free()
+    for name in bench_moe.SHAPES if "moe" in args.only else ():
+        positions = torch.arange(599, 619)[None]
         model = bench_moe.build(name, 2, False, "cuda", torch.bfloat16)
         ids = torch.randint(0, model.config.vocab_size, (1, 620), device=where)
         moe_batch = Batch({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, ["?"], torch.tensor([620]))

@@ -44,11 +44,12 @@ def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, call
         if cuda:
             torch.cuda.synchronize()
     averages = prof.key_averages()
-    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in averages) / calls
+    on_device = [e for e in averages if e.device_type is not None and "cuda" in str(e.device_type).lower()]
+    # the device's own events (kernels, copies) only: an operator's device time is its kernels' again
+    device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in on_device) / calls
     syncs = sum(e.count for e in averages if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
                                                           "cudaMemcpyAsync", "cudaEventSynchronize")) / calls
-    kernels = sum(e.count for e in averages if e.device_type is not None and "cuda" in str(e.device_type).lower()
-                  ) / calls
+    kernels = sum(e.count for e in on_device) / calls
     text = [f"# {name}: wall {min(walls) * 1e3:.2f} ms (best of {calls}, unprofiled); device busy "
             f"{device_us / 1e3:.2f} ms per call; memcpy/sync calls per call {syncs:.0f}; device ops per call "
             f"{kernels:.0f}", ""]

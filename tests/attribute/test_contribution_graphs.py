@@ -104,7 +104,7 @@ def test_a_shape_computes_the_same_numbers_eager_captured_or_replayed(stand_in_g
     batch, targets = _batch(12, 1)
     calls = []
     original = fast._call
-    monkeypatch.setattr(fast, "_call", lambda *args: calls.append(args[2].inputs["input_ids"].shape) or original(*args))
+    monkeypatch.setattr(fast, "_call", lambda *args: calls.append(args[2].inputs.tensors["input_ids"].shape) or original(*args))
     first, second, third = (contribution(model, batch, targets, top_k=11) for _ in range(3))
     assert calls[0] == (2, 32)  # the eager first call: the padded batch
     for later in (second, third):
@@ -187,4 +187,26 @@ def test_graph_blocker_says_why():
 
 
 def test_a_batch_is_padded_past_its_length_to_the_next_bucket():
-    assert [fast.padded_length(n) for n in (1, 31, 32, 620, 640)] == [32, 32, 64, 640, 672]
+    assert [graphs_module.padded_length(n) for n in (1, 31, 32, 620, 640)] == [32, 32, 64, 640, 672]
+
+
+def test_a_call_under_other_graph_safe_hooks_is_not_replayed_from_a_graph_captured_without_them(stand_in_graphs):
+    """A real replay runs the kernels of the hooks present at its capture and no others: a call under a steady
+    intervention (graph-safe hooks) gets its own graph, and once the intervention is gone the old graph replays
+    again."""
+    from neuronscope.trace.intervene import Intervention, intervene
+
+    model = tiny_text_model("llama", dtype=torch.float64)
+    batch, targets = _batch(12, 1)
+    plain = [contribution(model, batch, targets, top_k=11) for _ in range(3)]
+    assert len(stand_in_graphs) == 1 and stand_in_graphs[0].replays == 2  # calls 2 (its capture) and 3
+    edit = Intervention(site="neuron", layer=0, op="scale", value=3.0, positions="all")
+    with intervene(model, edit):
+        under = contribution(model, batch, targets, top_k=11)
+        expected = contribution(model, batch, targets, top_k=11, graphs=False)
+    assert stand_in_graphs[0].replays == 2  # not replayed under the intervention
+    torch.testing.assert_close(under.values, expected.values, **EXACT)
+    assert not torch.allclose(under.values, plain[0].values)
+    again = contribution(model, batch, targets, top_k=11)
+    assert stand_in_graphs[0].replays == 3
+    torch.testing.assert_close(again.values, plain[0].values, **EXACT)

@@ -190,3 +190,21 @@ def test_the_default_gpu_chunk_budget_is_capped_at_30_percent_of_the_weights(mon
     assert small.available(cuda) == prefix_rows.CHUNK_FLOOR
     assert RowPlanner(per_row=1.0, per_row_key=0.0, weights=13.5e9, budget=5e9).available(cuda) == 5e9
     assert RowPlanner.for_model(_model()).weights == sum(p.numel() * 8 for p in _model().parameters())
+
+
+def test_a_call_under_a_steady_intervention_gets_its_own_graph(stand_in_graphs):
+    """The graph replays the hooks present at its capture: IG under a graph-safe intervention is not replayed from
+    the graph captured without it (and equals the plain loop under it)."""
+    from neuronscope.trace.intervene import Intervention, intervene
+
+    model = _model()
+    batch = _batch(12, 1)
+    targets = token_targets(batch, 7)
+    for _ in range(3):
+        integrated_gradients(model, batch, targets, steps=4)
+    assert len(stand_in_graphs) == 1 and stand_in_graphs[0].replays == 2
+    with intervene(model, Intervention(site="neuron", layer=0, op="scale", value=2.0, positions="all")):
+        under = integrated_gradients(model, batch, targets, steps=4).values
+        plain = integrated_gradients(model, batch, targets, steps=4, method="plain").values
+    assert stand_in_graphs[0].replays == 2
+    torch.testing.assert_close(under, plain, **EXACT)

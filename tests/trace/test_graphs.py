@@ -76,3 +76,30 @@ def test_replay_blocker_names_what_stops_every_path(monkeypatch):
     handle.remove()
     model.bias = torch.nn.Parameter(torch.zeros(2, device="meta"))  # stands for a second device
     assert graphs.replay_blocker(model, cuda, "sdpa") == "the model spans several devices"
+
+
+def test_model_key_names_the_graph_safe_hooks_present_but_not_a_paths_own(monkeypatch):
+    from helpers.tiny_models import tiny_text_model
+
+    from neuronscope.models import get_adapter
+    from neuronscope.trace.hooks import HookSet
+    from neuronscope.trace.sites import resolve_site
+
+    model = tiny_text_model("llama", dtype=torch.float32)
+    adapter = get_adapter(model)
+    bare = graphs.model_key(model)
+    assert bare[1] == ()
+    with HookSet(adapter, graph_safe=True) as hooks:
+        hooks.add(resolve_site(adapter, "neuron", 0), lambda tensor, call: None)
+        first = graphs.model_key(model)
+    with HookSet(adapter, graph_safe=True) as hooks:
+        hooks.add(resolve_site(adapter, "neuron", 0), lambda tensor, call: None)
+        second = graphs.model_key(model)
+    assert len(first[1]) == 2 and first[1] != second[1]  # the call watcher and the site hook; never reused
+    with HookSet(adapter, graph_safe=True, owned=True) as hooks, HookSet(adapter) as other:
+        hooks.add(resolve_site(adapter, "neuron", 0), lambda tensor, call: None)
+        other.add(resolve_site(adapter, "neuron", 1), lambda tensor, call: None)
+        assert graphs.model_key(model) == bare  # a path's own hooks, and hooks that block graphs anyway
+    assert first[0] == bare[0]
+    model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    assert graphs.model_key(model)[0] != bare[0]

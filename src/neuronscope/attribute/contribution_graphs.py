@@ -7,11 +7,9 @@ the forward (:class:`~neuronscope.attribute.stacked.StackedScores`), four after 
 top-k; no host wait. When a call of the same shape comes back, :func:`graphed_top_k` replays it from a CUDA graph,
 one launch for the whole call:
 
-- the batch is padded on the right to the next multiple of :data:`BUCKET` positions above its length (padded ids
-  and position ids repeat the last column, the attention mask is 0 there): under causal attention no real position
-  sees a later one, so the real positions' activations are the unpadded call's up to rounding (the padded call's
-  attention takes a 4-D mask where an unpadded call may take sdpa's causal kernel: in bfloat16 a kept set can
-  differ at its boundary). Every call this module serves runs on the padded batch, its shape's eager first call
+- the batch is padded on the right to the next multiple of :data:`~neuronscope.trace.graphs.BUCKET` positions
+  above its length (:class:`~neuronscope.trace.graphs.PaddedInputs`): the real positions' activations are the
+  unpadded call's up to rounding (in bfloat16 a kept set can differ at its boundary). Every call this module serves runs on the padded batch, its shape's eager first call
   too, so that calls of one shape compute the same numbers whether they are replayed or not;
 - every per-call value goes into static buffers before the replay (:class:`_Static`): the padded inputs, each
   score row's flat token index ``b · bucket + position`` and its target token, whose unembedding row the graph
@@ -21,8 +19,8 @@ one launch for the whole call:
   (:class:`~neuronscope.trace.graphs.ShapeGraphs`); :func:`~neuronscope.trace.graphs.release_graphs` frees them;
 - only on CUDA, with ``sdpa`` attention (under ``eager`` attention a capture fails on a host-to-device copy), text
   inputs (token ids, mask, position ids), one device, and no hook on the model but graph-safe ones (a replay would
-  freeze an intervention at the captured call); the weights' addresses are part of the key (replaced weights
-  recapture; weights edited in place are read where they are), and so is the address of the final norm's probed
+  freeze an intervention at the captured call); the weights' addresses and the graph-safe hooks present are part
+  of the key (:func:`~neuronscope.trace.graphs.model_key`), and so is the address of the final norm's probed
   gain (:func:`~neuronscope.models.accounting.norm_affine` probes a changed norm again, into a new tensor).
 """
 
@@ -42,20 +40,11 @@ from neuronscope.inputs import Batch
 from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
-from neuronscope.trace.graphs import graphs_of, replay_blocker
+from neuronscope.trace.graphs import PaddedInputs, graphs_of, model_key, padded_length, text_blocker
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
-# Positions are padded to a multiple of BUCKET, so that captions of similar lengths share a graph (620 -> 640).
-BUCKET = 32
 GRAPHS_PER_MODEL = 16
-TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids"})
-
-
-def padded_length(length: int) -> int:
-    """The positions a batch of ``length`` is padded to: the next multiple of :data:`BUCKET` above it (at least one
-    padded position, so that every call of a shape takes the same 4-D mask)."""
-    return (length // BUCKET + 1) * BUCKET
 
 
 @dataclass(frozen=True)
@@ -116,7 +105,7 @@ class _Static:
     """The buffers a graph reads: the padded inputs ``[B, bucket]``, each score row's flat token index and target
     token ``[rows]``, and the rows' directions' index (``arange(rows)``, fixed)."""
 
-    inputs: dict[str, torch.Tensor]
+    inputs: PaddedInputs
     flat_index: torch.Tensor
     tokens: torch.Tensor
     row_target: torch.Tensor
@@ -124,18 +113,11 @@ class _Static:
     @classmethod
     def empty(cls, inputs: dict[str, torch.Tensor], bucket: int, rows: int) -> _Static:
         device = inputs["input_ids"].device
-        padded = {name: value.new_zeros(value.shape[0], bucket) for name, value in inputs.items()}
-        return cls(padded, torch.zeros(rows, dtype=torch.long, device=device),
+        return cls(PaddedInputs.empty(inputs, bucket), torch.zeros(rows, dtype=torch.long, device=device),
                    torch.zeros(rows, dtype=torch.long, device=device), torch.arange(rows, device=device))
 
     def fill(self, inputs: dict[str, torch.Tensor], flat_index: torch.Tensor, tokens: torch.Tensor) -> None:
-        for name, static in self.inputs.items():
-            value, length = inputs[name], inputs[name].shape[1]
-            static[:, :length].copy_(value)
-            if name == "attention_mask":
-                static[:, length:].zero_()
-            else:
-                static[:, length:].copy_(value[:, -1:].expand(-1, static.shape[1] - length))
+        self.inputs.fill(inputs)
         self.flat_index.copy_(flat_index)
         self.tokens.copy_(tokens)
 
@@ -146,7 +128,7 @@ def _call(model: nn.Module, adapter: ModelAdapter, static: _Static, scoring: Sco
     directions = adapter.unembedding().index_select(0, static.tokens)
     if scoring.norm is not None:
         directions = directions.to(scoring.norm.gain.dtype) * scoring.norm.gain.to(directions.device)
-    return stacked_top_k(model, adapter, static.inputs, static.flat_index, directions, static.row_target, scoring)
+    return stacked_top_k(model, adapter, static.inputs.tensors, static.flat_index, directions, static.row_target, scoring)
 
 
 @dataclass
@@ -159,12 +141,7 @@ class _Graph:
 
 def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
     """Why a call on this model and batch cannot be replayed from a graph, or None."""
-    common = replay_blocker(model, batch.input_ids.device, attention_implementation(model))
-    if common is not None:
-        return common
-    if set(batch.inputs) - TEXT_INPUTS:
-        return f"inputs other than token ids, mask and position ids ({sorted(set(batch.inputs) - TEXT_INPUTS)})"
-    return None
+    return text_blocker(model, dict(batch.inputs), attention_implementation(model))
 
 
 def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positions: torch.Tensor,
@@ -183,8 +160,7 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
     # the final norm's gain is probed from the module (a new tensor whenever the norm changes): its address too
     key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute,
            None if scoring.norm is None else scoring.norm.gain.data_ptr(),
-           tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())),
-           tuple(parameter.data_ptr() for parameter in model.parameters()))
+           tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())), model_key(model))
     flat = (torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1)
     flat_index, tokens = on_device(torch.stack([flat, tokens.cpu().reshape(-1)]), batch.input_ids.device)
     graphs = graphs_of(model, "contribution", GRAPHS_PER_MODEL)

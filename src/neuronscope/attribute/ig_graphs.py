@@ -47,12 +47,12 @@ from neuronscope.attribute.prefix_rows import (
 )
 from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import free_memory
-from neuronscope.trace.graphs import ShapeGraphs, graphs_of, release_graphs, replay_blocker
+from neuronscope.trace.graphs import BUCKET, ShapeGraphs, graphs_of, model_key, release_graphs, replay_blocker
 from neuronscope.trace.layer_entry import can_enter
 
-# Prefix positions are padded to a multiple of BUCKET, so that similar prompts share a graph: each padded position
-# costs a prefix forward position (T = 200 pads to 224); prompts of 32-512 positions make 16 graphs, all kept.
-BUCKET = 32
+# Prefix positions are padded to a multiple of BUCKET (trace.graphs), so that similar prompts share a graph: each
+# padded position costs a prefix forward position (T = 200 pads to 224); prompts of 32-512 positions make 16 graphs,
+# all kept.
 GRAPHS_PER_MODEL = 32
 
 __all__ = ["BUCKET", "GRAPHS_PER_MODEL", "graph_blocker", "graphed_sequence", "prepared_call", "release_graphs"]
@@ -155,7 +155,7 @@ def graphed_sequence(model: nn.Module, scaler: _RowScaler, ids: torch.Tensor, po
     chunks = planner.chunks(total, scored, ids.device)
     bucket = -(-(scored + 1) // BUCKET) * BUCKET
     key = (bucket, tuple(chunks), tuple(layers), alphas.numel(), site, ids.dtype, positions.dtype,
-           tuple(parameter.data_ptr() for parameter in model.parameters()))
+           model_key(model))
     graphs = graphs_of(model, "integrated_gradients", GRAPHS_PER_MODEL)
     _, row_alpha = _layer_major_rows(layers, alphas)
     entry = graphs.replayable(key)

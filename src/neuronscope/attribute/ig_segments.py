@@ -86,7 +86,7 @@ def entry_prefix(model: nn.Module, ids: torch.Tensor, positions: torch.Tensor, w
 
         return keep
 
-    with HookSet(adapter, graph_safe=True) as hooks:
+    with HookSet(adapter, graph_safe=True, owned=True) as hooks:
         for layer in range(adapter.n_layers):
             hooks.add(resolve_site(adapter, "resid_pre", layer), keeper(layer))
         with torch.no_grad():

@@ -174,7 +174,7 @@ def integrated_gradients(
     scores = torch.zeros(len(batch), targets.n_targets, len(layer_list), adapter.d_ff, dtype=dtype)
     scaler = _RowScaler()
     mixed = any(mixer != "attention" for mixer in adapter.mixers)  # hybrids: Mamba, short convolutions, ...
-    with HookSet(adapter, graph_safe=True) as hooks:  # the scaling is the same at every call of a shape
+    with HookSet(adapter, graph_safe=True, owned=True) as hooks:  # the scaling: the same at every call of a shape
         for layer in layer_list:
             hooks.add(resolve_site(adapter, site, layer), scaler.callback(layer))
         embed_device = model.get_input_embeddings().weight.device

@@ -7,6 +7,10 @@ shape): such an operation fails the capture, and :func:`capture` then returns No
 caller runs eagerly. As CUDA graphs ask, the eager warm-up before a capture runs on a side stream
 (:func:`on_side_stream`). :class:`ShapeGraphs` keeps a path's graphs per model and call shape;
 :func:`release_graphs` frees them.
+
+The paths that replay a whole forward of a text batch (contribution, LPI's activations) pad it on the right to the
+next multiple of :data:`BUCKET` positions (:class:`PaddedInputs`), so that batches of similar lengths share a
+graph, and key each graph by :func:`model_key` too (the weights' addresses and the graph-safe hooks present).
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.trace.hooks import foreign_hooks
+from neuronscope.models.decoding import TEXT_INPUTS
+from neuronscope.trace.hooks import foreign_hooks, graph_safe_hooks
+
+# A padded forward's positions are a multiple of BUCKET, so that prompts of similar lengths share a graph (620 -> 640).
+BUCKET = 32
 
 
 def on_side_stream(function: Callable[[], Any]) -> Any:
@@ -63,6 +71,53 @@ def replay_blocker(model: nn.Module, device: torch.device, attention: str) -> st
     if len({parameter.device for parameter in model.parameters()}) > 1:
         return "the model spans several devices"
     return None
+
+
+def text_blocker(model: nn.Module, inputs: dict[str, Any], attention: str) -> str | None:
+    """:func:`replay_blocker` for a forward of text ``inputs`` (and nothing but token ids, mask and position ids,
+    which :class:`PaddedInputs` knows how to pad)."""
+    common = replay_blocker(model, inputs["input_ids"].device, attention)
+    if common is not None:
+        return common
+    if set(inputs) - TEXT_INPUTS:
+        return f"inputs other than token ids, mask and position ids ({sorted(set(inputs) - TEXT_INPUTS)})"
+    return None
+
+
+def model_key(model: nn.Module) -> tuple:
+    """What of the model a kept graph is valid for: the parameters' addresses (replaced weights recapture, weights
+    edited in place are read where they are) and the graph-safe hooks on it (a graph replays the hooks present at
+    its capture, no others: :func:`~neuronscope.trace.hooks.graph_safe_hooks`)."""
+    return tuple(parameter.data_ptr() for parameter in model.parameters()), graph_safe_hooks(model)
+
+
+def padded_length(length: int) -> int:
+    """The positions a batch of ``length`` is padded to: the next multiple of :data:`BUCKET` above it (at least one
+    padded position, so that every call of a shape takes the same 4-D mask)."""
+    return (length // BUCKET + 1) * BUCKET
+
+
+@dataclass
+class PaddedInputs:
+    """Static text inputs ``[B, bucket]`` that a graph reads, refilled per call: padded on the right, where the ids
+    and position ids repeat the last column and the attention mask is 0. Under causal attention no real position
+    sees a later one, so the real positions compute what the unpadded batch computes, up to rounding (the padded
+    batch takes a 4-D mask where an unpadded one may take sdpa's causal kernel)."""
+
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def empty(cls, inputs: dict[str, torch.Tensor], bucket: int) -> PaddedInputs:
+        return cls({name: value.new_zeros(value.shape[0], bucket) for name, value in inputs.items()})
+
+    def fill(self, inputs: dict[str, torch.Tensor]) -> None:
+        for name, static in self.tensors.items():
+            value, length = inputs[name], inputs[name].shape[1]
+            static[:, :length].copy_(value)
+            if name == "attention_mask":
+                static[:, length:].zero_()
+            else:
+                static[:, length:].copy_(value[:, -1:].expand(-1, static.shape[1] - length))
 
 
 @dataclass

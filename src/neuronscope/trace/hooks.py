@@ -7,6 +7,7 @@ leave the tensor as it is, or a replacement of the site slice.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from neuronscope.trace.positions import CallState
 from neuronscope.trace.sites import SiteHandle
 
 SiteCallback = Callable[[torch.Tensor, CallState], "torch.Tensor | None"]
+_SERIALS = itertools.count(1)  # every hook a HookSet installs gets the next one (never reused, unlike id())
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -55,6 +57,17 @@ def foreign_hooks(model: nn.Module) -> int:
     return count
 
 
+def graph_safe_hooks(model: nn.Module) -> tuple[int, ...]:
+    """The serial numbers of the graph-safe :class:`HookSet` hooks on ``model`` now (e.g. a steady intervention's).
+    A CUDA graph records the kernels of the hooks present at its capture and replays exactly those: the paths that
+    keep graphs across calls put this in their key, so that a call under other hooks than a graph's is not
+    replayed from it."""
+    serials = (getattr(hook, "serial", 0) for sub in model.modules()
+               for hooks in (sub._forward_hooks, sub._forward_pre_hooks) for hook in hooks.values()
+               if getattr(hook, "graph_safe", False))
+    return tuple(sorted(serial for serial in serials if serial))
+
+
 class HookSet:
     """Hooks installed on one model; use as a context manager so they are removed even when the forward raises.
 
@@ -62,19 +75,24 @@ class HookSet:
     (at every decode step it indexes per-step results with a device clock, as
     :class:`neuronscope.trace.decode.StepBuffers` does), so that a CUDA graph may replay those calls
     (:func:`neuronscope.trace.decode.greedy_generate`'s decode steps, :mod:`neuronscope.attribute.ig_graphs`' calls);
-    any other hook on the model makes them run eagerly.
+    any other hook on the model makes them run eagerly. ``owned=True``: the hooks are the replaying path's own (their
+    work is described by that path's graph key, e.g. integrated gradients' row scaling), so they are left out of
+    :func:`graph_safe_hooks`.
     """
 
-    def __init__(self, adapter: ModelAdapter, graph_safe: bool = False):
+    def __init__(self, adapter: ModelAdapter, graph_safe: bool = False, owned: bool = False):
         self.adapter = adapter
         self.call = CallState()
         self.graph_safe = graph_safe
+        self.owned = owned
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._watch_decoder()
 
     def _declared(self, hook: Callable) -> Callable:
-        """``hook``, marked graph-safe when this set is (what :func:`foreign_hooks` reads)."""
+        """``hook``, marked graph-safe when this set is (what :func:`foreign_hooks` reads), with its serial number
+        (what :func:`graph_safe_hooks` reads)."""
         hook.graph_safe = self.graph_safe
+        hook.serial = 0 if self.owned else next(_SERIALS)
         return hook
 
     # -- call tracking ---------------------------------------------------------------------------------------

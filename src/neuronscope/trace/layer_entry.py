@@ -63,7 +63,7 @@ def entered_at(adapter: ModelAdapter, first: int, residual: torch.Tensor | None,
     if residual is None and first != 0:
         raise ValueError("entering the decoder past layer 0 needs the residual stream to start from")
     name, layers = first_attr(adapter.decoder, LAYER_LIST_NAMES)
-    with HookSet(adapter, graph_safe=True) as hooks:
+    with HookSet(adapter, graph_safe=True, owned=True) as hooks:
         if residual is not None:
             hooks.add(resolve_site(adapter, "resid_pre", first),
                       lambda tensor, call: residual.expand_as(tensor).contiguous())
