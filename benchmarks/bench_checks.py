@@ -17,6 +17,7 @@ path against its plain oracle, in float32 (TF32 off) on small random models, on 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Any
 
 import torch
@@ -159,6 +160,51 @@ def contribution_graph_checks(where: torch.device, shape: dict) -> list[dict[str
     return out
 
 
+def lpi_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
+    """LPI (neurons and heads) with its forward replayed from CUDA graphs against eager unpadded calls: two length
+    buckets, a left-padded row, an in-place weight edit, a steady intervention (graph-safe hooks: its own graph);
+    no graph under eager attention."""
+    from neuronscope.attribute.log_probability_increase import (
+        head_log_probability_increase,
+        log_probability_increase,
+    )
+    from neuronscope.inputs import Batch
+    from neuronscope.inputs.targets import TargetSet
+    from neuronscope.trace.graphs import kept_graphs, release_graphs
+    from neuronscope.trace.intervene import Intervention, intervene
+
+    out = []
+    lengths = [24, 24, 30, 28, 70, 70, 70]  # 24-30 share bucket 32; 70 is bucket 96
+    for attention in ("sdpa", "eager"):
+        model = build_llama(shape, torch.float32, where, seed=7)
+        model.set_attn_implementation(attention)
+        for name, score in (("neurons", log_probability_increase), ("heads", head_log_probability_increase)):
+            release_graphs(model)
+            worst = 0.0
+            for step, n in enumerate(lengths + [30, 30, 30]):
+                if step == len(lengths):  # an in-place edit: the graph reads the weights where they are
+                    with torch.no_grad():
+                        model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+                ids = torch.randint(3, shape["vocab_size"], (2, n), device=where)
+                mask = torch.ones_like(ids)
+                mask[1, :3] = 0  # a left-padded row
+                batch = Batch({"input_ids": ids, "attention_mask": mask,
+                               "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, ["?", "?"], mask.sum(-1).cpu())
+                targets = TargetSet(ids[:, -3:].cpu(), torch.arange(n - 4, n - 1)[None].expand(2, -1).clone(),
+                                    torch.ones(2, 3, dtype=torch.bool))
+                steady = Intervention(site="neuron", layer=0, op="scale", value=2.0, positions="all")
+                with intervene(model, steady) if step == len(lengths) + 2 else contextlib.nullcontext():
+                    replayed, eager = (score(model, batch, targets, layers=[0, 1], graphs=graphs).values
+                                       for graphs in (True, False))
+                worst = max(worst, float((replayed - eager).abs().max() / eager.abs().max()))
+            kept = kept_graphs(model, "rows")
+            out.append({"lpi_graphs": f"{name}, {attention}", "max_abs_diff_over_max": worst, "graphs_kept": kept,
+                        "ok": worst < 1e-4 and (where.type != "cuda" or kept == (2 if attention == "sdpa" else 0))})
+        release_graphs(model)
+        del model
+    return out
+
+
 def kernel_checks(where: torch.device) -> list[dict[str, Any]]:
     from neuronscope.attribute.kernels import shifted_logsumexp
 
@@ -253,12 +299,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         table = {"table": "checks", "device": str(where), "integrated_gradients": ig_checks(where, shape),
                  "ig_graphs": ig_graph_checks(where, shape),
                  "contribution_top_k": contribution_checks(where, shape),
-                 "contribution_graphs": contribution_graph_checks(where, shape), "log_sum_exp": kernel_checks(where),
+                 "contribution_graphs": contribution_graph_checks(where, shape),
+                 "lpi_graphs": lpi_graph_checks(where, shape), "log_sum_exp": kernel_checks(where),
                  "decode": decode_checks(where, args.tiny)}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
     rows = [row for name in ("integrated_gradients", "ig_graphs", "contribution_top_k", "contribution_graphs",
-                             "log_sum_exp", "decode") for row in table[name]]
+                             "lpi_graphs", "log_sum_exp", "decode") for row in table[name]]
     table["all_ok"] = all(row.get("ok", False) for row in rows if "error" not in row)
     table["errors"] = [row for row in rows if "error" in row]
     return table

@@ -5,7 +5,9 @@ d_ff 14336).
 Floor = the ``value vectors × unembedding`` product, ``2 · d_ff · d · V`` FLOPs at the device's bf16 dense peak
 (989 TFLOP/s on an H200); ``matmul_only_s`` is the measured time of those products alone at the same chunking (what
 any exact method must at least do); ``scoring_only_s`` the products, log-sum-exps and target columns without the
-call's forward and set-up (what the call does once the activations are captured). Memory: the peak above the one-layer model's weights and inputs.
+call's forward and set-up (what the call does once the activations are captured). ``forward``: the call's forward
+replayed from its shape's CUDA graph (the default; the warm-up calls are the shape's eager first call and its
+capture) or run eagerly (``graphs=False``). Memory: the peak above the one-layer model's weights and inputs.
 
     python benchmarks/bench_lpi.py OUT            # CUDA
     python benchmarks/bench_lpi.py OUT --tiny     # CPU smoke test
@@ -83,13 +85,14 @@ def _one_shape(name: str, shape: dict, where: torch.device, tiny: bool) -> dict[
         forward = measure(lambda: model(**batch.inputs), where, repeats, warmup=1)["seconds"]
     for chunk in chunks:
         matmul = measure(lambda chunk=chunk: _matmul_only(model, chunk, torch.bfloat16), where, repeats)
-        for backend in backends:
-            entry: dict[str, Any] = {"shape": name, "chunk_size": chunk, "backend": backend, "compute_dtype": "bfloat16"}
+        for backend, graphs in [(backend, True) for backend in backends] + [(backends[-1], False)] * (len(backends) > 1):
+            entry: dict[str, Any] = {"shape": name, "chunk_size": chunk, "backend": backend, "compute_dtype": "bfloat16",
+                                     "forward": "graph" if graphs else "eager"}
             try:
-                with kernels.use_backend(backend):
-                    got = measure(lambda chunk=chunk: log_probability_increase(
-                        model, batch, targets, layers=[0], chunk_size=chunk, compute_dtype=torch.bfloat16).values,
-                        where, repeats, warmup=2)
+                with kernels.use_backend(backend):  # warm-up: the shape's eager first call, then its capture
+                    got = measure(lambda chunk=chunk, graphs=graphs: log_probability_increase(
+                        model, batch, targets, layers=[0], chunk_size=chunk, compute_dtype=torch.bfloat16,
+                        graphs=graphs).values, where, repeats, warmup=2)
             except Exception as error:  # noqa: BLE001 - a kernel that cannot build here is reported, not fatal
                 rows.append({**entry, "error": f"{type(error).__name__}: {error}"[:300]})
                 continue
@@ -130,13 +133,15 @@ def _all_layers(model, where: torch.device) -> dict[str, Any]:
              / (PEAK_TFLOPS["bfloat16"] * 1e12))
     backend = "plain" if where.type == "cpu" else "triton"
     with kernels.use_backend(backend), torch.no_grad():
-        got = measure(lambda: log_probability_increase(model, batch, targets, chunk_size=2048,
-                                                       compute_dtype=torch.bfloat16).values, where, 3, warmup=1)
+        got, eager = (measure(lambda graphs=graphs: log_probability_increase(
+            model, batch, targets, chunk_size=2048, compute_dtype=torch.bfloat16, graphs=graphs).values,
+            where, 3, warmup=2) for graphs in (True, False))
         forward = measure(lambda: model(**batch.inputs), where, 3, warmup=1)
-    got.pop("result")
-    forward.pop("result")
+    for result in (got, eager, forward):
+        result.pop("result")
     return {"layers": config.num_hidden_layers, "backend": backend, "chunk_size": 2048, **strip(got),
-            "flop_floor_s": floor, "over_floor": got["seconds"] / floor, "forward_s": forward["seconds"]}
+            "flop_floor_s": floor, "over_floor": got["seconds"] / floor, "forward_s": forward["seconds"],
+            "eager_forward_seconds": eager["seconds"], "eager_forward_over_floor": eager["seconds"] / floor}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if shared is not None or args.tiny else None
     return {"table": "lpi", "goal": "<= 2x the FLOP floor at V = 32k and 128k, no extra memory",
             "all_layers": whole,
-            "best": {name: {k: row[k] for k in ("backend", "chunk_size", "seconds", "over_floor")}
+            "best": {name: {k: row[k] for k in ("backend", "forward", "chunk_size", "seconds", "over_floor")}
                      for name, row in best.items()},
             "rows": rows, "agreement": agreement}
 

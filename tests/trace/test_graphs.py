@@ -80,7 +80,6 @@ def test_replay_blocker_names_what_stops_every_path(monkeypatch):
 
 def test_model_key_names_the_graph_safe_hooks_present_but_not_a_paths_own(monkeypatch):
     from helpers.tiny_models import tiny_text_model
-
     from neuronscope.models import get_adapter
     from neuronscope.trace.hooks import HookSet
     from neuronscope.trace.sites import resolve_site

@@ -205,3 +205,44 @@ def target_log_probability(base_logits: torch.Tensor, target: int, softcap: floa
     base = base_logits.to(accumulation_dtype(base_logits))
     capped = torch.tanh(base / softcap) * softcap if softcap else base
     return capped[target] - capped.logsumexp(-1)
+
+
+def log_probability_increase_from_logits(
+    base_logits: torch.Tensor,
+    delta_logits: torch.Tensor,
+    target: int,
+    softcap: float | None = None,
+    *,
+    scale: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32
+    (float64 when an input is float64).
+
+    The full-vocabulary log-sum-exp of each row is one fused reduction
+    (:func:`neuronscope.attribute.kernels.shifted_logsumexp`): ``base + scale · delta`` is never stored, and
+    ``delta`` is read in its own dtype with float32 accumulation (float64 for float64 inputs).
+
+    Args:
+        base_logits: ``[V]`` logits of the residual alone (before any soft-cap).
+        delta_logits: ``[N, V]`` what each vector adds to them (the readout is affine).
+        target: index of the target token in the last dimension.
+        softcap: the model's final logit soft-cap ``c`` (``c · tanh(z / c)``), or None.
+        scale: ``[N]``: row ``k`` adds ``scale[k] · delta_logits[k]`` instead (fused into one pass, so that a
+            neuron's activation times its direction is never stored on its own).
+        backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see
+            :mod:`neuronscope.attribute.kernels`).
+
+    Returns:
+        ``[N]`` log-probability increases.
+
+    Example:
+        >>> log_probability_increase_from_logits(torch.zeros(3), torch.tensor([[1.0, 0, 0]]), 0)
+        tensor([0.5472])
+    """
+    acc = accumulation_dtype(base_logits, delta_logits)  # float64 inputs stay float64
+    base = base_logits.to(acc)
+    new_target = target_values(base, delta_logits, target, scale, softcap)
+    new_lse = shifted_logsumexp(base, delta_logits, scale, softcap, backend=backend)
+    increase = (new_target - new_lse) - target_log_probability(base, target, softcap)
+    return increase if acc == torch.float64 else increase.float()

@@ -47,6 +47,7 @@ from torch import nn
 
 from neuronscope.attribute.frozen_readout import FrozenReadout
 from neuronscope.attribute.frozen_readout import readout_for as _readout
+from neuronscope.attribute.graphed_rows import Rows, graphed_rows
 from neuronscope.attribute.heads import (
     HeadSourceScores,
     attention_probe,
@@ -55,6 +56,7 @@ from neuronscope.attribute.heads import (
 )
 from neuronscope.attribute.kernels import (
     accumulation_dtype,
+    log_probability_increase_from_logits,
     shifted_logsumexp,
     target_log_probability,
     target_values,
@@ -71,48 +73,6 @@ from neuronscope.trace import Capture, capture
 DEFAULT_CHUNK = 1024
 
 
-# -- pure math ---------------------------------------------------------------------------------------------------
-def log_probability_increase_from_logits(
-    base_logits: torch.Tensor,
-    delta_logits: torch.Tensor,
-    target: int,
-    softcap: float | None = None,
-    *,
-    scale: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32
-    (float64 when an input is float64).
-
-    The full-vocabulary log-sum-exp of each row is one fused reduction
-    (:func:`neuronscope.attribute.kernels.shifted_logsumexp`): ``base + scale · delta`` is never stored, and
-    ``delta`` is read in its own dtype with float32 accumulation (float64 for float64 inputs).
-
-    Args:
-        base_logits: ``[V]`` logits of the residual alone (before any soft-cap).
-        delta_logits: ``[N, V]`` what each vector adds to them (the readout is affine).
-        target: index of the target token in the last dimension.
-        softcap: the model's final logit soft-cap ``c`` (``c · tanh(z / c)``), or None.
-        scale: ``[N]``: row ``k`` adds ``scale[k] · delta_logits[k]`` instead (fused into one pass, so that a
-            neuron's activation times its direction is never stored on its own).
-        backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see
-            :mod:`neuronscope.attribute.kernels`).
-
-    Returns:
-        ``[N]`` log-probability increases.
-
-    Example:
-        >>> log_probability_increase_from_logits(torch.zeros(3), torch.tensor([[1.0, 0, 0]]), 0)
-        tensor([0.5472])
-    """
-    acc = accumulation_dtype(base_logits, delta_logits)  # float64 inputs stay float64
-    base = base_logits.to(acc)
-    new_target = target_values(base, delta_logits, target, scale, softcap)
-    new_lse = shifted_logsumexp(base, delta_logits, scale, softcap, backend=backend)
-    increase = (new_target - new_lse) - target_log_probability(base, target, softcap)
-    return increase if acc == torch.float64 else increase.float()
-
-
 # -- model plumbing ----------------------------------------------------------------------------------------------
 def _targets_or_prediction(model: nn.Module, batch: Batch, targets: TargetSet | None) -> TargetSet:
     return prediction_targets(model, batch) if targets is None else targets
@@ -120,16 +80,25 @@ def _targets_or_prediction(model: nn.Module, batch: Batch, targets: TargetSet | 
 
 def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet, sites: list[str],
          layers: list[int], device: torch.device, final_scale: torch.Tensor | None = None, defer: bool = False,
-         ) -> tuple[Capture, torch.Tensor]:
+         graphs: bool = False) -> tuple[Capture | Rows, torch.Tensor]:
     """One forward capturing ``sites`` at the targets' positions; returns the capture and ``σ [B, n, 1]`` (this
-    run's own, or ``final_scale`` when given: another run's, e.g. the original condition's in CNA)."""
+    run's own, or ``final_scale`` when given: another run's, e.g. the original condition's in CNA). ``graphs``: the
+    forward may replay from a CUDA graph (:func:`~neuronscope.attribute.graphed_rows.graphed_rows`)."""
     last = adapter.n_layers - 1
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
-    with capture(model, sites=sites, layers=layers, positions=positions, to=device) as acts, \
-            capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:
-        output = model(**batch.forward_inputs())  # no host wait: the queued products run meanwhile
-    final = end.get("resid_post", last)
-    adapter.check_readout(final, getattr(output, "logits", None), positions, defer=defer)
+    requests = tuple(dict.fromkeys([(site, layer) for site in sites for layer in layers] + [("resid_post", last)]))
+    acts = graphed_rows(model, adapter, batch, positions, requests) if graphs else None
+    if acts is not None:
+        final = acts.get("resid_post", last)
+        if acts.logits is not None:  # a shape's eager call; its replays run the same model (the key says so)
+            adapter.check_readout(final, acts.logits, torch.arange(positions.shape[1]).expand_as(positions),
+                                  defer=defer)
+    else:
+        with capture(model, sites=sites, layers=layers, positions=positions, to=device) as acts, \
+                capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:
+            output = model(**batch.forward_inputs())  # no host wait: the queued products run meanwhile
+        final = end.get("resid_post", last)
+        adapter.check_readout(final, getattr(output, "logits", None), positions, defer=defer)
     if final_scale is None:
         return acts, adapter.final_norm().scale(final)
     if torch.as_tensor(final_scale).numel() != targets.token_ids.numel():
@@ -162,6 +131,7 @@ def log_probability_increase(
     compute_dtype: torch.dtype = torch.float32,
     final_scale: torch.Tensor | None = None,
     unit: str = "neuron",
+    graphs: bool = True,
 ) -> NeuronScores:
     """Exact LPI of every FFN neuron of ``layers`` for each target.
 
@@ -179,6 +149,9 @@ def log_probability_increase(
         unit: ``"neuron"`` (default) or ``"head"`` (same as :func:`head_log_probability_increase`).
         final_scale: ``[examples, targets]`` final-norm scales ``σ`` to freeze the readout at instead of this
             run's own (CNA scores a second condition at the original run's scale this way).
+        graphs: on a GPU, run the forward from a CUDA graph of the call's shape once the shape comes back
+            (:mod:`neuronscope.attribute.graphed_rows`: the batch padded on the right, the same scores up to
+            rounding); False: every forward eager and unpadded.
 
     Returns:
         NeuronScores ``[examples, targets, layers, d_ff]`` (zeros where a row has fewer targets).
@@ -190,7 +163,7 @@ def log_probability_increase(
     if unit == "head":
         return head_log_probability_increase(model, batch, targets, layers=layers, chunk_size=chunk_size,
                                              candidates=candidates, compute_dtype=compute_dtype,
-                                             final_scale=final_scale)
+                                             final_scale=final_scale, graphs=graphs)
     if unit != "neuron":
         raise NeuronscopeError(f"unit must be 'neuron' or 'head', not '{unit}'")
     if chunk_size < 1:
@@ -212,7 +185,8 @@ def log_probability_increase(
     captured = [adapter.require_ffn(layer) for layer in scored]
     first = scored_value_vectors(adapter, scored[0]) if scored else None
     ahead = readout.queue(first, chunk_size) if scored else []  # GPU: the first products run during the forward
-    acts, sigma = _run(model, adapter, batch, targets, sites, captured, readout.device, final_scale, defer=True)
+    acts, sigma = _run(model, adapter, batch, targets, sites, captured, readout.device, final_scale, defer=True,
+                       graphs=graphs)
 
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), adapter.d_ff, device=readout.device)
     for layer in scored:
@@ -256,6 +230,7 @@ def head_log_probability_increase(
     candidates: Sequence[int] | torch.Tensor | None = None,
     compute_dtype: torch.dtype = torch.float32,
     final_scale: torch.Tensor | None = None,
+    graphs: bool = True,
 ) -> NeuronScores:
     """Exact LPI of every attention head's output, with ``r`` = the layer input.
 
@@ -278,7 +253,7 @@ def head_log_probability_increase(
     scored = [layer for layer in layer_list if adapter.has_attention(layer)] if layers is None else layer_list
     scored = [adapter.require_attention(layer) for layer in scored]
     sites = ["attn", "resid_pre", "resid_post"] + (["attn_out"] if _attn_needs_out(adapter, scored) else [])
-    acts, sigma = _run(model, adapter, batch, targets, sites, scored, readout.device, final_scale)
+    acts, sigma = _run(model, adapter, batch, targets, sites, scored, readout.device, final_scale, graphs=graphs)
 
     n_heads = adapter.n_heads
     scores = torch.zeros(*targets.token_ids.shape, len(layer_list), n_heads, device=readout.device)

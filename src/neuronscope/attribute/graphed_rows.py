@@ -1,0 +1,125 @@
+"""A forward's activations at a few chosen positions, replayed from one CUDA graph per call shape (model plumbing for
+the frozen-readout scorers: LPI of neurons and heads).
+
+On a GPU a small forward is bound by the host issuing its kernels: exact LPI of one 7B layer runs a one-layer
+forward of 32 tokens whose kernels take the host longer to issue than the GPU takes to run them, and every layer of
+a 7B model at batch 1 the same. :func:`graphed_rows` runs such a forward from a CUDA graph instead:
+
+- the batch is padded on the right (:class:`~neuronscope.trace.graphs.PaddedInputs`: the real positions compute
+  what the unpadded batch computes, up to rounding), at every call of a shape, its eager first call too, so that
+  the calls of one shape compute the same numbers whether they are replayed or not;
+- hooks gather the rows ``b · bucket + position`` of each requested ``(site, layer)`` into ``[B, n, width]`` on the
+  device, from a static buffer of flat indices;
+- a shape's first call runs eagerly and also returns the model's logits at the positions, for the caller's readout
+  check (:meth:`~neuronscope.models.readout_check.ReadoutCheck.check_readout`); its second call is captured with
+  ``logits_to_keep=1`` (the scores need no logits), later calls replay it
+  (:class:`~neuronscope.trace.graphs.ShapeGraphs`, path ``"rows"``);
+- the key: batch size, padded length, positions' shape, the requests, the inputs' dtypes and
+  :func:`~neuronscope.trace.graphs.model_key` (weights' addresses, graph-safe hooks present);
+- only where :func:`~neuronscope.trace.graphs.text_blocker` lets it (CUDA, sdpa, text inputs, one device, no hook
+  that is not graph-safe); None otherwise, and the caller captures eagerly.
+
+What a replay returns lives in the graphs' memory pool until the next replay: the caller uses it within its call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from neuronscope.attribute.contribution import logits_to_keep
+from neuronscope.attribute.prefix_rows import attention_implementation
+from neuronscope.inputs import Batch
+from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.devices import on_device
+from neuronscope.trace.graphs import PaddedInputs, graphs_of, model_key, padded_length, text_blocker
+from neuronscope.trace.hooks import HookSet
+from neuronscope.trace.sites import resolve_site
+
+GRAPHS_PER_MODEL = 16
+Request = tuple[str, int]
+
+
+@dataclass
+class Rows:
+    """The activations of one call: ``get(site, layer)`` → ``[B, n, width]`` (a
+    :class:`~neuronscope.trace.capture.Capture`'s reading for the requested sites), and on an eager call the model's
+    logits at the positions ``[B, n, V]`` (None on a replay)."""
+
+    tensors: dict[Request, torch.Tensor]
+    logits: torch.Tensor | None = None
+
+    def get(self, site: str, layer: int) -> torch.Tensor:
+        return self.tensors[(site, layer)]
+
+
+def gathered_rows(model: nn.Module, adapter: ModelAdapter, inputs: dict[str, torch.Tensor], flat_index: torch.Tensor,
+                  shape: tuple[int, int], requests: tuple[Request, ...], logits: bool) -> Rows:
+    """One forward of ``inputs`` that keeps, for each request, the rows ``flat_index`` (``b · T + position``) of its
+    site as ``[*shape, width]``; with ``logits`` the model's logits at those rows too. Device work only (what a
+    graph records when ``logits`` is False)."""
+    kept: dict[Request, torch.Tensor] = {}
+
+    def keep(request: Request):
+        def hook(tensor: torch.Tensor, call) -> None:
+            width = tensor.shape[-1]
+            kept[request] = tensor.reshape(-1, width).index_select(0, flat_index).view(*shape, width)
+
+        return hook
+
+    with HookSet(adapter, graph_safe=True, owned=True) as hooks:
+        for request in requests:
+            hooks.add(resolve_site(adapter, *request), keep(request))
+        output = model(**inputs, **({"use_cache": False} if logits else logits_to_keep(model)))
+    if not logits:
+        return Rows(kept)
+    scores = output.logits
+    return Rows(kept, scores.reshape(-1, scores.shape[-1]).index_select(0, flat_index).view(*shape, -1))
+
+
+def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
+    """Why a forward of this model on this batch cannot be replayed from a graph, or None."""
+    return text_blocker(model, dict(batch.inputs), attention_implementation(model))
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: PaddedInputs
+    flat_index: torch.Tensor
+    out: Rows
+
+
+def graphed_rows(model: nn.Module, adapter: ModelAdapter, batch: Batch, positions: torch.Tensor,
+                 requests: tuple[Request, ...]) -> Rows | None:
+    """The requested sites at ``positions [B, n]`` (in range) of this batch's padded forward: replayed from its
+    shape's CUDA graph, or run eagerly on the same padded inputs (the shape's first call, a failed capture: then
+    with the logits); None where no graph can be used (:func:`graph_blocker`)."""
+    if graph_blocker(model, batch) is not None:
+        return None
+    inputs = dict(batch.inputs)
+    size, length = batch.input_ids.shape
+    bucket = padded_length(length)
+    shape = (int(positions.shape[0]), int(positions.shape[1]))
+    key = (size, bucket, shape, requests, tuple((name, value.dtype) for name, value in sorted(inputs.items())),
+           model_key(model))
+    flat = on_device((torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1), batch.input_ids.device)
+    graphs = graphs_of(model, "rows", GRAPHS_PER_MODEL)
+    entry = graphs.replayable(key)
+    if entry is None:
+        padded = PaddedInputs.empty(inputs, bucket)
+        padded.fill(inputs)
+        if graphs.eager_first(key):
+            return gathered_rows(model, adapter, padded.tensors, flat, shape, requests, logits=True)
+        captured = graphs.capture(lambda: gathered_rows(model, adapter, padded.tensors, flat, shape, requests, False),
+                                  "the scoring forward", key)
+        if captured is None:
+            return gathered_rows(model, adapter, padded.tensors, flat, shape, requests, logits=True)
+        entry = graphs.keep(key, _Graph(captured[0], padded, flat, captured[1]))
+    else:
+        entry.inputs.fill(inputs)
+        entry.flat_index.copy_(flat)
+    entry.graph.replay()
+    return entry.out
