@@ -117,13 +117,25 @@ def contribution_checks(where: torch.device, shape: dict) -> list[dict[str, Any]
     return out
 
 
+def _left_padded_pair(shape: dict, length: int, targets: int, where: torch.device):
+    """Two random rows of ``length`` (the second left-padded by 3) and ``targets`` targets each: its last tokens."""
+    from neuronscope.inputs import Batch
+    from neuronscope.inputs.targets import TargetSet
+
+    ids = torch.randint(3, shape["vocab_size"], (2, length), device=where)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    batch = Batch({"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)},
+                  ["?", "?"], mask.sum(-1).cpu())
+    positions = torch.arange(length - targets - 1, length - 1)[None].expand(2, -1).clone()
+    return batch, TargetSet(ids[:, -targets:].cpu(), positions, torch.ones(2, targets, dtype=torch.bool))
+
+
 def contribution_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
     """The device-selected top-k replayed from CUDA graphs against eager calls of the same batches: one graph per
     length bucket, replayed for other lengths of its bucket and after an in-place weight edit; none under eager
     attention."""
     from neuronscope.attribute.contribution import contribution
-    from neuronscope.inputs import Batch
-    from neuronscope.inputs.targets import TargetSet
     from neuronscope.trace.graphs import kept_graphs, release_graphs
 
     out = []
@@ -138,13 +150,7 @@ def contribution_graph_checks(where: torch.device, shape: dict) -> list[dict[str
                 if step == len(lengths):  # an in-place edit: the graph reads the weights where they are
                     with torch.no_grad():
                         model.model.layers[1].mlp.down_proj.weight.mul_(1.5)
-                ids = torch.randint(3, shape["vocab_size"], (2, n), device=where)
-                mask = torch.ones_like(ids)
-                mask[1, :3] = 0  # a left-padded row
-                batch = Batch({"input_ids": ids, "attention_mask": mask,
-                               "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, ["?", "?"], mask.sum(-1).cpu())
-                targets = TargetSet(ids[:, -5:].cpu(), torch.arange(n - 6, n - 1)[None].expand(2, -1).clone(),
-                                    torch.ones(2, 5, dtype=torch.bool))
+                batch, targets = _left_padded_pair(shape, n, 5, where)
                 replayed, eager = (contribution(model, batch, targets, top_k=200, final_norm=final_norm,
                                                 graphs=graphs) for graphs in (True, False))
                 worst = max(worst, float((replayed.values - eager.values).abs().max() / eager.values.abs().max()))
@@ -168,8 +174,6 @@ def lpi_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
         head_log_probability_increase,
         log_probability_increase,
     )
-    from neuronscope.inputs import Batch
-    from neuronscope.inputs.targets import TargetSet
     from neuronscope.trace.graphs import kept_graphs, release_graphs
     from neuronscope.trace.intervene import Intervention, intervene
 
@@ -185,13 +189,7 @@ def lpi_graph_checks(where: torch.device, shape: dict) -> list[dict[str, Any]]:
                 if step == len(lengths):  # an in-place edit: the graph reads the weights where they are
                     with torch.no_grad():
                         model.model.layers[0].mlp.down_proj.weight.mul_(1.5)
-                ids = torch.randint(3, shape["vocab_size"], (2, n), device=where)
-                mask = torch.ones_like(ids)
-                mask[1, :3] = 0  # a left-padded row
-                batch = Batch({"input_ids": ids, "attention_mask": mask,
-                               "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}, ["?", "?"], mask.sum(-1).cpu())
-                targets = TargetSet(ids[:, -3:].cpu(), torch.arange(n - 4, n - 1)[None].expand(2, -1).clone(),
-                                    torch.ones(2, 3, dtype=torch.bool))
+                batch, targets = _left_padded_pair(shape, n, 3, where)
                 steady = Intervention(site="neuron", layer=0, op="scale", value=2.0, positions="all")
                 with intervene(model, steady) if step == len(lengths) + 2 else contextlib.nullcontext():
                     replayed, eager = (score(model, batch, targets, layers=[0, 1], graphs=graphs).values
