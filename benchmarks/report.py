@@ -146,28 +146,33 @@ def integrated_gradients(table: dict[str, Any]) -> list[str]:
 
 def lpi(table: dict[str, Any]) -> list[str]:
     lines = ["### Exact LPI of every neuron of one layer over the full vocabulary (bf16)", "",
-             "| shape | chunk | kernel | time | FLOP floor | ratio (goal ≤ 2×) | vs the products alone | "
+             "| shape | chunk | kernel | forward | time | FLOP floor | ratio (goal ≤ 2×) | vs the products alone | "
              "scoring alone (no forward) / floor | peak above the model |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in table["rows"]:
+        forward = {"graph": "CUDA graph", "eager": "eager (`graphs=False`)"}.get(row.get("forward", ""), "eager")
         if "error" in row:
-            lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | error: "
+            lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | {forward} | error: "
                          f"{row['error'][:80]} | | | | | |")
             continue
         peak = row.get("peak_above_model_gib")
-        lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | {_s(row['seconds'])} | "
+        lines.append(f"| {row['shape']} | {row['chunk_size']} | {row['backend']} | {forward} | {_s(row['seconds'])} | "
                      f"{_s(row['flop_floor_s'])} | {_x(row['over_floor'])} ({_met(row['over_floor'] <= 2)}) | "
                      f"{_x(row['over_matmul_only'])} | {_x(row.get('scoring_only_over_floor'))} | "
                      f"{'—' if peak is None else f'{peak:.2f} GiB'} |")
     forwards = {row["shape"]: row["forward_s"] for row in table["rows"] if "forward_s" in row}
     for shape, seconds in forwards.items():
-        lines.append(f"\n{shape}: each call includes one forward of the one-layer model, {_s(seconds)} on its own.")
+        lines.append(f"\n{shape}: each call includes one forward of the one-layer model, {_s(seconds)} on its own "
+                     "(eager).")
     whole = table.get("all_layers")
     if whole:
+        eager = whole.get("eager_forward_seconds")
         lines.append(f"\nEvery layer at once ({whole['layers']} layers of the whole model, one forward, chunk "
                      f"{whole['chunk_size']}, {whole['backend']}): {_s(whole['seconds'])} against a FLOP floor of "
                      f"{_s(whole['flop_floor_s'])}, **{_x(whole['over_floor'])}** ({_met(whole['over_floor'] <= 2)}); "
-                     f"its forward alone {_s(whole['forward_s'])}.")
+                     f"its forward alone {_s(whole['forward_s'])}"
+                     + ("." if eager is None else f"; with the forward eager (`graphs=False`) {_s(eager)}, "
+                        f"{_x(whole['eager_forward_over_floor'])}."))
     for entry in table["agreement"]:
         lines.append(f"\n{entry['shape']}: bf16 vs fp32 products, largest LPI difference "
                      f"{entry['max_abs_error_bf16_vs_fp32_compute']:.2g} on LPIs up to {entry['max_abs_lpi_fp32']:.2g}.")
