@@ -17,14 +17,14 @@ from pathlib import Path
 import torch
 from common import LLAMA2_7B, build_llama, free, text_batch
 
-PATHS = ("forward", "contribution", "ig", "lpi", "lpi_layer", "moe")
+PATHS = ("forward", "contribution", "ig", "lpi", "lpi_layer", "moe", "multimodal")
 
 
 def _where() -> str:
     frames = traceback.extract_stack()[:-3]
     ours = [f for f in frames if "neuronscope" in f.filename]
     inner = frames[-1] if frames else None
-    own = f"{Path(ours[-1].filename).name}:{ours[-1].lineno} {ours[-1].line}" if ours else "-"
+    own = " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.line}" for f in ours[-1:-3:-1]) if ours else "-"
     return f"{own}  <=  {Path(inner.filename).name}:{inner.lineno}" if inner else own
 
 
@@ -91,6 +91,24 @@ def main() -> None:
         for chunk in (1024, 2048):
             result[f"lpi_layer_chunk{chunk}"] = count(lambda chunk=chunk: log_probability_increase(
                 model, short, token_targets(short, 7), layers=[0], chunk_size=chunk, compute_dtype=torch.bfloat16))
+        model = None
+        free()
+    if "multimodal" in args.only:  # the multimodal table's streaming pipeline at batch 16, as profile_paths runs it
+        import bench_multimodal
+
+        from neuronscope.attribute.streaming import caption_contributions
+        from neuronscope.inputs import encode_images
+
+        model, processor = bench_multimodal.build(False, where, torch.bfloat16)
+        images = bench_multimodal._images(16, 336)
+
+        def streaming():
+            batch = encode_images(processor, images, "Describe the image in few words.", assistant_prefix="An image of")
+            return caption_contributions(model, processor, batch, max_new_tokens=20, top_k=10_000,
+                                         select=lambda generation: [[0, 1, 2]] * generation.tokens.shape[0],
+                                         min_new_tokens=20, suppress_tokens=[4])
+
+        result["multimodal_streaming"] = count(streaming)
         model = None
         free()
     for name in bench_moe.SHAPES if "moe" in args.only else ():
