@@ -262,6 +262,19 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
                 entry["error"] = f"graphs={graphs}: {type(error).__name__}: {error}"[:300]
         entry["ok"] = entry["static"] and all(v for k, v in entry.items() if k.startswith("tokens_equal"))
         out.append(entry)
+    # rows that stop early: each row's eos is a token it generates (its 5th), so that the rows stop at different
+    # steps and the last stop is read one step late on a GPU (trace.decode._StopFlags)
+    free_run = generate(model, processor.tokenizer, text, max_new_tokens=12, min_new_tokens=12).sequences
+    previous = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = sorted(set(free_run[:, 20 + 4].tolist()))
+    try:
+        expected = generate(model, processor.tokenizer, text, max_new_tokens=12).sequences
+        for graphs in (False, True) if where.type == "cuda" else (False,):
+            got = greedy_generate(model, processor.tokenizer, text, max_new_tokens=12, graphs=graphs).sequences
+            out.append({"decode": f"text, rows stopping early at eos, graphs={graphs}", "steps": got.shape[1] - 20,
+                        "expected_steps": expected.shape[1] - 20, "ok": bool(torch.equal(got, expected))})
+    finally:
+        model.generation_config.eos_token_id = previous
     from neuronscope.trace import intervene, suppress
     from neuronscope.trace.hooks import foreign_hooks
 

@@ -79,6 +79,22 @@ def test_rows_that_stop_are_padded_and_decoding_ends_when_all_stop(monkeypatch):
     assert torch.equal(got.sequences, expected.sequences) and got.tokens.shape[1] == 1
 
 
+@pytest.mark.parametrize("lagged", [False, True])
+def test_stops_read_one_step_late_give_the_same_tokens(monkeypatch, lagged):
+    """On a GPU whether every row has stopped is read one step late, so that the next step is queued meanwhile
+    (``_StopFlags``): the step after the last stop only writes padding and is not counted. Forced here on the CPU:
+    rows that stop at different steps, all at the first step, or never."""
+    original = decode._StopFlags.__init__
+    monkeypatch.setattr(decode._StopFlags, "__init__", lambda self, unfinished: original(self, unfinished, lagged))
+    model, batch = _text("llama")
+    free = generate(model, _Tokens(), batch, max_new_tokens=8).tokens
+    for eos in ([int(t) for t in free[:, 3]], [int(t) for t in free[:, 1]], int(free[0, 5]), 1):
+        model.generation_config.eos_token_id = eos
+        expected = generate(model, _Tokens(), batch, max_new_tokens=8)
+        got = greedy_generate(model, _Tokens(), batch, max_new_tokens=8, graphs=False)
+        assert torch.equal(got.sequences, expected.sequences), eos
+
+
 def _per_step(model, run, steps: int) -> tuple[torch.Tensor, list[int]]:
     """Run ``run(clock)`` with a hook that writes every layer's neuron site at the clock's step."""
     adapter = get_adapter(model)

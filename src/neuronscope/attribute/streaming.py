@@ -36,6 +36,7 @@ from neuronscope.attribute.selection import to_host, top_k_selector
 from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, Generation
 from neuronscope.models.adapter import get_adapter
+from neuronscope.models.devices import on_device
 from neuronscope.trace.decode import buffered_generate
 
 StepSelector = Callable[[Generation], Sequence[Sequence[int]]]
@@ -147,13 +148,17 @@ def caption_contributions(
     for start in range(0, pairs.shape[0], pair_chunk):
         chunk = pairs[start:start + pair_chunk]
         unique, target_index = chunk[:, 2].unique(return_inverse=True)
-        directions = adapter.unembedding()[unique.to(device)]
+        directions = adapter.unembedding()[on_device(unique, device)]
         top = top_k_selector(chunk.shape[0], k, adapter.d_ff, adapter.n_layers, device, absolute)
+        index: dict[torch.device, torch.Tensor] = {}  # (row, step, target) per device: one pinned copy each
         for layer in range(adapter.n_layers):
             here = buffers[layer].device
-            acts = buffers[layer][chunk[:, 0].to(here), chunk[:, 1].to(here)]  # [p, d_ff]
+            if here not in index:
+                index[here] = on_device(torch.stack([chunk[:, 0], chunk[:, 1], target_index]), here)
+            rows, steps_of, targets_of = index[here]
+            acts = buffers[layer][rows, steps_of]  # [p, d_ff]
             proj = layer_projection(adapter, layer, directions, False, here)  # [d_ff, m]
-            top.add(layer, acts.to(proj.dtype) * proj.T[target_index.to(here)])
+            top.add(layer, acts.to(proj.dtype) * proj.T[targets_of])
         values.append(top.values)
         indices.append(top.indices)
     if values:

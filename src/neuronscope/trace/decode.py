@@ -268,8 +268,12 @@ class _StaticDecoder:
 
     def _steps(self, step, graphs: bool) -> int:
         """Run ``step`` until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
-        stream when graphs follow), the second captured, the rest replayed; the number of tokens produced."""
+        stream when graphs follow), the second captured, the rest replayed; the number of tokens produced.
+
+        On a GPU whether every row has stopped is read one step late (:class:`_StopFlags`), so that the next step
+        is queued while the host waits: a step after the last needed one only writes padding, and is not counted."""
         done, graph = 1, None
+        flags = _StopFlags(self.unfinished)
         while done < self.steps:
             if graphs and done == 2:
                 captured = capture(step, "the decode step")
@@ -282,10 +286,43 @@ class _StaticDecoder:
             else:
                 step()
             done += 1
-            if not bool(self.unfinished.any()):
+            stopped = flags.after_step()
+            if stopped is not None:
+                done -= stopped  # 1: the step just queued came after every row had stopped
                 break
         del graph
         return done
+
+
+class _StopFlags:
+    """Whether any row of ``unfinished [B]`` is still running, read from the host without draining the queue: with
+    ``lagged`` (the default on CUDA) each step's answer goes to (pinned) host memory behind an event, and
+    :meth:`after_step` reads the previous step's, whose work is done while the current one runs; otherwise it reads
+    the current one."""
+
+    def __init__(self, unfinished: torch.Tensor, lagged: bool | None = None):
+        self.unfinished = unfinished
+        self.lagged = unfinished.is_cuda if lagged is None else lagged
+        self.host = torch.zeros(2, dtype=torch.bool, pin_memory=unfinished.is_cuda)
+        self.events: list[Any] = [None, None]
+        self.count = 0
+
+    def after_step(self) -> int | None:
+        """None while some row runs; else how many of the steps queued so far came after every row had stopped
+        (0, or 1 when lagged)."""
+        if not self.lagged:
+            return None if bool(self.unfinished.any()) else 0
+        slot = self.count % 2
+        self.host[slot:slot + 1].copy_(self.unfinished.any()[None], non_blocking=True)
+        if self.unfinished.is_cuda:
+            self.events[slot] = torch.cuda.Event()
+            self.events[slot].record()
+        self.count += 1
+        if self.count == 1:
+            return None
+        if self.events[1 - slot] is not None:
+            self.events[1 - slot].synchronize()
+        return None if bool(self.host[1 - slot]) else 1
 
 
 def _clocked_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int, clock: DecodeClock | None,
