@@ -89,14 +89,16 @@ def test_first_call_eager_with_the_readout_check_second_captured_later_replayed(
     assert graphs_module.kept_graphs(model) == 0
 
 
-def test_a_model_whose_readout_differs_is_refused_on_its_first_call(stand_in_graphs, monkeypatch):
+def test_a_model_whose_readout_differs_is_refused_at_every_call(stand_in_graphs, monkeypatch):
     model = tiny_text_model("llama", dtype=torch.float64)
     batch, targets = _batch(12, 1)
     adapter = get_adapter(model)
     original = type(adapter).logits_from_residual  # a family spec that declares the readout wrongly:
     monkeypatch.setattr(type(adapter), "logits_from_residual", lambda self, residual: 2 * original(self, residual))
-    with pytest.raises(UnsupportedModelError):
-        log_probability_increase(model, batch, targets, layers=[1])
+    for _ in range(3):  # refused again at every call: a refused shape is never captured and replayed unchecked
+        with pytest.raises(UnsupportedModelError):
+            log_probability_increase(model, batch, targets, layers=[1])
+    assert stand_in_graphs == []
 
 
 def test_other_shapes_sites_hooks_or_weights_get_their_own_graph(stand_in_graphs):
@@ -128,7 +130,7 @@ def test_graph_blocker_says_why():
     batch, _ = _batch(8, 1)
     assert graphed_rows.graph_blocker(model, batch) == "not on a CUDA device"
     assert graphed_rows.graphed_rows(model, get_adapter(model), batch, torch.zeros(2, 1, dtype=torch.long),
-                                     (("neuron", 0),)) is None
+                                     (("neuron", 0),), lambda rows: None) is None
     images = Batch({**batch.inputs, "pixel_values": None}, batch.texts, batch.lengths)
     images.inputs["input_ids"] = type("CudaIds", (), {"device": torch.device("cuda")})()  # ids "on a GPU"
     assert "pixel_values" in graphed_rows.graph_blocker(model, images)

@@ -10,10 +10,9 @@ a 7B model at batch 1 the same. :func:`graphed_rows` runs such a forward from a 
   the calls of one shape compute the same numbers whether they are replayed or not;
 - hooks gather the rows ``b · bucket + position`` of each requested ``(site, layer)`` into ``[B, n, width]`` on the
   device, from a static buffer of flat indices;
-- a shape's first call runs eagerly and also returns the model's logits at the positions, for the caller's readout
-  check (:meth:`~neuronscope.models.readout_check.ReadoutCheck.check_readout`); its second call is captured with
-  ``logits_to_keep=1`` (the scores need no logits), later calls replay it
-  (:class:`~neuronscope.trace.graphs.ShapeGraphs`, path ``"rows"``);
+- a shape's first call runs eagerly with the model's logits at the positions, for the caller's readout check
+  (``check``); once a call has passed it, the next is captured with ``logits_to_keep=1`` (the scores need no
+  logits) and later calls replay it (:class:`~neuronscope.trace.graphs.ShapeGraphs`, path ``"rows"``);
 - the key: batch size, padded length, positions' shape, the requests, the inputs' dtypes and
   :func:`~neuronscope.trace.graphs.model_key` (weights' addresses, graph-safe hooks present);
 - only where :func:`~neuronscope.trace.graphs.text_blocker` lets it (CUDA, sdpa, text inputs, one device, no hook
@@ -24,6 +23,7 @@ What a replay returns lives in the graphs' memory pool until the next replay: th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,10 +93,13 @@ class _Graph:
 
 
 def graphed_rows(model: nn.Module, adapter: ModelAdapter, batch: Batch, positions: torch.Tensor,
-                 requests: tuple[Request, ...]) -> Rows | None:
+                 requests: tuple[Request, ...], check: Callable[[Rows], None]) -> Rows | None:
     """The requested sites at ``positions [B, n]`` (in range) of this batch's padded forward: replayed from its
-    shape's CUDA graph, or run eagerly on the same padded inputs (the shape's first call, a failed capture: then
-    with the logits); None where no graph can be used (:func:`graph_blocker`)."""
+    shape's CUDA graph, or run eagerly on the same padded inputs (the shape's first call, a failed capture); None
+    where no graph can be used (:func:`graph_blocker`).
+
+    ``check(rows)`` runs on every eager call, whose rows carry the model's logits at the positions (the caller's
+    readout check): a shape is captured only after a call of it passed, so that a refused model stays refused."""
     if graph_blocker(model, batch) is not None:
         return None
     inputs = dict(batch.inputs)
@@ -111,12 +114,17 @@ def graphed_rows(model: nn.Module, adapter: ModelAdapter, batch: Batch, position
     if entry is None:
         padded = PaddedInputs.empty(inputs, bucket)
         padded.fill(inputs)
-        if graphs.eager_first(key):
-            return gathered_rows(model, adapter, padded.tensors, flat, shape, requests, logits=True)
-        captured = graphs.capture(lambda: gathered_rows(model, adapter, padded.tensors, flat, shape, requests, False),
-                                  "the scoring forward", key)
-        if captured is None:
-            return gathered_rows(model, adapter, padded.tensors, flat, shape, requests, logits=True)
+        captured = None if graphs.eager_first(key) else graphs.capture(
+            lambda: gathered_rows(model, adapter, padded.tensors, flat, shape, requests, False), "the scoring forward",
+            key)
+        if captured is None:  # the shape's first call, or one that cannot be captured
+            rows = gathered_rows(model, adapter, padded.tensors, flat, shape, requests, logits=True)
+            try:
+                check(rows)
+            except Exception:
+                graphs.forget(key)  # not captured on the next call: it is checked again
+                raise
+            return rows
         entry = graphs.keep(key, _Graph(captured[0], padded, flat, captured[1]))
     else:
         entry.inputs.fill(inputs)

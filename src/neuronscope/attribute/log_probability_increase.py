@@ -87,12 +87,11 @@ def _run(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetS
     last = adapter.n_layers - 1
     positions = torch.where(targets.valid, targets.positions, torch.full_like(targets.positions, batch.seq_len - 1))
     requests = tuple(dict.fromkeys([(site, layer) for site in sites for layer in layers] + [("resid_post", last)]))
-    acts = graphed_rows(model, adapter, batch, positions, requests) if graphs else None
+    columns = torch.arange(positions.shape[1]).expand_as(positions)  # rows.logits holds the positions' logits only
+    acts = graphed_rows(model, adapter, batch, positions, requests, lambda rows: adapter.check_readout(
+        rows.get("resid_post", last), rows.logits, columns)) if graphs else None  # eager calls: checked at once
     if acts is not None:
         final = acts.get("resid_post", last)
-        if acts.logits is not None:  # a shape's eager call; its replays run the same model (the key says so)
-            adapter.check_readout(final, acts.logits, torch.arange(positions.shape[1]).expand_as(positions),
-                                  defer=defer)
     else:
         with capture(model, sites=sites, layers=layers, positions=positions, to=device) as acts, \
                 capture(model, sites="resid_post", layers=[last], positions=positions, to=device) as end:

@@ -148,6 +148,10 @@ class ShapeGraphs:
             return True
         return False
 
+    def forget(self, key: Any) -> None:
+        """Make ``key``'s next call its first again (eager), e.g. after a call of it failed a check."""
+        self.seen.discard(key)
+
     def capture(self, function: Callable[[], Any], what: str, key: Any) -> tuple[torch.cuda.CUDAGraph, Any] | None:
         """:func:`capture` into this path's pool; a failed capture is remembered (that shape stays eager)."""
         if self.pool is None:
