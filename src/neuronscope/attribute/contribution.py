@@ -22,7 +22,6 @@ a GPU a small top-k call whose shape came before is replayed from a CUDA graph
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from neuronscope.models.accounting import WriteMap
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
+from neuronscope.trace.forward_options import activations_only
 
 CONTRIBUTION_SITES = ("neuron", "act")
 
@@ -224,7 +224,7 @@ def contribution(
     # Everything stays on the device of the unembedding; only the final scores come back to the CPU.
     device = adapter.unembedding().device
     last = adapter.n_layers - 1
-    options = logits_to_keep(model)
+    options = activations_only(model)
     if final_norm:  # the readout check needs the logits at the target positions
         options.pop("logits_to_keep", None)
     with capture(model, sites=sites, layers=scored, positions=positions) as acts, \
@@ -244,16 +244,6 @@ def contribution(
             "residual_write": residual_write,
             "targets": targets.describe(), "model": adapter.describe()}
     return NeuronScores(scores, meta=meta)
-
-
-def logits_to_keep(model: nn.Module) -> dict[str, Any]:
-    """Forward options for a forward whose only use is its activations: no KV cache (``use_cache=False``: at
-    batch 8 × 620 tokens a 7B model's cache is 19 % of its weights) and ``logits_to_keep=1`` when the model's
-    forward takes it (the scores need no logits)."""
-    options: dict[str, Any] = {"use_cache": False}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        options["logits_to_keep"] = 1
-    return options
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch import nn
 
 from neuronscope.attribute import contribution_graphs as fast
 from neuronscope.attribute import selection
-from neuronscope.attribute.contribution import SelectedScores, centred_products, logits_to_keep, score_dtype
+from neuronscope.attribute.contribution import SelectedScores, centred_products, score_dtype
 from neuronscope.attribute.selection import BufferedTopK, ThresholdSelection, to_host, top_k_selector
 from neuronscope.attribute.stacked import fits
 from neuronscope.inputs import Batch
@@ -31,6 +31,7 @@ from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
+from neuronscope.trace.forward_options import activations_only
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
@@ -123,10 +124,10 @@ def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch,
         if norm is not None:
             last = adapter.n_layers - 1
             with capture(model, sites="resid_post", layers=last, positions=positions) as acts:
-                model(**batch.inputs, **logits_to_keep(model))
+                model(**batch.inputs, **activations_only(model))
             sigma = norm.scale(acts.get("resid_post", last).to(device)).reshape(rows, 1)  # [B·n, 1]
         else:
-            model(**batch.inputs, **logits_to_keep(model))
+            model(**batch.inputs, **activations_only(model))
             sigma = None
     if top_k is not None:
         values = selector.values if sigma is None else selector.values / sigma.to(selector.values.dtype)

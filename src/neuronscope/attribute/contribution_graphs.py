@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuronscope.attribute.contribution import logits_to_keep
 from neuronscope.attribute.prefix_rows import attention_implementation
 from neuronscope.attribute.selection import BufferedTopK
 from neuronscope.attribute.stacked import StackedScores
@@ -40,6 +39,7 @@ from neuronscope.inputs import Batch
 from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
+from neuronscope.trace.forward_options import activations_only
 from neuronscope.trace.graphs import PaddedInputs, graphs_of, model_key, padded_length, text_blocker
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
@@ -92,7 +92,7 @@ def stacked_top_k(model: nn.Module, adapter: ModelAdapter, inputs: dict[str, Any
             hooks.add(resolve_site(adapter, scoring.site, layer), record(slot))
         if scoring.norm is not None:
             hooks.add(resolve_site(adapter, "resid_post", adapter.n_layers - 1), last_rows)
-        model(**inputs, **logits_to_keep(model))
+        model(**inputs, **activations_only(model))
     stacked.write(selector.whole())
     values = selector.values
     if scoring.norm is not None:

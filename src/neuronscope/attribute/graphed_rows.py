@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neuronscope.attribute.contribution import logits_to_keep
 from neuronscope.attribute.prefix_rows import attention_implementation
 from neuronscope.inputs import Batch
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
+from neuronscope.trace.forward_options import activations_only
 from neuronscope.trace.graphs import PaddedInputs, graphs_of, model_key, padded_length, text_blocker
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
@@ -72,7 +72,7 @@ def gathered_rows(model: nn.Module, adapter: ModelAdapter, inputs: dict[str, tor
     with HookSet(adapter, graph_safe=True, owned=True) as hooks:
         for request in requests:
             hooks.add(resolve_site(adapter, *request), keep(request))
-        output = model(**inputs, **({"use_cache": False} if logits else logits_to_keep(model)))
+        output = model(**inputs, **({"use_cache": False} if logits else activations_only(model)))
     if not logits:
         return Rows(kept)
     scores = output.logits

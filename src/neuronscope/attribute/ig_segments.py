@@ -18,7 +18,6 @@ before.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from neuronscope.models.adapter import get_adapter
+from neuronscope.trace.forward_options import takes_logits_to_keep
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.last_step import cache_keyword, returned_cache
 from neuronscope.trace.layer_entry import entered_at
@@ -112,7 +112,7 @@ def chunk_grads(model: nn.Module, scaler: Any, plan: dict, segments: list[Segmen
     """
     adapter = get_adapter(model)
     extra: dict[str, Any] = {} if cache is None else {cache_keyword(model): cache, "use_cache": True}
-    keeps_few_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+    keeps_few_logits = takes_logits_to_keep(model)
     scaler.start(plan, tokens=True)
     try:
         with torch.enable_grad():

@@ -43,6 +43,7 @@ from torch import nn
 from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
 from neuronscope.models.decoding import PROMPT_ONLY_INPUTS, TEXT_INPUTS
+from neuronscope.trace.forward_options import takes_logits_to_keep
 from neuronscope.trace.graphs import capture, on_side_stream
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
@@ -199,7 +200,7 @@ class _StaticDecoder:
         self.pick = _Picker(self.eos, min_new_tokens, _token_tensor(suppress, self.device))
         self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
         self.keyword = cache_keyword(model)
-        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        self.keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         self.tokens = torch.full((self.rows, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
         self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=self.device)
 
