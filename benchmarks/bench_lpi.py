@@ -34,13 +34,13 @@ from common import (
 )
 
 
-def _matmul_only(model, chunk: int, compute: torch.dtype) -> None:
+def _matmul_only(model, chunk: int, compute: torch.dtype, layer: int = 0) -> None:
     from neuronscope.attribute.log_probability_increase import FrozenReadout
     from neuronscope.models import get_adapter
 
     adapter = get_adapter(model)
     readout = FrozenReadout.from_adapter(adapter, None, compute)
-    vectors = adapter.value_vectors(0)
+    vectors = adapter.value_vectors(layer)
     for start in range(0, adapter.d_ff, chunk):
         readout.delta(vectors[start:start + chunk])
 
@@ -144,7 +144,36 @@ def _all_layers(model, where: torch.device) -> dict[str, Any]:
             "eager_forward_seconds": eager["seconds"], "eager_forward_over_floor": eager["seconds"] / floor}
 
 
+def _smollm2() -> dict[str, Any]:
+    """The laptop user's LPI: the real SmolLM2-135M-Instruct on the CPU in float32 (d_ff 1536, V 49152, 30 layers),
+    the model's own prediction after a real prompt: one layer (best of 2) and every layer in one call; the
+    products alone at the same chunking for scale."""
+    from common import load_smollm2
+
+    from neuronscope.attribute.log_probability_increase import DEFAULT_CHUNK, log_probability_increase
+    from neuronscope.inputs import encode_prompts
+
+    model, tokenizer = load_smollm2()
+    config = model.config
+    batch = encode_prompts(tokenizer, ["The capital of France is"])
+    layer = config.num_hidden_layers // 2
+    cpu = torch.device("cpu")
+    one = measure(lambda: log_probability_increase(model, batch, layers=[layer]).values, cpu, 2, warmup=1)
+    every = measure(lambda: log_probability_increase(model, batch).values, cpu, 1, warmup=0)
+    products = measure(lambda: _matmul_only(model, DEFAULT_CHUNK, torch.float32, layer), cpu, 2)
+    flops = 2 * config.intermediate_size * config.hidden_size * config.vocab_size
+    for result in (one, every, products):
+        result.pop("result", None)
+    return {"model": "SmolLM2-135M-Instruct (real weights, float32, CPU)", "layer": layer,
+            "neurons_per_layer": config.intermediate_size, "vocab_size": config.vocab_size,
+            "layers": config.num_hidden_layers, "chunk_size": DEFAULT_CHUNK, "gflop_per_layer": flops / 1e9,
+            "one_layer": strip(one), "every_layer": strip(every), "products_one_layer": strip(products),
+            "one_layer_over_products": one["seconds"] / products["seconds"]}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "smollm2", False):
+        return {"table": "lpi", "goal": "(CPU: the laptop user's figures; the goal is a GPU one)", "cpu": _smollm2()}
     where = torch.device("cpu") if args.tiny else device()
     shapes = {"tiny": TINY} if args.tiny else {"llama2_7b_V32k": LLAMA2_7B, "llama3_8b_V128k": LLAMA3_8B}
     rows, agreement = [], []

@@ -144,7 +144,21 @@ def integrated_gradients(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _lpi_cpu(cpu: dict[str, Any]) -> list[str]:
+    one, every, products = cpu["one_layer"], cpu["every_layer"], cpu["products_one_layer"]
+    return [f"### Exact LPI over the full vocabulary ({cpu['model']})", "",
+            "| what | time | note |", "| --- | --- | --- |",
+            f"| every neuron of one layer (layer {cpu['layer']}: {cpu['neurons_per_layer']:,} neurons, V = "
+            f"{cpu['vocab_size']:,}) | {_s(one['seconds'])} | {_x(cpu['one_layer_over_products'])} its "
+            f"value-vector × unembedding products alone ({_s(products['seconds'])}, "
+            f"{cpu['gflop_per_layer']:.0f} GFLOP) |",
+            f"| every neuron of all {cpu['layers']} layers, one call | {_s(every['seconds'])} | one forward for all "
+            "layers |"]
+
+
 def lpi(table: dict[str, Any]) -> list[str]:
+    if "cpu" in table:
+        return _lpi_cpu(table["cpu"])
     lines = ["### Exact LPI of every neuron of one layer over the full vocabulary (bf16)", "",
              "| shape | chunk | kernel | forward | time | FLOP floor | ratio (goal ≤ 2×) | vs the products alone | "
              "scoring alone (no forward) / floor | peak above the model |",

@@ -61,7 +61,7 @@ def main() -> None:
     tables = [("checks", bench_checks), ("contribution", bench_contribution), ("integrated_gradients", bench_integrated_gradients),
               ("peers", bench_peers), ("lpi", bench_lpi), ("multimodal", bench_multimodal), ("moe", bench_moe)]
     if args.smollm2:  # the laptop user's tables
-        tables = [t for t in tables if t[0] in ("checks", "contribution", "integrated_gradients", "peers")]
+        tables = [t for t in tables if t[0] in ("checks", "contribution", "integrated_gradients", "peers", "lpi")]
     if args.only:
         tables = [t for t in tables if t[0] in args.only]
     shared = None
