@@ -96,3 +96,25 @@ def test_errors():
         shifted_logsumexp(torch.zeros(3), torch.zeros(1, 3), backend="cuda")
     with pytest.raises(NeuronscopeError, match=r"base \[V\] and delta \[N, V\]"):
         shifted_logsumexp(torch.zeros(4), torch.zeros(1, 3))
+
+
+def test_the_plain_block_keeps_a_cpu_block_within_the_caches_and_stays_large_on_a_gpu():
+    from neuronscope.attribute.kernels import DEFAULT_BLOCK, plain_block
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert plain_block(1024, torch.float32, cpu) == 512
+    assert plain_block(1024, torch.float64, cpu) == 256
+    assert plain_block(1, torch.float32, cpu) == DEFAULT_BLOCK
+    assert plain_block(10**6, torch.float32, cpu) == 128
+    assert plain_block(1024, torch.float32, gpu) == DEFAULT_BLOCK
+
+
+def test_the_cpu_block_gives_the_large_blocks_log_sum_exp():
+    """Many small vocabulary blocks (1024 rows: 512 columns each) against one pass in float64."""
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(3000, generator=generator) * 4
+    delta = torch.randn(1024, 3000, generator=generator) * 3
+    scale = torch.randn(1024, generator=generator)
+    expected = torch.logsumexp(base.double()[None] + scale.double()[:, None] * delta.double(), -1)
+    got = shifted_logsumexp(base, delta, scale, backend="plain")
+    torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5)
