@@ -102,3 +102,50 @@ def test_model_key_names_the_graph_safe_hooks_present_but_not_a_paths_own(monkey
     assert first[0] == bare[0]
     model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     assert graphs.model_key(model)[0] != bare[0]
+
+
+def test_replay_or_run_runs_eagerly_then_captures_then_replays_into_refilled_buffers(monkeypatch):
+    """A stand-in graph whose replay runs the recorded call again into its outputs: the first call eager on fresh
+    buffers, the second captured and replayed, later ones refilled and replayed; a failed capture stays eager."""
+
+    class Replaying:
+        def __init__(self, function):
+            self.function = function
+
+        def replay(self):
+            fresh = self.function()
+            kept.entries[next(iter(kept.entries))].out.copy_(fresh)
+
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
+    monkeypatch.setattr(graphs, "capture", lambda function, what, pool=None: None if what == "fails" else
+                        (Replaying(function), function()))
+    kept = graphs.ShapeGraphs(limit=4)
+    calls = []
+
+    def run(value, what="rows", eager=None):
+        return kept.replay_or_run("k", lambda: torch.tensor([value]), lambda buffer: buffer.fill_(value),
+                                  lambda buffer: calls.append("recorded") or buffer * 10, what, eager=eager,
+                                  alive="kept alive")
+
+    assert run(1, eager=lambda buffer: calls.append("eager") or buffer * 10).tolist() == [10]
+    assert calls == ["eager"] and not kept.entries
+    assert run(2).tolist() == [20] and kept.entries["k"].alive == "kept alive"  # captured, then replayed
+    assert run(3).tolist() == [30] and kept.entries["k"].static.tolist() == [3]
+    other = graphs.ShapeGraphs(limit=4)
+    for value in (1, 2, 3):  # a shape that cannot be captured runs eagerly every time
+        assert other.replay_or_run("k", lambda v=value: torch.tensor([v]), lambda b: None, lambda b: b + 1,
+                                   "fails").tolist() == [value + 1]
+    assert not other.entries
+
+
+def test_text_key_and_flat_rows():
+    model = torch.nn.Linear(2, 2)
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    key = graphs.text_key(model, {"input_ids": ids, "attention_mask": ids.int()}, 32)
+    assert key[:3] == (3, 32, (("attention_mask", torch.int32), ("input_ids", torch.long)))
+    assert key[3] == graphs.model_key(model)
+    positions = torch.tensor([[0, 6], [2, 5], [1, 1]])
+    flat = graphs.flat_rows(positions, 32)
+    assert flat.tolist() == [0, 6, 34, 37, 65, 65]
+    tokens = torch.arange(3 * 32).reshape(3, 32)
+    assert torch.equal(tokens.reshape(-1)[flat].reshape(3, 2), tokens.gather(1, positions))  # the same tokens

@@ -40,7 +40,7 @@ from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
 from neuronscope.trace.forward_options import activations_only
-from neuronscope.trace.graphs import PaddedInputs, graphs_of, model_key, padded_length, text_blocker
+from neuronscope.trace.graphs import PaddedInputs, flat_rows, graphs_of, padded_length, text_blocker, text_key
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
@@ -131,14 +131,6 @@ def _call(model: nn.Module, adapter: ModelAdapter, static: _Static, scoring: Sco
     return stacked_top_k(model, adapter, static.inputs.tensors, static.flat_index, directions, static.row_target, scoring)
 
 
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    static: _Static
-    out: tuple[torch.Tensor, torch.Tensor]
-    scoring: Scoring  # the tensors made outside the graph that it reads (the probed final-norm gain) stay alive
-
-
 def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
     """Why a call on this model and batch cannot be replayed from a graph, or None."""
     return text_blocker(model, dict(batch.inputs), attention_implementation(model))
@@ -154,27 +146,19 @@ def graphed_top_k(model: nn.Module, adapter: ModelAdapter, batch: Batch, positio
     ``positions [B, n]``: each target's producing position (in range); ``tokens [B, n]``: the target tokens."""
     if graph_blocker(model, batch) is not None:
         return None
-    size, length = batch.input_ids.shape
-    bucket = padded_length(length)
+    bucket = padded_length(batch.seq_len)
     rows = tokens.numel()
     # the final norm's gain is probed from the module (a new tensor whenever the norm changes): its address too
-    key = (size, bucket, rows, scoring.layers, scoring.site, scoring.k, scoring.absolute,
-           None if scoring.norm is None else scoring.norm.gain.data_ptr(),
-           tuple((name, value.dtype) for name, value in sorted(batch.inputs.items())), model_key(model))
-    flat = (torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1)
-    flat_index, tokens = on_device(torch.stack([flat, tokens.cpu().reshape(-1)]), batch.input_ids.device)
-    graphs = graphs_of(model, "contribution", GRAPHS_PER_MODEL)
-    entry = graphs.replayable(key)
-    if entry is not None:
-        entry.static.fill(batch.inputs, flat_index, tokens)
-        entry.graph.replay()
-        return entry.out
-    static = _Static.empty(dict(batch.inputs), bucket, rows)
-    static.fill(batch.inputs, flat_index, tokens)
-    captured = None if graphs.eager_first(key) else graphs.capture(
-        lambda: _call(model, adapter, static, scoring), "the contribution forward", key)
-    if captured is None:  # the shape's first call, or one that cannot be captured: eager, on the same padded inputs
-        return _call(model, adapter, static, scoring)
-    entry = graphs.keep(key, _Graph(captured[0], static, captured[1], scoring))
-    entry.graph.replay()
-    return entry.out
+    key = (rows, scoring.layers, scoring.site, scoring.k, scoring.absolute,
+           None if scoring.norm is None else scoring.norm.gain.data_ptr(), text_key(model, dict(batch.inputs), bucket))
+    flat_index, tokens = on_device(torch.stack([flat_rows(positions, bucket), tokens.cpu().reshape(-1)]),
+                                   batch.input_ids.device)
+
+    def fresh() -> _Static:
+        static = _Static.empty(dict(batch.inputs), bucket, rows)
+        static.fill(batch.inputs, flat_index, tokens)
+        return static
+
+    return graphs_of(model, "contribution", GRAPHS_PER_MODEL).replay_or_run(
+        key, fresh, lambda static: static.fill(batch.inputs, flat_index, tokens),
+        lambda static: _call(model, adapter, static, scoring), "the contribution forward", alive=scoring)

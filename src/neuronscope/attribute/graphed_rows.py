@@ -34,7 +34,7 @@ from neuronscope.inputs import Batch
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
 from neuronscope.trace.forward_options import activations_only
-from neuronscope.trace.graphs import PaddedInputs, graphs_of, model_key, padded_length, text_blocker
+from neuronscope.trace.graphs import PaddedInputs, flat_rows, graphs_of, padded_length, text_blocker, text_key
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
@@ -84,14 +84,6 @@ def graph_blocker(model: nn.Module, batch: Batch) -> str | None:
     return text_blocker(model, dict(batch.inputs), attention_implementation(model))
 
 
-@dataclass
-class _Graph:
-    graph: torch.cuda.CUDAGraph
-    inputs: PaddedInputs
-    flat_index: torch.Tensor
-    out: Rows
-
-
 def graphed_rows(model: nn.Module, adapter: ModelAdapter, batch: Batch, positions: torch.Tensor,
                  requests: tuple[Request, ...], check: Callable[[Rows], None]) -> Rows | None:
     """The requested sites at ``positions [B, n]`` (in range) of this batch's padded forward: replayed from its
@@ -103,31 +95,30 @@ def graphed_rows(model: nn.Module, adapter: ModelAdapter, batch: Batch, position
     if graph_blocker(model, batch) is not None:
         return None
     inputs = dict(batch.inputs)
-    size, length = batch.input_ids.shape
-    bucket = padded_length(length)
+    bucket = padded_length(batch.seq_len)
     shape = (int(positions.shape[0]), int(positions.shape[1]))
-    key = (size, bucket, shape, requests, tuple((name, value.dtype) for name, value in sorted(inputs.items())),
-           model_key(model))
-    flat = on_device((torch.arange(size)[:, None] * bucket + positions.cpu()).reshape(-1), batch.input_ids.device)
+    key = (shape, requests, text_key(model, inputs, bucket))
+    flat = on_device(flat_rows(positions, bucket), batch.input_ids.device)
     graphs = graphs_of(model, "rows", GRAPHS_PER_MODEL)
-    entry = graphs.replayable(key)
-    if entry is None:
+
+    def fresh() -> tuple[PaddedInputs, torch.Tensor]:
         padded = PaddedInputs.empty(inputs, bucket)
         padded.fill(inputs)
-        captured = None if graphs.eager_first(key) else graphs.capture(
-            lambda: gathered_rows(model, adapter, padded.tensors, flat, shape, requests, False), "the scoring forward",
-            key)
-        if captured is None:  # the shape's first call, or one that cannot be captured
-            rows = gathered_rows(model, adapter, padded.tensors, flat, shape, requests, logits=True)
-            try:
-                check(rows)
-            except Exception:
-                graphs.forget(key)  # not captured on the next call: it is checked again
-                raise
-            return rows
-        entry = graphs.keep(key, _Graph(captured[0], padded, flat, captured[1]))
-    else:
-        entry.inputs.fill(inputs)
-        entry.flat_index.copy_(flat)
-    entry.graph.replay()
-    return entry.out
+        return padded, flat
+
+    def refill(static: tuple[PaddedInputs, torch.Tensor]) -> None:
+        static[0].fill(inputs)
+        static[1].copy_(flat)
+
+    def eager(static: tuple[PaddedInputs, torch.Tensor]) -> Rows:  # the shape's first call, or one not captured
+        rows = gathered_rows(model, adapter, static[0].tensors, static[1], shape, requests, logits=True)
+        try:
+            check(rows)
+        except Exception:
+            graphs.forget(key)  # not captured on the next call: it is checked again
+            raise
+        return rows
+
+    return graphs.replay_or_run(
+        key, fresh, refill, lambda static: gathered_rows(model, adapter, static[0].tensors, static[1], shape, requests,
+                                                         logits=False), "the scoring forward", eager=eager)

@@ -91,6 +91,20 @@ def model_key(model: nn.Module) -> tuple:
     return tuple(parameter.data_ptr() for parameter in model.parameters()), graph_safe_hooks(model)
 
 
+def text_key(model: nn.Module, inputs: dict[str, torch.Tensor], bucket: int) -> tuple:
+    """The part of a padded text forward's graph key that every such path shares: batch size, padded length, the
+    inputs' names and dtypes, :func:`model_key`."""
+    return (inputs["input_ids"].shape[0], bucket, tuple((name, value.dtype) for name, value in sorted(inputs.items())),
+            model_key(model))
+
+
+def flat_rows(positions: torch.Tensor, bucket: int) -> torch.Tensor:
+    """``[B · n]`` on the host: each (row, position) of ``positions [B, n]`` as its index ``b · bucket + position``
+    in the padded batch's flattened tokens."""
+    positions = positions.cpu()
+    return (torch.arange(positions.shape[0])[:, None] * bucket + positions).reshape(-1)
+
+
 def padded_length(length: int) -> int:
     """The positions a batch of ``length`` is padded to: the next multiple of :data:`BUCKET` above it (at least one
     padded position, so that every call of a shape takes the same 4-D mask)."""
@@ -167,6 +181,36 @@ class ShapeGraphs:
             self.entries.popitem(last=False)
         return entry
 
+    def replay_or_run(self, key: Any, static: Callable[[], Any], refill: Callable[[Any], None],
+                      recorded: Callable[[Any], Any], what: str, eager: Callable[[Any], Any] | None = None,
+                      alive: Any = None) -> Any:
+        """This call's result: ``recorded(buffers)`` replayed from ``key``'s graph after ``refill(buffers)``; or, for
+        the shape's first call and one that cannot be captured, ``eager(buffers)`` (default ``recorded``) on fresh
+        buffers filled for this call (``static()``); or, for its second, captured now into a graph kept with its
+        buffers (and ``alive``: what else the graph reads that must not be freed), then replayed. A replay's result
+        lives in the graph's memory until the next replay."""
+        entry = self.replayable(key)
+        if entry is not None:
+            refill(entry.static)
+        else:
+            buffers = static()
+            captured = None if self.eager_first(key) else self.capture(lambda: recorded(buffers), what, key)
+            if captured is None:
+                return (eager or recorded)(buffers)
+            entry = self.keep(key, Kept(captured[0], buffers, captured[1], alive))
+        entry.graph.replay()
+        return entry.out
+
+
+@dataclass
+class Kept:
+    """A kept graph, the static buffers it reads, the outputs it writes, and what else must stay alive with it."""
+
+    graph: torch.cuda.CUDAGraph
+    static: Any
+    out: Any
+    alive: Any = None
+
 
 _BY_MODEL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -183,6 +227,7 @@ def kept_graphs(model: nn.Module | None = None, path: str | None = None) -> int:
 
 
 def release_graphs(model: nn.Module) -> None:
-    """Drop every graph kept for ``model`` (integrated gradients, contribution) and give their memory back."""
+    """Drop every graph kept for ``model`` (integrated gradients, contribution, LPI's rows) and give their memory
+    back."""
     if _BY_MODEL.pop(model, None) is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
