@@ -29,9 +29,11 @@ from neuronscope.inputs import Batch
 from neuronscope.inputs.targets import TargetSet
 from neuronscope.models.accounting import FinalNorm
 from neuronscope.models.adapter import ModelAdapter
+from neuronscope.models.devices import on_device
 from neuronscope.results.scores import NeuronScores
 from neuronscope.trace import capture
 from neuronscope.trace.forward_options import activations_only
+from neuronscope.trace.graphs import flat_rows
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
@@ -51,11 +53,10 @@ def _score_rows(adapter: ModelAdapter, targets: TargetSet, positions: torch.Tens
     one each row uses (on the host)."""
     device = adapter.unembedding().device
     unique, target_index = targets.token_ids.unique(return_inverse=True)
-    directions = adapter.unembedding()[unique.to(device)]
+    directions = adapter.unembedding()[on_device(unique, device)]
     if norm is not None:
         directions = directions.to(norm.gain.dtype) * norm.gain.to(device)
-    flat_index = (torch.arange(positions.shape[0], device=positions.device)[:, None] * length + positions).reshape(-1)
-    return flat_index, directions, target_index.reshape(-1)
+    return flat_rows(positions, length), directions, target_index.reshape(-1)
 
 
 def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch, targets: TargetSet,
@@ -80,8 +81,8 @@ def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch,
         found = fast.graphed_top_k(model, adapter, batch, positions, targets.token_ids, scoring) if graphs else None
         if found is None:  # eager, on the unpadded batch
             flat_index, directions, row_target = _score_rows(adapter, targets, positions, batch.seq_len, norm)
-            found = fast.stacked_top_k(model, adapter, batch.inputs, flat_index.to(device), directions,
-                                       row_target.to(device), scoring)
+            flat_index, row_target = on_device(torch.stack([flat_index, row_target]), device)
+            found = fast.stacked_top_k(model, adapter, batch.inputs, flat_index, directions, row_target, scoring)
         return _kept_top_k(adapter, targets, *found, {**meta, "top_k_kept": top_k})
     flat_index, directions, row_target = _score_rows(adapter, targets, positions, batch.seq_len, norm)
     deferred = final_norm and threshold is not None  # a threshold on s / σ needs σ: select after the forward
@@ -94,8 +95,9 @@ def selected_contribution(model: nn.Module, adapter: ModelAdapter, batch: Batch,
     per_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
     for layer in layer_list:
         here = weights[layer].device
-        if here not in per_device:
-            per_device[here] = (flat_index.to(here), directions.to(here), row_target.to(here))
+        if here not in per_device:  # the host's indices in one pinned copy per device
+            index, rows_of = on_device(torch.stack([flat_index, row_target]), here)
+            per_device[here] = (index, directions.to(here), rows_of)
 
     def hook_for(slot: int, layer: int):
         def score(tensor: torch.Tensor, call) -> None:

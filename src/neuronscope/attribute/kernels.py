@@ -187,10 +187,10 @@ def shifted_logsumexp(
     if backend == "triton" and not triton_available():
         raise NeuronscopeError("the Triton log-sum-exp needs Triton and a CUDA device (or TRITON_INTERPRET=1); use "
                                "backend='auto'")
-    order = _order(backend, delta.device, accumulation_dtype(base, delta))
+    acc = accumulation_dtype(base, delta)
+    order = _order(backend, delta.device, acc)
     for name in order:
         if name == "plain":
-            acc = accumulation_dtype(base, delta)
             return _plain(base, delta, scale, softcap, block or plain_block(delta.shape[0], acc, delta.device))
         try:
             return (_triton_call if name == "triton" else _compiled_call)(base, delta, scale, softcap)
@@ -232,8 +232,8 @@ def log_probability_increase_from_logits(
     """``log softmax(base + delta_k)[target] − log softmax(base)[target]`` for each row ``k``, in float32
     (float64 when an input is float64).
 
-    The full-vocabulary log-sum-exp of each row is one fused reduction
-    (:func:`neuronscope.attribute.kernels.shifted_logsumexp`): ``base + scale · delta`` is never stored, and
+    The full-vocabulary log-sum-exp of each row is one fused reduction (:func:`shifted_logsumexp`):
+    ``base + scale · delta`` is never stored, and
     ``delta`` is read in its own dtype with float32 accumulation (float64 for float64 inputs).
 
     Args:
@@ -243,8 +243,7 @@ def log_probability_increase_from_logits(
         softcap: the model's final logit soft-cap ``c`` (``c · tanh(z / c)``), or None.
         scale: ``[N]``: row ``k`` adds ``scale[k] · delta_logits[k]`` instead (fused into one pass, so that a
             neuron's activation times its direction is never stored on its own).
-        backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see
-            :mod:`neuronscope.attribute.kernels`).
+        backend: the log-sum-exp kernel (``"auto"``, ``"plain"``, ``"compiled"``, ``"triton"``; see this module).
 
     Returns:
         ``[N]`` log-probability increases.
