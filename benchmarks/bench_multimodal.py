@@ -79,6 +79,28 @@ def _images(count: int, size: int) -> list[Image.Image]:
             for _ in range(count)]
 
 
+PROMPT, PREFIX = "Describe the image in few words.", "An image of"
+
+
+def call_sizes(tiny: bool) -> tuple[int, int, int]:
+    """Caption tokens, targets per caption and neurons kept per target of the table's streaming call."""
+    return (4, 2, 50) if tiny else (20, 3, 10_000)
+
+
+def streaming_call(model, processor, images: list[Image.Image], tiny: bool, graphs: bool | None = None):
+    """The table's streaming call (what profile_paths, find_syncs and time_streaming run too): encode the images,
+    caption them with exactly ``call_sizes``' tokens (the image token suppressed: random weights), keep the top-k
+    contributions of each caption's first targets."""
+    from neuronscope.attribute.streaming import caption_contributions
+    from neuronscope.inputs import encode_images
+
+    tokens, n_targets, top_k = call_sizes(tiny)
+    batch = encode_images(processor, images, PROMPT, assistant_prefix=PREFIX)
+    return caption_contributions(model, processor, batch, max_new_tokens=tokens, top_k=top_k,
+                                 select=lambda generation: [list(range(n_targets))] * generation.tokens.shape[0],
+                                 min_new_tokens=tokens, suppress_tokens=[4], graphs=graphs)
+
+
 def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:
     sync(where)
     if where.type == "cuda":
@@ -95,7 +117,6 @@ def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from neuronscope.attribute.contribution import contribution
-    from neuronscope.attribute.streaming import caption_contributions
     from neuronscope.inputs import encode_images
     from neuronscope.inputs.targets import TargetSet
 
@@ -104,19 +125,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dtype = torch.float32 if tiny else torch.bfloat16
     model, processor = build(tiny, where, dtype)
     weights = weights_bytes(model)
-    tokens, n_targets, top_k = (4, 2, 50) if tiny else (20, 3, 10_000)
+    tokens, n_targets, top_k = call_sizes(tiny)
     batches = [2, 4] if tiny else [4, 6, 8, 16, 32]
     images = _images(max(batches), 28 if tiny else 336)
-    prompt, prefix = "Describe the image in few words.", "An image of"
-    select = lambda generation: [list(range(n_targets))] * generation.tokens.shape[0]  # noqa: E731
     table: dict[str, Any] = {"table": "multimodal", "model": "tiny LLaVA" if tiny else "LLaVA-1.5-7B (random, bf16)",
                              "caption_tokens": tokens, "targets_per_caption": n_targets, "top_k": top_k,
                              "goal": ">= 25x the reference at the best batch, peak <= weights + 15 %"}
 
     def streaming(batch_images, graphs=None):
-        batch = encode_images(processor, batch_images, prompt, assistant_prefix=prefix)
-        return caption_contributions(model, processor, batch, max_new_tokens=tokens, select=select, top_k=top_k,
-                                     min_new_tokens=tokens, suppress_tokens=[4], graphs=graphs)
+        return streaming_call(model, processor, batch_images, tiny, graphs)
 
     rows = []
     for size in batches:
@@ -154,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     @torch.no_grad()
     def reference(image):
-        batch = encode_images(processor, [image], prompt, assistant_prefix=prefix).to(where)
+        batch = encode_images(processor, [image], PROMPT, assistant_prefix=PREFIX).to(where)
         inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.inputs.items()}
         ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
         for _ in range(tokens):  # greedy, no cache: a full forward of the whole sequence per token

@@ -96,19 +96,9 @@ def main() -> None:
     if "multimodal" in args.only:  # the multimodal table's streaming pipeline at batch 16, as profile_paths runs it
         import bench_multimodal
 
-        from neuronscope.attribute.streaming import caption_contributions
-        from neuronscope.inputs import encode_images
-
         model, processor = bench_multimodal.build(False, where, torch.bfloat16)
         images = bench_multimodal._images(16, 336)
-
-        def streaming():
-            batch = encode_images(processor, images, "Describe the image in few words.", assistant_prefix="An image of")
-            return caption_contributions(model, processor, batch, max_new_tokens=20, top_k=10_000,
-                                         select=lambda generation: [[0, 1, 2]] * generation.tokens.shape[0],
-                                         min_new_tokens=20, suppress_tokens=[4])
-
-        result["multimodal_streaming"] = count(streaming)
+        result["multimodal_streaming"] = count(lambda: bench_multimodal.streaming_call(model, processor, images, False))
         model = None
         free()
     for name in bench_moe.SHAPES if "moe" in args.only else ():

@@ -158,18 +158,11 @@ def _multimodal(args, where, out, cuda) -> dict[str, Any]:
     where its time goes beside the decode steps' graph replays (encoding, vision tower, prefill, scoring)."""
     import bench_multimodal
 
-    from neuronscope.attribute.streaming import caption_contributions
-    from neuronscope.inputs import encode_images
-
     model, processor = bench_multimodal.build(args.tiny, where, torch.float32 if args.tiny else torch.bfloat16)
-    size, tokens, top_k = (2, 4, 50) if args.tiny else (16, 20, 10_000)
-    images = bench_multimodal._images(size, 28 if args.tiny else 336)
+    images = bench_multimodal._images(2 if args.tiny else 16, 28 if args.tiny else 336)
 
     def streaming():
-        batch = encode_images(processor, images, "Describe the image in few words.", assistant_prefix="An image of")
-        return caption_contributions(model, processor, batch, max_new_tokens=tokens, top_k=top_k,
-                                     select=lambda generation: [[0, 1, 2]] * generation.tokens.shape[0],
-                                     min_new_tokens=tokens, suppress_tokens=[4])
+        return bench_multimodal.streaming_call(model, processor, images, args.tiny)
 
     return {"multimodal_streaming": _profile("multimodal_streaming", streaming, out, cuda, calls=2)}
 
