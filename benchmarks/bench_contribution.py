@@ -58,15 +58,15 @@ def _agreement(kept, flat: torch.Tensor) -> dict[str, float]:
 
 
 def _padded(batch, length: int):
-    """``batch`` padded on the right to ``length`` positions as a CUDA-graph replay pads it (ids and position ids
-    repeat the last column, mask 0): an eager call on it takes the replay's attention kernel (a 4-D mask)."""
+    """``batch`` padded on the right to ``length`` positions as a CUDA-graph replay pads it
+    (:class:`~neuronscope.trace.graphs.PaddedInputs`): an eager call on it takes the replay's attention kernel (a 4-D
+    mask)."""
     from neuronscope.inputs import Batch
+    from neuronscope.trace.graphs import PaddedInputs
 
-    inputs = {}
-    for name, value in batch.inputs.items():
-        extra = value[:, -1:].expand(-1, length - value.shape[1])
-        inputs[name] = torch.cat([value, torch.zeros_like(extra) if name == "attention_mask" else extra], dim=1)
-    return Batch(inputs, batch.texts, batch.lengths)
+    padded = PaddedInputs.empty(dict(batch.inputs), length)
+    padded.fill(dict(batch.inputs))
+    return Batch(padded.tensors, batch.texts, batch.lengths)
 
 
 def table(model, where: torch.device, batches: list[int], prompt: int, caption: int, repeats: int,
