@@ -29,11 +29,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neuronscope.attribute.prefix_rows import attention_implementation
 from neuronscope.inputs import Batch
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.devices import on_device
-from neuronscope.trace.forward_options import activations_only
+from neuronscope.trace.forward_options import activations_only, attention_implementation
 from neuronscope.trace.graphs import PaddedInputs, flat_rows, graphs_of, padded_length, text_blocker, text_key
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site

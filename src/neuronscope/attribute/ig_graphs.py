@@ -42,11 +42,11 @@ from neuronscope.attribute.ig_paths import (
 from neuronscope.attribute.ig_segments import Segment, chunk_grads, chunk_layout, entry_prefix
 from neuronscope.attribute.prefix_rows import (
     RowPlanner,
-    attention_implementation,
     rows_mask,
 )
 from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import free_memory
+from neuronscope.trace.forward_options import attention_implementation
 from neuronscope.trace.graphs import BUCKET, ShapeGraphs, graphs_of, model_key, release_graphs, replay_blocker
 from neuronscope.trace.layer_entry import can_enter
 

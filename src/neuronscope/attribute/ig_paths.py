@@ -21,7 +21,6 @@ from neuronscope.attribute.ig_segments import chunk_grads, chunk_layout, entry_p
 from neuronscope.attribute.prefix_rows import (
     MASKED_ATTENTION,
     RowPlanner,
-    attention_implementation,
     rows_mask,
     shared_prefix_mask,
 )
@@ -29,6 +28,7 @@ from neuronscope.errors import NeuronscopeError, PositionError
 from neuronscope.inputs import Batch
 from neuronscope.models.adapter import get_adapter
 from neuronscope.runs.batching import AdaptiveBatcher, free_memory, is_out_of_memory
+from neuronscope.trace.forward_options import attention_implementation
 from neuronscope.trace.last_step import cache_keyword, returned_cache
 from neuronscope.trace.layer_entry import can_enter
 from neuronscope.trace.positions import CallState

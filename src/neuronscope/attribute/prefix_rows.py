@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from neuronscope.trace.forward_options import attention_implementation, text_config
+
 MASKED_ATTENTION = ("sdpa", "eager")
 TRIALS = 2  # timed chunks per candidate size before the planner settles
 # On a GPU a chunk may use at most this share of the weights' bytes by default (but at least CHUNK_FLOOR), so that
@@ -38,16 +40,6 @@ TRIALS = 2  # timed chunks per candidate size before the planner settles
 # 320 + 320 at 1.17x (H200, 2026-12-01).
 CHUNK_OF_WEIGHTS = 0.3
 CHUNK_FLOOR = 2 * 2**30
-
-
-def _text_config(model: nn.Module):
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
-
-
-def attention_implementation(model: nn.Module) -> str:
-    """The attention implementation the decoder runs (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ...)."""
-    return str(getattr(_text_config(model), "_attn_implementation", None) or "eager")
 
 
 def cached_lengths(cache) -> list[int]:
@@ -108,7 +100,7 @@ def shared_prefix_mask(model: nn.Module, cache, prefix: int, rows: int, device: 
     distinct = sorted(set(lengths)) or [0]
     if len(distinct) == 1:
         return _one_mask(distinct[0], rows, boolean, dtype, torch.device(device))
-    layer_types = getattr(_text_config(model), "layer_types", None)
+    layer_types = getattr(text_config(model), "layer_types", None)
     if not layer_types or len(layer_types) != len(lengths):
         return None
     by_type: dict[str, int] = {}
@@ -160,7 +152,7 @@ class RowPlanner:
     @classmethod
     def for_model(cls, model: nn.Module, limit: int | None = None, budget: float | None = None) -> RowPlanner:
         """A planner with per-row costs read from the model's sizes."""
-        config = _text_config(model)
+        config = text_config(model)
         parameter = next(model.parameters())
         size = parameter.element_size()
         d_model = int(getattr(config, "hidden_size", getattr(config, "n_embd", 0)) or 0)

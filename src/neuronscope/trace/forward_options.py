@@ -1,4 +1,5 @@
-"""Keyword options for a model's forward whose caller reads only activations or the last position's logits.
+"""What a model's forward takes: keyword options for a caller that reads only activations or the last position's
+logits, and the attention implementation its decoder runs.
 
 Example:
     >>> model(**batch.inputs, **activations_only(model))     # no KV cache, one position's logits
@@ -22,3 +23,14 @@ def activations_only(model: nn.Module) -> dict[str, Any]:
     batch 8 × 620 tokens a 7B model's cache is 19 % of its weights) and ``logits_to_keep=1`` when the model's
     forward takes it (the scores need no logits)."""
     return {"use_cache": False, **({"logits_to_keep": 1} if takes_logits_to_keep(model) else {})}
+
+
+def text_config(model: nn.Module) -> Any:
+    """The configuration of the model's language part (the model's own for a text model)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def attention_implementation(model: nn.Module) -> str:
+    """The attention implementation the decoder runs (``"sdpa"``, ``"eager"``, ``"flash_attention_2"``, ...)."""
+    return str(getattr(text_config(model), "_attn_implementation", None) or "eager")
