@@ -1,0 +1,170 @@
+"""Slot decoding (continuous batching, prefill in the decode calls) against the batched static decoder and
+transformers' ``model.generate``: the same tokens, stops and pads, the same sites at every new token's producing
+position, whatever the slots and chunk (prompts split over calls, several prompts in one call). The plan alone is
+checked against the rules it must keep. The CUDA-graph replay is compared on the GPU (``benchmarks/bench_checks.py``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.pipeline_vlms import chat_vlm
+from helpers.tiny_models import random_batch, tiny_text_model
+from helpers.tiny_vlms import gradient_image
+from neuronscope.inputs import Batch, encode_images, generate
+from neuronscope.models import get_adapter
+from neuronscope.trace.decode import buffered_generate
+from neuronscope.trace.slot_decode import chunk_for, slot_blocker, slot_buffered_generate
+from neuronscope.trace.slot_schedule import PlanLayout, SlotSchedule
+
+
+class _Tokens:
+    pad_token_id, eos_token_id = 0, 2
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(int(t)) for t in row) for row in rows]
+
+
+def _text(family: str, rows: int = 5) -> tuple[torch.nn.Module, Batch]:
+    model = tiny_text_model(family, seed=3)
+    inputs = random_batch(batch=rows, length=7, seed=5, left_pad=(0, 3, 1, 5, 2)[:rows])
+    return model, Batch(inputs, ["?"] * rows, inputs["attention_mask"].sum(-1))
+
+
+@pytest.mark.parametrize("lengths,slots,chunk,steps", [([7, 4, 6, 2, 5], 2, 4, 6), ([3] * 6, 3, 32, 1),
+                                                        ([9, 1, 1, 8], 1, 5, 3), ([5, 5], 4, 2, 4)])
+def test_the_plan_reads_every_prompt_once_in_order_and_decodes_each_step_once(lengths, slots, chunk, steps):
+    layout = PlanLayout(slots, chunk, max(lengths) + steps)
+    schedule = SlotSchedule(lengths, layout, steps)
+    read = {prompt: [] for prompt in range(len(lengths))}  # positions written per prompt, in order
+    chosen = {prompt: [] for prompt in range(len(lengths))}
+    holder: dict[int, int] = {}  # slot -> prompt
+    calls = 0
+    while (plan := schedule.plan()) is not None:
+        calls += 1
+        f = plan.fields
+        freed_now = {slot for slot, _ in plan.finished}
+        for slot, prompt in plan.admitted:
+            assert slot not in holder, "a slot took a prompt while it held another"
+            holder[slot] = prompt
+        writes = [w for w in f["write"] if w != layout.trash]
+        assert len(writes) == len(set(writes)), "two rows of one call write one position"
+        for row in range(layout.rows):
+            slot = f["q_slot"][row]
+            if slot == slots:
+                assert f["write"][row] == layout.trash
+                continue
+            assert f["write"][row] == slot * layout.cache_len + f["q_pos"][row]
+            read[holder[slot]].append(f["q_pos"][row])
+            if row >= slots:
+                assert f["src"][row - slots] == f["write"][row]
+        for index in range(layout.reads):
+            slot = f["read_dest"][index]
+            if slot == slots:
+                continue
+            prompt, row = holder[slot], f["read_rows"][index]
+            assert f["q_slot"][row] == slot
+            assert f["q_pos"][row] == lengths[prompt] - 1 + f["read_step"][index]
+            assert bool(f["read_first"][index]) == (f["read_step"][index] == 0)
+            chosen[prompt].append(f["read_step"][index])
+        for slot in freed_now:
+            del holder[slot]
+    assert schedule.done and not holder and calls > 0
+    for prompt, length in enumerate(lengths):
+        assert read[prompt] == list(range(length + steps - 1)), prompt
+        assert chosen[prompt] == list(range(steps)), prompt
+
+
+def test_a_prompt_that_stops_early_frees_its_slot():
+    layout = PlanLayout(1, 8, 12)
+    schedule = SlotSchedule([3, 3], layout, steps=5)
+    first = schedule.plan()
+    assert first.admitted == [(0, 0)] and first.decoding == {0: 0}
+    assert not schedule.stop(0, 1) and schedule.stop(0, 0)  # only the prompt it decodes
+    second = schedule.plan()
+    assert second.admitted == [(0, 1)]
+
+
+def test_the_chunk_reads_a_prompt_while_a_slot_decodes():
+    assert chunk_for(4, 600, 20) == 128
+    assert chunk_for(1, 20, 20) == 32  # at least one bucket, at most the prompt rounded up
+    assert chunk_for(8, 40, 2) == 64
+
+
+def _compare(model, processor, batch, steps, slots, chunk, **options):
+    adapter = get_adapter(model)
+    sites = {"neuron": range(adapter.n_layers), "resid_post": [adapter.n_layers - 1]}
+    expected, kept = buffered_generate(model, processor, batch, sites, steps, graphs=False, **options)
+    assert slot_blocker(model, batch, options) is None
+    got, buffers = slot_buffered_generate(model, processor, batch, sites, steps, slots=slots, chunk=chunk, **options)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert got.prompt_len == expected.prompt_len and got.texts == expected.texts
+    # a step after a prompt's end-of-sequence token is not run (the batched decoding runs it on padding)
+    eos = model.generation_config.eos_token_id
+    stopped = torch.isin(got.tokens, torch.tensor([eos] if isinstance(eos, int) else (eos or []))).long()
+    ran = (stopped.cumsum(1) - stopped) == 0  # [rows, steps]: up to and with the first stop
+    for site, layers in sites.items():
+        for layer in layers:
+            produced = buffers.get(site, layer)[:, :ran.shape[1]]
+            torch.testing.assert_close(produced[ran], kept.get(site, layer)[:, :ran.shape[1]][ran], rtol=1e-10,
+                                       atol=1e-12)
+    return got
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2", "olmo2"])
+@pytest.mark.parametrize("slots,chunk", [(2, 4), (3, 16), (5, 3)])
+def test_tokens_and_sites_equal_the_batched_decoding(family, slots, chunk):
+    model, batch = _text(family)
+    model.to(torch.float64)
+    _compare(model, _Tokens(), batch, 6, slots, chunk)
+
+
+def test_min_new_tokens_and_suppressed_tokens_act_as_in_generate():
+    model, batch = _text("llama")
+    model.to(torch.float64)
+    got = _compare(model, _Tokens(), batch, 7, 2, 5, min_new_tokens=5, suppress_tokens=[5, 9])
+    assert torch.equal(got.sequences, generate(model, _Tokens(), batch, max_new_tokens=7, min_new_tokens=5,
+                                               suppress_tokens=[5, 9]).sequences)
+
+
+def test_prompts_that_stop_are_padded_and_their_slots_taken_by_the_next():
+    model, batch = _text("llama")
+    model.to(torch.float64)
+    free = generate(model, _Tokens(), batch, max_new_tokens=8).tokens
+    for eos in ([int(t) for t in free[:, 3]], [int(t) for t in free[:, 1]], int(free[0, 5]), [int(t) for t in
+                                                                                              free[:, 0]]):
+        model.generation_config.eos_token_id = eos
+        got = _compare(model, _Tokens(), batch, 8, 2, 4)
+        assert torch.equal(got.sequences, generate(model, _Tokens(), batch, max_new_tokens=8).sequences), eos
+
+
+def test_a_vision_language_model_through_its_image_features():
+    vlm = chat_vlm("llava", seed=1)
+    model, processor = vlm.model.to(torch.float64), vlm.processor
+    images = [gradient_image(40, 30), gradient_image(30, 40).rotate(90), gradient_image(36, 36),
+              gradient_image(40, 30).rotate(180)]
+    batch = encode_images(processor, images, "Describe it.", assistant_prefix="An image of")
+    got = _compare(model, processor, batch, 6, 2, 16)
+    assert torch.equal(got.sequences, generate(model, processor, batch, max_new_tokens=6).sequences)
+
+
+def test_what_it_cannot_decode_is_refused_in_one_line():
+    model, batch = _text("gemma3_text")
+    assert "cache layers" in slot_blocker(model, batch, {})
+    with pytest.raises(ValueError, match="buffered_generate"):
+        slot_buffered_generate(model, _Tokens(), batch, {"neuron": [0]}, 4, slots=2)
+
+
+def test_auto_decodes_batched_while_the_cache_fits_and_through_the_slots_that_fit_otherwise():
+    from neuronscope.trace.slot_decode import slot_choice, slots_that_fit
+
+    assert slots_that_fit(rows=16, per_prompt=100, free=16 * 150) is None
+    assert slots_that_fit(rows=16, per_prompt=100, free=16 * 150 - 1) == 15
+    assert slots_that_fit(rows=16, per_prompt=100, free=460) == 3
+    assert slots_that_fit(rows=16, per_prompt=100, free=10) == 1
+    model, batch = _text("llama")
+    assert slot_choice(model, batch, 4, "auto", {}) is None  # on a CPU: batched
+    assert slot_choice(model, batch, 4, 3, {}) == 3 and slot_choice(model, batch, 4, 9, {}) == 5
+    assert slot_choice(model, batch, 4, None, {}) is None
+    with pytest.raises(ValueError, match="positive count"):
+        slot_choice(model, batch, 4, 0, {})
