@@ -36,11 +36,16 @@ def _reforward(batch: Batch, sequences: torch.Tensor) -> Batch:
 
 
 @pytest.mark.parametrize("site", ["neuron", "act"])
-def test_equals_dense_scores_of_a_teacher_forced_forward(vlm64, site):
+@pytest.mark.parametrize("slots", [None, 2])  # batched decoding; 2 cache slots for 3 images (slot decoding)
+def test_equals_dense_scores_of_a_teacher_forced_forward(vlm64, site, slots):
     model, processor = vlm64.model, vlm64.processor
     batch = encode_images(processor, IMAGES, "Describe it.", assistant_prefix="An image of")
     k = 25
-    found = caption_contributions(model, processor, batch, max_new_tokens=5, top_k=k, site=site)
+    if slots and "image_grid_thw" in batch.inputs:  # qwen2_vl's 3-D positions: slot decoding says it cannot
+        with pytest.raises(ValueError, match="slot decoding cannot run this call"):
+            caption_contributions(model, processor, batch, max_new_tokens=5, top_k=k, site=site, slots=slots)
+        return
+    found = caption_contributions(model, processor, batch, max_new_tokens=5, top_k=k, site=site, slots=slots)
     assert found.pairs.shape[0] > 0 and found.values.shape == (found.pairs.shape[0], k)
     positions = found.generation.prompt_len - 1 + found.pairs[:, 1]
     n = found.pairs.shape[0]

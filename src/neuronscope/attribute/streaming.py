@@ -14,7 +14,9 @@ capturing with :func:`neuronscope.trace.capture`:
 - one pinned asynchronous copy of the kept values and indices at the end;
 - decoding by :func:`neuronscope.trace.decode.greedy_generate`: a static KV cache, and on a GPU each decode step
   replayed from one CUDA graph (the buffers are indexed by its device clock), the same tokens as
-  ``model.generate``.
+  ``model.generate``; or, when asked (``slots``) or when the batch's cache would not fit in the GPU's memory, by
+  :func:`neuronscope.trace.slot_decode.slot_buffered_generate`: a cache of a few prompts, the others read in
+  chunks inside the decode calls (memory bounded by the slots, not the batch), the same tokens again.
 
 Example:
     >>> batch = encode_images(processor, images, assistant_prefix="An image of")
@@ -37,7 +39,7 @@ from neuronscope.errors import InputError
 from neuronscope.inputs import Batch, Generation
 from neuronscope.models.adapter import get_adapter
 from neuronscope.models.devices import on_device
-from neuronscope.trace.decode import buffered_generate
+from neuronscope.trace.slot_decode import buffered_decode
 
 StepSelector = Callable[[Generation], Sequence[Sequence[int]]]
 
@@ -112,6 +114,7 @@ def caption_contributions(
     site: str = "neuron",
     absolute: bool = False,
     pair_chunk: int = 256,
+    slots: int | str | None = "auto",
     **generate_kwargs: Any,
 ) -> CaptionContributions:
     """Generate greedily while buffering the site at each step, then keep the top-k contributions of each target.
@@ -127,6 +130,10 @@ def caption_contributions(
         site: ``"neuron"`` (default) or ``"act"``.
         absolute: rank by ``|score|``.
         pair_chunk: targets scored at once (memory ``pair_chunk × (top_k + d_ff)`` float32).
+        slots: decode through a KV cache of this many prompts, the prompts read in chunks inside the decode calls
+            (:mod:`neuronscope.trace.slot_decode`: memory bounded by the slots, not the batch, but slower);
+            ``"auto"`` (default): batched while the batch's cache fits in the free GPU memory, else the slots that
+            fit; None: batched. The same tokens and scores either way.
         generate_kwargs: ``min_new_tokens`` / ``suppress_tokens``, or any ``model.generate`` keyword (which then
             decodes instead of :func:`neuronscope.trace.decode.greedy_generate`'s static, CUDA-graph decoding).
 
@@ -137,8 +144,8 @@ def caption_contributions(
         raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
     adapter = get_adapter(model)
     dtype = next(model.parameters()).dtype
-    generation, steps = buffered_generate(model, processor, batch, {site: range(adapter.n_layers)}, max_new_tokens,
-                                          dtype=dtype, **generate_kwargs)
+    generation, steps = buffered_decode(model, processor, batch, {site: range(adapter.n_layers)}, max_new_tokens,
+                                        slots=slots, dtype=dtype, **generate_kwargs)
     buffers = [steps.get(site, layer) for layer in range(adapter.n_layers)]
     chosen = (select or every_step(_stop_ids(processor)))(generation)
     pairs = _pairs(generation, chosen)

@@ -4,8 +4,9 @@
    ``assistant_prefix`` ("An image of"), and the model continues greedily (``max_new_tokens``).
 2. **Capture during generation**: the neuron site is captured at the last position of every forward call of
    the greedy decoding (:func:`neuronscope.trace.decode.greedy_generate`: a static cache, and on a GPU each decode
-   step replayed from a CUDA graph), i.e. at exactly the position whose logits produce each generated token: no
-   re-forward of the caption is needed.
+   step replayed from a CUDA graph; a batch whose cache would not fit in the GPU's memory goes through a cache of
+   a few images, :mod:`neuronscope.trace.slot_decode`), i.e. at exactly the position whose logits produce each
+   generated token: no re-forward of the caption is needed.
 3. **Targets**: the nouns of the generated caption (a part-of-speech tagger) or the words of a concept list;
    each scored at the first sub-token of its first occurrence (:mod:`.nouns`).
 4. **Scores**: ``s[l, i] = a[l, i] · <w_i, u_t>`` for all ``layers × d_ff`` neurons
@@ -37,7 +38,7 @@ from neuronscope.inputs.batch import (
     to_model,
 )
 from neuronscope.models.adapter import ModelAdapter, get_adapter
-from neuronscope.trace.decode import buffered_generate
+from neuronscope.trace.slot_decode import buffered_decode
 from neuronscope.workflows.multimodal.moe_scoring import Scorer, caption_experts, score_grid
 from neuronscope.workflows.multimodal.nouns import ConceptSpec, Tagger, TargetWord, select_targets
 
@@ -134,7 +135,7 @@ def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: Mode
     # the site at the last position of every call, in device buffers (written by the CUDA-graph replays too): a few
     # MB, scored there, only the top-k leave the device
     sites = {site: range(adapter.n_layers), **({"resid_post": [last]} if final_norm else {})}
-    generation, buffers = buffered_generate(model, processor, batch, sites, max_new_tokens)
+    generation, buffers = buffered_decode(model, processor, batch, sites, max_new_tokens)  # slots if it cannot fit
     score_device = adapter.unembedding().device
     produced = generation.tokens.shape[1]
     stacked = buffers.stack(site, produced, device=score_device)  # [B, P, L, d_ff]
