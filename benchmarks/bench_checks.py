@@ -301,6 +301,55 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
     return out
 
 
+def slot_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
+    """Slot decoding (``trace.slot_decode``: a cache of a few prompts, prefill chunks inside the decode calls), its
+    calls replayed from a CUDA graph on a GPU and eager, against ``model.generate`` (a text batch whose rows stop
+    early at eos; a LLaVA batch) and the streaming scores against the batched decoding's."""
+    import bench_multimodal
+
+    from neuronscope.attribute.streaming import caption_contributions
+    from neuronscope.inputs import encode_images, generate
+    from neuronscope.inputs.batch import Batch
+    from neuronscope.trace.slot_decode import slot_buffered_generate
+
+    out = []
+    modes = (False, True) if where.type == "cuda" else (False,)
+    model = build_llama(TINY if tiny else SMALL, torch.float32, where, seed=5)
+    ids = torch.randint(3, model.config.vocab_size, (6, 20), device=where)
+    mask = torch.ones_like(ids)
+    mask[1, :6] = mask[2, :2] = mask[4, :11] = 0
+    text = Batch({"input_ids": ids, "attention_mask": mask}, ["?"] * 6, mask.sum(-1).cpu())
+    vlm, processor = bench_multimodal.build(True, where, torch.float32)
+    tokenizer = processor.tokenizer
+    free_run = generate(model, tokenizer, text, max_new_tokens=12, min_new_tokens=12).sequences
+    previous = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = sorted(set(free_run[:, 20 + 4].tolist()))  # rows stop at their 5th
+    try:
+        expected = generate(model, tokenizer, text, max_new_tokens=12).sequences
+        for graphs in modes:
+            got, _ = slot_buffered_generate(model, tokenizer, text, {"neuron": [0]}, 12, slots=2, chunk=8,
+                                            graphs=graphs)
+            out.append({"slots": f"text, 6 rows through 2 slots, rows stopping early at eos, graphs={graphs}",
+                        "ok": bool(torch.equal(got.sequences, expected))})
+    finally:
+        model.generation_config.eos_token_id = previous
+    images = bench_multimodal._images(5, 28)
+    batch = encode_images(processor, images, "Describe the image in few words.", assistant_prefix="An image of")
+    expected = generate(vlm, tokenizer, batch, max_new_tokens=8, min_new_tokens=8).sequences
+    batched = caption_contributions(vlm, processor, batch, max_new_tokens=8, top_k=50, min_new_tokens=8,
+                                    graphs=False, slots=None)
+    for graphs in modes:
+        found = caption_contributions(vlm, processor, batch, max_new_tokens=8, top_k=50, min_new_tokens=8,
+                                      graphs=graphs, slots=2)
+        diff = float((found.values - batched.values).abs().max()) / float(batched.values.abs().max())
+        same = bool(torch.equal(found.generation.sequences.cpu(), expected.cpu()))
+        out.append({"slots": f"llava, 5 images through 2 slots, scores vs batched eager, graphs={graphs}",
+                    "tokens_equal_generate": same, "max_abs_diff_over_max": diff,
+                    "indices_equal": bool(torch.equal(found.flat_indices, batched.flat_indices)),
+                    "ok": same and diff < 1e-5})
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     where = torch.device("cpu") if args.tiny or args.smollm2 else device()
     shape = TINY if args.tiny else SMALL
@@ -312,11 +361,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                  "contribution_top_k": contribution_checks(where, shape),
                  "contribution_graphs": contribution_graph_checks(where, shape),
                  "lpi_graphs": lpi_graph_checks(where, shape), "log_sum_exp": kernel_checks(where),
-                 "decode": decode_checks(where, args.tiny)}
+                 "decode": decode_checks(where, args.tiny), "slots": slot_checks(where, args.tiny)}
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
     rows = [row for name in ("integrated_gradients", "ig_graphs", "contribution_top_k", "contribution_graphs",
-                             "lpi_graphs", "log_sum_exp", "decode") for row in table[name]]
+                             "lpi_graphs", "log_sum_exp", "decode", "slots") for row in table[name]]
     table["all_ok"] = all(row.get("ok", False) for row in rows if "error" not in row)
     table["errors"] = [row for row in rows if "error" in row]
     return table

@@ -87,10 +87,11 @@ def call_sizes(tiny: bool) -> tuple[int, int, int]:
     return (4, 2, 50) if tiny else (20, 3, 10_000)
 
 
-def streaming_call(model, processor, images: list[Image.Image], tiny: bool, graphs: bool | None = None):
+def streaming_call(model, processor, images: list[Image.Image], tiny: bool, graphs: bool | None = None,
+                   slots: int | str | None = "auto"):
     """The table's streaming call (what profile_paths, find_syncs and time_streaming run too): encode the images,
     caption them with exactly ``call_sizes``' tokens (the image token suppressed: random weights), keep the top-k
-    contributions of each caption's first targets."""
+    contributions of each caption's first targets. ``slots``: as ``caption_contributions`` takes it."""
     from neuronscope.attribute.streaming import caption_contributions
     from neuronscope.inputs import encode_images
 
@@ -98,7 +99,7 @@ def streaming_call(model, processor, images: list[Image.Image], tiny: bool, grap
     batch = encode_images(processor, images, PROMPT, assistant_prefix=PREFIX)
     return caption_contributions(model, processor, batch, max_new_tokens=tokens, top_k=top_k,
                                  select=lambda generation: [list(range(n_targets))] * generation.tokens.shape[0],
-                                 min_new_tokens=tokens, suppress_tokens=[4], graphs=graphs)
+                                 min_new_tokens=tokens, suppress_tokens=[4], graphs=graphs, slots=slots)
 
 
 def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from neuronscope.attribute.contribution import contribution
     from neuronscope.inputs import encode_images
     from neuronscope.inputs.targets import TargetSet
+    from neuronscope.trace.slot_decode import slot_choice
 
     tiny = args.tiny
     where = torch.device("cpu") if tiny else device()
@@ -132,17 +134,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "caption_tokens": tokens, "targets_per_caption": n_targets, "top_k": top_k,
                              "goal": ">= 25x the reference at the best batch, peak <= weights + 15 %"}
 
-    def streaming(batch_images, graphs=None):
-        return streaming_call(model, processor, batch_images, tiny, graphs)
+    def streaming(batch_images, graphs=None, slots="auto"):
+        return streaming_call(model, processor, batch_images, tiny, graphs, slots)
 
-    rows = []
-    for size in batches:
-        streaming(images[:size])  # warm-up at this size
-        entry = _timed(lambda size=size: streaming(images[:size]), where, weights)
-        entry.update({"batch": size, "images_per_second": size / entry["seconds"]})
-        rows.append(entry)
+    def slots_of(size: int, slots="auto") -> int | None:  # the decoding the call takes: None = batched
+        batch = encode_images(processor, images[:size], PROMPT, assistant_prefix=PREFIX)
+        return slot_choice(model, batch, tokens, slots, {"min_new_tokens": tokens, "suppress_tokens": [4]})
+
+    def row(size: int, slots="auto") -> dict[str, Any]:
+        streaming(images[:size], slots=slots)  # warm-up at this size
+        entry = _timed(lambda: streaming(images[:size], slots=slots), where, weights)
+        entry.update({"batch": size, "slots": slots_of(size, slots), "images_per_second": size / entry["seconds"]})
         free()
+        return entry
+
+    rows = [row(size) for size in batches]
     table["streaming"] = rows
+    # the frontier at the largest batches: slots (the KV cache holds this many images) against batched decoding
+    table["slot_rows"] = [row(size, slots) for size in batches[-2:] for slots in ((2, 3) if tiny else (3, 5, 6))]
+    table["batched_rows"] = [row(size, None) for size in batches[-2:]]
     size = 8 if not tiny else 2  # the same at batch 8 with every decode step launched eagerly (no CUDA graph)
     streaming(images[:size], graphs=False)
     entry = _timed(lambda: streaming(images[:size], graphs=False), where, weights)

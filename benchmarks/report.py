@@ -283,7 +283,7 @@ def main() -> None:
     checks = _load(folder, "checks")
     if checks is not None:
         failed = [row for part in ("integrated_gradients", "ig_graphs", "contribution_top_k", "contribution_graphs",
-                                   "log_sum_exp", "decode")
+                                   "log_sum_exp", "decode", "slots")
                   for row in checks.get(part, []) if not row.get("ok", False)]
         out += [f"Correctness on this device (`checks.json`, float32, each fast path against its plain oracle): "
                 f"{'all equal within tolerance' if checks['all_ok'] else 'FAILURES'}; "
