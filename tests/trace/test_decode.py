@@ -82,10 +82,10 @@ def test_rows_that_stop_are_padded_and_decoding_ends_when_all_stop(monkeypatch):
 @pytest.mark.parametrize("lagged", [False, True])
 def test_stops_read_one_step_late_give_the_same_tokens(monkeypatch, lagged):
     """On a GPU whether every row has stopped is read one step late, so that the next step is queued meanwhile
-    (``_StopFlags``): the step after the last stop only writes padding and is not counted. Forced here on the CPU:
+    (``trace.greedy_choice.StopFlags``): the step after the last stop only writes padding and is not counted. Forced here on the CPU:
     rows that stop at different steps, all at the first step, or never."""
-    original = decode._StopFlags.__init__
-    monkeypatch.setattr(decode._StopFlags, "__init__", lambda self, unfinished: original(self, unfinished, lagged))
+    original = decode.StopFlags.__init__
+    monkeypatch.setattr(decode.StopFlags, "__init__", lambda self, unfinished: original(self, unfinished, lagged))
     model, batch = _text("llama")
     free = generate(model, _Tokens(), batch, max_new_tokens=8).tokens
     for eos in ([int(t) for t in free[:, 3]], [int(t) for t in free[:, 1]], int(free[0, 5]), 1):
@@ -229,3 +229,21 @@ def test_an_accelerate_hook_counts_as_foreign():
     assert foreign_hooks(model) == 0
     model.model.layers[0]._hf_hook = object()  # what accelerate's add_hook_to_module leaves on a module
     assert foreign_hooks(model) == 1
+
+
+def test_a_decoder_run_again_on_another_batch_of_its_shape_decodes_it_as_a_fresh_one():
+    """What a kept decoder does on a GPU (``buffered_generate`` keeps the captured one; refilled, not remade),
+    here eagerly: its cache, tokens and stop flags start afresh, rows stop at eos again."""
+    from neuronscope.trace.decode import _decode
+
+    model, first = _text("llama")
+    model.to(torch.float64)
+    other = random_batch(batch=3, length=7, seed=11, left_pad=(2, 0, 4))
+    second = Batch(other, ["?"] * 3, other["attention_mask"].sum(-1))
+    free = generate(model, _Tokens(), second, max_new_tokens=6).tokens
+    model.generation_config.eos_token_id = int(free[1, 2])  # row 1 of the second batch stops at step 2
+    _, decoder = _decode(model, _Tokens(), first, 6, None, False, {})
+    for batch in (second, first, second):
+        again, same = _decode(model, _Tokens(), batch, 6, None, False, {}, decoder)
+        assert same is decoder
+        assert torch.equal(again.sequences, generate(model, _Tokens(), batch, max_new_tokens=6).sequences)

@@ -21,7 +21,9 @@ call produces: 0 for the prompt, ``k`` for the call that produces new token ``k`
 Graphs are used by default only when every hook on the model belongs to a ``HookSet(..., graph_safe=True)``; any
 other hook (an intervention that picks positions, a peer tool's hook) makes the decoding eager, still static.
 :func:`greedy_generate` keeps the clock right on every path, including the fallback to ``model.generate`` for
-what this decoder does not cover (:func:`static_decode_blocker` says why).
+what this decoder does not cover (:func:`~neuronscope.trace.decode_coverage.static_decode_blocker` says why).
+:func:`buffered_generate` keeps a captured decoder (graph, cache, buffers) for the next call of its shape, which
+then replays from its first decode step.
 
 Example:
     >>> clock = DecodeClock.on(model)
@@ -31,8 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,22 +42,13 @@ from torch import nn
 
 from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
-from neuronscope.models.decoding import PROMPT_ONLY_INPUTS, TEXT_INPUTS
+from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import takes_logits_to_keep
-from neuronscope.trace.graphs import capture, on_side_stream
+from neuronscope.trace.graphs import capture, graphs_of, model_key, on_side_stream
+from neuronscope.trace.greedy_choice import Picker, StopFlags, token_tensor
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.sites import resolve_site
-
-#: ``model.generate`` keywords this decoder implements itself (everything else falls back to ``generate``).
-OWN_KEYWORDS = frozenset({"min_new_tokens", "suppress_tokens"})
-
-#: generation-config fields whose non-default values add logits processors or change the search.
-_SEARCH_FIELDS = ("num_beams", "num_beam_groups", "penalty_alpha", "repetition_penalty", "encoder_repetition_penalty",
-                  "no_repeat_ngram_size", "encoder_no_repeat_ngram_size", "bad_words_ids", "min_length",
-                  "min_new_tokens", "forced_bos_token_id", "forced_eos_token_id", "suppress_tokens",
-                  "begin_suppress_tokens", "sequence_bias", "exponential_decay_length_penalty", "renormalize_logits",
-                  "guidance_scale", "watermarking_config", "stop_strings", "assistant_model", "prompt_lookup_num_tokens")
 
 
 @dataclass
@@ -114,78 +105,22 @@ class StepBuffers:
         """``[batch, steps, width]`` (None if the layer never ran)."""
         return self.buffers.get((site, layer))
 
+    def copy(self) -> StepBuffers:
+        """The same buffers in tensors of their own (a kept decoder's are rewritten by its next call)."""
+        out = StepBuffers(self.clock, self.steps, self.dtype)
+        out.buffers = {key: value.clone() for key, value in self.buffers.items()}
+        return out
+
     def stack(self, site: str, steps: int, device: torch.device | None = None) -> torch.Tensor:
         """``[batch, steps, layers, width]`` of the first ``steps`` steps, layers in order."""
         layers = sorted(layer for name, layer in self.buffers if name == site)
         return torch.stack([self.buffers[(site, layer)][:, :steps].to(device) for layer in layers], 2)
 
 
-@functools.cache
-def _defaults() -> Any:
-    from transformers import GenerationConfig
-
-    return GenerationConfig()
-
-
-def static_decode_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[str, Any]) -> str | None:
-    """Why :func:`greedy_generate` would hand this call to ``model.generate`` (None: it decodes itself)."""
-    other = sorted(set(generate_kwargs) - OWN_KEYWORDS)
-    if other:
-        return f"generate keywords {other}"
-    config = getattr(model, "generation_config", None)
-    defaults = _defaults()
-    for field in (name for name in _SEARCH_FIELDS if name not in OWN_KEYWORDS):
-        if config is not None and getattr(config, field, None) != getattr(defaults, field, None):
-            return f"generation_config.{field} = {getattr(config, field)!r}"
-    extra = sorted(set(batch.inputs) - TEXT_INPUTS - PROMPT_ONLY_INPUTS)
-    if extra:
-        return f"inputs {extra} (their decode steps need more than text inputs)"
-    if getattr(type(model), "create_masks_for_generate", None) is not None:
-        return f"{type(model).__name__} builds its own generation masks"
-    forward = inspect.signature(model.forward).parameters
-    if not {"position_ids", "attention_mask", cache_keyword(model)} <= set(forward):
-        return "the forward takes no position_ids, attention_mask or cache"
-    if len({p.device for p in model.parameters()}) > 1:
-        return "the model spans several devices"
-    kinds = _cache_kinds(model)
-    if kinds != {"StaticLayer"}:
-        return f"cache layers {sorted(kinds)} (sliding-window, chunked or linear attention)"
-    return None
-
-
-def _cache_kinds(model: nn.Module) -> set[str]:
-    """The layer kinds of the static cache transformers builds for ``model`` (built lazily: no tensors yet)."""
-    from transformers import StaticCache
-
-    return {type(layer).__name__ for layer in StaticCache(config=model.config, max_cache_len=1).layers}
-
-
-class _Picker:
-    """Greedy choice with transformers' ``min_new_tokens`` and ``suppress_tokens`` processors (graph-safe)."""
-
-    def __init__(self, eos: torch.Tensor | None, min_new_tokens: int, suppress: torch.Tensor | None):
-        self.eos, self.min_new_tokens, self.suppress = eos, min_new_tokens, suppress
-
-    def __call__(self, logits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        scores = logits.float()
-        if self.suppress is not None:
-            scores = scores.index_fill(-1, self.suppress, float("-inf"))
-        if self.eos is not None and self.min_new_tokens > 0:  # end of sequence barred before min_new_tokens
-            barred = (step < self.min_new_tokens)[:, None]
-            eos_scores = scores.index_select(-1, self.eos)
-            scores = scores.index_copy(-1, self.eos, torch.where(barred, float("-inf"), eos_scores))
-        return scores.argmax(-1)
-
-
-def _token_tensor(ids: Iterable[int] | int | None, device: torch.device) -> torch.Tensor | None:
-    if ids is None:
-        return None
-    ids = [ids] if isinstance(ids, int) else list(ids)
-    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
-
-
 class _StaticDecoder:
-    """One batch's greedy decoding; :meth:`run` returns ``[B, prompt + steps]`` sequences."""
+    """One batch's greedy decoding; :meth:`run` returns ``[B, prompt + steps]`` sequences. Every tensor its decode
+    step reads or writes is made once, so that a decoder whose step was captured can be kept (with its graph) and
+    run again on another batch of the same shape (:meth:`refill`)."""
 
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int, pad_id: int,
                  clock: DecodeClock, min_new_tokens: int, suppress: Iterable[int] | None):
@@ -196,13 +131,28 @@ class _StaticDecoder:
         self.device = ids.device
         self.rows, self.prompt = ids.shape
         self.pad = torch.tensor(pad_id, dtype=torch.long, device=self.device)
-        self.eos = _token_tensor(getattr(model.generation_config, "eos_token_id", None), self.device)
-        self.pick = _Picker(self.eos, min_new_tokens, _token_tensor(suppress, self.device))
+        self.eos = token_tensor(getattr(model.generation_config, "eos_token_id", None), self.device)
+        self.pick = Picker(self.eos, min_new_tokens, token_tensor(suppress, self.device))
         self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
         self.keyword = cache_keyword(model)
         self.keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         self.tokens = torch.full((self.rows, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
         self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=self.device)
+        self.prompt_index = torch.tensor([self.prompt], dtype=torch.long, device=self.device)
+        self.position = self.token = self.mask = self.open_key = None  # made by the first call's prompt
+        self.graph: Any = None  # the decode step, once captured
+
+    def refill(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Decode ``inputs`` (the shape this decoder was made for) next: the cache emptied, the tokens reset."""
+        self.inputs = inputs
+        self.cache.reset()
+        self.tokens.fill_(int(self.pad))
+        self.unfinished.fill_(True)
+
+    @staticmethod
+    def _into(kept: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
+        """``value`` written into the buffer ``kept`` (a copy of it when there is none yet)."""
+        return value.clone() if kept is None else kept.copy_(value)
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Pick, pad the stopped rows, record the token at the clock's step and update who has stopped."""
@@ -218,7 +168,7 @@ class _StaticDecoder:
         self.clock.step.zero_()
         inputs = {k: v for k, v in self.inputs.items() if k != "position_ids"}
         out = self.model(**inputs, position_ids=position, use_cache=True, **{self.keyword: self.cache}, **self.keep)
-        self.position = position[:, -1:].clone()
+        self.position = self._into(self.position, position[:, -1:])
         return self._choose(out.logits[:, -1])
 
     def _decode_mask(self) -> torch.Tensor | None:
@@ -237,7 +187,8 @@ class _StaticDecoder:
         chosen = self._prefill()
         done = 1
         if self.steps > 1 and bool(self.unfinished.any()):
-            done = self._decode(chosen[:, None].clone(), graphs)
+            self.token = self._into(self.token, chosen[:, None])
+            done = self._decode(self.token, graphs)
         return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
 
     def _forward_step(self, token: torch.Tensor, mask: torch.Tensor) -> None:
@@ -258,27 +209,29 @@ class _StaticDecoder:
                 self._forward_step(token, grown[0])
 
             return self._steps(step, graphs=False)
-        open_key = mask[..., self.prompt - 1:self.prompt].clone()  # the last prompt key is real in every row
-        prompt = torch.tensor([self.prompt], dtype=torch.long, device=self.device)
+        self.mask = self._into(self.mask, mask)
+        self.open_key = self._into(self.open_key, mask[..., self.prompt - 1:self.prompt])  # real in every row
 
         def step() -> None:  # every operation reads and writes fixed buffers: safe to capture
-            mask.index_copy_(-1, prompt + self.clock.step, open_key)  # the key this step writes (before the clock)
-            self._forward_step(token, mask)
+            # the key this step writes (before the clock moves on)
+            self.mask.index_copy_(-1, self.prompt_index + self.clock.step, self.open_key)
+            self._forward_step(token, self.mask)
 
         return self._steps(step, graphs)
 
     def _steps(self, step, graphs: bool) -> int:
         """Run ``step`` until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
-        stream when graphs follow), the second captured, the rest replayed; the number of tokens produced.
+        stream when graphs follow), the second captured, the rest replayed (every one replayed when a kept decoder
+        has its graph); the number of tokens produced.
 
-        On a GPU whether every row has stopped is read one step late (:class:`_StopFlags`), so that the next step
+        On a GPU whether every row has stopped is read one step late (:class:`StopFlags`), so that the next step
         is queued while the host waits: a step after the last needed one only writes padding, and is not counted."""
-        done, graph = 1, None
-        flags = _StopFlags(self.unfinished)
+        done, graph = 1, self.graph if graphs else None
+        flags = StopFlags(self.unfinished)
         while done < self.steps:
-            if graphs and done == 2:
+            if graphs and graph is None and done == 2:
                 captured = capture(step, "the decode step")
-                graph = None if captured is None else captured[0]
+                graph = self.graph = None if captured is None else captured[0]
                 graphs = graph is not None  # a step that cannot be captured runs eagerly from here on
             if graph is not None:
                 graph.replay()
@@ -291,39 +244,7 @@ class _StaticDecoder:
             if stopped is not None:
                 done -= stopped  # 1: the step just queued came after every row had stopped
                 break
-        del graph
         return done
-
-
-class _StopFlags:
-    """Whether any row of ``unfinished [B]`` is still running, read from the host without draining the queue: with
-    ``lagged`` (the default on CUDA) each step's answer goes to (pinned) host memory behind an event, and
-    :meth:`after_step` reads the previous step's, whose work is done while the current one runs; otherwise it reads
-    the current one."""
-
-    def __init__(self, unfinished: torch.Tensor, lagged: bool | None = None):
-        self.unfinished = unfinished
-        self.lagged = unfinished.is_cuda if lagged is None else lagged
-        self.host = torch.zeros(2, dtype=torch.bool, pin_memory=unfinished.is_cuda)
-        self.events: list[Any] = [None, None]
-        self.count = 0
-
-    def after_step(self) -> int | None:
-        """None while some row runs; else how many of the steps queued so far came after every row had stopped
-        (0, or 1 when lagged)."""
-        if not self.lagged:
-            return None if bool(self.unfinished.any()) else 0
-        slot = self.count % 2
-        self.host[slot:slot + 1].copy_(self.unfinished.any()[None], non_blocking=True)
-        if self.unfinished.is_cuda:
-            self.events[slot] = torch.cuda.Event()
-            self.events[slot].record()
-        self.count += 1
-        if self.count == 1:
-            return None
-        if self.events[1 - slot] is not None:
-            self.events[1 - slot].synchronize()
-        return None if bool(self.host[1 - slot]) else 1
 
 
 def _clocked_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int, clock: DecodeClock | None,
@@ -352,21 +273,96 @@ def buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites: Map
     """:func:`greedy_generate` with each ``site → layers`` of ``sites`` kept at the last position of every call in
     :class:`StepBuffers` (under a graph-safe hook set: on a GPU the decode steps still replay from a CUDA graph).
 
+    On a GPU the decoder whose step was captured is kept with its graph, cache and buffers for the next call of the
+    same shape (batch size, prompt length, sites, options: a captioning run's batches), which then replays from the
+    first decode step instead of running one eagerly and capturing one; at most one is kept, when its cache takes
+    at most a tenth of the device's memory (:func:`neuronscope.trace.graphs.release_graphs` frees it). The buffers
+    returned are the caller's own either way.
+
     Example:
         >>> generation, buffers = buffered_generate(model, processor, batch, {"neuron": range(adapter.n_layers)})
         >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
     """
     adapter = get_adapter(model)
-    clock = DecodeClock.on(model)
-    buffers = StepBuffers(clock, max_new_tokens, dtype)
-    with HookSet(adapter, graph_safe=True) as hooks:
+    moved = to_model(batch, model)
+    graphs = kwargs.pop("graphs", None)
+    kept = graphs_of(model, "decode", 1)
+    with HookSet(adapter, graph_safe=True, owned=True) as hooks:
+        key = _kept_key(model, processor, moved, sites, max_new_tokens, dtype, graphs, kwargs)
+        entry = kept.replayable(key) if key is not None else None
+        clock = entry.decoder.clock if entry is not None else DecodeClock.on(model)
+        buffers = entry.buffers if entry is not None else StepBuffers(clock, max_new_tokens, dtype)
         for site, layers in sites.items():
             buffers.install(hooks, adapter, site, layers)
-        generation = greedy_generate(model, processor, batch, max_new_tokens, clock=clock, **kwargs)
-    return generation, buffers
+        generation, decoder = _decode(model, processor, moved, max_new_tokens, clock, graphs, kwargs,
+                                      entry.decoder if entry is not None else None)
+    if entry is None and key is not None and decoder is not None and decoder.graph is not None \
+            and _worth_keeping(decoder):
+        entry = kept.keep(key, _KeptDecoder(decoder.graph, decoder, buffers))
+    return generation, (buffers.copy() if entry is not None else buffers)
+
+
+@dataclass
+class _KeptDecoder:
+    graph: Any
+    decoder: _StaticDecoder
+    buffers: StepBuffers
+
+
+def _options(model: nn.Module, processor: Any, kwargs: dict[str, Any]) -> tuple[int, int, list[int] | None]:
+    """``(pad id, min_new_tokens, suppress_tokens)``: the keywords over the generation config, as in generate."""
+    tokenizer = _tokenizer(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = model.generation_config
+    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
+    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
+    return int(pad_id), int(min_new or 0), None if suppress is None else [int(t) for t in suppress]
+
+
+def _kept_key(model: nn.Module, processor: Any, moved: Batch, sites: Mapping[str, Iterable[int]], steps: int,
+              dtype: torch.dtype | None, graphs: bool | None, kwargs: dict[str, Any]) -> tuple | None:
+    """What a kept decoder must share with this call to decode it (None: this call's decoder is not keepable:
+    eager, or not the static decoder)."""
+    if moved.input_ids.device.type != "cuda" or graphs is False or foreign_hooks(model) \
+            or static_decode_blocker(model, moved, kwargs) is not None:
+        return None
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    return (tuple(moved.input_ids.shape), steps, tuple((site, tuple(layers)) for site, layers in sites.items()), dtype,
+            _options(model, processor, kwargs), eos if not isinstance(eos, list) else tuple(eos),
+            tuple((name, value.dtype) for name, value in sorted(moved.inputs.items())), model_key(model))
+
+
+def _worth_keeping(decoder: _StaticDecoder) -> bool:
+    """Whether a decoder's cache is small enough to hold between calls: a tenth of the device's memory at most."""
+    held = sum(tensor.numel() * tensor.element_size() for layer in decoder.cache.layers
+               for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
+               if isinstance(tensor, torch.Tensor))
+    return held <= torch.cuda.get_device_properties(decoder.device).total_memory // 10
 
 
 @torch.no_grad()
+def _decode(model: nn.Module, processor: Any, moved: Batch, max_new_tokens: int, clock: DecodeClock | None,
+            graphs: bool | None, kwargs: dict[str, Any],
+            decoder: _StaticDecoder | None = None) -> tuple[Generation, _StaticDecoder | None]:
+    """:func:`greedy_generate` of a batch already on the model, with the decoder it ran (None: ``generate`` ran);
+    ``decoder``: a kept one to run again."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if static_decode_blocker(model, moved, kwargs) is not None:
+        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs), None
+    if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
+        graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
+    if decoder is None:
+        pad_id, min_new, suppress = _options(model, processor, kwargs)
+        decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock or DecodeClock.on(model),
+                                 min_new, suppress)
+    else:
+        decoder.refill(moved.inputs)
+    sequences = decoder.run(graphs)
+    texts = _tokenizer(processor).batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
+    return Generation(sequences, moved.seq_len, [text.strip() for text in texts]), decoder
+
+
 def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int = 20, *,
                     clock: DecodeClock | None = None, graphs: bool | None = None, **kwargs: Any) -> Generation:
     """Greedy decoding of a left-padded batch (as :func:`neuronscope.inputs.generate`), with a static cache and
@@ -381,20 +377,4 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
         kwargs: ``min_new_tokens`` / ``suppress_tokens``; any other ``generate`` keyword falls back to
             ``model.generate``.
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    moved = to_model(batch, model)
-    if static_decode_blocker(model, moved, kwargs) is not None:
-        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
-    clock = clock or DecodeClock.on(model)
-    if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
-        graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
-    tokenizer = _tokenizer(processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = model.generation_config  # keywords override the generation config, as in model.generate
-    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
-    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, int(pad_id), clock, int(min_new or 0), suppress)
-    sequences = decoder.run(graphs)
-    texts = tokenizer.batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
-    return Generation(sequences, moved.seq_len, [text.strip() for text in texts])
+    return _decode(model, processor, to_model(batch, model), max_new_tokens, clock, graphs, kwargs)[0]

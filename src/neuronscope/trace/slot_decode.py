@@ -38,9 +38,11 @@ from torch import nn
 
 from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
-from neuronscope.trace.decode import StepBuffers, _Picker, _token_tensor, static_decode_blocker
+from neuronscope.trace.decode import StepBuffers
+from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep, text_config
 from neuronscope.trace.graphs import BUCKET, capture, on_side_stream
+from neuronscope.trace.greedy_choice import Picker, token_tensor
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.prompt_embeddings import prompt_embeddings
@@ -96,7 +98,7 @@ class SlotCache:
 class _Packed:
     """The static buffers of one run and the packed call that reads and writes only them."""
 
-    def __init__(self, model: nn.Module, layout: PlanLayout, steps: int, pad: int, picker: _Picker,
+    def __init__(self, model: nn.Module, layout: PlanLayout, steps: int, pad: int, picker: Picker,
                  eos: torch.Tensor | None, width: int, dtype: torch.dtype, device: torch.device):
         self.model, self.layout, self.steps, self.picker, self.eos = model, layout, steps, picker, eos
         self.plan = torch.zeros(layout.size, dtype=torch.long, device=device)
@@ -316,8 +318,8 @@ def slot_buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites
     config = model.generation_config
     min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
     suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    eos = _token_tensor(getattr(config, "eos_token_id", None), device)
-    picker = _Picker(eos, int(min_new or 0), _token_tensor(suppress, device))
+    eos = token_tensor(getattr(config, "eos_token_id", None), device)
+    picker = Picker(eos, int(min_new or 0), token_tensor(suppress, device))
     width = model.get_input_embeddings().weight.shape[-1]
     model_dtype = next(model.parameters()).dtype
     packed = _Packed(model, layout, max_new_tokens, int(pad_id), picker, eos, width, model_dtype, device)

@@ -1,0 +1,65 @@
+"""The greedy choice of a decode step (with transformers' ``min_new_tokens`` and ``suppress_tokens`` processors) and
+the host's reading of whether every row has stopped, one step late on a GPU; shared by the batched static decoder
+(:mod:`neuronscope.trace.decode`) and slot decoding (:mod:`neuronscope.trace.slot_decode`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+
+class Picker:
+    """Greedy choice with transformers' ``min_new_tokens`` and ``suppress_tokens`` processors (graph-safe)."""
+
+    def __init__(self, eos: torch.Tensor | None, min_new_tokens: int, suppress: torch.Tensor | None):
+        self.eos, self.min_new_tokens, self.suppress = eos, min_new_tokens, suppress
+
+    def __call__(self, logits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        scores = logits.float()
+        if self.suppress is not None:
+            scores = scores.index_fill(-1, self.suppress, float("-inf"))
+        if self.eos is not None and self.min_new_tokens > 0:  # end of sequence barred before min_new_tokens
+            barred = (step < self.min_new_tokens)[:, None]
+            eos_scores = scores.index_select(-1, self.eos)
+            scores = scores.index_copy(-1, self.eos, torch.where(barred, float("-inf"), eos_scores))
+        return scores.argmax(-1)
+
+
+def token_tensor(ids: Iterable[int] | int | None, device: torch.device) -> torch.Tensor | None:
+    if ids is None:
+        return None
+    ids = [ids] if isinstance(ids, int) else list(ids)
+    return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
+
+
+class StopFlags:
+    """Whether any row of ``unfinished [B]`` is still running, read from the host without draining the queue: with
+    ``lagged`` (the default on CUDA) each step's answer goes to (pinned) host memory behind an event, and
+    :meth:`after_step` reads the previous step's, whose work is done while the current one runs; otherwise it reads
+    the current one."""
+
+    def __init__(self, unfinished: torch.Tensor, lagged: bool | None = None):
+        self.unfinished = unfinished
+        self.lagged = unfinished.is_cuda if lagged is None else lagged
+        self.host = torch.zeros(2, dtype=torch.bool, pin_memory=unfinished.is_cuda)
+        self.events: list[Any] = [None, None]
+        self.count = 0
+
+    def after_step(self) -> int | None:
+        """None while some row runs; else how many of the steps queued so far came after every row had stopped
+        (0, or 1 when lagged)."""
+        if not self.lagged:
+            return None if bool(self.unfinished.any()) else 0
+        slot = self.count % 2
+        self.host[slot:slot + 1].copy_(self.unfinished.any()[None], non_blocking=True)
+        if self.unfinished.is_cuda:
+            self.events[slot] = torch.cuda.Event()
+            self.events[slot].record()
+        self.count += 1
+        if self.count == 1:
+            return None
+        if self.events[1 - slot] is not None:
+            self.events[1 - slot].synchronize()
+        return None if bool(self.host[1 - slot]) else 1
