@@ -247,3 +247,53 @@ def test_a_decoder_run_again_on_another_batch_of_its_shape_decodes_it_as_a_fresh
         again, same = _decode(model, _Tokens(), batch, 6, None, False, {}, decoder)
         assert same is decoder
         assert torch.equal(again.sequences, generate(model, _Tokens(), batch, max_new_tokens=6).sequences)
+
+
+def test_the_kept_decoders_key_holds_what_its_graph_was_captured_for():
+    from neuronscope.trace.decode import _kept_key, _shape_key
+
+    model, batch = _text("llama")
+    model.generation_config.eos_token_id = [2, 7]
+    sites = {"neuron": range(2), "resid_post": [1]}
+    key = _shape_key(model, _Tokens(), batch, sites, 6, None, {"suppress_tokens": [5, 9], "min_new_tokens": 3})
+    assert hash(key) is not None and key == _shape_key(model, _Tokens(), batch, sites, 6, None,
+                                                       {"suppress_tokens": [5, 9], "min_new_tokens": 3})
+    assert key != _shape_key(model, _Tokens(), batch, sites, 6, None, {"suppress_tokens": [5], "min_new_tokens": 3})
+    assert key != _shape_key(model, _Tokens(), batch, {"neuron": range(2)}, 6, None, {"suppress_tokens": [5, 9],
+                                                                                      "min_new_tokens": 3})
+    assert _kept_key(model, _Tokens(), batch, sites, 6, None, None, {}) is None  # on a CPU nothing is kept
+
+
+def test_buffered_generate_reuses_a_kept_decoder_and_hands_out_buffers_of_its_own(monkeypatch):
+    """The keeping of a captured decoder, with the capture faked on the CPU (the replay is checked on the GPU in
+    bench_checks): batches A, B, A of one shape, each as decoded afresh, the first call's buffers untouched."""
+    from neuronscope.trace import decode as module
+    from neuronscope.trace.graphs import kept_graphs, release_graphs
+
+    model, first = _text("llama")
+    model.to(torch.float64)
+    other = random_batch(batch=3, length=7, seed=11, left_pad=(2, 0, 4))
+    second = Batch(other, ["?"] * 3, other["attention_mask"].sum(-1))
+    sites = {"neuron": range(get_adapter(model).n_layers)}
+    fresh = {id(batch): module.buffered_generate(model, _Tokens(), batch, sites, 5, graphs=False)
+             for batch in (first, second)}
+    run = module._StaticDecoder.run
+
+    def captured(self, graphs):  # as if its decode step had been captured
+        self.graph = self.graph or "graph"
+        return run(self, graphs)
+
+    monkeypatch.setattr(module._StaticDecoder, "run", captured)
+    monkeypatch.setattr(module, "_kept_key", lambda model, processor, moved, *rest: ("key", moved.input_ids.shape))
+    monkeypatch.setattr(module, "_worth_keeping", lambda decoder: True)
+    release_graphs(model)
+    outputs = [module.buffered_generate(model, _Tokens(), batch, sites, 5, graphs=False)
+               for batch in (first, second, first)]
+    assert kept_graphs(model, "decode") == 1
+    kept = module.graphs_of(model, "decode", 1).entries[("key", first.input_ids.shape)]
+    for (generation, buffers), batch in zip(outputs, (first, second, first), strict=True):
+        expected, expected_buffers = fresh[id(batch)]
+        assert torch.equal(generation.sequences, expected.sequences)
+        assert buffers is not kept.buffers
+        torch.testing.assert_close(buffers.stack("neuron", 5), expected_buffers.stack("neuron", 5), rtol=0, atol=0)
+    release_graphs(model)

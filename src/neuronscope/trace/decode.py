@@ -309,14 +309,14 @@ class _KeptDecoder:
     buffers: StepBuffers
 
 
-def _options(model: nn.Module, processor: Any, kwargs: dict[str, Any]) -> tuple[int, int, list[int] | None]:
+def _options(model: nn.Module, processor: Any, kwargs: dict[str, Any]) -> tuple[int, int, tuple[int, ...] | None]:
     """``(pad id, min_new_tokens, suppress_tokens)``: the keywords over the generation config, as in generate."""
     tokenizer = _tokenizer(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = model.generation_config
     min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
     suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    return int(pad_id), int(min_new or 0), None if suppress is None else [int(t) for t in suppress]
+    return int(pad_id), int(min_new or 0), None if suppress is None else tuple(int(t) for t in suppress)
 
 
 def _kept_key(model: nn.Module, processor: Any, moved: Batch, sites: Mapping[str, Iterable[int]], steps: int,
@@ -326,9 +326,14 @@ def _kept_key(model: nn.Module, processor: Any, moved: Batch, sites: Mapping[str
     if moved.input_ids.device.type != "cuda" or graphs is False or foreign_hooks(model) \
             or static_decode_blocker(model, moved, kwargs) is not None:
         return None
+    return _shape_key(model, processor, moved, sites, steps, dtype, kwargs)
+
+
+def _shape_key(model: nn.Module, processor: Any, moved: Batch, sites: Mapping[str, Iterable[int]], steps: int,
+               dtype: torch.dtype | None, kwargs: dict[str, Any]) -> tuple:
     eos = getattr(model.generation_config, "eos_token_id", None)
     return (tuple(moved.input_ids.shape), steps, tuple((site, tuple(layers)) for site, layers in sites.items()), dtype,
-            _options(model, processor, kwargs), eos if not isinstance(eos, list) else tuple(eos),
+            _options(model, processor, kwargs), tuple(eos) if isinstance(eos, (list, tuple)) else eos,
             tuple((name, value.dtype) for name, value in sorted(moved.inputs.items())), model_key(model))
 
 
