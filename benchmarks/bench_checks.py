@@ -286,7 +286,6 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
     out.append({"decode": "text under suppress(positions='all'), graphs by default vs generate",
                 "graph_safe": steady, "tokens_equal": bool(torch.equal(got.sequences, expected)),
                 "ok": steady and bool(torch.equal(got.sequences, expected))})
-    out += _kept_decoder_checks(vlm, processor, where)
     kept = {}
     for graphs in (False, True) if where.type == "cuda" else (False,):
         kept[graphs] = caption_contributions(vlm, processor, image_batch, max_new_tokens=8, top_k=50,
@@ -300,34 +299,6 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
                     "indices_equal": bool(torch.equal(a.flat_indices, b.flat_indices)),
                     "ok": diff < 1e-5 and torch.equal(a.generation.sequences, b.generation.sequences)})
     return out
-
-
-def _kept_decoder_checks(vlm, processor, where: torch.device) -> list[dict[str, Any]]:
-    """``buffered_generate`` on three LLaVA batches of one shape (A, B, A): on a GPU the second and third replay the
-    decoder kept from the first; each against ``model.generate``, and the buffers of the first left as they were."""
-    import bench_multimodal
-
-    from neuronscope.inputs import encode_images, generate
-    from neuronscope.trace.decode import buffered_generate
-    from neuronscope.trace.graphs import kept_graphs, release_graphs
-
-    prompt = "Describe the image in few words."
-    batches = [encode_images(processor, bench_multimodal._images(6, 28)[rows], prompt, assistant_prefix="An image of")
-               for rows in (slice(0, 3), slice(3, 6), slice(0, 3))]
-    release_graphs(vlm)
-    equal, first, first_copy = [], None, None
-    for batch in batches:
-        expected = generate(vlm, processor.tokenizer, batch, max_new_tokens=8, min_new_tokens=8).sequences
-        got, buffers = buffered_generate(vlm, processor, batch, {"neuron": [0, 1]}, 8, min_new_tokens=8)
-        equal.append(bool(torch.equal(got.sequences, expected)))
-        if first is None:
-            first, first_copy = buffers, buffers.get("neuron", 1).clone()
-    kept = kept_graphs(vlm, "decode")
-    untouched = bool(torch.equal(first.get("neuron", 1), first_copy))
-    release_graphs(vlm)
-    return [{"decode": "kept decoder: LLaVA batches A, B, A of one shape vs generate", "tokens_equal": equal,
-             "kept_graphs": kept, "first_buffers_untouched": untouched,
-             "ok": all(equal) and untouched and kept == (1 if where.type == "cuda" else 0)}]
 
 
 def slot_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:

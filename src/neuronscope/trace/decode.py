@@ -22,8 +22,6 @@ Graphs are used by default only when every hook on the model belongs to a ``Hook
 other hook (an intervention that picks positions, a peer tool's hook) makes the decoding eager, still static.
 :func:`greedy_generate` keeps the clock right on every path, including the fallback to ``model.generate`` for
 what this decoder does not cover (:func:`~neuronscope.trace.decode_coverage.static_decode_blocker` says why).
-:func:`buffered_generate` keeps a captured decoder (graph, cache, buffers) for the next call of its shape, which
-then replays from its first decode step.
 
 Example:
     >>> clock = DecodeClock.on(model)
@@ -44,7 +42,7 @@ from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenize
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import takes_logits_to_keep
-from neuronscope.trace.graphs import capture, graphs_of, model_key, on_side_stream
+from neuronscope.trace.graphs import capture, on_side_stream
 from neuronscope.trace.greedy_choice import Picker, StopFlags, token_tensor
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
@@ -105,12 +103,6 @@ class StepBuffers:
         """``[batch, steps, width]`` (None if the layer never ran)."""
         return self.buffers.get((site, layer))
 
-    def copy(self) -> StepBuffers:
-        """The same buffers in tensors of their own (a kept decoder's are rewritten by its next call)."""
-        out = StepBuffers(self.clock, self.steps, self.dtype)
-        out.buffers = {key: value.clone() for key, value in self.buffers.items()}
-        return out
-
     def stack(self, site: str, steps: int, device: torch.device | None = None) -> torch.Tensor:
         """``[batch, steps, layers, width]`` of the first ``steps`` steps, layers in order."""
         layers = sorted(layer for name, layer in self.buffers if name == site)
@@ -118,9 +110,7 @@ class StepBuffers:
 
 
 class _StaticDecoder:
-    """One batch's greedy decoding; :meth:`run` returns ``[B, prompt + steps]`` sequences. Every tensor its decode
-    step reads or writes is made once, so that a decoder whose step was captured can be kept (with its graph) and
-    run again on another batch of the same shape (:meth:`refill`)."""
+    """One batch's greedy decoding; :meth:`run` returns ``[B, prompt + steps]`` sequences."""
 
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int, pad_id: int,
                  clock: DecodeClock, min_new_tokens: int, suppress: Iterable[int] | None):
@@ -138,21 +128,6 @@ class _StaticDecoder:
         self.keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         self.tokens = torch.full((self.rows, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
         self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=self.device)
-        self.prompt_index = torch.tensor([self.prompt], dtype=torch.long, device=self.device)
-        self.position = self.token = self.mask = self.open_key = None  # made by the first call's prompt
-        self.graph: Any = None  # the decode step, once captured
-
-    def refill(self, inputs: dict[str, torch.Tensor]) -> None:
-        """Decode ``inputs`` (the shape this decoder was made for) next: the cache emptied, the tokens reset."""
-        self.inputs = inputs
-        self.cache.reset()
-        self.tokens.fill_(int(self.pad))
-        self.unfinished.fill_(True)
-
-    @staticmethod
-    def _into(kept: torch.Tensor | None, value: torch.Tensor) -> torch.Tensor:
-        """``value`` written into the buffer ``kept`` (a copy of it when there is none yet)."""
-        return value.clone() if kept is None else kept.copy_(value)
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Pick, pad the stopped rows, record the token at the clock's step and update who has stopped."""
@@ -168,7 +143,7 @@ class _StaticDecoder:
         self.clock.step.zero_()
         inputs = {k: v for k, v in self.inputs.items() if k != "position_ids"}
         out = self.model(**inputs, position_ids=position, use_cache=True, **{self.keyword: self.cache}, **self.keep)
-        self.position = self._into(self.position, position[:, -1:])
+        self.position = position[:, -1:].clone()
         return self._choose(out.logits[:, -1])
 
     def _decode_mask(self) -> torch.Tensor | None:
@@ -187,8 +162,7 @@ class _StaticDecoder:
         chosen = self._prefill()
         done = 1
         if self.steps > 1 and bool(self.unfinished.any()):
-            self.token = self._into(self.token, chosen[:, None])
-            done = self._decode(self.token, graphs)
+            done = self._decode(chosen[:, None].clone(), graphs)
         return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
 
     def _forward_step(self, token: torch.Tensor, mask: torch.Tensor) -> None:
@@ -209,29 +183,27 @@ class _StaticDecoder:
                 self._forward_step(token, grown[0])
 
             return self._steps(step, graphs=False)
-        self.mask = self._into(self.mask, mask)
-        self.open_key = self._into(self.open_key, mask[..., self.prompt - 1:self.prompt])  # real in every row
+        open_key = mask[..., self.prompt - 1:self.prompt].clone()  # the last prompt key is real in every row
+        prompt = torch.tensor([self.prompt], dtype=torch.long, device=self.device)
 
         def step() -> None:  # every operation reads and writes fixed buffers: safe to capture
-            # the key this step writes (before the clock moves on)
-            self.mask.index_copy_(-1, self.prompt_index + self.clock.step, self.open_key)
-            self._forward_step(token, self.mask)
+            mask.index_copy_(-1, prompt + self.clock.step, open_key)  # the key this step writes (before the clock)
+            self._forward_step(token, mask)
 
         return self._steps(step, graphs)
 
     def _steps(self, step, graphs: bool) -> int:
         """Run ``step`` until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
-        stream when graphs follow), the second captured, the rest replayed (every one replayed when a kept decoder
-        has its graph); the number of tokens produced.
+        stream when graphs follow), the second captured, the rest replayed; the number of tokens produced.
 
         On a GPU whether every row has stopped is read one step late (:class:`StopFlags`), so that the next step
         is queued while the host waits: a step after the last needed one only writes padding, and is not counted."""
-        done, graph = 1, self.graph if graphs else None
+        done, graph = 1, None
         flags = StopFlags(self.unfinished)
         while done < self.steps:
-            if graphs and graph is None and done == 2:
+            if graphs and done == 2:
                 captured = capture(step, "the decode step")
-                graph = self.graph = None if captured is None else captured[0]
+                graph = None if captured is None else captured[0]
                 graphs = graph is not None  # a step that cannot be captured runs eagerly from here on
             if graph is not None:
                 graph.replay()
@@ -244,6 +216,7 @@ class _StaticDecoder:
             if stopped is not None:
                 done -= stopped  # 1: the step just queued came after every row had stopped
                 break
+        del graph
         return done
 
 
@@ -273,101 +246,21 @@ def buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites: Map
     """:func:`greedy_generate` with each ``site → layers`` of ``sites`` kept at the last position of every call in
     :class:`StepBuffers` (under a graph-safe hook set: on a GPU the decode steps still replay from a CUDA graph).
 
-    On a GPU the decoder whose step was captured is kept with its graph, cache and buffers for the next call of the
-    same shape (batch size, prompt length, sites, options: a captioning run's batches), which then replays from the
-    first decode step instead of running one eagerly and capturing one; at most one is kept, when its cache takes
-    at most a tenth of the device's memory (:func:`neuronscope.trace.graphs.release_graphs` frees it). The buffers
-    returned are the caller's own either way.
-
     Example:
         >>> generation, buffers = buffered_generate(model, processor, batch, {"neuron": range(adapter.n_layers)})
         >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
     """
     adapter = get_adapter(model)
-    moved = to_model(batch, model)
-    graphs = kwargs.pop("graphs", None)
-    kept = graphs_of(model, "decode", 1)
-    with HookSet(adapter, graph_safe=True, owned=True) as hooks:
-        key = _kept_key(model, processor, moved, sites, max_new_tokens, dtype, graphs, kwargs)
-        entry = kept.replayable(key) if key is not None else None
-        clock = entry.decoder.clock if entry is not None else DecodeClock.on(model)
-        buffers = entry.buffers if entry is not None else StepBuffers(clock, max_new_tokens, dtype)
+    clock = DecodeClock.on(model)
+    buffers = StepBuffers(clock, max_new_tokens, dtype)
+    with HookSet(adapter, graph_safe=True) as hooks:
         for site, layers in sites.items():
             buffers.install(hooks, adapter, site, layers)
-        generation, decoder = _decode(model, processor, moved, max_new_tokens, clock, graphs, kwargs,
-                                      entry.decoder if entry is not None else None)
-    if entry is None and key is not None and decoder is not None and decoder.graph is not None \
-            and _worth_keeping(decoder):
-        entry = kept.keep(key, _KeptDecoder(decoder.graph, decoder, buffers))
-    return generation, (buffers.copy() if entry is not None else buffers)
-
-
-@dataclass
-class _KeptDecoder:
-    graph: Any
-    decoder: _StaticDecoder
-    buffers: StepBuffers
-
-
-def _options(model: nn.Module, processor: Any, kwargs: dict[str, Any]) -> tuple[int, int, tuple[int, ...] | None]:
-    """``(pad id, min_new_tokens, suppress_tokens)``: the keywords over the generation config, as in generate."""
-    tokenizer = _tokenizer(processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = model.generation_config
-    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
-    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    return int(pad_id), int(min_new or 0), None if suppress is None else tuple(int(t) for t in suppress)
-
-
-def _kept_key(model: nn.Module, processor: Any, moved: Batch, sites: Mapping[str, Iterable[int]], steps: int,
-              dtype: torch.dtype | None, graphs: bool | None, kwargs: dict[str, Any]) -> tuple | None:
-    """What a kept decoder must share with this call to decode it (None: this call's decoder is not keepable:
-    eager, or not the static decoder)."""
-    if moved.input_ids.device.type != "cuda" or graphs is False or foreign_hooks(model) \
-            or static_decode_blocker(model, moved, kwargs) is not None:
-        return None
-    return _shape_key(model, processor, moved, sites, steps, dtype, kwargs)
-
-
-def _shape_key(model: nn.Module, processor: Any, moved: Batch, sites: Mapping[str, Iterable[int]], steps: int,
-               dtype: torch.dtype | None, kwargs: dict[str, Any]) -> tuple:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    return (tuple(moved.input_ids.shape), steps, tuple((site, tuple(layers)) for site, layers in sites.items()), dtype,
-            _options(model, processor, kwargs), tuple(eos) if isinstance(eos, (list, tuple)) else eos,
-            tuple((name, value.dtype) for name, value in sorted(moved.inputs.items())), model_key(model))
-
-
-def _worth_keeping(decoder: _StaticDecoder) -> bool:
-    """Whether a decoder's cache is small enough to hold between calls: a tenth of the device's memory at most."""
-    held = sum(tensor.numel() * tensor.element_size() for layer in decoder.cache.layers
-               for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None))
-               if isinstance(tensor, torch.Tensor))
-    return held <= torch.cuda.get_device_properties(decoder.device).total_memory // 10
+        generation = greedy_generate(model, processor, batch, max_new_tokens, clock=clock, **kwargs)
+    return generation, buffers
 
 
 @torch.no_grad()
-def _decode(model: nn.Module, processor: Any, moved: Batch, max_new_tokens: int, clock: DecodeClock | None,
-            graphs: bool | None, kwargs: dict[str, Any],
-            decoder: _StaticDecoder | None = None) -> tuple[Generation, _StaticDecoder | None]:
-    """:func:`greedy_generate` of a batch already on the model, with the decoder it ran (None: ``generate`` ran);
-    ``decoder``: a kept one to run again."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if static_decode_blocker(model, moved, kwargs) is not None:
-        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs), None
-    if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
-        graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
-    if decoder is None:
-        pad_id, min_new, suppress = _options(model, processor, kwargs)
-        decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock or DecodeClock.on(model),
-                                 min_new, suppress)
-    else:
-        decoder.refill(moved.inputs)
-    sequences = decoder.run(graphs)
-    texts = _tokenizer(processor).batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
-    return Generation(sequences, moved.seq_len, [text.strip() for text in texts]), decoder
-
-
 def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int = 20, *,
                     clock: DecodeClock | None = None, graphs: bool | None = None, **kwargs: Any) -> Generation:
     """Greedy decoding of a left-padded batch (as :func:`neuronscope.inputs.generate`), with a static cache and
@@ -382,4 +275,20 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
         kwargs: ``min_new_tokens`` / ``suppress_tokens``; any other ``generate`` keyword falls back to
             ``model.generate``.
     """
-    return _decode(model, processor, to_model(batch, model), max_new_tokens, clock, graphs, kwargs)[0]
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    moved = to_model(batch, model)
+    if static_decode_blocker(model, moved, kwargs) is not None:
+        return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
+    clock = clock or DecodeClock.on(model)
+    if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
+        graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
+    tokenizer = _tokenizer(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = model.generation_config  # keywords override the generation config, as in model.generate
+    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
+    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
+    decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, int(pad_id), clock, int(min_new or 0), suppress)
+    sequences = decoder.run(graphs)
+    texts = tokenizer.batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
+    return Generation(sequences, moved.seq_len, [text.strip() for text in texts])
