@@ -1,7 +1,7 @@
 """Slot decoding (continuous batching, prefill in the decode calls) against the batched static decoder and
 transformers' ``model.generate``: the same tokens, stops and pads, the same sites at every new token's producing
 position, whatever the slots and chunk (prompts split over calls, several prompts in one call). The plan alone is
-checked against the rules it must keep. The CUDA-graph replay is compared on the GPU (``benchmarks/bench_checks.py``)."""
+checked in ``test_slot_schedule.py``. The CUDA-graph replay is compared on the GPU (``benchmarks/bench_checks.py``)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from neuronscope.inputs import Batch, encode_images, generate
 from neuronscope.models import get_adapter
 from neuronscope.trace.decode import buffered_generate
 from neuronscope.trace.slot_decode import chunk_for, slot_blocker, slot_buffered_generate
-from neuronscope.trace.slot_schedule import PlanLayout, SlotSchedule
 
 
 class _Tokens:
@@ -29,60 +28,6 @@ def _text(family: str, rows: int = 5) -> tuple[torch.nn.Module, Batch]:
     model = tiny_text_model(family, seed=3)
     inputs = random_batch(batch=rows, length=7, seed=5, left_pad=(0, 3, 1, 5, 2)[:rows])
     return model, Batch(inputs, ["?"] * rows, inputs["attention_mask"].sum(-1))
-
-
-@pytest.mark.parametrize("lengths,slots,chunk,steps", [([7, 4, 6, 2, 5], 2, 4, 6), ([3] * 6, 3, 32, 1),
-                                                        ([9, 1, 1, 8], 1, 5, 3), ([5, 5], 4, 2, 4)])
-def test_the_plan_reads_every_prompt_once_in_order_and_decodes_each_step_once(lengths, slots, chunk, steps):
-    layout = PlanLayout(slots, chunk, max(lengths) + steps)
-    schedule = SlotSchedule(lengths, layout, steps)
-    read = {prompt: [] for prompt in range(len(lengths))}  # positions written per prompt, in order
-    chosen = {prompt: [] for prompt in range(len(lengths))}
-    holder: dict[int, int] = {}  # slot -> prompt
-    calls = 0
-    while (plan := schedule.plan()) is not None:
-        calls += 1
-        f = plan.fields
-        freed_now = {slot for slot, _ in plan.finished}
-        for slot, prompt in plan.admitted:
-            assert slot not in holder, "a slot took a prompt while it held another"
-            holder[slot] = prompt
-        writes = [w for w in f["write"] if w != layout.trash]
-        assert len(writes) == len(set(writes)), "two rows of one call write one position"
-        for row in range(layout.rows):
-            slot = f["q_slot"][row]
-            if slot == slots:
-                assert f["write"][row] == layout.trash
-                continue
-            assert f["write"][row] == slot * layout.cache_len + f["q_pos"][row]
-            read[holder[slot]].append(f["q_pos"][row])
-            if row >= slots:
-                assert f["src"][row - slots] == f["write"][row]
-        for index in range(layout.reads):
-            slot = f["read_dest"][index]
-            if slot == slots:
-                continue
-            prompt, row = holder[slot], f["read_rows"][index]
-            assert f["q_slot"][row] == slot
-            assert f["q_pos"][row] == lengths[prompt] - 1 + f["read_step"][index]
-            assert bool(f["read_first"][index]) == (f["read_step"][index] == 0)
-            chosen[prompt].append(f["read_step"][index])
-        for slot in freed_now:
-            del holder[slot]
-    assert schedule.done and not holder and calls > 0
-    for prompt, length in enumerate(lengths):
-        assert read[prompt] == list(range(length + steps - 1)), prompt
-        assert chosen[prompt] == list(range(steps)), prompt
-
-
-def test_a_prompt_that_stops_early_frees_its_slot():
-    layout = PlanLayout(1, 8, 12)
-    schedule = SlotSchedule([3, 3], layout, steps=5)
-    first = schedule.plan()
-    assert first.admitted == [(0, 0)] and first.decoding == {0: 0}
-    assert not schedule.stop(0, 1) and schedule.stop(0, 0)  # only the prompt it decodes
-    second = schedule.plan()
-    assert second.admitted == [(0, 1)]
 
 
 def test_the_chunk_reads_a_prompt_while_a_slot_decodes():
