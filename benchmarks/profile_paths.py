@@ -154,17 +154,22 @@ def _moe(args, where, out, cuda) -> dict[str, Any]:
 
 
 def _multimodal(args, where, out, cuda) -> dict[str, Any]:
-    """The multimodal table's streaming pipeline (caption, then score) at batch 16 (tiny: 2), as the table runs it:
-    where its time goes beside the decode steps' graph replays (encoding, vision tower, prefill, scoring)."""
+    """The multimodal table's streaming pipeline (caption, then score) at each ``--multimodal-batch`` (tiny: 2), as
+    the table runs it: where its time goes beside the decode steps' graph replays (encoding, vision tower, prefill,
+    scoring)."""
     import bench_multimodal
 
     model, processor = bench_multimodal.build(args.tiny, where, torch.float32 if args.tiny else torch.bfloat16)
-    images = bench_multimodal._images(2 if args.tiny else 16, 28 if args.tiny else 336)
+    results = {}
+    for size in [2] if args.tiny else args.multimodal_batch:
+        images = bench_multimodal._images(size, 28 if args.tiny else 336)
 
-    def streaming():
-        return bench_multimodal.streaming_call(model, processor, images, args.tiny)
+        def streaming(images=images):
+            return bench_multimodal.streaming_call(model, processor, images, args.tiny)
 
-    return {"multimodal_streaming": _profile("multimodal_streaming", streaming, out, cuda, calls=2)}
+        name = "multimodal_streaming" if size == 16 else f"multimodal_streaming_b{size}"
+        results[name] = _profile(name, streaming, out, cuda, calls=2)
+    return results
 
 
 def main() -> None:
@@ -172,6 +177,7 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--only", nargs="+", default=list(PATHS), choices=PATHS)
+    parser.add_argument("--multimodal-batch", nargs="+", type=int, default=[16], help="images per streaming call")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
