@@ -113,3 +113,19 @@ def test_auto_decodes_batched_while_the_cache_fits_and_through_the_slots_that_fi
     assert slot_choice(model, batch, 4, None, {}) is None
     with pytest.raises(ValueError, match="positive count"):
         slot_choice(model, batch, 4, 0, {})
+
+
+def test_an_intervention_at_chosen_positions_keeps_the_batched_decoding():
+    from neuronscope.trace import intervene, suppress
+    from neuronscope.trace.slot_decode import slot_choice
+
+    model, batch = _text("llama")
+    neurons = torch.tensor([[0, 1], [1, 2]])
+    with intervene(model, suppress(neurons, positions=[1, 2])):  # positions of a prompt, not rows of a packed call
+        assert "not graph-safe" in slot_blocker(model, batch, {})
+        with pytest.raises(ValueError, match="not graph-safe"):
+            slot_buffered_generate(model, _Tokens(), batch, {"neuron": [0]}, 4, slots=2)
+    with intervene(model, suppress(neurons, positions="all")):  # every position: the same in a packed call
+        assert slot_blocker(model, batch, {}) is None
+        _compare(model.to(torch.float64), _Tokens(), batch, 5, 2, 4)
+    assert slot_choice(model, batch, 4, "auto", {}) is None

@@ -5,7 +5,8 @@ batch, so memory grows with the batch, and each decode step of a small batch rea
 tokens. Here every call of the model is one packed sequence (:mod:`neuronscope.trace.slot_schedule`): one decode
 row per slot and a chunk of prompt tokens still to be read. The cache holds ``slots`` prompts
 (``slots × (prompt + new tokens)`` positions, and one trash position), prompts enter a slot as one leaves, and the
-chunk's prompt tokens are nearly free next to the weights the decode rows read anyway.
+chunk's prompt tokens ride along with the weights the decode rows read anyway (not for free on the hardware
+measured: see "When to use it" below).
 
 What it computes is what :func:`~neuronscope.trace.decode.greedy_generate` computes, prompt by prompt: the argmax
 of the logits at each prompt's last position, then of each new token's, with ``min_new_tokens`` /
@@ -52,11 +53,14 @@ from neuronscope.trace.slot_schedule import PlanLayout, SlotSchedule, StepPlan
 
 def slot_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[str, Any]) -> str | None:
     """Why :func:`slot_buffered_generate` cannot decode this call (None: it can): what stops the static decoder
-    (:func:`~neuronscope.trace.decode.static_decode_blocker`), or an attention implementation that takes no 4-D
-    mask of ours."""
+    (:func:`~neuronscope.trace.decode_coverage.static_decode_blocker`), a hook that is not graph-safe (an
+    intervention that picks its positions would name rows of the packed calls, not positions of a prompt), or an
+    attention implementation that takes no 4-D mask of ours."""
     static = static_decode_blocker(model, batch, generate_kwargs)
     if static is not None:
         return static
+    if foreign_hooks(model):
+        return "hooks on the model that are not graph-safe (their positions would be rows of the packed calls)"
     attention = attention_implementation(model)
     if attention not in ("sdpa", "eager"):
         return f"attention '{attention}' (the packed mask is for 'sdpa' and 'eager')"
