@@ -34,6 +34,7 @@ from common import (
 )
 
 
+@torch.no_grad()
 def _matmul_only(model, chunk: int, compute: torch.dtype, layer: int = 0) -> None:
     from neuronscope.attribute.log_probability_increase import FrozenReadout
     from neuronscope.models import get_adapter
@@ -45,6 +46,7 @@ def _matmul_only(model, chunk: int, compute: torch.dtype, layer: int = 0) -> Non
         readout.delta(vectors[start:start + chunk])
 
 
+@torch.no_grad()  # as the LPI call scores
 def _scoring_only(model, chunk: int, backend: str) -> None:
     """What the call does after its forward, for one target: per chunk the products, the log-sum-exps and the
     target column (the activations and the base logits stand in as random tensors)."""

@@ -118,3 +118,30 @@ def test_the_cpu_block_gives_the_large_blocks_log_sum_exp():
     expected = torch.logsumexp(base.double()[None] + scale.double()[:, None] * delta.double(), -1)
     got = shifted_logsumexp(base, delta, scale, backend="plain")
     torch.testing.assert_close(got.double(), expected, rtol=0, atol=2e-5)
+
+
+def test_under_autograd_the_plain_path_keeps_nothing_alive_and_its_gradient_is_logsumexps():
+    """The plain path changes its blocks in place only where no gradient is recorded: in place under autograd, each
+    call's graph stayed alive after the call (a reference cycle the collector does not see; 8 GB per 7B-shaped
+    LPI row on a GPU) and the backward read a changed tensor."""
+    import gc
+
+    def tensors() -> int:
+        gc.collect()
+        return sum(1 for obj in gc.get_objects() if isinstance(obj, torch.Tensor))
+
+    generator = torch.Generator().manual_seed(3)
+    base = torch.randn(300, generator=generator, dtype=torch.float64)
+    weights = torch.randn(5, 300, generator=generator, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(5, generator=generator, dtype=torch.float64) + 0.5
+    shifted_logsumexp(base, weights * 1.0, scale, backend="plain", block=64)  # warm-up
+    before = tensors()
+    for _ in range(3):
+        shifted_logsumexp(base, weights * 1.0, scale, backend="plain", block=64)
+    assert tensors() == before
+    got = torch.autograd.grad(shifted_logsumexp(base, weights, scale, backend="plain", block=64).sum(), weights)[0]
+    expected = torch.autograd.grad(torch.logsumexp(base[None] + scale[:, None] * weights, -1).sum(), weights)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+    with torch.no_grad():  # without autograd, in place as before
+        torch.testing.assert_close(shifted_logsumexp(base, weights, scale, backend="plain", block=64),
+                                   torch.logsumexp(base[None] + scale[:, None] * weights, -1), rtol=1e-12, atol=1e-12)

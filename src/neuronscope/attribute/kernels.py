@@ -92,10 +92,13 @@ def _plain(base: torch.Tensor, delta: torch.Tensor, scale: torch.Tensor | None, 
     running_sum = torch.zeros(rows, device=delta.device, dtype=acc)
     for start in range(0, vocab, block):
         stop = min(start + block, vocab)
-        z = shifted_values(base[start:stop], delta[:, start:stop], scale, softcap)  # a new tensor: changed in place
+        z = shifted_values(base[start:stop], delta[:, start:stop], scale, softcap)  # a new tensor
         new_max = torch.maximum(running_max, z.amax(-1))
-        # the first block: exp(-inf - new_max) = 0 (new_max is finite for real logits)
-        running_sum = running_sum * torch.exp(running_max - new_max) + z.sub_(new_max[:, None]).exp_().sum(-1)
+        # the first block: exp(-inf - new_max) = 0 (new_max is finite for real logits). In place only where no
+        # gradient is recorded: under autograd, z is saved for the max's backward, and changing it in place both
+        # breaks that backward and keeps every call's graph alive (a reference cycle the collector cannot see)
+        shifted = torch.exp(z - new_max[:, None]) if z.requires_grad else z.sub_(new_max[:, None]).exp_()
+        running_sum = running_sum * torch.exp(running_max - new_max) + shifted.sum(-1)
         running_max = new_max
     return running_max + running_sum.log()
 
