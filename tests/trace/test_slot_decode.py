@@ -53,6 +53,7 @@ def _compare(model, processor, batch, steps, slots, chunk, **options):
             produced = buffers.get(site, layer)[:, :ran.shape[1]]
             torch.testing.assert_close(produced[ran], kept.get(site, layer)[:, :ran.shape[1]][ran], rtol=1e-10,
                                        atol=1e-12)
+            assert not produced[~ran].any()  # not the activations of the slot's earlier prompt
     return got
 
 
@@ -129,3 +130,23 @@ def test_an_intervention_at_chosen_positions_keeps_the_batched_decoding():
         assert slot_blocker(model, batch, {}) is None
         _compare(model.to(torch.float64), _Tokens(), batch, 5, 2, 4)
     assert slot_choice(model, batch, 4, "auto", {}) is None
+
+
+def test_a_vision_language_model_whose_tower_keeps_another_dtype():
+    """The pool of prompt embeddings takes the decoder's dtype, not the first parameter's (the vision tower's)."""
+    vlm = chat_vlm("llava", seed=1)
+    model, processor = vlm.model.to(torch.bfloat16), vlm.processor
+    model.model.vision_tower.to(torch.float32)
+    model.model.multi_modal_projector.to(torch.float32)
+    images = [gradient_image(40, 30), gradient_image(36, 36), gradient_image(20, 50)]
+    batch = encode_images(processor, images, "Describe it.", assistant_prefix="An image of")
+    got, _ = slot_buffered_generate(model, processor, batch, {"neuron": [0]}, 4, slots=2, chunk=16)
+    assert torch.equal(got.sequences, buffered_generate(model, processor, batch, {"neuron": [0]}, 4,
+                                                        graphs=False)[0].sequences)
+
+
+def test_no_slot_or_no_prompt_row_is_refused():
+    model, batch = _text("llama")
+    for slots, chunk in ((0, 8), (2, 0)):
+        with pytest.raises(ValueError, match="at least one slot and one prompt row"):
+            slot_buffered_generate(model, _Tokens(), batch, {"neuron": [0]}, 4, slots=slots, chunk=chunk)

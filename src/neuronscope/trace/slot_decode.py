@@ -69,7 +69,8 @@ def slot_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[str, Any]
 
 def chunk_for(slots: int, prompt: int, steps: int) -> int:
     """Prefill rows per call: enough that a prompt is read in about the calls a slot takes to decode
-    (``slots · prompt / (steps - 1)``), a multiple of :data:`~neuronscope.trace.graphs.BUCKET`, at most the prompt."""
+    (``slots · prompt / (steps - 1)``), a multiple of :data:`~neuronscope.trace.graphs.BUCKET`, at most the prompt
+    rounded up to one."""
     want = slots * prompt / max(steps - 1, 1)
     ceiling = -(-prompt // BUCKET) * BUCKET
     return int(min(max(BUCKET, -(-int(want) // BUCKET) * BUCKET), ceiling))
@@ -227,6 +228,8 @@ class _Run:
             start = slot * packed.layout.cache_len
             packed.pool[start:start + embed.shape[0]].copy_(embed)
             packed.token_rows(slot).fill_(int(packed.pad))
+            for key in packed.stage:  # steps a prompt that stops early never runs keep zeros, not the last prompt's
+                packed.staged(key, slot).zero_()
 
     def park(self, finished: Iterable[tuple[int, int]]) -> None:
         packed = self.packed
@@ -269,7 +272,7 @@ def cache_bytes(model: nn.Module, positions: int) -> int:
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    itemsize = next(model.parameters()).element_size()
+    itemsize = model.get_input_embeddings().weight.element_size()  # the language model's (a VLM's tower may differ)
     return 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize * positions
 
 
@@ -316,7 +319,7 @@ def slot_buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites
     if slots is None:
         slots = _fitting(model, device, len(lengths), cache_len) or len(lengths)
     slots = min(slots, len(lengths))
-    layout = PlanLayout(slots, chunk or chunk_for(slots, max(lengths), max_new_tokens), cache_len)
+    layout = PlanLayout(slots, chunk_for(slots, max(lengths), max_new_tokens) if chunk is None else chunk, cache_len)
     tokenizer = _tokenizer(processor)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = model.generation_config
@@ -324,9 +327,8 @@ def slot_buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites
     suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
     eos = token_tensor(getattr(config, "eos_token_id", None), device)
     picker = Picker(eos, int(min_new or 0), token_tensor(suppress, device))
-    width = model.get_input_embeddings().weight.shape[-1]
-    model_dtype = next(model.parameters()).dtype
-    packed = _Packed(model, layout, max_new_tokens, int(pad_id), picker, eos, width, model_dtype, device)
+    table = model.get_input_embeddings().weight  # the pool holds what the decoder takes: the embeddings' dtype
+    packed = _Packed(model, layout, max_new_tokens, int(pad_id), picker, eos, table.shape[-1], table.dtype, device)
     if graphs is None:
         graphs = device.type == "cuda" and foreign_hooks(model) == 0
     run = _Run(model, moved, packed, SlotSchedule(lengths, layout, max_new_tokens), group=slots)
@@ -358,6 +360,7 @@ def _fitting(model: nn.Module, device: torch.device, rows: int, cache_len: int) 
     if device.type != "cuda":
         return None
     free, _ = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # held by PyTorch, unused
     return slots_that_fit(rows, cache_bytes(model, cache_len), free)
 
 

@@ -42,6 +42,11 @@ class PlanLayout:
     chunk: int
     cache_len: int
 
+    def __post_init__(self) -> None:
+        if self.slots < 1 or self.chunk < 1:
+            raise ValueError(f"slot decoding needs at least one slot and one prompt row per call, got slots="
+                             f"{self.slots}, chunk={self.chunk}")
+
     @property
     def rows(self) -> int:
         return self.slots + self.chunk
