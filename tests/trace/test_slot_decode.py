@@ -150,3 +150,15 @@ def test_no_slot_or_no_prompt_row_is_refused():
     for slots, chunk in ((0, 8), (2, 0)):
         with pytest.raises(ValueError, match="at least one slot and one prompt row"):
             slot_buffered_generate(model, _Tokens(), batch, {"neuron": [0]}, 4, slots=slots, chunk=chunk)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_the_cache_estimate_is_what_a_cache_of_the_model_holds(family):
+    from neuronscope.trace.last_step import returned_cache
+    from neuronscope.trace.slot_decode import cache_bytes
+
+    model, batch = _text(family)
+    out = model(input_ids=batch.input_ids[:1], use_cache=True)
+    held = sum(tensor.numel() * tensor.element_size() for layer in returned_cache(out).layers
+               for tensor in (layer.keys, layer.values))
+    assert cache_bytes(model, batch.seq_len) == held

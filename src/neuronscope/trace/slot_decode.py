@@ -41,7 +41,7 @@ from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.decode import StepBuffers
 from neuronscope.trace.decode_coverage import static_decode_blocker
-from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep, text_config
+from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
 from neuronscope.trace.graphs import BUCKET, capture, on_side_stream
 from neuronscope.trace.greedy_choice import Picker, token_tensor
 from neuronscope.trace.hooks import HookSet, foreign_hooks
@@ -267,13 +267,12 @@ class _Run:
 
 
 def cache_bytes(model: nn.Module, positions: int) -> int:
-    """Bytes of a KV cache of ``positions`` positions of one prompt, every layer (keys and values)."""
-    config = text_config(model)
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    """Bytes of a KV cache of ``positions`` positions of one prompt: keys and values of every attention layer, at
+    the adapter's key/value heads and head width of each."""
+    adapter = get_adapter(model)
     itemsize = model.get_input_embeddings().weight.element_size()  # the language model's (a VLM's tower may differ)
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * itemsize * positions
+    width = sum(2 * adapter.n_kv_heads_of(layer) * adapter.head_dim_of(layer) for layer in adapter.attention_layers)
+    return width * itemsize * positions
 
 
 #: what a prompt in flight takes beyond its cache (its sites kept per step, prefill activations), as a share of it
