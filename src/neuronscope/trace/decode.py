@@ -43,7 +43,7 @@ from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import takes_logits_to_keep
 from neuronscope.trace.graphs import capture, on_side_stream
-from neuronscope.trace.greedy_choice import Picker, StopFlags, token_tensor
+from neuronscope.trace.greedy_choice import Picker, StopFlags, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.sites import resolve_site
@@ -113,7 +113,7 @@ class _StaticDecoder:
     """One batch's greedy decoding; :meth:`run` returns ``[B, prompt + steps]`` sequences."""
 
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int, pad_id: int,
-                 clock: DecodeClock, min_new_tokens: int, suppress: Iterable[int] | None):
+                 clock: DecodeClock, pick: Picker):
         from transformers import StaticCache
 
         self.model, self.inputs, self.steps, self.clock = model, inputs, max_new_tokens, clock
@@ -121,8 +121,7 @@ class _StaticDecoder:
         self.device = ids.device
         self.rows, self.prompt = ids.shape
         self.pad = torch.tensor(pad_id, dtype=torch.long, device=self.device)
-        self.eos = token_tensor(getattr(model.generation_config, "eos_token_id", None), self.device)
-        self.pick = Picker(self.eos, min_new_tokens, token_tensor(suppress, self.device))
+        self.pick, self.eos = pick, pick.eos
         self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
         self.keyword = cache_keyword(model)
         self.keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
@@ -283,12 +282,8 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
     clock = clock or DecodeClock.on(model)
     if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
         graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
-    tokenizer = _tokenizer(processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = model.generation_config  # keywords override the generation config, as in model.generate
-    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
-    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, int(pad_id), clock, int(min_new or 0), suppress)
+    pad_id, pick = greedy_settings(model, processor, kwargs, moved.input_ids.device)
+    decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock, pick)
     sequences = decoder.run(graphs)
-    texts = tokenizer.batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
+    texts = _tokenizer(processor).batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
     return Generation(sequences, moved.seq_len, [text.strip() for text in texts])

@@ -8,6 +8,9 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+from torch import nn
+
+from neuronscope.inputs.batch import _tokenizer
 
 
 class Picker:
@@ -63,3 +66,17 @@ class StopFlags:
         if self.events[1 - slot] is not None:
             self.events[1 - slot].synchronize()
         return None if bool(self.host[1 - slot]) else 1
+
+
+def greedy_settings(model: nn.Module, processor: Any, kwargs: dict[str, Any],
+                    device: torch.device) -> tuple[int, Picker]:
+    """The pad id and the :class:`Picker` of one greedy call, as ``model.generate`` reads them: the
+    ``min_new_tokens`` / ``suppress_tokens`` keywords over the generation config's, its end-of-sequence ids, and the
+    tokenizer's pad token (its end-of-sequence token where it has none)."""
+    tokenizer = _tokenizer(processor)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    config = model.generation_config
+    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
+    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
+    eos = token_tensor(getattr(config, "eos_token_id", None), device)
+    return int(pad_id), Picker(eos, int(min_new or 0), token_tensor(suppress, device))

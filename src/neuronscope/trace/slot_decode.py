@@ -39,11 +39,11 @@ from torch import nn
 
 from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
-from neuronscope.trace.decode import StepBuffers
+from neuronscope.trace.decode import StepBuffers, buffered_generate
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
 from neuronscope.trace.graphs import BUCKET, capture, on_side_stream
-from neuronscope.trace.greedy_choice import Picker, token_tensor
+from neuronscope.trace.greedy_choice import Picker, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.prompt_embeddings import prompt_embeddings
@@ -319,15 +319,10 @@ def slot_buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites
         slots = _fitting(model, device, len(lengths), cache_len) or len(lengths)
     slots = min(slots, len(lengths))
     layout = PlanLayout(slots, chunk_for(slots, max(lengths), max_new_tokens) if chunk is None else chunk, cache_len)
-    tokenizer = _tokenizer(processor)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    config = model.generation_config
-    min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
-    suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    eos = token_tensor(getattr(config, "eos_token_id", None), device)
-    picker = Picker(eos, int(min_new or 0), token_tensor(suppress, device))
+    pad_id, picker = greedy_settings(model, processor, kwargs, device)
+    eos = picker.eos
     table = model.get_input_embeddings().weight  # the pool holds what the decoder takes: the embeddings' dtype
-    packed = _Packed(model, layout, max_new_tokens, int(pad_id), picker, eos, table.shape[-1], table.dtype, device)
+    packed = _Packed(model, layout, max_new_tokens, pad_id, picker, eos, table.shape[-1], table.dtype, device)
     if graphs is None:
         graphs = device.type == "cuda" and foreign_hooks(model) == 0
     run = _Run(model, moved, packed, SlotSchedule(lengths, layout, max_new_tokens), group=slots)
@@ -339,7 +334,7 @@ def slot_buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites
     tokens = run.out_tokens.cpu()
     done = _produced(tokens, eos.tolist() if eos is not None else [])
     sequences = torch.cat([moved.input_ids, run.out_tokens[:, :done]], 1)
-    texts = tokenizer.batch_decode(tokens[:, :done], skip_special_tokens=True)
+    texts = _tokenizer(processor).batch_decode(tokens[:, :done], skip_special_tokens=True)
     buffers = StepBuffers(None, max_new_tokens, dtype)  # type: ignore[arg-type]  # filled, never hooked
     buffers.buffers = {key: value if dtype is None else value.to(dtype) for key, value in run.out.items()}
     return Generation(sequences, moved.seq_len, [text.strip() for text in texts]), buffers
@@ -388,8 +383,6 @@ def buffered_decode(model: nn.Module, processor: Any, batch: Batch, sites: Mappi
                     **kwargs: Any) -> tuple[Generation, StepBuffers]:
     """:func:`slot_buffered_generate` or :func:`~neuronscope.trace.decode.buffered_generate`, as
     :func:`slot_choice` says: the same tokens and buffers either way."""
-    from neuronscope.trace.decode import buffered_generate
-
     graphs = kwargs.pop("graphs", None)
     chosen = slot_choice(model, batch, max_new_tokens, slots, kwargs)
     if chosen is None:
