@@ -149,3 +149,30 @@ def test_text_key_and_flat_rows():
     assert flat.tolist() == [0, 6, 34, 37, 65, 65]
     tokens = torch.arange(3 * 32).reshape(3, 32)
     assert torch.equal(tokens.reshape(-1)[flat].reshape(3, 2), tokens.gather(1, positions))  # the same tokens
+
+
+def test_a_step_replayer_runs_the_first_call_eagerly_captures_the_second_and_replays_from_then_on(monkeypatch):
+    events = []
+
+    class Graph:
+        def replay(self):
+            events.append("replay")
+
+    monkeypatch.setattr(graphs, "on_side_stream", lambda step: (events.append("side"), step()))
+    monkeypatch.setattr(graphs, "capture", lambda step, what: (events.append("capture"), (Graph(), None))[1])
+    step = lambda: events.append("step")  # noqa: E731
+    replayer = graphs.StepReplayer(step, "a step", graphs=True)
+    for _ in range(4):
+        replayer()
+    assert events == ["side", "step", "capture", "replay", "replay", "replay"]
+    events.clear()
+    eager = graphs.StepReplayer(step, "a step", graphs=False)
+    for _ in range(3):
+        eager()
+    assert events == ["step"] * 3
+    events.clear()
+    monkeypatch.setattr(graphs, "capture", lambda step, what: events.append("capture"))  # a capture that fails
+    failing = graphs.StepReplayer(step, "a step", graphs=True)
+    for _ in range(3):
+        failing()
+    assert events == ["side", "step", "capture", "step", "step"]

@@ -42,7 +42,7 @@ from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenize
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import takes_logits_to_keep
-from neuronscope.trace.graphs import capture, on_side_stream
+from neuronscope.trace.graphs import StepReplayer
 from neuronscope.trace.greedy_choice import Picker, StopFlags, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
@@ -197,25 +197,15 @@ class _StaticDecoder:
 
         On a GPU whether every row has stopped is read one step late (:class:`StopFlags`), so that the next step
         is queued while the host waits: a step after the last needed one only writes padding, and is not counted."""
-        done, graph = 1, None
+        done, replayer = 1, StepReplayer(step, "the decode step", graphs)
         flags = StopFlags(self.unfinished)
         while done < self.steps:
-            if graphs and done == 2:
-                captured = capture(step, "the decode step")
-                graph = None if captured is None else captured[0]
-                graphs = graph is not None  # a step that cannot be captured runs eagerly from here on
-            if graph is not None:
-                graph.replay()
-            elif graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
-                on_side_stream(step)
-            else:
-                step()
+            replayer()
             done += 1
             stopped = flags.after_step()
             if stopped is not None:
                 done -= stopped  # 1: the step just queued came after every row had stopped
                 break
-        del graph
         return done
 
 

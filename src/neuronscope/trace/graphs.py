@@ -57,6 +57,31 @@ def capture(function: Callable[[], Any], what: str, pool: Any = None) -> tuple[t
     return graph, result
 
 
+class StepReplayer:
+    """Runs a step that reads and writes only fixed buffers again and again: its first call eagerly (on a side
+    stream when graphs follow), its second captured into a CUDA graph and replayed, every later one replayed;
+    eagerly throughout without ``graphs`` or once a capture failed (greedy decoding's steps, slot decoding's
+    packed calls)."""
+
+    def __init__(self, step: Callable[[], Any], what: str, graphs: bool):
+        self.step, self.what, self.graphs = step, what, graphs
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.calls = 0
+
+    def __call__(self) -> None:
+        if self.graphs and self.calls == 1:
+            captured = capture(self.step, self.what)
+            self.graph = None if captured is None else captured[0]
+            self.graphs = self.graph is not None  # a step that cannot be captured runs eagerly from here on
+        if self.graph is not None:
+            self.graph.replay()
+        elif self.graphs:  # the eager warm-up runs on a side stream, as CUDA graphs ask
+            on_side_stream(self.step)
+        else:
+            self.step()
+        self.calls += 1
+
+
 def replay_blocker(model: nn.Module, device: torch.device, attention: str) -> str | None:
     """Why no call of ``model`` on ``device`` can be replayed from a CUDA graph, whatever the path (None: it can):
     not CUDA, ``attention`` (the decoder's attention implementation) other than ``sdpa`` (under ``eager`` a capture

@@ -42,7 +42,7 @@ from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.decode import StepBuffers, buffered_generate
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
-from neuronscope.trace.graphs import BUCKET, capture, on_side_stream
+from neuronscope.trace.graphs import BUCKET, StepReplayer
 from neuronscope.trace.greedy_choice import Picker, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
@@ -244,26 +244,15 @@ class _Run:
     def run(self, graphs: bool) -> None:
         packed, schedule = self.packed, self.schedule
         stops = _LateStops(packed)
-        graph, calls = None, 0
+        call = StepReplayer(packed, "the packed decode call", graphs)
         while (plan := schedule.plan()) is not None:
             self.admit(plan)
             host = torch.tensor(plan.packed(), dtype=torch.long)
             packed.plan.copy_(host.pin_memory() if packed.plan.is_cuda else host, non_blocking=packed.plan.is_cuda)
-            if graphs and calls == 1:
-                captured = capture(packed, "the packed decode call")
-                graph = None if captured is None else captured[0]
-                graphs = graph is not None
-            if graph is not None:
-                graph.replay()
-            elif graphs:  # the eager warm-up before a capture runs on a side stream
-                on_side_stream(packed)
-            else:
-                packed()
-            calls += 1
+            call()
             self.park(plan.finished)
             self.park([(slot, prompt) for slot, prompt in stops.after_call(plan.decoding)
                        if schedule.stop(slot, prompt)])
-        del graph
 
 
 def cache_bytes(model: nn.Module, positions: int) -> int:
