@@ -162,3 +162,25 @@ def test_the_cache_estimate_is_what_a_cache_of_the_model_holds(family):
     held = sum(tensor.numel() * tensor.element_size() for layer in returned_cache(out).layers
                for tensor in (layer.keys, layer.values))
     assert cache_bytes(model, batch.seq_len) == held
+
+
+def test_stops_read_two_calls_late_give_the_same_tokens(monkeypatch):
+    """On a GPU the host learns that a prompt stopped two calls late; forced here on the CPU: the slot keeps
+    decoding padding meanwhile, and is taken by the next prompt only then."""
+    from neuronscope.trace import slot_decode
+    from neuronscope.trace.greedy_choice import LateReads
+
+    original = slot_decode._LateStops.__init__
+
+    def lagged(self, packed, lag=2):
+        original(self, packed, lag)
+        self.reads = LateReads(lag)
+
+    monkeypatch.setattr(slot_decode._LateStops, "__init__", lagged)
+    model, batch = _text("llama")
+    model.to(torch.float64)
+    free = generate(model, _Tokens(), batch, max_new_tokens=8).tokens
+    for eos in ([int(t) for t in free[:, 3]], int(free[0, 5]), [int(t) for t in free[:, 0]]):
+        model.generation_config.eos_token_id = eos
+        got, _ = slot_buffered_generate(model, _Tokens(), batch, {"neuron": [0]}, 8, slots=2, chunk=4)
+        assert torch.equal(got.sequences, generate(model, _Tokens(), batch, max_new_tokens=8).sequences), eos

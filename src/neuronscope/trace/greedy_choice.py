@@ -4,6 +4,7 @@ the host's reading of whether every row has stopped, one step late on a GPU; sha
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,35 +38,53 @@ def token_tensor(ids: Iterable[int] | int | None, device: torch.device) -> torch
     return torch.tensor(ids, dtype=torch.long, device=device) if ids else None
 
 
+class LateReads:
+    """Device values read on the host ``lag`` pushes after they were queued, so that the host never drains the
+    queue: on CUDA each value goes to fresh pinned memory behind an event, and a read waits only for that event;
+    with ``lag`` 0, at once."""
+
+    def __init__(self, lag: int):
+        self.lag = lag
+        self.pending: deque[tuple[torch.Tensor, Any, Any]] = deque()
+
+    def push(self, value: torch.Tensor, tag: Any = None) -> list[tuple[torch.Tensor, Any]]:
+        """Queue ``value``'s copy (with ``tag``); the ``(host copy, tag)`` pairs that are now ``lag`` pushes old."""
+        cuda = value.is_cuda
+        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=cuda)
+        host.copy_(value, non_blocking=cuda)
+        event = None
+        if cuda:
+            event = torch.cuda.Event()
+            event.record()
+        self.pending.append((host, event, tag))
+        ready = []
+        while len(self.pending) > self.lag:
+            host, event, tag = self.pending.popleft()
+            if event is not None:
+                event.synchronize()
+            ready.append((host, tag))
+        return ready
+
+
 class StopFlags:
     """Whether any row of ``unfinished [B]`` is still running, read from the host without draining the queue: with
-    ``lagged`` (the default on CUDA) each step's answer goes to (pinned) host memory behind an event, and
-    :meth:`after_step` reads the previous step's, whose work is done while the current one runs; otherwise it reads
-    the current one."""
+    ``lagged`` (the default on CUDA) :meth:`after_step` reads the previous step's answer (:class:`LateReads`), whose
+    work is done while the current one runs; otherwise it reads the current one."""
 
     def __init__(self, unfinished: torch.Tensor, lagged: bool | None = None):
         self.unfinished = unfinished
         self.lagged = unfinished.is_cuda if lagged is None else lagged
-        self.host = torch.zeros(2, dtype=torch.bool, pin_memory=unfinished.is_cuda)
-        self.events: list[Any] = [None, None]
-        self.count = 0
+        self.reads = LateReads(1)
 
     def after_step(self) -> int | None:
         """None while some row runs; else how many of the steps queued so far came after every row had stopped
         (0, or 1 when lagged)."""
         if not self.lagged:
             return None if bool(self.unfinished.any()) else 0
-        slot = self.count % 2
-        self.host[slot:slot + 1].copy_(self.unfinished.any()[None], non_blocking=True)
-        if self.unfinished.is_cuda:
-            self.events[slot] = torch.cuda.Event()
-            self.events[slot].record()
-        self.count += 1
-        if self.count == 1:
+        ready = self.reads.push(self.unfinished.any()[None])
+        if not ready:  # the first step: nothing is a step old yet
             return None
-        if self.events[1 - slot] is not None:
-            self.events[1 - slot].synchronize()
-        return None if bool(self.host[1 - slot]) else 1
+        return None if bool(ready[-1][0]) else 1
 
 
 def greedy_settings(model: nn.Module, processor: Any, kwargs: dict[str, Any],

@@ -43,7 +43,7 @@ from neuronscope.trace.decode import StepBuffers, buffered_generate
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
 from neuronscope.trace.graphs import BUCKET, StepReplayer
-from neuronscope.trace.greedy_choice import Picker, greedy_settings
+from neuronscope.trace.greedy_choice import LateReads, Picker, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.prompt_embeddings import prompt_embeddings
@@ -169,36 +169,19 @@ class _Packed:
 
 
 class _LateStops:
-    """Which slots stopped at an end-of-sequence token, read ``lag`` calls late on a GPU (a pinned copy behind an
-    event per call, so the host never drains the queue); at once on a CPU."""
+    """Which slots stopped at an end-of-sequence token, read ``lag`` calls late on a GPU (:class:`LateReads`: the
+    host never drains the queue); at once on a CPU."""
 
     def __init__(self, packed: _Packed, lag: int = 2):
         self.packed = packed
-        self.cuda = packed.unfinished.is_cuda
-        self.lag = lag if self.cuda else 0
-        self.pending: list[tuple[torch.Tensor, Any, dict[int, int]]] = []
+        self.reads = LateReads(lag if packed.unfinished.is_cuda else 0)
 
     def after_call(self, decoding: dict[int, int]) -> list[tuple[int, int]]:
+        """The (slot, prompt) pairs, of calls now ``lag`` old, whose prompt had stopped by the end of that call."""
         if self.packed.eos is None or not decoding:
-            return self._ready()
-        flags = self.packed.unfinished[:self.packed.layout.slots]
-        host = torch.empty(flags.shape, dtype=torch.bool, pin_memory=self.cuda)
-        host.copy_(flags, non_blocking=self.cuda)
-        event = None
-        if self.cuda:
-            event = torch.cuda.Event()
-            event.record()
-        self.pending.append((host, event, dict(decoding)))
-        return self._ready()
-
-    def _ready(self) -> list[tuple[int, int]]:
-        stopped = []
-        while len(self.pending) > self.lag:
-            host, event, decoding = self.pending.pop(0)
-            if event is not None:
-                event.synchronize()
-            stopped += [(slot, prompt) for slot, prompt in decoding.items() if not bool(host[slot])]
-        return stopped
+            return []
+        ready = self.reads.push(self.packed.unfinished[:self.packed.layout.slots], dict(decoding))
+        return [(slot, prompt) for host, held in ready for slot, prompt in held.items() if not bool(host[slot])]
 
 
 class _Run:
