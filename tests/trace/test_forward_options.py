@@ -26,3 +26,17 @@ def test_a_forward_without_the_option_gets_only_the_cache_switch():
 
     assert not takes_logits_to_keep(Plain())
     assert activations_only(Plain()) == {"use_cache": False}
+
+
+def test_the_attention_implementation_is_the_language_models_own():
+    from helpers.pipeline_vlms import chat_vlm
+    from neuronscope.trace.forward_options import attention_implementation, text_config
+
+    model = tiny_text_model("llama")
+    assert text_config(model) is model.config
+    model.config._attn_implementation = "eager"
+    assert attention_implementation(model) == "eager"
+    vlm = chat_vlm("llava", seed=1).model
+    assert text_config(vlm) is vlm.config.text_config
+    vlm.config.text_config._attn_implementation = "sdpa"
+    assert attention_implementation(vlm) == "sdpa"
