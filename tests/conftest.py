@@ -40,3 +40,14 @@ def stories260k(shared_dir):
     from neuronscope.models import load_model
 
     return load_model(shared_dir / "models" / "stories260k")
+
+
+@pytest.fixture()
+def sdpa_switches():
+    """Every sdpa kernel switch (``torch.backends.cuda.enable_<name>_sdp``) put back after the test."""
+    from neuronscope.results.provenance import SDPA_KERNELS
+
+    before = {name: getattr(torch.backends.cuda, f"{name}_sdp_enabled")() for name in SDPA_KERNELS}
+    yield
+    for name, enabled in before.items():
+        getattr(torch.backends.cuda, f"enable_{name}_sdp")(enabled)

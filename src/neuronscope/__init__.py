@@ -51,6 +51,7 @@ _EXPORTS = {
     "PrefixCacheScorer": "neuronscope.measure.probability",
     "ForwardScorer": "neuronscope.measure.probability",
     "run": "neuronscope.workflows",
+    "reproducible": "neuronscope.trace.reproducible",
     "NeuronscopeError": "neuronscope.errors",
 }
 

@@ -37,10 +37,26 @@ def versions() -> dict[str, str | None]:
     }
 
 
+#: The switches of torch's scaled-dot-product attention kernels (``torch.backends.cuda.<name>_sdp_enabled``).
+SDPA_KERNELS = ("flash", "mem_efficient", "math", "cudnn")
+
+
+def sdpa_kernels() -> dict[str, bool] | None:
+    """Which attention kernels may run now (``{"flash": True, ..., "cudnn": False}``: cuDNN's is off under
+    :func:`neuronscope.trace.reproducible.reproducible`), or None where torch is not imported (never imported
+    here)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return {name: bool(getattr(torch.backends.cuda, f"{name}_sdp_enabled")()) for name in SDPA_KERNELS}
+
+
 def run_metadata(world: int = 1) -> dict[str, Any]:
-    """Versions, UTC time, host, platform, command line and number of processes of this session."""
+    """Versions, UTC time, host, platform, command line, number of processes and attention kernels' switches of
+    this session."""
     return {
         "versions": versions(),
+        "sdpa_kernels": sdpa_kernels(),
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "platform": platform.platform(),

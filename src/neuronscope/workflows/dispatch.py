@@ -7,6 +7,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from neuronscope.errors import NeuronscopeError
@@ -40,4 +41,15 @@ def run_workflow(workflow: Workflow | str, options: Any, *, loaded: Any = None) 
         raise NeuronscopeError(f"the '{workflow.name}' workflow takes {workflow.options.__name__}, got "
                                f"{type(options).__name__}")
     function = workflow_function(workflow)
-    return function(options, loaded=loaded) if loaded is not None else function(options)
+    with _attention_kernels(bool(getattr(options, "deterministic", False))):
+        return function(options, loaded=loaded) if loaded is not None else function(options)
+
+
+def _attention_kernels(deterministic: bool) -> AbstractContextManager[None]:
+    """``--deterministic``: the workflow runs under :func:`neuronscope.trace.reproducible.reproducible`
+    (imported only then: a workflow that loads no model, such as the catalogue, stays without torch)."""
+    if not deterministic:
+        return nullcontext()
+    from neuronscope.trace.reproducible import reproducible
+
+    return reproducible()

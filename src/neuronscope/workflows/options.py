@@ -151,6 +151,9 @@ class ModelOptions(Options):
                                  "'neuronscope models': text-only) and score its text positions only.")
     device: str = opt("auto", "Where to run without --device-map: auto (this process's GPU if any, else CPU), "
                                  "cpu, cuda:0, ...", runtime=True)
+    deterministic: bool = opt(False, "Bit-identical repeated runs on a GPU: attention without cuDNN's kernel, "
+                                     "whose decode steps differ from run to run (captioning 4-16 % slower on an "
+                                     "H200; see neuronscope.trace.reproducible).", runtime=True)
 
 
 @dataclass(kw_only=True)
