@@ -45,4 +45,3 @@ def reproducible(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         torch.backends.cuda.enable_cudnn_sdp(before)
-
