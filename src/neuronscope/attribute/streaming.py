@@ -134,8 +134,10 @@ def caption_contributions(
             (:mod:`neuronscope.trace.slot_decode`: memory bounded by the slots, not the batch, but slower);
             ``"auto"`` (default): batched while the batch's cache fits in the free GPU memory, else the slots that
             fit; None: batched. The same tokens and scores either way.
-        generate_kwargs: ``min_new_tokens`` / ``suppress_tokens``, or any ``model.generate`` keyword (which then
-            decodes instead of :func:`neuronscope.trace.decode.greedy_generate`'s static, CUDA-graph decoding).
+        generate_kwargs: ``min_new_tokens`` / ``suppress_tokens``; ``compile=True`` (the batched decoding's steps
+            through the ``torch.compile``'d text decoder: :mod:`neuronscope.trace.compiled_decoder`); or any
+            ``model.generate`` keyword (which then decodes instead of
+            :func:`neuronscope.trace.decode.greedy_generate`'s static, CUDA-graph decoding).
 
     Returns:
         :class:`CaptionContributions`.

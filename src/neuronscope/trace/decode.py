@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +41,7 @@ from torch import nn
 
 from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
+from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import takes_logits_to_keep
 from neuronscope.trace.graphs import StepReplayer
@@ -157,11 +159,13 @@ class _StaticDecoder:
             return None
         return mask.clone()
 
-    def run(self, graphs: bool) -> torch.Tensor:
+    def run(self, graphs: bool, backend: str | None = None) -> torch.Tensor:
+        """``backend``: the decode steps call the text decoder compiled with it (:mod:`.compiled_decoder`)."""
         chosen = self._prefill()
         done = 1
         if self.steps > 1 and bool(self.unfinished.any()):
-            done = self._decode(chosen[:, None].clone(), graphs)
+            with compiled_decoder(self.model, backend) if backend else nullcontext():
+                done = self._decode(chosen[:, None].clone(), graphs)
         return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
 
     def _forward_step(self, token: torch.Tensor, mask: torch.Tensor) -> None:
@@ -251,7 +255,8 @@ def buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites: Map
 
 @torch.no_grad()
 def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int = 20, *,
-                    clock: DecodeClock | None = None, graphs: bool | None = None, **kwargs: Any) -> Generation:
+                    clock: DecodeClock | None = None, graphs: bool | None = None, compile: bool | str = False,
+                    **kwargs: Any) -> Generation:
     """Greedy decoding of a left-padded batch (as :func:`neuronscope.inputs.generate`), with a static cache and
     CUDA-graph replays where it can (see the module docstring).
 
@@ -261,11 +266,15 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
             graph-safe :class:`~neuronscope.trace.hooks.HookSet` s (``HookSet(adapter, graph_safe=True)``). ``False``
             runs the same static decoding eagerly (what the tests compare with ``model.generate``); ``True`` forces
             graphs whatever hooks there are.
+        compile: the decode steps call the text decoder ``torch.compile``'d (True: inductor; or a backend's name),
+            :mod:`neuronscope.trace.compiled_decoder`: fewer, fused kernels per step, one compilation per shape and
+            set of hooks. Not where the decoding falls back to ``model.generate``.
         kwargs: ``min_new_tokens`` / ``suppress_tokens``; any other ``generate`` keyword falls back to
             ``model.generate``.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    backend = compile_backend(compile)
     moved = to_model(batch, model)
     if static_decode_blocker(model, moved, kwargs) is not None:
         return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
@@ -274,6 +283,6 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
         graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
     pad_id, pick = greedy_settings(model, processor, kwargs, moved.input_ids.device)
     decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock, pick)
-    sequences = decoder.run(graphs)
+    sequences = decoder.run(graphs, backend)
     texts = _tokenizer(processor).batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
     return Generation(sequences, moved.seq_len, [text.strip() for text in texts])

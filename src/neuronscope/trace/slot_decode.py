@@ -31,12 +31,14 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from neuronscope.errors import InputError
 from neuronscope.inputs.batch import Batch, Generation, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.decode import StepBuffers, buffered_generate
@@ -49,6 +51,8 @@ from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.prompt_embeddings import prompt_embeddings
 from neuronscope.trace.sites import resolve_site
 from neuronscope.trace.slot_schedule import PlanLayout, SlotSchedule, StepPlan
+
+_log = logging.getLogger(__name__)
 
 
 def slot_blocker(model: nn.Module, batch: Batch, generate_kwargs: dict[str, Any]) -> str | None:
@@ -354,11 +358,19 @@ def buffered_decode(model: nn.Module, processor: Any, batch: Batch, sites: Mappi
                     max_new_tokens: int = 20, *, slots: int | str | None = "auto", dtype: torch.dtype | None = None,
                     **kwargs: Any) -> tuple[Generation, StepBuffers]:
     """:func:`slot_buffered_generate` or :func:`~neuronscope.trace.decode.buffered_generate`, as
-    :func:`slot_choice` says: the same tokens and buffers either way."""
+    :func:`slot_choice` says: the same tokens and buffers either way. ``compile`` (batched decoding only: its
+    decode steps through the compiled text decoder) is refused with slots asked for, and not used where "auto"
+    chose slots (a note says so)."""
     graphs = kwargs.pop("graphs", None)
+    compile = kwargs.pop("compile", False)
     chosen = slot_choice(model, batch, max_new_tokens, slots, kwargs)
     if chosen is None:
         return buffered_generate(model, processor, batch, sites, max_new_tokens, dtype=dtype, graphs=graphs,
-                                 **kwargs)
+                                 compile=compile, **kwargs)
+    if compile:
+        if slots != "auto":
+            raise InputError(f"compile= applies to the batched decoding, not to slot decoding (slots={slots}): "
+                             "pass slots=None to compile, or compile=False")
+        _log.warning("decoding through %d slots (the batch's cache does not fit): compile= is not used", chosen)
     return slot_buffered_generate(model, processor, batch, sites, max_new_tokens, slots=chosen, dtype=dtype,
                                   graphs=graphs, **kwargs)

@@ -1,0 +1,118 @@
+"""Decode steps through the compiled text decoder (``compile=``): the same tokens and per-step sites as the
+uncompiled decoding, calls under other hooks (other sites, an intervention, none) honoured rather than replaying the
+first call's, the decoder's forward put back, and the refusals. ``aot_eager`` compiles through dynamo and AOT
+autograd without generating kernels (exact); one test compiles with inductor on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers.pipeline_vlms import chat_vlm
+from helpers.tiny_models import random_batch, tiny_text_model
+from helpers.tiny_vlms import gradient_image
+from neuronscope.attribute.streaming import caption_contributions
+from neuronscope.errors import InputError
+from neuronscope.inputs import Batch, encode_images
+from neuronscope.models import get_adapter
+from neuronscope.trace import amplify, intervene
+from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
+from neuronscope.trace.decode import buffered_generate, greedy_generate
+from neuronscope.trace.slot_decode import buffered_decode
+
+
+class _Tokens:
+    pad_token_id, eos_token_id = 0, 2
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(int(t)) for t in row) for row in rows]
+
+
+def _text(family: str = "llama"):
+    model = tiny_text_model(family, seed=3).double()
+    inputs = random_batch(batch=3, length=7, seed=5, left_pad=(0, 3, 1))
+    return model, Batch(inputs, ["?"] * 3, inputs["attention_mask"].sum(-1))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gpt2"])
+def test_tokens_and_sites_equal_the_uncompiled_decoding(family):
+    model, batch = _text(family)
+    plain, plain_buffers = buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6)
+    got, buffers = buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6, compile="aot_eager")
+    assert torch.equal(got.sequences, plain.sequences)
+    for layer in (0, 1):
+        torch.testing.assert_close(buffers.get("neuron", layer), plain_buffers.get("neuron", layer), rtol=1e-12,
+                                   atol=1e-12)
+    assert "forward" not in vars(get_adapter(model).decoder)  # put back after the decoding
+
+
+def test_calls_under_other_hooks_are_honoured():
+    """Each call installs its own hooks: the compiled code must run the hooks of this call, never an earlier one's
+    (dynamo guards on submodules' hooks: a different set compiles again)."""
+    model, batch = _text()
+    adapter = get_adapter(model)
+    for sites in ({"neuron": [0]}, {"neuron": [0]}, {"act": [1]}, {"neuron": [1], "act": [0]}):
+        plain, plain_buffers = buffered_generate(model, _Tokens(), batch, sites, 5)
+        got, buffers = buffered_generate(model, _Tokens(), batch, sites, 5, compile="aot_eager")
+        assert torch.equal(got.sequences, plain.sequences)
+        assert set(buffers.buffers) == set(plain_buffers.buffers)
+        for key, value in plain_buffers.buffers.items():
+            torch.testing.assert_close(buffers.buffers[key], value, rtol=1e-12, atol=1e-12)
+    neurons = torch.tensor([[layer, index] for layer in range(adapter.n_layers) for index in range(adapter.d_ff)])
+    with intervene(model, amplify(neurons, 400.0, positions="all")):  # steady (graph-safe): compiled in
+        expected = greedy_generate(model, _Tokens(), batch, 6)
+        got = greedy_generate(model, _Tokens(), batch, 6, compile="aot_eager")
+    assert torch.equal(got.sequences, expected.sequences)
+    free = greedy_generate(model, _Tokens(), batch, 6)
+    assert not torch.equal(free.sequences, expected.sequences)  # the intervention changed the tokens
+    assert torch.equal(greedy_generate(model, _Tokens(), batch, 6, compile="aot_eager").sequences, free.sequences)
+
+
+def test_a_vision_language_models_text_decoder():
+    vlm = chat_vlm("llava", seed=1)
+    vlm.model.to(torch.float64)
+    images = [gradient_image(40, 30), gradient_image(30, 40)]
+    batch = encode_images(vlm.processor, images, "Describe it.", assistant_prefix="An image of")
+    plain = caption_contributions(vlm.model, vlm.processor, batch, max_new_tokens=5, top_k=20, slots=None)
+    got = caption_contributions(vlm.model, vlm.processor, batch, max_new_tokens=5, top_k=20, slots=None,
+                                compile="aot_eager")
+    assert torch.equal(got.generation.sequences, plain.generation.sequences)
+    assert torch.equal(got.flat_indices, plain.flat_indices)
+    torch.testing.assert_close(got.values, plain.values, rtol=1e-10, atol=1e-12)
+
+
+def test_inductor_on_the_cpu():
+    model, batch = _text()
+    model.float()
+    plain = greedy_generate(model, _Tokens(), batch, 5)
+    assert torch.equal(greedy_generate(model, _Tokens(), batch, 5, compile=True).sequences, plain.sequences)
+
+
+def test_refusals_and_backends():
+    assert compile_backend(False) is None and compile_backend(True) == "inductor"
+    assert compile_backend("aot_eager") == "aot_eager"
+    with pytest.raises(InputError, match="compile must be"):
+        compile_backend(3)
+    model, batch = _text()
+    with pytest.raises(InputError, match="not to slot decoding"):
+        buffered_decode(model, _Tokens(), batch, {"neuron": [0]}, 4, slots=2, compile=True)
+    decoder = get_adapter(model).decoder
+    decoder.forward = decoder.forward  # another tool's instance forward
+    try:
+        with pytest.raises(InputError, match="already has its own forward"):
+            with compiled_decoder(model, "aot_eager"):
+                pass
+    finally:
+        del decoder.forward
+    with pytest.raises(RuntimeError, match="inside"):
+        with compiled_decoder(model, "aot_eager"):
+            assert "forward" in vars(decoder)
+            raise RuntimeError("inside")
+    assert "forward" not in vars(decoder)
