@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -184,3 +185,16 @@ def test_multimodal_recipe_on_a_tiny_llava(cli, tmp_path) -> None:
     assert json.loads((out / "cli_config.json").read_text())["concepts"] == "a,b"
     assert "broken.png" in (out / "skipped.json").read_text()
     assert (out / "report.html").is_file()
+    # --compile: the decode steps through the compiled text decoder (inductor on the CPU), the same results
+    compiled = tmp_path / "mm-compiled"
+    result = cli("recipe", "multimodal", "-m", model_dir, "--images", images, "--concepts", "a,b", "--top-k", 20,
+                 "--max-new-tokens", 3, "--compile", "--out", compiled)
+    assert result.exit_code == 0, result.output
+    assert json.loads((compiled / "meta.json").read_text())["runtime"]["compile"] is True
+    assert json.loads((compiled / "captions.json").read_text()) == captions
+    with open(out / "neurons.csv") as plain, open(compiled / "neurons.csv") as fused:
+        plain_rows, fused_rows = list(csv.DictReader(plain)), list(csv.DictReader(fused))
+    assert [{k: v for k, v in row.items() if k != "score"} for row in fused_rows] == [
+        {k: v for k, v in row.items() if k != "score"} for row in plain_rows]
+    assert [float(row["score"]) for row in fused_rows] == pytest.approx([float(row["score"]) for row in plain_rows],
+                                                                         rel=1e-5, abs=1e-7)

@@ -297,3 +297,11 @@ def test_the_act_site_is_refused_on_an_moe_model_before_anything_is_written(vlm3
     with pytest.raises(InputError, match="'neuron' site"):
         find_multimodal_neurons(model, processor, IMAGES[:1], concepts=["a"], site="act", run_dir=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_compile_is_refused_for_expert_layers(vlm32):
+    from neuronscope.errors import InputError
+
+    model, processor = vlm32
+    with pytest.raises(InputError, match="compile applies to dense language models"):
+        caption_and_score(model, processor, IMAGES[:1], concepts=["a"], top_k=1, max_new_tokens=2, compile=True)

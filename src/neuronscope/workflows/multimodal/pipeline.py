@@ -64,7 +64,7 @@ def find_multimodal_neurons(
     heatmaps: int = 1,
     heatmap_neurons: int = 3,
     heatmap_concepts: int = 10,
-    heatmap_absolute: bool = False,
+    heatmap_absolute: bool = False, compile: bool = False, meta: dict[str, Any] | None = None,
 ) -> MultimodalNeurons:
     """Find multimodal neurons (Pan et al. 2024) for a set of images; see the module docstring for the steps.
 
@@ -94,6 +94,8 @@ def find_multimodal_neurons(
         heatmap_neurons: single top neurons drawn per heatmap image (default 3), besides the top-k means.
         heatmap_concepts: heatmaps for the concepts with the most pairs only (default 10).
         heatmap_absolute: draw ``|activation|`` (default False: signed, as the paper).
+        compile: decode through the compiled text decoder (dense models; :mod:`neuronscope.trace.compiled_decoder`).
+        meta: more of how the run was made, for ``run_dir``'s ``meta.json`` (the recipe's runtime options).
 
     Raises:
         NothingProcessedError: no image could be captioned (every one was missing or unreadable).
@@ -122,7 +124,7 @@ def find_multimodal_neurons(
         run_dir, resume=resume, overwrite=overwrite)
     if run is not None:
         run.write_config(config)
-        run.write_meta()
+        run.write_meta(meta)
 
     def process(chunk: list[tuple[int, ImageRecord]]) -> list[Example | Skip]:
         outcomes: dict[int, Example | Skip] = {}
@@ -136,7 +138,7 @@ def find_multimodal_neurons(
             _, _, found, tops = caption_and_score(
                 model, processor, [image for _, _, image in opened], prompt=prompt, assistant_prefix=assistant_prefix,
                 concepts=concepts, tagger=resolved_tagger, top_k=k, site=site, final_norm=final_norm,
-                max_new_tokens=max_new_tokens)
+                max_new_tokens=max_new_tokens, compile=compile)
             for (index, record, _), found_record, top in zip(opened, found, tops, strict=True):
                 tensors = ({"values": top.values.float().contiguous(), "flat_indices": top.flat_indices.contiguous()}
                            if top.values.numel() else None)
@@ -180,7 +182,8 @@ def multimodal(options: MultimodalOptions, *, loaded: Any = None) -> RunResult:
         batch_size=options.batch_size, max_new_tokens=options.max_new_tokens, run_dir=options.out,
         resume=options.resume, overwrite=options.overwrite, report_neurons=options.report_neurons,
         rank_by=options.rank_by, heatmaps=options.heatmaps, heatmap_neurons=options.heatmap_neurons,
-        heatmap_concepts=options.heatmap_concepts, heatmap_absolute=options.heatmap_absolute)
+        heatmap_concepts=options.heatmap_concepts, heatmap_absolute=options.heatmap_absolute,
+        compile=options.compile, meta={"runtime": options.runtime()})
     run = RunDir.open(options.out)
     run.write_json("cli_config.json", {"command": "recipe multimodal", **options.recorded()})
     build_report(options.out)

@@ -95,8 +95,10 @@ def caption_and_score(
     site: str = "neuron",
     final_norm: bool = False,
     max_new_tokens: int = 20,
+    compile: bool = False,
 ) -> tuple[Batch, torch.Tensor, list[dict[str, Any]], list[SparseTopK]]:
-    """One batch: generate captions while capturing ``site``, pick targets, score and keep the top-k.
+    """One batch: generate captions while capturing ``site``, pick targets, score and keep the top-k
+    (``compile``: the decode steps through the compiled text decoder, dense models only).
 
     Returns:
         ``(batch, sequences, records, tops)``: the captioning batch, the generated sequences ``[B, T]``, per
@@ -108,11 +110,14 @@ def caption_and_score(
     adapter = get_adapter(model)
     batch = to_model(encode_captioning(processor, images, prompt, assistant_prefix), model)
     if adapter.moe is not None:  # expert neurons: the same steps with the expert axis
+        if compile:
+            raise InputError("compile applies to dense language models; this one has mixture-of-experts layers: "
+                             "run without --compile")
         generation, steps, score = caption_experts(model, processor, batch, site=site, final_norm=final_norm,
                                                    max_new_tokens=max_new_tokens)
     else:
         generation, steps, score = _caption_dense(model, processor, batch, adapter, site, final_norm,
-                                                  max_new_tokens)
+                                                  max_new_tokens, compile)
     stop = _stop_ids(model, processor)
     tokens = generation.tokens.cpu()
     n_layers, d_ff = score_grid(adapter)
@@ -129,13 +134,14 @@ def caption_and_score(
 
 
 def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: ModelAdapter, site: str,
-                   final_norm: bool, max_new_tokens: int) -> tuple[Generation, int, Scorer]:
+                   final_norm: bool, max_new_tokens: int, compile: bool = False) -> tuple[Generation, int, Scorer]:
     """Generate while capturing the dense neuron site: ``(generation, steps captured, score(targets, k))``."""
     last = adapter.n_layers - 1
     # the site at the last position of every call, in device buffers (written by the CUDA-graph replays too): a few
     # MB, scored there, only the top-k leave the device
     sites = {site: range(adapter.n_layers), **({"resid_post": [last]} if final_norm else {})}
-    generation, buffers = buffered_decode(model, processor, batch, sites, max_new_tokens)  # slots if it cannot fit
+    generation, buffers = buffered_decode(model, processor, batch, sites, max_new_tokens,  # slots if it cannot fit
+                                          **({"compile": True} if compile else {}))
     score_device = adapter.unembedding().device
     produced = generation.tokens.shape[1]
     stacked = buffers.stack(site, produced, device=score_device)  # [B, P, L, d_ff]
