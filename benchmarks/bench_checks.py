@@ -298,6 +298,20 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
         out.append({"decode": "streaming scores, graphs vs eager", "max_abs_diff_over_max": diff,
                     "indices_equal": bool(torch.equal(a.flat_indices, b.flat_indices)),
                     "ok": diff < 1e-5 and torch.equal(a.generation.sequences, b.generation.sequences)})
+    for graphs in (False, True) if where.type == "cuda" else ():  # decode steps through the compiled decoder
+        try:
+            got = caption_contributions(vlm, processor, image_batch, max_new_tokens=8, top_k=50, min_new_tokens=8,
+                                        graphs=graphs, slots=None, compile=True)
+            a = kept[False]
+            diff = float((a.values - got.values).abs().max()) / float(a.values.abs().max())
+            same = bool(torch.equal(a.generation.sequences, got.generation.sequences))
+            out.append({"decode": f"streaming scores, compiled decoder (graphs={graphs}) vs eager",
+                        "tokens_equal": same, "max_abs_diff_over_max": diff,
+                        "indices_equal": bool(torch.equal(a.flat_indices, got.flat_indices)),
+                        "ok": same and diff < 1e-5})
+        except Exception as error:  # noqa: BLE001 - reported, not fatal
+            out.append({"decode": f"streaming scores, compiled decoder (graphs={graphs})",
+                        "error": f"{type(error).__name__}: {error}"[:300]})
     return out
 
 

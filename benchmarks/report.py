@@ -204,6 +204,8 @@ def multimodal(table: dict[str, Any]) -> list[str]:
 
     rows = [(row, "") for row in table["streaming"]] + [(row, " (slots asked)") for row in table.get("slot_rows", [])]
     rows += [(row, " (batched asked)") for row in table.get("batched_rows", [])]
+    rows += [(row, f", decode steps through the compiled decoder (first call, compiling: {row['first_call_seconds']:.0f} s)")
+             for row in table.get("compiled_rows", [])]
     for row, asked in rows:
         peak = row.get("peak_over_weights")
         ratio = row["images_per_second"] / reference
@@ -223,7 +225,8 @@ def multimodal(table: dict[str, Any]) -> list[str]:
                  f"{_x(table['reference'].get('peak_over_weights'), 3)} |")
     for entry in table.get("paired", []):
         ratio = entry["over_reference_median"]
-        lines.append(f"\nStreaming at batch {entry['batch']} over the reference in {entry['pairs']} alternating pairs "
+        compiled = ", compiled decoder," if entry.get("compiled") else ""
+        lines.append(f"\nStreaming at batch {entry['batch']}{compiled} over the reference in {entry['pairs']} alternating pairs "
                      f"(the goal's judge): **{_x(ratio, 1)}** median (quartiles {entry['over_reference_q1']:.1f}-"
                      f"{entry['over_reference_q3']:.1f}; {_met(ratio >= 25)}).")
     return lines

@@ -42,7 +42,7 @@ import torch
 from common import LLAMA2_7B, build_llama, device, environment, free, parser, write_table
 
 # usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget
-COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 150, "moe": 150}
+COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 300, "moe": 150}
 ISOLATED = ("multimodal", "moe")  # on a GPU: each in a fresh process
 
 
