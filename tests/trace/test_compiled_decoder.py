@@ -103,6 +103,9 @@ def test_refusals_and_backends():
     model, batch = _text()
     with pytest.raises(InputError, match="not to slot decoding"):
         buffered_decode(model, _Tokens(), batch, {"neuron": [0]}, 4, slots=2, compile=True)
+    with intervene(model, amplify(torch.tensor([[0, 1]]), 3.0, positions="last")):  # positions picked on the host
+        with pytest.raises(InputError, match="graph-safe hooks only"):
+            greedy_generate(model, _Tokens(), batch, 4, compile="aot_eager")
     decoder = get_adapter(model).decoder
     decoder.forward = decoder.forward  # another tool's instance forward
     try:
