@@ -41,8 +41,11 @@ import bench_peers
 import torch
 from common import LLAMA2_7B, build_llama, device, environment, free, parser, write_table
 
-# usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget
-COST = {"checks": 60, "contribution": 25, "integrated_gradients": 60, "peers": 90, "lpi": 90, "multimodal": 300, "moe": 150}
+# usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget: the run of
+# 2026-12-02 03:36 UTC took 19-44 s per Llama table, 82 s for the multimodal table (before its compiled rows, which
+# add two compilations of about 40 s and their pairs) and 36 s for the MoE table
+COST = {"checks": 60, "contribution": 40, "integrated_gradients": 60, "peers": 60, "lpi": 40, "multimodal": 220,
+        "moe": 90}
 ISOLATED = ("multimodal", "moe")  # on a GPU: each in a fresh process
 
 
