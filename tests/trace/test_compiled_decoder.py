@@ -75,6 +75,38 @@ def test_calls_under_other_hooks_are_honoured():
     assert torch.equal(greedy_generate(model, _Tokens(), batch, 6, compile="aot_eager").sequences, free.sequences)
 
 
+def test_hooks_added_where_there_were_none_when_it_compiled():
+    """A first compiled call without hooks, then calls with hooks on modules that had none: dynamo, by default, puts
+    no guard on an empty hook dict and would run the first call's code without them (found in review)."""
+    model, batch = _text()
+    adapter = get_adapter(model)
+    greedy_generate(model, _Tokens(), batch, 6, compile="aot_eager")
+    for sites in ({"neuron": [0]}, {"neuron": [0, 1]}):
+        plain, plain_buffers = buffered_generate(model, _Tokens(), batch, sites, 6)
+        got, buffers = buffered_generate(model, _Tokens(), batch, sites, 6, compile="aot_eager")
+        assert torch.equal(got.sequences, plain.sequences)
+        for key, value in plain_buffers.buffers.items():
+            torch.testing.assert_close(buffers.buffers[key], value, rtol=1e-12, atol=1e-12)
+    neurons = torch.tensor([[0, index] for index in range(adapter.d_ff)])
+    torch._dynamo.reset()
+    greedy_generate(model, _Tokens(), batch, 6, compile="aot_eager")
+    with intervene(model, amplify(neurons, 50.0, positions="all")):
+        expected = greedy_generate(model, _Tokens(), batch, 6)
+        got = greedy_generate(model, _Tokens(), batch, 6, compile="aot_eager")
+    assert torch.equal(got.sequences, expected.sequences)
+    assert not torch.equal(expected.sequences, greedy_generate(model, _Tokens(), batch, 6).sequences)
+
+
+def test_new_hooks_of_the_same_code_reuse_the_compiled_code():
+    model, batch = _text()
+    stats = torch._dynamo.utils.counters["stats"]  # counts for the whole process
+    graphs = []
+    for _ in range(3):
+        buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6, compile="aot_eager")
+        graphs.append(stats["unique_graphs"])
+    assert graphs[0] == graphs[1] == graphs[2]  # compiled by the first call only
+
+
 def test_a_vision_language_models_text_decoder():
     vlm = chat_vlm("llava", seed=1)
     vlm.model.to(torch.float64)

@@ -7,9 +7,11 @@ module (``adapter.decoder``, the module holding the layer list) through its comp
 the instance for the decode steps only and taken off after.
 
 Hooks on the decoder's submodules (the sites that :class:`~neuronscope.trace.decode.StepBuffers` fills, a steady
-intervention) are traced into the compiled code, and dynamo guards on them: a call under other hooks compiles
-again instead of running the old ones, and a call under hooks of the same code reads the new hooks' buffers
-(``tests/trace/test_compiled_decoder.py``). Each new shape or set of hooks costs a compilation (30-45 s for a 7B
+intervention) are traced into the compiled code, and the compiled calls run with dynamo guarding on every
+submodule's hooks (``skip_nnmodule_hook_guards=False``; by default it guards on none of a module that had none
+when it compiled, and would ignore hooks added there later). So a call under other hooks, or under hooks where
+there were none, compiles again instead of running the old ones, and a call under new hooks of the same code
+reuses the compiled code and fills the new hooks' buffers (``tests/trace/test_compiled_decoder.py``). Each new shape or set of hooks costs a compilation (30-45 s for a 7B
 decoder on an H200, in ``benchmarks/probe_compile.py``); later calls reuse it.
 
 Measured (``benchmarks/probe_compile.py``, H200, LLaVA-1.5-7B shape, bf16, the multimodal streaming call, the
@@ -64,7 +66,10 @@ def compiled_decoder(model: nn.Module, backend: str) -> Iterator[None]:
     compiled = _compiled_forward(decoder, backend)
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        return compiled(decoder, *args, **kwargs)
+        # guards on every submodule's hooks, empty ones included: by default dynamo guards on none where a module
+        # had none when it compiled, and would then run without hooks added later (a site, an intervention)
+        with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+            return compiled(decoder, *args, **kwargs)
 
     decoder.forward = forward
     try:
