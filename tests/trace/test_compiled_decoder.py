@@ -107,6 +107,22 @@ def test_new_hooks_of_the_same_code_reuse_the_compiled_code():
     assert graphs[0] == graphs[1] == graphs[2]  # compiled by the first call only
 
 
+def test_more_hook_sets_than_dynamos_default_limit_still_compile():
+    """Dynamo compiles a code object 8 times by default, then runs it uncompiled; transformers' forward wrappers share
+    their code across model classes, so the compiled calls allow more."""
+    model, batch = _text()
+    stats = torch._dynamo.utils.counters["stats"]
+    before = stats["unique_graphs"]
+    site_sets = [{site: layers} for site in ("neuron", "act", "up", "gate", "resid_post") for layers in ([0], [1])]
+    for sites in site_sets:
+        plain, plain_buffers = buffered_generate(model, _Tokens(), batch, sites, 3)
+        got, buffers = buffered_generate(model, _Tokens(), batch, sites, 3, compile="aot_eager")
+        assert torch.equal(got.sequences, plain.sequences)
+        for key, value in plain_buffers.buffers.items():
+            torch.testing.assert_close(buffers.buffers[key], value, rtol=1e-12, atol=1e-12)
+    assert stats["unique_graphs"] - before >= len(site_sets)  # each set compiled, none run uncompiled
+
+
 def test_a_vision_language_models_text_decoder():
     vlm = chat_vlm("llava", seed=1)
     vlm.model.to(torch.float64)

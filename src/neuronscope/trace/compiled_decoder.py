@@ -35,6 +35,10 @@ from neuronscope.models.adapter import get_adapter
 
 # one compiled function per (decoder class, backend): dynamo keeps its compiled code per code object and guards
 _COMPILED: dict[tuple[type, str], Callable[..., Any]] = {}
+# compilations per code object allowed during the compiled calls (dynamo's own default: 8)
+RECOMPILE_LIMIT = 64
+_LIMITS = {name: RECOMPILE_LIMIT for name in ("recompile_limit", "cache_size_limit")
+           if hasattr(torch._dynamo.config, name)}
 
 
 def compile_backend(compile: bool | str) -> str | None:
@@ -67,8 +71,10 @@ def compiled_decoder(model: nn.Module, backend: str) -> Iterator[None]:
 
     def forward(*args: Any, **kwargs: Any) -> Any:
         # guards on every submodule's hooks, empty ones included: by default dynamo guards on none where a module
-        # had none when it compiled, and would then run without hooks added later (a site, an intervention)
-        with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False):
+        # had none when it compiled, and would then run without hooks added later (a site, an intervention);
+        # and room for more compilations than dynamo's 8 per code object, which transformers' forward wrappers
+        # share across model classes (past the limit a call runs uncompiled: right, only slower)
+        with torch._dynamo.config.patch(skip_nnmodule_hook_guards=False, **_LIMITS):
             return compiled(decoder, *args, **kwargs)
 
     decoder.forward = forward
