@@ -30,13 +30,15 @@ def test_a_forward_without_the_option_gets_only_the_cache_switch():
 
 def test_the_attention_implementation_is_the_language_models_own():
     from helpers.pipeline_vlms import chat_vlm
+    from neuronscope.models import get_adapter, lookup
     from neuronscope.trace.forward_options import attention_implementation, text_config
 
     model = tiny_text_model("llama")
-    assert text_config(model) is model.config
+    assert text_config(model) is model.config and lookup.text_config(model.config) is model.config
     model.config._attn_implementation = "eager"
     assert attention_implementation(model) == "eager"
     vlm = chat_vlm("llava", seed=1).model
-    assert text_config(vlm) is vlm.config.text_config
+    assert text_config(vlm) is vlm.config.text_config is lookup.text_config(vlm.config)
+    assert get_adapter(vlm).text_config is vlm.config.text_config
     vlm.config.text_config._attn_implementation = "sdpa"
     assert attention_implementation(vlm) == "sdpa"

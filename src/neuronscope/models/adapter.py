@@ -39,6 +39,7 @@ from neuronscope.models.lookup import (
     refuse_listed,
     spec_for,
     supported_families,
+    text_config,
     unsupported,
 )
 from neuronscope.models.moe import MOE_VISION_FAMILIES, MoEStructure, find_moe
@@ -75,7 +76,7 @@ class ModelAdapter(ReadoutChecks):
         self.model = model
         config = model.config
         self.model_type: str = getattr(config, "model_type", type(model).__name__)
-        self.text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.text_config = text_config(config)
         text_type = getattr(self.text_config, "model_type", self.model_type)
         refuse_listed(self.model_type, text_type)
         self.vision: VisionFamily | None = next(

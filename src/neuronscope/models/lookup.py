@@ -35,6 +35,12 @@ def first_attr(module: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Modul
     return None, None
 
 
+def text_config(config: Any) -> Any:
+    """The configuration of a model's language part: ``get_text_config()`` where the config has it (a VLM's text
+    config), else the config itself."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def config_value(config: Any, *names: str) -> Any:
     """The first of ``names`` set on ``config`` (per-layer attributes of transformers 5 raise on access: None)."""
     for name in names:

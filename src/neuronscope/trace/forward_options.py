@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from neuronscope.models import lookup
+
 
 def takes_logits_to_keep(model: nn.Module) -> bool:
     """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs and most VLMs do)."""
@@ -26,9 +28,9 @@ def activations_only(model: nn.Module) -> dict[str, Any]:
 
 
 def text_config(model: nn.Module) -> Any:
-    """The configuration of the model's language part (the model's own for a text model)."""
-    config = model.config
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
+    """The configuration of the model's language part (the model's own for a text model):
+    :func:`neuronscope.models.lookup.text_config` of its config."""
+    return lookup.text_config(model.config)
 
 
 def attention_implementation(model: nn.Module) -> str:

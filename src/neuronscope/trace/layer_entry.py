@@ -22,13 +22,14 @@ from torch import nn
 
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.models.lookup import LAYER_LIST_NAMES, first_attr
+from neuronscope.trace.forward_options import text_config
 from neuronscope.trace.hooks import HookSet
 from neuronscope.trace.sites import resolve_site
 
 
 def full_attention_everywhere(model: nn.Module) -> bool:
     """Whether every decoder layer attends to all earlier keys (no sliding window, one layer type)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     kinds = set(getattr(config, "layer_types", None) or ())
     if kinds:
         return kinds == {"full_attention"}
