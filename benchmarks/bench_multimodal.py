@@ -101,7 +101,7 @@ def streaming_call(model, processor, images: list[Image.Image], tiny: bool, grap
     return caption_contributions(model, processor, batch, max_new_tokens=tokens, top_k=top_k,
                                  select=lambda generation: [list(range(n_targets))] * generation.tokens.shape[0],
                                  min_new_tokens=tokens, suppress_tokens=[4], graphs=graphs, slots=slots,
-                                 **({"compile": True} if compile else {}))
+                                 compile=compile)
 
 
 def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:

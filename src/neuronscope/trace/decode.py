@@ -280,12 +280,13 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
     if static_decode_blocker(model, moved, kwargs) is not None:
         return _clocked_generate(model, processor, moved, max_new_tokens, clock, **kwargs)
     clock = clock or DecodeClock.on(model)
-    if backend and foreign_hooks(model):  # host state read by a hook would be a constant of the compiled code
+    foreign = foreign_hooks(model)
+    if backend and foreign:  # host state read by a hook would be a constant of the compiled code
         raise InputError("compile= decodes under graph-safe hooks only (HookSet(adapter, graph_safe=True), a "
                          "steady intervention); a hook that picks positions or counts calls on the host would "
                          "compile again at every step: decode without compile=")
     if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
-        graphs = moved.input_ids.device.type == "cuda" and foreign_hooks(model) == 0
+        graphs = moved.input_ids.device.type == "cuda" and foreign == 0
     pad_id, pick = greedy_settings(model, processor, kwargs, moved.input_ids.device)
     decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock, pick)
     sequences = decoder.run(graphs, backend)

@@ -141,7 +141,7 @@ def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: Mode
     # MB, scored there, only the top-k leave the device
     sites = {site: range(adapter.n_layers), **({"resid_post": [last]} if final_norm else {})}
     generation, buffers = buffered_decode(model, processor, batch, sites, max_new_tokens,  # slots if it cannot fit
-                                          **({"compile": True} if compile else {}))
+                                          compile=compile)
     score_device = adapter.unembedding().device
     produced = generation.tokens.shape[1]
     stacked = buffers.stack(site, produced, device=score_device)  # [B, P, L, d_ff]
