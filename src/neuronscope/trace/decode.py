@@ -123,7 +123,7 @@ class _StaticDecoder:
         ids = inputs["input_ids"]
         self.device = ids.device
         self.rows, self.prompt = ids.shape
-        self.pad = torch.tensor(pad_id, dtype=torch.long, device=self.device)
+        self.pad = torch.full((), pad_id, dtype=torch.long, device=self.device)  # no host-to-device copy
         self.pick, self.eos = pick, pick.eos
         self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
         self.keyword = cache_keyword(model)
@@ -188,7 +188,7 @@ class _StaticDecoder:
 
             return self._steps(step, graphs=False)
         open_key = mask[..., self.prompt - 1:self.prompt].clone()  # the last prompt key is real in every row
-        prompt = torch.tensor([self.prompt], dtype=torch.long, device=self.device)
+        prompt = torch.full((1,), self.prompt, dtype=torch.long, device=self.device)
 
         def step() -> None:  # every operation reads and writes fixed buffers: safe to capture
             mask.index_copy_(-1, prompt + self.clock.step, open_key)  # the key this step writes (before the clock)
