@@ -96,6 +96,12 @@ def measure(function: Callable[[], Any], where: torch.device | str, repeats: int
     return out
 
 
+def device_events(averages: Any) -> list[Any]:
+    """The device's own events (kernels, copies) of a ``torch.profiler`` ``key_averages()``: an operator's device
+    time is its kernels' counted again."""
+    return [e for e in averages if e.device_type is not None and "cuda" in str(e.device_type).lower()]
+
+
 def graphed(function, where: torch.device, repeats: int, weights: int) -> dict[str, Any]:
     """A shape's calls in order: the first (eager: a shape seen once is not captured), the second (run, then
     captured into a CUDA graph) and ``repeats`` replays (``seconds`` is their best). The peak covers all of them:

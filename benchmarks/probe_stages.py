@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from bench_multimodal import _images, build, streaming_call
-from common import sync, weights_bytes
+from common import device_events, measure, weights_bytes
 
 
 class Stages:
@@ -55,10 +55,11 @@ class Stages:
         for owner, name, original in reversed(self.undo):
             setattr(owner, name, original)
 
-    def summary(self, total: list[float]) -> dict[str, Any]:
+    def summary(self, total: float) -> dict[str, Any]:
+        """Each stage's median seconds and largest peak; ``total``: the wrapped call's median seconds."""
         out = {label: {"seconds": statistics.median(values), "peak_over_weights": max(self.peaks[label])}
                for label, values in self.seconds.items()}
-        out["total"] = {"seconds": statistics.median(total)}
+        out["total"] = {"seconds": total}
         out["score_and_rest"] = {"seconds": out["total"]["seconds"] - sum(
             out[label]["seconds"] for label in ("encode", "prefill", "decode") if label in out)}
         return out
@@ -71,7 +72,7 @@ def _profiled(call) -> dict[str, Any]:
         call()
         torch.cuda.synchronize()
     averages = prof.key_averages()
-    kernels = [e for e in averages if e.device_type is not None and "cuda" in str(e.device_type).lower()]
+    kernels = device_events(averages)
     busy = sum(e.self_device_time_total for e in kernels)
     top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:25]
     return {"device_busy_ms": busy / 1e3, "device_ops": sum(e.count for e in kernels),
@@ -101,10 +102,7 @@ def main() -> None:
         def call(size=size, compiled=compiled):
             return streaming_call(model, processor, images[:size], False, slots=None, compile=compiled)
 
-        start = time.perf_counter()
-        call()
-        sync(where)
-        first = time.perf_counter() - start
+        first = measure(call, where, repeats=1, warmup=0)["seconds"]
         call()
         stages = Stages(weights)
         stages.wrap(inputs, "encode_images", "encode")
@@ -112,28 +110,16 @@ def main() -> None:
         stages.wrap(decode._StaticDecoder, "_decode", "decode")
         stages.wrap(graphs, "capture", "capture")
         stages.wrap(graphs, "on_side_stream", "first_step")
-        total = []
         try:
-            for _ in range(args.calls):
-                sync(where)
-                begin = time.perf_counter()
-                call()
-                sync(where)
-                total.append(time.perf_counter() - begin)
+            wrapped = measure(call, where, repeats=args.calls, warmup=0)
         finally:
             stages.restore()
-        walls = []
-        torch.cuda.reset_peak_memory_stats()
-        for _ in range(args.calls):  # unwrapped: the call as the table times it
-            sync(where)
-            begin = time.perf_counter()
-            call()
-            sync(where)
-            walls.append(time.perf_counter() - begin)
+        unwrapped = measure(call, where, repeats=args.calls, warmup=0, weights=weights)  # as the table times it
         row = {"batch": size, "compiled": compiled, "first_call_seconds": first,
-               "unwrapped_seconds": statistics.median(walls),
-               "unwrapped_peak_over_weights": torch.cuda.max_memory_allocated() / weights,
-               "images_per_second": size / statistics.median(walls), "stages": stages.summary(total)}
+               "unwrapped_seconds": unwrapped["median_seconds"],
+               "unwrapped_peak_over_weights": unwrapped["peak_over_weights"],
+               "images_per_second": size / unwrapped["median_seconds"],
+               "stages": stages.summary(wrapped["median_seconds"])}
         if args.profile:
             row["profile"] = _profiled(call)
         results.append(row)

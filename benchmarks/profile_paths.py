@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import LLAMA2_7B, TINY, build_llama, free, text_batch
+from common import LLAMA2_7B, TINY, build_llama, device_events, free, text_batch
 
 PATHS = ("contribution", "ig", "lpi", "lpi_layer", "moe", "multimodal")
 
@@ -44,8 +44,7 @@ def _profile(name: str, function: Callable[[], Any], out: Path, cuda: bool, call
         if cuda:
             torch.cuda.synchronize()
     averages = prof.key_averages()
-    on_device = [e for e in averages if e.device_type is not None and "cuda" in str(e.device_type).lower()]
-    # the device's own events (kernels, copies) only: an operator's device time is its kernels' again
+    on_device = device_events(averages)
     device_us = sum(getattr(e, "self_device_time_total", 0.0) for e in on_device) / calls
     syncs = sum(e.count for e in averages if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
                                                           "cudaMemcpyAsync", "cudaEventSynchronize")) / calls
