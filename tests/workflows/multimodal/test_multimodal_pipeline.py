@@ -153,6 +153,23 @@ def test_missing_and_unreadable_images_are_reported_and_counted(tmp_path):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["images_skipped"] == 2
 
 
+def test_a_run_that_captions_no_image_fails_and_keeps_its_skip_reasons(tmp_path):
+    from neuronscope.errors import NothingProcessedError
+
+    vlm = chat_vlm("llava")
+    missing = [str(tmp_path / "missing.png"), str(tmp_path / "gone.png")]
+    with pytest.raises(NothingProcessedError, match=r"no image could be captioned \(2 skipped; first: .*missing"):
+        find_multimodal_neurons(vlm.model, vlm.processor, missing, concepts=["x"], top_k=4, max_new_tokens=3,
+                                run_dir=tmp_path / "run", heatmaps=0)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["images_captioned"] == 0 and metrics["images_skipped"] == 2
+    skipped = json.loads((tmp_path / "run" / "skipped.json").read_text())
+    assert sorted(s["record"] for s in skipped) == sorted(missing)
+    with pytest.raises(NothingProcessedError, match=r"\(2 skipped; first: [^)]*missing[^)]*\)$"):  # in memory
+        find_multimodal_neurons(vlm.model, vlm.processor, missing, concepts=["x"], top_k=4, max_new_tokens=3,
+                                heatmaps=0)
+
+
 def test_heatmap_values_are_the_neurons_activations_at_the_image_tokens(tmp_path):
     from neuronscope.runs import RunDir
 

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
@@ -64,7 +64,9 @@ def find_multimodal_neurons(
     heatmaps: int = 1,
     heatmap_neurons: int = 3,
     heatmap_concepts: int = 10,
-    heatmap_absolute: bool = False, compile: bool = False, meta: dict[str, Any] | None = None,
+    heatmap_absolute: bool = False,
+    compile: bool = False,
+    meta: dict[str, Any] | None = None,
 ) -> MultimodalNeurons:
     """Find multimodal neurons (Pan et al. 2024) for a set of images; see the module docstring for the steps.
 
@@ -149,12 +151,7 @@ def find_multimodal_neurons(
     outcomes = _all_outcomes(run, report, k)
     result = _assemble(outcomes, records, pre_skipped, adapter, config)
     if result.metrics["images_captioned"] == 0:
-        where = f"; the skip reasons are in {run.path / 'metrics.json'}" if run is not None else ""
-        if run is not None:
-            run.write_json("metrics.json", result.metrics)
-            run.write_skipped(result.metrics["skipped_inputs"])
-        raise NothingProcessedError(f"no image could be captioned ({result.metrics['images_skipped']} skipped; "
-                                    f"first: {_first_reason(result)}){where}")
+        _nothing_captioned(run, result)
     if run is not None:
         write_results(run, result, model, processor, report_neurons=report_neurons, rank_by=rank_by)
         if heatmaps > 0:
@@ -164,6 +161,16 @@ def find_multimodal_neurons(
                                   single_neurons=heatmap_neurons, prompt=prompt, assistant_prefix=assistant_prefix,
                                   rank_by=rank_by, max_concepts=heatmap_concepts, absolute=heatmap_absolute)
     return result
+
+
+def _nothing_captioned(run: RunDir | None, result: MultimodalNeurons) -> NoReturn:
+    """Keep the skip reasons in the run folder (``metrics.json``, the skipped inputs), then refuse the run."""
+    where = f"; the skip reasons are in {run.path / 'metrics.json'}" if run is not None else ""
+    if run is not None:
+        run.write_json("metrics.json", result.metrics)
+        run.write_skipped(result.metrics["skipped_inputs"])
+    raise NothingProcessedError(f"no image could be captioned ({result.metrics['images_skipped']} skipped; "
+                                f"first: {_first_reason(result)}){where}")
 
 
 def multimodal(options: MultimodalOptions, *, loaded: Any = None) -> RunResult:
