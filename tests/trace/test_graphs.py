@@ -44,6 +44,81 @@ def test_a_captured_call_hands_back_its_graph_and_its_result(monkeypatch):
     assert isinstance(graph, Graph) and result.tolist() == [0, 1, 2] and seen["pool"] == "shared"
 
 
+def test_a_capture_that_does_not_drain_records_on_a_side_stream_into_the_last_graphs_pool(monkeypatch):
+    """drain=False (decode steps): no device synchronisation and no emptied cache (torch.cuda.graph does both on
+    entry); recorded on a side stream kept per device, after the work queued on the current one; each graph shares
+    the pool of the one captured before it (kept until the next: a pool whose graphs are all gone cannot be captured
+    into again); a call that fails still ends the capture, and gives None and a warning."""
+    events = []
+
+    class Graph:
+        count = 0
+
+        def __init__(self):
+            Graph.count += 1
+            self.name = f"pool {Graph.count}"
+
+        def capture_begin(self, *pool, capture_error_mode):
+            events.append(("begin", pool, capture_error_mode))
+
+        def capture_end(self):
+            events.append("end")
+
+        def pool(self):
+            return self.name
+
+    class Stream:
+        def __init__(self, name="side"):
+            self.name = name
+            events.append(f"new {name} stream")
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("drained")
+
+    @contextlib.contextmanager
+    def on(stream):
+        events.append(f"on {stream.name}")
+        yield
+        events.append(f"off {stream.name}")
+
+    main = Stream("main")
+    events.clear()
+    for name, value in {"CUDAGraph": Graph, "graph": forbidden, "synchronize": forbidden, "empty_cache": forbidden,
+                        "current_device": lambda: 0, "Stream": lambda index: Stream(), "current_stream": lambda: main,
+                        "stream": on}.items():
+        monkeypatch.setattr(torch.cuda, name, value)
+    monkeypatch.setattr(graphs, "_CAPTURE_STREAMS", {})
+    monkeypatch.setattr(graphs, "_LAST_QUEUED", {})
+
+    def recording(pool):
+        return ["side waits for main", "on side", ("begin", pool, "global"), "record", "end", "off side",
+                "main waits for side"]
+
+    graph, result = graphs.capture(lambda: (events.append("record"), 5)[1], "a step", drain=False)
+    assert isinstance(graph, Graph) and result == 5
+    assert events == ["new side stream"] + recording(())  # the first: a pool of its own
+    events.clear()
+    second, result = graphs.capture(lambda: (events.append("record"), 6)[1], "a step", drain=False)
+    assert result == 6 and events == recording(("pool 1",))  # the same stream, the first graph's pool
+    events.clear()
+    graphs.capture(lambda: events.append("record"), "a step", drain=False)
+    assert events == recording(("pool 2",)) and graphs._LAST_QUEUED[0].name == "pool 3"
+    events.clear()
+    graphs.capture(lambda: events.append("record"), "a step", pool="asked", drain=False)
+    assert events == recording(("asked",)) and graphs._LAST_QUEUED[0].name == "pool 3"  # a pool asked: not kept
+
+    def failing():
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    events.clear()
+    with pytest.warns(UserWarning, match="a step could not be captured into a CUDA graph, running eagerly"):
+        assert graphs.capture(failing, "a step", drain=False) is None
+    assert "end" in events and graphs._LAST_QUEUED[0].name == "pool 3"  # a failed graph is not kept
+
+
 def test_shape_graphs_run_a_shape_eagerly_first_keep_the_recent_ones_and_are_released(monkeypatch):
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
     monkeypatch.setattr(graphs, "capture", lambda function, what, pool=None: None if what == "fails" else
@@ -159,19 +234,25 @@ def test_a_step_replayer_runs_the_first_call_eagerly_captures_the_second_and_rep
             events.append("replay")
 
     monkeypatch.setattr(graphs, "on_side_stream", lambda step: (events.append("side"), step()))
-    monkeypatch.setattr(graphs, "capture", lambda step, what: (events.append("capture"), (Graph(), None))[1])
+    monkeypatch.setattr(graphs, "capture", lambda step, what, drain=True: (events.append(f"capture drain={drain}"),
+                                                                          (Graph(), None))[1])
     step = lambda: events.append("step")  # noqa: E731
     replayer = graphs.StepReplayer(step, "a step", graphs=True)
     for _ in range(4):
         replayer()
-    assert events == ["side", "step", "capture", "replay", "replay", "replay"]
+    assert events == ["side", "step", "capture drain=True", "replay", "replay", "replay"]
+    events.clear()
+    queued = graphs.StepReplayer(step, "a step", graphs=True, drain=False)
+    for _ in range(2):
+        queued()
+    assert events == ["side", "step", "capture drain=False", "replay"]
     events.clear()
     eager = graphs.StepReplayer(step, "a step", graphs=False)
     for _ in range(3):
         eager()
     assert events == ["step"] * 3
     events.clear()
-    monkeypatch.setattr(graphs, "capture", lambda step, what: events.append("capture"))  # a capture that fails
+    monkeypatch.setattr(graphs, "capture", lambda step, what, drain=True: events.append("capture"))  # it fails
     failing = graphs.StepReplayer(step, "a step", graphs=True)
     for _ in range(3):
         failing()

@@ -10,10 +10,12 @@ What it computes is ``model.generate(do_sample=False)``'s greedy decoding: the a
 logits (float32), rows that produced an end-of-sequence token continue with the pad token, decoding stops when
 every row has stopped or after ``max_new_tokens``; ``min_new_tokens`` and ``suppress_tokens`` act as transformers'
 logits processors of those names. The cache is a ``StaticCache`` of ``prompt + max_new_tokens`` positions with a
-4-D mask that opens one position per step (built once by transformers' own ``create_masks_for_generate``), so
-attention runs over a fixed length with the unwritten positions masked out: the same tokens, activations equal to
-the dynamic cache's up to float rounding (``tests/trace/test_decode.py``; graph == eager on the GPU in
-``benchmarks/bench_checks.py``).
+4-D mask that opens one position per step (built once: under ``sdpa`` from the prompt's mask, equal to what
+transformers' ``create_masks_for_generate`` builds, else by that function), so attention runs over a fixed length
+with the unwritten positions masked out: the same tokens, activations equal to the dynamic cache's up to float
+rounding (``tests/trace/test_decode.py``; graph == eager on the GPU in ``benchmarks/bench_checks.py``). Between the
+prompt and the graph's capture the host reads nothing from the device (:mod:`.static_cache`), so that it runs
+the first step and records the graph while the device still runs the prompt.
 
 Hooks on the stock modules run during the prompt and the first step and are recorded into the graph: a hook that
 writes per-step results must index with :attr:`DecodeClock.step` (a device tensor holding the step the running
@@ -44,12 +46,13 @@ from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenize
 from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
 from neuronscope.trace.decode_coverage import static_decode_blocker
-from neuronscope.trace.forward_options import takes_logits_to_keep
+from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
 from neuronscope.trace.graphs import StepReplayer
 from neuronscope.trace.greedy_choice import Picker, StopFlags, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
 from neuronscope.trace.sites import resolve_site
+from neuronscope.trace.static_cache import drive, first_step_mask, new_static_cache
 
 
 @dataclass
@@ -117,15 +120,14 @@ class _StaticDecoder:
 
     def __init__(self, model: nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int, pad_id: int,
                  clock: DecodeClock, pick: Picker):
-        from transformers import StaticCache
-
         self.model, self.inputs, self.steps, self.clock = model, inputs, max_new_tokens, clock
         ids = inputs["input_ids"]
         self.device = ids.device
         self.rows, self.prompt = ids.shape
         self.pad = torch.full((), pad_id, dtype=torch.long, device=self.device)  # no host-to-device copy
         self.pick, self.eos = pick, pick.eos
-        self.cache = StaticCache(config=model.config, max_cache_len=self.prompt + max_new_tokens)
+        self.cache = new_static_cache(model.config, self.prompt + max_new_tokens, self.device)
+        self.length = 0  # what the cache holds before the next call (told to the hooks: static_cache.drive)
         self.keyword = cache_keyword(model)
         self.keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         self.tokens = torch.full((self.rows, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
@@ -144,18 +146,22 @@ class _StaticDecoder:
         position = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         self.clock.step.zero_()
         inputs = {k: v for k, v in self.inputs.items() if k != "position_ids"}
+        drive(self.cache, 0)
         out = self.model(**inputs, position_ids=position, use_cache=True, **{self.keyword: self.cache}, **self.keep)
-        self.position = position[:, -1:].clone()
+        self.position, self.length = position[:, -1:].clone(), self.prompt
         return self._choose(out.logits[:, -1])
 
     def _decode_mask(self) -> torch.Tensor | None:
-        """The 4-D mask of the first decode step, built by transformers (None where it builds none)."""
+        """The 4-D mask of the first decode step: under ``sdpa`` built from the prompt's mask
+        (:func:`~.static_cache.first_step_mask`: no host check), else by transformers (None where it builds none)."""
         from transformers.masking_utils import create_masks_for_generate
 
+        width = self.prompt + self.steps
+        if attention_implementation(self.model) == "sdpa":
+            return first_step_mask(self.inputs["attention_mask"], width)
         grown = torch.cat([self.inputs["attention_mask"], self.inputs["attention_mask"].new_ones(self.rows, 1)], 1)
         embeds = torch.empty((self.rows, 1, 0), dtype=self.model.dtype, device=self.device)
         mask = create_masks_for_generate(self.model.config, embeds, grown, self.cache, self.position + 1)
-        width = self.prompt + self.steps
         if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or mask.shape[-1] != width or mask.shape[-2] != 1:
             return None
         return mask.clone()
@@ -164,15 +170,19 @@ class _StaticDecoder:
         """``backend``: the decode steps call the text decoder compiled with it (:mod:`.compiled_decoder`)."""
         chosen = self._prefill()
         done = 1
-        if self.steps > 1 and bool(self.unfinished.any()):
+        if self.steps > 1:  # whether the prompt's token stopped every row is read once the steps are queued
+            stopped_at_prompt = ~self.unfinished.any()
             with compiled_decoder(self.model, backend) if backend else nullcontext():
                 done = self._decode(chosen[:, None].clone(), graphs)
+            done = 1 if bool(stopped_at_prompt) else done  # the steps after it only wrote padding
         return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
 
     def _forward_step(self, token: torch.Tensor, mask: torch.Tensor) -> None:
         """One decode step: the clock and the positions move on, the model runs, ``token`` becomes its choice."""
         self.clock.step.add_(1)
         self.position.add_(1)
+        drive(self.cache, self.length)
+        self.length += 1
         out = self.model(input_ids=token, attention_mask=mask, position_ids=self.position, use_cache=True,
                          **{self.keyword: self.cache}, **self.keep)
         token.copy_(self._choose(out.logits[:, -1])[:, None])
@@ -198,11 +208,12 @@ class _StaticDecoder:
 
     def _steps(self, step, graphs: bool) -> int:
         """Run ``step`` until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
-        stream when graphs follow), the second captured, the rest replayed; the number of tokens produced.
+        stream when graphs follow), the second captured (recorded while the device still runs the prompt: no
+        drain, :func:`~neuronscope.trace.graphs.capture`), the rest replayed; the number of tokens produced.
 
         On a GPU whether every row has stopped is read one step late (:class:`StopFlags`), so that the next step
         is queued while the host waits: a step after the last needed one only writes padding, and is not counted."""
-        done, replayer = 1, StepReplayer(step, "the decode step", graphs)
+        done, replayer = 1, StepReplayer(step, "the decode step", graphs, drain=False)
         flags = StopFlags(self.unfinished)
         while done < self.steps:
             replayer()

@@ -42,13 +42,20 @@ def on_side_stream(function: Callable[[], Any]) -> Any:
     return result
 
 
-def capture(function: Callable[[], Any], what: str, pool: Any = None) -> tuple[torch.cuda.CUDAGraph, Any] | None:
+def capture(function: Callable[[], Any], what: str, pool: Any = None,
+            drain: bool = True) -> tuple[torch.cuda.CUDAGraph, Any] | None:
     """``(graph, result)``: the graph of one call of ``function`` (recorded, not run) and the tensors that call
     returned (they live in the graph's memory and are rewritten by each replay), or None with a warning naming
     ``what`` if the call cannot be captured (an operation that reads the device from the host, or out of memory).
-    ``pool``: a memory pool shared with other graphs that are never replayed at the same time."""
+    ``pool``: a memory pool shared with other graphs that are never replayed at the same time.
+
+    ``drain`` (torch's own ``torch.cuda.graph``): wait for the device and hand its cached memory back to the driver
+    first, which leaves the most memory for a large graph. ``drain=False`` records while the queued work runs on,
+    and keeps the cache (:func:`_capture_queued`): for a small graph captured at every call (a decode step)."""
     graph = torch.cuda.CUDAGraph()
     try:
+        if not drain:
+            return graph, _capture_queued(graph, function, pool)
         with torch.cuda.graph(graph, pool=pool):
             result = function()
     except RuntimeError as error:
@@ -57,20 +64,53 @@ def capture(function: Callable[[], Any], what: str, pool: Any = None) -> tuple[t
     return graph, result
 
 
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}
+_LAST_QUEUED: dict[int, torch.cuda.CUDAGraph] = {}  # per device: the last graph captured by _capture_queued
+
+
+def _capture_queued(graph: torch.cuda.CUDAGraph, function: Callable[[], Any], pool: Any) -> Any:
+    """Record ``function`` into ``graph`` on a side stream of the current device without synchronising it or
+    emptying the allocator's cache (what ``torch.cuda.graph`` does on entry): the host records while the device
+    still runs the work queued before (a prompt's forward), and the next call reuses the cached blocks. Recording
+    runs nothing; a replay is queued after that work on the current stream.
+
+    Without ``pool`` the graph shares the memory pool of the last graph captured so on this device, which is kept
+    until the next one: a graph's own pool is handed back to the driver only by emptying the cache, and a pool
+    whose graphs are all gone cannot be captured into again (the pinned-memory allocator refuses it: measured on
+    torch 2.11). Such graphs must never be replayed once a later one is captured (decode steps: one call after
+    another)."""
+    index = torch.cuda.current_device()
+    if index not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[index] = torch.cuda.Stream(index)
+    stream = _CAPTURE_STREAMS[index]
+    shared = pool if pool is not None else _LAST_QUEUED[index].pool() if index in _LAST_QUEUED else None
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph.capture_begin(*(() if shared is None else (shared,)), capture_error_mode="global")
+        try:
+            result = function()
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream().wait_stream(stream)
+    if pool is None:
+        _LAST_QUEUED[index] = graph
+    return result
+
+
 class StepReplayer:
     """Runs a step that reads and writes only fixed buffers again and again: its first call eagerly (on a side
     stream when graphs follow), its second captured into a CUDA graph and replayed, every later one replayed;
     eagerly throughout without ``graphs`` or once a capture failed (greedy decoding's steps, slot decoding's
-    packed calls)."""
+    packed calls). ``drain``: as :func:`capture` takes it."""
 
-    def __init__(self, step: Callable[[], Any], what: str, graphs: bool):
-        self.step, self.what, self.graphs = step, what, graphs
+    def __init__(self, step: Callable[[], Any], what: str, graphs: bool, drain: bool = True):
+        self.step, self.what, self.graphs, self.drain = step, what, graphs, drain
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
 
     def __call__(self) -> None:
         if self.graphs and self.calls == 1:
-            captured = capture(self.step, self.what)
+            captured = capture(self.step, self.what, drain=self.drain)
             self.graph = None if captured is None else captured[0]
             self.graphs = self.graph is not None  # a step that cannot be captured runs eagerly from here on
         if self.graph is not None:
@@ -252,7 +292,8 @@ def kept_graphs(model: nn.Module | None = None, path: str | None = None) -> int:
 
 
 def release_graphs(model: nn.Module) -> None:
-    """Drop every graph kept for ``model`` (integrated gradients, contribution, LPI's rows) and give their memory
-    back."""
+    """Drop every graph kept for ``model`` (integrated gradients, contribution, LPI's rows; the last decode step's)
+    and give their memory back."""
+    _LAST_QUEUED.clear()  # the last decode step's graph, kept for its memory pool (_capture_queued)
     if _BY_MODEL.pop(model, None) is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -17,6 +17,7 @@ from torch import nn
 from neuronscope.models.adapter import ModelAdapter
 from neuronscope.trace.positions import CallState
 from neuronscope.trace.sites import SiteHandle
+from neuronscope.trace.static_cache import driven_length
 
 SiteCallback = Callable[[torch.Tensor, CallState], "torch.Tensor | None"]
 _SERIALS = itertools.count(1)  # every hook a HookSet installs gets the next one (never reused, unlike id())
@@ -103,7 +104,10 @@ class HookSet:
             # transformers >= 5.24 names the KV cache "cache"; earlier releases "past_key_values".
             cache = kwargs.get("cache", kwargs.get("past_key_values"))
             offset = 0
-            if cache is not None and hasattr(cache, "get_seq_length"):
+            driven = driven_length(cache) if cache is not None else None
+            if driven is not None:  # our own decoder says where the call starts: no read of the device
+                offset = driven
+            elif cache is not None and hasattr(cache, "get_seq_length"):
                 length = cache.get_seq_length()  # a device tensor for static caches
                 # while a CUDA graph is being captured the device cannot be read: the call follows the last one
                 offset = call.offset + call.seq_len if _capturing(length) else int(length)
