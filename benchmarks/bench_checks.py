@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 from typing import Any
 
 import torch
@@ -275,6 +276,16 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
                         "expected_steps": expected.shape[1] - 20, "ok": bool(torch.equal(got, expected))})
     finally:
         model.generation_config.eos_token_id = previous
+    if where.type == "cuda":  # graphed decoding calls leave nothing allocated behind (cuBLAS workspaces per stream)
+        resident = []
+        for _ in range(6):
+            greedy_generate(model, processor.tokenizer, text, max_new_tokens=12, min_new_tokens=12, graphs=True)
+            gc.collect()
+            torch.cuda.synchronize()
+            resident.append(torch.cuda.memory_allocated())
+        out.append({"decode": "memory allocated after each of 6 graphed decoding calls (the first sets up)",
+                    "bytes_after_first": [value - resident[0] for value in resident[1:]],
+                    "ok": len(set(resident[1:])) == 1 and resident[1] == resident[0]})
     from neuronscope.trace import intervene, suppress
     from neuronscope.trace.hooks import foreign_hooks
 

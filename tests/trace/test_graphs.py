@@ -90,7 +90,7 @@ def test_a_capture_that_does_not_drain_records_on_a_side_stream_into_the_last_gr
                         "current_device": lambda: 0, "Stream": lambda index: Stream(), "current_stream": lambda: main,
                         "stream": on}.items():
         monkeypatch.setattr(torch.cuda, name, value)
-    monkeypatch.setattr(graphs, "_CAPTURE_STREAMS", {})
+    monkeypatch.setattr(graphs, "_SIDE_STREAMS", {})
     monkeypatch.setattr(graphs, "_LAST_QUEUED", {})
 
     def recording(pool):
@@ -117,6 +117,10 @@ def test_a_capture_that_does_not_drain_records_on_a_side_stream_into_the_last_gr
     with pytest.warns(UserWarning, match="a step could not be captured into a CUDA graph, running eagerly"):
         assert graphs.capture(failing, "a step", drain=False) is None
     assert "end" in events and graphs._LAST_QUEUED[0].name == "pool 3"  # a failed graph is not kept
+    events.clear()  # the eager warm-up before a capture runs on that same stream: no stream made per call
+    assert graphs.on_side_stream(lambda: events.append("warm-up") or 7) == 7
+    assert graphs.on_side_stream(lambda: events.append("warm-up") or 8) == 8
+    assert events == ["side waits for main", "on side", "warm-up", "off side", "main waits for side"] * 2
 
 
 def test_shape_graphs_run_a_shape_eagerly_first_keep_the_recent_ones_and_are_released(monkeypatch):
