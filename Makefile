@@ -32,7 +32,7 @@ browser:
 	fi
 
 test: install-dev browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile  # both cores, a test file per worker
 
 lint: install-dev
 	$(BIN)/ruff check src tests
