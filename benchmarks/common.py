@@ -36,6 +36,8 @@ TINY = dict(hidden_size=32, intermediate_size=88, num_attention_heads=4, num_key
             num_hidden_layers=2)
 # H200 SXM dense peaks (TFLOP/s): bf16 tensor cores; float32 without TF32
 PEAK_TFLOPS = {"bfloat16": 989.0, "float32": 67.0}
+# the probes' --compile choice: the decodings it runs (compiled or not), uncompiled first
+COMPILE_CHOICES = {"no": (False,), "yes": (True,), "both": (False, True)}
 
 
 def parser(description: str) -> argparse.ArgumentParser:

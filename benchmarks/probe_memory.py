@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from bench_multimodal import _images, build, streaming_call
-from common import weights_bytes
+from common import COMPILE_CHOICES, weights_bytes
 
 
 def _where(frames: list[dict[str, Any]]) -> str:
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--batches", nargs="+", type=int, default=[4, 6])
-    parser.add_argument("--compile", choices=("no", "yes", "both"), default="both")
+    parser.add_argument("--compile", choices=tuple(COMPILE_CHOICES), default="both")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def main() -> None:
     images = _images(max(args.batches), 336)
     rows = []
     for size in args.batches:
-        for compiled in {"no": [False], "yes": [True], "both": [False, True]}[args.compile]:
+        for compiled in COMPILE_CHOICES[args.compile]:
             def call(size=size, compiled=compiled):
                 return streaming_call(model, processor, images[:size], False, slots=None, compile=compiled)
 

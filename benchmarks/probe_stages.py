@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from bench_multimodal import _images, build, streaming_call
-from common import device_events, measure, weights_bytes
+from common import COMPILE_CHOICES, device_events, measure, weights_bytes
 
 
 class Stages:
@@ -148,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out")
     parser.add_argument("--batches", nargs="+", type=int, default=[4, 5])
-    parser.add_argument("--compile", choices=("no", "yes", "both"), default="both")
+    parser.add_argument("--compile", choices=tuple(COMPILE_CHOICES), default="both")
     parser.add_argument("--calls", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--start", choices=("new", "old", "both"), default="new")
@@ -159,7 +159,7 @@ def main() -> None:
     model, processor = build(False, where, torch.bfloat16)
     weights = weights_bytes(model)
     images = _images(max(args.batches), 336)
-    modes = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    modes = COMPILE_CHOICES[args.compile]
     results = []
     starts = {"new": ["new"], "old": ["old"], "both": ["new", "old"]}[args.start]
     kept: dict[int, Any] = {}
