@@ -30,6 +30,7 @@ import transformers as T
 from common import device, free, main, paired, sync, weights_bytes
 from PIL import Image
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+from transformers.utils import is_torchvision_available
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: {% for c in m['content'] %}"
@@ -48,8 +49,10 @@ def build(tiny: bool, device: str, dtype: torch.dtype) -> tuple[torch.nn.Module,
     tokenizer = T.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
                                           bos_token="<s>", eos_token="</s>", extra_special_tokens={"image_token": "<image>"})
     image_size, patch = (28, 14) if tiny else (336, 14)
-    image_processor = T.LlavaImageProcessorPil(size={"shortest_edge": image_size}, do_pad=False,
-                                               crop_size={"height": image_size, "width": image_size})
+    # transformers' default backend where torchvision is installed (the streaming call makes its pixels on the GPU)
+    backend = T.LlavaImageProcessor if is_torchvision_available() else T.LlavaImageProcessorPil
+    image_processor = backend(size={"shortest_edge": image_size}, do_pad=False,
+                              crop_size={"height": image_size, "width": image_size})
     processor = T.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
                                  patch_size=patch, vision_feature_select_strategy="default",
                                  num_additional_image_tokens=1)
@@ -89,7 +92,8 @@ def call_sizes(tiny: bool) -> tuple[int, int, int]:
 
 def streaming_call(model, processor, images: list[Image.Image], tiny: bool, graphs: bool | None = None,
                    slots: int | str | None = "auto", compile: bool = False):
-    """The table's streaming call (what profile_paths, find_syncs and time_streaming run too): encode the images,
+    """The table's streaming call (what profile_paths, find_syncs and time_streaming run too): encode the images
+    (a torchvision image processor makes the pixels on the model's device),
     caption them with exactly ``call_sizes``' tokens (the image token suppressed: random weights), keep the top-k
     contributions of each caption's first targets. ``slots`` and ``compile``: as ``caption_contributions`` takes
     them."""
@@ -97,7 +101,7 @@ def streaming_call(model, processor, images: list[Image.Image], tiny: bool, grap
     from neuronscope.inputs import encode_images
 
     tokens, n_targets, top_k = call_sizes(tiny)
-    batch = encode_images(processor, images, PROMPT, assistant_prefix=PREFIX)
+    batch = encode_images(processor, images, PROMPT, assistant_prefix=PREFIX, device=model.device)
     return caption_contributions(model, processor, batch, max_new_tokens=tokens, top_k=top_k,
                                  select=lambda generation: [list(range(n_targets))] * generation.tokens.shape[0],
                                  min_new_tokens=tokens, suppress_tokens=[4], graphs=graphs, slots=slots,
@@ -134,7 +138,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = _images(max(batches), 28 if tiny else 336)
     table: dict[str, Any] = {"table": "multimodal", "model": "tiny LLaVA" if tiny else "LLaVA-1.5-7B (random, bf16)",
                              "caption_tokens": tokens, "targets_per_caption": n_targets, "top_k": top_k,
-                             "goal": ">= 25x the reference at the best batch, peak <= weights + 15 %"}
+                             "goal": ">= 25x the reference at the best batch, peak <= weights + 15 %",
+                             "image_processor": type(processor.image_processor).__name__}
 
     def streaming(batch_images, graphs=None, slots="auto", compile=False):
         return streaming_call(model, processor, batch_images, tiny, graphs, slots, compile)
