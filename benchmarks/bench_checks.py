@@ -323,6 +323,12 @@ def decode_checks(where: torch.device, tiny: bool) -> list[dict[str, Any]]:
         except Exception as error:  # noqa: BLE001 - reported, not fatal
             out.append({"decode": f"streaming scores, compiled decoder (graphs={graphs})",
                         "error": f"{type(error).__name__}: {error}"[:300]})
+    if where.type == "cuda":  # the kept decoding's graph, replayed from the first step, against fresh calls
+        from check_kept import kept_checks
+
+        other = encode_images(processor, bench_multimodal._images(6, 28)[3:], "Describe the image in few words.",
+                              assistant_prefix="An image of")
+        out += kept_checks(vlm, processor, [image_batch, other, image_batch])
     return out
 
 

@@ -98,8 +98,8 @@ class OldStart:
         replayer = decode.StepReplayer
 
         class Draining(replayer):
-            def __init__(self, step, what, graphs, drain=True):
-                super().__init__(step, what, graphs, drain=True)
+            def __init__(self, step, what, graphs, drain=True, own_pool=False):
+                super().__init__(step, what, graphs, drain=True, own_pool=own_pool)
 
         def run(self, graphs, backend=None):
             chosen = self._prefill()

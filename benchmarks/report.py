@@ -193,6 +193,11 @@ def lpi(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _kept(row: dict[str, Any]) -> str:
+    """A multimodal row's decoding: kept from the call before (tables since 2026-12-02 evening) or not."""
+    return {True: ", decoding kept from the call before", False: ", decoding not kept"}.get(row.get("kept"), "")
+
+
 def multimodal(table: dict[str, Any]) -> list[str]:
     reference = table["reference"]["images_per_second"]
     lines = [f"### Multimodal neurons ({table['model']}; {table['caption_tokens']}-token captions, "
@@ -204,8 +209,8 @@ def multimodal(table: dict[str, Any]) -> list[str]:
 
     rows = [(row, "") for row in table["streaming"]] + [(row, " (slots asked)") for row in table.get("slot_rows", [])]
     rows += [(row, " (batched asked)") for row in table.get("batched_rows", [])]
-    rows += [(row, f", decode steps through the compiled decoder (first call, compiling: {row['first_call_seconds']:.0f} s)")
-             for row in table.get("compiled_rows", [])]
+    rows += [(row, f", decode steps through the compiled decoder{_kept(row)} (first call, compiling: "
+                   f"{row['first_call_seconds']:.0f} s)") for row in table.get("compiled_rows", [])]
     for row, asked in rows:
         peak = row.get("peak_over_weights")
         ratio = row["images_per_second"] / reference
@@ -225,7 +230,7 @@ def multimodal(table: dict[str, Any]) -> list[str]:
                  f"{_x(table['reference'].get('peak_over_weights'), 3)} |")
     for entry in table.get("paired", []):
         ratio = entry["over_reference_median"]
-        compiled = ", compiled decoder," if entry.get("compiled") else ""
+        compiled = f", compiled decoder{_kept(entry)}," if entry.get("compiled") else ""
         lines.append(f"\nStreaming at batch {entry['batch']}{compiled} over the reference in {entry['pairs']} alternating pairs "
                      f"(the goal's judge): **{_x(ratio, 1)}** median (quartiles {entry['over_reference_q1']:.1f}-"
                      f"{entry['over_reference_q3']:.1f}; {_met(ratio >= 25)}).")

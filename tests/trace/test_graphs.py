@@ -238,8 +238,8 @@ def test_a_step_replayer_runs_the_first_call_eagerly_captures_the_second_and_rep
             events.append("replay")
 
     monkeypatch.setattr(graphs, "on_side_stream", lambda step: (events.append("side"), step()))
-    monkeypatch.setattr(graphs, "capture", lambda step, what, drain=True: (events.append(f"capture drain={drain}"),
-                                                                          (Graph(), None))[1])
+    monkeypatch.setattr(graphs, "capture", lambda step, what, pool=None, drain=True: (
+        events.append(f"capture drain={drain}" + (f" pool={pool}" if pool else "")), (Graph(), None))[1])
     step = lambda: events.append("step")  # noqa: E731
     replayer = graphs.StepReplayer(step, "a step", graphs=True)
     for _ in range(4):
@@ -251,12 +251,18 @@ def test_a_step_replayer_runs_the_first_call_eagerly_captures_the_second_and_rep
         queued()
     assert events == ["side", "step", "capture drain=False", "replay"]
     events.clear()
+    monkeypatch.setattr(graphs.torch.cuda, "graph_pool_handle", lambda: "own")  # a kept decoder's: a pool of its own
+    owning = graphs.StepReplayer(step, "a step", graphs=True, drain=False, own_pool=True)
+    for _ in range(2):
+        owning()
+    assert events == ["side", "step", "capture drain=False pool=own", "replay"]
+    events.clear()
     eager = graphs.StepReplayer(step, "a step", graphs=False)
     for _ in range(3):
         eager()
     assert events == ["step"] * 3
     events.clear()
-    monkeypatch.setattr(graphs, "capture", lambda step, what, drain=True: events.append("capture"))  # it fails
+    monkeypatch.setattr(graphs, "capture", lambda step, what, pool=None, drain=True: events.append("capture"))  # fails
     failing = graphs.StepReplayer(step, "a step", graphs=True)
     for _ in range(3):
         failing()

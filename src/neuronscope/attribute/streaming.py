@@ -115,6 +115,7 @@ def caption_contributions(
     absolute: bool = False,
     pair_chunk: int = 256,
     slots: int | str | None = "auto",
+    keep: bool = False,
     **generate_kwargs: Any,
 ) -> CaptionContributions:
     """Generate greedily while buffering the site at each step, then keep the top-k contributions of each target.
@@ -134,6 +135,9 @@ def caption_contributions(
             (:mod:`neuronscope.trace.slot_decode`: memory bounded by the slots, not the batch, but slower);
             ``"auto"`` (default): batched while the batch's cache fits in the free GPU memory, else the slots that
             fit; None: batched. The same tokens and scores either way.
+        keep: keep the batched decoding (its cache, buffers and decode step's CUDA graph) for the next call of
+            the same shape, which replays it from its first step (:func:`neuronscope.trace.decode.buffered_generate`;
+            for a loop over batches; :func:`~neuronscope.trace.decode.release_kept_decoding` frees it).
         generate_kwargs: ``min_new_tokens`` / ``suppress_tokens``; ``compile=True`` (the batched decoding's steps
             through the ``torch.compile``'d text decoder: :mod:`neuronscope.trace.compiled_decoder`); or any
             ``model.generate`` keyword (which then decodes instead of
@@ -147,7 +151,7 @@ def caption_contributions(
     adapter = get_adapter(model)
     dtype = next(model.parameters()).dtype
     generation, steps = buffered_decode(model, processor, batch, {site: range(adapter.n_layers)}, max_new_tokens,
-                                        slots=slots, dtype=dtype, **generate_kwargs)
+                                        slots=slots, dtype=dtype, keep=keep, **generate_kwargs)
     buffers = [steps.get(site, layer) for layer in range(adapter.n_layers)]
     chosen = (select or every_step(_stop_ids(processor)))(generation)
     pairs = _pairs(generation, chosen)

@@ -47,7 +47,7 @@ from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
-from neuronscope.trace.graphs import StepReplayer
+from neuronscope.trace.graphs import StepReplayer, graphs_of, model_key, release_path
 from neuronscope.trace.greedy_choice import Picker, StopFlags, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
@@ -125,13 +125,30 @@ class _StaticDecoder:
         self.device = ids.device
         self.rows, self.prompt = ids.shape
         self.pad = torch.full((), pad_id, dtype=torch.long, device=self.device)  # no host-to-device copy
+        self.pad_id = pad_id
         self.pick, self.eos = pick, pick.eos
+        self.settings = (pad_id, pick.settings)  # what a kept decoder must match to serve another call
+        self.graphs: bool | None = None
+        self.backend: str | None = None
         self.cache = new_static_cache(model.config, self.prompt + max_new_tokens, self.device)
         self.length = 0  # what the cache holds before the next call (told to the hooks: static_cache.drive)
         self.keyword = cache_keyword(model)
         self.keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
         self.tokens = torch.full((self.rows, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
         self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=self.device)
+        self.position: torch.Tensor | None = None
+        # what the recorded step reads (kept by a KeptDecoding for the next call, refilled in place): its replayer,
+        # its 4-D mask, the mask's column of the last prompt key and the token it feeds
+        self.replayer: StepReplayer | None = None
+        self.own_pool = False
+        self.step_buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def restart(self, inputs: dict[str, torch.Tensor]) -> None:
+        """Set up a kept decoder for another batch of its shape: its inputs, no token yet, every row running."""
+        self.inputs = inputs
+        self.cache.reset()  # transformers' own: keys and values zeroed, step counters back to 0, in place
+        self.tokens.fill_(self.pad_id)
+        self.unfinished.fill_(True)
 
     def _choose(self, logits: torch.Tensor) -> torch.Tensor:
         """Pick, pad the stopped rows, record the token at the clock's step and update who has stopped."""
@@ -148,7 +165,11 @@ class _StaticDecoder:
         inputs = {k: v for k, v in self.inputs.items() if k != "position_ids"}
         drive(self.cache, 0)
         out = self.model(**inputs, position_ids=position, use_cache=True, **{self.keyword: self.cache}, **self.keep)
-        self.position, self.length = position[:, -1:].clone(), self.prompt
+        if self.position is None:
+            self.position = position[:, -1:].clone()
+        else:  # a kept decoder: its recorded step reads this tensor
+            self.position.copy_(position[:, -1:])
+        self.length = self.prompt
         return self._choose(out.logits[:, -1])
 
     def _decode_mask(self) -> torch.Tensor | None:
@@ -175,7 +196,11 @@ class _StaticDecoder:
             with compiled_decoder(self.model, backend) if backend else nullcontext():
                 done = self._decode(chosen[:, None].clone(), graphs)
             done = 1 if bool(stopped_at_prompt) else done  # the steps after it only wrote padding
-        return torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
+        sequences = torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
+        self.inputs = {}  # a kept decoder does not hold on to the batch (its pixels)
+        if not self.own_pool:  # not kept: no cycle through the recorded step, the cache is freed with the decoder
+            self.replayer = self.step_buffers = None
+        return sequences
 
     def _forward_step(self, token: torch.Tensor, mask: torch.Tensor) -> None:
         """One decode step: the clock and the positions move on, the model runs, ``token`` becomes its choice."""
@@ -188,6 +213,14 @@ class _StaticDecoder:
         token.copy_(self._choose(out.logits[:, -1])[:, None])
 
     def _decode(self, token: torch.Tensor, graphs: bool) -> int:
+        if self.replayer is not None and self.step_buffers is not None:  # kept: refill what the step reads
+            mask = self._decode_mask()
+            if mask is not None:
+                kept_mask, open_key, kept_token = self.step_buffers
+                kept_mask.copy_(mask)
+                open_key.copy_(mask[..., self.prompt - 1:self.prompt])
+                kept_token.copy_(token)
+                return self._steps(self.replayer)
         mask = self._decode_mask()
         if mask is None:  # transformers builds no 4-D mask here: grow the 2-D one, eagerly (its shape changes)
             grown = [self.inputs["attention_mask"]]
@@ -196,7 +229,7 @@ class _StaticDecoder:
                 grown[0] = torch.cat([grown[0], grown[0].new_ones(self.rows, 1)], 1)
                 self._forward_step(token, grown[0])
 
-            return self._steps(step, graphs=False)
+            return self._steps(StepReplayer(step, "the decode step", False))
         open_key = mask[..., self.prompt - 1:self.prompt].clone()  # the last prompt key is real in every row
         prompt = torch.full((1,), self.prompt, dtype=torch.long, device=self.device)
 
@@ -204,16 +237,19 @@ class _StaticDecoder:
             mask.index_copy_(-1, prompt + self.clock.step, open_key)  # the key this step writes (before the clock)
             self._forward_step(token, mask)
 
-        return self._steps(step, graphs)
+        self.step_buffers = (mask, open_key, token)
+        self.replayer = StepReplayer(step, "the decode step", graphs, drain=False, own_pool=self.own_pool)
+        return self._steps(self.replayer)
 
-    def _steps(self, step, graphs: bool) -> int:
-        """Run ``step`` until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
+    def _steps(self, replayer: StepReplayer) -> int:
+        """Run the step until ``max_new_tokens`` tokens or every row has stopped: the first eagerly (on a side
         stream when graphs follow), the second captured (recorded while the device still runs the prompt: no
-        drain, :func:`~neuronscope.trace.graphs.capture`), the rest replayed; the number of tokens produced.
+        drain, :func:`~neuronscope.trace.graphs.capture`), the rest replayed (a kept decoder's later calls replay
+        from their first step); the number of tokens produced.
 
         On a GPU whether every row has stopped is read one step late (:class:`StopFlags`), so that the next step
         is queued while the host waits: a step after the last needed one only writes padding, and is not counted."""
-        done, replayer = 1, StepReplayer(step, "the decode step", graphs, drain=False)
+        done = 1
         flags = StopFlags(self.unfinished)
         while done < self.steps:
             replayer()
@@ -245,30 +281,83 @@ def _clocked_generate(model: nn.Module, processor: Any, batch: Batch, max_new_to
         handle.remove()
 
 
+@dataclass
+class KeptDecoding:
+    """A buffered decoding kept for the next call of the same shape (``buffered_generate(..., keep=True)``): the
+    clock, the step buffers and the static decoder (its cache, its mask and token buffers, its decode step's CUDA
+    graph). The next call refills them in place and replays the graph from its first decode step: no eager step
+    and no capture."""
+
+    clock: DecodeClock
+    buffers: StepBuffers
+    decoder: _StaticDecoder | None = None
+
+    def close(self) -> None:
+        """Let go of the decoder at once (its recorded step refers back to it: a cycle the garbage collector would
+        free only later, with the cache's memory)."""
+        if self.decoder is not None:
+            self.decoder.replayer = self.decoder.step_buffers = None
+            self.decoder = None
+
+
+def _kept_decoding(model: nn.Module, batch: Batch, sites: Mapping[str, Iterable[int]], max_new_tokens: int,
+                   dtype: torch.dtype | None, kwargs: dict[str, Any]) -> KeptDecoding:
+    """The model's kept decoding for this call's shape, or a new one kept in its place (one per model)."""
+    key = (tuple(batch.input_ids.shape), max_new_tokens, tuple((site, tuple(layers)) for site, layers in sites.items()),
+           dtype, repr(sorted(kwargs.items())), model_key(model))
+    kept = graphs_of(model, "decoding", limit=1)
+    entry = kept.replayable(key)
+    if entry is None:
+        _close(kept)  # the decoding of another shape goes first, with its memory
+        clock = DecodeClock.on(model)
+        entry = kept.keep(key, KeptDecoding(clock, StepBuffers(clock, max_new_tokens, dtype)))
+    return entry
+
+
+def _close(kept: Any) -> None:
+    for entry in kept.entries.values():
+        entry.close()
+    kept.entries.clear()
+
+
+def release_kept_decoding(model: nn.Module) -> None:
+    """Drop the decoding ``buffered_generate(..., keep=True)`` kept for ``model`` and give its memory back."""
+    _close(graphs_of(model, "decoding", limit=1))
+    release_path(model, "decoding")
+
+
 def buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites: Mapping[str, Iterable[int]],
-                      max_new_tokens: int = 20, *, dtype: torch.dtype | None = None,
+                      max_new_tokens: int = 20, *, dtype: torch.dtype | None = None, keep: bool = False,
                       **kwargs: Any) -> tuple[Generation, StepBuffers]:
     """:func:`greedy_generate` with each ``site → layers`` of ``sites`` kept at the last position of every call in
     :class:`StepBuffers` (under a graph-safe hook set: on a GPU the decode steps still replay from a CUDA graph).
+
+    ``keep``: keep the static cache, the step buffers and the decode step's CUDA graph for the next call of the
+    same shape (batch and prompt length, sites, keywords, weights and graph-safe hooks), which then replays it
+    from its first step: the same tokens and buffers, without the eager first step and the capture (~40 ms of a
+    7B decoding on an H200). One decoding is kept per model; its memory (the cache: ``2 · layers · batch ·
+    positions · d_model`` values) stays allocated until a call of another shape or
+    :func:`release_kept_decoding`, and the buffers returned are rewritten by the next kept call.
 
     Example:
         >>> generation, buffers = buffered_generate(model, processor, batch, {"neuron": range(adapter.n_layers)})
         >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
     """
     adapter = get_adapter(model)
-    clock = DecodeClock.on(model)
-    buffers = StepBuffers(clock, max_new_tokens, dtype)
+    kept = _kept_decoding(model, batch, sites, max_new_tokens, dtype, kwargs) if keep else None
+    clock = kept.clock if kept else DecodeClock.on(model)
+    buffers = kept.buffers if kept else StepBuffers(clock, max_new_tokens, dtype)
     with HookSet(adapter, graph_safe=True) as hooks:
         for site, layers in sites.items():
             buffers.install(hooks, adapter, site, layers)
-        generation = greedy_generate(model, processor, batch, max_new_tokens, clock=clock, **kwargs)
+        generation = greedy_generate(model, processor, batch, max_new_tokens, clock=clock, kept=kept, **kwargs)
     return generation, buffers
 
 
 @torch.no_grad()
 def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_tokens: int = 20, *,
                     clock: DecodeClock | None = None, graphs: bool | None = None, compile: bool | str = False,
-                    **kwargs: Any) -> Generation:
+                    kept: KeptDecoding | None = None, **kwargs: Any) -> Generation:
     """Greedy decoding of a left-padded batch (as :func:`neuronscope.inputs.generate`), with a static cache and
     CUDA-graph replays where it can (see the module docstring).
 
@@ -281,6 +370,8 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
         compile: the decode steps call the text decoder ``torch.compile``'d (True: inductor; or a backend's name),
             :mod:`neuronscope.trace.compiled_decoder`: fewer, fused kernels per step, one compilation per shape and
             set of hooks. Not where the decoding falls back to ``model.generate``.
+        kept: the decoder kept from an earlier call of this shape, or where to keep this one
+            (:func:`buffered_generate`'s ``keep``; its clock must be ``clock``).
         kwargs: ``min_new_tokens`` / ``suppress_tokens``; any other ``generate`` keyword falls back to
             ``model.generate``.
     """
@@ -299,7 +390,15 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
     if graphs is None:  # a hook that picks positions on the host would be frozen at the captured step
         graphs = moved.input_ids.device.type == "cuda" and foreign == 0
     pad_id, pick = greedy_settings(model, processor, kwargs, moved.input_ids.device)
-    decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock, pick)
+    decoder = kept.decoder if kept is not None else None
+    if decoder is not None and (decoder.settings, decoder.graphs, decoder.backend) == (
+            (pad_id, pick.settings), graphs, backend):
+        decoder.restart(moved.inputs)
+    else:
+        decoder = _StaticDecoder(model, moved.inputs, max_new_tokens, pad_id, clock, pick)
+        decoder.graphs, decoder.backend = graphs, backend
+        if kept is not None:
+            decoder.own_pool, kept.decoder = True, decoder
     sequences = decoder.run(graphs, backend)
     texts = _tokenizer(processor).batch_decode(sequences[:, moved.seq_len:], skip_special_tokens=True)
     return Generation(sequences, moved.seq_len, [text.strip() for text in texts])

@@ -115,16 +115,18 @@ class StepReplayer:
     """Runs a step that reads and writes only fixed buffers again and again: its first call eagerly (on a side
     stream when graphs follow), its second captured into a CUDA graph and replayed, every later one replayed;
     eagerly throughout without ``graphs`` or once a capture failed (greedy decoding's steps, slot decoding's
-    packed calls). ``drain``: as :func:`capture` takes it."""
+    packed calls). ``drain``: as :func:`capture` takes it; ``own_pool``: the graph gets a memory pool of its own
+    (one replayed again after other graphs were captured: a kept decoder's)."""
 
-    def __init__(self, step: Callable[[], Any], what: str, graphs: bool, drain: bool = True):
-        self.step, self.what, self.graphs, self.drain = step, what, graphs, drain
+    def __init__(self, step: Callable[[], Any], what: str, graphs: bool, drain: bool = True, own_pool: bool = False):
+        self.step, self.what, self.graphs, self.drain, self.own_pool = step, what, graphs, drain, own_pool
         self.graph: torch.cuda.CUDAGraph | None = None
         self.calls = 0
 
     def __call__(self) -> None:
         if self.graphs and self.calls == 1:
-            captured = capture(self.step, self.what, drain=self.drain)
+            pool = torch.cuda.graph_pool_handle() if self.own_pool else None
+            captured = capture(self.step, self.what, pool=pool, drain=self.drain)
             self.graph = None if captured is None else captured[0]
             self.graphs = self.graph is not None  # a step that cannot be captured runs eagerly from here on
         if self.graph is not None:
@@ -303,6 +305,12 @@ def kept_graphs(model: nn.Module | None = None, path: str | None = None) -> int:
     """How many graphs ``model`` (default: every model) keeps, of ``path`` (default: every path)."""
     models = list(_BY_MODEL.values()) if model is None else [_BY_MODEL.get(model, {})]
     return sum(len(graphs.entries) for paths in models for name, graphs in paths.items() if path in (None, name))
+
+
+def release_path(model: nn.Module, path: str) -> None:
+    """Drop the graphs (and what they keep) of one ``path`` of ``model``, e.g. its kept decoding."""
+    if _BY_MODEL.get(model, {}).pop(path, None) is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def release_graphs(model: nn.Module) -> None:

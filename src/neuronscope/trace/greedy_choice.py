@@ -17,8 +17,10 @@ from neuronscope.inputs.batch import _tokenizer
 class Picker:
     """Greedy choice with transformers' ``min_new_tokens`` and ``suppress_tokens`` processors (graph-safe)."""
 
-    def __init__(self, eos: torch.Tensor | None, min_new_tokens: int, suppress: torch.Tensor | None):
+    def __init__(self, eos: torch.Tensor | None, min_new_tokens: int, suppress: torch.Tensor | None,
+                 settings: tuple = ()):
         self.eos, self.min_new_tokens, self.suppress = eos, min_new_tokens, suppress
+        self.settings = settings  # the host values it was made from (a kept decoder compares them)
 
     def __call__(self, logits: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         scores = logits.float()
@@ -97,5 +99,7 @@ def greedy_settings(model: nn.Module, processor: Any, kwargs: dict[str, Any],
     config = model.generation_config
     min_new = kwargs.get("min_new_tokens", getattr(config, "min_new_tokens", None))
     suppress = kwargs.get("suppress_tokens", getattr(config, "suppress_tokens", None))
-    eos = token_tensor(getattr(config, "eos_token_id", None), device)
-    return int(pad_id), Picker(eos, int(min_new or 0), token_tensor(suppress, device))
+    eos_ids = getattr(config, "eos_token_id", None)
+    eos = token_tensor(eos_ids, device)
+    settings = (repr(eos_ids), int(min_new or 0), repr(suppress))
+    return int(pad_id), Picker(eos, int(min_new or 0), token_tensor(suppress, device), settings)

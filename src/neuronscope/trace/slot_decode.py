@@ -360,13 +360,15 @@ def buffered_decode(model: nn.Module, processor: Any, batch: Batch, sites: Mappi
     """:func:`slot_buffered_generate` or :func:`~neuronscope.trace.decode.buffered_generate`, as
     :func:`slot_choice` says: the same tokens and buffers either way. ``compile`` (batched decoding only: its
     decode steps through the compiled text decoder) is refused with slots asked for, and not used where "auto"
-    chose slots (a note says so)."""
+    chose slots (a note says so). ``keep``: the batched decoding is kept for the next call of its shape
+    (:func:`~neuronscope.trace.decode.buffered_generate`); slot decoding keeps nothing."""
     graphs = kwargs.pop("graphs", None)
     compile = kwargs.pop("compile", False)
+    keep = kwargs.pop("keep", False)
     chosen = slot_choice(model, batch, max_new_tokens, slots, kwargs)
     if chosen is None:
         return buffered_generate(model, processor, batch, sites, max_new_tokens, dtype=dtype, graphs=graphs,
-                                 compile=compile, **kwargs)
+                                 compile=compile, keep=keep, **kwargs)
     if compile:
         if slots != "auto":
             raise InputError(f"compile= applies to the batched decoding, not to slot decoding (slots={slots}): "

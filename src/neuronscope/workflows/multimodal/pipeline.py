@@ -33,6 +33,7 @@ from neuronscope.inputs.images import ImageRecord, image_records
 from neuronscope.models.adapter import ModelAdapter, get_adapter
 from neuronscope.runs.folder import RunDir
 from neuronscope.runs.loop import Example, Skip, run_loop
+from neuronscope.trace.decode import release_kept_decoding
 from neuronscope.workflows.multimodal.moe_scoring import moe_config, score_grid
 from neuronscope.workflows.multimodal.nouns import ConceptSpec, Tagger, resolve_tagger
 from neuronscope.workflows.multimodal.results import RANK_BY, MultimodalNeurons, write_results
@@ -140,14 +141,17 @@ def find_multimodal_neurons(
             _, _, found, tops = caption_and_score(
                 model, processor, [image for _, _, image in opened], prompt=prompt, assistant_prefix=assistant_prefix,
                 concepts=concepts, tagger=resolved_tagger, top_k=k, site=site, final_norm=final_norm,
-                max_new_tokens=max_new_tokens, compile=compile)
+                max_new_tokens=max_new_tokens, compile=compile, keep=True)
             for (index, record, _), found_record, top in zip(opened, found, tops, strict=True):
                 tensors = ({"values": top.values.float().contiguous(), "flat_indices": top.flat_indices.contiguous()}
                            if top.values.numel() else None)
                 outcomes[index] = Example(tensors, {"id": record.id, "skipped": None, **found_record})
         return [outcomes[index] for index, _ in chunk]
 
-    report = run_loop(run, records, process, batch_size=batch_size, label="images")
+    try:  # each batch of a shape replays the decoding kept from the one before (no capture per batch)
+        report = run_loop(run, records, process, batch_size=batch_size, label="images")
+    finally:
+        release_kept_decoding(model)
     outcomes = _all_outcomes(run, report, k)
     result = _assemble(outcomes, records, pre_skipped, adapter, config)
     if result.metrics["images_captioned"] == 0:

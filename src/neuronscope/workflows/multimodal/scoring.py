@@ -96,9 +96,11 @@ def caption_and_score(
     final_norm: bool = False,
     max_new_tokens: int = 20,
     compile: bool = False,
+    keep: bool = False,
 ) -> tuple[Batch, torch.Tensor, list[dict[str, Any]], list[SparseTopK]]:
     """One batch: generate captions while capturing ``site``, pick targets, score and keep the top-k
-    (``compile``: the decode steps through the compiled text decoder, dense models only).
+    (``compile``: the decode steps through the compiled text decoder, dense models only; ``keep``: the dense
+    decoding is kept for the next batch of the same shape, :func:`neuronscope.trace.decode.buffered_generate`).
 
     Returns:
         ``(batch, sequences, records, tops)``: the captioning batch, the generated sequences ``[B, T]``, per
@@ -117,7 +119,7 @@ def caption_and_score(
                                                    max_new_tokens=max_new_tokens)
     else:
         generation, steps, score = _caption_dense(model, processor, batch, adapter, site, final_norm,
-                                                  max_new_tokens, compile)
+                                                  max_new_tokens, compile, keep)
     stop = _stop_ids(model, processor)
     tokens = generation.tokens.cpu()
     n_layers, d_ff = score_grid(adapter)
@@ -134,14 +136,15 @@ def caption_and_score(
 
 
 def _caption_dense(model: nn.Module, processor: Any, batch: Batch, adapter: ModelAdapter, site: str,
-                   final_norm: bool, max_new_tokens: int, compile: bool = False) -> tuple[Generation, int, Scorer]:
+                   final_norm: bool, max_new_tokens: int, compile: bool = False,
+                   keep: bool = False) -> tuple[Generation, int, Scorer]:
     """Generate while capturing the dense neuron site: ``(generation, steps captured, score(targets, k))``."""
     last = adapter.n_layers - 1
     # the site at the last position of every call, in device buffers (written by the CUDA-graph replays too): a few
     # MB, scored there, only the top-k leave the device
     sites = {site: range(adapter.n_layers), **({"resid_post": [last]} if final_norm else {})}
     generation, buffers = buffered_decode(model, processor, batch, sites, max_new_tokens,  # slots if it cannot fit
-                                          compile=compile)
+                                          compile=compile, keep=keep)
     score_device = adapter.unembedding().device
     produced = generation.tokens.shape[1]
     stacked = buffers.stack(site, produced, device=score_device)  # [B, P, L, d_ff]
