@@ -63,15 +63,16 @@ def test_a_kept_decoding_gives_what_a_fresh_one_gives_batch_after_batch():
 
 def test_another_shape_or_other_keywords_take_a_new_decoding_and_the_old_one_is_freed():
     model = tiny_text_model("llama", seed=3)
+    longer = _batch(7, length=9)
+    options = {"min_new_tokens": 5, "suppress_tokens": [4]}
+    expected = _run(model, longer, keep=False)[0], _run(model, longer, keep=False, **options)[0]
     _run(model, _batch(5), keep=True)
     old = weakref.ref(_kept(model).decoder)
-    longer = _batch(7, length=9)
-    assert torch.equal(_run(model, longer, keep=True)[0], _run(model, longer, keep=False)[0])
+    assert torch.equal(_run(model, longer, keep=True)[0], expected[0])
     assert kept_graphs(model, "decoding") == 1 and _kept(model).decoder is not old()
     assert old() is None  # let go at once, not at the next garbage collection (it holds the cache)
     decoder = _kept(model).decoder
-    options = {"min_new_tokens": 5, "suppress_tokens": [4]}
-    assert torch.equal(_run(model, longer, keep=True, **options)[0], _run(model, longer, keep=False, **options)[0])
+    assert torch.equal(_run(model, longer, keep=True, **options)[0], expected[1])
     assert _kept(model).decoder is not decoder
     release_kept_decoding(model)
     gc.collect()
@@ -101,3 +102,11 @@ def test_a_kept_decoding_restarts_every_row_after_a_batch_whose_rows_stopped():
     for (tokens, buffers), (kept_tokens, kept_buffers) in zip(fresh, kept, strict=True):
         assert torch.equal(tokens, kept_tokens) and torch.equal(buffers, kept_buffers)
     release_kept_decoding(model)
+
+
+def test_a_decoding_that_is_not_kept_lets_the_kept_one_go_first():
+    model = tiny_text_model("llama", seed=3)
+    _run(model, _batch(5), keep=True)
+    old = weakref.ref(_kept(model).decoder)
+    _run(model, _batch(7, length=9), keep=False)
+    assert kept_graphs(model, "decoding") == 0 and old() is None

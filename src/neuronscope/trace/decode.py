@@ -47,7 +47,7 @@ from neuronscope.models.adapter import get_adapter
 from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
-from neuronscope.trace.graphs import StepReplayer, graphs_of, model_key, release_path
+from neuronscope.trace.graphs import StepReplayer, graphs_of, kept_graphs, model_key, release_path
 from neuronscope.trace.greedy_choice import Picker, StopFlags, greedy_settings
 from neuronscope.trace.hooks import HookSet, foreign_hooks
 from neuronscope.trace.last_step import cache_keyword
@@ -336,14 +336,17 @@ def buffered_generate(model: nn.Module, processor: Any, batch: Batch, sites: Map
     same shape (batch and prompt length, sites, keywords, weights and graph-safe hooks), which then replays it
     from its first step: the same tokens and buffers, without the eager first step and the capture (~40 ms of a
     7B decoding on an H200). One decoding is kept per model; its memory (the cache: ``2 · layers · batch ·
-    positions · d_model`` values) stays allocated until a call of another shape or
-    :func:`release_kept_decoding`, and the buffers returned are rewritten by the next kept call.
+    positions · d_model`` values) stays allocated until the next buffered decoding of the model that does not
+    reuse it (kept or not: it goes first) or :func:`release_kept_decoding`; the buffers returned are rewritten by
+    the next kept call.
 
     Example:
         >>> generation, buffers = buffered_generate(model, processor, batch, {"neuron": range(adapter.n_layers)})
         >>> buffers.stack("neuron", generation.tokens.shape[1])      # [batch, steps, layers, d_ff]
     """
     adapter = get_adapter(model)
+    if not keep and kept_graphs(model, "decoding"):  # at most one decoding's memory at a time
+        release_kept_decoding(model)
     kept = _kept_decoding(model, batch, sites, max_new_tokens, dtype, kwargs) if keep else None
     clock = kept.clock if kept else DecodeClock.on(model)
     buffers = kept.buffers if kept else StepBuffers(clock, max_new_tokens, dtype)
