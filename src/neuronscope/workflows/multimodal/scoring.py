@@ -34,6 +34,7 @@ from neuronscope.inputs.batch import (
     DEFAULT_CAPTION_PROMPT,
     Batch,
     Generation,
+    _input_device,
     encode_images,
     to_model,
 )
@@ -110,7 +111,8 @@ def caption_and_score(
     if site not in CONTRIBUTION_SITES:
         raise InputError(f"the contribution score is defined at sites {CONTRIBUTION_SITES}, not {site!r}")
     adapter = get_adapter(model)
-    batch = to_model(encode_captioning(processor, images, prompt, assistant_prefix), model)
+    # the pixels made on the model's device where the image processor can (torchvision's), then moved if not there
+    batch = to_model(encode_captioning(processor, images, prompt, assistant_prefix, _input_device(model)), model)
     if adapter.moe is not None:  # expert neurons: the same steps with the expert axis
         if compile:
             raise InputError("compile applies to dense language models; this one has mixture-of-experts layers: "
@@ -174,10 +176,12 @@ def _target_record(target: TargetWord, prompt_len: int) -> dict[str, Any]:
     return {**target.to_dict(), "position": prompt_len - 1 + target.step}
 
 
-def encode_captioning(processor: Any, images: Sequence[Image.Image], prompt: str, prefix: str | None) -> Batch:
-    """The captioning batch of ``images`` (the prompt through the processor's chat template)."""
+def encode_captioning(processor: Any, images: Sequence[Image.Image], prompt: str, prefix: str | None,
+                      device: torch.device | None = None) -> Batch:
+    """The captioning batch of ``images`` (the prompt through the processor's chat template; ``device``: as
+    :func:`~neuronscope.inputs.encode_images` takes it)."""
     try:
-        return encode_images(processor, images, prompt, assistant_prefix=prefix)
+        return encode_images(processor, images, prompt, assistant_prefix=prefix, device=device)
     except ValueError as error:
         if "chat template" in str(error).lower() or "chat_template" in str(error):
             raise InputError(
