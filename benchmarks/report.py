@@ -194,8 +194,10 @@ def lpi(table: dict[str, Any]) -> list[str]:
 
 
 def _kept(row: dict[str, Any]) -> str:
-    """A multimodal row's decoding: kept from the call before (tables since 2026-12-02 evening) or not."""
-    return {True: ", decoding kept from the call before", False: ", decoding not kept"}.get(row.get("kept"), "")
+    """A multimodal row's decoding: kept from the call before (tables since 2026-12-02 evening) or not; its
+    prompt's forward compiled too or not (since 2026-12-02, 19:30 UTC)."""
+    kept = {True: ", decoding kept from the call before", False: ", decoding not kept"}.get(row.get("kept"), "")
+    return kept + {True: ", prompt compiled too", False: ", prompt eager"}.get(row.get("prompt_compiled"), "")
 
 
 def multimodal(table: dict[str, Any]) -> list[str]:

@@ -44,7 +44,7 @@ from torch import nn
 from neuronscope.errors import InputError
 from neuronscope.inputs.batch import Batch, Generation, _input_device, _tokenizer, to_model
 from neuronscope.models.adapter import get_adapter
-from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
+from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder, compiles_prompt
 from neuronscope.trace.decode_coverage import static_decode_blocker
 from neuronscope.trace.forward_options import attention_implementation, takes_logits_to_keep
 from neuronscope.trace.graphs import StepReplayer, graphs_of, kept_graphs, model_key, release_path
@@ -188,14 +188,17 @@ class _StaticDecoder:
         return mask.clone()
 
     def run(self, graphs: bool, backend: str | None = None) -> torch.Tensor:
-        """``backend``: the decode steps call the text decoder compiled with it (:mod:`.compiled_decoder`)."""
-        chosen = self._prefill()
-        done = 1
-        if self.steps > 1:  # whether the prompt's token stopped every row is read once the steps are queued
-            stopped_at_prompt = ~self.unfinished.any()
-            with compiled_decoder(self.model, backend) if backend else nullcontext():
-                done = self._decode(chosen[:, None].clone(), graphs)
-            done = 1 if bool(stopped_at_prompt) else done  # the steps after it only wrote padding
+        """``backend``: the text decoder compiled with it runs the decode steps, and the prompt's forward too where
+        :func:`~.compiled_decoder.compiles_prompt` (:mod:`.compiled_decoder`)."""
+        whole = backend is not None and compiles_prompt()
+        with compiled_decoder(self.model, backend) if whole else nullcontext():
+            chosen = self._prefill()
+            done = 1
+            if self.steps > 1:  # whether the prompt's token stopped every row is read once the steps are queued
+                stopped_at_prompt = ~self.unfinished.any()
+                with compiled_decoder(self.model, backend) if backend and not whole else nullcontext():
+                    done = self._decode(chosen[:, None].clone(), graphs)
+                done = 1 if bool(stopped_at_prompt) else done  # the steps after it only wrote padding
         sequences = torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
         self.inputs = {}  # a kept decoder does not hold on to the batch (its pixels)
         if not self.own_pool:  # not kept: no cycle through the recorded step, the cache is freed with the decoder
