@@ -206,10 +206,12 @@ def multimodal(table: dict[str, Any]) -> list[str]:
              f"{table['targets_per_caption']} targets each, top-{table['top_k']})", "",
              "| approach | images/s | vs reference (goal ≥ 25×) | peak / weights (goal ≤ 1.15) |",
              "| --- | --- | --- | --- |"]
+    if "incomplete" in table:
+        lines[1:1] = ["", f"**Cut short** ({table['incomplete']}): the rows measured before it."]
     def decoding(row: dict[str, Any]) -> str:  # which decoding the call took (rows of tables before slots: batched)
         return f" through {row['slots']} slots" if row.get("slots") else ""
 
-    rows = [(row, "") for row in table["streaming"]] + [(row, " (slots asked)") for row in table.get("slot_rows", [])]
+    rows = [(row, "") for row in table.get("streaming", [])] + [(row, " (slots asked)") for row in table.get("slot_rows", [])]
     rows += [(row, " (batched asked)") for row in table.get("batched_rows", [])]
     rows += [(row, f", decode steps through the compiled decoder{_kept(row)} (first call, compiling: "
                    f"{row['first_call_seconds']:.0f} s)") for row in table.get("compiled_rows", [])]

@@ -43,8 +43,9 @@ from common import LLAMA2_7B, build_llama, device, environment, free, parser, wr
 
 # usual cost of each table on one H200 (seconds), to skip what cannot finish within the budget: the run of
 # 2026-12-02 03:36 UTC took 19-44 s per Llama table, 82 s for the multimodal table (before its compiled rows, which
-# add two compilations of about 40 s and their pairs) and 36 s for the MoE table
-COST = {"checks": 60, "contribution": 40, "integrated_gradients": 60, "peers": 60, "lpi": 40, "multimodal": 220,
+# add two compilations of about 40 s and their pairs; with the prompt compiled too, 2026-12-03, over 300 s) and 36 s
+# for the MoE table
+COST = {"checks": 60, "contribution": 40, "integrated_gradients": 60, "peers": 60, "lpi": 40, "multimodal": 400,
         "moe": 90}
 ISOLATED = ("multimodal", "moe")  # on a GPU: each in a fresh process
 
@@ -113,11 +114,15 @@ def main() -> None:
         if not cpu_mode:  # a table that hangs past three times its usual cost (or the budget) is stopped
             signal.signal(signal.SIGALRM, _out_of_time)
             signal.alarm(max(1, int(min(left, 3 * COST[name]))))
+        args.partial = {}  # a table that fills this as it goes keeps what it measured if it fails or runs out
         try:
             table = module.run(args)
             write_table(args.out, name, {"environment": env, **table})
         except Exception as error:  # noqa: BLE001 - one failing table must not lose the others
             log["errors"][name] = f"{type(error).__name__}: {error}\n" + traceback.format_exc()[-3000:]
+            if args.partial:
+                write_table(args.out, name, {"environment": env, **args.partial,
+                                             "incomplete": f"{type(error).__name__}: {error}"[:300]})
         finally:
             signal.alarm(0)
         log["seconds"][name] = time.perf_counter() - began
