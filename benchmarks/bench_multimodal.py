@@ -110,6 +110,31 @@ def streaming_call(model, processor, images: list[Image.Image], tiny: bool, grap
                                  compile=compile, keep=keep)
 
 
+@torch.no_grad()
+def reference_call(model, processor, image: Image.Image, tiny: bool) -> None:
+    """The reference strategy on one image (DESIGN §3.1): greedy, no cache (a full forward of the whole sequence
+    per token), then one more forward per target to read its activations."""
+    from neuronscope.attribute.contribution import contribution
+    from neuronscope.inputs import encode_images
+    from neuronscope.inputs.targets import TargetSet
+
+    tokens, n_targets, _ = call_sizes(tiny)
+    batch = encode_images(processor, [image], PROMPT, assistant_prefix=PREFIX).to(model.device)
+    inputs = {k: (v.to(model.dtype) if v.is_floating_point() else v) for k, v in batch.inputs.items()}
+    ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
+    for _ in range(tokens):
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **inputs).logits[:, -1]
+        logits[:, 4] = float("-inf")
+        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    full = type(batch)({**inputs, "input_ids": ids, "attention_mask": mask}, ["?"], torch.tensor([ids.shape[1]]))
+    for step in range(n_targets):
+        position = batch.seq_len - 1 + step
+        targets = TargetSet(ids[:, position + 1:position + 2].cpu(), torch.tensor([[position]]),
+                            torch.tensor([[True]]))
+        contribution(model, full, targets, site="act")
+
+
 @contextlib.contextmanager
 def prompt_compiled(on: bool):
     """Within the block, compiled decodings run their prompt's forward compiled (``on``) or eagerly."""
@@ -137,9 +162,7 @@ def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from neuronscope.attribute.contribution import contribution
     from neuronscope.inputs import encode_images
-    from neuronscope.inputs.targets import TargetSet
     from neuronscope.trace.slot_decode import slot_choice
 
     tiny = args.tiny
@@ -156,24 +179,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                   "goal": ">= 25x the reference at the best batch, peak <= weights + 15 %",
                   "image_processor": type(processor.image_processor).__name__})
 
-    @torch.no_grad()
-    def reference(image):
-        batch = encode_images(processor, [image], PROMPT, assistant_prefix=PREFIX).to(where)
-        inputs = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in batch.inputs.items()}
-        ids, mask = inputs.pop("input_ids"), inputs.pop("attention_mask")
-        for _ in range(tokens):  # greedy, no cache: a full forward of the whole sequence per token
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False, **inputs).logits[:, -1]
-            logits[:, 4] = float("-inf")
-            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        full = type(batch)({**inputs, "input_ids": ids, "attention_mask": mask}, ["?"], torch.tensor([ids.shape[1]]))
-        for step in range(n_targets):  # one re-forward per target to read its activations
-            position = batch.seq_len - 1 + step
-            targets = TargetSet(ids[:, position + 1:position + 2].cpu(), torch.tensor([[position]]),
-                                torch.tensor([[True]]))
-            contribution(model, full, targets, site="act")
-
     # first: every row is judged against it, also in a table cut short
+    def reference(image):
+        return reference_call(model, processor, image, tiny)
+
     reference(images[0])  # warm-up
     count = 2
     entry = _timed(lambda: [reference(image) for image in images[:count]], where, weights)
