@@ -53,6 +53,32 @@ def test_tokens_and_sites_equal_the_uncompiled_decoding(family):
     assert "forward" not in vars(get_adapter(model).decoder)  # put back after the decoding
 
 
+@pytest.mark.parametrize("prompt", [True, False])
+def test_the_prompt_runs_compiled_where_asked(monkeypatch, prompt):
+    """``COMPILE_PROMPT``: the prompt's forward goes through the compiled decoder too (or eagerly), with the same
+    tokens and sites either way; the decode steps always compiled."""
+    import neuronscope.trace.compiled_decoder as compiled
+    import neuronscope.trace.decode as decode
+
+    monkeypatch.setattr(compiled, "COMPILE_PROMPT", prompt)
+    model, batch = _text()
+    plain, plain_buffers = buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6, graphs=False)
+    decoder, through_compiled = get_adapter(model).decoder, {}
+    for stage in ("_prefill", "_decode"):  # whether the decoder's compiled forward is on when each stage starts
+        def spied(self, *args, _stage=stage, _original=getattr(decode._StaticDecoder, stage)):
+            through_compiled[_stage] = "forward" in vars(decoder)
+            return _original(self, *args)
+
+        monkeypatch.setattr(decode._StaticDecoder, stage, spied)
+    got, buffers = buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6, compile="aot_eager",
+                                     graphs=False)
+    assert through_compiled == {"_prefill": prompt, "_decode": True}
+    assert torch.equal(got.sequences, plain.sequences)
+    for layer in (0, 1):
+        torch.testing.assert_close(buffers.get("neuron", layer), plain_buffers.get("neuron", layer), rtol=1e-12,
+                                   atol=1e-12)
+
+
 def test_calls_under_other_hooks_are_honoured():
     """Each call installs its own hooks: the compiled code must run the hooks of this call, never an earlier one's
     (dynamo guards on submodules' hooks: a different set compiles again)."""

@@ -15,7 +15,7 @@ submodule's hooks (``skip_nnmodule_hook_guards=False``; by default it guards on 
 when it compiled, and would ignore hooks added there later). So a call under other hooks, or under hooks where
 there were none, compiles again instead of running the old ones, and a call under new hooks of the same code
 reuses the compiled code and fills the new hooks' buffers (``tests/trace/test_compiled_decoder.py``). Each new
-shape or set of hooks costs a compilation (25-55 s for a 7B decoder on an H200); later calls reuse it.
+shape or set of hooks costs a compilation (50-135 s for a 7B decoder, prompt included, on an H200); later calls reuse it.
 
 Numerics: in float32 the compiled steps give the eager steps' tokens, and scores within 1.6e-7 relative
 (``benchmarks/bench_checks.py`` on the GPU). In bf16 they do not promise the same tokens: inductor fuses the norms,

@@ -374,7 +374,8 @@ def greedy_generate(model: nn.Module, processor: Any, batch: Batch, max_new_toke
             graph-safe :class:`~neuronscope.trace.hooks.HookSet` s (``HookSet(adapter, graph_safe=True)``). ``False``
             runs the same static decoding eagerly (what the tests compare with ``model.generate``); ``True`` forces
             graphs whatever hooks there are.
-        compile: the decode steps call the text decoder ``torch.compile``'d (True: inductor; or a backend's name),
+        compile: the prompt's forward and the decode steps call the text decoder ``torch.compile``'d (True:
+            inductor; or a backend's name),
             :mod:`neuronscope.trace.compiled_decoder`: fewer, fused kernels per step, one compilation per shape and
             set of hooks. Not where the decoding falls back to ``model.generate``.
         kept: the decoder kept from an earlier call of this shape, or where to keep this one

@@ -100,7 +100,7 @@ def caption_and_score(
     keep: bool = False,
 ) -> tuple[Batch, torch.Tensor, list[dict[str, Any]], list[SparseTopK]]:
     """One batch: generate captions while capturing ``site``, pick targets, score and keep the top-k
-    (``compile``: the decode steps through the compiled text decoder, dense models only; ``keep``: the dense
+    (``compile``: the prompt and decode steps through the compiled text decoder, dense models only; ``keep``: the dense
     decoding is kept for the next batch of the same shape, :func:`neuronscope.trace.decode.buffered_generate`).
 
     Returns:

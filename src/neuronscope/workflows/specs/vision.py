@@ -48,8 +48,8 @@ class MultimodalOptions(ModelOptions, ImageOptions, RunOptions, BatchOptions):
     heatmap_neurons: int = opt(3, "Single neurons drawn per heatmap image.", minimum=0)
     heatmap_concepts: int = opt(10, "Concepts drawn (the ones with most pairs).", minimum=0)
     heatmap_absolute: bool = opt(False, "Draw |activation| instead of the signed activation.")
-    compile: bool = opt(False, "Caption with the decode steps through the torch.compile'd text decoder (dense "
-                               "models; the first batch of each size compiles, 25-55 s for a 7B on an H200). In "
+    compile: bool = opt(False, "Caption through the torch.compile'd text decoder, prompt and decode steps (dense "
+                               "models; the first batch of each size compiles, 50-135 s for a 7B on an H200). In "
                                "bf16 its fused kernels round differently: captions can differ from uncompiled.",
                         runtime=True)
 
