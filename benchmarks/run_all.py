@@ -3,7 +3,8 @@ built once), the multimodal and MoE tables on a GPU each in a fresh process of i
 allocated cannot weigh on their memory columns; in the 01:42 UTC 2026-12-02 run ~100 GB was still allocated when
 the multimodal table started in the same process).
 
-    python benchmarks/run_all.py OUT                 # CUDA (one H200: ~5-7 minutes)
+    python benchmarks/run_all.py OUT                 # CUDA (one H200: ~5-7 minutes; multimodal skipped: 400 s)
+    python benchmarks/run_all.py OUT --only multimodal --budget 560   # its compilations: ~9 minutes alone
     python benchmarks/run_all.py OUT --tiny          # CPU smoke test of every table, seconds
     python benchmarks/run_all.py OUT --smollm2       # CPU figures on SmolLM2-135M-Instruct, 1 thread
 
