@@ -190,13 +190,14 @@ class _StaticDecoder:
     def run(self, graphs: bool, backend: str | None = None) -> torch.Tensor:
         """``backend``: the text decoder compiled with it runs the decode steps, and the prompt's forward too where
         :func:`~.compiled_decoder.compiles_prompt` (:mod:`.compiled_decoder`)."""
-        whole = backend is not None and compiles_prompt()
-        with compiled_decoder(self.model, backend) if whole else nullcontext():
+        compiled = compiled_decoder(self.model, backend) if backend else nullcontext()
+        whole = backend is not None and compiles_prompt()  # entered around the prompt too, or the steps only
+        with compiled if whole else nullcontext():
             chosen = self._prefill()
             done = 1
             if self.steps > 1:  # whether the prompt's token stopped every row is read once the steps are queued
                 stopped_at_prompt = ~self.unfinished.any()
-                with compiled_decoder(self.model, backend) if backend and not whole else nullcontext():
+                with nullcontext() if whole else compiled:
                     done = self._decode(chosen[:, None].clone(), graphs)
                 done = 1 if bool(stopped_at_prompt) else done  # the steps after it only wrote padding
         sequences = torch.cat([self.inputs["input_ids"], self.tokens[:, :done]], 1)
