@@ -162,6 +162,38 @@ def test_a_vision_language_models_text_decoder():
     torch.testing.assert_close(got.values, plain.values, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("images", [True, False])
+def test_the_prompts_image_encoding_runs_compiled_where_asked(monkeypatch, images):
+    """With the prompt compiled, the model's ``get_image_features`` (vision tower and projector) runs compiled too,
+    put on the base model's instance for the prompt only (``COMPILE_IMAGES``); the same tokens and scores as the
+    uncompiled decoding either way, and nothing left on the instance after."""
+    import neuronscope.trace.compiled_decoder as compiled
+    import neuronscope.trace.decode as decode
+    from neuronscope.models.decoding import image_encoder
+
+    monkeypatch.setattr(compiled, "COMPILE_IMAGES", images)
+    vlm = chat_vlm("llava", seed=1)
+    vlm.model.to(torch.float64)
+    encoder = image_encoder(vlm.model)
+    assert encoder is vlm.model.model and image_encoder(tiny_text_model("llama")) is None
+    batch = encode_images(vlm.processor, [gradient_image(40, 30), gradient_image(30, 40)], "Describe it.",
+                          assistant_prefix="An image of")
+    plain = caption_contributions(vlm.model, vlm.processor, batch, max_new_tokens=4, top_k=20, slots=None)
+    seen = []
+
+    def spied(self, *args, _original=decode._StaticDecoder._prefill):
+        seen.append("get_image_features" in vars(encoder))
+        return _original(self, *args)
+
+    monkeypatch.setattr(decode._StaticDecoder, "_prefill", spied)
+    got = caption_contributions(vlm.model, vlm.processor, batch, max_new_tokens=4, top_k=20, slots=None,
+                                compile="aot_eager")
+    assert seen == [images] and "get_image_features" not in vars(encoder)
+    assert torch.equal(got.generation.sequences, plain.generation.sequences)
+    assert torch.equal(got.flat_indices, plain.flat_indices)
+    torch.testing.assert_close(got.values, plain.values, rtol=1e-10, atol=1e-12)
+
+
 def test_inductor_on_the_cpu():
     model, batch = _text()
     model.float()

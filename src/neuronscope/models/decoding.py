@@ -9,8 +9,21 @@ the new token, the attention mask and the position ids alone. A batch with any o
 
 from __future__ import annotations
 
+from typing import Any
+
 #: inputs of every text batch.
 TEXT_INPUTS = frozenset({"input_ids", "attention_mask", "position_ids"})
 
 #: inputs that only the prompt's call reads.
 PROMPT_ONLY_INPUTS = frozenset({"pixel_values", "image_sizes", "pixel_attention_mask"})
+
+
+def image_encoder(model: Any) -> Any | None:
+    """The module whose ``get_image_features`` the prompt's forward calls (the vision tower and the projector), or
+    None for a model without one. transformers' vision-language models define it on the base model under the head
+    (``LlavaForConditionalGeneration.model``: ``LlavaModel``), whose ``forward`` calls ``self.get_image_features``;
+    the head's own method only hands the call down."""
+    for module in (getattr(model, "model", None), model):
+        if module is not None and callable(getattr(type(module), "get_image_features", None)):
+            return module
+    return None

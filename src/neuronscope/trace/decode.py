@@ -188,10 +188,10 @@ class _StaticDecoder:
         return mask.clone()
 
     def run(self, graphs: bool, backend: str | None = None) -> torch.Tensor:
-        """``backend``: the text decoder compiled with it runs the decode steps, and the prompt's forward too where
-        :func:`~.compiled_decoder.compiles_prompt` (:mod:`.compiled_decoder`)."""
-        compiled = compiled_decoder(self.model, backend) if backend else nullcontext()
+        """``backend``: the text decoder compiled with it runs the decode steps, and the prompt's forward (its image
+        encoding included) too where :func:`~.compiled_decoder.compiles_prompt` (:mod:`.compiled_decoder`)."""
         whole = backend is not None and compiles_prompt()  # entered around the prompt too, or the steps only
+        compiled = compiled_decoder(self.model, backend, images=whole) if backend else nullcontext()
         with compiled if whole else nullcontext():
             chosen = self._prefill()
             done = 1
