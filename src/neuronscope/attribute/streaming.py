@@ -163,15 +163,24 @@ def caption_contributions(
         unique, target_index = chunk[:, 2].unique(return_inverse=True)
         directions = adapter.unembedding()[on_device(unique, device)]
         top = top_k_selector(chunk.shape[0], k, adapter.d_ff, adapter.n_layers, device, absolute)
-        index: dict[torch.device, torch.Tensor] = {}  # (row, step, target) per device: one pinned copy each
+        # (flat row · steps + step, target) per device, one pinned copy each; per layer two gathers, the products'
+        # matrix product and one multiplication (written into the buffered top-k's slot where it has one): the
+        # host issues each layer's few kernels without advanced indexing, the call's last ~10 ms on a 7B at batch 5
+        index: dict[torch.device, torch.Tensor] = {}
+        slot = getattr(top, "slot", None)
         for layer in range(adapter.n_layers):
             here = buffers[layer].device
             if here not in index:
-                index[here] = on_device(torch.stack([chunk[:, 0], chunk[:, 1], target_index]), here)
-            rows, steps_of, targets_of = index[here]
-            acts = buffers[layer][rows, steps_of]  # [p, d_ff]
-            proj = layer_projection(adapter, layer, directions, False, here)  # [d_ff, m]
-            top.add(layer, acts.to(proj.dtype) * proj.T[targets_of])
+                flat = chunk[:, 0] * buffers[layer].shape[1] + chunk[:, 1]
+                index[here] = on_device(torch.stack([flat, target_index]), here)
+            flat_of, targets_of = index[here]
+            acts = buffers[layer].view(-1, adapter.d_ff).index_select(0, flat_of)  # [p, d_ff]
+            proj = layer_projection(adapter, layer, directions, False, here).T  # [m, d_ff]
+            acts, proj = acts.to(proj.dtype), proj.index_select(0, targets_of)
+            if slot is not None and proj.device == top.buffer.device:
+                torch.mul(acts, proj, out=slot(layer))
+            else:
+                top.add(layer, acts * proj)
         values.append(top.values)
         indices.append(top.indices)
     if values:

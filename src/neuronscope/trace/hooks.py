@@ -50,11 +50,12 @@ def foreign_hooks(model: nn.Module) -> int:
     from torch.nn.modules import module as torch_module
 
     count = len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
-    for sub in model.modules():
-        count += int(hasattr(sub, "_hf_hook"))
-        for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
-            count += sum(1 for hook in hooks.values()
-                         if not getattr(hook, "graph_safe", False) and not _transformers_output_capture(hook))
+    for sub in model.modules():  # once per decoding call: the common module (no hook) costs two lookups
+        count += int("_hf_hook" in vars(sub))  # accelerate sets it as a plain attribute
+        if sub._forward_hooks or sub._forward_pre_hooks:
+            for hooks in (sub._forward_hooks, sub._forward_pre_hooks):
+                count += sum(1 for hook in hooks.values()
+                             if not getattr(hook, "graph_safe", False) and not _transformers_output_capture(hook))
     return count
 
 
@@ -63,7 +64,7 @@ def graph_safe_hooks(model: nn.Module) -> tuple[int, ...]:
     A CUDA graph records the kernels of the hooks present at its capture and replays exactly those: the paths that
     keep graphs across calls put this in their key, so that a call under other hooks than a graph's is not
     replayed from it."""
-    serials = (getattr(hook, "serial", 0) for sub in model.modules()
+    serials = (getattr(hook, "serial", 0) for sub in model.modules() if sub._forward_hooks or sub._forward_pre_hooks
                for hooks in (sub._forward_hooks, sub._forward_pre_hooks) for hook in hooks.values()
                if getattr(hook, "graph_safe", False))
     return tuple(sorted(serial for serial in serials if serial))

@@ -349,9 +349,11 @@ def slot_choice(model: nn.Module, batch: Batch, max_new_tokens: int, slots: int 
             raise ValueError(f"slots must be a positive count, 'auto' or None, not {slots!r}")
         return min(slots, len(batch))
     moved = to_model(batch, model)
-    if moved.input_ids.device.type != "cuda" or slot_blocker(model, moved, generate_kwargs) is not None:
+    if moved.input_ids.device.type != "cuda":
         return None
-    return _fitting(model, moved.input_ids.device, len(moved), int(moved.lengths.max()) + max_new_tokens)
+    fitting = _fitting(model, moved.input_ids.device, len(moved), int(moved.lengths.max()) + max_new_tokens)
+    # the blocker (passes over every module) only where slots would be chosen: the batched path checks its own
+    return None if fitting is None or slot_blocker(model, moved, generate_kwargs) is not None else fitting
 
 
 def buffered_decode(model: nn.Module, processor: Any, batch: Batch, sites: Mapping[str, Iterable[int]],
