@@ -136,15 +136,17 @@ def reference_call(model, processor, image: Image.Image, tiny: bool) -> None:
 
 
 @contextlib.contextmanager
-def prompt_compiled(on: bool):
-    """Within the block, compiled decodings run their prompt's forward compiled (``on``) or eagerly."""
+def prompt_compiled(on: bool, images: bool = True):
+    """Within the block, compiled decodings run their prompt's forward compiled (``on``) or eagerly, and with it
+    the image encoding compiled (``images``) or eagerly."""
     import neuronscope.trace.compiled_decoder as compiled
 
-    previous, compiled.COMPILE_PROMPT = compiled.COMPILE_PROMPT, on
+    previous = compiled.COMPILE_PROMPT, compiled.COMPILE_IMAGES
+    compiled.COMPILE_PROMPT, compiled.COMPILE_IMAGES = on, images
     try:
         yield
     finally:
-        compiled.COMPILE_PROMPT = previous
+        compiled.COMPILE_PROMPT, compiled.COMPILE_IMAGES = previous
 
 
 def _timed(function, where: torch.device, weights: int) -> dict[str, Any]:

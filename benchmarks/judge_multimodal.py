@@ -1,6 +1,7 @@
 """The multimodal goal's judge alone: alternating pairs of (the reference strategy on 2 images, one streaming call
 of the multimodal table at a batch, its decode steps and prompt compiled, its decoding kept), as the table's
-``paired`` rows run them, without the rest of the table (its compilations at five shapes cost minutes).
+``paired`` rows run them, without the rest of the table (its compilations at five shapes cost minutes). Then the
+same call once more with the prompt's image encoding eager (``images_eager_alone_seconds``: what compiling it buys).
 
     python benchmarks/judge_multimodal.py OUT --batches 5 --pairs 8      # writes OUT/judge_multimodal.json
 """
@@ -44,6 +45,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "first_call_seconds": alone.pop("first_call_seconds"),
                               **{f"alone_{k}": v for k, v in alone.items()}, **pair,
                               **over_reference(pair, size, count)})
+        if args.prompt_compiled:  # the same call with the image encoding eager, in this run (nothing to compile)
+            with prompt_compiled(True, images=False):
+                eager = first_then_timed(streaming, where, weights)
+            table["rows"][-1]["images_eager_alone_seconds"] = eager["seconds"]
+            table["rows"][-1]["images_eager_alone_peak_over_weights"] = eager.get("peak_over_weights")
         print(table["rows"][-1], flush=True)
     return table
 
