@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -136,7 +137,7 @@ def reference_call(model, processor, image: Image.Image, tiny: bool) -> None:
 
 
 @contextlib.contextmanager
-def prompt_compiled(on: bool, images: bool = True):
+def prompt_compiled(on: bool, images: bool = False):
     """Within the block, compiled decodings run their prompt's forward compiled (``on``) or eagerly, and with it
     the image encoding compiled (``images``) or eagerly."""
     import neuronscope.trace.compiled_decoder as compiled
@@ -239,7 +240,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # forward compiled too in every row but one: compiled_decoder.COMPILE_PROMPT)
     table["kept_decoding"] = True
     table["compiled_rows"] = []
-    for size, prompt in [(2, True), (2, False)] if tiny else [(4, True), (5, True), (6, True), (5, False)]:
+    # MULTIMODAL_COMPILED_BATCHES="5": the compiled rows at those batches only (each new shape compiles for 1-2 min)
+    chosen = [int(b) for b in os.environ.get("MULTIMODAL_COMPILED_BATCHES", "4 5 6").split()]
+    compiled_rows = [(2, True), (2, False)] if tiny else [(b, True) for b in chosen] + [(5, False)] * (5 in chosen)
+    for size, prompt in compiled_rows:
         with prompt_compiled(prompt):
             entry = first_then_timed(lambda size=size: streaming(images[:size], slots=None, compile=True), where,
                                      weights)

@@ -7,10 +7,11 @@ holding the layer list) through its compiled ``forward``, which is put on the in
 taken off after. The prompt's eager kernels other than the matrix products (norms in float32, rotary embeddings,
 cache writes, casts) took ~30 ms of the device's time for 5 LLaVA prompts of 607 positions on an H200. A prompt
 of a new length compiles again, until dynamo makes the length dynamic (its second length); ``COMPILE_PROMPT =
-False`` compiles the decode steps only. With the prompt, a vision-language model's image encoding runs compiled
-too (its ``get_image_features``, the vision tower and projector, on the base model's instance;
-``COMPILE_IMAGES = False`` leaves it eager): eager, the host's launches of CLIP-L's ~25 small kernels per layer
-took ~31 ms for ~6 ms of device work (5 images at 336 px, H200, 2026-12-03).
+False`` compiles the decode steps only. ``COMPILE_IMAGES = True`` compiles a vision-language model's image
+encoding with the prompt (its ``get_image_features``, the vision tower and projector, on the base model's
+instance). Off by default: on LLaVA-1.5-7B at batch 5 (H200, 2026-12-03) it bought nothing measurable (a call of
+213 ms against 207 ms eager, one run), though a profiled call had suggested ~10 ms (the profiler slows the eager
+tower's many small launches more than the compiled one's).
 
 Hooks on the decoder's submodules (the sites that :class:`~neuronscope.trace.decode.StepBuffers` fills, a steady
 intervention) are traced into the compiled code, and the compiled calls run with dynamo guarding on every
@@ -56,8 +57,9 @@ _COMPILED: dict[tuple[type, str, str], Callable[..., Any]] = {}
 RECOMPILE_LIMIT = 64
 # the prompt's forward through the compiled decoder too, not only the decode steps (benchmarks compare both)
 COMPILE_PROMPT = True
-# with the prompt compiled, its image encoding too (the model's ``get_image_features``: vision tower and projector)
-COMPILE_IMAGES = True
+# with the prompt compiled, its image encoding too (the model's ``get_image_features``: vision tower and projector);
+# off: no gain measured on LLaVA-1.5-7B (module docstring)
+COMPILE_IMAGES = False
 
 _LIMITS = {name: RECOMPILE_LIMIT for name in ("recompile_limit", "cache_size_limit")
            if hasattr(torch._dynamo.config, name)}
