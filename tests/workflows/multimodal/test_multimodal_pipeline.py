@@ -226,3 +226,39 @@ def test_an_image_folder_with_an_unreadable_file(tmp_path):
     assert result.metrics["images_declared"] == 3 and result.metrics["images_skipped"] == 1
     assert result.metrics["skipped_inputs"][0]["record"] == "b.png"
     assert [c["id"] for c in result.captions] == ["a.png", "b.png", "c.jpg"]
+
+
+def test_a_compiled_runs_last_smaller_batch_is_padded_and_gives_the_same_results(monkeypatch):
+    """compile=: the last batch (1 image of 5 at batch size 2) is padded to the size before with copies of its last
+    image, so that it replays the kept, compiled decoding; the padding rows' results are dropped, and every image's
+    caption, targets and scores are those of an uncompiled run without padding."""
+    vlm = chat_vlm("llava", seed=2)
+    vlm.model.to(torch.float64)
+    images = IMAGES + [gradient_image(36, 24)]
+    options = dict(concepts=_concepts_of(vlm.model, vlm.processor, images), top_k=8, batch_size=2,
+                   max_new_tokens=4, heatmaps=0)
+    plain = find_multimodal_neurons(vlm.model, vlm.processor, images, **options)
+    sizes, original = [], multimodal.caption_and_score
+
+    def spied(model, processor, batch_images, **kwargs):
+        sizes.append(len(batch_images))
+        return original(model, processor, batch_images, **kwargs)
+
+    monkeypatch.setattr(multimodal, "caption_and_score", spied)
+    got = find_multimodal_neurons(vlm.model, vlm.processor, images, compile="aot_eager", **options)
+    assert sizes == [2, 2, 2]  # the last image padded with a copy of itself
+    assert [c["caption"] for c in got.captions] == [c["caption"] for c in plain.captions]
+    assert got.pairs == plain.pairs and got.metrics["images_captioned"] == 5
+    assert torch.equal(got.flat_indices, plain.flat_indices)
+    torch.testing.assert_close(got.values, plain.values, rtol=1e-10, atol=1e-12)
+
+
+def test_padding_turns_itself_off_when_a_padded_batch_runs_out_of_memory():
+    padding = multimodal._Padding(True)
+    padding.done(4)
+    assert padding.images(["a", "b"]) == ["a", "b", "b", "b"]
+    with pytest.raises(torch.OutOfMemoryError):
+        with padding.attempt(True):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    assert padding.images(["a", "b"]) == ["a", "b"]  # the batch size is being lowered: no more padding
+    assert multimodal._Padding(False).images(["a"]) == ["a"]
