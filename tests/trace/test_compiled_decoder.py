@@ -17,7 +17,7 @@ from neuronscope.inputs import Batch, encode_images
 from neuronscope.models import get_adapter
 from neuronscope.trace import amplify, intervene
 from neuronscope.trace.compiled_decoder import compile_backend, compiled_decoder
-from neuronscope.trace.decode import buffered_generate, greedy_generate
+from neuronscope.trace.decode import buffered_generate, greedy_generate, release_kept_decoding
 from neuronscope.trace.slot_decode import buffered_decode
 
 
@@ -77,6 +77,37 @@ def test_the_prompt_runs_compiled_where_asked(monkeypatch, prompt):
     for layer in (0, 1):
         torch.testing.assert_close(buffers.get("neuron", layer), plain_buffers.get("neuron", layer), rtol=1e-12,
                                    atol=1e-12)
+
+
+def test_a_kept_decoding_compiles_its_prompt_once(monkeypatch):
+    """Kept (``keep=True``): the first call runs its prompt eagerly (it allocates the step buffers; traced with none
+    it would compile again at the next call, whose buffers exist), later calls through the compiled decoder; nothing
+    compiles after the second call, and every call gives the uncompiled tokens and sites."""
+    import neuronscope.trace.decode as decode
+
+    model, batch = _text()
+    plain, plain_buffers = buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6)
+    decoder, through_compiled = get_adapter(model).decoder, []
+
+    def spied(self, *args, _original=decode._StaticDecoder._prefill):
+        through_compiled.append("forward" in vars(decoder))
+        return _original(self, *args)
+
+    monkeypatch.setattr(decode._StaticDecoder, "_prefill", spied)
+    stats, graphs = torch._dynamo.utils.counters["stats"], []
+    try:
+        for _ in range(4):
+            got, buffers = buffered_generate(model, _Tokens(), batch, {"neuron": [0, 1]}, 6, compile="aot_eager",
+                                             keep=True)
+            graphs.append(stats["unique_graphs"])
+            assert torch.equal(got.sequences, plain.sequences)
+            for layer in (0, 1):
+                torch.testing.assert_close(buffers.get("neuron", layer), plain_buffers.get("neuron", layer),
+                                           rtol=1e-12, atol=1e-12)
+    finally:
+        release_kept_decoding(model)
+    assert through_compiled == [False, True, True, True]
+    assert graphs[1] == graphs[2] == graphs[3] and graphs[1] - graphs[0] == 1  # the prompt, once
 
 
 def test_calls_under_other_hooks_are_honoured():

@@ -7,9 +7,11 @@ holding the layer list) through its compiled ``forward``, which is put on the in
 taken off after. The prompt's eager kernels other than the matrix products (norms in float32, rotary embeddings,
 cache writes, casts) took ~30 ms of the device's time for 5 LLaVA prompts of 607 positions on an H200. A prompt
 of a new length compiles again, until dynamo makes the length dynamic (its second length); ``COMPILE_PROMPT =
-False`` compiles the decode steps only. ``COMPILE_IMAGES = True`` compiles a vision-language model's image
-encoding with the prompt (its ``get_image_features``, the vision tower and projector, on the base model's
-instance). Off by default: on LLaVA-1.5-7B at batch 5 (H200, 2026-12-03) it bought nothing measurable (a call of
+False`` compiles the decode steps only. A kept decoding (``keep=True``) runs its first call's prompt
+eagerly, since that call allocates the step buffers: traced there, the prompt would compile again at the next
+call, whose buffers exist (60 s measured on a 7B at batch 5, H200). ``COMPILE_IMAGES = True`` compiles a
+vision-language model's image encoding with the prompt (its ``get_image_features``, the vision tower and
+projector, on the base model's instance). Off by default: on LLaVA-1.5-7B at batch 5 (H200, 2026-12-03) it bought nothing measurable (a call of
 213 ms against 207 ms eager, one run), though a profiled call had suggested ~10 ms (the profiler slows the eager
 tower's many small launches more than the compiled one's).
 

@@ -140,7 +140,7 @@ class _StaticDecoder:
         # what the recorded step reads (kept by a KeptDecoding for the next call, refilled in place): its replayer,
         # its 4-D mask, the mask's column of the last prompt key and the token it feeds
         self.replayer: StepReplayer | None = None
-        self.own_pool = False
+        self.own_pool, self.runs = False, 0
         self.step_buffers: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def restart(self, inputs: dict[str, torch.Tensor]) -> None:
@@ -190,7 +190,10 @@ class _StaticDecoder:
     def run(self, graphs: bool, backend: str | None = None) -> torch.Tensor:
         """``backend``: the text decoder compiled with it runs the decode steps, and the prompt's forward (its image
         encoding included) too where :func:`~.compiled_decoder.compiles_prompt` (:mod:`.compiled_decoder`)."""
-        whole = backend is not None and compiles_prompt()  # entered around the prompt too, or the steps only
+        # the prompt compiled too, or the steps only; a kept decoder's first prompt eagerly: it allocates the step
+        # buffers, and traced then it would compile again at the next call, whose buffers exist (~60 s on a 7B)
+        whole = backend is not None and compiles_prompt() and (not self.own_pool or self.runs > 0)
+        self.runs += 1
         compiled = compiled_decoder(self.model, backend, images=whole) if backend else nullcontext()
         with compiled if whole else nullcontext():
             chosen = self._prefill()

@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -134,31 +134,9 @@ def find_multimodal_neurons(
         run.write_config(config)
         run.write_meta(meta)
 
-    padding = _Padding(bool(compile))
-
-    def process(chunk: list[tuple[int, ImageRecord]]) -> list[Example | Skip]:
-        outcomes: dict[int, Example | Skip] = {}
-        opened = []
-        for index, record in chunk:
-            try:
-                opened.append((index, record, record.load()))
-            except InputError as error:  # a missing or unreadable image: reported, recorded, counted
-                outcomes[index] = Skip(str(error), {"id": record.id, "where": record.where})
-        if opened:
-            images_in = padding.images([image for _, _, image in opened])
-            with padding.attempt(len(images_in) > len(opened)):
-                _, _, found, tops = caption_and_score(
-                    model, processor, images_in, prompt=prompt, assistant_prefix=assistant_prefix,
-                    concepts=concepts, tagger=resolved_tagger, top_k=k, site=site, final_norm=final_norm,
-                    max_new_tokens=max_new_tokens, compile=compile, keep=True)
-            padding.done(len(images_in))
-            found, tops = found[:len(opened)], tops[:len(opened)]  # the padding rows' results are dropped
-            for (index, record, _), found_record, top in zip(opened, found, tops, strict=True):
-                tensors = ({"values": top.values.float().contiguous(), "flat_indices": top.flat_indices.contiguous()}
-                           if top.values.numel() else None)
-                outcomes[index] = Example(tensors, {"id": record.id, "skipped": None, **found_record})
-        return [outcomes[index] for index, _ in chunk]
-
+    process = _captioner(model, processor, _Padding(bool(compile)), prompt=prompt,
+                         assistant_prefix=assistant_prefix, concepts=concepts, tagger=resolved_tagger, top_k=k,
+                         site=site, final_norm=final_norm, max_new_tokens=max_new_tokens, compile=compile)
     try:  # each batch of a shape replays the decoding kept from the one before (no capture per batch)
         report = run_loop(run, records, process, batch_size=batch_size, label="images")
     finally:
@@ -176,6 +154,34 @@ def find_multimodal_neurons(
                                   single_neurons=heatmap_neurons, prompt=prompt, assistant_prefix=assistant_prefix,
                                   rank_by=rank_by, max_concepts=heatmap_concepts, absolute=heatmap_absolute)
     return result
+
+
+def _captioner(model: nn.Module, processor: Any, padding: _Padding,
+               **options: Any) -> Callable[[list[tuple[int, ImageRecord]]], list[Example | Skip]]:
+    """The run loop's batch function: open each image (a missing or unreadable one is a :class:`Skip`), caption
+    and score the opened ones (``options``: :func:`caption_and_score`'s; the decoding kept for the next batch)."""
+
+    def process(chunk: list[tuple[int, ImageRecord]]) -> list[Example | Skip]:
+        outcomes: dict[int, Example | Skip] = {}
+        opened = []
+        for index, record in chunk:
+            try:
+                opened.append((index, record, record.load()))
+            except InputError as error:  # a missing or unreadable image: reported, recorded, counted
+                outcomes[index] = Skip(str(error), {"id": record.id, "where": record.where})
+        if opened:
+            images = padding.images([image for _, _, image in opened])
+            with padding.attempt(len(images) > len(opened)):
+                _, _, found, tops = caption_and_score(model, processor, images, keep=True, **options)
+            padding.done(len(images))
+            found, tops = found[:len(opened)], tops[:len(opened)]  # the padding rows' results are dropped
+            for (index, record, _), found_record, top in zip(opened, found, tops, strict=True):
+                tensors = ({"values": top.values.float().contiguous(), "flat_indices": top.flat_indices.contiguous()}
+                           if top.values.numel() else None)
+                outcomes[index] = Example(tensors, {"id": record.id, "skipped": None, **found_record})
+        return [outcomes[index] for index, _ in chunk]
+
+    return process
 
 
 class _Padding:
