@@ -49,8 +49,9 @@ class MultimodalOptions(ModelOptions, ImageOptions, RunOptions, BatchOptions):
     heatmap_concepts: int = opt(10, "Concepts drawn (the ones with most pairs).", minimum=0)
     heatmap_absolute: bool = opt(False, "Draw |activation| instead of the signed activation.")
     compile: bool = opt(False, "Caption through the torch.compile'd text decoder, prompt and decode steps (dense "
-                               "models; the first batch of each size compiles, 50-135 s for a 7B on an H200). In "
-                               "bf16 its fused kernels round differently: captions can differ from uncompiled.",
+                               "models; the first two batches compile, 50-135 s for a 7B on an H200; a smaller "
+                               "last batch is padded to the batch size so as not to compile again). In bf16 its "
+                               "fused kernels round differently: captions can differ from uncompiled.",
                         runtime=True)
 
     def problems(self) -> list[str]:
