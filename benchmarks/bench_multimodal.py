@@ -92,6 +92,22 @@ def call_sizes(tiny: bool) -> tuple[int, int, int]:
     return (4, 2, 50) if tiny else (20, 3, 10_000)
 
 
+def first_words(count: int):
+    """A tagger for the pipeline's rows: a caption's first ``count`` words as its nouns (random weights produce no
+    real nouns)."""
+    from neuronscope.workflows.multimodal.nouns import TaggedWord
+
+    def tag(text: str) -> list[Any]:
+        out, start = [], 0
+        for word in text.split():
+            start = text.index(word, start)
+            out.append(TaggedWord(start, start + len(word), word, "NOUN", word))
+            start += len(word)
+        return out[:count]
+
+    return tag
+
+
 def streaming_call(model, processor, images: list[Image.Image], tiny: bool, graphs: bool | None = None,
                    slots: int | str | None = "auto", compile: bool = False, keep: bool = True):
     """The table's streaming call (what profile_paths, find_syncs and time_streaming run too): encode the images
@@ -260,16 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     free()
     try:
         from neuronscope.workflows.multimodal import caption_and_score
-        from neuronscope.workflows.multimodal.nouns import TaggedWord
 
-        def every_word(text):
-            out, start = [], 0
-            for word in text.split():
-                start = text.index(word, start)
-                out.append(TaggedWord(start, start + len(word), word, "NOUN", word))
-                start += len(word)
-            return out[:n_targets]
-
+        every_word = first_words(n_targets)
         size = batches[0]
         caption_and_score(model, processor, images[:size], tagger=every_word, top_k=top_k, max_new_tokens=tokens)
         entry = _timed(lambda: caption_and_score(model, processor, images[:size], tagger=every_word, top_k=top_k,

@@ -18,20 +18,8 @@ import time
 from typing import Any
 
 import torch
-from bench_multimodal import _images, build, call_sizes
+from bench_multimodal import _images, build, call_sizes, first_words
 from common import device, main, sync, weights_bytes
-
-
-def _every_word(text: str) -> list[Any]:
-    """Targets: the caption's first words (random weights produce no real nouns), as the table's pipeline row."""
-    from neuronscope.workflows.multimodal.nouns import TaggedWord
-
-    out, start = [], 0
-    for word in text.split():
-        start = text.index(word, start)
-        out.append(TaggedWord(start, start + len(word), word, "NOUN", word))
-        start += len(word)
-    return out[:3]
 
 
 @contextlib.contextmanager
@@ -60,12 +48,12 @@ def _batches_timed(where: torch.device, into: list[dict[str, Any]]):
 def _no_padding():
     from neuronscope.workflows.multimodal import pipeline
 
-    original = pipeline._Padding.images
-    pipeline._Padding.images = lambda self, images: images
+    original = pipeline._Padding.__init__
+    pipeline._Padding.__init__ = lambda self, on: original(self, False)
     try:
         yield
     finally:
-        pipeline._Padding.images = original
+        pipeline._Padding.__init__ = original
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -75,7 +63,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model, processor = build(args.tiny, where, torch.float32 if args.tiny else torch.bfloat16)
     weights = weights_bytes(model)
     images = _images(args.images, 28 if args.tiny else 336)
-    tokens, _, top_k = call_sizes(args.tiny)
+    tokens, n_targets, top_k = call_sizes(args.tiny)
     compile = "aot_eager" if args.tiny else True
     table: dict[str, Any] = {"table": "time_pipeline", "images": args.images, "batch_size": args.batch,
                              "caption_tokens": tokens, "top_k": top_k, "compile": str(compile), "runs": []}
@@ -86,7 +74,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
         with _batches_timed(where, batches), contextlib.nullcontext() if padded else _no_padding():
             start = time.perf_counter()
-            found = find_multimodal_neurons(model, processor, images, tagger=_every_word, top_k=top_k,
+            found = find_multimodal_neurons(model, processor, images, tagger=first_words(n_targets), top_k=top_k,
                                             batch_size=args.batch, max_new_tokens=tokens, heatmaps=0,
                                             compile=compile)
             sync(where)

@@ -254,11 +254,23 @@ def test_a_compiled_runs_last_smaller_batch_is_padded_and_gives_the_same_results
 
 
 def test_padding_turns_itself_off_when_a_padded_batch_runs_out_of_memory():
-    padding = multimodal._Padding(True)
-    padding.done(4)
-    assert padding.images(["a", "b"]) == ["a", "b", "b", "b"]
+    padding, seen = multimodal._Padding(True), []
+
+    def call(images):
+        seen.append(images)
+        return [f"r{i}" for i in range(len(images))], [f"t{i}" for i in range(len(images))]
+
+    def out_of_memory(images):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    assert padding.caption(["a", "b", "c", "d"], call) == (["r0", "r1", "r2", "r3"], ["t0", "t1", "t2", "t3"])
+    assert padding.caption(["a", "b"], call) == (["r0", "r1"], ["t0", "t1"])  # the padding rows' results dropped
+    assert seen[-1] == ["a", "b", "b", "b"]
     with pytest.raises(torch.OutOfMemoryError):
-        with padding.attempt(True):
-            raise torch.OutOfMemoryError("CUDA out of memory")
-    assert padding.images(["a", "b"]) == ["a", "b"]  # the batch size is being lowered: no more padding
-    assert multimodal._Padding(False).images(["a"]) == ["a"]
+        padding.caption(["a", "b"], out_of_memory)
+    padding.caption(["a", "b"], call)
+    assert seen[-1] == ["a", "b"]  # the batch size is being lowered: no more padding
+    unpadded = multimodal._Padding(False)
+    unpadded.caption(["a", "b"], call)
+    unpadded.caption(["a"], call)
+    assert seen[-1] == ["a"]

@@ -22,8 +22,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import torch
@@ -170,11 +169,9 @@ def _captioner(model: nn.Module, processor: Any, padding: _Padding,
             except InputError as error:  # a missing or unreadable image: reported, recorded, counted
                 outcomes[index] = Skip(str(error), {"id": record.id, "where": record.where})
         if opened:
-            images = padding.images([image for _, _, image in opened])
-            with padding.attempt(len(images) > len(opened)):
-                _, _, found, tops = caption_and_score(model, processor, images, keep=True, **options)
-            padding.done(len(images))
-            found, tops = found[:len(opened)], tops[:len(opened)]  # the padding rows' results are dropped
+            found, tops = padding.caption(
+                [image for _, _, image in opened],
+                lambda images: caption_and_score(model, processor, images, keep=True, **options)[2:])
             for (index, record, _), found_record, top in zip(opened, found, tops, strict=True):
                 tensors = ({"values": top.values.float().contiguous(), "flat_indices": top.flat_indices.contiguous()}
                            if top.values.numel() else None)
@@ -193,21 +190,19 @@ class _Padding:
     def __init__(self, on: bool):
         self.on, self.size = on, 0
 
-    def images(self, images: list[Any]) -> list[Any]:
+    def caption(self, images: list[Any], call: Callable[[list[Any]], tuple[list, list]]) -> tuple[list, list]:
+        """``call(images)`` → (records, tops), on ``images`` padded where they are fewer than the batch before;
+        the padding rows' results dropped."""
         missing = self.size - len(images) if self.on else 0
-        return images + [images[-1]] * missing if missing > 0 else images
-
-    @contextmanager
-    def attempt(self, padded: bool) -> Iterator[None]:
+        padded = images + [images[-1]] * missing if missing > 0 else images
         try:
-            yield
-        except BaseException as error:
-            if padded and is_out_of_memory(error):
+            records, tops = call(padded)
+        except Exception as error:
+            if missing > 0 and is_out_of_memory(error):
                 self.on = False
             raise
-
-    def done(self, size: int) -> None:
-        self.size = size
+        self.size = len(padded)
+        return records[:len(images)], tops[:len(images)]
 
 
 def _nothing_captioned(run: RunDir | None, result: MultimodalNeurons) -> NoReturn:
